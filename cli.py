@@ -1,0 +1,158 @@
+"""The `featcache` command: a thin layer that parses, calls the Python API of the same names, and prints."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from featcache import __version__
+from featcache.defaults import DEFAULT_CACHE, load_config, pick
+from featcache.errors import FeatcacheError
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"warning: {message}", err=True)
+
+
+class _Group(click.Group):
+    """Prints a FeatcacheError as one line on stderr and exits 2; nothing else is caught."""
+
+    def invoke(self, ctx):
+        warnings.showwarning = _one_line_warning
+        try:
+            return super().invoke(ctx)
+        except FeatcacheError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="featcache")
+def main():
+    """Perceptual quality of AI-generated images: extract frozen-backbone features once, fit heads many times."""
+
+
+def _command_line() -> str:
+    return "featcache " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _dataset_options(f):
+    for option in reversed([
+        click.option("--dataset", help="Adapter name (see `featcache datasets`); detected from the root if omitted."),
+        click.option("--root", type=click.Path(file_okay=False), help="Dataset folder [config or current folder]."),
+        click.option("--annotation", type=click.Path(dir_okay=False), help="Annotation file, if not the default."),
+        click.option("--col", "columns", multiple=True, metavar="ROLE=COLUMN",
+                     help="For --dataset csv: image=, target= (repeatable), prompt_image=, text=, group=, "
+                          "generator=, image_dir=, prompt_dir=."),
+    ]):
+        f = option(f)
+    return f
+
+
+def load_samples_from_options(config: dict, dataset, root, annotation, columns):
+    from featcache.datasets import load_dataset
+    from featcache.datasets.generic_csv import parse_columns
+
+    options = {}
+    cols = parse_columns(list(columns)) if columns else config.get("columns")
+    if cols:
+        options["columns"] = cols
+    root = pick(root, config, "root", ".")
+    return load_dataset(pick(dataset, config, "dataset"), root, pick(annotation, config, "annotation"), options), root
+
+
+@main.command()
+@_dataset_options
+@click.option("--backbone", help="Registered name or any timm model (see `featcache backbones`).")
+@click.option("--pool", type=click.Choice(["paper", "multilevel"]), default=None, help="Feature definition [paper].")
+@click.option("--cache", type=click.Path(dir_okay=False), help=f"HDF5 cache [./{DEFAULT_CACHE}].")
+@click.option("--image-size", type=int, help="Crop size, overriding the backbone's.")
+@click.option("--batch-size", type=int, default=None, help="Images per forward [32].")
+@click.option("--workers", type=int, default=None, help="Decoding processes [number of cores, at most 8].")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [auto].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
+              help="auto = fp16 autocast on CUDA, fp32 on the CPU.")
+@click.option("--shard", metavar="I/N", help="Extract only share I of N (contiguous rows); merge afterwards.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Local checkpoint (.safetensors, .pth, .npz).")
+@click.option("--random-weights", is_flag=True, help="Random weights, for mechanics tests only.")
+@click.option("--max-pixels", type=int, default=None, help="Refuse larger images [100 megapixels].")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def extract(dataset, root, annotation, columns, backbone, pool, cache, image_size, batch_size, workers, device,
+            precision, shard, weights, random_weights, max_pixels, quiet):
+    """Run a frozen backbone once over every distinct image into the HDF5 cache (resumable)."""
+    from featcache.backbones import load_backbone
+    from featcache.extract import extract as run_extract, parse_shard
+    from featcache.images import DEFAULT_MAX_PIXELS
+
+    config = load_config()
+    backbone = pick(backbone, config, "backbone")
+    if not backbone:
+        raise FeatcacheError("--backbone is required (e.g. --backbone lite0; see `featcache backbones`)")
+    samples, root = load_samples_from_options(config, dataset, root, annotation, columns)
+    model = load_backbone(backbone, pick(pool, config, "pool", "paper"), weights, random_weights, image_size)
+    cache = pick(cache, config, "cache", DEFAULT_CACHE)
+    result = run_extract(samples, root, model, cache, batch_size=pick(batch_size, config, "batch_size", 32),
+                         workers=pick(workers, config, "workers"), device=pick(device, config, "device", "auto"),
+                         precision=precision, shard=parse_shard(shard), max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                         progress=not quiet, command=_command_line())
+    if result.rows_written == 0:
+        click.echo(f"{result.backbone_id}: {result.rows_done_before}/{result.rows_in_shard} rows already in "
+                   f"{cache}; nothing to do")
+    else:
+        click.echo(f"{result.backbone_id}: wrote {result.rows_written} rows to {cache} in {result.seconds:.1f} s "
+                   f"({result.images_per_second:.1f} images/s; {result.rows_done_before} were already there)")
+
+
+@main.command()
+@click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Merged cache (created or extended).")
+def merge(shards, out):
+    """Merge shard caches into one, equal to an unsharded extraction."""
+    from featcache.merge import merge as run_merge
+
+    result = run_merge(list(shards), out)
+    for bid, (done, total) in result.rows.items():
+        note = "" if done == total else f"  ({total - done} rows still missing: run the missing shards)"
+        click.echo(f"{bid}: {done}/{total} rows{note}")
+
+
+@main.command()
+@click.argument("cache", required=False, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(cache, as_json):
+    """Show the samples, subsets, targets and backbones of a cache."""
+    from featcache.info import cache_info, format_info
+
+    result = cache_info(cache or load_config().get("cache", DEFAULT_CACHE))
+    click.echo(json.dumps(result, indent=2) if as_json else format_info(result))
+
+
+@main.command()
+def backbones():
+    """List the registered backbones (any other timm model name works too)."""
+    from featcache.backbones import list_backbones
+
+    click.echo(f"{'name':<24}{'timm weights':<46}{'size':>5}{'dim':>6}  source: feature")
+    for spec in list_backbones():
+        click.echo(f"{spec.name:<24}{spec.timm_name:<46}{spec.input_size:>5}{spec.dim:>6}  {spec.source}: {spec.note}")
+    click.echo("any other timm model name: its pre-logits features with timm's data config; "
+               "--pool multilevel: mean+std of every stage")
+
+
+@main.command()
+def datasets():
+    """List the dataset adapters and the annotation files they detect."""
+    from featcache.datasets import list_datasets
+
+    for adapter in list_datasets():
+        files = ", ".join(adapter.annotation_names) or "--annotation FILE"
+        click.echo(f"{adapter.name:<15}{files:<42}{adapter.description}")
+
+
+if __name__ == "__main__":
+    main()

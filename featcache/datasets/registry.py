@@ -1,0 +1,86 @@
+"""Dataset adapters as a table: name -> how to find its annotation and turn it into samples."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from featcache.errors import FeatcacheError
+from featcache.samples import SampleTable
+
+Loader = Callable[[Path, Path, dict], SampleTable]
+
+
+@dataclass(frozen=True)
+class DatasetAdapter:
+    name: str
+    annotation_names: tuple[str, ...]
+    description: str
+    loader: Loader
+
+    def find_annotation(self, root: Path) -> Path | None:
+        for name in self.annotation_names:
+            if (root / name).is_file():
+                return root / name
+        return None
+
+
+_ADAPTERS: dict[str, DatasetAdapter] = {}
+
+
+def register_dataset(name: str, annotation_names: tuple[str, ...], description: str):
+    def decorate(loader: Loader) -> Loader:
+        _ADAPTERS[name] = DatasetAdapter(name, annotation_names, description, loader)
+        return loader
+
+    return decorate
+
+
+def list_datasets() -> list[DatasetAdapter]:
+    return list(_ADAPTERS.values())
+
+
+def get_adapter(name: str) -> DatasetAdapter:
+    if name not in _ADAPTERS:
+        close = difflib.get_close_matches(name, _ADAPTERS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise FeatcacheError(f"unknown dataset {name!r}{hint} (known: {', '.join(_ADAPTERS)})")
+    return _ADAPTERS[name]
+
+
+def detect_dataset(root: Path) -> tuple[DatasetAdapter, Path]:
+    """Find which database lives in `root` from its annotation file name."""
+    for adapter in _ADAPTERS.values():
+        found = adapter.find_annotation(root)
+        if found is not None:
+            return adapter, found
+    expected = ", ".join(f"{n} ({a.name})" for a in _ADAPTERS.values() for n in a.annotation_names)
+    raise FeatcacheError(
+        f"no annotation file found in {root}: expected one of {expected}; "
+        "pass --dataset and --annotation, or write a featcache.toml"
+    )
+
+
+def load_dataset(name: str | None, root: str | Path, annotation: str | Path | None = None,
+                 options: dict | None = None) -> SampleTable:
+    """Load samples of dataset `name` (detected from `root` when None)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FeatcacheError(f"{root}: dataset root is not a folder")
+    if name is None:
+        adapter, found = detect_dataset(root)
+    else:
+        adapter = get_adapter(name)
+        found = adapter.find_annotation(root)
+    if annotation is not None:
+        found = Path(annotation)
+        if not found.is_absolute() and not found.exists():
+            found = root / found
+    if found is None:
+        raise FeatcacheError(
+            f"{root}: no annotation for {adapter.name} (looked for {', '.join(adapter.annotation_names)}); "
+            "pass --annotation FILE"
+        )
+    return adapter.loader(root, Path(found), dict(options or {}))

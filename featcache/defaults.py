@@ -1,0 +1,39 @@
+"""Defaults so that `featcache extract --backbone vgg19` works as typed: a featcache.toml, else detection in cwd."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from featcache.errors import FeatcacheError
+
+CONFIG_NAME = "featcache.toml"
+DEFAULT_CACHE = "featcache.h5"
+CONFIG_KEYS = {"dataset", "root", "annotation", "cache", "columns", "backbone", "pool", "device", "batch_size",
+               "workers"}
+
+
+def load_config(folder: str | Path | None = None) -> dict:
+    """Read featcache.toml from `folder` (cwd by default); relative paths in it are relative to its folder."""
+    folder = Path(folder or Path.cwd())
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        return {}
+    try:
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise FeatcacheError(f"{path}: not valid TOML ({exc})") from exc
+    unknown = sorted(set(config) - CONFIG_KEYS)
+    if unknown:
+        raise FeatcacheError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(CONFIG_KEYS))})")
+    for key in ("root", "annotation", "cache"):
+        if key in config and not Path(config[key]).is_absolute():
+            config[key] = str(folder / config[key])
+    return config
+
+
+def pick(value, config: dict, key: str, default=None):
+    """The command-line value, else the config file's, else the default."""
+    if value is not None and value != ():
+        return value
+    return config.get(key, default)

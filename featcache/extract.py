@@ -1,0 +1,209 @@
+"""Stage 1: run a frozen backbone once over every distinct image and stream the rows into the cache."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from featcache import __version__
+from featcache.backbones import Backbone, pick_device
+from featcache.errors import FeatcacheError
+from featcache.images import DEFAULT_MAX_PIXELS, check_files_present, load_rgb
+from featcache.samples import SampleTable
+from featcache.store import check_same_dataset, create_cache, ensure_features, lock_cache
+
+
+@dataclass
+class ExtractResult:
+    cache: str
+    backbone_id: str
+    rows_total: int
+    rows_in_shard: int
+    rows_done_before: int
+    rows_written: int
+    seconds: float = 0.0
+    forward_seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.rows_written / self.seconds if self.seconds > 0 else float("nan")
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'I/N' -> (I, N), 0 <= I < N."""
+    if not text:
+        return None
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise FeatcacheError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise FeatcacheError(f"--shard {text!r}: need 0 <= I < N")
+    return index, count
+
+
+def shard_rows(rows: int, shard: tuple[int, int] | None) -> range:
+    """Contiguous blocks, so each shard writes whole chunks."""
+    if shard is None:
+        return range(rows)
+    index, count = shard
+    return range(rows * index // count, rows * (index + 1) // count)
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+class _ImageRows(Dataset):
+    """Decodes in worker processes; a bad file becomes an error entry instead of killing the run."""
+
+    def __init__(self, root: Path, paths: list[str], rows: list[int], transform, max_pixels: int):
+        self.root, self.paths, self.rows = root, paths, rows
+        self.transform, self.max_pixels = transform, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int):
+        row = self.rows[k]
+        try:
+            return row, self.transform(load_rgb(self.root / self.paths[row], self.max_pixels)), ""
+        except FeatcacheError as exc:
+            return row, None, str(exc)
+        except Exception as exc:  # a transform failing on a strange image
+            return row, None, f"{self.root / self.paths[row]}: {type(exc).__name__}: {exc}"
+
+
+def _collate(items):
+    good = [(r, t) for r, t, e in items if t is not None]
+    rows = [r for r, _ in good]
+    batch = torch.stack([t for _, t in good]) if good else None
+    errors = [e for _, t, e in items if t is None]
+    return rows, batch, errors
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+def _precision(device: torch.device, precision: str) -> str:
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise FeatcacheError(f"--precision {precision!r}: choose auto, fp32, fp16 or bf16")
+    return precision
+
+
+def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: str | Path, *,
+            batch_size: int = 32, workers: int | None = None, device: str = "auto", precision: str = "auto",
+            shard: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+            progress: bool = True, command: str = "") -> ExtractResult:
+    """Extract `backbone` features for every distinct image of `samples` into `cache`; resumes what is there."""
+    root, cache = Path(root), Path(cache)
+    if batch_size < 1:
+        raise FeatcacheError("--batch-size must be at least 1")
+    workers = default_workers() if workers is None else workers
+    torch_device = pick_device(device)
+    mode = _precision(torch_device, precision)
+    paths, _, _ = samples.distinct_images()
+    config = dict(backbone.config(), precision=mode)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with lock_cache(cache):
+        if not cache.exists():
+            create_cache(cache, samples, root, command)
+        with h5py.File(cache, "r+") as f:
+            check_same_dataset(f, samples, cache)
+            bid = config["id"]
+            exists = f"features/{bid}/emb" in f
+            if exists:
+                ensure_features(f, config, None, {}, cache)  # raises on a configuration mismatch
+                done = f[f"features/{bid}/done"][()]
+            else:
+                done = np.zeros(len(paths), dtype=bool)
+            in_shard = shard_rows(len(paths), shard)
+            todo = [i for i in in_shard if not done[i]]
+            result = ExtractResult(str(cache), bid, len(paths), len(in_shard), len(in_shard) - len(todo), 0)
+            if not todo:
+                return result
+            check_files_present(root, [paths[i] for i in todo])
+            extractor = backbone.extractor().to(torch_device)
+            if torch_device.type == "cuda":
+                extractor = extractor.to(memory_format=torch.channels_last)
+            group = f[f"features/{bid}"] if exists else ensure_features(
+                f, config, extractor.output_dim(backbone.spec.input_size),
+                _provenance(backbone, torch_device, mode, command), cache)
+            if shard is not None:
+                group.attrs["shard"] = f"{shard[0]}/{shard[1]}"
+            _run(extractor, group, f, root, paths, todo, backbone, torch_device, mode, batch_size, workers,
+                 max_pixels, progress, result)
+    if result.errors:
+        first = "; ".join(result.errors[:3])
+        raise FeatcacheError(f"{len(result.errors)} images could not be read ({result.rows_written} other rows were "
+                             f"written and kept; fix or remove these and run again): {first}")
+    return result
+
+
+def _run(extractor, group, f, root, paths, todo, backbone, device, mode, batch_size, workers, max_pixels,
+         progress, result) -> None:
+    from tqdm.auto import tqdm
+
+    dataset = _ImageRows(root, paths, todo, backbone.transform(), max_pixels)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+                        pin_memory=device.type == "cuda", worker_init_fn=_worker_init if workers else None)
+    emb, done = group["emb"], group["done"]
+    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode)
+    start = time.perf_counter()
+    with tqdm(total=len(todo), unit="img", desc=result.backbone_id, disable=not progress, file=sys.stderr) as bar:
+        for rows, batch, errors in loader:
+            result.errors.extend(errors)
+            if rows:
+                t0 = time.perf_counter()
+                batch = batch.to(device, non_blocking=True)
+                if device.type == "cuda":
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                    features = extractor(batch)
+                features = features.float().cpu().numpy()
+                result.forward_seconds += time.perf_counter() - t0
+                _write_rows(emb, rows, features)
+                f.flush()  # rows reach the file before their done flags
+                _write_rows(done, rows, np.ones(len(rows), dtype=bool))
+                f.flush()
+                result.rows_written += len(rows)
+            bar.update(len(rows) + len(errors))
+    result.seconds = time.perf_counter() - start
+
+
+def _write_rows(dataset, rows: list[int], values: np.ndarray) -> None:
+    if rows[-1] - rows[0] == len(rows) - 1:
+        dataset[rows[0]:rows[-1] + 1] = values
+    else:
+        dataset[rows] = values
+
+
+def _provenance(backbone: Backbone, device: torch.device, mode: str, command: str) -> dict:
+    import timm
+
+    return {
+        "tool": f"featcache {__version__}",
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "timm_model": backbone.spec.timm_name,
+        "weights": backbone.weights.to_dict(),
+        "weights_state_sha256": backbone.weights_state_sha256(),
+        "data_config": backbone.spec.data_config(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
+        "precision": mode,
+        "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

@@ -1,0 +1,70 @@
+"""`featcache info`: what a cache holds, for people and for scripts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from featcache.store import backbone_ids, open_read, read_config, read_provenance, read_samples
+
+
+def cache_info(path: str | Path) -> dict:
+    with open_read(path) as f:
+        samples = read_samples(f)
+        info = {
+            "path": str(path),
+            "dataset": str(f.attrs.get("dataset", "")),
+            "annotation": str(f.attrs.get("annotation", "")),
+            "images": len(samples.image_keys),
+            "samples": len(samples),
+            "with_image_prompt": int((samples.ref >= 0).sum()),
+            "subsets": dict(Counter(samples.subset.tolist())),
+            "generators": dict(Counter(samples.generator.tolist())),
+            "groups": int(len(set(samples.group.tolist()))),
+            "targets": {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "min": float(np.min(v)),
+                            "max": float(np.max(v))} for k, v in samples.targets.items()},
+            "backbones": {},
+        }
+        for bid in backbone_ids(f):
+            group = f[f"features/{bid}"]
+            info["backbones"][bid] = {
+                "dim": int(group.attrs["dim"]),
+                "rows_done": int(group["done"][()].sum()),
+                "rows": int(group["done"].shape[0]),
+                "shard": str(group.attrs.get("shard", "")),
+                "config": read_config(f, bid),
+                "provenance": read_provenance(f, bid),
+            }
+    return info
+
+
+def format_info(info: dict) -> str:
+    lines = [
+        f"cache      {info['path']}",
+        f"dataset    {info['dataset']} ({Path(info['annotation']).name})",
+        f"samples    {info['samples']} ({info['with_image_prompt']} with an image prompt); "
+        f"distinct images {info['images']}; groups {info['groups']}",
+        "subsets    " + ", ".join(f"{k} {v}" for k, v in sorted(info["subsets"].items())),
+        "generators " + ", ".join(f"{k} {v}" for k, v in sorted(info["generators"].items())),
+        "targets    " + ", ".join(f"{k} (mean {v['mean']:.3g}, std {v['std']:.3g})" for k, v in info["targets"].items()),
+    ]
+    if not info["backbones"]:
+        lines.append("backbones  none yet (run `featcache extract`)")
+    for bid, b in info["backbones"].items():
+        p = b["provenance"]
+        state = "complete" if b["rows_done"] == b["rows"] else "INCOMPLETE"
+        lines.append(f"backbone   {bid}: {b['rows_done']}/{b['rows']} rows {state}, dim {b['dim']}")
+        weights = b["config"]["weights"]
+        lines.append(f"           weights {weights['source']} {weights.get('file_sha256', '')[:16]} "
+                     f"state {p.get('weights_state_sha256', '')[:16]}; {p.get('precision', '')} on "
+                     f"{p.get('device', '')}; torch {p.get('torch', '')}, timm {p.get('timm', '')}")
+        dc = b["config"]["data_config"]
+        lines.append(f"           data resize {dc['resize']} crop {dc['input_size']} {dc['interpolation']} "
+                     f"mean {dc['mean']} std {dc['std']}")
+        if p.get("command"):
+            lines.append(f"           command {p['command']}")
+        if p.get("merged_from"):
+            lines.append(f"           merged from {', '.join(p['merged_from'])}")
+    return "\n".join(lines)
