@@ -51,4 +51,6 @@ def resolve_dir(root: Path, candidates: tuple[str, ...], probe: str) -> str:
 
 def join(folder: str, name: str) -> str:
     name = str(name).strip()
+    if name.startswith(("/", "\\")) or name[1:3] in (":/", ":\\"):
+        return name  # absolute: kept as is, so the sample check refuses it with the row number
     return f"{folder.rstrip('/')}/{name}" if folder else name

@@ -1,0 +1,110 @@
+from collections import Counter
+
+import pytest
+
+from featcache.datasets import detect_dataset, load_dataset
+from featcache.errors import FeatcacheError, FeatcacheWarning
+from tests.fakedata import ANNOTATIONS, HEADER, make_pku
+
+needs_annotations = pytest.mark.skipif(not ANNOTATIONS.is_dir(), reason="../shared/data/annotations absent")
+
+
+@needs_annotations
+def test_pku_t2i_real_annotation(tmp_path):
+    s = load_dataset("pku-aigiqa-4k", tmp_path, ANNOTATIONS / "pku-aigiqa-4k_t2i_annotation.csv")
+    assert len(s) == 2400
+    assert len(set(s.group)) == 200
+    assert Counter(s.generator) == {"SD": 800, "MJ": 800, "DALLE": 800}
+    assert {"MOS_q", "MOS_a", "MOS_c"} <= set(s.targets)
+    assert set(s.subset) == {"t2i"}
+    assert s.image[0] == "All/SD_1000_00.jpg" and s.prompt_image[0] == ""
+    assert s.targets["MOS_q"][0] == pytest.approx(2.6233)
+    # each (prompt, generator) has 4 siblings
+    assert set(Counter(zip(s.group, s.generator)).values()) == {4}
+
+
+@needs_annotations
+def test_agiqa_3k_real_annotation(tmp_path):
+    s = load_dataset("agiqa-3k", tmp_path, ANNOTATIONS / "agiqa-3k_data.csv")
+    assert len(s) == 2982
+    assert len(set(s.group)) == 300
+    assert Counter(s.generator)["sd1.5"] == 1200 and Counter(s.generator)["AttnGAN"] == 300
+    assert set(s.targets) == {"mos_quality", "mos_align"}
+
+
+@needs_annotations
+def test_agiqa_1k_real_annotation_drops_the_repeated_row(tmp_path):
+    with pytest.warns(FeatcacheWarning, match="dreamStudio_8_9_1_1.jpg"):
+        s = load_dataset("agiqa-1k", tmp_path, ANNOTATIONS / "agiqa-1k_AIGC_MOS_Zscore.xlsx")
+    assert len(s) == 1078
+    assert Counter(s.generator) == {"deepai": 720, "dreamStudio": 358}
+    assert set(s.targets) == {"MOS"}
+
+
+@needs_annotations
+def test_aigciqa2023_real_annotation(tmp_path):
+    s = load_dataset("aigciqa2023", tmp_path, ANNOTATIONS / "aigciqa2023_full.csv")
+    assert len(s) == 2400
+    assert len(set(s.group)) == 100
+    assert set(Counter(s.generator).values()) == {400}
+    assert set(s.targets) == {"quality", "authenticity", "correspondence"}
+    assert s.image[0] == "Lafite/042-2.png" and s.group[0] == "prompt:042"
+
+
+@needs_annotations
+def test_aigiqa_20k_and_csv_adapter_real_annotation(tmp_path):
+    s = load_dataset("aigiqa-20k", tmp_path, ANNOTATIONS / "aigiqa-20k_info_train.csv")
+    assert len(s) == 14000 and s.generator[0] == "DALLE2"
+    c = load_dataset("csv", tmp_path, ANNOTATIONS / "agiqa-3k_data.csv",
+                     {"columns": {"image": "name", "target": ["mos_quality"], "text": "prompt", "image_dir": "img"}})
+    assert len(c) == 2982 and c.image[0] == "img/AttnGAN_normal_000.jpg" and c.group[0].startswith("text:")
+
+
+def test_pku_i2i_rows_and_groups(pku_root):
+    s = load_dataset(None, pku_root)  # detected from annotation.csv
+    assert s.dataset == "pku-aigiqa-4k"
+    assert Counter(s.subset) == {"i2i": 8, "t2i": 12}
+    i2i = [i for i, sub in enumerate(s.subset) if sub == "i2i"]
+    assert all(s.prompt_image[i].startswith("I2I/Image_prompt/") for i in i2i)
+    assert s.group[i2i[0]] == "image:0.jpg"
+    paths, gen, ref = s.distinct_images()
+    assert len(paths) == 22 and (ref >= 0).sum() == 8 and len(set(ref[ref >= 0])) == 2
+    only = load_dataset("pku-i2iqa", pku_root, "annotation.csv")
+    assert len(only) == 8
+
+
+def test_detect_reports_what_it_looked_for(tmp_path):
+    with pytest.raises(FeatcacheError, match="no annotation file found"):
+        detect_dataset(tmp_path)
+
+
+def _write(tmp_path, body, header=HEADER):
+    path = tmp_path / "annotation.csv"
+    path.write_text(header + "\n" + body + "\n")
+    return path
+
+
+@pytest.mark.parametrize("header,body,message", [
+    ("Image_prompt,Generated_image,MOS_q", ",SD_1_00.jpg,1", r"missing column\(s\) MOS_a, MOS_c"),
+    (HEADER, ',"t",../../SD_1_00.jpg,1,2,3', r"row 2: image path 'All/\.\./\.\./SD_1_00\.jpg' escapes"),
+    (HEADER, '../../../x.jpg,"t",SD_1_00.jpg,1,2,3', r"row 2: image prompt path .* escapes the dataset root"),
+    (HEADER, ',"t",SD_1_00.jpg,1,2,3\n,"t",SD_1_00.jpg,1,2,3', r"rows 2 and 3: duplicate key 'SD_1_00.jpg'"),
+    (HEADER, ',"t",SD_1_00.jpg,1,2,3\n,"t",SD_1_01.jpg,abc,2,3', r"row 3: target MOS_q is 'abc', not a finite number"),
+    (HEADER, ',"t",SD_1_00.jpg,1,,3', r"row 2: target MOS_a is empty"),
+    (HEADER, ',"t",SD_1_00.jpg,nan,1,3', r"row 2: target MOS_q is 'nan'"),
+])
+def test_bad_annotations_name_the_file_and_row(tmp_path, header, body, message):
+    _write(tmp_path, body, header)
+    with pytest.raises(FeatcacheError, match=message):
+        load_dataset("pku-aigiqa-4k", tmp_path)
+
+
+def test_absolute_paths_are_refused(tmp_path):
+    _write(tmp_path, '/etc/passwd,"t",SD_1_00.jpg,1,2,3')
+    with pytest.raises(FeatcacheError, match="absolute"):
+        load_dataset("pku-aigiqa-4k", tmp_path)
+
+
+def test_unknown_dataset_suggests(tmp_path):
+    with pytest.raises(FeatcacheError, match="did you mean 'agiqa-3k'"):
+        load_dataset("agiqa3k", tmp_path)

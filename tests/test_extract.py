@@ -1,0 +1,189 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from featcache.backbones import Backbone, load_backbone
+from featcache.datasets import load_dataset
+from featcache.errors import FeatcacheError
+from featcache.extract import extract
+from featcache.merge import merge
+from featcache.store import lock_cache
+from tests.fakedata import make_pku
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _small():
+    return load_backbone("resnet18", random_weights=True, image_size=64)
+
+
+def _features(cache, bid):
+    with h5py.File(cache, "r") as f:
+        return f[f"features/{bid}/emb"][()], f[f"features/{bid}/done"][()]
+
+
+def test_one_forward_per_distinct_image(pku_root, tmp_path):
+    samples = load_dataset(None, pku_root)
+    result = extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False)
+    assert len(samples) == 20 and result.rows_written == 22
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        ref = f["samples/ref"][()]
+        gen = f["samples/gen"][()]
+        keys = f["images/key"].asstr()[()]
+    assert (ref >= 0).sum() == 8 and len(set(ref[ref >= 0])) == 2 and len(set(gen)) == 20
+    assert keys[ref[0]] == "I2I/Image_prompt/0.jpg"
+
+
+def test_batch_size_and_workers_do_not_change_features(pku_root, tmp_path):
+    samples = load_dataset(None, pku_root)
+    a = extract(samples, pku_root, load_backbone("lite0"), tmp_path / "a.h5", batch_size=1, workers=0,
+                progress=False)
+    extract(samples, pku_root, load_backbone("lite0"), tmp_path / "b.h5", batch_size=32, workers=2, progress=False)
+    ea, da = _features(tmp_path / "a.h5", a.backbone_id)
+    eb, db = _features(tmp_path / "b.h5", a.backbone_id)
+    assert da.all() and db.all() and np.isfinite(ea).all()
+    np.testing.assert_allclose(ea, eb, atol=1e-5)
+
+
+def test_complete_cache_runs_no_forward(pku_root, tmp_path, monkeypatch):
+    samples = load_dataset(None, pku_root)
+    extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False)
+
+    def no_model(self):
+        raise AssertionError("a model was built for a complete cache")
+
+    monkeypatch.setattr(Backbone, "extractor", no_model)
+    result = extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False)
+    assert result.rows_written == 0 and result.rows_done_before == 22
+
+
+def test_shards_merge_into_the_unsharded_cache(pku_root, tmp_path):
+    samples = load_dataset(None, pku_root)
+    whole = extract(samples, pku_root, _small(), tmp_path / "whole.h5", workers=0, progress=False)
+    shards = []
+    for i in range(3):
+        shard = tmp_path / f"shard{i}.h5"
+        r = extract(samples, pku_root, _small(), shard, shard=(i, 3), batch_size=4, workers=0, progress=False)
+        assert r.rows_in_shard in (7, 8)
+        shards.append(shard)
+    partial = merge(shards[:2], tmp_path / "partial.h5")
+    assert partial.rows[whole.backbone_id][0] < 22
+    merged = merge(shards, tmp_path / "merged.h5")
+    assert merged.rows[whole.backbone_id] == (22, 22)
+    e1, d1 = _features(tmp_path / "whole.h5", whole.backbone_id)
+    e2, d2 = _features(tmp_path / "merged.h5", whole.backbone_id)
+    assert d2.all()
+    np.testing.assert_allclose(e1, e2, atol=1e-5)
+    merge([shards[2]], tmp_path / "partial.h5")  # completing an existing merge
+    np.testing.assert_allclose(_features(tmp_path / "partial.h5", whole.backbone_id)[0], e1, atol=1e-5)
+
+
+def _count_done(cache, bid):
+    try:
+        with h5py.File(cache, "r", locking=False) as f:
+            return int(f[f"features/{bid}/done"][()].sum()) if f"features/{bid}/done" in f else 0
+    except (OSError, KeyError):
+        return 0
+
+
+@pytest.mark.parametrize("kill_when", ["early", "midway"])
+def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, kill_when):
+    root = tmp_path / "data"
+    make_pku(root, i2i_prompts=4, t2i_prompts=4, per_generator=2)  # 56 samples, 60 images
+    command = [sys.executable, str(REPO / "cli.py"), "extract", "--root", str(root), "--backbone", "lite0",
+               "--cache", str(tmp_path / "killed.h5"), "--batch-size", "1", "--workers", "0", "--quiet"]
+    bid = "tf_efficientnet_lite0.in1k/paper/224"
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    if kill_when == "early":
+        time.sleep(1.0)
+    else:
+        while _count_done(tmp_path / "killed.h5", bid) < 10 and time.time() < deadline:
+            time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = _count_done(tmp_path / "killed.h5", bid)
+    if kill_when == "midway":
+        assert 10 <= before < 60
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    samples = load_dataset(None, root)
+    extract(samples, root, load_backbone("lite0"), tmp_path / "clean.h5", batch_size=16, workers=0, progress=False)
+    killed, done = _features(tmp_path / "killed.h5", bid)
+    clean, _ = _features(tmp_path / "clean.h5", bid)
+    assert done.all()
+    np.testing.assert_allclose(killed, clean, atol=1e-5)
+
+
+def test_other_configuration_under_the_same_id_is_refused(pku_root, tmp_path):
+    samples = load_dataset(None, pku_root)
+    extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False)
+    with pytest.raises(FeatcacheError, match=r"written with another configuration \(precision differ"):
+        extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, precision="bf16", progress=False)
+
+
+def test_a_second_writer_is_refused(pku_root, tmp_path):
+    samples = load_dataset(None, pku_root)
+    with lock_cache(tmp_path / "c.h5"):
+        with pytest.raises(FeatcacheError, match="being written by another featcache process"):
+            extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False)
+
+
+def test_missing_images_stop_before_writing_and_keep_the_cache(pku_root, tmp_path):
+    samples = load_dataset(None, pku_root)
+    first = extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False)
+    (pku_root / "All" / "SD_1000_00.jpg").unlink()
+    (pku_root / "All" / "MJ_1001_10.jpg").write_bytes(b"")
+    with pytest.raises(FeatcacheError, match=r"2 of 22 image files are missing or empty .*All/SD_1000_00.jpg"):
+        extract(samples, pku_root, load_backbone("resnet18", random_weights=True, image_size=96),
+                tmp_path / "c.h5", workers=0, progress=False)
+    emb, done = _features(tmp_path / "c.h5", first.backbone_id)
+    assert done.all() and np.isfinite(emb).all()
+
+
+def test_undecodable_image_keeps_the_other_rows_and_resumes(pku_root, tmp_path):
+    samples = load_dataset(None, pku_root)
+    bad = pku_root / "All" / "DALLE_1000_00.jpg"
+    good_bytes = bad.read_bytes()
+    bad.write_bytes(good_bytes[: len(good_bytes) // 3])
+    with pytest.raises(FeatcacheError, match=r"1 images could not be read \(21 other rows were written.*DALLE_1000_00"):
+        extract(samples, pku_root, _small(), tmp_path / "c.h5", batch_size=4, workers=2, progress=False)
+    bid = _small().id
+    assert _features(tmp_path / "c.h5", bid)[1].sum() == 21
+    bad.write_bytes(good_bytes)
+    result = extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False)
+    assert result.rows_written == 1 and _features(tmp_path / "c.h5", bid)[1].all()
+
+
+def test_cache_of_another_dataset_is_refused(pku_root, tmp_path):
+    samples = load_dataset(None, pku_root)
+    extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False)
+    other = tmp_path / "other"
+    make_pku(other, i2i_prompts=1)
+    with pytest.raises(FeatcacheError, match="another list of images"):
+        extract(load_dataset(None, other), other, _small(), tmp_path / "c.h5", workers=0, progress=False)
+
+
+def test_cli_extract_info_and_one_line_errors(pku_root, monkeypatch):
+    monkeypatch.chdir(pku_root)
+    runner = CliRunner()
+    ok = runner.invoke(cli.main, ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "64",
+                                  "--workers", "0", "--quiet"])
+    assert ok.exit_code == 0, ok.output
+    assert "wrote 22 rows to featcache.h5" in ok.output
+    shown = runner.invoke(cli.main, ["info"])
+    assert "resnet18.random/paper/64: 22/22 rows complete, dim 512" in shown.output
+    assert "i2i 8, t2i 12" in shown.output
+    (pku_root / "annotation.csv").write_text("Generated_image,MOS_q\nx.jpg,1\n")
+    bad = runner.invoke(cli.main, ["extract", "--backbone", "lite0"])
+    assert bad.exit_code == 2
+    assert bad.output.strip().splitlines() == ["error: annotation.csv: missing column(s) MOS_a, MOS_c "
+                                               "(has: Generated_image, MOS_q)"]
