@@ -154,5 +154,128 @@ def datasets():
         click.echo(f"{adapter.name:<15}{files:<42}{adapter.description}")
 
 
+def _names(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+DEFAULT_REGRESSORS = "mlp,svr,ridge,generator-mean,sibling-mean"
+
+
+def _cv_options(f):
+    for option in reversed([
+        click.option("--split", type=click.Choice(["paper", "kfold", "group", "cross"]), default="group",
+                     show_default=True, help="group = prompt-disjoint K-fold; paper = the official index % 4 == 3."),
+        click.option("--folds", type=int, default=5, show_default=True),
+        click.option("--repeats", type=int, default=1, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--subset", default="all", show_default=True, help="all, t2i, i2i or a generator name."),
+        click.option("--train-on", help="--split cross: generator or subset to train on."),
+        click.option("--test-on", help="--split cross: generator or subset to test on."),
+        click.option("--jobs", type=int, default=1, show_default=True, help="Parallel folds/cells (joblib)."),
+        click.option("--backend", type=click.Choice(["loky", "dask", "ray"]), default=None,
+                     help="joblib backend; dask and ray reach a cluster (optional extras)."),
+        click.option("--device", default="cpu", show_default=True, help="Where the MLP trains: cpu, cuda, auto."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _cv_kwargs(split, folds, repeats, seed, subset, train_on, test_on, jobs, backend, device) -> dict:
+    return {"split": split, "folds": folds, "repeats": repeats, "seed": seed, "subset": subset,
+            "train_on": train_on, "test_on": test_on, "jobs": jobs, "backend": backend, "device": device}
+
+
+@main.command()
+@click.option("--cache", type=click.Path(dir_okay=False), help=f"HDF5 cache [./{DEFAULT_CACHE}].")
+@click.option("--backbone", help="Backbone id or name in the cache [the only one present].")
+@click.option("--mode", default="nr,fr,pr", show_default=True, help="Comma list of nr, fr, pr, fr-diff, pr-diff.")
+@click.option("--target", help="Comma list of targets [all in the cache].")
+@click.option("--regressor", default=DEFAULT_REGRESSORS, show_default=True, help="Comma list.")
+@_cv_options
+@click.option("--out", type=click.Path(file_okay=False), default="featcache-results", show_default=True)
+@click.option("--save-head", type=click.Path(dir_okay=False),
+              help="Also train on every selected sample and save the head (one mode, target, regressor).")
+def fit(cache, backbone, mode, target, regressor, out, save_head, **cv):
+    """Cross-validate heads on cached features; write results.json, results.csv, report.md and plots."""
+    from regressors.cv import cross_validate
+    from regressors.design import FLOORS, load_cache
+    from regressors.heads import fit_and_save_head
+    from regressors.report import format_table, write_results
+
+    config = load_config()
+    modes, regressors = _names(mode), _names(regressor)
+    data = load_cache(pick(cache, config, "cache", DEFAULT_CACHE), pick(backbone, config, "backbone"),
+                      labels_only=all(r in FLOORS for r in regressors))
+    targets = _names(target) or data.targets
+    if save_head and (len(modes) != 1 or len(targets) != 1 or len(regressors) != 1):
+        raise FeatcacheError("--save-head needs exactly one --mode, one --target and one --regressor")
+    results = cross_validate(data, modes, targets, regressors, **_cv_kwargs(**cv))
+    click.echo(f"{data.backbone_id or 'labels only'}: {cv['split']} split, subset {cv['subset']}")
+    click.echo(format_table(results.summary))
+    paths = write_results(results, out, title=f"featcache fit: {data.backbone_id}")
+    click.echo(f"wrote {paths['json']}, {paths['csv']}, {paths['report']}")
+    if save_head:
+        meta = fit_and_save_head(data, modes[0], targets[0], regressors[0], save_head, subset=cv["subset"],
+                                 seed=cv["seed"], device=cv["device"])
+        click.echo(f"saved {regressors[0]} head for {meta['mode']}/{meta['target']} on {meta['n_train']} samples "
+                   f"to {save_head}")
+
+
+@main.command()
+@click.option("--cache", type=click.Path(dir_okay=False), help=f"HDF5 cache [./{DEFAULT_CACHE}].")
+@click.option("--backbones", help="Comma list of ids or names [every backbone in the cache].")
+@click.option("--modes", default="nr,fr,pr", show_default=True)
+@click.option("--targets", help="Comma list [all].")
+@click.option("--regressors", default=DEFAULT_REGRESSORS, show_default=True)
+@_cv_options
+@click.option("--out", type=click.Path(file_okay=False), default="featcache-bench", show_default=True)
+def bench(cache, backbones, modes, targets, regressors, out, **cv):
+    """Run a grid (backbones x modes x targets x regressors) over one cache into one table."""
+    from regressors.bench import run_bench
+    from regressors.report import format_table, write_results
+
+    results = run_bench(pick(cache, load_config(), "cache", DEFAULT_CACHE), _names(backbones), _names(modes),
+                        _names(targets), _names(regressors), **_cv_kwargs(**cv))
+    rows = [dict(r, regressor=f"{r['backbone']} {r['regressor']}") for r in results.summary]
+    click.echo(format_table(rows))
+    paths = write_results(results, out, title="featcache bench")
+    click.echo(f"wrote {paths['json']}, {paths['csv']}, {paths['report']}")
+
+
+@main.command()
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option("--head", required=True, type=click.Path(dir_okay=False), help="A head saved by fit --save-head.")
+@click.option("--prompt-image", type=click.Path(dir_okay=False), help="The image prompt of IMAGES (FR/PR heads).")
+@_dataset_options
+@click.option("--backbone", help="Override the backbone name (must give the head's backbone id).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Local weights, if the head's came from a file.")
+@click.option("--mode", help="Refuse unless the head was trained for this mode.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default="scores.csv", show_default=True)
+def predict(images, head, prompt_image, dataset, root, annotation, columns, backbone, weights, mode, device,
+            batch_size, out):
+    """Score new images with a saved head (extracts only what the head needs)."""
+    from regressors.heads import predict_paths, write_scores
+
+    if images:
+        base = "."
+        paths = [str(Path(i)) for i in images]
+        prompts = [str(Path(prompt_image)) if prompt_image else ""] * len(paths)
+    elif dataset or root or annotation:
+        samples, base = load_samples_from_options(load_config(), dataset, root, annotation, columns)
+        paths, prompts = samples.image, samples.prompt_image
+    else:
+        raise FeatcacheError("give IMAGE paths, or --dataset/--root for a whole folder")
+    scores, meta = predict_paths(head, base, paths, prompts, backbone=backbone, weights=weights, mode=mode,
+                                 device=device, batch_size=batch_size)
+    write_scores(out, paths, prompts, scores, meta["target"])
+    for path, score in list(zip(paths, scores))[:10]:
+        click.echo(f"{score:8.4f}  {path}")
+    if len(paths) > 10:
+        click.echo(f"... {len(paths) - 10} more")
+    click.echo(f"wrote {len(paths)} scores ({meta['target']}, {meta['regressor']} {meta['mode']} head) to {out}")
+
+
 if __name__ == "__main__":
     main()

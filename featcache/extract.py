@@ -199,6 +199,9 @@ def _provenance(backbone: Backbone, device: torch.device, mode: str, command: st
         "torch": torch.__version__,
         "timm": timm.__version__,
         "timm_model": backbone.spec.timm_name,
+        "backbone_name": backbone.spec.name,
+        "pool": backbone.pool,
+        "image_size": backbone.spec.input_size,
         "weights": backbone.weights.to_dict(),
         "weights_state_sha256": backbone.weights_state_sha256(),
         "data_config": backbone.spec.data_config(),
@@ -207,3 +210,27 @@ def _provenance(backbone: Backbone, device: torch.device, mode: str, command: st
         "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, batch_size: int = 32,
+                     workers: int = 0, device: str = "auto", precision: str = "auto",
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Features of a few images in memory (no cache), e.g. to score new images with a saved head."""
+    root = Path(root)
+    check_files_present(root, paths)
+    torch_device = pick_device(device)
+    mode = _precision(torch_device, precision)
+    extractor = backbone.extractor().to(torch_device)
+    dataset = _ImageRows(root, paths, list(range(len(paths))), backbone.transform(), max_pixels)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode)
+    out = np.zeros((len(paths), 0), dtype=np.float32)
+    for rows, batch, errors in loader:
+        if errors:
+            raise FeatcacheError(errors[0])
+        with torch.autocast(torch_device.type, dtype=autocast, enabled=autocast is not None):
+            features = extractor(batch.to(torch_device)).float().cpu().numpy()
+        if out.shape[1] == 0:
+            out = np.zeros((len(paths), features.shape[1]), dtype=np.float32)
+        out[rows] = features
+    return out
