@@ -71,6 +71,7 @@ def create_cache(path: str | Path, samples: SampleTable, root: str | Path, comma
             group.create_dataset("text_prompt", data=_strings(samples.text_prompt), dtype=STR)
             group.create_dataset("row", data=np.asarray(samples.rows, dtype=np.int64))
             targets = f.create_group("targets")
+            targets.attrs["order"] = json.dumps(list(samples.targets))  # HDF5 lists members alphabetically
             for name, values in samples.targets.items():
                 targets.create_dataset(name, data=np.asarray(values, dtype=np.float64))
             f.create_group("features")
@@ -191,7 +192,8 @@ def read_samples(f: h5py.File) -> CachedSamples:
         key=s["key"].asstr()[()], group=s["group"].asstr()[()], generator=s["generator"].asstr()[()],
         subset=s["subset"].asstr()[()], text_prompt=s["text_prompt"].asstr()[()],
         gen=s["gen"][()], ref=s["ref"][()],
-        targets={k: v[()] for k, v in f["targets"].items()},
+        targets={k: f["targets"][k][()] for k in json.loads(f["targets"].attrs.get("order", "[]"))
+                 or list(f["targets"])},
         image_keys=f["images/key"].asstr()[()],
     )
 

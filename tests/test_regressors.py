@@ -1,0 +1,178 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.utils.estimator_checks import check_estimator
+
+import cli
+from featcache.datasets import load_dataset
+from featcache.errors import FeatcacheError
+from featcache.store import create_cache, ensure_features
+from regressors.cv import cross_validate
+from regressors.design import design_matrix, load_cache
+from regressors.heads_io import load_head, save_head
+from regressors.registry import REGRESSORS
+from regressors.splits import make_folds
+from tests.fakedata import ANNOTATIONS, HEADER
+
+
+def _config(bid="toy.random/paper/4"):
+    return {"id": bid, "arch": "toy", "weights": {"source": "random", "tag": "random"}, "feature": "gap",
+            "pool": "paper", "precision": "fp32",
+            "data_config": {"input_size": 4, "crop_pct": 1.0, "resize": 4, "interpolation": "bilinear",
+                            "mean": [0.5] * 3, "std": [0.5] * 3}}
+
+
+def _hand_made_cache(tmp_path, pku_root, emb=None):
+    """The fake PKU samples with features chosen by hand: image i has feature [i, 10 i]."""
+    samples = load_dataset(None, pku_root)
+    path = tmp_path / "hand.h5"
+    create_cache(path, samples, pku_root)
+    paths, _, _ = samples.distinct_images()
+    with h5py.File(path, "r+") as f:
+        group = ensure_features(f, _config(), 2, {}, path)
+        group["emb"][:] = emb if emb is not None else np.stack([np.arange(len(paths)), 10 * np.arange(len(paths))], 1)
+        group["done"][:] = True
+    return path
+
+
+def test_design_matrices_follow_the_paper_definitions(tmp_path, pku_root):
+    data = load_cache(_hand_made_cache(tmp_path, pku_root))
+    gen, ref = data.samples.gen, data.samples.ref
+    i2i = int(np.flatnonzero(ref >= 0)[0])
+    t2i = int(np.flatnonzero(ref < 0)[0])
+    g, p = np.array([gen[i2i], 10 * gen[i2i]]), np.array([ref[i2i], 10 * ref[i2i]])
+    x, rows = design_matrix(data, "nr")
+    assert x.shape == (20, 2) and np.array_equal(x[i2i], g)
+    x, rows = design_matrix(data, "fr")
+    assert x.shape == (8, 4) and np.array_equal(x[list(rows).index(i2i)], np.concatenate([g, p]))
+    x, rows = design_matrix(data, "pr")
+    assert np.allclose(x[i2i], (g + p) / 2) and np.array_equal(x[t2i], [gen[t2i], 10 * gen[t2i]])
+    x, rows = design_matrix(data, "fr-diff")
+    assert np.array_equal(x[list(rows).index(i2i)], np.concatenate([g, p, np.abs(g - p)]))
+    x, rows = design_matrix(data, "pr-diff")
+    assert np.array_equal(x[i2i], np.concatenate([g, p, np.abs(g - p), [1]]))
+    assert np.array_equal(x[t2i], [gen[t2i], 10 * gen[t2i], 0, 0, 0, 0, 0])
+    t2i_rows = np.flatnonzero(data.samples.subset == "t2i")
+    with pytest.raises(FeatcacheError, match="--mode fr: no sample .* has an image prompt; use --mode pr"):
+        design_matrix(data, "fr", t2i_rows)
+
+
+def test_nan_feature_rows_are_refused(tmp_path, pku_root):
+    emb = np.ones((22, 2))
+    emb[3] = np.nan
+    data = load_cache(_hand_made_cache(tmp_path, pku_root, emb))
+    with pytest.raises(FeatcacheError, match="1 feature rows of toy.random/paper/4 hold NaN"):
+        design_matrix(data, "nr")
+
+
+def _pku_4k_like(tmp_path):
+    """4000 rows with the official order: 1600 I2I (200 prompts x MJ,SD x 4), then 2400 T2I; no images needed."""
+    rows = []
+    for p in range(200):
+        for g in ("MJ", "SD"):
+            rows += [f'{p}.jpg,"t",{g}_{p}_{k}.jpg,{(p * 7 + k) % 5 + 1},2,3' for k in range(4)]
+    for pid in range(1000, 1200):
+        for g in ("SD", "MJ", "DALLE"):
+            rows += [f',"t",{g}_{pid}_{k}0.jpg,{(pid * 3 + k) % 5 + 1},2,3' for k in range(4)]
+    (tmp_path / "annotation.csv").write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    samples = load_dataset(None, tmp_path)
+    create_cache(tmp_path / "c.h5", samples, tmp_path)
+    return load_cache(tmp_path / "c.h5", labels_only=True)
+
+
+def test_paper_split_matches_the_official_loaders(tmp_path):
+    data = _pku_4k_like(tmp_path)
+    s = data.samples
+    for subset, (n_train, n_test) in {"all": (3000, 1000), "t2i": (1800, 600), "i2i": (1200, 400)}.items():
+        rows = np.flatnonzero(np.ones(4000, bool) if subset == "all" else s.subset == subset)
+        (fold,) = make_folds(rows, s.group, s.subset, s.generator, "paper")
+        assert (len(fold.train), len(fold.test)) == (n_train, n_test)
+        assert np.array_equal(fold.test, rows[3::4])
+    assert np.array_equal(make_folds(np.arange(4000), s.group, s.subset, s.generator, "paper")[0].test[:3],
+                          [3, 7, 11])
+
+
+def test_group_split_is_prompt_disjoint_and_cross_split_separates(tmp_path):
+    data = _pku_4k_like(tmp_path)
+    s = data.samples
+    folds = make_folds(np.arange(4000), s.group, s.subset, s.generator, "group", folds=5, repeats=2, seed=3)
+    assert len(folds) == 10
+    for fold in folds:
+        assert not set(s.group[fold.train]) & set(s.group[fold.test])
+    tests = np.concatenate([f.test for f in folds if f.repeat == 0])
+    assert np.array_equal(np.sort(tests), np.arange(4000))
+    (cross,) = make_folds(np.arange(4000), s.group, s.subset, s.generator, "cross", train_on="MJ", test_on="SD")
+    assert set(s.generator[cross.train]) == {"MJ"} and set(s.generator[cross.test]) == {"SD"}
+    with pytest.raises(FeatcacheError, match="too few for 5 prompt-disjoint folds"):
+        make_folds(np.arange(8), s.group, s.subset, s.generator, "group", folds=5)
+
+
+@pytest.mark.parametrize("name", list(REGRESSORS))
+def test_every_regressor_honours_the_estimator_contract(name):
+    estimator = REGRESSORS[name].factory(0, "cpu")
+    failed = [r for r in check_estimator(estimator, on_fail=None) if r["status"] == "failed"]
+    assert not failed, [(r["check_name"], str(r["exception"])[:200]) for r in failed]
+
+
+@pytest.mark.parametrize("name", ["mlp", "ridge", "svr"])
+def test_saved_head_predicts_the_same_numbers(tmp_path, name):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 6))
+    y = x[:, 0] - 2 * x[:, 1] ** 2 + rng.normal(0, 0.1, 120)
+    model = REGRESSORS[name].factory(0, "cpu").fit(x[:100], y[:100])
+    save_head(model, name, tmp_path / "h.safetensors", {"mode": "nr"})
+    loaded, meta = load_head(tmp_path / "h.safetensors")
+    assert meta["regressor"] == name and meta["mode"] == "nr"
+    np.testing.assert_allclose(loaded.predict(x[100:]), model.predict(x[100:]), rtol=1e-6, atol=1e-6)
+    with pytest.raises(FeatcacheError, match="cannot be saved"):
+        save_head(REGRESSORS["sibling-mean"].factory(0, "cpu").fit(x[:, :2], y), "sibling-mean", tmp_path / "f", {})
+
+
+@pytest.mark.skipif(not ANNOTATIONS.is_dir(), reason="../shared/data/annotations absent")
+def test_sibling_floor_reproduces_the_leak_of_the_paper_split(tmp_path):
+    samples = load_dataset("pku-aigiqa-4k", tmp_path, ANNOTATIONS / "pku-aigiqa-4k_t2i_annotation.csv")
+    create_cache(tmp_path / "t2i.h5", samples, tmp_path)  # the floors read no pixel: no image is needed
+    data = load_cache(tmp_path / "t2i.h5", labels_only=True)
+    result = cross_validate(data, ["nr"], ["MOS_q", "MOS_a", "MOS_c"], ["sibling-mean", "generator-mean"],
+                            split="paper")
+    srcc = {(r["regressor"], r["target"]): r["srcc_mean"] for r in result.summary}
+    assert round(srcc["sibling-mean", "MOS_q"], 3) == 0.870
+    assert round(srcc["sibling-mean", "MOS_a"], 3) == 0.829
+    assert round(srcc["sibling-mean", "MOS_c"], 3) == 0.835
+    assert round(srcc["generator-mean", "MOS_q"], 3) == 0.624
+    grouped = cross_validate(data, ["nr"], ["MOS_q"], ["sibling-mean"], split="group")
+    assert grouped.summary[0]["srcc_mean"] < 0.7  # prompt-disjoint: no sibling to copy
+
+
+def test_fit_and_predict_from_the_command_line(tmp_path, pku_root, monkeypatch):
+    monkeypatch.chdir(pku_root)
+    runner = CliRunner()
+    assert runner.invoke(cli.main, ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "64",
+                                    "--workers", "0", "--quiet"]).exit_code == 0
+    out = runner.invoke(cli.main, ["fit", "--mode", "pr", "--folds", "2", "--regressor", "ridge,sibling-mean",
+                                   "--jobs", "2", "--out", "res"])
+    assert out.exit_code == 0, out.output
+    results = json.loads((pku_root / "res" / "results.json").read_text())
+    assert {"config", "folds", "summary"} <= set(results)
+    assert len(results["summary"]) == 2 * 3 and len(results["folds"]) == 2 * 3 * 2
+    assert {"srcc_mean", "srcc_std", "plcc_mean", "plcc_std", "krcc_mean", "rmse_mean", "n_folds"} <= set(
+        results["summary"][0])
+    assert (pku_root / "res" / "results.csv").is_file() and "| regressor |" in (pku_root / "res" / "report.md").read_text()
+    saved = runner.invoke(cli.main, ["fit", "--mode", "fr", "--target", "MOS_q", "--regressor", "ridge", "--folds",
+                                     "2", "--save-head", "fr.safetensors", "--out", "res2"])
+    assert saved.exit_code == 0, saved.output
+    scored = runner.invoke(cli.main, ["predict", "--head", "fr.safetensors", "All/MJ_0_00.jpg", "All/SD_1_10.jpg",
+                                      "--prompt-image", "I2I/Image_prompt/0.jpg", "--out", "s.csv"])
+    assert scored.exit_code == 0, scored.output
+    assert (pku_root / "s.csv").read_text().splitlines()[0] == "image,prompt_image,MOS_q"
+    refused = runner.invoke(cli.main, ["predict", "--head", "fr.safetensors", "All/MJ_0_00.jpg"])
+    assert refused.exit_code == 2 and "needs --prompt-image" in refused.output
+    wrong = runner.invoke(cli.main, ["predict", "--head", "fr.safetensors", "--mode", "nr", "All/MJ_0_00.jpg"])
+    assert wrong.exit_code == 2 and "trained for --mode fr, not nr" in wrong.output
+    missing = runner.invoke(cli.main, ["fit", "--backbone", "resnet19"])
+    assert missing.exit_code == 2 and "did you mean 'resnet18.random/paper/64'" in missing.output
+    target = runner.invoke(cli.main, ["fit", "--target", "MOS_x"])
+    assert target.exit_code == 2 and "targets in featcache.h5: MOS_q, MOS_a, MOS_c" in target.output
