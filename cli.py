@@ -277,5 +277,40 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, back
     click.echo(f"wrote {len(paths)} scores ({meta['target']}, {meta['regressor']} {meta['mode']} head) to {out}")
 
 
+@main.command()
+@click.option("--photos", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of pristine photos (PNG/JPEG); each becomes one content group.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Benchmark folder (PKU layout).")
+@click.option("--views", type=int, default=4, show_default=True, help="Views per prompt and generator.")
+@click.option("--size", type=int, default=256, show_default=True, help="Side of every written image.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth(photos, out, views, size, seed):
+    """Build a synthetic quality benchmark with exact labels (quality from the distortion level, correspondence
+    from the framing drift) in the pku-aigiqa-4k layout. The labels are synthetic, not human opinions."""
+    from featcache.synth import synth as run_synth
+
+    made = run_synth(photos, out, views=views, size=size, seed=seed)
+    click.echo(f"{made.samples} rated images from {made.photos} photos ({made.i2i_samples} with an image prompt) "
+               f"in {made.out}; labels in {made.annotation}")
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), default="demo-out", show_default=True)
+@click.option("--views", type=int, default=8, show_default=True)
+@click.option("--folds", type=int, default=4, show_default=True)
+@click.option("--jobs", type=int, default=2, show_default=True)
+@click.option("--photos", type=click.Path(exists=True, file_okay=False),
+              help="Your own photos instead of scikit-image's.")
+@click.option("--modes", default="nr,fr,pr,fr-diff,pr-diff", show_default=True)
+@click.option("--regressors", default=DEFAULT_REGRESSORS, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(out, views, folds, jobs, photos, modes, regressors, quiet):
+    """The whole pipeline offline: synth benchmark, lite0 extraction in both poolings, NR/FR/PR fits, report."""
+    from featcache.demo import run_demo
+
+    run_demo(out, views=views, folds=folds, jobs=jobs, photos=photos, modes=_names(modes),
+             regressors=_names(regressors), progress=not quiet, echo=click.echo)
+
+
 if __name__ == "__main__":
     main()

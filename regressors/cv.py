@@ -120,6 +120,7 @@ def summarize(folds: list[dict]) -> list[dict]:
             entry[f"{metric}_mean"] = float(finite.mean()) if len(finite) else float("nan")
             entry[f"{metric}_std"] = float(finite.std()) if len(finite) else float("nan")
         entry["n_folds"] = len(rows)
+        entry["undefined_folds"] = int(sum(not np.isfinite(r["srcc"]) for r in rows))  # constant predictions
         entry["n_train"] = int(np.mean([r["n_train"] for r in rows]))
         entry["n_test"] = int(np.mean([r["n_test"] for r in rows]))
         entry["seconds"] = float(sum(r["seconds"] for r in rows))

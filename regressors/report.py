@@ -24,7 +24,9 @@ def format_table(summary: list[dict], markdown: bool = False) -> str:
     header = ["regressor", "mode", "target", "SRCC", "PLCC", "KRCC", "RMSE", "folds", "train/test"]
     rows = [[r["regressor"], r["mode"], r["target"], _cell(r["srcc_mean"], r["srcc_std"]),
              _cell(r["plcc_mean"], r["plcc_std"]), _cell(r["krcc_mean"], r["krcc_std"]),
-             _cell(r["rmse_mean"], r["rmse_std"]), str(r["n_folds"]), f"{r['n_train']}/{r['n_test']}"]
+             _cell(r["rmse_mean"], r["rmse_std"]),
+             str(r["n_folds"]) + (f" ({r['undefined_folds']} constant)" if r.get("undefined_folds") else ""),
+             f"{r['n_train']}/{r['n_test']}"]
             for r in summary]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
