@@ -188,7 +188,7 @@ def _cv_kwargs(split, folds, repeats, seed, subset, train_on, test_on, jobs, bac
 @main.command()
 @click.option("--cache", type=click.Path(dir_okay=False), help=f"HDF5 cache [./{DEFAULT_CACHE}].")
 @click.option("--backbone", help="Backbone id or name in the cache [the only one present].")
-@click.option("--mode", default="nr,fr,pr", show_default=True, help="Comma list of nr, fr, pr, fr-diff, pr-diff.")
+@click.option("--mode", help="Comma list of nr, fr, pr, fr-diff, pr-diff [nr,fr,pr; nr alone without prompts].")
 @click.option("--target", help="Comma list of targets [all in the cache].")
 @click.option("--regressor", default=DEFAULT_REGRESSORS, show_default=True, help="Comma list.")
 @_cv_options
@@ -203,9 +203,10 @@ def fit(cache, backbone, mode, target, regressor, out, save_head, **cv):
     from regressors.report import format_table, write_results
 
     config = load_config()
-    modes, regressors = _names(mode), _names(regressor)
+    regressors = _names(regressor)
     data = load_cache(pick(cache, config, "cache", DEFAULT_CACHE), pick(backbone, config, "backbone"),
                       labels_only=all(r in FLOORS for r in regressors))
+    modes = _names(mode) or (["nr", "fr", "pr"] if (data.samples.ref >= 0).any() else ["nr"])
     targets = _names(target) or data.targets
     if save_head and (len(modes) != 1 or len(targets) != 1 or len(regressors) != 1):
         raise FeatcacheError("--save-head needs exactly one --mode, one --target and one --regressor")

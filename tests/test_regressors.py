@@ -176,3 +176,20 @@ def test_fit_and_predict_from_the_command_line(tmp_path, pku_root, monkeypatch):
     assert missing.exit_code == 2 and "did you mean 'resnet18.random/paper/64'" in missing.output
     target = runner.invoke(cli.main, ["fit", "--target", "MOS_x"])
     assert target.exit_code == 2 and "targets in featcache.h5: MOS_q, MOS_a, MOS_c" in target.output
+
+
+@pytest.mark.parametrize("n,p", [(300, 40), (30, 80)])
+def test_leave_one_out_ridge_matches_scikit_learn(n, p):
+    from sklearn.linear_model import RidgeCV
+
+    from regressors.standardized import StandardizedRidge, standard_scaler
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(n, p))
+    y = x[:, :3].sum(1) + rng.normal(0, 0.5, n)
+    ours = StandardizedRidge().fit(x, y)
+    mean, scale = standard_scaler(x)
+    reference = RidgeCV(alphas=ours.alphas).fit((x - mean) / scale, y)
+    assert ours.alpha_ == reference.alpha_
+    test = rng.normal(size=(20, p))
+    np.testing.assert_allclose(ours.predict(test), reference.predict((test - mean) / scale), atol=1e-8)

@@ -1,0 +1,63 @@
+"""Accuracy: the synth benchmark over the 24 Kodak photos with lite0 (real ImageNet weights).
+
+paper vs multilevel pooling x NR, FR, FR-diff, PR, PR-diff x {mlp, svr, ridge} x 3 targets, prompt-disjoint
+5-fold CV, 3 repeats, plus the label-only floors. Skips without ../shared/data/kodak.
+
+    python benchmarks/accuracy.py [--views 8] [--repeats 3] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import KODAK, machine, save_json  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--views", type=int, default=8)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="keep the data, cache and reports here")
+    args = parser.parse_args()
+    if not (KODAK.is_dir() and len(list(KODAK.glob("*.png"))) >= 24):
+        print(f"skipped: {KODAK} is absent")
+        sys.exit(0)
+    from featcache.backbones import load_backbone
+    from featcache.datasets import load_dataset
+    from featcache.extract import extract
+    from featcache.synth import synth
+    from regressors.cv import cross_validate
+    from regressors.design import load_cache
+    from regressors.report import format_table, write_results
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = args.out or Path(tmp)
+        made = synth(KODAK, base / "kodak-synth", views=args.views, seed=0)
+        samples = load_dataset("pku-aigiqa-4k", base / "kodak-synth")
+        cache = base / "kodak-synth" / "featcache.h5"
+        payload = {"machine": machine(), "samples": made.samples, "i2i_samples": made.i2i_samples, "tables": {}}
+        print(f"synth over 24 Kodak photos: {made.samples} rated images ({made.i2i_samples} with an image prompt)")
+        for pool in ("paper", "multilevel"):
+            bid = extract(samples, base / "kodak-synth", load_backbone("lite0", pool=pool), cache,
+                          progress=False).backbone_id
+            results = cross_validate(load_cache(str(cache), bid), ["nr", "fr", "fr-diff", "pr", "pr-diff"],
+                                     ["MOS_q", "MOS_a", "MOS_c"],
+                                     ["mlp", "svr", "ridge", "generator-mean", "sibling-mean"], split="group",
+                                     folds=args.folds, repeats=args.repeats, seed=0, jobs=args.jobs)
+            write_results(results, base / "reports" / pool, title=f"accuracy: {bid}")
+            payload["tables"][pool] = {"backbone": bid, "summary": results.summary}
+            print(f"\n{pool} pooling ({bid}), prompt-disjoint {args.folds}-fold x {args.repeats} repeats")
+            print(format_table(results.summary, markdown=True))
+        payload["seconds"] = time.perf_counter() - start
+        print(f"\n{payload['seconds']:.0f} s; wrote {save_json('accuracy', payload)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Speed: extraction against the bare forward and decoding alone; stage 2 on 4000 rows; fine-tuning cost.
+
+    python benchmarks/speed.py [--images 256] [--size 512] [--backbone lite0] [--skip-stage2] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import machine, photos_folder, save_json  # noqa: E402  (sets sys.path)
+
+
+def extraction(args, tmp: Path) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from featcache.backbones import load_backbone, pick_device
+    from featcache.datasets import load_dataset
+    from featcache.extract import _collate, _ImageRows, _worker_init, default_workers, extract
+    from featcache.synth import synth
+
+    photos, source = photos_folder(tmp)
+    n_photos = len(list(Path(photos).iterdir()))
+    per_photo = 2 * (2 / 3) + 3 * (1 / 3)  # generators per photo, on average
+    views = max(1, int(round(args.images / (n_photos * per_photo))))
+    made = synth(photos, tmp / "data", views=views, size=args.size, seed=0)
+    samples = load_dataset("pku-aigiqa-4k", tmp / "data")
+    paths, _, _ = samples.distinct_images()
+    device = pick_device(args.device)
+    workers = default_workers() if args.workers is None else args.workers
+    backbone = load_backbone(args.backbone, pool=args.pool, random_weights=args.random_weights)
+    extractor = backbone.extractor().to(device)
+    autocast = torch.float16 if device.type == "cuda" else None
+    if device.type == "cuda":
+        extractor = extractor.to(memory_format=torch.channels_last)
+
+    def loader():
+        dataset = _ImageRows(tmp / "data", paths, list(range(len(paths))), backbone.transform(), 10**9)
+        return DataLoader(dataset, batch_size=args.batch_size, num_workers=workers, collate_fn=_collate,
+                          worker_init_fn=_worker_init if workers else None, pin_memory=device.type == "cuda")
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # decoding alone (same loader, same workers), keeping the tensors for the bare forward
+    start = time.perf_counter()
+    batches = [batch for _, batch, _ in loader()]
+    decode_s = time.perf_counter() - start
+    # bare forward on the same tensors, already decoded
+    with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        extractor(batches[0].to(device))  # warm-up
+        sync()
+        start = time.perf_counter()
+        for batch in batches:
+            extractor(batch.to(device, non_blocking=True)).float().cpu()
+        sync()
+    forward_s = time.perf_counter() - start
+    # the real pipeline, into a fresh cache
+    result = extract(samples, tmp / "data", backbone, tmp / "speed.h5", batch_size=args.batch_size,
+                     workers=workers, device=str(device), progress=False)
+    n = len(paths)
+    return {
+        "images": n, "image_size": args.size, "photos": source, "backbone": backbone.id, "device": str(device),
+        "batch_size": args.batch_size, "workers": workers,
+        "decode_only_images_per_s": n / decode_s, "bare_forward_images_per_s": n / forward_s,
+        "extract_images_per_s": result.images_per_second, "extract_seconds": result.seconds,
+        "decode_seconds": decode_s, "forward_seconds": forward_s,
+        "extract_vs_bare_forward": result.images_per_second / (n / forward_s),
+        "extract_vs_decode_plus_forward": result.seconds / (decode_s + forward_s),
+        "samples": made.samples,
+    }
+
+
+def stage2(args, tmp: Path) -> dict:
+    """4000 rows like PKU-AIGIQA-4K (1600 I2I over 200 prompts, 2400 T2I), 2048-d features with a planted signal."""
+    import h5py
+
+    from featcache.datasets import load_dataset
+    from featcache.store import create_cache, ensure_features
+    from regressors.cv import cross_validate
+    from regressors.design import load_cache
+
+    header = "Image_prompt,Text_prompt,Generated_image,MOS_q,MOS_a,MOS_c"
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(200):
+        for g in ("MJ", "SD"):
+            rows += [f'{p}.jpg,"t",{g}_{p}_{k}.jpg,' + ",".join(f"{v:.3f}" for v in rng.uniform(1, 5, 3))
+                     for k in range(4)]
+    for pid in range(1000, 1200):
+        for g in ("SD", "MJ", "DALLE"):
+            rows += [f',"t",{g}_{pid}_{k}0.jpg,' + ",".join(f"{v:.3f}" for v in rng.uniform(1, 5, 3))
+                     for k in range(4)]
+    (tmp / "s2").mkdir()
+    (tmp / "s2" / "annotation.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    samples = load_dataset(None, tmp / "s2")
+    cache = tmp / "s2" / "c.h5"
+    create_cache(cache, samples, tmp / "s2")
+    paths, gen, _ = samples.distinct_images()
+    emb = rng.normal(size=(len(paths), 2048)).astype(np.float32)
+    emb[gen, :16] += samples.targets["MOS_q"][:, None].astype(np.float32)  # something to learn
+    config = {"id": "synthetic/paper/224", "arch": "synthetic", "weights": {"source": "random", "tag": "random"},
+              "feature": "gap", "pool": "paper", "precision": "fp32",
+              "data_config": {"input_size": 224, "crop_pct": 0.875, "resize": 256, "interpolation": "bilinear",
+                              "mean": [0.5] * 3, "std": [0.5] * 3}}
+    with h5py.File(cache, "r+") as f:
+        group = ensure_features(f, config, 2048, {}, cache)
+        group["emb"][:] = emb
+        group["done"][:] = True
+    data = load_cache(str(cache))
+    out = {"rows": 4000, "dim": 2048, "jobs": args.jobs}
+    for label, regressors in (("ridge_and_floors", ["ridge", "generator-mean", "sibling-mean"]),
+                              ("svr", ["svr"]), ("mlp", ["mlp"])):
+        start = time.perf_counter()
+        result = cross_validate(data, ["nr", "fr", "pr"], ["MOS_q", "MOS_a", "MOS_c"], regressors, split="group",
+                                folds=5, jobs=args.jobs, device=args.device if args.device != "auto" else "cpu")
+        out[f"{label}_seconds"] = time.perf_counter() - start
+        out[f"{label}_fits"] = len(result.folds)
+        out[f"{label}_srcc_MOS_q_nr"] = next(r["srcc_mean"] for r in result.summary
+                                             if r["mode"] == "nr" and r["target"] == "MOS_q")
+        print(f"  {label:<18} {out[f'{label}_seconds']:8.1f} s ({len(result.folds)} fits)", flush=True)
+    out["full_grid_seconds"] = out["ridge_and_floors_seconds"] + out["svr_seconds"] + out["mlp_seconds"]
+    return out
+
+
+def finetune_cost(args, speed: dict, grid_seconds: float) -> dict:
+    """One fine-tuning step (forward + backward + Adam) per image, scaled to the paper's recipe."""
+    import torch
+
+    from featcache.backbones import load_backbone, pick_device
+
+    device = pick_device(args.device)
+    model = load_backbone(args.backbone, random_weights=True).extractor().model.to(device).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-5)
+    x = torch.randn(args.batch_size, 3, 224, 224, device=device)
+    y = torch.randn(args.batch_size, device=device)
+    times = []
+    for step in range(4):
+        start = time.perf_counter()
+        optimiser.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x)[:, 0], y)
+        loss.backward()
+        optimiser.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step:
+            times.append(time.perf_counter() - start)
+    train_per_image = float(np.mean(times)) / args.batch_size
+    forward_per_image = 1.0 / speed["bare_forward_images_per_s"]
+    # PKU-AIGIQA-4K, paper split, 100 epochs, one model per (mode, target): NR on 3000/1000 generated images;
+    # FR on the I2I part, 1200/400 samples of two images; PR on 3000/1000 samples, 1200 of them with a prompt.
+    configs = {"nr": (3000, 1000, 1.0), "fr": (1200, 400, 2.0), "pr": (3000, 1000, 1.4)}
+    per_epoch = {m: tr * k * train_per_image + te * k * forward_per_image for m, (tr, te, k) in configs.items()}
+    table_seconds = 100 * 3 * sum(per_epoch.values())  # 3 targets
+    extract_once = 4200 * (1.0 / speed["extract_images_per_s"])
+    ours = extract_once + grid_seconds
+    return {"train_seconds_per_image": train_per_image, "forward_seconds_per_image": forward_per_image,
+            "finetune_table_hours": table_seconds / 3600, "extract_once_seconds": extract_once,
+            "stage2_grid_seconds": grid_seconds, "extract_and_fit_seconds": ours,
+            "compute_ratio": table_seconds / ours}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--size", type=int, default=512, help="side of the synth images (PKU images are 512+)")
+    parser.add_argument("--backbone", default="lite0")
+    parser.add_argument("--pool", default="paper")
+    parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--skip-stage2", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        speed = extraction(args, tmp)
+        print(f"extraction, {speed['images']} images of {speed['image_size']} px, {speed['backbone']} on "
+              f"{speed['device']}, batch {speed['batch_size']}, {speed['workers']} workers")
+        print(f"  decoding alone     {speed['decode_only_images_per_s']:8.1f} images/s")
+        print(f"  bare forward       {speed['bare_forward_images_per_s']:8.1f} images/s")
+        print(f"  featcache extract  {speed['extract_images_per_s']:8.1f} images/s  "
+              f"= {speed['extract_vs_bare_forward']:.2f} x bare forward; time = "
+              f"{speed['extract_vs_decode_plus_forward']:.2f} x (decoding alone + forward alone)")
+        payload = {"machine": machine(), "extraction": speed}
+        if not args.skip_stage2:
+            print(f"stage 2 on 4000 rows x 2048-d, NR/FR/PR x 3 targets x 5 prompt-disjoint folds, jobs={args.jobs}")
+            s2 = stage2(args, tmp)
+            print(f"  full grid          {s2['full_grid_seconds']:8.1f} s")
+            cost = finetune_cost(args, speed, s2["full_grid_seconds"])
+            print(f"fine-tuning (paper recipe, 100 epochs x NR/FR/PR x 3 targets): "
+                  f"{cost['finetune_table_hours']:.1f} h; extract once + full grid: "
+                  f"{cost['extract_and_fit_seconds']:.0f} s; ratio {cost['compute_ratio']:.0f}x")
+            payload.update(stage2=s2, finetune=cost)
+        print(f"wrote {save_json('speed' if args.device != 'cuda' else 'speed_cuda', payload)}")
+
+
+if __name__ == "__main__":
+    main()
