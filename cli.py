@@ -29,6 +29,9 @@ class _Group(click.Group):
         except FeatcacheError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: every row written so far is kept; run the same command to resume", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=_Group)

@@ -1,5 +1,8 @@
 """One exception type for every user-facing failure: the CLI prints its message as one line and exits 2."""
 
+import difflib
+from collections.abc import Iterable
+
 
 class FeatcacheError(Exception):
     """A bad input or state the user can fix; the message names the file or row."""
@@ -10,3 +13,11 @@ class FeatcacheError(Exception):
 
 class FeatcacheWarning(UserWarning):
     """Something worth telling the user that does not stop the run (printed as one 'warning:' line)."""
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str], where: str = "") -> FeatcacheError:
+    """'unknown mode 'fr2'; did you mean 'fr'? (modes: ...)': the one shape of every unknown-name error."""
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return FeatcacheError(f"unknown {kind} {name!r}{hint} ({kind}s{where}: {', '.join(choices)})")

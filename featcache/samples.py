@@ -110,19 +110,6 @@ class SampleTable:
         ref = np.array([add(p) if p else -1 for p in self.prompt_image], dtype=np.int64)
         return paths, gen, ref
 
-    def subset_mask(self, name: str) -> np.ndarray:
-        """Boolean mask for 'all', 't2i', 'i2i' or a generator name."""
-        if name == "all":
-            return np.ones(len(self), dtype=bool)
-        subset = np.array(self.subset)
-        if name in ("t2i", "i2i"):
-            return subset == name
-        generator = np.array(self.generator)
-        if name in set(self.generator):
-            return generator == name
-        choices = sorted({"all", "t2i", "i2i", *self.generator})
-        raise FeatcacheError(f"unknown subset {name!r}; choose one of {', '.join(choices)}")
-
     def manifest_hash(self) -> str:
         """Hash of what the features depend on (the distinct images), so caches are never mixed silently."""
         paths, _, _ = self.distinct_images()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, unknown_name
 from featcache.store import CachedSamples, backbone_ids, open_read, read_samples
 
 MODES = {
@@ -39,9 +39,7 @@ class CacheData:
 
     def target(self, name: str) -> np.ndarray:
         if name not in self.samples.targets:
-            close = difflib.get_close_matches(name, self.targets, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise FeatcacheError(f"unknown target {name!r}{hint} (targets in {self.path}: {', '.join(self.targets)})")
+            raise unknown_name("target", name, self.targets, f" in {self.path}")
         return self.samples.targets[name]
 
 
@@ -96,9 +94,7 @@ def mode_rows(data: CacheData, mode: str, rows: np.ndarray) -> np.ndarray:
 
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
-        close = difflib.get_close_matches(mode, MODES, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise FeatcacheError(f"unknown mode {mode!r}{hint} (modes: {', '.join(MODES)})")
+        raise unknown_name("mode", mode, MODES)
 
 
 def design_matrix(data: CacheData, mode: str, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

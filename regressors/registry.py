@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Callable
 
-from featcache.errors import FeatcacheError
+from featcache.errors import unknown_name
 from regressors.floors import GeneratorMean, SiblingMean
 from regressors.mlp import MLPHead
 from regressors.standardized import StandardizedRidge, StandardizedSVR
@@ -38,7 +37,5 @@ REGRESSORS: dict[str, RegressorSpec] = {
 
 def get_regressor(name: str) -> RegressorSpec:
     if name not in REGRESSORS:
-        close = difflib.get_close_matches(name, REGRESSORS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise FeatcacheError(f"unknown regressor {name!r}{hint} (regressors: {', '.join(REGRESSORS)})")
+        raise unknown_name("regressor", name, REGRESSORS)
     return REGRESSORS[name]

@@ -108,3 +108,17 @@ def test_absolute_paths_are_refused(tmp_path):
 def test_unknown_dataset_suggests(tmp_path):
     with pytest.raises(FeatcacheError, match="did you mean 'agiqa-3k'"):
         load_dataset("agiqa3k", tmp_path)
+
+
+@needs_annotations
+def test_detection_reads_the_header_when_the_file_name_is_unknown(tmp_path):
+    for name, adapter in [("aigciqa2023_full.csv", "aigciqa2023"), ("pku-aigiqa-4k_t2i_annotation.csv",
+                                                                     "pku-aigiqa-4k"), ("agiqa-3k_data.csv", "agiqa-3k")]:
+        root = tmp_path / adapter
+        root.mkdir()
+        (root / name).write_bytes((ANNOTATIONS / name).read_bytes())
+        found, path = detect_dataset(root)
+        assert (found.name, path.name) == (adapter, name)
+    (tmp_path / "pku-aigiqa-4k" / "pku-aigiqa-4k_t2i_annotation.csv").rename(tmp_path / "pku-aigiqa-4k" / "full.csv")
+    # full.csv is also AIGCIQA2023's usual name; the header decides
+    assert detect_dataset(tmp_path / "pku-aigiqa-4k")[0].name == "pku-aigiqa-4k"

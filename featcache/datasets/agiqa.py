@@ -29,7 +29,8 @@ def t2i_frame(root: Path, table: pd.DataFrame, image_col: str, prompt_col: str) 
     })
 
 
-@register_dataset("agiqa-3k", ("data.csv",), "AGIQA-3K: 2982 T2I images, mos_quality and mos_align")
+@register_dataset("agiqa-3k", ("data.csv",), "AGIQA-3K: 2982 T2I images, mos_quality and mos_align",
+                  columns=("name", "prompt", "mos_quality", "mos_align"))
 def load_agiqa_3k(root: Path, annotation: Path, options: dict) -> SampleTable:
     table = read_table(annotation)
     require_columns(table, ["name", "prompt", "mos_quality", "mos_align"], annotation)
@@ -40,7 +41,8 @@ def load_agiqa_3k(root: Path, annotation: Path, options: dict) -> SampleTable:
     return SampleTable.from_frame(frame, targets, str(annotation), "agiqa-3k")
 
 
-@register_dataset("agiqa-1k", ("AIGC_MOS_Zscore.xlsx", "AIGC_MOS_Zscore.csv"), "AGIQA-1K: 1080 T2I images, MOS")
+@register_dataset("agiqa-1k", ("AIGC_MOS_Zscore.xlsx", "AIGC_MOS_Zscore.csv"), "AGIQA-1K: 1080 T2I images, MOS",
+                  columns=("Image", "Prompt", "MOS"))
 def load_agiqa_1k(root: Path, annotation: Path, options: dict) -> SampleTable:
     table = read_table(annotation)
     require_columns(table, ["Image", "Prompt", "MOS"], annotation)

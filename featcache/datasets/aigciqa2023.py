@@ -15,7 +15,8 @@ IMAGE_DIRS = ("", "Image", "Image/allimg", "images")
 
 
 @register_dataset("aigciqa2023", ("aigciqa2023.csv", "full.csv", "mos.csv"),
-                  "AIGCIQA2023: 2400 T2I images, quality/authenticity/correspondence (mosz1..3)")
+                  "AIGCIQA2023: 2400 T2I images, quality/authenticity/correspondence (mosz1..3)",
+                  columns=("model", "image_name", "mosz1", "mosz2", "mosz3"))
 def load_aigciqa2023(root: Path, annotation: Path, options: dict) -> SampleTable:
     table = read_table(annotation)
     require_columns(table, ["model", "image_name", *TARGETS.values()], annotation)

@@ -54,14 +54,16 @@ def _pku_frame(root: Path, annotation: Path, i2i_only: bool) -> tuple[pd.DataFra
 
 
 @register_dataset("pku-aigiqa-4k", ("annotation.xlsx", "annotation.csv"),
-                  "PKU-AIGIQA-4K: 4000 T2I+I2I images, MOS_q/MOS_a/MOS_c; images in All/, prompts in I2I/Image_prompt/")
+                  "PKU-AIGIQA-4K: 4000 T2I+I2I images, MOS_q/MOS_a/MOS_c; images in All/, prompts in I2I/Image_prompt/",
+                  columns=("Generated_image", *TARGETS))
 def load_pku_aigiqa_4k(root: Path, annotation: Path, options: dict) -> SampleTable:
     frame, targets = _pku_frame(root, annotation, i2i_only=False)
     return SampleTable.from_frame(frame, targets, str(annotation), "pku-aigiqa-4k")
 
 
 @register_dataset("pku-i2iqa", ("annotation_i2i.xlsx", "annotation_i2i.csv"),
-                  "PKU-I2IQA: the image-to-image part (rows with an image prompt), same columns as PKU-AIGIQA-4K")
+                  "PKU-I2IQA: the image-to-image part (rows with an image prompt), same columns as PKU-AIGIQA-4K",
+                  columns=("Generated_image", "Image_prompt", *TARGETS))
 def load_pku_i2iqa(root: Path, annotation: Path, options: dict) -> SampleTable:
     frame, targets = _pku_frame(root, annotation, i2i_only=True)
     return SampleTable.from_frame(frame, targets, str(annotation), "pku-i2iqa")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from featcache.errors import FeatcacheError
+from featcache.datasets.tables import read_header
+from featcache.errors import FeatcacheError, unknown_name
 from featcache.samples import SampleTable
 
 Loader = Callable[[Path, Path, dict], SampleTable]
@@ -19,20 +19,25 @@ class DatasetAdapter:
     annotation_names: tuple[str, ...]
     description: str
     loader: Loader
+    columns: tuple[str, ...] = ()  # a header holding these columns is this database's
 
-    def find_annotation(self, root: Path) -> Path | None:
+    def find_annotation(self, root: Path, check_header: bool = False) -> Path | None:
         for name in self.annotation_names:
-            if (root / name).is_file():
+            if (root / name).is_file() and (not check_header or self.matches(root / name)):
                 return root / name
         return None
+
+    def matches(self, path: Path) -> bool:
+        """True when the file's header has this adapter's columns (always, for adapters without a header)."""
+        return not self.columns or set(self.columns) <= set(read_header(path))
 
 
 _ADAPTERS: dict[str, DatasetAdapter] = {}
 
 
-def register_dataset(name: str, annotation_names: tuple[str, ...], description: str):
+def register_dataset(name: str, annotation_names: tuple[str, ...], description: str, columns: tuple[str, ...] = ()):
     def decorate(loader: Loader) -> Loader:
-        _ADAPTERS[name] = DatasetAdapter(name, annotation_names, description, loader)
+        _ADAPTERS[name] = DatasetAdapter(name, annotation_names, description, loader, columns)
         return loader
 
     return decorate
@@ -44,18 +49,21 @@ def list_datasets() -> list[DatasetAdapter]:
 
 def get_adapter(name: str) -> DatasetAdapter:
     if name not in _ADAPTERS:
-        close = difflib.get_close_matches(name, _ADAPTERS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise FeatcacheError(f"unknown dataset {name!r}{hint} (known: {', '.join(_ADAPTERS)})")
+        raise unknown_name("dataset", name, _ADAPTERS)
     return _ADAPTERS[name]
 
 
 def detect_dataset(root: Path) -> tuple[DatasetAdapter, Path]:
-    """Find which database lives in `root` from its annotation file name."""
+    """Find which database lives in `root`: a known annotation file name, else any table whose header fits."""
     for adapter in _ADAPTERS.values():
-        found = adapter.find_annotation(root)
+        found = adapter.find_annotation(root, check_header=True)
         if found is not None:
             return adapter, found
+    tables = sorted(p for p in Path(root).iterdir() if p.suffix.lower() in (".csv", ".xlsx", ".xls"))
+    for path in tables:
+        for adapter in _ADAPTERS.values():
+            if adapter.columns and adapter.matches(path):
+                return adapter, path
     expected = ", ".join(f"{n} ({a.name})" for a in _ADAPTERS.values() for n in a.annotation_names)
     raise FeatcacheError(
         f"no annotation file found in {root}: expected one of {expected}; "

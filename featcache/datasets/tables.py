@@ -34,6 +34,18 @@ def read_table(path: Path, header: bool = True, names: list[str] | None = None) 
     return frame
 
 
+def read_header(path: Path) -> list[str]:
+    """Column names only (cheap), [] for an unreadable file."""
+    try:
+        if Path(path).suffix.lower() in SPREADSHEET_SUFFIXES:
+            frame = pd.read_excel(path, nrows=0)
+        else:
+            frame = pd.read_csv(path, nrows=0, encoding="utf-8-sig")
+    except Exception:
+        return []
+    return [str(c).strip() for c in frame.columns]
+
+
 def require_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
