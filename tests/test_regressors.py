@@ -193,3 +193,32 @@ def test_leave_one_out_ridge_matches_scikit_learn(n, p):
     assert ours.alpha_ == reference.alpha_
     test = rng.normal(size=(20, p))
     np.testing.assert_allclose(ours.predict(test), reference.predict((test - mean) / scale), atol=1e-8)
+
+
+def test_bench_runs_every_backbone_into_one_table(tmp_path, pku_root, monkeypatch):
+    monkeypatch.chdir(pku_root)
+    runner = CliRunner()
+    for size in ("64", "96"):
+        assert runner.invoke(cli.main, ["extract", "--backbone", "resnet18", "--random-weights", "--image-size",
+                                        size, "--workers", "0", "--quiet"]).exit_code == 0
+    out = runner.invoke(cli.main, ["bench", "--modes", "nr,pr", "--targets", "MOS_q", "--regressors",
+                                   "ridge,generator-mean", "--folds", "2", "--out", "b"])
+    assert out.exit_code == 0, out.output
+    summary = json.loads((pku_root / "b" / "results.json").read_text())["summary"]
+    assert {r["backbone"] for r in summary} == {"resnet18.random/paper/64", "resnet18.random/paper/96"}
+    assert len(summary) == 2 * 2 * 1 * 2
+
+
+def test_cluster_backends_need_their_extras(tmp_path, pku_root):
+    import importlib.util
+
+    data = load_cache(_hand_made_cache(tmp_path, pku_root))
+    for backend, module in (("dask", "dask.distributed"), ("ray", "ray.util.joblib")):
+        try:
+            installed = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            installed = False
+        if installed:
+            continue
+        with pytest.raises(FeatcacheError, match=rf"--backend {backend} needs .* pip install 'featcache\[{backend}\]'"):
+            cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=2, backend=backend)
