@@ -73,21 +73,21 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
               "subset": subset, "train_on": train_on, "test_on": test_on}
     results = CVResults(config)
     tasks, meta = [], []
+    needs_features = any(get_regressor(name).uses_features for name in regressors)
     for mode in modes:
-        needs_features = any(get_regressor(name).uses_features for name in regressors)
         x, rows = design_matrix(data, mode, selection) if needs_features else (None, mode_rows(data, mode, selection))
         position = {int(r): i for i, r in enumerate(rows)}
         what = f"--subset {subset}" + (" (samples with an image prompt)" if mode.startswith("fr") else "")
-        fold_list = make_folds(rows, s.group, s.subset, s.generator, split, folds, repeats, seed, train_on,
-                               test_on, what)
+        fold_list = [(fold, np.array([position[int(i)] for i in fold.train]),
+                      np.array([position[int(i)] for i in fold.test]))
+                     for fold in make_folds(rows, s.group, s.subset, s.generator, split, folds, repeats, seed,
+                                            train_on, test_on, what)]
         codes = label_codes(data, rows)
         for target in targets:
             y = labels[target][rows]
             for name in regressors:
                 inputs = x if get_regressor(name).uses_features else codes
-                for fold in fold_list:
-                    train = np.array([position[int(i)] for i in fold.train])
-                    test = np.array([position[int(i)] for i in fold.test])
+                for fold, train, test in fold_list:
                     tasks.append(delayed(_fit_one)(inputs[train], y[train], inputs[test], name,
                                                    seed + fold.repeat, device))
                     meta.append((name, mode, target, fold, y[test]))

@@ -64,6 +64,10 @@ def detect_dataset(root: Path) -> tuple[DatasetAdapter, Path]:
         for adapter in _ADAPTERS.values():
             if adapter.columns and adapter.matches(path):
                 return adapter, path
+    for adapter in _ADAPTERS.values():  # a known name with a broken header: its adapter says what is missing
+        found = adapter.find_annotation(root)
+        if found is not None:
+            return adapter, found
     expected = ", ".join(f"{n} ({a.name})" for a in _ADAPTERS.values() for n in a.annotation_names)
     raise FeatcacheError(
         f"no annotation file found in {root}: expected one of {expected}; "
