@@ -153,28 +153,39 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     return result
 
 
+def _forward_batches(extractor, dataset: _ImageRows, device: torch.device, mode: str, batch_size: int,
+                     workers: int):
+    """Decode in workers, forward on `device`: yields (rows, features or None, errors, forward seconds)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+                        pin_memory=device.type == "cuda", worker_init_fn=_worker_init if workers else None)
+    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode)
+    for rows, batch, errors in loader:
+        if not rows:
+            yield rows, None, errors, 0.0
+            continue
+        start = time.perf_counter()
+        batch = batch.to(device, non_blocking=True)
+        if device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            features = extractor(batch)
+        features = features.float().cpu().numpy()
+        yield rows, features, errors, time.perf_counter() - start
+
+
 def _run(extractor, group, f, root, paths, todo, backbone, device, mode, batch_size, workers, max_pixels,
          progress, result) -> None:
     from tqdm.auto import tqdm
 
     dataset = _ImageRows(root, paths, todo, backbone.transform(), max_pixels)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-                        pin_memory=device.type == "cuda", worker_init_fn=_worker_init if workers else None)
     emb, done = group["emb"], group["done"]
-    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode)
     start = time.perf_counter()
     with tqdm(total=len(todo), unit="img", desc=result.backbone_id, disable=not progress, file=sys.stderr) as bar:
-        for rows, batch, errors in loader:
+        for rows, features, errors, seconds in _forward_batches(extractor, dataset, device, mode, batch_size,
+                                                                 workers):
             result.errors.extend(errors)
             if rows:
-                t0 = time.perf_counter()
-                batch = batch.to(device, non_blocking=True)
-                if device.type == "cuda":
-                    batch = batch.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                    features = extractor(batch)
-                features = features.float().cpu().numpy()
-                result.forward_seconds += time.perf_counter() - t0
+                result.forward_seconds += seconds
                 _write_rows(emb, rows, features)
                 f.flush()  # rows reach the file before their done flags
                 _write_rows(done, rows, np.ones(len(rows), dtype=bool))
@@ -221,16 +232,14 @@ def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, 
     torch_device = pick_device(device)
     mode = _precision(torch_device, precision)
     extractor = backbone.extractor().to(torch_device)
+    if torch_device.type == "cuda":
+        extractor = extractor.to(memory_format=torch.channels_last)
     dataset = _ImageRows(root, paths, list(range(len(paths))), backbone.transform(), max_pixels)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
-    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode)
-    out = np.zeros((len(paths), 0), dtype=np.float32)
-    for rows, batch, errors in loader:
+    out = None
+    for rows, features, errors, _ in _forward_batches(extractor, dataset, torch_device, mode, batch_size, workers):
         if errors:
             raise FeatcacheError(errors[0])
-        with torch.autocast(torch_device.type, dtype=autocast, enabled=autocast is not None):
-            features = extractor(batch.to(torch_device)).float().cpu().numpy()
-        if out.shape[1] == 0:
+        if out is None:
             out = np.zeros((len(paths), features.shape[1]), dtype=np.float32)
         out[rows] = features
     return out
