@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -19,7 +18,7 @@ from featcache.backbones import Backbone, pick_device
 from featcache.errors import FeatcacheError
 from featcache.images import DEFAULT_MAX_PIXELS, check_files_present, load_rgb
 from featcache.samples import SampleTable
-from featcache.store import check_same_dataset, create_cache, ensure_features, lock_cache
+from featcache.store import check_same_dataset, create_cache, ensure_features, lock_cache, open_write
 
 
 @dataclass
@@ -121,7 +120,7 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     with lock_cache(cache):
         if not cache.exists():
             create_cache(cache, samples, root, command)
-        with h5py.File(cache, "r+") as f:
+        with open_write(cache) as f:
             check_same_dataset(f, samples, cache)
             bid = config["id"]
             exists = f"features/{bid}/emb" in f

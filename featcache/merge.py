@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from featcache.errors import FeatcacheError
-from featcache.store import backbone_ids, compare_configs, ensure_features, lock_cache, open_read
+from featcache.store import backbone_ids, compare_configs, ensure_features, lock_cache, open_read, open_write
 
 COPY_ROWS = 4096
 
@@ -40,7 +40,7 @@ def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
             if not out.exists():
                 _copy_tables(first, out)
             result = MergeResult(str(out))
-            with h5py.File(out, "r+") as target:
+            with open_write(out) as target:
                 if target.attrs["manifest_sha256"] != first.attrs["manifest_sha256"]:
                     raise FeatcacheError(f"{out} exists and was built from other images than the shards")
                 for bid in sorted({b for f in sources for b in backbone_ids(f)}):

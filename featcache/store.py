@@ -153,6 +153,15 @@ def backbone_ids(f: h5py.File) -> list[str]:
     return sorted(found)
 
 
+def open_write(path: str | Path) -> h5py.File:
+    """Open an existing cache for writing; a held HDF5 lock or a damaged file is a one-line error."""
+    try:
+        return h5py.File(path, "r+")
+    except OSError as exc:
+        raise FeatcacheError(f"{path}: cannot open the cache for writing ({str(exc).splitlines()[0]}); is it open "
+                             "in another program, or not a featcache cache?") from exc
+
+
 def open_read(path: str | Path) -> h5py.File:
     """Open for reading, also while an extraction writes it (rows not yet `done` are simply not used)."""
     path = Path(path)

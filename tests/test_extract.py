@@ -187,3 +187,26 @@ def test_cli_extract_info_and_one_line_errors(pku_root, monkeypatch):
     assert bad.exit_code == 2
     assert bad.output.strip().splitlines() == ["error: annotation.csv: missing column(s) MOS_a, MOS_c "
                                                "(has: Generated_image, MOS_q)"]
+
+
+def test_a_writer_in_another_process_is_refused(pku_root, tmp_path):
+    cache = tmp_path / "c.h5"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from featcache.store import lock_cache\n"
+                               f"with lock_cache({str(cache)!r}):\n    print('held', flush=True); time.sleep(30)"],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FeatcacheError, match="being written by another featcache process"):
+            extract(load_dataset(None, pku_root), pku_root, _small(), cache, workers=0, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert extract(load_dataset(None, pku_root), pku_root, _small(), cache, workers=0,
+                   progress=False).rows_written == 22  # the lock died with its process
+
+
+def test_a_damaged_cache_file_is_a_one_line_error(pku_root, tmp_path):
+    (tmp_path / "c.h5").write_bytes(b"this is not HDF5")
+    with pytest.raises(FeatcacheError, match="c.h5: cannot open the cache for writing"):
+        extract(load_dataset(None, pku_root), pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False)
+    assert (tmp_path / "c.h5").read_bytes() == b"this is not HDF5"

@@ -172,6 +172,18 @@ def test_fit_and_predict_from_the_command_line(tmp_path, pku_root, monkeypatch):
     assert refused.exit_code == 2 and "needs --prompt-image" in refused.output
     wrong = runner.invoke(cli.main, ["predict", "--head", "fr.safetensors", "--mode", "nr", "All/MJ_0_00.jpg"])
     assert wrong.exit_code == 2 and "trained for --mode fr, not nr" in wrong.output
+    assert runner.invoke(cli.main, ["fit", "--mode", "pr", "--target", "MOS_a", "--regressor", "svr", "--folds", "2",
+                                    "--save-head", "pr.safetensors", "--out", "res3"]).exit_code == 0
+    whole = runner.invoke(cli.main, ["predict", "--head", "pr.safetensors", "--root", ".", "--out", "all.csv"])
+    assert whole.exit_code == 0, whole.output
+    lines = (pku_root / "all.csv").read_text().splitlines()
+    assert lines[0] == "image,prompt_image,MOS_a" and len(lines) == 21
+    assert lines[1].startswith("All/MJ_0_00.jpg,I2I/Image_prompt/0.jpg,")
+    assert any(line.split(",")[1] == "" for line in lines[1:])  # T2I rows scored without a prompt
+    head, _ = load_head(pku_root / "pr.safetensors")
+    x, rows = design_matrix(load_cache(str(pku_root / "featcache.h5")), "pr")
+    scored = np.array([float(line.split(",")[2]) for line in lines[1:]])
+    np.testing.assert_allclose(scored, head.predict(x), atol=1e-4)  # images re-read give the cached features
     missing = runner.invoke(cli.main, ["fit", "--backbone", "resnet19"])
     assert missing.exit_code == 2 and "did you mean 'resnet18.random/paper/64'" in missing.output
     target = runner.invoke(cli.main, ["fit", "--target", "MOS_x"])
