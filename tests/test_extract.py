@@ -210,3 +210,19 @@ def test_a_damaged_cache_file_is_a_one_line_error(pku_root, tmp_path):
     with pytest.raises(FeatcacheError, match="c.h5: cannot open the cache for writing"):
         extract(load_dataset(None, pku_root), pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False)
     assert (tmp_path / "c.h5").read_bytes() == b"this is not HDF5"
+
+
+def test_cli_shards_and_merge(pku_root, monkeypatch):
+    monkeypatch.chdir(pku_root)
+    runner = CliRunner()
+    base = ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "64", "--workers", "0", "--quiet"]
+    for i in range(2):
+        out = runner.invoke(cli.main, base + ["--shard", f"{i}/2", "--cache", f"s{i}.h5"])
+        assert out.exit_code == 0 and "wrote 11 rows" in out.output, out.output
+    info = runner.invoke(cli.main, ["info", "s0.h5"])
+    assert "11/22 rows INCOMPLETE" in info.output
+    merged = runner.invoke(cli.main, ["merge", "s0.h5", "s1.h5", "--out", "all.h5"])
+    assert merged.exit_code == 0 and "resnet18.random/paper/64: 22/22 rows" in merged.output
+    assert "merged from s0.h5, s1.h5" in runner.invoke(cli.main, ["info", "all.h5"]).output
+    bad = runner.invoke(cli.main, base + ["--shard", "2/2"])
+    assert bad.exit_code == 2 and "need 0 <= I < N" in bad.output
