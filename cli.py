@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from featcache import __version__
+from featcache.demo import DEMO_MODES, DEMO_REGRESSORS
 from featcache.defaults import DEFAULT_CACHE, load_config, pick
 from featcache.errors import FeatcacheError
 
@@ -183,11 +184,6 @@ def _cv_options(f):
     return f
 
 
-def _cv_kwargs(split, folds, repeats, seed, subset, train_on, test_on, jobs, backend, device) -> dict:
-    return {"split": split, "folds": folds, "repeats": repeats, "seed": seed, "subset": subset,
-            "train_on": train_on, "test_on": test_on, "jobs": jobs, "backend": backend, "device": device}
-
-
 @main.command()
 @click.option("--cache", type=click.Path(dir_okay=False), help=f"HDF5 cache [./{DEFAULT_CACHE}].")
 @click.option("--backbone", help="Backbone id or name in the cache [the only one present].")
@@ -213,7 +209,7 @@ def fit(cache, backbone, mode, target, regressor, out, save_head, **cv):
     targets = _names(target) or data.targets
     if save_head and (len(modes) != 1 or len(targets) != 1 or len(regressors) != 1):
         raise FeatcacheError("--save-head needs exactly one --mode, one --target and one --regressor")
-    results = cross_validate(data, modes, targets, regressors, **_cv_kwargs(**cv))
+    results = cross_validate(data, modes, targets, regressors, **cv)
     click.echo(f"{data.backbone_id or 'labels only'}: {cv['split']} split, subset {cv['subset']}")
     click.echo(format_table(results.summary))
     paths = write_results(results, out, title=f"featcache fit: {data.backbone_id}")
@@ -239,7 +235,7 @@ def bench(cache, backbones, modes, targets, regressors, out, **cv):
     from regressors.report import format_table, write_results
 
     results = run_bench(pick(cache, load_config(), "cache", DEFAULT_CACHE), _names(backbones), _names(modes),
-                        _names(targets), _names(regressors), **_cv_kwargs(**cv))
+                        _names(targets), _names(regressors), **cv)
     rows = [dict(r, regressor=f"{r['backbone']} {r['regressor']}") for r in results.summary]
     click.echo(format_table(rows))
     paths = write_results(results, out, title="featcache bench")
@@ -305,8 +301,8 @@ def synth(photos, out, views, size, seed):
 @click.option("--jobs", type=int, default=2, show_default=True)
 @click.option("--photos", type=click.Path(exists=True, file_okay=False),
               help="Your own photos instead of scikit-image's.")
-@click.option("--modes", default="nr,fr,pr,fr-diff,pr-diff", show_default=True)
-@click.option("--regressors", default=DEFAULT_REGRESSORS, show_default=True)
+@click.option("--modes", default=",".join(DEMO_MODES), show_default=True)
+@click.option("--regressors", default=",".join(DEMO_REGRESSORS), show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo(out, views, folds, jobs, photos, modes, regressors, quiet):
     """The whole pipeline offline: synth benchmark, lite0 extraction in both poolings, NR/FR/PR fits, report."""

@@ -10,6 +10,8 @@ from featcache.datasets.registry import register_dataset
 from featcache.datasets.tables import join, read_table, require_columns, resolve_dir
 from featcache.samples import SampleTable
 
+COLUMNS_3K = ("name", "prompt", "mos_quality", "mos_align")
+COLUMNS_1K = ("Image", "Prompt", "MOS")
 IMAGE_DIRS = ("", "images", "Image", "AGIQA-3K", "AGIQA-1K", "AIGIQA-20K", "allimg")
 
 
@@ -30,10 +32,10 @@ def t2i_frame(root: Path, table: pd.DataFrame, image_col: str, prompt_col: str) 
 
 
 @register_dataset("agiqa-3k", ("data.csv",), "AGIQA-3K: 2982 T2I images, mos_quality and mos_align",
-                  columns=("name", "prompt", "mos_quality", "mos_align"))
+                  columns=COLUMNS_3K)
 def load_agiqa_3k(root: Path, annotation: Path, options: dict) -> SampleTable:
     table = read_table(annotation)
-    require_columns(table, ["name", "prompt", "mos_quality", "mos_align"], annotation)
+    require_columns(table, list(COLUMNS_3K), annotation)
     frame = t2i_frame(root, table, "name", "prompt")
     frame["mos_quality"] = table["mos_quality"].to_numpy()
     frame["mos_align"] = table["mos_align"].to_numpy()
@@ -42,10 +44,10 @@ def load_agiqa_3k(root: Path, annotation: Path, options: dict) -> SampleTable:
 
 
 @register_dataset("agiqa-1k", ("AIGC_MOS_Zscore.xlsx", "AIGC_MOS_Zscore.csv"), "AGIQA-1K: 1080 T2I images, MOS",
-                  columns=("Image", "Prompt", "MOS"))
+                  columns=COLUMNS_1K)
 def load_agiqa_1k(root: Path, annotation: Path, options: dict) -> SampleTable:
     table = read_table(annotation)
-    require_columns(table, ["Image", "Prompt", "MOS"], annotation)
+    require_columns(table, list(COLUMNS_1K), annotation)
     frame = t2i_frame(root, table, "Image", "Prompt")
     frame["MOS"] = table["MOS"].to_numpy()
     # the official AIGC_MOS_Zscore.xlsx lists dreamStudio_8_9_1_1.jpg twice with different MOS (rows 1080, 1081)

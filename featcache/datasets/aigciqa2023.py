@@ -11,15 +11,16 @@ from featcache.datasets.tables import join, read_table, require_columns, resolve
 from featcache.samples import SampleTable
 
 TARGETS = {"quality": "mosz1", "authenticity": "mosz2", "correspondence": "mosz3"}
+COLUMNS = ("model", "image_name", *TARGETS.values())
 IMAGE_DIRS = ("", "Image", "Image/allimg", "images")
 
 
 @register_dataset("aigciqa2023", ("aigciqa2023.csv", "full.csv", "mos.csv"),
                   "AIGCIQA2023: 2400 T2I images, quality/authenticity/correspondence (mosz1..3)",
-                  columns=("model", "image_name", "mosz1", "mosz2", "mosz3"))
+                  columns=COLUMNS)
 def load_aigciqa2023(root: Path, annotation: Path, options: dict) -> SampleTable:
     table = read_table(annotation)
-    require_columns(table, ["model", "image_name", *TARGETS.values()], annotation)
+    require_columns(table, list(COLUMNS), annotation)
     if "prompt" not in table:
         table["prompt"] = ""
     model = table["model"].str.strip()

@@ -12,6 +12,7 @@ from featcache.datasets.tables import join, read_table, require_columns, resolve
 from featcache.samples import SampleTable
 
 TARGETS = ["MOS_q", "MOS_a", "MOS_c"]
+COLUMNS = ("Generated_image", *TARGETS)
 _NAME = re.compile(r"^(?P<gen>[A-Za-z0-9]+)_(?P<pid>[0-9]+)_")
 GENERATED_DIRS = ("All", "Generated_image", "I2I/Generated_image", "")
 PROMPT_DIRS = ("I2I/Image_prompt", "Image_prompt", "")
@@ -19,7 +20,7 @@ PROMPT_DIRS = ("I2I/Image_prompt", "Image_prompt", "")
 
 def _pku_frame(root: Path, annotation: Path, i2i_only: bool) -> tuple[pd.DataFrame, dict[str, str]]:
     table = read_table(annotation)
-    require_columns(table, ["Generated_image", *TARGETS], annotation)
+    require_columns(table, list(COLUMNS), annotation)
     if "Image_prompt" not in table:
         table["Image_prompt"] = ""
     if "Text_prompt" not in table:
@@ -55,7 +56,7 @@ def _pku_frame(root: Path, annotation: Path, i2i_only: bool) -> tuple[pd.DataFra
 
 @register_dataset("pku-aigiqa-4k", ("annotation.xlsx", "annotation.csv"),
                   "PKU-AIGIQA-4K: 4000 T2I+I2I images, MOS_q/MOS_a/MOS_c; images in All/, prompts in I2I/Image_prompt/",
-                  columns=("Generated_image", *TARGETS))
+                  columns=COLUMNS)
 def load_pku_aigiqa_4k(root: Path, annotation: Path, options: dict) -> SampleTable:
     frame, targets = _pku_frame(root, annotation, i2i_only=False)
     return SampleTable.from_frame(frame, targets, str(annotation), "pku-aigiqa-4k")
@@ -63,7 +64,7 @@ def load_pku_aigiqa_4k(root: Path, annotation: Path, options: dict) -> SampleTab
 
 @register_dataset("pku-i2iqa", ("annotation_i2i.xlsx", "annotation_i2i.csv"),
                   "PKU-I2IQA: the image-to-image part (rows with an image prompt), same columns as PKU-AIGIQA-4K",
-                  columns=("Generated_image", "Image_prompt", *TARGETS))
+                  columns=(*COLUMNS, "Image_prompt"))
 def load_pku_i2iqa(root: Path, annotation: Path, options: dict) -> SampleTable:
     frame, targets = _pku_frame(root, annotation, i2i_only=True)
     return SampleTable.from_frame(frame, targets, str(annotation), "pku-i2iqa")
