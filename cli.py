@@ -11,7 +11,6 @@ from pathlib import Path
 import click
 
 from featcache import __version__
-from featcache.demo import DEMO_MODES, DEMO_REGRESSORS
 from featcache.defaults import DEFAULT_CACHE, load_config, pick
 from featcache.errors import FeatcacheError
 
@@ -162,84 +161,164 @@ def _names(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
-DEFAULT_REGRESSORS = "mlp,svr,ridge,generator-mean,sibling-mean"
+def _stage2_help():
+    """Choices and help of the stage-2 options, read from the spec tables (imported only for help or a run)."""
+    from regressors.modes import MODES
+    from regressors.registry import REGRESSORS, default_regressors
+    from regressors.splits import SPLITS
+
+    return {
+        "modes": ", ".join(MODES),
+        "regressors": ", ".join(REGRESSORS),
+        "default_regressors": ",".join(default_regressors()),
+        "splits": list(SPLITS),
+        "split_help": "; ".join(f"{s.name}: {s.doc}" for s in SPLITS.values()),
+    }
+
+
+_HELP = _stage2_help()
 
 
 def _cv_options(f):
     for option in reversed([
-        click.option("--split", type=click.Choice(["paper", "kfold", "group", "cross"]), default="group",
-                     show_default=True, help="group = prompt-disjoint K-fold; paper = the official index % 4 == 3."),
-        click.option("--folds", type=int, default=5, show_default=True),
-        click.option("--repeats", type=int, default=1, show_default=True),
+        click.option("--split", type=click.Choice(_HELP["splits"]), default="group", show_default=True,
+                     help=_HELP["split_help"]),
+        click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True),
+        click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--subset", default="all", show_default=True, help="all, t2i, i2i or a generator name."),
         click.option("--train-on", help="--split cross: generator or subset to train on."),
         click.option("--test-on", help="--split cross: generator or subset to test on."),
-        click.option("--jobs", type=int, default=1, show_default=True, help="Parallel folds/cells (joblib)."),
+        click.option("--hold-out-prompts", is_flag=True,
+                     help="--split cross: also remove the test samples' prompts from training."),
+        click.option("--jobs", type=int, default=1, show_default=True,
+                     help="Parallel fitting tasks (joblib); -1 = every core."),
         click.option("--backend", type=click.Choice(["loky", "dask", "ray"]), default=None,
                      help="joblib backend; dask and ray reach a cluster (optional extras)."),
         click.option("--device", default="cpu", show_default=True, help="Where the MLP trains: cpu, cuda, auto."),
+        click.option("--out", type=click.Path(file_okay=False),
+                     help="Results folder [a fresh featcache-results/<date-time>-<id>/]."),
+        click.option("--overwrite", is_flag=True, help="Replace an earlier run's files in a non-empty --out."),
+        click.option("--plot", "plot", metavar="REGRESSOR",
+                     help="Regressor whose out-of-fold predictions are drawn [the first feature-reading one]."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
     ]):
         f = option(f)
     return f
 
 
+def _progress(quiet: bool, total_hint: str):
+    """A tqdm bar over fitted members (stderr, only on a terminal unless asked), as an on_progress callback."""
+    if quiet or not sys.stderr.isatty():
+        return None, (lambda: None)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=None, unit="fit", desc=total_hint, file=sys.stderr)
+
+    def update(done, total):
+        if total is not None and bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _run_info(cache: str) -> dict:
+    import platform
+
+    import numpy
+    import sklearn
+
+    info = {"command": _command_line(), "featcache": __version__, "python": platform.python_version(),
+            "numpy": numpy.__version__, "scikit-learn": sklearn.__version__, "cache": str(Path(cache).resolve())}
+    if "torch" in sys.modules:
+        info["torch"] = sys.modules["torch"].__version__
+    try:
+        from featcache.store import open_read
+
+        with open_read(cache) as f:
+            info["cache_attrs"] = {k: str(v) for k, v in f.attrs.items()}
+    except FeatcacheError:
+        pass
+    return info
+
+
+def _split_options(cv: dict) -> tuple[dict, dict]:
+    """CV options for the API, and the output options for the report."""
+    output = {k: cv.pop(k) for k in ("out", "overwrite", "plot", "quiet")}
+    return cv, output
+
+
 @main.command()
 @click.option("--cache", type=click.Path(dir_okay=False), help=f"HDF5 cache [./{DEFAULT_CACHE}].")
-@click.option("--backbone", help="Backbone id or name in the cache [the only one present].")
-@click.option("--mode", help="Comma list of nr, fr, pr, fr-diff, pr-diff [nr,fr,pr; nr alone without prompts].")
+@click.option("--backbone", help="Backbone id, name (vgg19, lite0/multilevel) or prefix [the only one present].")
+@click.option("--mode", help=f"Comma list of {_HELP['modes']} [the paper's nr,fr,pr that the selection can feed].")
 @click.option("--target", help="Comma list of targets [all in the cache].")
-@click.option("--regressor", default=DEFAULT_REGRESSORS, show_default=True, help="Comma list.")
+@click.option("--regressor", help=f"Comma list of {_HELP['regressors']} [{_HELP['default_regressors']}].")
 @_cv_options
-@click.option("--out", type=click.Path(file_okay=False), default="featcache-results", show_default=True)
 @click.option("--save-head", type=click.Path(dir_okay=False),
               help="Also train on every selected sample and save the head (one mode, target, regressor).")
-def fit(cache, backbone, mode, target, regressor, out, save_head, **cv):
-    """Cross-validate heads on cached features; write results.json, results.csv, report.md and plots."""
-    from regressors.cv import cross_validate
-    from regressors.design import FLOORS, load_cache
-    from regressors.heads import fit_and_save_head
-    from regressors.report import format_table, write_results
+def fit(cache, backbone, mode, target, regressor, save_head, **cv):
+    """Cross-validate heads on cached features; write results.json, predictions.csv, report.md and figures."""
+    import time
 
+    from regressors.fit import fit as run_fit
+    from regressors.report import format_table, run_folder, write_results
+
+    start = time.perf_counter()
     config = load_config()
-    regressors = _names(regressor)
-    data = load_cache(pick(cache, config, "cache", DEFAULT_CACHE), pick(backbone, config, "backbone"),
-                      labels_only=all(r in FLOORS for r in regressors))
-    modes = _names(mode) or (["nr", "fr", "pr"] if (data.samples.ref >= 0).any() else ["nr"])
-    targets = _names(target) or data.targets
-    if save_head and (len(modes) != 1 or len(targets) != 1 or len(regressors) != 1):
-        raise FeatcacheError("--save-head needs exactly one --mode, one --target and one --regressor")
-    results = cross_validate(data, modes, targets, regressors, **cv)
-    click.echo(f"{data.backbone_id or 'labels only'}: {cv['split']} split, subset {cv['subset']}")
+    cv, output = _split_options(cv)
+    cache = pick(cache, config, "cache", DEFAULT_CACHE)
+    folder = run_folder(output["out"], output["overwrite"])
+    update, close = _progress(output["quiet"], "fit")
+    try:
+        outcome = run_fit(cache, pick(backbone, config, "backbone"), _names(mode), _names(target),
+                          _names(regressor), save_head=save_head, on_progress=update, **cv)
+    finally:
+        close()
+    results = outcome.results
+    click.echo(f"{results.config['backbone'] or 'labels only'}: {cv['split']} split, subset {cv['subset']}, "
+               f"{len(results.folds)} fitted folds")
     click.echo(format_table(results.summary))
-    paths = write_results(results, out, title=f"featcache fit: {data.backbone_id}")
-    click.echo(f"wrote {paths['json']}, {paths['csv']}, {paths['report']}")
-    if save_head:
-        meta = fit_and_save_head(data, modes[0], targets[0], regressors[0], save_head, subset=cv["subset"],
-                                 seed=cv["seed"], device=cv["device"])
-        click.echo(f"saved {regressors[0]} head for {meta['mode']}/{meta['target']} on {meta['n_train']} samples "
-                   f"to {save_head}")
+    paths = write_results(results, folder, title=f"featcache fit: {results.config['backbone'] or 'labels only'}",
+                          plot=output["plot"], run_info=_run_info(cache))
+    if outcome.head:
+        meta = outcome.head
+        click.echo(f"saved {meta['regressor'] if 'regressor' in meta else ''} head for {meta['mode']}/"
+                   f"{meta['target']} on {meta['n_train']} samples to {outcome.head_path}")
+    click.echo(f"done in {time.perf_counter() - start:.1f} s; results in {folder}/ ({paths['report'].name}, "
+               f"{paths['json'].name}, {paths['predictions'].name})")
 
 
 @main.command()
 @click.option("--cache", type=click.Path(dir_okay=False), help=f"HDF5 cache [./{DEFAULT_CACHE}].")
 @click.option("--backbones", help="Comma list of ids or names [every backbone in the cache].")
-@click.option("--modes", default="nr,fr,pr", show_default=True)
+@click.option("--modes", help=f"Comma list of {_HELP['modes']} [the paper's that the selection can feed].")
 @click.option("--targets", help="Comma list [all].")
-@click.option("--regressors", default=DEFAULT_REGRESSORS, show_default=True)
+@click.option("--regressors", help=f"Comma list [{_HELP['default_regressors']}].")
 @_cv_options
-@click.option("--out", type=click.Path(file_okay=False), default="featcache-bench", show_default=True)
-def bench(cache, backbones, modes, targets, regressors, out, **cv):
+def bench(cache, backbones, modes, targets, regressors, **cv):
     """Run a grid (backbones x modes x targets x regressors) over one cache into one table."""
-    from regressors.bench import run_bench
-    from regressors.report import format_table, write_results
+    import time
 
-    results = run_bench(pick(cache, load_config(), "cache", DEFAULT_CACHE), _names(backbones), _names(modes),
-                        _names(targets), _names(regressors), **cv)
-    rows = [dict(r, regressor=f"{r['backbone']} {r['regressor']}") for r in results.summary]
-    click.echo(format_table(rows))
-    paths = write_results(results, out, title="featcache bench")
-    click.echo(f"wrote {paths['json']}, {paths['csv']}, {paths['report']}")
+    from regressors.fit import bench as run_bench
+    from regressors.report import format_table, run_folder, write_results
+
+    start = time.perf_counter()
+    cv, output = _split_options(cv)
+    cache = pick(cache, load_config(), "cache", DEFAULT_CACHE)
+    folder = run_folder(output["out"], output["overwrite"], root="featcache-bench")
+    update, close = _progress(output["quiet"], "bench")
+    try:
+        results = run_bench(cache, _names(backbones), _names(modes), _names(targets), _names(regressors),
+                            on_progress=update, **cv)
+    finally:
+        close()
+    click.echo(format_table(results.summary))
+    paths = write_results(results, folder, title="featcache bench", plot=output["plot"], run_info=_run_info(cache))
+    click.echo(f"done in {time.perf_counter() - start:.1f} s; results in {folder}/ ({paths['report'].name}, "
+               f"{paths['json'].name})")
 
 
 @main.command()
@@ -251,13 +330,15 @@ def bench(cache, backbones, modes, targets, regressors, out, **cv):
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local weights, if the head's came from a file.")
 @click.option("--mode", help="Refuse unless the head was trained for this mode.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default="scores.csv", show_default=True)
 def predict(images, head, prompt_image, dataset, root, annotation, columns, backbone, weights, mode, device,
             batch_size, out):
     """Score new images with a saved head (extracts only what the head needs)."""
     from regressors.heads import predict_paths, write_scores
 
+    if Path(out).parent != Path("") and not Path(out).resolve().parent.is_dir():
+        raise FeatcacheError(f"--out {out}: folder {Path(out).resolve().parent} does not exist")
     if images:
         base = "."
         paths = [str(Path(i)) for i in images]
@@ -296,17 +377,17 @@ def synth(photos, out, views, size, seed):
 
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="demo-out", show_default=True)
-@click.option("--views", type=int, default=8, show_default=True)
-@click.option("--folds", type=int, default=4, show_default=True)
+@click.option("--views", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--folds", type=click.IntRange(min=2), default=4, show_default=True)
 @click.option("--jobs", type=int, default=2, show_default=True)
 @click.option("--photos", type=click.Path(exists=True, file_okay=False),
               help="Your own photos instead of scikit-image's.")
-@click.option("--modes", default=",".join(DEMO_MODES), show_default=True)
-@click.option("--regressors", default=",".join(DEMO_REGRESSORS), show_default=True)
+@click.option("--modes", help="Comma list [every mode].")
+@click.option("--regressors", help="Comma list [the default grid].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo(out, views, folds, jobs, photos, modes, regressors, quiet):
     """The whole pipeline offline: synth benchmark, lite0 extraction in both poolings, NR/FR/PR fits, report."""
-    from featcache.demo import run_demo
+    from regressors.demo import run_demo
 
     run_demo(out, views=views, folds=folds, jobs=jobs, photos=photos, modes=_names(modes),
              regressors=_names(regressors), progress=not quiet, echo=click.echo)

@@ -15,9 +15,12 @@ class FeatcacheWarning(UserWarning):
     """Something worth telling the user that does not stop the run (printed as one 'warning:' line)."""
 
 
-def unknown_name(kind: str, name: str, choices: Iterable[str], where: str = "") -> FeatcacheError:
-    """'unknown mode 'fr2'; did you mean 'fr'? (modes: ...)': the one shape of every unknown-name error."""
+def unknown_name(kind: str, name: str, choices: Iterable[str], where: str = "",
+                 aliases: dict[str, str] | None = None) -> FeatcacheError:
+    """'unknown mode 'fr2'; did you mean 'fr'? (modes: ...)': the one shape of every unknown-name error.
+    `aliases` maps short forms to choices (a backbone's arch to its full id) for the "did you mean"."""
     choices = list(choices)
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    lookup = {**{c: c for c in choices}, **(aliases or {})}
+    close = difflib.get_close_matches(name, list(lookup), n=1, cutoff=0.5)
+    hint = f"; did you mean {lookup[close[0]]!r}?" if close else ""
     return FeatcacheError(f"unknown {kind} {name!r}{hint} ({kind}s{where}: {', '.join(choices)})")

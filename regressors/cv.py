@@ -1,21 +1,45 @@
-"""One cross-validation harness for every regressor, mode and target; folds and cells run through joblib."""
+"""One cross-validation harness for every regressor, mode and target.
+
+Protocol (what results.json calls `protocol`): one fold assignment per selection and repeat, shared by every
+mode; each mode uses the samples of those folds it can use (FR: samples with an image prompt). Hyper-parameters
+are chosen inside each training fold, on held-out prompt groups when the split is prompt-disjoint. Every fold is
+reported; a fold whose predictions are constant is failed and counts as 0 in every correlation mean.
+Out-of-fold predictions are kept, so pooled, per-generator and paired figures come from the same numbers.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 from joblib import Parallel, delayed, parallel_config
 
 from featcache.errors import FeatcacheError
-from regressors.design import CacheData, design_matrix, label_codes, mode_rows
+from regressors.cache_data import CacheData
+from regressors.design import content_groups, design_matrix, label_codes, mode_rows
+from regressors.fitting import Member, fit_members
 from regressors.metrics import quality_metrics
-from regressors.registry import get_regressor
-from regressors.splits import make_folds, subset_mask
+from regressors.modes import get_mode
+from regressors.registry import check_regressors, get_regressor
+from regressors.splits import MIN_TEST, SplitRequest, get_split, make_folds, subset_mask
+from regressors.summaries import breakdown, paired_comparisons, summarize
 
-SUMMARY_METRICS = ("srcc", "plcc", "krcc", "rmse")
+
+@dataclass
+class OutOfFold:
+    """Test predictions of one fitted member: which samples, their labels, the predictions."""
+
+    regressor: str
+    mode: str
+    target: str
+    repeat: int
+    fold: int
+    rows: np.ndarray
+    y_true: np.ndarray
+    y_pred: np.ndarray
 
 
 @dataclass
@@ -23,10 +47,14 @@ class CVResults:
     config: dict
     folds: list[dict] = field(default_factory=list)
     summary: list[dict] = field(default_factory=list)
-    predictions: dict = field(default_factory=dict)  # (regressor, mode, target) -> (y_true, y_pred) of repeat 0
+    comparisons: list[dict] = field(default_factory=list)
+    breakdown: list[dict] = field(default_factory=list)
+    predictions: list[OutOfFold] = field(default_factory=list)
+    samples: dict = field(default_factory=dict)  # key, group, generator, subset arrays for predictions.csv
 
     def to_dict(self) -> dict:
-        return {"config": self.config, "folds": self.folds, "summary": self.summary}
+        return {"config": self.config, "folds": self.folds, "summary": self.summary,
+                "comparisons": self.comparisons, "breakdown": self.breakdown}
 
 
 def backend_context(backend: str | None):
@@ -53,76 +81,125 @@ def backend_context(backend: str | None):
     raise FeatcacheError(f"unknown --backend {backend!r}; choose loky, dask or ray")
 
 
-def _fit_one(x_train, y_train, x_test, name: str, seed: int, device: str) -> tuple[np.ndarray, float]:
-    start = time.perf_counter()
-    model = get_regressor(name).factory(seed, device).fit(x_train, y_train)
-    return model.predict(x_test), time.perf_counter() - start
+def selection_rows(data: CacheData, subset: str) -> np.ndarray:
+    return np.flatnonzero(subset_mask(data.samples.subset, data.samples.generator, subset))
+
+
+@dataclass
+class _Task:
+    regressor: str
+    mode: str
+    inputs: np.ndarray  # the mode's design matrix (or the floors' label codes) over the mode's samples
+    members: list[Member]
+    meta: list[tuple]  # (target, fold, test rows, y_test, train sd, n_train)
+
+
+def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list[str], *, split: str = "group",
+         folds: int = 5, repeats: int = 1, seed: int = 0, subset: str = "all", train_on: str | None = None,
+         test_on: str | None = None, hold_out_prompts: bool = False, device: str = "cpu"):
+    """The folds and the fitting tasks of a run, without fitting anything (so the caller can count them)."""
+    check_regressors(regressors)
+    for mode in modes:
+        get_mode(mode)
+    labels = {t: data.target(t) for t in targets}
+    spec = get_split(split)
+    s = data.samples
+    selection = selection_rows(data, subset)
+    groups = content_groups(data)
+    request = SplitRequest(selection, groups, s.subset, s.generator, folds, seed, train_on, test_on,
+                           hold_out_prompts, what=f"--subset {subset}")
+    fold_list = make_folds(request, split, repeats)
+    needs_features = any(get_regressor(r).reads_features for r in regressors)
+    tasks: list[_Task] = []
+    skipped: list[dict] = []
+    for mode in modes:
+        rows = mode_rows(data, mode, selection)
+        x = design_matrix(data, mode, rows)[0] if needs_features else None
+        codes = label_codes(data, rows, groups)
+        position = np.full(len(s), -1)
+        position[rows] = np.arange(len(rows))
+        for name in regressors:
+            reg = get_regressor(name)
+            inputs = x if reg.reads_features else codes
+            members, meta = [], []
+            for fold in fold_list:
+                train = position[fold.train][position[fold.train] >= 0]
+                test = position[fold.test][position[fold.test] >= 0]
+                for target in targets:
+                    if len(train) < 3 or len(test) < MIN_TEST:
+                        skipped.append({"regressor": name, "mode": mode, "target": target, "repeat": fold.repeat,
+                                        "fold": fold.fold, "n_train": int(len(train)), "n_test": int(len(test))})
+                        continue
+                    y = labels[target][rows]
+                    member_groups = groups[rows][train] if spec.grouped else None
+                    members.append(Member(train, y[train], test, member_groups, seed + fold.repeat))
+                    meta.append((target, fold, rows[test], y[test], float(np.std(y[train])), int(len(train))))
+            tasks += [_Task(name, mode, inputs, [members[i] for i in chunk], [meta[i] for i in chunk])
+                      for chunk in _chunks(reg, meta)]
+    return fold_list, tasks, skipped
+
+
+def _chunks(reg, meta: list[tuple]) -> list[list[int]]:
+    """Members fitted together: all of a cell for stacked regressors, a fold's targets for ridge, else one each."""
+    if reg.batch == "cell":
+        return [list(range(len(meta)))] if meta else []
+    if reg.batch == "fold":
+        by_fold: dict[tuple, list[int]] = {}
+        for i, m in enumerate(meta):
+            by_fold.setdefault((m[1].repeat, m[1].fold), []).append(i)
+        return list(by_fold.values())
+    return [[i] for i in range(len(meta))]
+
+
+def _run_task(task: _Task, device: str) -> list[tuple[np.ndarray, dict, float]]:
+    return fit_members(task.regressor, task.inputs, task.members, device)
 
 
 def cross_validate(data: CacheData, modes: list[str], targets: list[str], regressors: list[str], *,
                    split: str = "group", folds: int = 5, repeats: int = 1, seed: int = 0, subset: str = "all",
-                   train_on: str | None = None, test_on: str | None = None, jobs: int = 1,
-                   backend: str | None = None, device: str = "cpu") -> CVResults:
-    for name in regressors:
-        get_regressor(name)
-    labels = {t: data.target(t) for t in targets}
-    s = data.samples
-    selection = np.flatnonzero(subset_mask(s.subset, s.generator, subset))
+                   train_on: str | None = None, test_on: str | None = None, hold_out_prompts: bool = False,
+                   jobs: int = 1, backend: str | None = None, device: str = "cpu",
+                   on_progress: Callable[[int, int], None] | None = None) -> CVResults:
+    """Fit every regressor x mode x target on every fold; `on_progress(done, total)` after each fitted member."""
+    if jobs == 0 or jobs < -1:
+        raise FeatcacheError(f"--jobs {jobs}: use a positive number, or -1 for every core")
+    fold_list, tasks, skipped = plan(data, modes, targets, regressors, split=split, folds=folds, repeats=repeats,
+                                     seed=seed, subset=subset, train_on=train_on, test_on=test_on,
+                                     hold_out_prompts=hold_out_prompts, device=device)
+    spec = get_split(split)
     config = {"cache": data.path, "backbone": data.backbone_id, "modes": modes, "targets": targets,
-              "regressors": regressors, "split": split, "folds": folds, "repeats": repeats, "seed": seed,
-              "subset": subset, "train_on": train_on, "test_on": test_on}
+              "regressors": regressors, "split": split, "split_doc": spec.doc, "folds": folds,
+              "repeats": repeats, "seed": seed, "subset": subset, "train_on": train_on, "test_on": test_on,
+              "hold_out_prompts": hold_out_prompts, "protocol": __doc__.split("\n\n", 1)[1].strip()}
     results = CVResults(config)
-    tasks, meta = [], []
-    needs_features = any(get_regressor(name).uses_features for name in regressors)
-    for mode in modes:
-        x, rows = design_matrix(data, mode, selection) if needs_features else (None, mode_rows(data, mode, selection))
-        position = {int(r): i for i, r in enumerate(rows)}
-        what = f"--subset {subset}" + (" (samples with an image prompt)" if mode.startswith("fr") else "")
-        fold_list = [(fold, np.array([position[int(i)] for i in fold.train]),
-                      np.array([position[int(i)] for i in fold.test]))
-                     for fold in make_folds(rows, s.group, s.subset, s.generator, split, folds, repeats, seed,
-                                            train_on, test_on, what)]
-        codes = label_codes(data, rows)
-        for target in targets:
-            y = labels[target][rows]
-            for name in regressors:
-                inputs = x if get_regressor(name).uses_features else codes
-                for fold, train, test in fold_list:
-                    tasks.append(delayed(_fit_one)(inputs[train], y[train], inputs[test], name,
-                                                   seed + fold.repeat, device))
-                    meta.append((name, mode, target, fold, y[test]))
+    s = data.samples
+    results.samples = {"key": s.key, "group": content_groups(data), "generator": s.generator, "subset": s.subset}
+    total = sum(len(t.members) for t in tasks)
+    done = 0
     with backend_context(backend):
-        outputs = Parallel(n_jobs=jobs)(tasks)
-    for (name, mode, target, fold, y_test), (pred, seconds) in zip(meta, outputs):
-        row = {"regressor": name, "mode": mode, "target": target, "repeat": fold.repeat, "fold": fold.fold,
-               **quality_metrics(y_test, pred), "n_train": int(len(fold.train)), "n_test": int(len(fold.test)),
-               "seconds": round(seconds, 4)}
-        results.folds.append(row)
-        if fold.repeat == 0:
-            true, predicted = results.predictions.get((name, mode, target), (np.empty(0), np.empty(0)))
-            results.predictions[(name, mode, target)] = (np.concatenate([true, y_test]),
-                                                         np.concatenate([predicted, pred]))
-    results.summary = summarize(results.folds)
+        outputs = Parallel(n_jobs=jobs, return_as="generator")(delayed(_run_task)(t, device) for t in tasks)
+        for task, fitted in zip(tasks, outputs):
+            for (target, fold, test_rows, y_test, train_sd, n_train), (pred, chosen, seconds) in zip(task.meta,
+                                                                                                   fitted):
+                metrics = quality_metrics(y_test, pred, train_sd)
+                results.folds.append({"regressor": task.regressor, "mode": task.mode, "target": target,
+                                      "repeat": fold.repeat, "fold": fold.fold, **metrics, "n_train": n_train,
+                                      "n_test": int(len(test_rows)), "chosen": chosen,
+                                      "seconds": round(seconds, 4)})
+                results.predictions.append(OutOfFold(task.regressor, task.mode, target, fold.repeat, fold.fold,
+                                                     test_rows, y_test, pred))
+            done += len(task.members)
+            if on_progress:
+                on_progress(done, total)
+    for row in skipped:  # a mode with too few usable samples in a fold: counted as failed, never dropped
+        results.folds.append({**row, "srcc": float("nan"), "plcc": float("nan"), "plcc_logistic": float("nan"),
+                              "krcc": float("nan"), "rmse": float("nan"), "failed": True, "chosen": {},
+                              "seconds": 0.0, "note": "too few samples of this mode in the fold"})
+    order = {(r, m, t): i for i, (r, m, t) in enumerate((r, m, t) for m in modes for t in targets
+                                                        for r in regressors)}
+    results.folds.sort(key=lambda r: (order[(r["regressor"], r["mode"], r["target"])], r["repeat"], r["fold"]))
+    results.summary = summarize(results.folds, results.predictions, results.samples, single=spec.single,
+                                seed=seed)
+    results.comparisons = paired_comparisons(results.predictions, modes)
+    results.breakdown = breakdown(results.predictions, results.samples)
     return results
-
-
-def summarize(folds: list[dict]) -> list[dict]:
-    """Mean and std over folds and repeats, one row per regressor x mode x target, in first-seen order."""
-    order: dict[tuple, list[dict]] = {}
-    for row in folds:
-        order.setdefault((row["regressor"], row["mode"], row["target"]), []).append(row)
-    summary = []
-    for (name, mode, target), rows in order.items():
-        entry = {"regressor": name, "mode": mode, "target": target}
-        for metric in SUMMARY_METRICS:
-            values = np.array([r[metric] for r in rows], dtype=np.float64)
-            finite = values[np.isfinite(values)]
-            entry[f"{metric}_mean"] = float(finite.mean()) if len(finite) else float("nan")
-            entry[f"{metric}_std"] = float(finite.std()) if len(finite) else float("nan")
-        entry["n_folds"] = len(rows)
-        entry["undefined_folds"] = int(sum(not np.isfinite(r["srcc"]) for r in rows))  # constant predictions
-        entry["n_train"] = int(np.mean([r["n_train"] for r in rows]))
-        entry["n_test"] = int(np.mean([r["n_test"] for r in rows]))
-        entry["seconds"] = float(sum(r["seconds"] for r in rows))
-        summary.append(entry)
-    return summary

@@ -9,19 +9,22 @@ import numpy as np
 
 from featcache.errors import FeatcacheError
 from featcache.store import open_read, read_config, read_provenance
-from regressors.design import CacheData, design_matrix, features_for_mode
-from regressors.heads_io import load_head, save_head
+from regressors.cache_data import CacheData
+from regressors.design import content_groups, design_matrix
+from regressors.fitting import fit_estimator
+from regressors.heads_io import check_savable, load_head, save_head
+from regressors.modes import features_for_mode, get_mode
 from regressors.registry import get_regressor
 from regressors.splits import subset_mask
 
 
 def fit_and_save_head(data: CacheData, mode: str, target: str, regressor: str, path: str | Path, *,
                       subset: str = "all", seed: int = 0, device: str = "cpu") -> dict:
-    get_regressor(regressor)
+    check_savable(regressor)
     selection = np.flatnonzero(subset_mask(data.samples.subset, data.samples.generator, subset))
     x, rows = design_matrix(data, mode, selection)
     y = data.target(target)[rows]
-    model = get_regressor(regressor).factory(seed, device).fit(x, y)
+    model = fit_estimator(get_regressor(regressor).factory(seed, device), x, y, content_groups(data)[rows])
     with open_read(data.path) as f:
         config, provenance = read_config(f, data.backbone_id), read_provenance(f, data.backbone_id)
     metadata = {"backbone_id": data.backbone_id, "backbone_config": config,
@@ -52,7 +55,7 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
         raise FeatcacheError(f"{head} was trained on backbone {meta['backbone_id']}; {name} gives "
                              f"{model_backbone.id}. Use the head's own backbone")
     has = np.array([bool(p) for p in prompts])
-    if meta["mode"] in ("fr", "fr-diff") and not has.all():
+    if get_mode(meta["mode"]).needs_prompt_image and not has.all():
         raise FeatcacheError(f"{head} is a {meta['mode']} head: every image needs --prompt-image "
                              "(a pr head accepts images with or without one)")
     distinct = sorted(set(images) | {p for p in prompts if p})
@@ -62,8 +65,11 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
         raise FeatcacheError(f"{head}: features have {emb.shape[1]} dimensions, the head expects "
                              f"{meta['feature_dim']}")
     g = emb[[index[p] for p in images]]
-    p = emb[[index[q] if q else 0 for q in prompts]]
-    return model.predict(features_for_mode(g, p, has, meta["mode"])), meta
+    prompt_features = emb[[index[q] if q else 0 for q in prompts]]
+    scores = np.asarray(model.predict(features_for_mode(g, prompt_features, has, meta["mode"])), np.float64)
+    if not np.isfinite(scores).all():
+        raise FeatcacheError(f"{head}: the head gives non-finite scores (damaged weights?)")
+    return scores, meta
 
 
 def write_scores(path: str | Path, images: list[str], prompts: list[str], scores: np.ndarray, target: str) -> None:

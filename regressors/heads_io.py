@@ -1,4 +1,8 @@
-"""Saved heads as one safetensors file: arrays plus JSON metadata. Never a pickle, so loading runs no code."""
+"""Saved heads as one safetensors file: arrays plus JSON metadata. Never a pickle, so loading runs no code.
+
+What a head persists comes from its `RegressorSpec` (saved_arrays, saved_scalars); a `state_` dict (the MLP's
+weights) is saved as `state.<name>` arrays.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +10,50 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.numpy import load_file, save_file
-from safetensors import safe_open
 
 from featcache.errors import FeatcacheError
-from regressors.mlp import MLPHead
-from regressors.standardized import StandardizedRidge, StandardizedSVR
+from regressors.registry import REGRESSORS, get_regressor
 
 FORMAT = "featcache-head"
-_ARRAYS = {
-    "mlp": ("x_mean_", "x_scale_"),
-    "ridge": ("x_mean_", "x_scale_", "coef_"),
-    "svr": ("x_mean_", "x_scale_", "support_vectors_", "dual_coef_"),
-}
-_SCALARS = {
-    "mlp": ("y_mean_", "y_scale_", "best_epoch_"),
-    "ridge": ("intercept_", "alpha_"),
-    "svr": ("y_mean_", "y_scale_", "intercept_", "gamma_", "C_"),
-}
+FORMAT_VERSION = 2  # 2: scaler with x_keep_ and clip; version-1 heads load with every column kept and no clip
+
+
+def savable_regressors() -> list[str]:
+    return [r.name for r in REGRESSORS.values() if r.can_be_saved]
+
+
+def check_savable(regressor: str) -> None:
+    if not get_regressor(regressor).can_be_saved:
+        raise FeatcacheError(f"--save-head: {regressor} cannot be saved (a label-only floor reads no image); "
+                             f"choose one of {', '.join(savable_regressors())}")
 
 
 def save_head(model, regressor: str, path: str | Path, metadata: dict) -> None:
-    if regressor not in _ARRAYS:
-        raise FeatcacheError(f"--save-head: {regressor} cannot be saved (label-only floors read no image); "
-                             f"choose one of {', '.join(_ARRAYS)}")
+    from safetensors.numpy import save_file
+
+    check_savable(regressor)
+    spec = get_regressor(regressor)
     tensors = {f"est.{name}": np.ascontiguousarray(getattr(model, name), dtype=np.float64)
-               for name in _ARRAYS[regressor]}
-    if regressor == "mlp":
-        tensors.update({f"mlp.{k}": v.numpy().astype(np.float32) for k, v in model.state_.items()})
-    meta = dict(metadata, format=FORMAT, regressor=regressor, params=model.get_params(),
-                scalars={name: float(getattr(model, name)) for name in _SCALARS[regressor]},
+               for name in spec.saved_arrays}
+    for key, value in (getattr(model, "state_", None) or {}).items():
+        value = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        tensors[f"state.{key}"] = np.ascontiguousarray(value, dtype=np.float32)
+    for name, array in tensors.items():
+        if not np.isfinite(array).all():
+            raise FeatcacheError(f"--save-head: the fitted {regressor} has non-finite values in {name}; not saved")
+    meta = dict(metadata, format=FORMAT, format_version=FORMAT_VERSION, regressor=regressor,
+                params=model.get_params(), scalars={name: float(getattr(model, name)) for name in spec.saved_scalars},
                 n_features_in=int(model.n_features_in_))
-    save_file(tensors, str(path), metadata={"featcache": json.dumps(meta, default=str)})
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    save_file(tensors, str(tmp), metadata={"featcache": json.dumps(meta, default=str)})
+    tmp.replace(path)
 
 
 def load_head(path: str | Path) -> tuple[object, dict]:
+    """A fitted estimator and its metadata; any malformed head is a one-line error naming the file."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
     path = Path(path)
     if not path.is_file():
         raise FeatcacheError(f"{path}: head file not found")
@@ -51,17 +63,49 @@ def load_head(path: str | Path) -> tuple[object, dict]:
         arrays = load_file(str(path))
     except Exception as exc:
         raise FeatcacheError(f"{path}: not a featcache head ({type(exc).__name__}: {exc})") from exc
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise FeatcacheError(f"{path}: not a featcache head")
-    regressor = meta["regressor"]
-    cls = {"mlp": MLPHead, "ridge": StandardizedRidge, "svr": StandardizedSVR}[regressor]
-    params = {k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["params"].items()}
-    model = cls(**params)
-    for name in _ARRAYS[regressor]:
-        setattr(model, name, arrays[f"est.{name}"])
-    for name, value in meta["scalars"].items():
-        setattr(model, name, value)
-    if regressor == "mlp":
-        model.state_ = {k[4:]: torch.from_numpy(v.copy()) for k, v in arrays.items() if k.startswith("mlp.")}
-    model.n_features_in_ = meta["n_features_in"]
+    try:
+        model = _rebuild(meta, arrays)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FeatcacheError(f"{path}: damaged featcache head ({type(exc).__name__}: {exc})") from exc
     return model, meta
+
+
+def _rebuild(meta: dict, arrays: dict):
+    spec = get_regressor(meta["regressor"])
+    cls = spec.estimator_class()
+    known = cls().get_params()  # parameters of an older version that no longer exist are dropped
+    params = {k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["params"].items() if k in known}
+    model = cls(**params)
+    version = int(meta.get("format_version", 1))
+    n_features = int(meta["n_features_in"])
+    for name in spec.saved_arrays:
+        if name == "x_keep_" and version < 2:
+            value = np.ones(n_features)
+            model.clip = None  # version 1 neither dropped nor clipped: reproduce its numbers
+        else:
+            value = arrays[f"est.{name}"]
+        if not np.isfinite(value).all():
+            raise ValueError(f"{name} holds NaN or inf")
+        setattr(model, name, value)
+    for name in ("x_mean_", "x_scale_", "x_keep_"):
+        if name in spec.saved_arrays and getattr(model, name).shape != (n_features,):
+            raise ValueError(f"{name} has shape {getattr(model, name).shape}, expected ({n_features},)")
+    for name in spec.saved_scalars:
+        value = meta["scalars"].get(name, 0.0 if name == "epsilon_" else None)
+        if name == "epsilon_" and name not in meta["scalars"]:
+            value = float(meta["params"].get("epsilon", 0.1))
+        if value is None or not np.isfinite(float(value)):
+            raise ValueError(f"scalar {name} missing or not finite")
+        setattr(model, name, float(value))
+    state = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(("state.", "mlp."))}
+    if state:
+        import torch
+
+        for key, value in state.items():
+            if not np.isfinite(value).all():
+                raise ValueError(f"weights {key} hold NaN or inf")
+        model.state_ = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}
+    model.n_features_in_ = n_features
+    return model

@@ -1,29 +1,116 @@
-"""The four numbers IQA papers report, computed the same way everywhere."""
+"""The numbers IQA papers report, computed the same way everywhere, with failed folds made explicit.
+
+A fold *fails* when its predictions are (numerically) constant: range below FAILED_RANGE x the SD of the training
+labels. Its correlations are undefined; summaries count them as 0, never drop them (a dropped fold lets a
+configuration that mostly fails look best).
+"""
 
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
+
+FAILED_RANGE = 1e-6
+CORRELATIONS = ("srcc", "plcc", "plcc_logistic", "krcc")
 
 
-def quality_metrics(y_true, y_pred) -> dict[str, float]:
-    """SRCC, PLCC (plain Pearson, no logistic fit), KRCC and RMSE; correlations are NaN for constant predictions."""
+def prediction_failed(y_pred: np.ndarray, train_sd: float) -> bool:
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    if len(y_pred) < 2 or not np.isfinite(y_pred).all():
+        return True
+    return float(np.ptp(y_pred)) < FAILED_RANGE * max(float(train_sd), 1e-300)
+
+
+def logistic4(x, b1, b2, b3, b4):
+    """The VQEG 4-parameter logistic: maps predictions onto the MOS scale before PLCC."""
+    return (b1 - b2) / (1.0 + np.exp(-(x - b3) / np.abs(b4))) + b2
+
+
+def plcc_after_logistic(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """PLCC after fitting logistic4 from predictions to MOS; plain PLCC when the fit does not converge."""
+    plain = float(stats.pearsonr(y_true, y_pred).statistic)
+    try:
+        p0 = [float(np.max(y_true)), float(np.min(y_true)), float(np.mean(y_pred)),
+              float(np.std(y_pred)) or 1.0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            params, _ = optimize.curve_fit(logistic4, y_pred, y_true, p0=p0, maxfev=5000)
+            mapped = logistic4(y_pred, *params)
+        if not np.isfinite(mapped).all() or np.ptp(mapped) == 0:
+            return plain
+        return float(stats.pearsonr(y_true, mapped).statistic)
+    except (RuntimeError, ValueError, optimize.OptimizeWarning):
+        return plain
+
+
+def quality_metrics(y_true, y_pred, train_sd: float | None = None) -> dict:
+    """SRCC, PLCC (plain and after the logistic), KRCC, RMSE and `failed`. Correlations of a failed fold are NaN
+    here (the raw truth); summaries count them as 0."""
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
-    rmse = float(np.sqrt(np.mean((y_true - y_pred) ** 2)))
-    if len(y_true) < 2 or np.ptp(y_pred) == 0 or np.ptp(y_true) == 0:
-        return {"srcc": float("nan"), "plcc": float("nan"), "krcc": float("nan"), "rmse": rmse}
-    with warnings.catch_warnings():  # near-constant predictions: the numbers are still reported
+    sd = float(np.std(y_true)) if train_sd is None else train_sd
+    with np.errstate(over="ignore", invalid="ignore"):
+        rmse = float(np.sqrt(np.mean((y_true - y_pred) ** 2)))
+    failed = prediction_failed(y_pred, sd) or len(y_true) < 2 or np.ptp(y_true) == 0
+    out = {"srcc": float("nan"), "plcc": float("nan"), "plcc_logistic": float("nan"), "krcc": float("nan"),
+           "rmse": rmse, "failed": bool(failed)}
+    if failed:
+        return out
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.NearConstantInputWarning)
-        return _correlations(y_true, y_pred, rmse)
+        out.update(srcc=float(stats.spearmanr(y_true, y_pred).statistic),
+                   plcc=float(stats.pearsonr(y_true, y_pred).statistic),
+                   plcc_logistic=plcc_after_logistic(y_true, y_pred),
+                   krcc=float(stats.kendalltau(y_true, y_pred).statistic))
+    return out
 
 
-def _correlations(y_true: np.ndarray, y_pred: np.ndarray, rmse: float) -> dict[str, float]:
-    return {
-        "srcc": float(stats.spearmanr(y_true, y_pred).statistic),
-        "plcc": float(stats.pearsonr(y_true, y_pred).statistic),
-        "krcc": float(stats.kendalltau(y_true, y_pred).statistic),
-        "rmse": rmse,
-    }
+def counted(value: float, failed: bool) -> float:
+    """A failed fold's correlation counts as 0 in every mean."""
+    return 0.0 if failed or not np.isfinite(value) else float(value)
+
+
+def pooled_correlations(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    """SRCC and PLCC of all out-of-fold predictions together (0 when they are constant)."""
+    if len(y_true) < 3 or np.ptp(y_pred) == 0 or np.ptp(y_true) == 0 or not np.isfinite(y_pred).all():
+        return {"srcc": 0.0, "plcc": 0.0}
+    return {"srcc": float(stats.spearmanr(y_true, y_pred).statistic),
+            "plcc": float(stats.pearsonr(y_true, y_pred).statistic)}
+
+
+def bootstrap_srcc_interval(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, *, samples: int = 1000,
+                            seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of SRCC, resampling whole prompt groups (siblings move together)."""
+    y_true, y_pred, groups = (np.asarray(a) for a in (y_true, y_pred, groups))
+    names, inverse = np.unique(groups, return_inverse=True)
+    if len(names) < 3 or np.ptp(y_pred) == 0:
+        return float("nan"), float("nan")
+    members = [np.flatnonzero(inverse == g) for g in range(len(names))]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(samples):
+        picked = np.concatenate([members[g] for g in rng.integers(0, len(names), len(names))])
+        t, p = y_true[picked], y_pred[picked]
+        if np.ptp(t) == 0 or np.ptp(p) == 0:
+            values.append(0.0)
+            continue
+        rt, rp = stats.rankdata(t), stats.rankdata(p)
+        values.append(float(np.corrcoef(rt, rp)[0, 1]))
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def paired_comparison(a: np.ndarray, b: np.ndarray) -> dict:
+    """Per-fold differences a - b: mean, SD and the Wilcoxon signed-rank p (NaN with fewer than 2 differences
+    or when every difference is 0)."""
+    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    p = float("nan")
+    if len(diff) >= 2 and np.any(diff != 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p = float(stats.wilcoxon(diff).pvalue)
+    return {"diff_mean": float(diff.mean()) if len(diff) else float("nan"),
+            "diff_std": float(diff.std()) if len(diff) else float("nan"), "wilcoxon_p": p, "n_folds": len(diff)}

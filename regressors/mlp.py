@@ -12,13 +12,15 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from regressors.standardized import standard_scaler
+from regressors.preprocess import DEFAULT_CLIP, FoldScaler
 
 
 class MLPHead(RegressorMixin, BaseEstimator):
     def __init__(self, hidden_ratio: float = 0.5, lr: float = 1e-3, weight_decay: float = 1e-4,
                  batch_size: int = 64, max_epochs: int = 100, patience: int = 10,
-                 validation_fraction: float = 0.1, random_state: int = 0, device: str = "cpu"):
+                 validation_fraction: float = 0.1, random_state: int = 0, device: str = "cpu",
+                 clip: float = DEFAULT_CLIP):
+        self.clip = clip
         self.hidden_ratio = hidden_ratio
         self.lr = lr
         self.weight_decay = weight_decay
@@ -36,10 +38,11 @@ class MLPHead(RegressorMixin, BaseEstimator):
 
     def fit(self, X, y):
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
-        self.x_mean_, self.x_scale_ = standard_scaler(X)
+        scaler = FoldScaler(self.clip).fit(X)
+        self.x_mean_, self.x_scale_, self.x_keep_ = scaler.mean_, scaler.scale_, scaler.keep_.astype(float)
         self.y_mean_ = float(np.mean(y))
         self.y_scale_ = float(np.std(y)) or 1.0
-        xs = (X - self.x_mean_) / self.x_scale_
+        xs = scaler.transform(X)
         ys = (y - self.y_mean_) / self.y_scale_
         rng = np.random.default_rng(self.random_state)
         order = rng.permutation(len(xs))
@@ -92,7 +95,8 @@ class MLPHead(RegressorMixin, BaseEstimator):
         module = _build(X.shape[1], self.hidden_ratio)
         module.load_state_dict(self.state_)
         module.eval()
-        xs = torch.as_tensor((X - self.x_mean_) / self.x_scale_, dtype=torch.float32)
+        scaler = FoldScaler.from_state({"mean": self.x_mean_, "scale": self.x_scale_, "keep": self.x_keep_}, self.clip)
+        xs = torch.as_tensor(scaler.transform(X), dtype=torch.float32)
         with torch.no_grad():
             out = module(xs).squeeze(1).numpy().astype(np.float64)
         return out * self.y_scale_ + self.y_mean_

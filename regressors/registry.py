@@ -1,41 +1,112 @@
-"""Regressors as a table: name -> a factory of a scikit-learn estimator, and whether it reads features."""
+"""Regressors as a table, in the style of timm's registry: adding one is one `RegressorSpec` entry here.
+
+Everything else reads this table: the CLI's choices and default grid, the label-only check, which regressors a
+saved head can hold and which arrays and scalars it persists, the demo's grid.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
-from featcache.errors import unknown_name
-from regressors.floors import GeneratorMean, SiblingMean
-from regressors.mlp import MLPHead
-from regressors.standardized import StandardizedRidge, StandardizedSVR
+from featcache.errors import FeatcacheError, unknown_name
 
 
 @dataclass(frozen=True)
 class RegressorSpec:
     name: str
-    uses_features: bool
-    description: str
-    factory: Callable[[int, str], object]  # (seed, device) -> estimator
+    factory: Callable[[int, str], object]  # (seed, device) -> an unfitted scikit-learn estimator
+    estimator: str  # "module:Class", imported only when a saved head is loaded or the spec is used
+    reads_features: bool  # False: a label-only floor (reads no pixel, needs no backbone)
+    in_default_grid: bool
+    doc: str
+    saved_arrays: tuple[str, ...] = ()  # fitted array attributes a saved head persists (empty: cannot be saved)
+    saved_scalars: tuple[str, ...] = ()
+    batch: str = "member"  # fitted together: "member" (one at a time), "fold" (a fold's targets), "cell" (all)
+
+    @property
+    def can_be_saved(self) -> bool:
+        return bool(self.saved_arrays)
+
+    def estimator_class(self):
+        import importlib
+
+        module, _, cls = self.estimator.partition(":")
+        return getattr(importlib.import_module(module), cls)
 
 
-REGRESSORS: dict[str, RegressorSpec] = {
-    spec.name: spec for spec in [
-        RegressorSpec("mlp", True, "the paper's head D -> D/2 -> 1 (torch), early stopping inside the training data",
-                      lambda seed, device: MLPHead(random_state=seed, device=device)),
-        RegressorSpec("svr", True, "RBF SVR, standardised, C by inner 3-fold CV",
-                      lambda seed, device: StandardizedSVR(random_state=seed)),
-        RegressorSpec("ridge", True, "ridge, standardised, alpha by leave-one-out CV",
-                      lambda seed, device: StandardizedRidge()),
-        RegressorSpec("generator-mean", False, "label-only floor: mean target of the generator",
-                      lambda seed, device: GeneratorMean()),
-        RegressorSpec("sibling-mean", False, "label-only floor: mean of training siblings (same group+generator)",
-                      lambda seed, device: SiblingMean()),
-    ]
-}
+def _mlp(seed, device):
+    from regressors.mlp import MLPHead
+
+    return MLPHead(random_state=seed, device=device)
+
+
+def _svr(seed, device):
+    from regressors.standardized import StandardizedSVR
+
+    return StandardizedSVR(random_state=seed)
+
+
+def _ridge(seed, device):
+    from regressors.standardized import StandardizedRidge
+
+    return StandardizedRidge()
+
+
+def _floor(name):
+    def make(seed, device):
+        from regressors import floors
+
+        return getattr(floors, name)()
+
+    return make
+
+
+_SCALER = ("x_mean_", "x_scale_", "x_keep_")
+
+REGRESSORS: dict[str, RegressorSpec] = {spec.name: spec for spec in [
+    RegressorSpec("mlp", _mlp, "regressors.mlp:MLPHead", True, True,
+                  "the paper's head D -> D/2 -> 1 (torch); early stopping on held-out groups, then a refit",
+                  _SCALER, ("y_mean_", "y_scale_", "best_epoch_"), batch="cell"),
+    RegressorSpec("svr", _svr, "regressors.standardized:StandardizedSVR", True, True,
+                  "RBF SVR; C and epsilon by an inner 3-fold CV over held-out groups",
+                  (*_SCALER, "support_vectors_", "dual_coef_"),
+                  ("y_mean_", "y_scale_", "intercept_", "gamma_", "C_", "epsilon_")),
+    RegressorSpec("ridge", _ridge, "regressors.standardized:StandardizedRidge", True, True,
+                  "ridge; alpha by exact leave-one-group-out error",
+                  (*_SCALER, "coef_"), ("intercept_", "alpha_"), batch="fold"),
+    RegressorSpec("generator-mean", _floor("GeneratorMean"), "regressors.floors:GeneratorMean", False, True,
+                  "label-only floor: mean target of the generator", batch="cell"),
+    RegressorSpec("sibling-mean", _floor("SiblingMean"), "regressors.floors:SiblingMean", False, True,
+                  "label-only floor: mean of training siblings (same prompt and generator)", batch="cell"),
+    RegressorSpec("prompt-mean", _floor("PromptMean"), "regressors.floors:PromptMean", False, True,
+                  "label-only floor: mean of the same prompt in training (any generator), else the generator's",
+                  batch="cell"),
+]}
 
 
 def get_regressor(name: str) -> RegressorSpec:
     if name not in REGRESSORS:
         raise unknown_name("regressor", name, REGRESSORS)
     return REGRESSORS[name]
+
+
+def default_regressors() -> list[str]:
+    return [r.name for r in REGRESSORS.values() if r.in_default_grid]
+
+
+def floor_names() -> list[str]:
+    return [r.name for r in REGRESSORS.values() if not r.reads_features]
+
+
+def check_regressors(names: list[str]) -> list[str]:
+    if not names:
+        raise FeatcacheError("--regressor: give at least one (choose from " + ", ".join(REGRESSORS) + ")")
+    for name in names:
+        get_regressor(name)
+    return names
+
+
+def labels_only(names: list[str]) -> bool:
+    """True when no regressor reads features: the run needs no backbone in the cache."""
+    return all(not get_regressor(n).reads_features for n in names)

@@ -1,103 +1,265 @@
-"""Results on disk: results.json (config, folds, summary), results.csv, report.md with scatter plots."""
+"""Results on disk: results.json, results.csv, folds.csv, predictions.csv, report.md and figures.
+
+Nothing here picks a configuration on the test folds: figures show the configuration asked for (`plot`, by
+default the first feature-reading regressor of the run), and the only "best" in the report is labelled as the
+highest test score, beside the best label-only floor, with failed configurations excluded.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import re
+import secrets
+import time
 from pathlib import Path
 
 import numpy as np
 
+from featcache.errors import FeatcacheError
 from regressors.cv import CVResults
-from regressors.design import FLOORS
+from regressors.registry import get_regressor
+
+MANIFEST = ".featcache-run"
 
 
-def _cell(mean: float, std: float) -> str:
-    if not math.isfinite(mean):
+def _cell(row: dict, metric: str) -> str:
+    mean, std = row.get(f"{metric}_mean", float("nan")), row.get(f"{metric}_std", float("nan"))
+    if mean is None or not math.isfinite(mean):
         return "n/a"
-    return f"{mean:.3f} ± {std:.3f}" if math.isfinite(std) else f"{mean:.3f}"
+    text = f"{mean:.3f}"
+    if metric == "srcc" and math.isfinite(row.get("srcc_ci_low") or float("nan")):
+        return f"{text} [{row['srcc_ci_low']:.2f}, {row['srcc_ci_high']:.2f}]"
+    return f"{text} ± {std:.3f}" if std is not None and math.isfinite(std) else text
+
+
+def _folds_cell(row: dict) -> str:
+    text = str(row["n_folds"])
+    return text + (f" ({row['n_failed']} failed)" if row.get("n_failed") else "")
+
+
+def _number(value) -> str:
+    return f"{value:.3f}" if value is not None and math.isfinite(value) else "n/a"
 
 
 def format_table(summary: list[dict], markdown: bool = False) -> str:
-    """A fixed-width (or Markdown) table of the summary rows."""
-    header = ["regressor", "mode", "target", "SRCC", "PLCC", "KRCC", "RMSE", "folds", "train/test"]
-    rows = [[r["regressor"], r["mode"], r["target"], _cell(r["srcc_mean"], r["srcc_std"]),
-             _cell(r["plcc_mean"], r["plcc_std"]), _cell(r["krcc_mean"], r["krcc_std"]),
-             _cell(r["rmse_mean"], r["rmse_std"]),
-             str(r["n_folds"]) + (f" ({r['undefined_folds']} constant)" if r.get("undefined_folds") else ""),
-             f"{r['n_train']}/{r['n_test']}"]
-            for r in summary]
+    """A fixed-width (or Markdown) table of the summary rows; SRCC and PLCC as fold means (± SD, or a 95%
+    bootstrap interval for a single split), pooled SRCC over all out-of-fold predictions, failed folds named."""
+    with_backbone = any("backbone" in r for r in summary)
+    header = (["backbone"] if with_backbone else []) + [
+        "regressor", "mode", "target", "SRCC", "PLCC", "PLCC logistic", "KRCC", "RMSE", "SRCC pooled", "folds",
+        "train/test"]
+    rows = [([r.get("backbone", "")] if with_backbone else []) + [
+        r["regressor"], r["mode"], r["target"], _cell(r, "srcc"), _cell(r, "plcc"), _cell(r, "plcc_logistic"),
+        _cell(r, "krcc"), _cell(r, "rmse"), _number(r.get("srcc_pooled")), _folds_cell(r),
+        f"{r['n_train']}/{r['n_test']}"] for r in summary]
+    return _render(header, rows, markdown)
+
+
+def _render(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
 
 
-def best_configurations(summary: list[dict]) -> list[dict]:
-    """Per target, the feature-based row with the highest mean SRCC."""
-    best: dict[str, dict] = {}
+def highest_on_test(summary: list[dict]) -> list[dict]:
+    """Per target (and backbone): the feature-reading row with the highest mean test SRCC among those with no
+    failed fold, and the best label-only floor. Chosen on the test folds: for orientation, not a result."""
+    out: dict[tuple, dict] = {}
     for row in summary:
-        if row["regressor"] in FLOORS or not math.isfinite(row["srcc_mean"]):
+        key = (row.get("backbone", ""), row["target"])
+        kind = "model" if get_regressor(row["regressor"]).reads_features else "floor"
+        if row.get("n_failed") or not math.isfinite(row["srcc_mean"]):
             continue
-        if row["target"] not in best or row["srcc_mean"] > best[row["target"]]["srcc_mean"]:
-            best[row["target"]] = row
-    return list(best.values())
+        entry = out.setdefault(key, {"backbone": key[0], "target": key[1], "model": None, "floor": None})
+        if entry[kind] is None or row["srcc_mean"] > entry[kind]["srcc_mean"]:
+            entry[kind] = row
+    return list(out.values())
 
 
-def scatter_plot(y_true: np.ndarray, y_pred: np.ndarray, title: str, path: Path) -> None:
+def format_comparisons(comparisons: list[dict], markdown: bool = True) -> str:
+    header = (["backbone"] if any("backbone" in c for c in comparisons) else []) + [
+        "regressor", "target", "comparison", "SRCC", "difference (mean ± SD over folds)", "Wilcoxon p",
+        "folds", "shared test samples"]
+    rows = [([c["backbone"]] if "backbone" in c else []) + [
+        c["regressor"], c["target"], f"{c['mode']} vs {c['reference']}",
+        f"{c['srcc_mode']:.3f} vs {c['srcc_reference']:.3f}", f"{c['diff_mean']:+.3f} ± {c['diff_std']:.3f}",
+        _number(c["wilcoxon_p"]), str(c["n_folds"]), str(c["n_shared_test"])] for c in comparisons]
+    return _render(header, rows, markdown)
+
+
+def run_folder(out: str | Path | None, overwrite: bool = False, root: str | Path = "featcache-results") -> Path:
+    """A fresh folder per run: `root/<date-time>-<id>/` by default; an explicit non-empty `out` is refused unless
+    `overwrite`, which first removes what an earlier run wrote there (listed in its manifest), nothing else."""
+    if out is None:
+        folder = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        folder.mkdir(parents=True, exist_ok=False)
+        return folder
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise FeatcacheError(f"--out {folder}: exists and is not a folder")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not overwrite:
+            raise FeatcacheError(f"--out {folder} is not empty; pass --overwrite to replace an earlier run's "
+                                 "files there, or leave --out out for a fresh run folder")
+        manifest = folder / MANIFEST
+        written = manifest.read_text().split("\n") if manifest.is_file() else []
+        for name in written:
+            target = folder / name
+            if name and target.resolve().parent == folder.resolve() and target.is_file():
+                target.unlink()
+        manifest.unlink(missing_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FeatcacheError(f"--out {folder}: cannot create the folder ({exc.strerror})") from None
+    return folder
+
+
+def safe_name(*parts: str) -> str:
+    """A file name from any target or backbone name ('Quality Score', 'vgg19.tv_in1k/paper/224')."""
+    text = "_".join(str(p) for p in parts if p)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "figure"
+
+
+def scatter_plot(y_true, y_pred, generators, title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=110)
-    ax.scatter(y_true, y_pred, s=8, alpha=0.5, edgecolors="none")
-    low, high = float(min(y_true.min(), y_pred.min())), float(max(y_true.max(), y_pred.max()))
-    ax.plot([low, high], [low, high], color="grey", linewidth=0.8)
-    ax.set_xlabel("MOS (test folds)")
+    from regressors.metrics import logistic4
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.2), dpi=110)
+    for name in sorted(set(generators)):
+        mask = np.asarray(generators) == name
+        ax.scatter(np.asarray(y_true)[mask], np.asarray(y_pred)[mask], s=9, alpha=0.6, edgecolors="none",
+                   label=name)
+    try:
+        from scipy import optimize
+
+        p0 = [float(np.max(y_true)), float(np.min(y_true)), float(np.mean(y_pred)), float(np.std(y_pred)) or 1.0]
+        params, _ = optimize.curve_fit(logistic4, y_pred, y_true, p0=p0, maxfev=5000)
+        grid = np.linspace(float(np.min(y_pred)), float(np.max(y_pred)), 200)
+        ax.plot(logistic4(grid, *params), grid, color="black", linewidth=1.0, label="logistic fit")
+    except (RuntimeError, ValueError, TypeError):
+        pass
+    ax.set_xlabel("MOS (out-of-fold test samples)")
     ax.set_ylabel("predicted")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=6, markerscale=1.5, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def write_results(results: CVResults, out: str | Path, title: str = "featcache fit") -> dict[str, Path]:
+def plot_configurations(results: CVResults, plot: str | None) -> list[tuple]:
+    """(backbone, regressor, mode, target) to draw: the regressor asked for (default: the first feature-reading
+    regressor of the run) for every mode and target, on repeat 0."""
+    regressors = results.config["regressors"]
+    if plot is None:
+        plot = next((r for r in regressors if get_regressor(r).reads_features), None)
+    if plot is None:
+        return []
+    keys = {(getattr(p, "backbone", ""), p.regressor, p.mode, p.target) for p in results.predictions}
+    return sorted(k for k in keys if k[1] == plot)
+
+
+def write_results(results: CVResults, out: str | Path, title: str = "featcache fit", plot: str | None = None,
+                  run_info: dict | None = None, figures: bool = True) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "folds": out / "folds.csv",
-             "report": out / "report.md"}
-    paths["json"].write_text(json.dumps(_finite_or_null(results.to_dict()), indent=2, default=_jsonable) + "\n")
+             "predictions": out / "predictions.csv", "report": out / "report.md"}
+    payload = results.to_dict()
+    if run_info:
+        payload["run"] = run_info
+    paths["json"].write_text(json.dumps(_finite_or_null(payload), indent=2, default=_jsonable) + "\n")
     _write_csv(paths["csv"], results.summary)
-    _write_csv(paths["folds"], results.folds)
-    lines = [f"# {title}", "", "```", json.dumps(results.config, indent=1, default=_jsonable), "```", "",
-             format_table(results.summary, markdown=True), ""]
-    for row in best_configurations(results.summary):
-        key = (row["regressor"], row["mode"], row["target"])
-        if key not in results.predictions:
-            continue
-        name = f"scatter_{row['target']}_{row['regressor']}_{row['mode']}.png".replace("/", "_")
-        y_true, y_pred = results.predictions[key]
-        scatter_plot(y_true, y_pred, f"{row['target']}: {row['regressor']} {row['mode']} "
-                                     f"(SRCC {row['srcc_mean']:.3f})", out / name)
-        lines += [f"Best for {row['target']}: {row['regressor']} on {row['mode']} "
-                  f"(SRCC {row['srcc_mean']:.3f}); test predictions of every fold of repeat 0:", "",
-                  f"![{name}]({name})", ""]
-        paths[name] = out / name
-    paths["report"].write_text("\n".join(lines))
+    _write_csv(paths["folds"], [{**r, "chosen": json.dumps(r.get("chosen", {}))} for r in results.folds])
+    write_predictions(paths["predictions"], results)
+    figure_lines = []
+    if figures:
+        for backbone, regressor, mode, target in plot_configurations(results, plot):
+            chosen = [p for p in results.predictions if getattr(p, "backbone", "") == backbone and
+                      (p.regressor, p.mode, p.target, p.repeat) == (regressor, mode, target, 0)]
+            if not chosen:
+                continue
+            row = next(r for r in results.summary if r.get("backbone", "") == backbone and
+                       (r["regressor"], r["mode"], r["target"]) == (regressor, mode, target))
+            y_true = np.concatenate([p.y_true for p in chosen])
+            y_pred = np.concatenate([p.y_pred for p in chosen])
+            generators = np.asarray(results.samples["generator"])[np.concatenate([p.rows for p in chosen])]
+            name = "scatter_" + safe_name(backbone or results.config.get("backbone", ""), mode, target,
+                                          regressor) + ".png"
+            title = (f"{backbone or results.config.get('backbone') or 'labels only'}\n{mode} {regressor} {target}: "
+                     f"SRCC pooled {_number(row['srcc_pooled'])}, fold mean {_number(row['srcc_mean'])}; "
+                     f"PLCC pooled {_number(row['plcc_pooled'])}")
+            scatter_plot(y_true, y_pred, generators, title, out / name)
+            paths[name] = out / name
+            figure_lines += [f"![{mode} {regressor} {target}]({name})", ""]
+    paths["report"].write_text(report_markdown(results, title, figure_lines))
+    (out / MANIFEST).write_text("\n".join(p.name for p in paths.values()) + "\n")
     return paths
+
+
+def report_markdown(results: CVResults, title: str, figure_lines: list[str]) -> str:
+    c = results.config
+    where = f"--split {c['split']}" + (f", {c['folds']} folds" if c["split"] in ("group", "kfold") else "") + \
+        f", {c['repeats']} repeat(s), subset {c['subset']}"
+    lines = [f"# {title}", "", f"Protocol: {where}. {c.get('split_doc', '')}.", "",
+             "SRCC, PLCC and KRCC are fold means (mean over the folds of each repeat, then over repeats; ± is the SD "
+             "across repeats when there are several, else across folds; a single split shows a 95% bootstrap "
+             "interval over prompt groups). A failed fold (constant predictions) counts as 0. *SRCC pooled* is "
+             "over all out-of-fold predictions of a repeat. PLCC logistic: after the 4-parameter logistic "
+             "mapping (VQEG).", "", format_table(results.summary, markdown=True), ""]
+    best = highest_on_test(results.summary)
+    if best:
+        lines += ["## Highest test scores (picked on the test folds: orientation, not a result)", ""]
+        for entry in best:
+            model, floor = entry["model"], entry["floor"]
+            where = f"{entry['backbone']} " if entry["backbone"] else ""
+            text = f"- {where}{entry['target']}: "
+            text += (f"{model['regressor']} {model['mode']} SRCC {model['srcc_mean']:.3f}" if model
+                     else "no feature-reading configuration without failed folds")
+            if floor:
+                text += f"; best label-only floor {floor['regressor']} SRCC {floor['srcc_mean']:.3f}"
+            lines.append(text)
+        lines.append("")
+    if results.comparisons:
+        lines += ["## Modes compared on the same test samples", "", format_comparisons(results.comparisons), ""]
+    if figure_lines:
+        lines += ["## Figures (repeat 0, out-of-fold predictions)", ""] + figure_lines
+    lines += ["Per-generator and per-subset figures: `breakdown` in results.json; every prediction: "
+              "predictions.csv.", ""]
+    return "\n".join(lines)
+
+
+def write_predictions(path: Path, results: CVResults) -> None:
+    s = results.samples
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["key", "group", "generator", "subset", "backbone", "repeat", "fold", "mode", "regressor",
+                         "target", "mos", "prediction"])
+        for p in results.predictions:
+            backbone = getattr(p, "backbone", results.config.get("backbone", ""))
+            for row, y, pred in zip(p.rows.tolist(), p.y_true.tolist(), p.y_pred.tolist()):
+                writer.writerow([s["key"][row], s["group"][row], s["generator"][row], s["subset"][row], backbone,
+                                 p.repeat, p.fold, p.mode, p.regressor, p.target, repr(float(y)),
+                                 repr(float(pred))])
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     if not rows:
         path.write_text("")
         return
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -113,7 +275,7 @@ def _jsonable(value):
 
 
 def _finite_or_null(value):
-    """JSON has no NaN: undefined correlations (constant predictions) become null."""
+    """JSON has no NaN: undefined numbers become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):

@@ -1,20 +1,21 @@
-"""Split protocols: the official `paper` split, random K-fold, prompt-disjoint `group` K-fold, and `cross`."""
+"""Split protocols as a table: adding one is one `SplitSpec` entry (a fold function and its options) here.
+
+A fold function gets the selected sample indices and per-sample groups/subsets/generators and returns the folds of
+one repeat. Folds are made once per selection and repeat; every mode then uses the same folds, restricted to the
+samples it can use, so modes are compared on the same samples.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
-from sklearn.model_selection import GroupKFold, KFold
+from sklearn.model_selection import KFold, StratifiedGroupKFold
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, unknown_name
 
-PROTOCOLS = {
-    "paper": "index % 4 == 3 inside the subset goes to test (the official loaders); leaks siblings into training",
-    "kfold": "random K-fold over samples",
-    "group": "prompt-disjoint K-fold: no group (what an image was generated from) in both train and test",
-    "cross": "train on one generator or subset (--train-on), test on another (--test-on)",
-}
+MIN_TEST = 4  # a test fold smaller than this gives correlations of no meaning ("1.000 +- 0.000" on 2 samples)
 
 
 @dataclass
@@ -25,6 +26,35 @@ class Fold:
     test: np.ndarray
 
 
+@dataclass
+class SplitRequest:
+    """Everything a fold function may read."""
+
+    rows: np.ndarray  # selected sample indices, in annotation order
+    groups: np.ndarray  # per sample (all samples), content group codes
+    subsets: np.ndarray
+    generators: np.ndarray
+    folds: int = 5
+    seed: int = 0
+    train_on: str | None = None
+    test_on: str | None = None
+    hold_out_prompts: bool = False
+    what: str = "this selection"
+
+
+FoldFunction = Callable[[SplitRequest, int], list[tuple[np.ndarray, np.ndarray]]]  # (request, repeat) -> folds
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    name: str
+    make: FoldFunction
+    doc: str
+    grouped: bool  # no content group on both sides: inner selection holds out groups too
+    single: bool  # one test set per repeat (confidence intervals by bootstrap over groups)
+    options: tuple[str, ...] = field(default=())  # the CLI options it reads
+
+
 def subset_mask(subset: np.ndarray, generator: np.ndarray, name: str) -> np.ndarray:
     if name == "all":
         return np.ones(len(subset), dtype=bool)
@@ -32,52 +62,86 @@ def subset_mask(subset: np.ndarray, generator: np.ndarray, name: str) -> np.ndar
         return subset == name
     if name in set(generator.tolist()):
         return generator == name
-    choices = sorted({"all", "t2i", "i2i", *generator.tolist()})
-    raise FeatcacheError(f"unknown subset {name!r}; choose one of {', '.join(choices)}")
+    raise unknown_name("subset", name, sorted({"all", "t2i", "i2i", *generator.tolist()}))
 
 
-def make_folds(rows: np.ndarray, groups: np.ndarray, subsets: np.ndarray, generators: np.ndarray, protocol: str,
-               folds: int = 5, repeats: int = 1, seed: int = 0, train_on: str | None = None,
-               test_on: str | None = None, what: str = "this selection") -> list[Fold]:
-    """Folds over `rows` (sample indices, in annotation order); groups/subsets/generators are indexed by sample."""
-    if protocol not in PROTOCOLS:
-        raise FeatcacheError(f"unknown split {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+def _paper(req: SplitRequest, repeat: int):
+    position = np.arange(len(req.rows))
+    return [(req.rows[position % 4 != 3], req.rows[position % 4 == 3])]
+
+
+def _kfold(req: SplitRequest, repeat: int):
+    _enough_for_folds(req)
+    splitter = KFold(req.folds, shuffle=True, random_state=req.seed + repeat)
+    return [(req.rows[np.sort(tr)], req.rows[np.sort(te)]) for tr, te in splitter.split(req.rows)]
+
+
+def _group(req: SplitRequest, repeat: int):
+    _enough_for_folds(req)
+    groups = req.groups[req.rows]
+    n_groups = len(np.unique(groups))
+    if n_groups < req.folds:
+        raise FeatcacheError(f"{req.what} has {len(req.rows)} samples in {n_groups} prompt groups: too few for "
+                             f"{req.folds} prompt-disjoint folds; lower --folds or widen --subset")
+    strata = req.subsets[req.rows]  # every fold gets its share of T2I and I2I, so every mode has test samples
+    splitter = StratifiedGroupKFold(req.folds, shuffle=True, random_state=req.seed + repeat)
+    return [(req.rows[np.sort(tr)], req.rows[np.sort(te)]) for tr, te in splitter.split(req.rows, strata, groups)]
+
+
+def _cross(req: SplitRequest, repeat: int):
+    if not req.train_on or not req.test_on:
+        raise FeatcacheError("--split cross needs --train-on and --test-on (a generator, t2i or i2i)")
+    subsets, generators = req.subsets[req.rows], req.generators[req.rows]
+    train = req.rows[subset_mask(subsets, generators, req.train_on)]
+    test = req.rows[subset_mask(subsets, generators, req.test_on)]
+    if np.intersect1d(train, test).size:
+        raise FeatcacheError(f"--train-on {req.train_on} and --test-on {req.test_on} share samples; "
+                             "pick disjoint sets")
+    if req.hold_out_prompts:
+        train = train[~np.isin(req.groups[train], req.groups[test])]
+    return [(train, test)]
+
+
+SPLITS: dict[str, SplitSpec] = {spec.name: spec for spec in [
+    SplitSpec("group", _group, "prompt-disjoint K-fold (stratified by T2I/I2I): no prompt in both train and test",
+              grouped=True, single=False, options=("folds",)),
+    SplitSpec("paper", _paper, "index % 4 == 3 inside the selection goes to test (the official loaders); "
+              "leaks siblings into training", grouped=False, single=True),
+    SplitSpec("kfold", _kfold, "random K-fold over samples", grouped=False, single=False, options=("folds",)),
+    SplitSpec("cross", _cross, "train on one generator or subset (--train-on), test on another (--test-on); "
+              "--hold-out-prompts also removes the test prompts from training", grouped=False, single=True,
+              options=("train_on", "test_on", "hold_out_prompts")),
+]}
+
+
+def get_split(name: str) -> SplitSpec:
+    if name not in SPLITS:
+        raise unknown_name("split", name, SPLITS)
+    return SPLITS[name]
+
+
+def make_folds(request: SplitRequest, split: str, repeats: int = 1) -> list[Fold]:
+    """The folds of every repeat; refuses folds too small to report on."""
+    spec = get_split(split)
     if repeats < 1:
         raise FeatcacheError("--repeats must be at least 1")
-    n = len(rows)
-    out: list[Fold] = []
-    if protocol == "paper":
-        position = np.arange(n)
-        test, train = rows[position % 4 == 3], rows[position % 4 != 3]
-        _enough(len(train), len(test), what, "the paper split")
-        return [Fold(r, 0, train, test) for r in range(repeats)]
-    if protocol == "cross":
-        if not train_on or not test_on:
-            raise FeatcacheError("--split cross needs --train-on and --test-on (a generator, t2i or i2i)")
-        train = rows[subset_mask(subsets[rows], generators[rows], train_on)]
-        test = rows[subset_mask(subsets[rows], generators[rows], test_on)]
-        if np.intersect1d(train, test).size:
-            raise FeatcacheError(f"--train-on {train_on} and --test-on {test_on} share samples; pick disjoint sets")
-        _enough(len(train), len(test), what, f"training on {train_on} and testing on {test_on}")
-        return [Fold(r, 0, train, test) for r in range(repeats)]
-    if folds < 2:
-        raise FeatcacheError("--folds must be at least 2")
-    n_groups = len(set(groups[rows].tolist()))
-    if protocol == "group" and n_groups < folds:
-        raise FeatcacheError(f"{what} has {n} samples in {n_groups} groups: too few for {folds} prompt-disjoint "
-                             "folds; lower --folds or widen --subset")
-    if n < 2 * folds:
-        raise FeatcacheError(f"{what} has {n} samples: too few for {folds} folds; lower --folds or widen --subset")
-    for r in range(repeats):
-        if protocol == "kfold":
-            splitter = KFold(folds, shuffle=True, random_state=seed + r).split(rows)
-        else:
-            splitter = GroupKFold(folds, shuffle=True, random_state=seed + r).split(rows, groups=groups[rows])
-        for k, (train, test) in enumerate(splitter):
-            out.append(Fold(r, k, rows[np.sort(train)], rows[np.sort(test)]))
+    out = []
+    for repeat in range(repeats):
+        for k, (train, test) in enumerate(spec.make(request, repeat)):
+            _enough(len(train), len(test), request.what, f"the {split} split (fold {k + 1})")
+            out.append(Fold(repeat, k, train, test))
     return out
 
 
+def _enough_for_folds(req: SplitRequest) -> None:
+    if req.folds < 2:
+        raise FeatcacheError("--folds must be at least 2")
+    if len(req.rows) < MIN_TEST * req.folds:
+        raise FeatcacheError(f"{req.what} has {len(req.rows)} samples: too few for {req.folds} folds of at least "
+                             f"{MIN_TEST} test samples; lower --folds or widen --subset")
+
+
 def _enough(n_train: int, n_test: int, what: str, how: str) -> None:
-    if n_train < 3 or n_test < 3:
-        raise FeatcacheError(f"{what}: {how} leaves {n_train} training and {n_test} test samples; too few")
+    if n_train < 3 or n_test < MIN_TEST:
+        raise FeatcacheError(f"{what}: {how} leaves {n_train} training and {n_test} test samples; too few "
+                             f"(at least 3 and {MIN_TEST})")

@@ -10,11 +10,12 @@ import cli
 from featcache.datasets import load_dataset
 from featcache.errors import FeatcacheError
 from featcache.store import create_cache, ensure_features
+from regressors.cache_data import load_cache
 from regressors.cv import cross_validate
-from regressors.design import design_matrix, load_cache
+from regressors.design import content_groups, design_matrix
 from regressors.heads_io import load_head, save_head
 from regressors.registry import REGRESSORS
-from regressors.splits import make_folds
+from regressors.splits import SplitRequest, make_folds
 from tests.fakedata import ANNOTATIONS, HEADER
 
 
@@ -64,7 +65,7 @@ def test_nan_feature_rows_are_refused(tmp_path, pku_root):
     emb = np.ones((22, 2))
     emb[3] = np.nan
     data = load_cache(_hand_made_cache(tmp_path, pku_root, emb))
-    with pytest.raises(FeatcacheError, match="1 feature rows of toy.random/paper/4 hold NaN"):
+    with pytest.raises(FeatcacheError, match="1 feature rows of toy.random/paper/4 hold NaN .*featcache repair"):
         design_matrix(data, "nr")
 
 
@@ -76,11 +77,16 @@ def _pku_4k_like(tmp_path):
             rows += [f'{p}.jpg,"t",{g}_{p}_{k}.jpg,{(p * 7 + k) % 5 + 1},2,3' for k in range(4)]
     for pid in range(1000, 1200):
         for g in ("SD", "MJ", "DALLE"):
-            rows += [f',"t",{g}_{pid}_{k}0.jpg,{(pid * 3 + k) % 5 + 1},2,3' for k in range(4)]
+            rows += [f',"prompt {pid}",{g}_{pid}_{k}0.jpg,{(pid * 3 + k) % 5 + 1},2,3' for k in range(4)]
     (tmp_path / "annotation.csv").write_text(HEADER + "\n" + "\n".join(rows) + "\n")
     samples = load_dataset(None, tmp_path)
     create_cache(tmp_path / "c.h5", samples, tmp_path)
     return load_cache(tmp_path / "c.h5", labels_only=True)
+
+
+def _request(data, rows, **options):
+    s = data.samples
+    return SplitRequest(np.asarray(rows), content_groups(data), s.subset, s.generator, **options)
 
 
 def test_paper_split_matches_the_official_loaders(tmp_path):
@@ -88,26 +94,65 @@ def test_paper_split_matches_the_official_loaders(tmp_path):
     s = data.samples
     for subset, (n_train, n_test) in {"all": (3000, 1000), "t2i": (1800, 600), "i2i": (1200, 400)}.items():
         rows = np.flatnonzero(np.ones(4000, bool) if subset == "all" else s.subset == subset)
-        (fold,) = make_folds(rows, s.group, s.subset, s.generator, "paper")
+        (fold,) = make_folds(_request(data, rows), "paper")
         assert (len(fold.train), len(fold.test)) == (n_train, n_test)
         assert np.array_equal(fold.test, rows[3::4])
-    assert np.array_equal(make_folds(np.arange(4000), s.group, s.subset, s.generator, "paper")[0].test[:3],
-                          [3, 7, 11])
+    assert np.array_equal(make_folds(_request(data, np.arange(4000)), "paper")[0].test[:3], [3, 7, 11])
 
 
-def test_group_split_is_prompt_disjoint_and_cross_split_separates(tmp_path):
+def test_group_split_is_prompt_disjoint_stratified_and_cross_split_separates(tmp_path):
     data = _pku_4k_like(tmp_path)
     s = data.samples
-    folds = make_folds(np.arange(4000), s.group, s.subset, s.generator, "group", folds=5, repeats=2, seed=3)
+    groups = content_groups(data)
+    folds = make_folds(_request(data, np.arange(4000), folds=5, seed=3), "group", repeats=2)
     assert len(folds) == 10
     for fold in folds:
-        assert not set(s.group[fold.train]) & set(s.group[fold.test])
+        assert not set(groups[fold.train]) & set(groups[fold.test])
+        share = np.mean(s.subset[fold.test] == "i2i")
+        assert 0.3 < share < 0.5  # stratified: every fold holds its share of I2I (1600 of 4000)
     tests = np.concatenate([f.test for f in folds if f.repeat == 0])
     assert np.array_equal(np.sort(tests), np.arange(4000))
-    (cross,) = make_folds(np.arange(4000), s.group, s.subset, s.generator, "cross", train_on="MJ", test_on="SD")
+    other_seed = make_folds(_request(data, np.arange(4000), folds=5, seed=4), "group")
+    assert not np.array_equal(other_seed[0].test, folds[0].test)
+    (cross,) = make_folds(_request(data, np.arange(4000), train_on="MJ", test_on="SD"), "cross")
     assert set(s.generator[cross.train]) == {"MJ"} and set(s.generator[cross.test]) == {"SD"}
+    assert set(groups[cross.train]) & set(groups[cross.test])  # the plain cross split shares every prompt
     with pytest.raises(FeatcacheError, match="too few for 5 prompt-disjoint folds"):
-        make_folds(np.arange(8), s.group, s.subset, s.generator, "group", folds=5)
+        make_folds(_request(data, np.arange(24), folds=5), "group")  # 24 samples, 3 prompts
+
+
+def test_cross_split_can_hold_out_the_test_prompts(tmp_path):
+    data = _pku_4k_like(tmp_path)
+    s, groups = data.samples, content_groups(data)
+    rows = np.flatnonzero(s.subset == "t2i")
+    (plain,) = make_folds(_request(data, rows, train_on="MJ", test_on="SD"), "cross")
+    assert set(groups[plain.train]) == set(groups[plain.test])  # MJ and SD share all 200 prompts
+    with pytest.raises(FeatcacheError, match="leaves 0 training"):
+        make_folds(_request(data, rows, train_on="MJ", test_on="SD", hold_out_prompts=True), "cross")
+    some = rows[(s.generator[rows] == "MJ") | np.isin(s.key[rows], [f"SD_{p}_{k}0.jpg" for p in range(1000, 1100)
+                                                                    for k in range(4)])]
+    (held,) = make_folds(_request(data, some, train_on="MJ", test_on="SD", hold_out_prompts=True), "cross")
+    assert len(held.test) == 400 and len(held.train) == 400
+    assert not set(groups[held.train]) & set(groups[held.test])
+
+
+def test_kfold_split_covers_every_sample_once(tmp_path):
+    data = _pku_4k_like(tmp_path)
+    folds = make_folds(_request(data, np.arange(0, 4000, 10), folds=4, seed=1), "kfold", repeats=2)
+    assert len(folds) == 8
+    tests = np.concatenate([f.test for f in folds if f.repeat == 1])
+    assert np.array_equal(np.sort(tests), np.arange(0, 4000, 10))
+    with pytest.raises(FeatcacheError, match="too few for 4 folds"):
+        make_folds(_request(data, np.arange(10), folds=4), "kfold")
+
+
+def test_identical_prompt_texts_are_one_group(tmp_path):
+    rows = [f',"a red fox",SD_{pid}_00.jpg,3,3,3' for pid in (1099, 1196)] + [',"A  red fox ",MJ_1200_00.jpg,3,3,3',
+                                                                              ',"a cat",SD_1300_00.jpg,3,3,3']
+    (tmp_path / "annotation.csv").write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    create_cache(tmp_path / "c.h5", load_dataset(None, tmp_path), tmp_path)
+    groups = content_groups(load_cache(tmp_path / "c.h5", labels_only=True))
+    assert groups[0] == groups[1] == groups[2] != groups[3]
 
 
 @pytest.mark.parametrize("name", list(REGRESSORS))
@@ -194,17 +239,40 @@ def test_fit_and_predict_from_the_command_line(tmp_path, pku_root, monkeypatch):
 def test_leave_one_out_ridge_matches_scikit_learn(n, p):
     from sklearn.linear_model import RidgeCV
 
-    from regressors.standardized import StandardizedRidge, standard_scaler
+    from regressors.preprocess import FoldScaler
+    from regressors.standardized import StandardizedRidge
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(n, p))
     y = x[:, :3].sum(1) + rng.normal(0, 0.5, n)
     ours = StandardizedRidge().fit(x, y)
-    mean, scale = standard_scaler(x)
-    reference = RidgeCV(alphas=ours.alphas).fit((x - mean) / scale, y)
+    scaler = FoldScaler(ours.clip).fit(x)
+    reference = RidgeCV(alphas=ours.alphas).fit(scaler.transform(x), y)
     assert ours.alpha_ == reference.alpha_
     test = rng.normal(size=(20, p))
-    np.testing.assert_allclose(ours.predict(test), reference.predict((test - mean) / scale), atol=1e-8)
+    np.testing.assert_allclose(ours.predict(test), reference.predict(scaler.transform(test)), atol=1e-8)
+
+
+def test_leave_one_group_out_ridge_is_exact():
+    """The block formula equals refitting without each group (brute force with scikit-learn's Ridge)."""
+    from sklearn.linear_model import Ridge
+
+    from regressors.standardized import ridge_path
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(60, 8))
+    y = x[:, 0] + rng.normal(0, 0.3, 60)
+    groups = np.arange(60) // 6
+    alphas = np.array([0.1, 10.0, 1000.0])
+    xc, yc = x - x.mean(0), y - y.mean()
+    chosen, _, errors = ridge_path(xc, yc[:, None], alphas, groups)
+    for k, alpha in enumerate(alphas):
+        brute = 0.0
+        for g in range(10):
+            out = groups == g
+            brute += np.sum((y[out] - Ridge(alpha=alpha).fit(x[~out], y[~out]).predict(x[out])) ** 2)
+        assert errors[k, 0] == pytest.approx(brute / 60, rel=1e-9)
+    assert chosen[0] == alphas[np.argmin(errors[:, 0])]
 
 
 def test_bench_runs_every_backbone_into_one_table(tmp_path, pku_root, monkeypatch):

@@ -6,8 +6,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-DEMO_MODES = ["nr", "fr", "pr", "fr-diff", "pr-diff"]
-DEMO_REGRESSORS = ["mlp", "svr", "ridge", "generator-mean", "sibling-mean"]
+from regressors.modes import MODES
+from regressors.registry import default_regressors
+
+DEMO_MODES = list(MODES)  # the paper's three and the extras
+DEMO_REGRESSORS = default_regressors()
 
 
 def run_demo(out: str | Path = "demo-out", *, views: int = 8, folds: int = 4, seed: int = 0, jobs: int = 2,
@@ -18,8 +21,8 @@ def run_demo(out: str | Path = "demo-out", *, views: int = 8, folds: int = 4, se
     from featcache.datasets import load_dataset
     from featcache.extract import extract
     from featcache.synth import bundled_photos, synth
+    from regressors.cache_data import load_cache
     from regressors.cv import cross_validate
-    from regressors.design import load_cache
     from regressors.report import format_table, write_results
 
     out = Path(out)

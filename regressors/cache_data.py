@@ -1,0 +1,82 @@
+"""One backbone's cached features with the samples and labels: what stage 2 reads (no image is opened again)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from featcache.errors import FeatcacheError, unknown_name
+from featcache.store import CachedSamples, backbone_ids, open_read, read_samples
+
+
+@dataclass
+class CacheData:
+    path: str
+    backbone_id: str
+    samples: CachedSamples
+    emb: np.ndarray  # (M, D) float32
+    done: np.ndarray  # (M,) bool
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.samples.targets)
+
+    def target(self, name: str) -> np.ndarray:
+        if name not in self.samples.targets:
+            raise unknown_name("target", name, self.targets, f" in {self.path}")
+        return self.samples.targets[name]
+
+
+def _short_forms(bid: str) -> set[str]:
+    """`tf_efficientnet_lite0.in1k/multilevel/224` answers to its arch, arch.tag, and either with the pooling."""
+    full_arch, pool, _size = (bid.split("/") + ["", ""])[:3]
+    arch = full_arch.split(".")[0]
+    forms = {full_arch, arch, f"{full_arch}/{pool}", f"{arch}/{pool}"}
+    return forms
+
+
+def resolve_backbone_id(ids: list[str], wanted: str | None, path: str) -> str:
+    """An exact id, a registry name (`vgg19`, `lite0/multilevel`), an arch, or a unique prefix; else the only one."""
+    if not ids:
+        raise FeatcacheError(f"{path} holds no features yet; run `featcache extract --backbone NAME` first")
+    if wanted is None:
+        if len(ids) == 1:
+            return ids[0]
+        raise FeatcacheError(f"{path} holds several backbones; pass --backbone with one of: {', '.join(ids)}")
+    if wanted in ids:
+        return wanted
+    from featcache.backbones import BACKBONES
+
+    name, _, pool = wanted.partition("/")
+    arch = BACKBONES[name].arch if name in BACKBONES else name
+    wanted_forms = {f"{arch}/{pool}" if pool else arch, wanted}
+    matches = [i for i in ids if _short_forms(i) & wanted_forms]
+    if not matches:
+        matches = [i for i in ids if i.startswith(wanted)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise FeatcacheError(f"--backbone {wanted!r} matches several ids in {path}: {', '.join(matches)}; "
+                             "add the pooling (e.g. lite0/multilevel) or pass the full id")
+    raise unknown_name("backbone", wanted, ids, f" in {path}",
+                       aliases={form: i for i in ids for form in _short_forms(i)})
+
+
+def cached_backbone_ids(path: str) -> list[str]:
+    with open_read(path) as f:
+        return backbone_ids(f)
+
+
+def load_cache(path: str, backbone: str | None = None, labels_only: bool = False) -> CacheData:
+    """Samples, labels and one backbone's rows. `labels_only` (floors only) reads no features at all."""
+    with open_read(path) as f:
+        ids = backbone_ids(f)
+        if labels_only:
+            samples = read_samples(f)
+            bid = resolve_backbone_id(ids, backbone, path) if ids and (backbone or len(ids) == 1) else ""
+            m = len(samples.image_keys)
+            return CacheData(str(path), bid, samples, np.zeros((m, 0), np.float32), np.zeros(m, bool))
+        bid = resolve_backbone_id(ids, backbone, path)
+        group = f[f"features/{bid}"]
+        return CacheData(str(path), bid, read_samples(f), group["emb"][()], group["done"][()])

@@ -1,0 +1,121 @@
+"""`featcache fit` and `featcache bench` as Python functions: every decision (default modes, targets and
+regressors for the selection and the cache, labels-only runs, save-head checks) is made here, not in the CLI."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from featcache.errors import FeatcacheError
+from regressors.cache_data import CacheData, cached_backbone_ids, load_cache, resolve_backbone_id
+from regressors.cv import CVResults, cross_validate, selection_rows
+from regressors.heads import fit_and_save_head
+from regressors.heads_io import check_savable
+from regressors.modes import default_modes
+from regressors.registry import check_regressors, default_regressors, labels_only
+from regressors.splits import get_split, subset_mask
+
+CV_DEFAULTS = {"split": "group", "folds": 5, "repeats": 1, "seed": 0, "subset": "all", "train_on": None,
+               "test_on": None, "hold_out_prompts": False, "jobs": 1, "backend": None, "device": "cpu"}
+
+
+def modes_for(data: CacheData, subset: str = "all", split: str = "group", train_on: str | None = None,
+              test_on: str | None = None, extras: bool = False) -> list[str]:
+    """Default modes that fit the selection: FR and PR only where both training and test samples can hold an
+    image prompt (so `--subset t2i`, a T2I-only cache or `--split cross --train-on t2i` get NR alone)."""
+    get_split(split)
+    s = data.samples
+    rows = selection_rows(data, subset)
+    has = s.ref >= 0
+    if split == "cross" and train_on and test_on:
+        train = rows[subset_mask(s.subset[rows], s.generator[rows], train_on)]
+        test = rows[subset_mask(s.subset[rows], s.generator[rows], test_on)]
+        return default_modes(bool(has[train].any()), bool(has[test].any()), extras)
+    return default_modes(bool(has[rows].any()), bool(has[rows].any()), extras)
+
+
+@dataclass
+class FitOutcome:
+    results: CVResults
+    data: CacheData
+    head: dict | None = None
+    head_path: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def check_head_path(path: str | Path) -> None:
+    """Before any fitting: the folder must exist and be writable (a failure after the CV loses minutes)."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise FeatcacheError(f"--save-head {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise FeatcacheError(f"--save-head {path}: folder {folder} is not writable")
+
+
+def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None, targets: list[str] | None = None,
+        regressors: list[str] | None = None, *, save_head: str | None = None,
+        on_progress: Callable[[int, int], None] | None = None, **cv) -> FitOutcome:
+    """Cross-validate heads on one backbone of a cache (and optionally save one head trained on everything)."""
+    options = {**CV_DEFAULTS, **cv}
+    regressors = check_regressors(regressors or default_regressors())
+    data = load_cache(cache, backbone, labels_only=labels_only(regressors))
+    modes = modes or modes_for(data, options["subset"], options["split"], options["train_on"], options["test_on"])
+    targets = targets or data.targets
+    if save_head:
+        if len(modes) != 1 or len(targets) != 1 or len(regressors) != 1:
+            raise FeatcacheError("--save-head needs exactly one --mode, one --target and one --regressor")
+        check_savable(regressors[0])
+        check_head_path(save_head)
+    results = cross_validate(data, modes, targets, regressors, on_progress=on_progress, **options)
+    outcome = FitOutcome(results, data)
+    if save_head:
+        outcome.head = fit_and_save_head(data, modes[0], targets[0], regressors[0], save_head,
+                                         subset=options["subset"], seed=options["seed"], device=options["device"])
+        outcome.head_path = str(save_head)
+    return outcome
+
+
+def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | None = None,
+          targets: list[str] | None = None, regressors: list[str] | None = None, *,
+          on_progress: Callable[[int, int], None] | None = None, **cv) -> CVResults:
+    """Every backbone in `backbones` (all in the cache by default) into one result; rows gain a `backbone`."""
+    options = {**CV_DEFAULTS, **cv}
+    regressors = check_regressors(regressors or default_regressors())
+    ids = cached_backbone_ids(cache)
+    chosen = list(dict.fromkeys(resolve_backbone_id(ids, b, cache) for b in backbones)) if backbones else ids
+    if not chosen:
+        raise FeatcacheError(f"{cache} holds no features yet; run `featcache extract --backbone NAME` first")
+    merged: CVResults | None = None
+    done_before = 0
+    for bid in chosen:
+        data = load_cache(cache, bid)
+        chosen_modes = modes or modes_for(data, options["subset"], options["split"], options["train_on"],
+                                          options["test_on"])
+
+        def progress(done, total, offset=done_before):
+            if on_progress:
+                on_progress(offset + done, None)
+
+        result = cross_validate(data, chosen_modes, targets or data.targets, regressors, on_progress=progress,
+                                **options)
+        done_before += len(result.folds)
+        for collection in (result.folds, result.summary, result.comparisons, result.breakdown):
+            for row in collection:
+                row["backbone"] = bid
+        for p in result.predictions:
+            p.backbone = bid
+        if merged is None:
+            merged = result
+            merged.config = dict(result.config, backbone=chosen)
+        else:
+            merged.folds += result.folds
+            merged.summary += result.summary
+            merged.comparisons += result.comparisons
+            merged.breakdown += result.breakdown
+            merged.predictions += result.predictions
+    return merged
+

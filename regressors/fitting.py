@@ -1,0 +1,91 @@
+"""Fit many members (fold x target x seed of one regressor and mode) and predict their test samples.
+
+One place decides how members share work: ridge solves every target of a fold from one decomposition, the MLP
+trains every member of a cell as one stacked model when `regressors.mlp` provides it, the rest fit one by one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from regressors.registry import get_regressor
+
+
+@dataclass
+class Member:
+    train: np.ndarray  # positions in the task's input matrix
+    y_train: np.ndarray
+    test: np.ndarray
+    groups: np.ndarray | None  # content groups of the training samples, for held-out-group selection
+    seed: int
+
+
+Fitted = tuple[np.ndarray, dict, float]  # (test predictions, chosen hyper-parameters, seconds)
+
+
+def fit_members(regressor: str, X: np.ndarray, members: list[Member], device: str = "cpu") -> list[Fitted]:
+    if regressor == "ridge":
+        return _ridge_by_fold(X, members)
+    if regressor == "mlp":
+        from regressors import mlp
+
+        if hasattr(mlp, "fit_mlp_members"):
+            return _stacked_mlp(X, members, device)
+    return [_one(regressor, X, m, device) for m in members]
+
+
+def fit_estimator(model, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None):
+    """fit(X, y, groups=...) for estimators whose fit takes groups (held-out-group selection); plain fit else."""
+    import inspect
+
+    if groups is not None and "groups" in inspect.signature(model.fit).parameters:
+        return model.fit(X, y, groups=groups)
+    return model.fit(X, y)
+
+
+def _one(regressor: str, X: np.ndarray, m: Member, device: str) -> Fitted:
+    start = time.perf_counter()
+    model = fit_estimator(get_regressor(regressor).factory(m.seed, device), X[m.train], m.y_train, m.groups)
+    pred = np.asarray(model.predict(X[m.test]), dtype=np.float64)
+    return pred, dict(getattr(model, "chosen_", {})), time.perf_counter() - start
+
+
+def _ridge_by_fold(X: np.ndarray, members: list[Member]) -> list[Fitted]:
+    """Members with the same training rows (a fold's targets) share the scaler and one eigendecomposition."""
+    from regressors.preprocess import FoldScaler
+    from regressors.standardized import StandardizedRidge, inner_groups, ridge_path
+
+    defaults = StandardizedRidge()
+    by_rows: dict[bytes, list[int]] = {}
+    for i, m in enumerate(members):
+        by_rows.setdefault(np.asarray(m.train).tobytes(), []).append(i)
+    out: list[Fitted | None] = [None] * len(members)
+    for indices in by_rows.values():
+        start = time.perf_counter()
+        first = members[indices[0]]
+        scaler = FoldScaler(defaults.clip).fit(X[first.train])
+        xs = scaler.transform(X[first.train])
+        center = xs.mean(axis=0)
+        y = np.stack([members[i].y_train for i in indices], axis=1)
+        y_mean = y.mean(axis=0)
+        alphas, coef, _ = ridge_path(xs - center, y - y_mean, np.asarray(defaults.alphas, float),
+                                     inner_groups(first.groups, len(first.train)))
+        seconds = (time.perf_counter() - start) / len(indices)
+        for t, i in enumerate(indices):
+            intercept = y_mean[t] - float(center @ coef[:, t])
+            pred = scaler.transform(X[members[i].test]) @ coef[:, t] + intercept
+            out[i] = (pred, {"alpha": float(alphas[t])}, seconds)
+    return out
+
+
+def _stacked_mlp(X: np.ndarray, members: list[Member], device: str) -> list[Fitted]:
+    from regressors.mlp import fit_mlp_members
+
+    start = time.perf_counter()
+    models = fit_mlp_members(X, [(m.train, m.y_train, m.groups, m.seed) for m in members], device=device)
+    seconds = (time.perf_counter() - start) / max(1, len(members))
+    return [(np.asarray(model.predict(X[m.test]), np.float64), dict(getattr(model, "chosen_", {})), seconds)
+            for model, m in zip(models, members)]

@@ -1,0 +1,133 @@
+"""From fold rows and out-of-fold predictions to what a paper reports.
+
+Summary: the mean over the folds of each repeat, then the mean over repeats; the ± is the SD across repeats when
+there are several, else the SD across folds; a single split (paper, cross) gets a 95% bootstrap interval over prompt
+groups instead. Failed folds count as 0 in the correlation means and are counted in `n_failed`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from regressors.metrics import CORRELATIONS, bootstrap_srcc_interval, counted, paired_comparison, \
+    pooled_correlations, quality_metrics
+from regressors.splits import MIN_TEST
+
+
+def _keys(rows) -> dict[tuple, list]:
+    out: dict[tuple, list] = {}
+    for row in rows:
+        key = (row["regressor"], row["mode"], row["target"]) if isinstance(row, dict) else \
+            (row.regressor, row.mode, row.target)
+        out.setdefault(key, []).append(row)
+    return out
+
+
+def summarize(folds: list[dict], predictions: list, samples: dict, *, single: bool = False,
+              seed: int = 0) -> list[dict]:
+    by_prediction = _keys(predictions)
+    summary = []
+    for (name, mode, target), rows in _keys(folds).items():
+        entry: dict = {"regressor": name, "mode": mode, "target": target}
+        repeats = sorted({r["repeat"] for r in rows})
+        for metric in (*CORRELATIONS, "rmse"):
+            per_repeat, per_fold = [], []
+            for rep in repeats:
+                values = [counted(r[metric], r["failed"]) if metric != "rmse" else r[metric]
+                          for r in rows if r["repeat"] == rep]
+                values = [v for v in values if np.isfinite(v)]
+                per_fold += values
+                per_repeat.append(float(np.mean(values)) if values else float("nan"))
+            entry[f"{metric}_mean"] = float(np.nanmean(per_repeat)) if np.isfinite(per_repeat).any() \
+                else float("nan")
+            if len(repeats) > 1:
+                entry[f"{metric}_std"], over = float(np.nanstd(per_repeat)), "repeats"
+            elif not single and len(per_fold) > 1:
+                entry[f"{metric}_std"], over = float(np.std(per_fold)), "folds"
+            else:
+                entry[f"{metric}_std"], over = float("nan"), "none"
+        entry["std_over"] = over
+        pooled = [_pooled(by_prediction.get((name, mode, target), []), rep) for rep in repeats]
+        for metric in ("srcc", "plcc"):
+            entry[f"{metric}_pooled"] = float(np.mean([p[metric] for p in pooled])) if pooled else float("nan")
+        entry["srcc_ci_low"] = entry["srcc_ci_high"] = float("nan")
+        if single:
+            first = [p for p in by_prediction.get((name, mode, target), []) if p.repeat == repeats[0]]
+            if first:
+                rows_ = np.concatenate([p.rows for p in first])
+                low, high = bootstrap_srcc_interval(np.concatenate([p.y_true for p in first]),
+                                                    np.concatenate([p.y_pred for p in first]),
+                                                    np.asarray(samples["group"])[rows_], seed=seed)
+                entry["srcc_ci_low"], entry["srcc_ci_high"] = low, high
+        entry["n_folds"] = len(rows)
+        entry["n_failed"] = int(sum(bool(r["failed"]) for r in rows))
+        entry["n_train"] = int(np.mean([r["n_train"] for r in rows]))
+        entry["n_test"] = int(np.mean([r["n_test"] for r in rows]))
+        entry["seconds"] = float(sum(r["seconds"] for r in rows))
+        summary.append(entry)
+    return summary
+
+
+def _pooled(predictions: list, repeat: int) -> dict:
+    chosen = [p for p in predictions if p.repeat == repeat]
+    if not chosen:
+        return {"srcc": 0.0, "plcc": 0.0}
+    return pooled_correlations(np.concatenate([p.y_true for p in chosen]), np.concatenate([p.y_pred for p in chosen]))
+
+
+def paired_comparisons(predictions: list, modes: list[str]) -> list[dict]:
+    """Each mode against the reference mode (nr when asked for, else the first), same regressor and target, on
+    the test samples both can use, fold by fold: mean ± SD of the SRCC differences and a Wilcoxon p."""
+    if len(modes) < 2:
+        return []
+    reference = "nr" if "nr" in modes else modes[0]
+    by_fold: dict[tuple, object] = {(p.regressor, p.mode, p.target, p.repeat, p.fold): p for p in predictions}
+    out = []
+    for name, target in dict.fromkeys((p.regressor, p.target) for p in predictions):
+        for mode in modes:
+            if mode == reference:
+                continue
+            a_values, b_values, shared_total = [], [], 0
+            for (r, m, t, rep, fold), a in by_fold.items():
+                if (r, m, t) != (name, mode, target) or (name, reference, target, rep, fold) not in by_fold:
+                    continue
+                b = by_fold[(name, reference, target, rep, fold)]
+                shared, ia, ib = np.intersect1d(a.rows, b.rows, return_indices=True)
+                if len(shared) < MIN_TEST:
+                    continue
+                ma = quality_metrics(a.y_true[ia], a.y_pred[ia])
+                mb = quality_metrics(b.y_true[ib], b.y_pred[ib])
+                a_values.append(counted(ma["srcc"], ma["failed"]))
+                b_values.append(counted(mb["srcc"], mb["failed"]))
+                shared_total += len(shared)
+            if not a_values:
+                continue
+            out.append({"regressor": name, "target": target, "mode": mode, "reference": reference,
+                        "srcc_mode": float(np.mean(a_values)), "srcc_reference": float(np.mean(b_values)),
+                        **paired_comparison(np.array(a_values), np.array(b_values)),
+                        "n_shared_test": int(shared_total)})
+    return out
+
+
+def breakdown(predictions: list, samples: dict) -> list[dict]:
+    """Pooled out-of-fold SRCC/PLCC per generator and per subset (T2I/I2I), averaged over repeats."""
+    out = []
+    for (name, mode, target), preds in _keys(predictions).items():
+        repeats = sorted({p.repeat for p in preds})
+        for by in ("generator", "subset"):
+            labels = np.asarray(samples[by])
+            values: dict[str, list] = {}
+            for rep in repeats:
+                chosen = [p for p in preds if p.repeat == rep]
+                rows = np.concatenate([p.rows for p in chosen])
+                y_true = np.concatenate([p.y_true for p in chosen])
+                y_pred = np.concatenate([p.y_pred for p in chosen])
+                for value in np.unique(labels[rows]):
+                    mask = labels[rows] == value
+                    corr = pooled_correlations(y_true[mask], y_pred[mask])
+                    values.setdefault(str(value), []).append((corr["srcc"], corr["plcc"], int(mask.sum())))
+            for value, items in values.items():
+                out.append({"regressor": name, "mode": mode, "target": target, "by": by, "value": value,
+                            "srcc": float(np.mean([i[0] for i in items])),
+                            "plcc": float(np.mean([i[1] for i in items])), "n": items[0][2]})
+    return out
