@@ -10,6 +10,9 @@ from featcache.errors import FeatcacheError, unknown_name
 from featcache.store import CachedSamples, backbone_ids, open_read, read_samples
 
 
+MAX_LABEL = 1e100
+
+
 @dataclass
 class CacheData:
     path: str
@@ -25,7 +28,13 @@ class CacheData:
     def target(self, name: str) -> np.ndarray:
         if name not in self.samples.targets:
             raise unknown_name("target", name, self.targets, f" in {self.path}")
-        return self.samples.targets[name]
+        values = self.samples.targets[name]
+        peak = float(np.max(np.abs(values))) if len(values) else 0.0
+        if peak > MAX_LABEL:
+            row = int(np.argmax(np.abs(values)))
+            raise FeatcacheError(f"{self.path}: target {name} reaches {peak:.3g} (sample {self.samples.key[row]}); "
+                                 f"squares of labels above {MAX_LABEL:.0e} overflow: rescale the column")
+        return values
 
 
 def _short_forms(bid: str) -> set[str]:

@@ -1,0 +1,228 @@
+"""Issue-8 protocol: preprocessing that cannot explode, failed folds counted, shared folds across modes, held-out
+group selection, out-of-fold predictions and the summaries built from them."""
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy import stats
+
+import cli
+from featcache.datasets import load_dataset
+from featcache.errors import FeatcacheError
+from featcache.store import create_cache, ensure_features
+from regressors import registry
+from regressors.cache_data import load_cache
+from regressors.cv import cross_validate
+from regressors.fit import bench, fit, modes_for
+from regressors.metrics import plcc_after_logistic, prediction_failed, quality_metrics
+from regressors.preprocess import FoldScaler
+from regressors.report import format_table, highest_on_test, run_folder, write_results
+from tests.fakedata import HEADER
+
+
+def _config(bid):
+    return {"id": bid, "arch": "toy", "weights": {"source": "random", "tag": "random"}, "feature": "gap",
+            "pool": "paper", "precision": "fp32",
+            "data_config": {"input_size": 4, "crop_pct": 1.0, "resize": 4, "interpolation": "bilinear",
+                            "mean": [0.5] * 3, "std": [0.5] * 3}}
+
+
+def make_cache(tmp_path, i2i_prompts=6, t2i_prompts=10, per=4, dim=6, seed=0, backbones=("toy.random/paper/4",)):
+    """A cache with planted features (no images): quality q is read off feature 0 with noise; the image prompt's
+    feature 1 carries its content. I2I: each prompt x MJ, SD x `per`; T2I: each prompt x SD, MJ x `per`."""
+    rng = np.random.default_rng(seed)
+    rows, quality = [], []
+    for p in range(i2i_prompts):
+        for g in ("MJ", "SD"):
+            for k in range(per):
+                q = rng.uniform(1, 5)
+                rows.append(f"{p}.jpg,edit,{g}_{p}_{k}.jpg,{q:.4f},{6 - q:.4f},{q / 2 + 1:.4f}")
+    for pid in range(1000, 1000 + t2i_prompts):
+        for g in ("SD", "MJ"):
+            for k in range(per):
+                q = rng.uniform(1, 5)
+                rows.append(f',"prompt {pid}",{g}_{pid}_{k}0.jpg,{q:.4f},{6 - q:.4f},{q / 2 + 1:.4f}')
+    (tmp_path / "annotation.csv").write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    samples = load_dataset(None, tmp_path)
+    path = tmp_path / "c.h5"
+    create_cache(path, samples, tmp_path)
+    paths, gen, ref = samples.distinct_images()
+    mos = samples.targets["MOS_q"]
+    emb = rng.normal(size=(len(paths), dim))
+    emb[gen, 0] = mos + rng.normal(0, 0.4, len(gen))
+    with h5py.File(path, "r+") as f:
+        for bid in backbones:
+            group = ensure_features(f, _config(bid), dim, {}, path)
+            group["emb"][:] = emb
+            group["done"][:] = True
+    return path
+
+
+def test_held_out_inputs_never_exceed_the_clip_bound():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(50, 5))
+    train[:, 2] = 7.0  # constant in training (a prompt-half column of an FR fold with few prompt images)
+    train[:, 3] = 7.0 + 1e-13 * rng.normal(size=50)  # constant but for rounding noise
+    test = rng.normal(size=(20, 5)) * 1000.0
+    scaler = FoldScaler(clip=5.0).fit(train)
+    z = scaler.transform(test)
+    assert np.abs(z).max() <= 5.0
+    assert not scaler.keep_[2] and not scaler.keep_[3] and np.all(z[:, 2:4] == 0)
+    for name in ("ridge", "svr", "mlp"):
+        model = registry.get_regressor(name).factory(0, "cpu").fit(train, train[:, 0])
+        assert np.abs(model._scale(test) if hasattr(model, "_scale") else 0).max() <= 5.0
+        pred = model.predict(test)
+        assert np.isfinite(pred).all() and np.abs(pred).max() < 50  # labels span about +-3
+
+
+def test_failed_folds_are_counted_never_dropped_and_never_best(tmp_path, monkeypatch):
+    from sklearn.dummy import DummyRegressor
+
+    spec = registry.RegressorSpec("constant", lambda seed, device: DummyRegressor(), "sklearn.dummy:DummyRegressor",
+                                  True, False, "predicts the training mean")
+    monkeypatch.setitem(registry.REGRESSORS, "constant", spec)
+    data = load_cache(make_cache(tmp_path))
+    result = cross_validate(data, ["nr"], ["MOS_q"], ["constant", "ridge"], folds=4)
+    constant, ridge = result.summary
+    assert constant["n_failed"] == constant["n_folds"] == 4 and constant["srcc_mean"] == 0.0
+    assert ridge["n_failed"] == 0 and ridge["srcc_mean"] > 0.5
+    assert "(4 failed)" in format_table(result.summary)
+    best = highest_on_test(result.summary)[0]
+    assert best["model"]["regressor"] == "ridge"
+    assert prediction_failed(np.full(10, 3.0) + np.arange(10) * 1e-15, train_sd=1.0)
+    assert not prediction_failed(np.arange(10) * 1e-3, train_sd=1.0)
+
+
+def test_modes_use_the_same_folds_restricted_to_their_samples(tmp_path):
+    data = load_cache(make_cache(tmp_path))
+    result = cross_validate(data, ["nr", "fr"], ["MOS_q"], ["ridge"], folds=3, repeats=2)
+    tests = {(p.mode, p.repeat, p.fold): set(p.rows.tolist()) for p in result.predictions}
+    prompted = set(np.flatnonzero(data.samples.ref >= 0).tolist())
+    for (mode, repeat, fold), rows in tests.items():
+        if mode == "fr":
+            assert rows == tests[("nr", repeat, fold)] & prompted
+    (comparison,) = result.comparisons
+    assert (comparison["mode"], comparison["reference"], comparison["n_folds"]) == ("fr", "nr", 6)
+    assert comparison["n_shared_test"] == 2 * len(prompted)
+    assert 0.0 <= comparison["wilcoxon_p"] <= 1.0
+
+
+def test_out_of_fold_predictions_pooled_and_broken_down(tmp_path):
+    data = load_cache(make_cache(tmp_path))
+    result = cross_validate(data, ["nr"], ["MOS_q", "MOS_a"], ["ridge", "prompt-mean"], folds=4)
+    paths = write_results(result, tmp_path / "out", plot="ridge")
+    with open(paths["predictions"]) as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * 2 * len(data.samples)
+    mine = [r for r in rows if (r["regressor"], r["target"]) == ("ridge", "MOS_q")]
+    pooled = stats.spearmanr([float(r["mos"]) for r in mine], [float(r["prediction"]) for r in mine]).statistic
+    summary = next(r for r in result.summary if (r["regressor"], r["target"]) == ("ridge", "MOS_q"))
+    assert summary["srcc_pooled"] == pytest.approx(pooled)
+    assert {r["key"] for r in mine} == set(data.samples.key)
+    by_generator = [b for b in result.breakdown if b["by"] == "generator" and b["regressor"] == "ridge"
+                    and b["target"] == "MOS_q"]
+    assert {b["value"] for b in by_generator} == {"MJ", "SD"}
+    payload = json.loads(paths["json"].read_text())
+    assert {"comparisons", "breakdown"} <= set(payload)
+    assert all("alpha" in f["chosen"] for f in payload["folds"] if f["regressor"] == "ridge")
+    assert any(name.startswith("scatter_") for name in paths)
+    assert "orientation, not a result" in paths["report"].read_text()
+
+
+def test_single_split_reports_a_bootstrap_interval(tmp_path):
+    data = load_cache(make_cache(tmp_path))
+    (row,) = cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], split="paper").summary
+    assert row["std_over"] == "none" and row["srcc_ci_low"] <= row["srcc_mean"] <= row["srcc_ci_high"]
+    assert row["srcc_ci_high"] - row["srcc_ci_low"] > 0.01
+    assert "[" in format_table([row])
+
+
+def test_metrics_logistic_and_failed():
+    x = np.linspace(-3, 3, 60)
+    y = 1 + 4 / (1 + np.exp(-2 * x))
+    m = quality_metrics(y, x)
+    assert m["plcc_logistic"] > m["plcc"] and m["plcc_logistic"] > 0.999 and not m["failed"]
+    assert quality_metrics(y, np.full(60, 2.0))["failed"]
+    assert quality_metrics(y, np.where(x > 0, np.nan, x))["failed"]
+    assert plcc_after_logistic(y, x) == pytest.approx(m["plcc_logistic"])
+
+
+def test_labels_that_overflow_are_a_one_line_error(tmp_path):
+    path = make_cache(tmp_path)
+    with h5py.File(path, "r+") as f:
+        f["targets/MOS_a"][3] = 1e200
+    data = load_cache(path)
+    with pytest.raises(FeatcacheError, match=r"target MOS_a reaches 1e\+200 .*rescale"):
+        cross_validate(data, ["nr"], ["MOS_a"], ["ridge"], folds=3)
+
+
+def test_default_modes_follow_the_selection_and_the_cache(tmp_path):
+    mixed = load_cache(make_cache(tmp_path))
+    assert modes_for(mixed) == ["nr", "fr", "pr"]
+    assert modes_for(mixed, subset="t2i") == ["nr"]
+    assert modes_for(mixed, split="cross", train_on="t2i", test_on="i2i") == ["nr"]
+    assert modes_for(mixed, split="cross", train_on="MJ", test_on="SD") == ["nr", "fr", "pr"]
+    t2i_only = make_cache(tmp_path / "t2i" if (tmp_path / "t2i").mkdir() is None else None, i2i_prompts=0)
+    outcome = fit(str(t2i_only), regressors=["ridge"], folds=3)
+    assert outcome.results.config["modes"] == ["nr"]
+    assert bench(str(t2i_only), regressors=["ridge"], folds=3).config["modes"] == ["nr"]
+    outcome = fit(str(make_cache(tmp_path / "m" if (tmp_path / "m").mkdir() is None else None)), regressors=["ridge"],
+                  folds=3, subset="t2i")
+    assert outcome.results.config["modes"] == ["nr"]
+
+
+def test_group_aware_selection_is_recorded_per_fold(tmp_path):
+    data = load_cache(make_cache(tmp_path))
+    result = cross_validate(data, ["nr"], ["MOS_q"], ["ridge", "svr"], folds=3)
+    for row in result.folds:
+        key = "alpha" if row["regressor"] == "ridge" else "C"
+        assert key in row["chosen"]
+
+
+def test_run_folders_never_mix_runs(tmp_path):
+    first, second = run_folder(None, root=tmp_path / "r"), run_folder(None, root=tmp_path / "r")
+    assert first != second and first.parent == second.parent
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    (out / ".featcache-run").write_text("results.json\n")
+    with pytest.raises(FeatcacheError, match="not empty; pass --overwrite"):
+        run_folder(out)
+    run_folder(out, overwrite=True)
+    assert not (out / "results.json").exists() and (out / "notes.txt").read_text() == "mine"
+
+
+def test_cli_fit_writes_a_fresh_run_folder_and_refuses_a_used_out(tmp_path, monkeypatch):
+    make_cache(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    args = ["fit", "--cache", "c.h5", "--regressor", "ridge,prompt-mean", "--folds", "3", "--quiet"]
+    first = runner.invoke(cli.main, args)
+    assert first.exit_code == 0, first.output
+    folders = list((tmp_path / "featcache-results").iterdir())
+    assert len(folders) == 1 and (folders[0] / "predictions.csv").is_file() and str(folders[0].name) in first.output
+    assert runner.invoke(cli.main, args + ["--out", "res"]).exit_code == 0
+    again = runner.invoke(cli.main, args + ["--out", "res"])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert runner.invoke(cli.main, args + ["--out", "res", "--overwrite"]).exit_code == 0
+    labels = runner.invoke(cli.main, ["fit", "--cache", "c.h5", "--regressor", "sibling-mean", "--folds", "3",
+                                      "--split", "kfold", "--quiet"])
+    assert labels.exit_code == 0 and "kfold split" in labels.output
+    bad_head = runner.invoke(cli.main, args[:3] + ["--mode", "nr", "--target", "MOS_q", "--regressor", "ridge",
+                                                   "--save-head", "nodir/h.safetensors"])
+    assert bad_head.exit_code == 2 and "does not exist" in bad_head.output and "fitted folds" not in bad_head.output
+
+
+def test_dask_backend_gives_the_same_results_as_one_job(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    data = load_cache(make_cache(tmp_path))
+    local = cross_validate(data, ["nr", "pr"], ["MOS_q"], ["ridge", "svr"], folds=3)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
+            distributed.Client(c):
+        remote = cross_validate(data, ["nr", "pr"], ["MOS_q"], ["ridge", "svr"], folds=3, backend="dask", jobs=2)
+    assert [r["srcc"] for r in remote.folds] == [r["srcc"] for r in local.folds]
