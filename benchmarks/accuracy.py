@@ -1,7 +1,7 @@
 """Accuracy: the synth benchmark over the 24 Kodak photos with lite0 (real ImageNet weights).
 
-paper vs multilevel pooling x NR, FR, FR-diff, PR, PR-diff x {mlp, svr, ridge} x 3 targets, prompt-disjoint
-5-fold CV, 3 repeats, plus the label-only floors. Skips without ../shared/data/kodak.
+paper vs multilevel pooling x every mode x the default regressors (mlp, svr, ridge and the label-only floors)
+x 3 targets, prompt-disjoint 5-fold CV (stratified by T2I/I2I, shared by every mode), 3 repeats. Skips without ../shared/data/kodak.
 
     python benchmarks/accuracy.py [--views 8] [--repeats 3] [--jobs 2]
 """
@@ -32,8 +32,10 @@ def main() -> None:
     from featcache.datasets import load_dataset
     from featcache.extract import extract
     from featcache.synth import synth
+    from regressors.cache_data import load_cache
     from regressors.cv import cross_validate
-    from regressors.design import load_cache
+    from regressors.modes import MODES
+    from regressors.registry import default_regressors
     from regressors.report import format_table, write_results
 
     start = time.perf_counter()
@@ -47,12 +49,12 @@ def main() -> None:
         for pool in ("paper", "multilevel"):
             bid = extract(samples, base / "kodak-synth", load_backbone("lite0", pool=pool), cache,
                           progress=False).backbone_id
-            results = cross_validate(load_cache(str(cache), bid), ["nr", "fr", "fr-diff", "pr", "pr-diff"],
-                                     ["MOS_q", "MOS_a", "MOS_c"],
-                                     ["mlp", "svr", "ridge", "generator-mean", "sibling-mean"], split="group",
-                                     folds=args.folds, repeats=args.repeats, seed=0, jobs=args.jobs)
+            results = cross_validate(load_cache(str(cache), bid), list(MODES), ["MOS_q", "MOS_a", "MOS_c"],
+                                     default_regressors(), split="group", folds=args.folds, repeats=args.repeats,
+                                     seed=0, jobs=args.jobs)
             write_results(results, base / "reports" / pool, title=f"accuracy: {bid}")
-            payload["tables"][pool] = {"backbone": bid, "summary": results.summary}
+            payload["tables"][pool] = {"backbone": bid, "summary": results.summary,
+                                       "comparisons": results.comparisons}
             print(f"\n{pool} pooling ({bid}), prompt-disjoint {args.folds}-fold x {args.repeats} repeats")
             print(format_table(results.summary, markdown=True))
         payload["seconds"] = time.perf_counter() - start

@@ -1,0 +1,89 @@
+"""Stage 2 speed: the full grid on 4000 cached rows like PKU-AIGIQA-4K (1600 I2I over 200 image prompts, 2400 T2I
+over 200 text prompts), 2048-d features with a planted signal; NR/FR/PR x 3 targets x 5 prompt-disjoint folds.
+
+    python benchmarks/stage2.py [--jobs 2] [--device cpu]
+
+Prints seconds per regressor family, fits and the NR MOS_q SRCC, writes benchmarks/results/stage2.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import machine, save_json  # noqa: E402
+
+FAMILIES = (("ridge_and_floors", ["ridge", "generator-mean", "sibling-mean", "prompt-mean"]), ("svr", ["svr"]),
+            ("mlp", ["mlp"]))
+
+
+def planted_cache(folder: Path, dim: int = 2048, seed: int = 0) -> Path:
+    import h5py
+
+    from featcache.datasets import load_dataset
+    from featcache.store import create_cache, ensure_features
+
+    header = "Image_prompt,Text_prompt,Generated_image,MOS_q,MOS_a,MOS_c"
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(200):
+        for g in ("MJ", "SD"):
+            rows += [f'{p}.jpg,"edit",{g}_{p}_{k}.jpg,' + ",".join(f"{v:.3f}" for v in rng.uniform(1, 5, 3))
+                     for k in range(4)]
+    for pid in range(1000, 1200):
+        for g in ("SD", "MJ", "DALLE"):
+            rows += [f',"prompt {pid}",{g}_{pid}_{k}0.jpg,' + ",".join(f"{v:.3f}" for v in rng.uniform(1, 5, 3))
+                     for k in range(4)]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "annotation.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    samples = load_dataset(None, folder)
+    cache = folder / "c.h5"
+    create_cache(cache, samples, folder)
+    paths, gen, _ = samples.distinct_images()
+    emb = rng.normal(size=(len(paths), dim)).astype(np.float32)
+    emb[gen, :16] += samples.targets["MOS_q"][:, None].astype(np.float32)  # something to learn
+    config = {"id": "synthetic/paper/224", "arch": "synthetic", "weights": {"source": "random", "tag": "random"},
+              "feature": "gap", "pool": "paper", "precision": "fp32",
+              "data_config": {"input_size": 224, "crop_pct": 0.875, "resize": 256, "interpolation": "bilinear",
+                              "mean": [0.5] * 3, "std": [0.5] * 3}}
+    with h5py.File(cache, "r+") as f:
+        group = ensure_features(f, config, dim, {}, cache)
+        group["emb"][:] = emb
+        group["done"][:] = True
+    return cache
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--families", default=",".join(f for f, _ in FAMILIES))
+    args = parser.parse_args()
+    from regressors.cache_data import load_cache
+    from regressors.cv import cross_validate
+
+    out = {"machine": machine(), "rows": 4000, "dim": 2048, "jobs": args.jobs, "device": args.device}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = load_cache(str(planted_cache(Path(tmp) / "s2")))
+        for label, regressors in FAMILIES:
+            if label not in args.families.split(","):
+                continue
+            start = time.perf_counter()
+            result = cross_validate(data, ["nr", "fr", "pr"], ["MOS_q", "MOS_a", "MOS_c"], regressors,
+                                    split="group", folds=5, jobs=args.jobs, device=args.device)
+            out[f"{label}_seconds"] = time.perf_counter() - start
+            out[f"{label}_fits"] = len(result.folds)
+            out[f"{label}_srcc_MOS_q_nr"] = next(r["srcc_mean"] for r in result.summary
+                                                 if r["mode"] == "nr" and r["target"] == "MOS_q")
+            print(f"  {label:<18} {out[f'{label}_seconds']:8.1f} s ({len(result.folds)} fits), NR MOS_q SRCC "
+                  f"{out[f'{label}_srcc_MOS_q_nr']:.3f}", flush=True)
+    out["full_grid_seconds"] = sum(out.get(f"{label}_seconds", 0.0) for label, _ in FAMILIES)
+    print(f"full grid {out['full_grid_seconds']:.1f} s; wrote {save_json('stage2', out)}")
+
+
+if __name__ == "__main__":
+    main()
