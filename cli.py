@@ -322,40 +322,79 @@ def bench(cache, backbones, modes, targets, regressors, **cv):
 
 
 @main.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv"]), default="md", show_default=True)
+@click.option("--metric", default="srcc,plcc", show_default=True,
+              help="Comma list of srcc, plcc, plcc_logistic, krcc, rmse, srcc_pooled.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the table to a file instead of printing it.")
+def table(results, fmt, metric, out):
+    """Pivot results.json files (or run folders) into the paper's layout: method x backbone x regressor rows,
+    target x metric columns, floors as reference rows, best per column in bold."""
+    from regressors.tables import load_results, render_table
+
+    text = render_table(load_results(list(results)), _names(metric), fmt)
+    if out:
+        Path(out).write_text(text)
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command()
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("--head", required=True, type=click.Path(dir_okay=False), help="A head saved by fit --save-head.")
 @click.option("--prompt-image", type=click.Path(dir_okay=False), help="The image prompt of IMAGES (FR/PR heads).")
 @_dataset_options
+@click.option("--cache", type=click.Path(dir_okay=False),
+              help=f"Reuse features of images already in this cache [./{DEFAULT_CACHE} if present].")
 @click.option("--backbone", help="Override the backbone name (must give the head's backbone id).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local weights, if the head's came from a file.")
 @click.option("--mode", help="Refuse unless the head was trained for this mode.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default="scores.csv", show_default=True)
-def predict(images, head, prompt_image, dataset, root, annotation, columns, backbone, weights, mode, device,
+def predict(images, head, prompt_image, dataset, root, annotation, columns, cache, backbone, weights, mode, device,
             batch_size, out):
-    """Score new images with a saved head (extracts only what the head needs)."""
-    from regressors.heads import predict_paths, write_scores
+    """Score images with a saved head: IMAGE files, a FOLDER of images (no annotation needed), or a whole
+    database (--root/--dataset: SRCC and PLCC against its labels are printed). Cached features are reused."""
+    from regressors.heads import images_in_folder, predict_paths, score_column, write_scores
+    from regressors.metrics import quality_metrics
 
-    if Path(out).parent != Path("") and not Path(out).resolve().parent.is_dir():
+    config = load_config()
+    if not Path(out).resolve().parent.is_dir():
         raise FeatcacheError(f"--out {out}: folder {Path(out).resolve().parent} does not exist")
-    if images:
+    labels = None
+    if len(images) == 1 and Path(images[0]).is_dir():
+        base = images[0]
+        paths = images_in_folder(base)
+        prompts = [str(Path(prompt_image).resolve()) if prompt_image else ""] * len(paths)
+    elif images:
         base = "."
         paths = [str(Path(i)) for i in images]
         prompts = [str(Path(prompt_image)) if prompt_image else ""] * len(paths)
     elif dataset or root or annotation:
-        samples, base = load_samples_from_options(load_config(), dataset, root, annotation, columns)
+        samples, base = load_samples_from_options(config, dataset, root, annotation, columns)
         paths, prompts = samples.image, samples.prompt_image
+        labels = samples.targets
     else:
-        raise FeatcacheError("give IMAGE paths, or --dataset/--root for a whole folder")
+        raise FeatcacheError("give IMAGE paths, a FOLDER of images, or --dataset/--root for a whole database")
+    cache = pick(cache, config, "cache", DEFAULT_CACHE)
     scores, meta = predict_paths(head, base, paths, prompts, backbone=backbone, weights=weights, mode=mode,
-                                 device=device, batch_size=batch_size)
-    write_scores(out, paths, prompts, scores, meta["target"])
+                                 device=device, batch_size=batch_size, cache=cache)
+    truth = labels.get(meta["target"]) if labels else None
+    write_scores(out, paths, prompts, scores, meta["target"], truth)
     for path, score in list(zip(paths, scores))[:10]:
         click.echo(f"{score:8.4f}  {path}")
     if len(paths) > 10:
         click.echo(f"... {len(paths) - 10} more")
-    click.echo(f"wrote {len(paths)} scores ({meta['target']}, {meta['regressor']} {meta['mode']} head) to {out}")
+    reused = f"; {meta['reused']} images from the cache, {meta['extracted']} extracted" if meta["reused"] else ""
+    click.echo(f"wrote {len(paths)} scores ({score_column(meta['target'])}, {meta['regressor']} {meta['mode']} "
+               f"head) to {out}{reused}")
+    if truth is not None:
+        metrics = quality_metrics(truth, scores)
+        click.echo(f"against {meta['target']} of the annotation: SRCC {metrics['srcc']:.3f}, PLCC "
+                   f"{metrics['plcc']:.3f}, RMSE {metrics['rmse']:.3f} ({len(paths)} images; in-sample if the "
+                   "head was trained on them)")
 
 
 @main.command()

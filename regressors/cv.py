@@ -40,6 +40,7 @@ class OutOfFold:
     rows: np.ndarray
     y_true: np.ndarray
     y_pred: np.ndarray
+    backbone: str = ""  # set by bench, which merges several backbones
 
 
 @dataclass

@@ -30,51 +30,109 @@ def fit_and_save_head(data: CacheData, mode: str, target: str, regressor: str, p
     metadata = {"backbone_id": data.backbone_id, "backbone_config": config,
                 "backbone_name": provenance.get("backbone_name", config["arch"]),
                 "pool": config["pool"], "image_size": config["data_config"]["input_size"],
-                "mode": mode, "target": target, "subset": subset, "n_train": int(len(rows)),
+                "mode": mode, "target": target, "regressor": regressor, "subset": subset, "n_train": int(len(rows)),
                 "feature_dim": int(data.emb.shape[1]), "seed": seed, "cache": data.path}
     save_head(model, regressor, path, metadata)
     return metadata
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def images_in_folder(folder: str | Path) -> list[str]:
+    """Every image file under `folder` (recursively), as sorted POSIX paths relative to it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FeatcacheError(f"{folder}: not a folder")
+    found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise FeatcacheError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return found
+
+
+def cached_features(cache: str | Path | None, backbone_id: str, root: str | Path, paths: list[str]
+                    ) -> dict[str, np.ndarray]:
+    """Rows of `backbone_id` already in `cache` for these paths (matched by absolute path), so predict does not
+    decode and forward them again. Missing cache, backbone or rows: nothing is reused."""
+    if cache is None or not Path(cache).is_file():
+        return {}
+    try:
+        with open_read(cache) as f:
+            if f"features/{backbone_id}/emb" not in f:
+                return {}
+            cache_root = Path(str(f.attrs.get("root", "")))
+            stored = f["images/path"].asstr()[()]
+            position = {str((cache_root / p).resolve()): i for i, p in enumerate(stored)}
+            wanted = {p: position.get(str((Path(root) / p).resolve())) for p in paths}
+            rows = sorted({i for i in wanted.values() if i is not None})
+            if not rows:
+                return {}
+            done = f[f"features/{backbone_id}/done"][rows]
+            emb = f[f"features/{backbone_id}/emb"][rows]
+    except FeatcacheError:
+        return {}
+    by_row = {r: e for r, e, d in zip(rows, emb, done) if d and np.isfinite(e).all()}
+    return {p: by_row[i] for p, i in wanted.items() if i in by_row}
+
+
 def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts: list[str], *,
                   backbone: str | None = None, weights: str | None = None, mode: str | None = None,
-                  device: str = "auto", batch_size: int = 32, workers: int = 0) -> tuple[np.ndarray, dict]:
-    """Scores of `images` (paths relative to root; prompts '' where none) with a saved head."""
-    from featcache.backbones import load_backbone
-    from featcache.extract import compute_features
-
+                  device: str = "auto", batch_size: int = 32, workers: int = 0,
+                  cache: str | Path | None = None) -> tuple[np.ndarray, dict]:
+    """Scores of `images` (paths relative to root; prompts '' where none) with a saved head. Features already in
+    `cache` under the head's backbone id are reused; only the others are extracted (`meta['reused']` counts)."""
     model, meta = load_head(head)
     if mode is not None and mode != meta["mode"]:
         raise FeatcacheError(f"{head} was trained for --mode {meta['mode']}, not {mode}")
-    name = backbone or meta["backbone_name"]
-    source = meta["backbone_config"]["weights"]
-    if weights is None and source["source"] == "file":
-        weights = source.get("file")
-    model_backbone = load_backbone(name, meta["pool"], weights, source["source"] == "random", meta["image_size"])
-    if model_backbone.id != meta["backbone_id"]:
-        raise FeatcacheError(f"{head} was trained on backbone {meta['backbone_id']}; {name} gives "
-                             f"{model_backbone.id}. Use the head's own backbone")
     has = np.array([bool(p) for p in prompts])
     if get_mode(meta["mode"]).needs_prompt_image and not has.all():
         raise FeatcacheError(f"{head} is a {meta['mode']} head: every image needs --prompt-image "
                              "(a pr head accepts images with or without one)")
     distinct = sorted(set(images) | {p for p in prompts if p})
-    index = {p: i for i, p in enumerate(distinct)}
-    emb = compute_features(model_backbone, root, distinct, batch_size=batch_size, workers=workers, device=device)
-    if emb.shape[1] != meta["feature_dim"]:
-        raise FeatcacheError(f"{head}: features have {emb.shape[1]} dimensions, the head expects "
+    known = cached_features(cache, meta["backbone_id"], root, distinct) if backbone is None else {}
+    todo = [p for p in distinct if p not in known]
+    features = dict(known)
+    if todo:
+        from featcache.backbones import load_backbone
+        from featcache.extract import compute_features
+
+        name = backbone or meta["backbone_name"]
+        source = meta["backbone_config"]["weights"]
+        if weights is None and source["source"] == "file":
+            weights = source.get("file")
+        model_backbone = load_backbone(name, meta["pool"], weights, source["source"] == "random",
+                                       meta["image_size"])
+        if model_backbone.id != meta["backbone_id"]:
+            raise FeatcacheError(f"{head} was trained on backbone {meta['backbone_id']}; {name} gives "
+                                 f"{model_backbone.id}. Use the head's own backbone")
+        emb = compute_features(model_backbone, root, todo, batch_size=batch_size, workers=workers, device=device)
+        features.update(zip(todo, emb))
+    dims = {len(v) for v in features.values()}
+    if dims != {meta["feature_dim"]}:
+        raise FeatcacheError(f"{head}: features have {sorted(dims)} dimensions, the head expects "
                              f"{meta['feature_dim']}")
-    g = emb[[index[p] for p in images]]
-    prompt_features = emb[[index[q] if q else 0 for q in prompts]]
+    g = np.stack([features[p] for p in images])
+    prompt_features = np.stack([features[q] if q else features[images[0]] for q in prompts])
     scores = np.asarray(model.predict(features_for_mode(g, prompt_features, has, meta["mode"])), np.float64)
     if not np.isfinite(scores).all():
         raise FeatcacheError(f"{head}: the head gives non-finite scores (damaged weights?)")
-    return scores, meta
+    return scores, dict(meta, reused=len(known), extracted=len(todo))
 
 
-def write_scores(path: str | Path, images: list[str], prompts: list[str], scores: np.ndarray, target: str) -> None:
-    with open(path, "w", newline="") as handle:
+def score_column(target: str) -> str:
+    """Predictions are `pred_<target>`, never the label's own name (easy to mistake for ground truth)."""
+    return f"pred_{target}"
+
+
+def write_scores(path: str | Path, images: list[str], prompts: list[str], scores: np.ndarray, target: str,
+                 labels: np.ndarray | None = None) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image", "prompt_image", target])
-        for image, prompt, score in zip(images, prompts, scores):
-            writer.writerow([image, prompt, f"{score:.6f}"])
+        writer.writerow(["image", "prompt_image", score_column(target)] + ([target] if labels is not None else []))
+        for k, (image, prompt, score) in enumerate(zip(images, prompts, scores)):
+            writer.writerow([image, prompt, f"{score:.6f}"] + ([repr(float(labels[k]))] if labels is not None
+                                                               else []))
+    tmp.replace(path)

@@ -127,12 +127,9 @@ def safe_name(*parts: str) -> str:
 
 
 def scatter_plot(y_true, y_pred, generators, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from regressors.metrics import logistic4
+
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(4.6, 4.2), dpi=110)
     for name in sorted(set(generators)):
@@ -157,6 +154,54 @@ def scatter_plot(y_true, y_pred, generators, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def breakdown_plot(rows: list[dict], title: str, path: Path) -> None:
+    """SRCC per generator and per subset (T2I / I2I) of one configuration, pooled out-of-fold."""
+    plt = _pyplot()
+    labels = [f"{r['value']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.6 * len(rows) + 1.5), 3.2), dpi=110)
+    colors = ["tab:blue" if r["by"] == "generator" else "tab:orange" for r in rows]
+    ax.bar(range(len(rows)), [r["srcc"] for r in rows], color=colors)
+    ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("SRCC (pooled)")
+    ax.axhline(0, color="grey", linewidth=0.6)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def backbone_plot(summary: list[dict], regressor: str, target: str, path: Path) -> None:
+    """Bench: mean SRCC (± SD) of one regressor across backbones, a group of bars per mode."""
+    plt = _pyplot()
+    rows = [r for r in summary if r["regressor"] == regressor and r["target"] == target]
+    backbones = list(dict.fromkeys(r["backbone"] for r in rows))
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    width = 0.8 / max(1, len(backbones))
+    fig, ax = plt.subplots(figsize=(max(3.5, 1.2 * len(modes) + 2), 3.4), dpi=110)
+    for k, backbone in enumerate(backbones):
+        values = [next((r for r in rows if r["backbone"] == backbone and r["mode"] == m), None) for m in modes]
+        means = [v["srcc_mean"] if v and v["srcc_mean"] is not None else 0.0 for v in values]
+        errors = [v["srcc_std"] if v and v["srcc_std"] is not None and math.isfinite(v["srcc_std"]) else 0.0
+                  for v in values]
+        ax.bar(np.arange(len(modes)) + k * width, means, width, yerr=errors, label=backbone, capsize=2)
+    ax.set_xticks(np.arange(len(modes)) + width * (len(backbones) - 1) / 2, modes)
+    ax.set_ylabel(f"SRCC ({target})")
+    ax.set_title(f"{regressor}: SRCC by backbone and mode", fontsize=8)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_configurations(results: CVResults, plot: str | None) -> list[tuple]:
     """(backbone, regressor, mode, target) to draw: the regressor asked for (default: the first feature-reading
     regressor of the run) for every mode and target, on repeat 0."""
@@ -171,10 +216,14 @@ def plot_configurations(results: CVResults, plot: str | None) -> list[tuple]:
 
 def write_results(results: CVResults, out: str | Path, title: str = "featcache fit", plot: str | None = None,
                   run_info: dict | None = None, figures: bool = True) -> dict[str, Path]:
+    """Every output of a run into `out`; a manifest lists them (what --overwrite may remove)."""
+    from regressors.tables import render_table
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "folds": out / "folds.csv",
-             "predictions": out / "predictions.csv", "report": out / "report.md"}
+             "predictions": out / "predictions.csv", "table": out / "table.md", "latex": out / "table.tex",
+             "report": out / "report.md"}
     payload = results.to_dict()
     if run_info:
         payload["run"] = run_info
@@ -182,41 +231,66 @@ def write_results(results: CVResults, out: str | Path, title: str = "featcache f
     _write_csv(paths["csv"], results.summary)
     _write_csv(paths["folds"], [{**r, "chosen": json.dumps(r.get("chosen", {}))} for r in results.folds])
     write_predictions(paths["predictions"], results)
-    figure_lines = []
-    if figures:
-        for backbone, regressor, mode, target in plot_configurations(results, plot):
-            chosen = [p for p in results.predictions if getattr(p, "backbone", "") == backbone and
-                      (p.regressor, p.mode, p.target, p.repeat) == (regressor, mode, target, 0)]
-            if not chosen:
-                continue
-            row = next(r for r in results.summary if r.get("backbone", "") == backbone and
-                       (r["regressor"], r["mode"], r["target"]) == (regressor, mode, target))
-            y_true = np.concatenate([p.y_true for p in chosen])
-            y_pred = np.concatenate([p.y_pred for p in chosen])
-            generators = np.asarray(results.samples["generator"])[np.concatenate([p.rows for p in chosen])]
-            name = "scatter_" + safe_name(backbone or results.config.get("backbone", ""), mode, target,
-                                          regressor) + ".png"
-            title = (f"{backbone or results.config.get('backbone') or 'labels only'}\n{mode} {regressor} {target}: "
-                     f"SRCC pooled {_number(row['srcc_pooled'])}, fold mean {_number(row['srcc_mean'])}; "
-                     f"PLCC pooled {_number(row['plcc_pooled'])}")
-            scatter_plot(y_true, y_pred, generators, title, out / name)
-            paths[name] = out / name
-            figure_lines += [f"![{mode} {regressor} {target}]({name})", ""]
-    paths["report"].write_text(report_markdown(results, title, figure_lines))
+    rows = [dict(r, backbone=r.get("backbone") or results.config.get("backbone") or "labels only",
+                 _protocol=_protocol_line(results.config)) for r in results.summary]
+    paths["table"].write_text(render_table(rows, fmt="md"))
+    paths["latex"].write_text(render_table(rows, fmt="latex"))
+    figure_lines = _figures(results, out, plot, paths) if figures else []
+    paths["report"].write_text(report_markdown(results, title, figure_lines, paths["table"].read_text()))
     (out / MANIFEST).write_text("\n".join(p.name for p in paths.values()) + "\n")
     return paths
 
 
-def report_markdown(results: CVResults, title: str, figure_lines: list[str]) -> str:
+def _protocol_line(config: dict) -> str:
+    from regressors.tables import protocol
+
+    return protocol(config)
+
+
+def _figures(results: CVResults, out: Path, plot: str | None, paths: dict) -> list[str]:
+    lines = []
+    run_backbone = results.config.get("backbone", "")
+    for backbone, regressor, mode, target in plot_configurations(results, plot):
+        chosen = [p for p in results.predictions if getattr(p, "backbone", "") == backbone and
+                  (p.regressor, p.mode, p.target, p.repeat) == (regressor, mode, target, 0)]
+        if not chosen:
+            continue
+        row = next(r for r in results.summary if r.get("backbone", "") == backbone and
+                   (r["regressor"], r["mode"], r["target"]) == (regressor, mode, target))
+        y_true = np.concatenate([p.y_true for p in chosen])
+        y_pred = np.concatenate([p.y_pred for p in chosen])
+        generators = np.asarray(results.samples["generator"])[np.concatenate([p.rows for p in chosen])]
+        label = backbone or (run_backbone if isinstance(run_backbone, str) else "")
+        stem = safe_name(label, mode, target, regressor)
+        title = (f"{label or 'labels only'}\n{mode} {regressor} {target}: SRCC pooled "
+                 f"{_number(row['srcc_pooled'])}, fold mean {_number(row['srcc_mean'])}; PLCC pooled "
+                 f"{_number(row['plcc_pooled'])}")
+        scatter_plot(y_true, y_pred, generators, title, out / f"scatter_{stem}.png")
+        paths[f"scatter_{stem}"] = out / f"scatter_{stem}.png"
+        lines += [f"![{mode} {regressor} {target}](scatter_{stem}.png)", ""]
+        parts = [b for b in results.breakdown if b.get("backbone", "") == backbone and
+                 (b["regressor"], b["mode"], b["target"]) == (regressor, mode, target)]
+        if len(parts) > 1:
+            breakdown_plot(parts, f"{label}: {mode} {regressor} {target}, SRCC per generator and subset",
+                           out / f"generators_{stem}.png")
+            paths[f"generators_{stem}"] = out / f"generators_{stem}.png"
+            lines += [f"![per generator](generators_{stem}.png)", ""]
+    backbones = {r.get("backbone") for r in results.summary if r.get("backbone")}
+    regressor = plot or next((r for r in results.config["regressors"] if get_regressor(r).reads_features), None)
+    if len(backbones) > 1 and regressor:
+        for target in results.config.get("targets") or []:
+            name = f"backbones_{safe_name(regressor, target)}.png"
+            backbone_plot(results.summary, regressor, target, out / name)
+            paths[name] = out / name
+            lines += [f"![backbones]({name})", ""]
+    return lines
+
+
+def report_markdown(results: CVResults, title: str, figure_lines: list[str], table: str = "") -> str:
+    """The paper-layout table and floors first, then the highest test scores (labelled as such), the figures,
+    the paired mode comparisons and the full per-cell table."""
     c = results.config
-    where = f"--split {c['split']}" + (f", {c['folds']} folds" if c["split"] in ("group", "kfold") else "") + \
-        f", {c['repeats']} repeat(s), subset {c['subset']}"
-    lines = [f"# {title}", "", f"Protocol: {where}. {c.get('split_doc', '')}.", "",
-             "SRCC, PLCC and KRCC are fold means (mean over the folds of each repeat, then over repeats; ± is the SD "
-             "across repeats when there are several, else across folds; a single split shows a 95% bootstrap "
-             "interval over prompt groups). A failed fold (constant predictions) counts as 0. *SRCC pooled* is "
-             "over all out-of-fold predictions of a repeat. PLCC logistic: after the 4-parameter logistic "
-             "mapping (VQEG).", "", format_table(results.summary, markdown=True), ""]
+    lines = [f"# {title}", "", table, ""]
     best = highest_on_test(results.summary)
     if best:
         lines += ["## Highest test scores (picked on the test folds: orientation, not a result)", ""]
@@ -230,11 +304,17 @@ def report_markdown(results: CVResults, title: str, figure_lines: list[str]) -> 
                 text += f"; best label-only floor {floor['regressor']} SRCC {floor['srcc_mean']:.3f}"
             lines.append(text)
         lines.append("")
-    if results.comparisons:
-        lines += ["## Modes compared on the same test samples", "", format_comparisons(results.comparisons), ""]
     if figure_lines:
         lines += ["## Figures (repeat 0, out-of-fold predictions)", ""] + figure_lines
-    lines += ["Per-generator and per-subset figures: `breakdown` in results.json; every prediction: "
+    if results.comparisons:
+        lines += ["## Modes compared on the same test samples", "", format_comparisons(results.comparisons), ""]
+    lines += ["## Every cell", "", f"Protocol: {c.get('split_doc', c['split'])}. SRCC, PLCC and KRCC are fold "
+              "means (mean over the folds of each repeat, then over repeats; ± is the SD across repeats when there "
+              "are several, else across folds; a single split shows a 95% bootstrap interval over prompt groups). "
+              "A failed fold (constant predictions) counts as 0. *SRCC pooled* is over all out-of-fold "
+              "predictions of a repeat. PLCC logistic: after the 4-parameter logistic mapping (VQEG).", "",
+              format_table(results.summary, markdown=True), "",
+              "Per-generator and per-subset figures: `breakdown` in results.json; every prediction: "
               "predictions.csv.", ""]
     return "\n".join(lines)
 

@@ -226,3 +226,40 @@ def test_dask_backend_gives_the_same_results_as_one_job(tmp_path):
             distributed.Client(c):
         remote = cross_validate(data, ["nr", "pr"], ["MOS_q"], ["ridge", "svr"], folds=3, backend="dask", jobs=2)
     assert [r["srcc"] for r in remote.folds] == [r["srcc"] for r in local.folds]
+
+
+def test_table_in_the_paper_layout(tmp_path, monkeypatch):
+    from regressors.tables import load_results, render_table
+
+    make_cache(tmp_path, backbones=("toy.random/paper/4", "toy.random/multilevel/4"))
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    out = runner.invoke(cli.main, ["bench", "--cache", "c.h5", "--regressors", "ridge,svr,prompt-mean", "--folds", "3",
+                                   "--out", "b", "--quiet"])
+    assert out.exit_code == 0, out.output
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert report.splitlines()[2].startswith("| method | backbone | regressor | MOS_q SRCC | MOS_q PLCC")
+    assert (tmp_path / "b" / "backbones_ridge_MOS_q.png").is_file()
+    rows = load_results([tmp_path / "b"])
+    md = render_table(rows, ["srcc"], "md")
+    body = [line for line in md.splitlines() if line.startswith("| NR |")]
+    assert len(body) == 4 and sum("**" in line for line in body) >= 1  # 2 backbones x 2 regressors, a best
+    assert "| floor (NR samples) | none (labels only) | prompt-mean |" in md
+    best = [line for line in body if "**" in line]
+    srcc = {line: float(line.split("|")[4].strip(" *")) for line in body}
+    assert max(srcc.values()) == srcc[best[0]]
+    latex = runner.invoke(cli.main, ["table", "b", "--format", "latex", "--metric", "srcc,plcc_logistic"])
+    assert latex.exit_code == 0 and "\\toprule" in latex.output and "\\_" in latex.output
+    import shutil
+    import subprocess
+
+    if shutil.which("pdflatex"):
+        doc = "\\documentclass{article}\\usepackage{booktabs}\\begin{document}" + latex.output + "\\end{document}"
+        (tmp_path / "t.tex").write_text(doc)
+        run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout[-2000:]
+    csv_out = runner.invoke(cli.main, ["table", "b/results.json", "--format", "csv"])
+    assert csv_out.output.splitlines()[0].startswith("method,backbone,regressor,MOS_q SRCC")
+    bad = runner.invoke(cli.main, ["table", "b", "--metric", "srcx"])
+    assert bad.exit_code == 2 and "did you mean 'srcc'" in bad.output

@@ -212,7 +212,7 @@ def test_fit_and_predict_from_the_command_line(tmp_path, pku_root, monkeypatch):
     scored = runner.invoke(cli.main, ["predict", "--head", "fr.safetensors", "All/MJ_0_00.jpg", "All/SD_1_10.jpg",
                                       "--prompt-image", "I2I/Image_prompt/0.jpg", "--out", "s.csv"])
     assert scored.exit_code == 0, scored.output
-    assert (pku_root / "s.csv").read_text().splitlines()[0] == "image,prompt_image,MOS_q"
+    assert (pku_root / "s.csv").read_text().splitlines()[0] == "image,prompt_image,pred_MOS_q"
     refused = runner.invoke(cli.main, ["predict", "--head", "fr.safetensors", "All/MJ_0_00.jpg"])
     assert refused.exit_code == 2 and "needs --prompt-image" in refused.output
     wrong = runner.invoke(cli.main, ["predict", "--head", "fr.safetensors", "--mode", "nr", "All/MJ_0_00.jpg"])
@@ -221,14 +221,23 @@ def test_fit_and_predict_from_the_command_line(tmp_path, pku_root, monkeypatch):
                                     "--save-head", "pr.safetensors", "--out", "res3"]).exit_code == 0
     whole = runner.invoke(cli.main, ["predict", "--head", "pr.safetensors", "--root", ".", "--out", "all.csv"])
     assert whole.exit_code == 0, whole.output
+    assert "22 images from the cache, 0 extracted" in whole.output and "against MOS_a" in whole.output
     lines = (pku_root / "all.csv").read_text().splitlines()
-    assert lines[0] == "image,prompt_image,MOS_a" and len(lines) == 21
+    assert lines[0] == "image,prompt_image,pred_MOS_a,MOS_a" and len(lines) == 21
     assert lines[1].startswith("All/MJ_0_00.jpg,I2I/Image_prompt/0.jpg,")
     assert any(line.split(",")[1] == "" for line in lines[1:])  # T2I rows scored without a prompt
     head, _ = load_head(pku_root / "pr.safetensors")
     x, rows = design_matrix(load_cache(str(pku_root / "featcache.h5")), "pr")
     scored = np.array([float(line.split(",")[2]) for line in lines[1:]])
-    np.testing.assert_allclose(scored, head.predict(x), atol=1e-4)  # images re-read give the cached features
+    np.testing.assert_allclose(scored, head.predict(x), atol=1e-4)  # cached features, the head's numbers
+    fresh = runner.invoke(cli.main, ["predict", "--head", "pr.safetensors", "--root", ".", "--cache", "none.h5",
+                                     "--out", "fresh.csv"])
+    assert fresh.exit_code == 0 and "from the cache" not in fresh.output
+    again = np.array([float(line.split(",")[2]) for line in (pku_root / "fresh.csv").read_text().splitlines()[1:]])
+    np.testing.assert_allclose(again, scored, atol=1e-4)  # images re-read give the cached features
+    folder = runner.invoke(cli.main, ["predict", "--head", "pr.safetensors", "All", "--out", "folder.csv"])
+    assert folder.exit_code == 0, folder.output
+    assert len((pku_root / "folder.csv").read_text().splitlines()) == 1 + 20
     missing = runner.invoke(cli.main, ["fit", "--backbone", "resnet19"])
     assert missing.exit_code == 2 and "did you mean 'resnet18.random/paper/64'" in missing.output
     target = runner.invoke(cli.main, ["fit", "--target", "MOS_x"])

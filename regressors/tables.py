@@ -1,0 +1,164 @@
+"""`featcache table`: results.json files pivoted into the paper's layout.
+
+Rows: method (NR / FR / PR, then the extra modes) x backbone x regressor, the label-only floors as reference rows;
+columns: target x metric (SRCC, PLCC by default). The best value per column is bold, chosen among feature-reading
+rows without a failed fold (the floors and failed configurations never win). The caption states the protocol.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from featcache.errors import FeatcacheError
+from regressors.modes import MODES
+from regressors.registry import REGRESSORS
+
+METRICS = {"srcc": "SRCC", "plcc": "PLCC", "plcc_logistic": "PLCC (logistic)", "krcc": "KRCC", "rmse": "RMSE",
+           "srcc_pooled": "SRCC (pooled)"}
+FORMATS = ("md", "latex", "csv")
+
+
+def method_label(mode: str) -> str:
+    return mode.upper() if MODES.get(mode) and MODES[mode].paper else mode.upper().replace("-DIFF", "-diff")
+
+
+def load_results(paths: list[str | Path]) -> list[dict]:
+    """Summary rows of every file, each with its backbone and the file's protocol."""
+    rows = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "results.json"
+        try:
+            payload = json.loads(path.read_text())
+            config, summary = payload["config"], payload["summary"]
+        except FileNotFoundError:
+            raise FeatcacheError(f"{path}: results file not found") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FeatcacheError(f"{path}: not a featcache results.json ({type(exc).__name__}: {exc})") from None
+        for row in summary:
+            backbone = row.get("backbone") or config.get("backbone") or "labels only"
+            rows.append(dict(row, backbone=backbone, _protocol=protocol(config)))
+    if not rows:
+        raise FeatcacheError("no summary rows in " + ", ".join(str(p) for p in paths))
+    return rows
+
+
+def protocol(config: dict) -> str:
+    split = config.get("split", "?")
+    folds = f"{config.get('folds')}-fold " if split in ("group", "kfold") else ""
+    repeats = config.get("repeats", 1)
+    subset = config.get("subset", "all")
+    cross = f" (train {config.get('train_on')}, test {config.get('test_on')})" if split == "cross" else ""
+    return f"{folds}{split} split{cross}, {repeats} repeat(s), subset {subset}"
+
+
+def _value(row: dict, metric: str) -> float:
+    key = metric if metric.endswith("_pooled") else f"{metric}_mean"
+    value = row.get(key)
+    return float(value) if value is not None and math.isfinite(float(value)) else float("nan")
+
+
+def paper_table(rows: list[dict], metrics: list[str]) -> tuple[list[str], list[list], list[list[bool]], str]:
+    """(header, body rows, bold flags, caption)."""
+    for metric in metrics:
+        if metric not in METRICS:
+            from featcache.errors import unknown_name
+
+            raise unknown_name("metric", metric, METRICS)
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    mode_order = {m: i for i, m in enumerate(MODES)}
+    floors = {name for name, spec in REGRESSORS.items() if not spec.reads_features}
+    keys = list(dict.fromkeys((r["mode"], r["backbone"], r["regressor"]) for r in rows))
+    models = sorted((k for k in keys if k[2] not in floors), key=lambda k: (mode_order.get(k[0], 99),))
+    floor_keys = sorted({(k[0], k[2]) for k in keys if k[2] in floors}, key=lambda k: (mode_order.get(k[0], 99),))
+    index = {(r["mode"], r["backbone"], r["regressor"], r["target"]): r for r in rows}
+    floor_index = {(r["mode"], r["regressor"], r["target"]): r for r in rows if r["regressor"] in floors}
+    header = ["method", "backbone", "regressor"] + [f"{t} {METRICS[m]}" for t in targets for m in metrics]
+    body, failed = [], []
+    for mode, backbone, regressor in models:
+        cells, bad = [], False
+        for t in targets:
+            row = index.get((mode, backbone, regressor, t))
+            bad = bad or bool(row and row.get("n_failed"))
+            cells += [_value(row, m) if row else float("nan") for m in metrics]
+        failures = sum(int(index[(mode, backbone, regressor, t)].get("n_failed") or 0)
+                       for t in targets if (mode, backbone, regressor, t) in index)
+        body.append([method_label(mode), backbone, regressor + (f" ({failures} failed folds)" if failures else "")]
+                    + cells)
+        failed.append(bad)
+    bold = [[False] * len(header) for _ in body]
+    for column in range(3, len(header)):
+        metric = metrics[(column - 3) % len(metrics)]
+        candidates = [(r[column], i) for i, r in enumerate(body) if not failed[i] and math.isfinite(r[column])]
+        if candidates:
+            best = min(candidates)[0] if metric == "rmse" else max(candidates)[0]
+            for value, i in candidates:
+                if value == best:
+                    bold[i][column] = True
+    for mode, regressor in floor_keys:
+        cells = []
+        for t in targets:
+            row = floor_index.get((mode, regressor, t))
+            cells += [_value(row, m) if row else float("nan") for m in metrics]
+        body.append([f"floor ({method_label(mode)} samples)", "none (labels only)", regressor] + cells)
+        bold.append([False] * len(header))
+    protocols = sorted({r["_protocol"] for r in rows})
+    caption = ("; ".join(protocols) + ". Fold means; a failed fold counts as 0. Bold: best per column among "
+               "feature-reading rows without failed folds. Floors read no pixel.")
+    return header, body, bold, caption
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if math.isfinite(value) else "n/a"
+    return str(value)
+
+
+def render_table(rows: list[dict], metrics: list[str] | None = None, fmt: str = "md") -> str:
+    metrics = metrics or ["srcc", "plcc"]
+    if fmt not in FORMATS:
+        from featcache.errors import unknown_name
+
+        raise unknown_name("format", fmt, FORMATS)
+    header, body, bold, caption = paper_table(rows, metrics)
+    if fmt == "csv":
+        handle = io.StringIO()
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows([[_fmt(v) for v in r] for r in body])
+        return handle.getvalue()
+    if fmt == "md":
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        for r, b in zip(body, bold):
+            lines.append("| " + " | ".join(f"**{_fmt(v)}**" if flag else _fmt(v) for v, flag in zip(r, b)) + " |")
+        return "\n".join(lines) + f"\n\n{caption}\n"
+    return _latex(header, body, bold, caption)
+
+
+def _tex(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
+                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
+        if a == "{" or a == "}":
+            continue
+        text = text.replace(a, b)
+    return text
+
+
+def _latex(header, body, bold, caption) -> str:
+    columns = "lll" + "r" * (len(header) - 3)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{columns}}}", r"\toprule",
+             " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
+    floors_started = False
+    for r, b in zip(body, bold):
+        if str(r[0]).startswith("floor") and not floors_started:
+            lines.append(r"\midrule")
+            floors_started = True
+        cells = [rf"\textbf{{{_tex(_fmt(v))}}}" if flag else _tex(_fmt(v)) for v, flag in zip(r, b)]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_tex(caption)}}}", r"\end{table}", ""]
+    return "\n".join(lines)
