@@ -210,12 +210,18 @@ def _cv_options(f):
 def _progress(quiet: bool, total_hint: str):
     """A tqdm bar over fitted members (stderr, only on a terminal unless asked), as an on_progress callback."""
     if quiet or not sys.stderr.isatty():
-        return None, (lambda: None)
+        def announce(done, total):
+            if done == 0 and total and not quiet:
+                click.echo(f"{total_hint}: {total} heads to fit", err=True)
+
+        return announce, (lambda: None)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=None, unit="fit", desc=total_hint, file=sys.stderr)
 
     def update(done, total):
+        if done == 0 and total:
+            bar.write(f"{total_hint}: {total} heads to fit", file=sys.stderr)
         if total is not None and bar.total != total:
             bar.total = total
         bar.n = done
@@ -273,7 +279,10 @@ def fit(cache, backbone, mode, target, regressor, save_head, **cv):
     folder = run_folder(output["out"], output["overwrite"])
     update, close = _progress(output["quiet"], "fit")
     try:
-        outcome = run_fit(cache, pick(backbone, config, "backbone"), _names(mode), _names(target),
+        from regressors.cache_data import backbone_query
+
+        outcome = run_fit(cache, backbone_query(pick(backbone, config, "backbone"), config.get("pool")),
+                          _names(mode), _names(target),
                           _names(regressor), save_head=save_head, on_progress=update, **cv)
     finally:
         close()

@@ -72,6 +72,13 @@ def resolve_backbone_id(ids: list[str], wanted: str | None, path: str) -> str:
                        aliases={form: i for i in ids for form in _short_forms(i)})
 
 
+def backbone_query(name: str | None, pool: str | None) -> str | None:
+    """`featcache.toml` may say backbone = "lite0" and pool = "multilevel": together they name one id."""
+    if name and pool and "/" not in name:
+        return f"{name}/{pool}"
+    return name
+
+
 def cached_backbone_ids(path: str) -> list[str]:
     with open_read(path) as f:
         return backbone_ids(f)

@@ -177,6 +177,8 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
     results.samples = {"key": s.key, "group": content_groups(data), "generator": s.generator, "subset": s.subset}
     total = sum(len(t.members) for t in tasks)
     done = 0
+    if on_progress:
+        on_progress(0, total)
     with backend_context(backend):
         outputs = Parallel(n_jobs=jobs, return_as="generator")(delayed(_run_task)(t, device) for t in tasks)
         for task, fitted in zip(tasks, outputs):
