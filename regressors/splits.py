@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from sklearn.model_selection import KFold, StratifiedGroupKFold
 
 from featcache.errors import FeatcacheError, unknown_name
 
@@ -71,6 +70,8 @@ def _paper(req: SplitRequest, repeat: int):
 
 
 def _kfold(req: SplitRequest, repeat: int):
+    from sklearn.model_selection import KFold
+
     _enough_for_folds(req)
     splitter = KFold(req.folds, shuffle=True, random_state=req.seed + repeat)
     return [(req.rows[np.sort(tr)], req.rows[np.sort(te)]) for tr, te in splitter.split(req.rows)]
@@ -83,6 +84,8 @@ def _group(req: SplitRequest, repeat: int):
     if n_groups < req.folds:
         raise FeatcacheError(f"{req.what} has {len(req.rows)} samples in {n_groups} prompt groups: too few for "
                              f"{req.folds} prompt-disjoint folds; lower --folds or widen --subset")
+    from sklearn.model_selection import StratifiedGroupKFold
+
     strata = req.subsets[req.rows]  # every fold gets its share of T2I and I2I, so every mode has test samples
     splitter = StratifiedGroupKFold(req.folds, shuffle=True, random_state=req.seed + repeat)
     return [(req.rows[np.sort(tr)], req.rows[np.sort(te)]) for tr, te in splitter.split(req.rows, strata, groups)]
