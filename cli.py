@@ -158,7 +158,8 @@ def datasets():
 
 
 def _names(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+    """None when the option was not given (the API then chooses); an empty list when it was given empty."""
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _stage2_help():
@@ -202,6 +203,7 @@ def _cv_options(f):
         click.option("--plot", "plot", metavar="REGRESSOR",
                      help="Regressor whose out-of-fold predictions are drawn [the first feature-reading one]."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
+        click.option("--no-figures", "no_figures", is_flag=True, help="Skip the PNG figures (faster)."),
     ]):
         f = option(f)
     return f
@@ -252,7 +254,7 @@ def _run_info(cache: str) -> dict:
 
 def _split_options(cv: dict) -> tuple[dict, dict]:
     """CV options for the API, and the output options for the report."""
-    output = {k: cv.pop(k) for k in ("out", "overwrite", "plot", "quiet")}
+    output = {k: cv.pop(k) for k in ("out", "overwrite", "plot", "quiet", "no_figures")}
     return cv, output
 
 
@@ -291,7 +293,7 @@ def fit(cache, backbone, mode, target, regressor, save_head, **cv):
                f"{len(results.folds)} fitted folds")
     click.echo(format_table(results.summary))
     paths = write_results(results, folder, title=f"featcache fit: {results.config['backbone'] or 'labels only'}",
-                          plot=output["plot"], run_info=_run_info(cache))
+                          plot=output["plot"], run_info=_run_info(cache), figures=not output["no_figures"])
     if outcome.head:
         meta = outcome.head
         click.echo(f"saved {meta['regressor'] if 'regressor' in meta else ''} head for {meta['mode']}/"
@@ -325,7 +327,8 @@ def bench(cache, backbones, modes, targets, regressors, **cv):
     finally:
         close()
     click.echo(format_table(results.summary))
-    paths = write_results(results, folder, title="featcache bench", plot=output["plot"], run_info=_run_info(cache))
+    paths = write_results(results, folder, title="featcache bench", plot=output["plot"], run_info=_run_info(cache),
+                          figures=not output["no_figures"])
     click.echo(f"done in {time.perf_counter() - start:.1f} s; results in {folder}/ ({paths['report'].name}, "
                f"{paths['json'].name})")
 

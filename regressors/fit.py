@@ -16,7 +16,7 @@ from regressors.cv import CVResults, cross_validate, selection_rows
 from regressors.heads import fit_and_save_head
 from regressors.heads_io import check_savable
 from regressors.modes import default_modes
-from regressors.registry import check_regressors, default_regressors, labels_only
+from regressors.registry import check_regressors, default_regressors, get_regressor, labels_only
 from regressors.splits import get_split, subset_mask
 
 CV_DEFAULTS = {"split": "group", "folds": 5, "repeats": 1, "seed": 0, "subset": "all", "train_on": None,
@@ -36,6 +36,24 @@ def modes_for(data: CacheData, subset: str = "all", split: str = "group", train_
         test = rows[subset_mask(s.subset[rows], s.generator[rows], test_on)]
         return default_modes(bool(has[train].any()), bool(has[test].any()), extras)
     return default_modes(bool(has[rows].any()), bool(has[rows].any()), extras)
+
+
+def check_names(kind: str, names: list[str]) -> list[str]:
+    if not names:
+        raise FeatcacheError(f"--{kind}: give at least one name, or leave the option out for the default")
+    return names
+
+
+def check_options(options: dict, regressors: list[str]) -> None:
+    """Refuse bad options before any data is read or any head fitted."""
+    jobs = options["jobs"]
+    if jobs == 0 or jobs < -1:
+        raise FeatcacheError(f"--jobs {jobs}: use a positive number, or -1 for every core")
+    if any(get_regressor(r).uses_device for r in regressors):
+        from featcache.devices import resolve_device
+
+        resolve_device(options["device"])
+    get_split(options["split"])
 
 
 @dataclass
@@ -61,10 +79,12 @@ def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None,
         on_progress: Callable[[int, int], None] | None = None, **cv) -> FitOutcome:
     """Cross-validate heads on one backbone of a cache (and optionally save one head trained on everything)."""
     options = {**CV_DEFAULTS, **cv}
-    regressors = check_regressors(regressors or default_regressors())
+    regressors = check_regressors(default_regressors() if regressors is None else regressors)
+    check_options(options, regressors)
     data = load_cache(cache, backbone, labels_only=labels_only(regressors))
-    modes = modes or modes_for(data, options["subset"], options["split"], options["train_on"], options["test_on"])
-    targets = targets or data.targets
+    modes = modes_for(data, options["subset"], options["split"], options["train_on"], options["test_on"]) \
+        if modes is None else check_names("mode", modes)
+    targets = data.targets if targets is None else check_names("target", targets)
     if save_head:
         if len(modes) != 1 or len(targets) != 1 or len(regressors) != 1:
             raise FeatcacheError("--save-head needs exactly one --mode, one --target and one --regressor")
@@ -84,7 +104,8 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
           on_progress: Callable[[int, int], None] | None = None, **cv) -> CVResults:
     """Every backbone in `backbones` (all in the cache by default) into one result; rows gain a `backbone`."""
     options = {**CV_DEFAULTS, **cv}
-    regressors = check_regressors(regressors or default_regressors())
+    regressors = check_regressors(default_regressors() if regressors is None else regressors)
+    check_options(options, regressors)
     ids = cached_backbone_ids(cache)
     chosen = list(dict.fromkeys(resolve_backbone_id(ids, b, cache) for b in backbones)) if backbones else ids
     if not chosen:
@@ -93,14 +114,15 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
     done_before = 0
     for bid in chosen:
         data = load_cache(cache, bid)
-        chosen_modes = modes or modes_for(data, options["subset"], options["split"], options["train_on"],
-                                          options["test_on"])
+        chosen_modes = check_names("mode", modes) if modes is not None else modes_for(
+            data, options["subset"], options["split"], options["train_on"], options["test_on"])
 
         def progress(done, total, offset=done_before):
             if on_progress:
                 on_progress(offset + done, None)
 
-        result = cross_validate(data, chosen_modes, targets or data.targets, regressors, on_progress=progress,
+        result = cross_validate(data, chosen_modes, data.targets if targets is None else check_names("target", targets),
+                                regressors, on_progress=progress,
                                 **options)
         done_before += len(result.folds)
         for collection in (result.folds, result.summary, result.comparisons, result.breakdown):

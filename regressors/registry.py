@@ -22,6 +22,7 @@ class RegressorSpec:
     doc: str
     saved_arrays: tuple[str, ...] = ()  # fitted array attributes a saved head persists (empty: cannot be saved)
     saved_scalars: tuple[str, ...] = ()
+    uses_device: bool = False  # trains with torch on --device
     batch: str = "member"  # fitted together: "member" (one at a time), "fold" (a fold's targets), "cell" (all)
 
     @property
@@ -67,7 +68,8 @@ _SCALER = ("x_mean_", "x_scale_", "x_keep_")
 REGRESSORS: dict[str, RegressorSpec] = {spec.name: spec for spec in [
     RegressorSpec("mlp", _mlp, "regressors.mlp:MLPHead", True, True,
                   "the paper's head D -> D/2 -> 1 (torch); early stopping on held-out groups, then a refit",
-                  _SCALER, ("y_mean_", "y_scale_", "best_epoch_"), batch="cell"),
+                  _SCALER, ("y_mean_", "y_scale_", "best_epoch_"), uses_device=True,
+                  batch="cell"),
     RegressorSpec("svr", _svr, "regressors.standardized:StandardizedSVR", True, True,
                   "RBF SVR; C and epsilon by an inner 3-fold CV over held-out groups",
                   (*_SCALER, "support_vectors_", "dual_coef_"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import secrets
 import time
@@ -97,7 +98,10 @@ def run_folder(out: str | Path | None, overwrite: bool = False, root: str | Path
     `overwrite`, which first removes what an earlier run wrote there (listed in its manifest), nothing else."""
     if out is None:
         folder = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        folder.mkdir(parents=True, exist_ok=False)
+        try:
+            folder.mkdir(parents=True, exist_ok=False)
+        except OSError as exc:
+            raise FeatcacheError(f"cannot create the results folder {folder} ({exc.strerror}); pass --out") from None
         return folder
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
@@ -117,6 +121,8 @@ def run_folder(out: str | Path | None, overwrite: bool = False, root: str | Path
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FeatcacheError(f"--out {folder}: cannot create the folder ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FeatcacheError(f"--out {folder}: the folder is not writable")
     return folder
 
 

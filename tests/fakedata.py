@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 from PIL import Image
 
@@ -46,4 +47,44 @@ def make_pku(root: Path, i2i_prompts: int = 2, t2i_prompts: int = 2, per_generat
                 rows.append(f',"a corgi, happy",{name},{q:.4f},{a:.4f},{c:.4f}')
     path = root / "annotation.csv"
     path.write_text(HEADER + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _toy_config(bid):
+    return {"id": bid, "arch": "toy", "weights": {"source": "random", "tag": "random"}, "feature": "gap",
+            "pool": "paper", "precision": "fp32",
+            "data_config": {"input_size": 4, "crop_pct": 1.0, "resize": 4, "interpolation": "bilinear",
+                            "mean": [0.5] * 3, "std": [0.5] * 3}}
+
+
+def make_cache(tmp_path, i2i_prompts=6, t2i_prompts=10, per=4, dim=6, seed=0, backbones=("toy.random/paper/4",)):
+    """A cache with planted features (no images): MOS_q is read off feature 0 with noise. I2I: each prompt x MJ, SD x `per`; T2I: each prompt x SD, MJ x `per`."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(i2i_prompts):
+        for g in ("MJ", "SD"):
+            for k in range(per):
+                q = rng.uniform(1, 5)
+                rows.append(f"{p}.jpg,edit,{g}_{p}_{k}.jpg,{q:.4f},{6 - q:.4f},{q / 2 + 1:.4f}")
+    for pid in range(1000, 1000 + t2i_prompts):
+        for g in ("SD", "MJ"):
+            for k in range(per):
+                q = rng.uniform(1, 5)
+                rows.append(f',"prompt {pid}",{g}_{pid}_{k}0.jpg,{q:.4f},{6 - q:.4f},{q / 2 + 1:.4f}')
+    (tmp_path / "annotation.csv").write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    from featcache.datasets import load_dataset
+    from featcache.store import create_cache, ensure_features
+
+    samples = load_dataset(None, tmp_path)
+    path = tmp_path / "c.h5"
+    create_cache(path, samples, tmp_path)
+    paths, gen, ref = samples.distinct_images()
+    mos = samples.targets["MOS_q"]
+    emb = rng.normal(size=(len(paths), dim))
+    emb[gen, 0] = mos + rng.normal(0, 0.4, len(gen))
+    with h5py.File(path, "r+") as f:
+        for bid in backbones:
+            group = ensure_features(f, _toy_config(bid), dim, {}, path)
+            group["emb"][:] = emb
+            group["done"][:] = True
     return path

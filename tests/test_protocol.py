@@ -11,9 +11,7 @@ from click.testing import CliRunner
 from scipy import stats
 
 import cli
-from featcache.datasets import load_dataset
 from featcache.errors import FeatcacheError
-from featcache.store import create_cache, ensure_features
 from regressors import registry
 from regressors.cache_data import load_cache
 from regressors.cv import cross_validate
@@ -21,45 +19,7 @@ from regressors.fit import bench, fit, modes_for
 from regressors.metrics import plcc_after_logistic, prediction_failed, quality_metrics
 from regressors.preprocess import FoldScaler
 from regressors.report import format_table, highest_on_test, run_folder, write_results
-from tests.fakedata import HEADER
-
-
-def _config(bid):
-    return {"id": bid, "arch": "toy", "weights": {"source": "random", "tag": "random"}, "feature": "gap",
-            "pool": "paper", "precision": "fp32",
-            "data_config": {"input_size": 4, "crop_pct": 1.0, "resize": 4, "interpolation": "bilinear",
-                            "mean": [0.5] * 3, "std": [0.5] * 3}}
-
-
-def make_cache(tmp_path, i2i_prompts=6, t2i_prompts=10, per=4, dim=6, seed=0, backbones=("toy.random/paper/4",)):
-    """A cache with planted features (no images): quality q is read off feature 0 with noise; the image prompt's
-    feature 1 carries its content. I2I: each prompt x MJ, SD x `per`; T2I: each prompt x SD, MJ x `per`."""
-    rng = np.random.default_rng(seed)
-    rows, quality = [], []
-    for p in range(i2i_prompts):
-        for g in ("MJ", "SD"):
-            for k in range(per):
-                q = rng.uniform(1, 5)
-                rows.append(f"{p}.jpg,edit,{g}_{p}_{k}.jpg,{q:.4f},{6 - q:.4f},{q / 2 + 1:.4f}")
-    for pid in range(1000, 1000 + t2i_prompts):
-        for g in ("SD", "MJ"):
-            for k in range(per):
-                q = rng.uniform(1, 5)
-                rows.append(f',"prompt {pid}",{g}_{pid}_{k}0.jpg,{q:.4f},{6 - q:.4f},{q / 2 + 1:.4f}')
-    (tmp_path / "annotation.csv").write_text(HEADER + "\n" + "\n".join(rows) + "\n")
-    samples = load_dataset(None, tmp_path)
-    path = tmp_path / "c.h5"
-    create_cache(path, samples, tmp_path)
-    paths, gen, ref = samples.distinct_images()
-    mos = samples.targets["MOS_q"]
-    emb = rng.normal(size=(len(paths), dim))
-    emb[gen, 0] = mos + rng.normal(0, 0.4, len(gen))
-    with h5py.File(path, "r+") as f:
-        for bid in backbones:
-            group = ensure_features(f, _config(bid), dim, {}, path)
-            group["emb"][:] = emb
-            group["done"][:] = True
-    return path
+from tests.fakedata import make_cache
 
 
 def test_held_out_inputs_never_exceed_the_clip_bound():

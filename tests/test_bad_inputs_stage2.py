@@ -1,0 +1,104 @@
+"""Every bad stage-2 input is one 'error:' line and exit code 2, never a traceback (issue 11's list)."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors.numpy import load_file, save_file
+
+import cli
+from tests.fakedata import make_cache
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad2")
+    make_cache(root)
+    runner = CliRunner()
+    made = runner.invoke(cli.main, ["fit", "--cache", str(root / "c.h5"), "--mode", "nr", "--target", "MOS_q",
+                                    "--regressor", "ridge", "--folds", "3", "--quiet", "--no-figures",
+                                    "--out", str(root / "run"), "--save-head", str(root / "h.safetensors")])
+    assert made.exit_code == 0, made.output
+    return root
+
+
+def _damaged_heads(root):
+    """(name, path) of heads edited the ways a hostile user would."""
+    arrays = load_file(str(root / "h.safetensors"))
+    from safetensors import safe_open
+
+    with safe_open(str(root / "h.safetensors"), framework="numpy") as handle:
+        meta = json.loads(handle.metadata()["featcache"])
+    out = []
+    nan = dict(arrays, **{"est.coef_": np.full_like(arrays["est.coef_"], np.nan)})
+    save_file(nan, str(root / "nan.safetensors"), metadata={"featcache": json.dumps(meta)})
+    out.append(root / "nan.safetensors")
+    short = dict(arrays, **{"est.x_mean_": arrays["est.x_mean_"][:2]})
+    save_file(short, str(root / "short.safetensors"), metadata={"featcache": json.dumps(meta)})
+    out.append(root / "short.safetensors")
+    missing = {k: v for k, v in arrays.items() if k != "est.coef_"}
+    save_file(missing, str(root / "missing.safetensors"), metadata={"featcache": json.dumps(meta)})
+    out.append(root / "missing.safetensors")
+    no_keys = dict(meta)
+    del no_keys["scalars"]
+    save_file(arrays, str(root / "nokeys.safetensors"), metadata={"featcache": json.dumps(no_keys)})
+    out.append(root / "nokeys.safetensors")
+    (root / "text.safetensors").write_text("not a head")
+    out.append(root / "text.safetensors")
+    return out
+
+
+def cases(root):
+    c = ["--cache", str(root / "c.h5"), "--quiet", "--no-figures"]
+    listed = [
+        ("empty regressor list", ["fit", *c, "--regressor", ",", "--out", str(root / "o1")]),
+        ("unknown regressor", ["fit", *c, "--regressor", "ridg", "--out", str(root / "o2")]),
+        ("unknown mode", ["fit", *c, "--mode", "fr2", "--out", str(root / "o3")]),
+        ("unknown target", ["fit", *c, "--target", "MOS_x", "--out", str(root / "o4")]),
+        ("unknown subset", ["fit", *c, "--subset", "t3i", "--out", str(root / "o5")]),
+        ("jobs 0", ["fit", *c, "--jobs", "0", "--out", str(root / "o6")]),
+        ("device cuda without a GPU", ["fit", *c, "--regressor", "mlp", "--device", "cuda", "--out",
+                                       str(root / "o7")]),
+        ("device foo", ["fit", *c, "--regressor", "mlp", "--device", "foo", "--out", str(root / "o8")]),
+        ("folds 1", ["fit", *c, "--folds", "1"]),
+        ("too many folds", ["fit", *c, "--folds", "40", "--out", str(root / "o9")]),
+        ("cross without train-on", ["fit", *c, "--split", "cross", "--out", str(root / "o10")]),
+        ("cross overlapping", ["fit", *c, "--split", "cross", "--train-on", "MJ", "--test-on", "MJ", "--out",
+                               str(root / "o11")]),
+        ("save-head into a missing folder", ["fit", *c, "--mode", "nr", "--target", "MOS_q", "--regressor", "ridge",
+                                             "--save-head", str(root / "nodir" / "h.safetensors"), "--out",
+                                             str(root / "o12")]),
+        ("save-head of a floor", ["fit", *c, "--mode", "nr", "--target", "MOS_q", "--regressor", "prompt-mean",
+                                  "--save-head", str(root / "f.safetensors"), "--out", str(root / "o13")]),
+        ("save-head with two modes", ["fit", *c, "--mode", "nr,pr", "--target", "MOS_q", "--regressor", "ridge",
+                                      "--save-head", str(root / "g.safetensors"), "--out", str(root / "o14")]),
+        ("--out is a file", ["fit", *c, "--regressor", "ridge", "--out", str(root / "c.h5")]),
+        ("used --out without --overwrite", ["fit", *c, "--regressor", "ridge", "--out", str(root / "run")]),
+        ("missing cache", ["fit", "--cache", str(root / "none.h5")]),
+        ("backbone not in the cache", ["fit", *c, "--backbone", "vgg19", "--out", str(root / "o15")]),
+        ("bench unknown backbone", ["bench", *c, "--backbones", "vgg19", "--out", str(root / "o16")]),
+        ("predict --out into a missing folder", ["predict", "--head", str(root / "h.safetensors"), "x.jpg", "--out",
+                                                 str(root / "missing" / "s.csv")]),
+        ("predict without images", ["predict", "--head", str(root / "h.safetensors")]),
+        ("predict with a missing head", ["predict", "--head", str(root / "nohead.safetensors"), "x.jpg"]),
+        ("table of a missing file", ["table", str(root / "c.h5")]),
+        ("table with an unknown metric", ["table", str(root / "run"), "--metric", "srcx"]),
+    ]
+    for head in _damaged_heads(root):
+        listed.append((f"damaged head {head.name}", ["predict", "--head", str(head), str(root / "x.jpg"),
+                                                     "--out", str(root / "s.csv")]))
+    return listed
+
+
+def test_every_bad_stage2_input_is_one_line_and_exit_2(workdir):
+    runner = CliRunner()
+    seen = []
+    for name, args in cases(workdir):
+        result = runner.invoke(cli.main, args)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2, (name, result.output, result.exception)
+        assert "Traceback" not in result.output and lines and (lines[-1].startswith("error:") or
+                                                                 lines[-1].startswith("Error:")), (name, lines)
+        seen.append(name)
+    assert len(seen) >= 30
