@@ -221,7 +221,8 @@ def plot_configurations(results: CVResults, plot: str | None) -> list[tuple]:
 
 
 def write_results(results: CVResults, out: str | Path, title: str = "featcache fit", plot: str | None = None,
-                  run_info: dict | None = None, figures: bool = True) -> dict[str, Path]:
+                  run_info: dict | None = None, figures: bool = True,
+                  figure_list: list[tuple] | None = None) -> dict[str, Path]:
     """Every output of a run into `out`; a manifest lists them (what --overwrite may remove)."""
     from regressors.tables import render_table
 
@@ -241,7 +242,7 @@ def write_results(results: CVResults, out: str | Path, title: str = "featcache f
                  _protocol=_protocol_line(results.config)) for r in results.summary]
     paths["table"].write_text(render_table(rows, fmt="md"))
     paths["latex"].write_text(render_table(rows, fmt="latex"))
-    figure_lines = _figures(results, out, plot, paths) if figures else []
+    figure_lines = _figures(results, out, plot, paths, figure_list) if figures else []
     paths["report"].write_text(report_markdown(results, title, figure_lines, paths["table"].read_text()))
     (out / MANIFEST).write_text("\n".join(p.name for p in paths.values()) + "\n")
     return paths
@@ -253,10 +254,13 @@ def _protocol_line(config: dict) -> str:
     return protocol(config)
 
 
-def _figures(results: CVResults, out: Path, plot: str | None, paths: dict) -> list[str]:
+def _figures(results: CVResults, out: Path, plot: str | None, paths: dict,
+             figure_list: list[tuple] | None = None) -> list[str]:
+    """Scatter and per-generator bars for each configuration of `figure_list` ((backbone, regressor, mode,
+    target); by default `plot` for every mode and target), and bars across backbones for a bench."""
     lines = []
     run_backbone = results.config.get("backbone", "")
-    for backbone, regressor, mode, target in plot_configurations(results, plot):
+    for backbone, regressor, mode, target in figure_list or plot_configurations(results, plot):
         chosen = [p for p in results.predictions if getattr(p, "backbone", "") == backbone and
                   (p.regressor, p.mode, p.target, p.repeat) == (regressor, mode, target, 0)]
         if not chosen:
@@ -284,7 +288,8 @@ def _figures(results: CVResults, out: Path, plot: str | None, paths: dict) -> li
     backbones = {r.get("backbone") for r in results.summary if r.get("backbone")}
     regressor = plot or next((r for r in results.config["regressors"] if get_regressor(r).reads_features), None)
     if len(backbones) > 1 and regressor:
-        for target in results.config.get("targets") or []:
+        targets = results.config.get("targets") or []
+        for target in targets[:1] if figure_list else targets:
             name = f"backbones_{safe_name(regressor, target)}.png"
             backbone_plot(results.summary, regressor, target, out / name)
             paths[name] = out / name

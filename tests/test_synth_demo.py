@@ -61,7 +61,15 @@ def test_short_demo_writes_its_report(tmp_path):
                                            "--regressors", "ridge,sibling-mean", "--quiet"])
     assert result.exit_code == 0, result.output
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "## paper pooling" in report and "## multilevel pooling" in report
-    assert "| sibling-mean | fr-diff | MOS_q |" in report
-    assert list((tmp_path / "demo" / "multilevel").glob("scatter_*.png"))
+    first_table = report.split("\n\n")[1].splitlines()
+    assert first_table[0].startswith("| method | backbone | regressor | MOS_q SRCC | MOS_q PLCC")
+    backbones = {line.split("|")[2].strip() for line in first_table[2:] if line.startswith("| NR |")}
+    assert backbones == {"tf_efficientnet_lite0.in1k/paper/224", "tf_efficientnet_lite0.in1k/multilevel/224"}
+    assert any(line.startswith("| floor (FR-diff samples) | none (labels only) | sibling-mean |")
+               for line in first_table)
+    assert "| tf_efficientnet_lite0.in1k/paper/224 | sibling-mean | fr-diff | MOS_q |" in report
+    scatters = sorted(p.name for p in (tmp_path / "demo").glob("scatter_*.png"))
+    assert scatters == ["scatter_tf_efficientnet_lite0.in1k-multilevel-224_fr-diff_MOS_q_ridge.png",
+                        "scatter_tf_efficientnet_lite0.in1k-multilevel-224_nr_MOS_q_ridge.png"]
+    assert (tmp_path / "demo" / "backbones_ridge_MOS_q.png").is_file()
     assert "[4/4]" in result.output and "done in" in result.output
