@@ -50,7 +50,7 @@ def _one(regressor: str, X: np.ndarray, m: Member, device: str) -> Fitted:
     start = time.perf_counter()
     model = fit_estimator(get_regressor(regressor).factory(m.seed, device), X[m.train], m.y_train, m.groups)
     pred = np.asarray(model.predict(X[m.test]), dtype=np.float64)
-    return pred, dict(getattr(model, "chosen_", {})), time.perf_counter() - start
+    return pred, chosen(model), time.perf_counter() - start
 
 
 def _ridge_by_fold(X: np.ndarray, members: list[Member]) -> list[Fitted]:
@@ -87,5 +87,14 @@ def _stacked_mlp(X: np.ndarray, members: list[Member], device: str) -> list[Fitt
     start = time.perf_counter()
     models = fit_mlp_members(X, [(m.train, m.y_train, m.groups, m.seed) for m in members], device=device)
     seconds = (time.perf_counter() - start) / max(1, len(members))
-    return [(np.asarray(model.predict(X[m.test]), np.float64), dict(getattr(model, "chosen_", {})), seconds)
+    return [(np.asarray(model.predict(X[m.test]), np.float64), chosen(model), seconds)
             for model, m in zip(models, members)]
+
+
+def chosen(model) -> dict:
+    """The hyper-parameters a fitted model chose inside its training fold (reported per fold)."""
+    if hasattr(model, "chosen_"):
+        return dict(model.chosen_)
+    if hasattr(model, "best_epoch_"):
+        return {"epochs": int(model.best_epoch_)}
+    return {}
