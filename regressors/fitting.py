@@ -1,7 +1,7 @@
 """Fit many members (fold x target x seed of one regressor and mode) and predict their test samples.
 
-One place decides how members share work: ridge solves every target of a fold from one decomposition, the MLP
-trains every member of a cell as one stacked model when `regressors.mlp` provides it, the rest fit one by one.
+A regressor's spec may name a batched fitter (`fit_members`): ridge solves every target of a fold from one
+decomposition, the MLP trains every member of a cell as one stacked model; the rest fit one by one.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ Fitted = tuple[np.ndarray, dict, float]  # (test predictions, chosen hyper-param
 
 
 def fit_members(regressor: str, X: np.ndarray, members: list[Member], device: str = "cpu") -> list[Fitted]:
-    if regressor == "ridge":
-        return _ridge_by_fold(X, members)
-    if regressor == "mlp":
-        from regressors import mlp
+    """The spec's own batched fitter when it names one (`RegressorSpec.fit_members`), else one by one."""
+    spec = get_regressor(regressor)
+    if spec.fit_members:
+        import importlib
 
-        if hasattr(mlp, "fit_mlp_members"):
-            return _stacked_mlp(X, members, device)
+        module, _, function = spec.fit_members.partition(":")
+        return getattr(importlib.import_module(module), function)(X, members, device)
     return [_one(regressor, X, m, device) for m in members]
 
 
@@ -53,7 +53,7 @@ def _one(regressor: str, X: np.ndarray, m: Member, device: str) -> Fitted:
     return pred, chosen(model), time.perf_counter() - start
 
 
-def _ridge_by_fold(X: np.ndarray, members: list[Member]) -> list[Fitted]:
+def ridge_by_fold(X: np.ndarray, members: list[Member], device: str = "cpu") -> list[Fitted]:
     """Members with the same training rows (a fold's targets) share the scaler and one eigendecomposition."""
     from regressors.preprocess import FoldScaler
     from regressors.standardized import StandardizedRidge, inner_groups, ridge_path
@@ -81,7 +81,7 @@ def _ridge_by_fold(X: np.ndarray, members: list[Member]) -> list[Fitted]:
     return out
 
 
-def _stacked_mlp(X: np.ndarray, members: list[Member], device: str) -> list[Fitted]:
+def stacked_mlp(X: np.ndarray, members: list[Member], device: str = "cpu") -> list[Fitted]:
     from regressors.mlp import fit_mlp_members
 
     start = time.perf_counter()

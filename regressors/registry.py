@@ -23,6 +23,7 @@ class RegressorSpec:
     saved_arrays: tuple[str, ...] = ()  # fitted array attributes a saved head persists (empty: cannot be saved)
     saved_scalars: tuple[str, ...] = ()
     uses_device: bool = False  # trains with torch on --device
+    fit_members: str = ""  # "module:function" fitting many members at once (see regressors.fitting), optional
     batch: str = "member"  # fitted together: "member" (one at a time), "fold" (a fold's targets), "cell" (all)
 
     @property
@@ -69,14 +70,15 @@ REGRESSORS: dict[str, RegressorSpec] = {spec.name: spec for spec in [
     RegressorSpec("mlp", _mlp, "regressors.mlp:MLPHead", True, True,
                   "the paper's head D -> D/2 -> 1 (torch); early stopping on held-out groups, then a refit",
                   _SCALER, ("y_mean_", "y_scale_", "best_epoch_"), uses_device=True,
-                  batch="cell"),
+                  fit_members="regressors.fitting:stacked_mlp", batch="cell"),
     RegressorSpec("svr", _svr, "regressors.standardized:StandardizedSVR", True, True,
                   "RBF SVR; C and epsilon by an inner 3-fold CV over held-out groups",
                   (*_SCALER, "support_vectors_", "dual_coef_"),
                   ("y_mean_", "y_scale_", "intercept_", "gamma_", "C_", "epsilon_")),
     RegressorSpec("ridge", _ridge, "regressors.standardized:StandardizedRidge", True, True,
                   "ridge; alpha by exact leave-one-group-out error",
-                  (*_SCALER, "coef_"), ("intercept_", "alpha_"), batch="fold"),
+                  (*_SCALER, "coef_"), ("intercept_", "alpha_"),
+                  fit_members="regressors.fitting:ridge_by_fold", batch="fold"),
     RegressorSpec("generator-mean", _floor("GeneratorMean"), "regressors.floors:GeneratorMean", False, True,
                   "label-only floor: mean target of the generator", batch="cell"),
     RegressorSpec("sibling-mean", _floor("SiblingMean"), "regressors.floors:SiblingMean", False, True,

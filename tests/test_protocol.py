@@ -223,3 +223,40 @@ def test_table_in_the_paper_layout(tmp_path, monkeypatch):
     assert csv_out.output.splitlines()[0].startswith("method,backbone,regressor,MOS_q SRCC")
     bad = runner.invoke(cli.main, ["table", "b", "--metric", "srcx"])
     assert bad.exit_code == 2 and "did you mean 'srcc'" in bad.output
+
+
+def test_batched_ridge_equals_one_ridge_per_target(tmp_path):
+    from regressors.fitting import Member, ridge_by_fold
+    from regressors.standardized import StandardizedRidge
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(80, 7))
+    groups = np.arange(80) // 4
+    train, test = np.arange(60), np.arange(60, 80)
+    ys = [x[:, 0] + rng.normal(0, 0.2, 80), x[:, 1] * 3 + rng.normal(0, 2.0, 80)]
+    fitted = ridge_by_fold(x, [Member(train, y[train], test, groups[train], 0) for y in ys])
+    for y, (pred, chosen, _) in zip(ys, fitted):
+        single = StandardizedRidge().fit(x[train], y[train], groups=groups[train])
+        assert chosen["alpha"] == single.alpha_
+        np.testing.assert_allclose(pred, single.predict(x[test]), atol=1e-10)
+
+
+def test_a_new_mode_and_regressor_are_one_table_entry_each(tmp_path, monkeypatch):
+    from sklearn.neighbors import KNeighborsRegressor
+
+    from regressors import modes
+
+    monkeypatch.setitem(modes.MODES, "fr-prod", modes.ModeSpec(
+        "fr-prod", lambda g, p, has: np.concatenate([g, g * p], axis=1), True, True, False, "[g, g * p]"))
+    monkeypatch.setitem(registry.REGRESSORS, "knn", registry.RegressorSpec(
+        "knn", lambda seed, device: KNeighborsRegressor(5), "sklearn.neighbors:KNeighborsRegressor", True, False,
+        "5 nearest neighbours"))
+    make_cache(tmp_path)
+    outcome = fit(str(tmp_path / "c.h5"), modes=["nr", "fr-prod"], targets=["MOS_q"], regressors=["knn", "ridge"],
+                  folds=3)
+    rows = {(r["mode"], r["regressor"]): r for r in outcome.results.summary}
+    assert rows[("fr-prod", "knn")]["n_test"] < rows[("nr", "knn")]["n_test"]  # needs an image prompt
+    assert [c["mode"] for c in outcome.results.comparisons] == ["fr-prod", "fr-prod"]
+    with pytest.raises(FeatcacheError, match="knn cannot be saved"):
+        fit(str(tmp_path / "c.h5"), modes=["nr"], targets=["MOS_q"], regressors=["knn"], folds=3,
+            save_head=str(tmp_path / "k.safetensors"))
