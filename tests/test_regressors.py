@@ -190,6 +190,12 @@ def test_sibling_floor_reproduces_the_leak_of_the_paper_split(tmp_path):
     assert round(srcc["generator-mean", "MOS_q"], 3) == 0.624
     grouped = cross_validate(data, ["nr"], ["MOS_q"], ["sibling-mean"], split="group")
     assert grouped.summary[0]["srcc_mean"] < 0.7  # prompt-disjoint: no sibling to copy
+    cross = cross_validate(data, ["nr"], ["MOS_q"], ["prompt-mean", "generator-mean"], split="cross",
+                           train_on="MJ", test_on="SD")
+    prompt_mean, generator_mean = cross.summary
+    assert round(prompt_mean["srcc_mean"], 3) == 0.284  # MJ's score of the same prompt predicts SD's
+    assert prompt_mean["srcc_ci_low"] < 0.284 < prompt_mean["srcc_ci_high"]
+    assert generator_mean["n_failed"] == 1 and generator_mean["srcc_mean"] == 0.0  # one constant: failed
 
 
 def test_fit_and_predict_from_the_command_line(tmp_path, pku_root, monkeypatch):
