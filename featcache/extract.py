@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from featcache import __version__
-from featcache.backbones import Backbone, pick_device
+from featcache.backbones import Backbone
+from featcache.devices import resolve_device, to_channels_last
 from featcache.errors import FeatcacheError
 from featcache.images import DEFAULT_MAX_PIXELS, check_files_present, load_rgb
 from featcache.samples import SampleTable
@@ -63,7 +64,7 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2)))
 
 
-class _ImageRows(Dataset):
+class ImageRows(Dataset):
     """Decodes in worker processes; a bad file becomes an error entry instead of killing the run."""
 
     def __init__(self, root: Path, paths: list[str], rows: list[int], transform, max_pixels: int):
@@ -83,7 +84,7 @@ class _ImageRows(Dataset):
             return row, None, f"{self.root / self.paths[row]}: {type(exc).__name__}: {exc}"
 
 
-def _collate(items):
+def collate_rows(items):
     good = [(r, t) for r, t, e in items if t is not None]
     rows = [r for r, _ in good]
     batch = torch.stack([t for _, t in good]) if good else None
@@ -91,7 +92,7 @@ def _collate(items):
     return rows, batch, errors
 
 
-def _worker_init(_):
+def worker_init(_):
     torch.set_num_threads(1)
 
 
@@ -112,10 +113,10 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     if batch_size < 1:
         raise FeatcacheError("--batch-size must be at least 1")
     workers = default_workers() if workers is None else workers
-    torch_device = pick_device(device)
-    mode = _precision(torch_device, precision)
+    torch_device = resolve_device(device)
+    precision = _precision(torch_device, precision)
     paths, _, _ = samples.distinct_images()
-    config = dict(backbone.config(), precision=mode)
+    config = dict(backbone.config(), precision=precision)
     cache.parent.mkdir(parents=True, exist_ok=True)
     with lock_cache(cache):
         if not cache.exists():
@@ -135,15 +136,13 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
             if not todo:
                 return result
             check_files_present(root, [paths[i] for i in todo])
-            extractor = backbone.extractor().to(torch_device)
-            if torch_device.type == "cuda":
-                extractor = extractor.to(memory_format=torch.channels_last)
+            extractor = to_channels_last(backbone.extractor().to(torch_device), torch_device)
             group = f[f"features/{bid}"] if exists else ensure_features(
                 f, config, extractor.output_dim(backbone.spec.input_size),
-                _provenance(backbone, torch_device, mode, command), cache)
+                _provenance(backbone, torch_device, precision, command), cache)
             if shard is not None:
                 group.attrs["shard"] = f"{shard[0]}/{shard[1]}"
-            _run(extractor, group, f, root, paths, todo, backbone, torch_device, mode, batch_size, workers,
+            _run(extractor, group, f, root, paths, todo, backbone, torch_device, precision, batch_size, workers,
                  max_pixels, progress, result)
     if result.errors:
         first = "; ".join(result.errors[:3])
@@ -152,35 +151,33 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     return result
 
 
-def _forward_batches(extractor, dataset: _ImageRows, device: torch.device, mode: str, batch_size: int,
-                     workers: int):
+def _forward_batches(extractor, dataset: ImageRows, device: torch.device, precision: str,
+                     batch_size: int, workers: int):
     """Decode in workers, forward on `device`: yields (rows, features or None, errors, forward seconds)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-                        pin_memory=device.type == "cuda", worker_init_fn=_worker_init if workers else None)
-    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_rows,
+                        pin_memory=device.type == "cuda", worker_init_fn=worker_init if workers else None)
+    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     for rows, batch, errors in loader:
         if not rows:
             yield rows, None, errors, 0.0
             continue
         start = time.perf_counter()
-        batch = batch.to(device, non_blocking=True)
-        if device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = to_channels_last(batch.to(device, non_blocking=True), device)
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             features = extractor(batch)
         features = features.float().cpu().numpy()
         yield rows, features, errors, time.perf_counter() - start
 
 
-def _run(extractor, group, f, root, paths, todo, backbone, device, mode, batch_size, workers, max_pixels,
+def _run(extractor, group, f, root, paths, todo, backbone, device, precision, batch_size, workers, max_pixels,
          progress, result) -> None:
     from tqdm.auto import tqdm
 
-    dataset = _ImageRows(root, paths, todo, backbone.transform(), max_pixels)
+    dataset = ImageRows(root, paths, todo, backbone.transform(), max_pixels)
     emb, done = group["emb"], group["done"]
     start = time.perf_counter()
     with tqdm(total=len(todo), unit="img", desc=result.backbone_id, disable=not progress, file=sys.stderr) as bar:
-        for rows, features, errors, seconds in _forward_batches(extractor, dataset, device, mode, batch_size,
+        for rows, features, errors, seconds in _forward_batches(extractor, dataset, device, precision, batch_size,
                                                                  workers):
             result.errors.extend(errors)
             if rows:
@@ -201,7 +198,7 @@ def _write_rows(dataset, rows: list[int], values: np.ndarray) -> None:
         dataset[rows] = values
 
 
-def _provenance(backbone: Backbone, device: torch.device, mode: str, command: str) -> dict:
+def _provenance(backbone: Backbone, device: torch.device, precision: str, command: str) -> dict:
     import timm
 
     return {
@@ -216,7 +213,7 @@ def _provenance(backbone: Backbone, device: torch.device, mode: str, command: st
         "weights_state_sha256": backbone.weights_state_sha256(),
         "data_config": backbone.spec.data_config(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
-        "precision": mode,
+        "precision": precision,
         "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -228,14 +225,12 @@ def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, 
     """Features of a few images in memory (no cache), e.g. to score new images with a saved head."""
     root = Path(root)
     check_files_present(root, paths)
-    torch_device = pick_device(device)
-    mode = _precision(torch_device, precision)
-    extractor = backbone.extractor().to(torch_device)
-    if torch_device.type == "cuda":
-        extractor = extractor.to(memory_format=torch.channels_last)
-    dataset = _ImageRows(root, paths, list(range(len(paths))), backbone.transform(), max_pixels)
+    torch_device = resolve_device(device)
+    precision = _precision(torch_device, precision)
+    extractor = to_channels_last(backbone.extractor().to(torch_device), torch_device)
+    dataset = ImageRows(root, paths, list(range(len(paths))), backbone.transform(), max_pixels)
     out = None
-    for rows, features, errors, _ in _forward_batches(extractor, dataset, torch_device, mode, batch_size, workers):
+    for rows, features, errors, _ in _forward_batches(extractor, dataset, torch_device, precision, batch_size, workers):
         if errors:
             raise FeatcacheError(errors[0])
         if out is None:

@@ -71,12 +71,3 @@ def load_backbone(name: str, pool: str = "paper", weights_file=None, random_weig
     spec = resolve_backbone(name, image_size)
     return Backbone(spec, pool, choose_weights(spec, weights_file, random_weights))
 
-
-def pick_device(device: str = "auto") -> torch.device:
-    from featcache.errors import FeatcacheError
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FeatcacheError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(device)
