@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from featcache import __version__
+from featcache.backbones.pooling import POOLINGS, pooling_help
 from featcache.demo import DEMO_MODES, DEMO_REGRESSORS
 from featcache.defaults import DEFAULT_CACHE, load_config, pick
 from featcache.errors import FeatcacheError
@@ -73,18 +74,20 @@ def load_samples_from_options(config: dict, dataset, root, annotation, columns):
 @main.command()
 @_dataset_options
 @click.option("--backbone", help="Registered name or any timm model (see `featcache backbones`).")
-@click.option("--pool", type=click.Choice(["paper", "multilevel"]), default=None, help="Feature definition [paper].")
+@click.option("--pool", type=click.Choice(list(POOLINGS)), default=None,
+              help=f"Feature definition [{next(iter(POOLINGS))}]: {pooling_help()}.")
 @click.option("--cache", type=click.Path(dir_okay=False), help=f"HDF5 cache [./{DEFAULT_CACHE}].")
-@click.option("--image-size", type=int, help="Crop size, overriding the backbone's.")
-@click.option("--batch-size", type=int, default=None, help="Images per forward [32].")
-@click.option("--workers", type=int, default=None, help="Decoding processes [number of cores, at most 8].")
+@click.option("--image-size", type=click.IntRange(min=1), help="Crop size, overriding the backbone's.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward [32].")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decoding processes, 0 = in the main process [number of cores, at most 8].")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [auto].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
               help="auto = fp16 autocast on CUDA, fp32 on the CPU.")
 @click.option("--shard", metavar="I/N", help="Extract only share I of N (contiguous rows); merge afterwards.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local checkpoint (.safetensors, .pth, .npz).")
 @click.option("--random-weights", is_flag=True, help="Random weights, for mechanics tests only.")
-@click.option("--max-pixels", type=int, default=None, help="Refuse larger images [100 megapixels].")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Refuse larger images [100 megapixels].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(dataset, root, annotation, columns, backbone, pool, cache, image_size, batch_size, workers, device,
             precision, shard, weights, random_weights, max_pixels, quiet):
@@ -98,7 +101,8 @@ def extract(dataset, root, annotation, columns, backbone, pool, cache, image_siz
     if not backbone:
         raise FeatcacheError("--backbone is required (e.g. --backbone lite0; see `featcache backbones`)")
     samples, root = load_samples_from_options(config, dataset, root, annotation, columns)
-    model = load_backbone(backbone, pick(pool, config, "pool", "paper"), weights, random_weights, image_size)
+    model = load_backbone(backbone, pick(pool, config, "pool", next(iter(POOLINGS))), weights, random_weights,
+                          image_size)
     cache = pick(cache, config, "cache", DEFAULT_CACHE)
     result = run_extract(samples, root, model, cache, batch_size=pick(batch_size, config, "batch_size", 32),
                          workers=pick(workers, config, "workers"), device=pick(device, config, "device", "auto"),
@@ -144,8 +148,9 @@ def backbones():
     click.echo(f"{'name':<24}{'timm weights':<46}{'size':>5}{'dim':>6}  source: feature")
     for spec in list_backbones():
         click.echo(f"{spec.name:<24}{spec.timm_name:<46}{spec.input_size:>5}{spec.dim:>6}  {spec.source}: {spec.note}")
-    click.echo("any other timm model name: its pre-logits features with timm's data config; "
-               "--pool multilevel: mean+std of every stage")
+    click.echo("any other timm model name: its pre-logits features with timm's data config")
+    for spec in POOLINGS.values():
+        click.echo(f"--pool {spec.name}: {spec.doc}")
 
 
 @main.command()
@@ -281,8 +286,9 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, back
 @click.option("--photos", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of pristine photos (PNG/JPEG); each becomes one content group.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Benchmark folder (PKU layout).")
-@click.option("--views", type=int, default=4, show_default=True, help="Views per prompt and generator.")
-@click.option("--size", type=int, default=256, show_default=True, help="Side of every written image.")
+@click.option("--views", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Views per prompt and generator.")
+@click.option("--size", type=click.IntRange(min=8), default=256, show_default=True, help="Side of every written image.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def synth(photos, out, views, size, seed):
     """Build a synthetic quality benchmark with exact labels (quality from the distortion level, correspondence

@@ -9,7 +9,6 @@ from featcache.errors import FeatcacheError, unknown_name
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-POOLINGS = ("paper", "multilevel")
 
 
 @dataclass(frozen=True)
