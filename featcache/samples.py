@@ -37,6 +37,7 @@ class SampleTable:
     rows: list[int] = field(default_factory=list)
     source: str = ""
     dataset: str = ""
+    options: dict = field(default_factory=dict)  # the adapter options it was loaded with (kept in the cache)
 
     def __len__(self) -> int:
         return len(self.key)

@@ -119,4 +119,6 @@ def load_dataset(name: str | None, root: str | Path, annotation: str | Path | No
         )
     options = dict(options or {})
     table = adapter.read(Path(found), options)
-    return adapter.loader(root, table, Path(found), options)
+    samples = adapter.loader(root, table, Path(found), options)
+    samples.options = options
+    return samples
