@@ -21,8 +21,16 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     click.echo(f"warning: {message}", err=True)
 
 
+# What Ctrl-C means, per command: only the writers of a cache keep work and resume.
+INTERRUPTED = {
+    "extract": "interrupted: every row written so far is kept; run the same command to resume",
+    "merge": "interrupted: every row merged so far is kept; run the same command to finish",
+    "repair": "interrupted: the cache is as it was or fully repaired; run the same command again",
+}
+
+
 class _Group(click.Group):
-    """Prints a FeatcacheError as one line on stderr and exits 2; nothing else is caught."""
+    """Prints a FeatcacheError as one line on stderr and exits 2; Ctrl-C prints one line that fits the command."""
 
     def invoke(self, ctx):
         warnings.showwarning = _one_line_warning
@@ -32,7 +40,8 @@ class _Group(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted: every row written so far is kept; run the same command to resume", err=True)
+            command = ctx.invoked_subcommand or ""
+            click.echo(INTERRUPTED.get(command, "interrupted"), err=True)
             sys.exit(130)
 
 
@@ -132,12 +141,38 @@ def merge(shards, out):
 @main.command()
 @click.argument("cache", required=False, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def info(cache, as_json):
+@click.option("--check", is_flag=True, help="Verify the cache: every done row finite, tables and attributes "
+                                            "complete (exit 2 on a problem).")
+def info(cache, as_json, check):
     """Show the samples, subsets, targets and backbones of a cache."""
     from featcache.info import cache_info, format_info
+    from featcache.store import check_cache
 
-    result = cache_info(cache or load_config().get("cache", DEFAULT_CACHE))
+    cache = cache or load_config().get("cache", DEFAULT_CACHE)
+    result = cache_info(cache)
+    if check:
+        result["problems"] = check_cache(cache)
     click.echo(json.dumps(result, indent=2) if as_json else format_info(result))
+    if check and result["problems"]:
+        raise FeatcacheError(f"{cache}: {len(result['problems'])} problem(s): {'; '.join(result['problems'])}")
+
+
+@main.command()
+@click.argument("cache", required=False, type=click.Path(dir_okay=False))
+def repair(cache):
+    """Drop half-created backbones, mark non-finite rows for extraction again, delete leftover temporary files."""
+    from featcache.store import repair as run_repair
+
+    cache = cache or load_config().get("cache", DEFAULT_CACHE)
+    result = run_repair(cache)
+    for bid in result.dropped:
+        click.echo(f"dropped half-created backbone {bid}")
+    for bid, rows in result.rows_reset.items():
+        click.echo(f"{bid}: {rows} non-finite rows will be extracted again")
+    for tmp in result.temporaries:
+        click.echo(f"deleted leftover temporary file {tmp}")
+    if not (result.dropped or result.rows_reset or result.temporaries):
+        click.echo(f"{cache}: nothing to repair")
 
 
 @main.command()
@@ -290,12 +325,13 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, back
               help="Views per prompt and generator.")
 @click.option("--size", type=click.IntRange(min=8), default=256, show_default=True, help="Side of every written image.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def synth(photos, out, views, size, seed):
+@click.option("--overwrite", is_flag=True, help="Write into a folder that already holds files.")
+def synth(photos, out, views, size, seed, overwrite):
     """Build a synthetic quality benchmark with exact labels (quality from the distortion level, correspondence
     from the framing drift) in the pku-aigiqa-4k layout. The labels are synthetic, not human opinions."""
     from featcache.synth import synth as run_synth
 
-    made = run_synth(photos, out, views=views, size=size, seed=seed)
+    made = run_synth(photos, out, views=views, size=size, seed=seed, overwrite=overwrite)
     click.echo(f"{made.samples} rated images from {made.photos} photos ({made.i2i_samples} with an image prompt) "
                f"in {made.out}; labels in {made.annotation}")
 

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache.store import backbone_ids, open_read, read_config, read_provenance, read_samples
+from featcache.store import (
+    backbone_ids,
+    half_created_backbones,
+    open_read,
+    read_config,
+    read_provenance,
+    read_samples,
+)
 
 
 def cache_info(path: str | Path) -> dict:
@@ -26,6 +33,7 @@ def cache_info(path: str | Path) -> dict:
             "targets": {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "min": float(np.min(v)),
                             "max": float(np.max(v))} for k, v in samples.targets.items()},
             "backbones": {},
+            "half_created": half_created_backbones(f),
         }
         for bid in backbone_ids(f):
             group = f[f"features/{bid}"]
@@ -50,6 +58,8 @@ def format_info(info: dict) -> str:
         "generators " + ", ".join(f"{k} {v}" for k, v in sorted(info["generators"].items())),
         "targets    " + ", ".join(f"{k} (mean {v['mean']:.3g}, std {v['std']:.3g})" for k, v in info["targets"].items()),
     ]
+    for bid in info.get("half_created", []):
+        lines.append(f"backbone   {bid}: HALF CREATED by an interrupted older version (run `featcache repair`)")
     if not info["backbones"]:
         lines.append("backbones  none yet (run `featcache extract`)")
     for bid, b in info["backbones"].items():
@@ -67,4 +77,7 @@ def format_info(info: dict) -> str:
             lines.append(f"           command {p['command']}")
         if p.get("merged_from"):
             lines.append(f"           merged from {', '.join(p['merged_from'])}")
+    if "problems" in info:
+        lines += [f"problem    {p}" for p in info["problems"]] or ["check      ok: every done row finite, tables and "
+                                                                    "attributes complete"]
     return "\n".join(lines)
