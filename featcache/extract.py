@@ -24,6 +24,7 @@ from featcache.store import (
     add_backbones,
     backbone_ids,
     bring_up_to_date,
+    check_is_cache_file,
     check_config,
     compare_with_cache,
     create_cache,
@@ -174,12 +175,12 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FeatcacheError(f"{name}: cannot create the folder {target.parent} ({exc.strerror})") from None
-    with lock_cache(target):
+    with lock_cache(name):
         remove_stale_temporaries(target)
         if not target.exists():
             create_cache(target, samples, root, command, samples.options)
         else:
-            open_write(target).close()  # a damaged or foreign file is refused before anything else
+            check_is_cache_file(name)  # a damaged or foreign file is refused before anything else
             bring_up_to_date(target, samples, root, command, samples.options)
         with open_read(target) as f:
             done = _done_flags(f, bid, config, name)
@@ -252,7 +253,7 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
             raise FeatcacheError(f"a decoding worker process died ({str(exc).splitlines()[0].rstrip('. ')}); the "
                                  f"{result.rows_written} rows written so far are kept; run the same command again, "
                                  "with fewer --workers if memory is short") from None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             if not is_disk_full(exc):
                 raise
             raise disk_full_error(result.cache, f"after {result.rows_written} new rows, which are kept") from None

@@ -16,6 +16,7 @@ from featcache.store import (
     atomic_h5,
     backbone_ids,
     check_config,
+    check_is_cache_file,
     compare_configs,
     lock_cache,
     open_read,
@@ -44,7 +45,7 @@ def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
     if any(real_path(s) == out for s in shards):
         raise FeatcacheError(f"{name}: --out must not be one of the shards")
     if out.exists():
-        open_read(out).close()  # not HDF5, or HDF5 but not a cache: a one-line error before anything is written
+        check_is_cache_file(name)  # not HDF5, or HDF5 but not a cache: a one-line error before anything is written
     sources = [open_read(s) for s in shards]
     try:
         first = sources[0]
@@ -52,7 +53,7 @@ def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
             for attr in ("manifest_sha256", "samples_sha256"):
                 if f.attrs[attr] != first.attrs[attr]:
                     raise FeatcacheError(f"{path} was built from other images or labels than {shards[0]}")
-        with lock_cache(out):
+        with lock_cache(name):
             remove_stale_temporaries(out)
             if not out.exists():
                 _copy_tables(first, out)

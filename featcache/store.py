@@ -50,6 +50,14 @@ def real_path(path: str | Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+def check_is_cache_file(path: str | Path) -> None:
+    """Refuse a file that is not HDF5, or HDF5 but not a cache, before anything is written next to it."""
+    if not h5py.is_hdf5(path):
+        raise FeatcacheError(f"{path}: cannot open the cache for writing (not an HDF5 file); is it open in another "
+                             "program, or not a featcache cache?")
+    open_read(path).close()
+
+
 @contextlib.contextmanager
 def lock_cache(path: str | Path):
     """One writer per cache file, keyed on its real path. Raises a one-line error when another process holds it or
@@ -137,7 +145,7 @@ def atomic_h5(path: str | Path, what: str = "writing the cache"):
         _fsync(tmp)
         os.replace(tmp, target)
         _fsync(target.parent, directory=True)
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:  # h5py reports a failed write as any of these
         if is_disk_full(exc):
             raise disk_full_error(path, what) from None
         raise
