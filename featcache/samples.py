@@ -78,6 +78,14 @@ class SampleTable:
             if k in seen:
                 raise FeatcacheError(f"{source_name} rows {seen[k]} and {r}: duplicate key {k!r}")
             seen[k] = r
+        first_use: dict[str, int] = {}
+        for i, path in enumerate(image):  # after normalisation: ./x.jpg, sub/../x.jpg and x.jpg are one image
+            if path in first_use:
+                j = first_use[path]
+                raw_j, raw_i = _text(frame["image"].iloc[j]), _text(frame["image"].iloc[i])
+                raise FeatcacheError(f"{source_name} rows {rows[j]} and {rows[i]}: {raw_j!r} and {raw_i!r} are the "
+                                     f"same image {path!r}")
+            first_use[path] = i
         targets = {name: _numeric(frame[col], name, rows, source_name) for name, col in target_columns.items()}
         if not targets:
             raise FeatcacheError(f"{source_name}: no target columns")

@@ -1,3 +1,4 @@
+import re
 from collections import Counter
 
 import pytest
@@ -156,3 +157,17 @@ def test_every_adapter_module_registers_itself():
     modules = {m.name for m in pkgutil.iter_modules(package.__path__)} - {"registry", "tables"}
     owners = {a.loader.__module__.rsplit(".", 1)[-1] for a in list_datasets()}
     assert owners == modules
+
+
+@pytest.mark.parametrize("other", ["./SD_1_00.jpg", "sub/../SD_1_00.jpg", "./sub/../SD_1_00.jpg"])
+def test_one_image_under_two_spellings_is_refused(tmp_path, other):
+    _write(tmp_path, f',"t",SD_1_00.jpg,1,2,3\n,"t",SD_1_01.jpg,1,2,3\n,"t",{other},2,2,3')
+    with pytest.raises(FeatcacheError, match=rf"rows 2 and 4: 'All/SD_1_00.jpg' and 'All/{re.escape(other)}' are "
+                                             r"the same image 'All/SD_1_00.jpg'"):
+        load_dataset("pku-aigiqa-4k", tmp_path)
+
+
+def test_backslashes_are_path_separators(tmp_path):
+    _write(tmp_path, ',"t",sub/SD_1_00.jpg,1,2,3\n,"t",sub\\SD_1_00.jpg,2,2,3')
+    with pytest.raises(FeatcacheError, match=r"rows 2 and 3: .* are the same image 'All/sub/SD_1_00.jpg'"):
+        load_dataset("pku-aigiqa-4k", tmp_path)
