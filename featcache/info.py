@@ -66,13 +66,13 @@ def format_info(info: dict) -> str:
         p = b["provenance"]
         state = "complete" if b["rows_done"] == b["rows"] else "INCOMPLETE"
         lines.append(f"backbone   {bid}: {b['rows_done']}/{b['rows']} rows {state}, dim {b['dim']}")
-        weights = b["config"]["weights"]
-        lines.append(f"           weights {weights['source']} {weights.get('file_sha256', '')[:16]} "
+        weights = b["config"].get("weights", {})
+        lines.append(f"           weights {weights.get('source', '?')} {weights.get('file_sha256', '')[:16]} "
                      f"state {p.get('weights_state_sha256', '')[:16]}; {p.get('precision', '')} on "
                      f"{p.get('device', '')}; torch {p.get('torch', '')}, timm {p.get('timm', '')}")
-        dc = b["config"]["data_config"]
-        lines.append(f"           data resize {dc['resize']} crop {dc['input_size']} {dc['interpolation']} "
-                     f"mean {dc['mean']} std {dc['std']}")
+        dc = b["config"].get("data_config", {})
+        lines.append(f"           data resize {dc.get('resize')} crop {dc.get('input_size')} {dc.get('interpolation')} "
+                     f"mean {dc.get('mean')} std {dc.get('std')}")
         if p.get("command"):
             lines.append(f"           command {p['command']}")
         if p.get("merged_from"):
