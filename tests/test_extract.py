@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -228,3 +229,63 @@ def test_cli_shards_and_merge(pku_root, monkeypatch):
     assert "merged from s0.h5, s1.h5" in runner.invoke(cli.main, ["info", "all.h5"]).output
     bad = runner.invoke(cli.main, base + ["--shard", "2/2"])
     assert bad.exit_code == 2 and "need 0 <= I < N" in bad.output
+
+
+def test_featcache_toml_gives_the_defaults(pku_root, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "featcache.toml").write_text(
+        f'root = "../pku"\ncache = "out/feat.h5"\nbackbone = "resnet18"\npool = "multilevel"\n'
+        f'batch_size = 5\nworkers = 0\ndevice = "cpu"\n')
+    monkeypatch.chdir(project)
+    runner = CliRunner()
+    out = runner.invoke(cli.main, ["extract", "--random-weights", "--image-size", "64", "--quiet"])
+    assert out.exit_code == 0, out.output
+    assert "resnet18.random/multilevel/64: wrote 22 rows to" in out.output
+    assert (project / "out" / "feat.h5").is_file()  # relative to the toml's folder
+    shown = runner.invoke(cli.main, ["info", "--json"])  # the cache also comes from the toml
+    info = json.loads(shown.output)
+    assert info["backbones"]["resnet18.random/multilevel/64"]["rows_done"] == 22
+    assert info["dataset"] == "pku-aigiqa-4k" and info["samples"] == 20 and info["images"] == 22
+    assert info["subsets"] == {"i2i": 8, "t2i": 12} and info["half_created"] == []
+    assert info["backbones"]["resnet18.random/multilevel/64"]["config"]["pool"] == "multilevel"
+    override = runner.invoke(cli.main, ["extract", "--random-weights", "--image-size", "64", "--quiet", "--pool",
+                                        "paper", "--cache", "other.h5"])
+    assert override.exit_code == 0 and "resnet18.random/paper/64: wrote 22 rows to other.h5" in override.output
+
+
+def test_csv_dataset_with_col_lists(pku_root, monkeypatch):
+    monkeypatch.chdir(pku_root)
+    table = (pku_root / "annotation.csv").read_text().replace("Generated_image", "file")
+    (pku_root / "ratings.csv").write_text(table)
+    runner = CliRunner()
+    out = runner.invoke(cli.main, ["extract", "--dataset", "csv", "--annotation", "ratings.csv", "--col", "image=file",
+                                   "--col", "target=MOS_q,MOS_a", "--col", "target=MOS_c", "--col",
+                                   "prompt_image=Image_prompt", "--col", "image_dir=All", "--col",
+                                   "prompt_dir=I2I/Image_prompt", "--cache", "csv.h5", "--backbone", "resnet18",
+                                   "--random-weights", "--image-size", "64", "--workers", "0", "--quiet"])
+    assert out.exit_code == 0 and "wrote 22 rows to csv.h5" in out.output, out.output
+    info = json.loads(runner.invoke(cli.main, ["info", "csv.h5", "--json"]).output)
+    assert list(info["targets"]) == ["MOS_q", "MOS_a", "MOS_c"] and info["with_image_prompt"] == 8
+    from featcache.store import read_labels_from_annotation
+
+    again = read_labels_from_annotation(pku_root / "csv.h5")  # the --col options are kept in the cache
+    assert again is not None and list(again.targets) == ["MOS_q", "MOS_a", "MOS_c"]
+
+
+def test_backbones_and_datasets_commands_list_the_tables():
+    from featcache.backbones import BACKBONES
+    from featcache.datasets import list_datasets
+
+    runner = CliRunner()
+    backbones = runner.invoke(cli.main, ["backbones"])
+    assert backbones.exit_code == 0
+    rows = [line.split() for line in backbones.output.splitlines()[1:] if line.split()[0] in BACKBONES]
+    assert [r[0] for r in rows] == list(BACKBONES)
+    assert all(r[1] == BACKBONES[r[0]].timm_name and int(r[3]) == BACKBONES[r[0]].dim for r in rows)
+    datasets = runner.invoke(cli.main, ["datasets"])
+    assert datasets.exit_code == 0
+    lines = datasets.output.splitlines()
+    assert [line.split()[0] for line in lines] == [a.name for a in list_datasets()]
+    assert any(line.startswith("pku-aigiqa-4k") and "annotation.xlsx, annotation.csv" in line for line in lines)
+    assert any(line.startswith("csv") and "--annotation FILE" in line for line in lines)
