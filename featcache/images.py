@@ -46,7 +46,7 @@ def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
             width, height = im.size
             if width * height > max_pixels:
                 raise FeatcacheError(
-                    f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+                    f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels} "
                     "(decompression bomb?); raise --max-pixels if it is genuine"
                 )
             im.load()
