@@ -3,6 +3,7 @@ file, provenance compared, `info --check` and `repair`."""
 
 import contextlib
 import errno
+import functools
 import os
 import signal
 import subprocess
@@ -29,7 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 BIG_BACKBONE = ("resnet18", "multilevel")  # 22 x 1920 floats
 
 
-def _small(pool="paper", size=64):
+@functools.lru_cache(maxsize=None)
+def _small(pool="paper", size=32):
+    """One build per pooling for the whole file (a Backbone keeps its network once built)."""
     return load_backbone("resnet18", pool=pool, random_weights=True, image_size=size)
 
 
@@ -174,7 +177,7 @@ def test_ctrl_c_while_the_datasets_are_allocated(pku_root, tmp_path, monkeypatch
 
     monkeypatch.setattr(store, "_create_feature_datasets", interrupted)
     monkeypatch.chdir(pku_root)
-    out = CliRunner().invoke(cli.main, ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "64",
+    out = CliRunner().invoke(cli.main, ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "32",
                                         "--pool", "multilevel", "--workers", "0", "--quiet", "--cache", str(cache)])
     assert out.exit_code == 130 and "every row written so far is kept" in out.output
     assert _temporaries(cache) == [] and list(_state(cache)) == [first.backbone_id]
@@ -205,7 +208,7 @@ def test_kill_9_while_the_datasets_are_allocated(pku_root, tmp_path):
     cache = tmp_path / "c.h5"
     first = _extract(samples, pku_root, cache)
     killed = subprocess.run([sys.executable, "-c", _KILL_AT_CREATION, "extract", "--root", str(pku_root),
-                             "--backbone", "resnet18", "--random-weights", "--image-size", "64", "--pool",
+                             "--backbone", "resnet18", "--random-weights", "--image-size", "32", "--pool",
                              "multilevel", "--workers", "0", "--quiet", "--cache", str(cache)], cwd=REPO,
                             capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL

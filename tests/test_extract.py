@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import signal
@@ -23,7 +24,9 @@ from tests.fakedata import make_pku
 REPO = Path(__file__).resolve().parents[1]
 
 
+@functools.lru_cache(maxsize=None)
 def _small():
+    """One build for the whole file (a Backbone keeps its network once built)."""
     return load_backbone("resnet18", random_weights=True, image_size=64)
 
 
