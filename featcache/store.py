@@ -658,7 +658,7 @@ def repair(path: str | Path) -> RepairResult:
     delete temporary files left by killed writers."""
     with lock_cache(path) as target:
         temporaries = [str(p) for p in remove_stale_temporaries(target)]
-        with open_read(target) as f:
+        with open_read(path) as f:
             complete, half = _walk_backbones(f)
         if half:
             rewrite_cache(target, what="dropping half-created backbones")
