@@ -71,8 +71,8 @@ def format_info(info: dict) -> str:
                      f"state {p.get('weights_state_sha256', '')[:16]}; {p.get('precision', '')} on "
                      f"{p.get('device', '')}; torch {p.get('torch', '')}, timm {p.get('timm', '')}")
         dc = b["config"].get("data_config", {})
-        lines.append(f"           data resize {dc.get('resize')} crop {dc.get('input_size')} {dc.get('interpolation')} "
-                     f"mean {dc.get('mean')} std {dc.get('std')}")
+        lines.append(f"           data resize {dc.get('resize')} crop {dc.get('input_size')} "
+                     f"{dc.get('interpolation')} mean {dc.get('mean')} std {dc.get('std')}")
         if p.get("command"):
             lines.append(f"           command {p['command']}")
         if p.get("merged_from"):
