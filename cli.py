@@ -97,9 +97,11 @@ def load_samples_from_options(config: dict, dataset, root, annotation, columns):
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local checkpoint (.safetensors, .pth, .npz).")
 @click.option("--random-weights", is_flag=True, help="Random weights, for mechanics tests only.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Refuse larger images [100 megapixels].")
+@click.option("--verify", is_flag=True, help="Hash the images' contents (sha256) and compare them by content, not by "
+                                             "size and modification time (e.g. a copied dataset).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(dataset, root, annotation, columns, backbone, pool, cache, image_size, batch_size, workers, device,
-            precision, shard, weights, random_weights, max_pixels, quiet):
+            precision, shard, weights, random_weights, max_pixels, verify, quiet):
     """Run a frozen backbone once over every distinct image into the HDF5 cache (resumable)."""
     from featcache.backbones import load_backbone
     from featcache.extract import extract as run_extract, parse_shard
@@ -116,7 +118,7 @@ def extract(dataset, root, annotation, columns, backbone, pool, cache, image_siz
     result = run_extract(samples, root, model, cache, batch_size=pick(batch_size, config, "batch_size", 32),
                          workers=pick(workers, config, "workers"), device=pick(device, config, "device", "auto"),
                          precision=precision, shard=parse_shard(shard), max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                         progress=not quiet, command=_command_line())
+                         progress=not quiet, command=_command_line(), verify=verify)
     if result.rows_written == 0:
         click.echo(f"{result.backbone_id}: {result.rows_done_before}/{result.rows_in_shard} rows already in "
                    f"{cache}; nothing to do")

@@ -130,7 +130,7 @@ def _done_flags(f, bid: str, config: dict, name) -> np.ndarray | None:
 
 
 def _already_complete(target: Path, name, samples: SampleTable, root: Path, config: dict,
-                      in_shard: range) -> int | None:
+                      in_shard: range, verify: bool) -> int | None:
     """Rows done when the cache already holds every row of the shard for these images and labels (checked without
     the lock, so a read-only but complete cache is 'nothing to do'); else None."""
     if not target.is_file():
@@ -140,7 +140,7 @@ def _already_complete(target: Path, name, samples: SampleTable, root: Path, conf
     except FeatcacheError:
         return None  # the writing path gives the precise message
     with f:
-        if not compare_with_cache(f, samples, root).same:
+        if not compare_with_cache(f, samples, root, verify).same:
             return None
         done = _done_flags(f, config["id"], config, name)
     if done is None or not done[in_shard.start:in_shard.stop].all():
@@ -151,8 +151,11 @@ def _already_complete(target: Path, name, samples: SampleTable, root: Path, conf
 def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: str | Path, *,
             batch_size: int = 32, workers: int | None = None, device: str = "auto", precision: str = "auto",
             shard: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-            progress: bool = True, command: str = "") -> ExtractResult:
-    """Extract `backbone` features for every distinct image of `samples` into `cache`; resumes what is there."""
+            progress: bool = True, command: str = "", verify: bool = False) -> ExtractResult:
+    """Extract `backbone` features for every distinct image of `samples` into `cache`; resumes what is there.
+
+    `verify`: record each extracted image's sha256 and compare images by content where a hash is stored (else by
+    size and modification time)."""
     root, name = Path(root), Path(cache)
     if batch_size < 1:
         raise FeatcacheError("--batch-size must be at least 1")
@@ -168,7 +171,7 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     bid = config["id"]
     in_shard = shard_rows(len(paths), shard)
     target = real_path(name)  # a symlink and its target are one cache: one lock, one temporary file
-    complete = _already_complete(target, name, samples, root, config, in_shard)
+    complete = _already_complete(target, name, samples, root, config, in_shard, verify)
     if complete is not None:
         return ExtractResult(str(name), bid, len(paths), len(in_shard), complete, 0)
     try:
@@ -181,7 +184,7 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
             create_cache(target, samples, root, command, samples.options)
         else:
             check_is_cache_file(name)  # a damaged or foreign file is refused before anything else
-            bring_up_to_date(target, samples, root, command, samples.options)
+            bring_up_to_date(target, samples, root, command, samples.options, verify)
         with open_read(target) as f:
             done = _done_flags(f, bid, config, name)
         exists = done is not None
@@ -198,7 +201,7 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
             add_backbones(target, [NewBackbone(config, extractor.output_dim(backbone.spec.input_size),
                                                _provenance(backbone, torch_device, precision, command), attrs)])
         with open_write(target) as f:
-            refresh_image_stats(f, root, todo)
+            refresh_image_stats(f, root, todo, verify)
             _run(extractor, f[f"features/{bid}"], f, root, paths, todo, backbone, torch_device, precision,
                  batch_size, workers, max_pixels, progress, result)
     if result.errors:

@@ -177,6 +177,23 @@ def image_stats(root: str | Path, paths: list[str]) -> tuple[np.ndarray, np.ndar
     return size, mtime
 
 
+def image_hashes(root: str | Path, paths: list[str]) -> np.ndarray:
+    """sha256 of each image's bytes (`--verify`); b'' where the file is missing."""
+    import hashlib
+
+    out = np.zeros(len(paths), dtype="S64")
+    for i, rel in enumerate(paths):
+        try:
+            with open(Path(root) / rel, "rb") as handle:
+                digest = hashlib.sha256()
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            out[i] = digest.hexdigest().encode()
+        except OSError:
+            continue
+    return out
+
+
 def _write_tables(f: h5py.File, samples: SampleTable, root: str | Path, command: str, options: dict | None) -> None:
     paths, gen, prompt_image = samples.distinct_images()
     size, mtime = image_stats(root, paths)
@@ -192,6 +209,7 @@ def _write_tables(f: h5py.File, samples: SampleTable, root: str | Path, command:
     images.create_dataset("path", data=_strings(paths), dtype=STR)
     images.create_dataset("size", data=size)
     images.create_dataset("mtime_ns", data=mtime)
+    images.create_dataset("sha256", data=np.zeros(len(paths), dtype="S64"))  # filled by extract --verify
     group = f.create_group("samples")
     group.create_dataset("gen", data=gen)
     group.create_dataset("ref", data=prompt_image)  # the image prompt; the name stays for compatibility
@@ -355,6 +373,11 @@ def rewrite_cache(path: str | Path, *, add: list[NewBackbone] = (), drop: list[s
                 dst.create_group("features")
             else:
                 _write_tables(dst, samples, root, command, options)
+                if "images/sha256" in src:  # the content hashes of the images kept
+                    kept = np.flatnonzero(row_map >= 0)
+                    hashes = dst["images/sha256"][()]
+                    hashes[kept] = src["images/sha256"][()][row_map[kept]]
+                    dst["images/sha256"][...] = hashes
             for bid in keep:
                 parent, _, leaf = f"features/{bid}".rpartition("/")
                 if samples is None:
@@ -405,7 +428,9 @@ class CacheComparison:
     images_changed: int  # images under the same name whose size or modification time differ
 
 
-def compare_with_cache(f: h5py.File, samples: SampleTable, root: str | Path) -> CacheComparison:
+def compare_with_cache(f: h5py.File, samples: SampleTable, root: str | Path, verify: bool = False) -> CacheComparison:
+    """With `verify`, images whose content hash is stored are compared by content (sha256) instead of size and
+    modification time, so a copy of the dataset elsewhere (new times, same bytes) is recognised."""
     paths, _, _ = samples.distinct_images()
     old_paths = f["images/key"].asstr()[()].tolist()
     index = {p: i for i, p in enumerate(old_paths)}
@@ -427,11 +452,20 @@ def compare_with_cache(f: h5py.File, samples: SampleTable, root: str | Path) -> 
         differs = np.zeros(len(paths), dtype=bool)
         differs[used] = ((size[used] != old_size[row_map[used]]) | (mtime[used] != old_mtime[row_map[used]])) \
             & (size[used] > 0)  # a missing or empty file is not a change (it is refused if its row is needed)
+        if verify and "images/sha256" in f:
+            stored = f["images/sha256"][()]
+            hashed = used & (stored[np.maximum(row_map, 0)] != b"") & (size > 0)
+            if hashed.any():
+                rows = np.flatnonzero(hashed)
+                now = image_hashes(root, [paths[i] for i in rows])
+                differs[rows] = now != stored[row_map[rows]]
         changed = int(differs.sum())
         if changed:
             first = paths[int(np.flatnonzero(differs)[0])]
-            reasons.append(f"{changed} images changed on disk since their features were written (size or "
-                           f"modification time; first: {first})")
+            how = "content or, where no hash is stored, size or modification time" if verify else \
+                "size or modification time; --verify compares contents"
+            reasons.append(f"{changed} images changed on disk since their features were written ({how}; "
+                           f"first: {first})")
             row_map[differs] = -1
     elif root_changed and used.any():  # a version 1 cache: pixels cannot be compared; another root is other images
         changed = int(used.sum())
@@ -447,28 +481,32 @@ def compare_with_cache(f: h5py.File, samples: SampleTable, root: str | Path) -> 
     return CacheComparison(same, reasons, row_map, has_features, root_changed, changed)
 
 
-def refresh_image_stats(f: h5py.File, root: str | Path, rows: list[int]) -> None:
-    """Record the current size and mtime of the images about to be extracted (in place: fixed-size datasets)."""
+def refresh_image_stats(f: h5py.File, root: str | Path, rows: list[int], verify: bool = False) -> None:
+    """Record the current size and mtime (and with `verify` the sha256) of the images about to be extracted
+    (in place: fixed-size datasets)."""
     if "images/size" not in f or not rows:
         return
     paths = f["images/key"].asstr()[()]
-    size, mtime = image_stats(root, [paths[i] for i in rows])
+    chosen = [paths[i] for i in rows]
+    size, mtime = image_stats(root, chosen)
     index = np.asarray(rows)
     order = np.argsort(index)
     f["images/size"][index[order]] = size[order]
     f["images/mtime_ns"][index[order]] = mtime[order]
+    if verify and "images/sha256" in f:
+        f["images/sha256"][index[order]] = image_hashes(root, chosen)[order]
     f.flush()
 
 
 def bring_up_to_date(path: str | Path, samples: SampleTable, root: str | Path, command: str = "",
-                     options: dict | None = None) -> None:
+                     options: dict | None = None, verify: bool = False) -> None:
     """Make the cache at `path` describe `samples` (call with the lock held).
 
     Same images and labels: nothing to do. A cache without features yet: replaced. Images under another root whose
     files differ: refused (another dataset). Otherwise (rows added or removed, images changed, labels edited): the
     cache is rebuilt with the new tables, keeping the rows of every unchanged image."""
     with open_read(path) as f:
-        state = compare_with_cache(f, samples, root)
+        state = compare_with_cache(f, samples, root, verify)
     if state.same:
         return
     why = "; ".join(state.reasons)

@@ -400,3 +400,25 @@ def test_a_read_only_complete_cache_is_nothing_to_do(pku_root, tmp_path):
         assert result.rows_written == 0 and result.rows_done_before == 22
         with pytest.raises(FeatcacheError, match=r"cannot create the lock file c.h5.lock .*the folder must be writ"):
             _extract(samples, pku_root, cache, _small("multilevel"))
+
+
+def test_verify_recognises_a_copied_dataset_by_content(pku_root, tmp_path):
+    import shutil
+    import time
+
+    samples = load_dataset(None, pku_root)
+    cache = tmp_path / "c.h5"
+    first = _extract(samples, pku_root, cache, verify=True)
+    time.sleep(0.01)
+    copy = tmp_path / "copy"
+    shutil.copytree(pku_root, copy, copy_function=shutil.copy)  # same bytes, new modification times
+    moved = load_dataset(None, copy)
+    with pytest.raises(FeatcacheError, match=r"another list of images .*--verify compares contents"):
+        _extract(moved, copy, cache)
+    same = _extract(moved, copy, cache, verify=True)
+    assert (same.rows_written, same.rows_done_before) == (0, 22)
+    other = tmp_path / "other"
+    make_pku(other, seed=1)  # other pixels under the same names: refused, also by content
+    with pytest.raises(FeatcacheError, match="another list of images"):
+        _extract(load_dataset(None, other), other, cache, verify=True)
+    assert _state(cache)[first.backbone_id][1].all()
