@@ -26,7 +26,7 @@ def cache_info(path: str | Path) -> dict:
             "annotation": str(f.attrs.get("annotation", "")),
             "images": len(samples.image_keys),
             "samples": len(samples),
-            "with_image_prompt": int((samples.ref >= 0).sum()),
+            "with_image_prompt": int((samples.prompt_image >= 0).sum()),
             "subsets": dict(Counter(samples.subset.tolist())),
             "generators": dict(Counter(samples.generator.tolist())),
             "groups": int(len(set(samples.group.tolist()))),

@@ -105,7 +105,8 @@ class SampleTable:
         )
 
     def distinct_images(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Distinct images (generated first, then prompts, in order of first use) and per-sample gen/ref indices."""
+        """Distinct images (generated first, then image prompts, in order of first use) and, per sample, the index of
+        its generated image and of its image prompt (-1 without one)."""
         index: dict[str, int] = {}
         paths: list[str] = []
 
@@ -116,8 +117,8 @@ class SampleTable:
             return index[p]
 
         gen = np.array([add(p) for p in self.image], dtype=np.int64)
-        ref = np.array([add(p) if p else -1 for p in self.prompt_image], dtype=np.int64)
-        return paths, gen, ref
+        prompt_image = np.array([add(p) if p else -1 for p in self.prompt_image], dtype=np.int64)
+        return paths, gen, prompt_image
 
     def manifest_hash(self) -> str:
         """Hash of what the features depend on (the distinct images), so caches are never mixed silently."""

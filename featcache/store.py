@@ -649,12 +649,12 @@ def check_cache(path: str | Path) -> list[str]:
         try:
             images = len(f["images/key"])
             samples = len(f["samples/key"])
-            gen, ref = f["samples/gen"][()], f["samples/ref"][()]
+            gen, prompt_image = f["samples/gen"][()], f["samples/ref"][()]
         except KeyError as exc:
             return [f"table missing ({exc})"]
         if len(gen) != samples or gen.min(initial=0) < 0 or gen.max(initial=0) >= images or \
-                ref.max(initial=-1) >= images:
-            problems.append("samples/gen or samples/ref points outside /images")
+                prompt_image.max(initial=-1) >= images:
+            problems.append("samples/gen or samples/ref (image prompts) points outside /images")
         for name in ("format_version", "manifest_sha256", "samples_sha256", "root"):
             if name not in f.attrs:
                 problems.append(f"attribute {name} missing")
