@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= demo-out
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-all bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# Everything, the slow end-to-end tests included (what CI runs).
+test-all: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/accuracy.py

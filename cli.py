@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from featcache import __version__
+from featcache.backbones.pooling import POOLINGS, pooling_help
 from featcache.defaults import DEFAULT_CACHE, load_config, pick
 from featcache.errors import FeatcacheError
 
@@ -19,8 +20,16 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     click.echo(f"warning: {message}", err=True)
 
 
+# What Ctrl-C means, per command: only the writers of a cache keep work and resume.
+INTERRUPTED = {
+    "extract": "interrupted: every row written so far is kept; run the same command to resume",
+    "merge": "interrupted: every row merged so far is kept; run the same command to finish",
+    "repair": "interrupted: the cache is as it was or fully repaired; run the same command again",
+}
+
+
 class _Group(click.Group):
-    """Prints a FeatcacheError as one line on stderr and exits 2; nothing else is caught."""
+    """Prints a FeatcacheError as one line on stderr and exits 2; Ctrl-C prints one line that fits the command."""
 
     def invoke(self, ctx):
         warnings.showwarning = _one_line_warning
@@ -30,7 +39,8 @@ class _Group(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted: every row written so far is kept; run the same command to resume", err=True)
+            command = ctx.invoked_subcommand or ""
+            click.echo(INTERRUPTED.get(command, "interrupted"), err=True)
             sys.exit(130)
 
 
@@ -72,21 +82,25 @@ def load_samples_from_options(config: dict, dataset, root, annotation, columns):
 @main.command()
 @_dataset_options
 @click.option("--backbone", help="Registered name or any timm model (see `featcache backbones`).")
-@click.option("--pool", type=click.Choice(["paper", "multilevel"]), default=None, help="Feature definition [paper].")
+@click.option("--pool", type=click.Choice(list(POOLINGS)), default=None,
+              help=f"Feature definition [{next(iter(POOLINGS))}]: {pooling_help()}.")
 @click.option("--cache", type=click.Path(dir_okay=False), help=f"HDF5 cache [./{DEFAULT_CACHE}].")
-@click.option("--image-size", type=int, help="Crop size, overriding the backbone's.")
-@click.option("--batch-size", type=int, default=None, help="Images per forward [32].")
-@click.option("--workers", type=int, default=None, help="Decoding processes [number of cores, at most 8].")
+@click.option("--image-size", type=click.IntRange(min=1), help="Crop size, overriding the backbone's.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward [32].")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decoding processes, 0 = in the main process [number of cores, at most 8].")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [auto].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
               help="auto = fp16 autocast on CUDA, fp32 on the CPU.")
 @click.option("--shard", metavar="I/N", help="Extract only share I of N (contiguous rows); merge afterwards.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local checkpoint (.safetensors, .pth, .npz).")
 @click.option("--random-weights", is_flag=True, help="Random weights, for mechanics tests only.")
-@click.option("--max-pixels", type=int, default=None, help="Refuse larger images [100 megapixels].")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Refuse larger images [100 megapixels].")
+@click.option("--verify", is_flag=True, help="Hash the images' contents (sha256) and compare them by content, not by "
+                                             "size and modification time (e.g. a copied dataset).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(dataset, root, annotation, columns, backbone, pool, cache, image_size, batch_size, workers, device,
-            precision, shard, weights, random_weights, max_pixels, quiet):
+            precision, shard, weights, random_weights, max_pixels, verify, quiet):
     """Run a frozen backbone once over every distinct image into the HDF5 cache (resumable)."""
     from featcache.backbones import load_backbone
     from featcache.extract import extract as run_extract, parse_shard
@@ -97,12 +111,13 @@ def extract(dataset, root, annotation, columns, backbone, pool, cache, image_siz
     if not backbone:
         raise FeatcacheError("--backbone is required (e.g. --backbone lite0; see `featcache backbones`)")
     samples, root = load_samples_from_options(config, dataset, root, annotation, columns)
-    model = load_backbone(backbone, pick(pool, config, "pool", "paper"), weights, random_weights, image_size)
+    model = load_backbone(backbone, pick(pool, config, "pool", next(iter(POOLINGS))), weights, random_weights,
+                          image_size)
     cache = pick(cache, config, "cache", DEFAULT_CACHE)
     result = run_extract(samples, root, model, cache, batch_size=pick(batch_size, config, "batch_size", 32),
                          workers=pick(workers, config, "workers"), device=pick(device, config, "device", "auto"),
                          precision=precision, shard=parse_shard(shard), max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                         progress=not quiet, command=_command_line())
+                         progress=not quiet, command=_command_line(), verify=verify)
     if result.rows_written == 0:
         click.echo(f"{result.backbone_id}: {result.rows_done_before}/{result.rows_in_shard} rows already in "
                    f"{cache}; nothing to do")
@@ -127,12 +142,38 @@ def merge(shards, out):
 @main.command()
 @click.argument("cache", required=False, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def info(cache, as_json):
+@click.option("--check", is_flag=True, help="Verify the cache: every done row finite, tables and attributes "
+                                            "complete (exit 2 on a problem).")
+def info(cache, as_json, check):
     """Show the samples, subsets, targets and backbones of a cache."""
     from featcache.info import cache_info, format_info
+    from featcache.store import check_cache
 
-    result = cache_info(cache or load_config().get("cache", DEFAULT_CACHE))
+    cache = cache or load_config().get("cache", DEFAULT_CACHE)
+    result = cache_info(cache)
+    if check:
+        result["problems"] = check_cache(cache)
     click.echo(json.dumps(result, indent=2) if as_json else format_info(result))
+    if check and result["problems"]:
+        raise FeatcacheError(f"{cache}: {len(result['problems'])} problem(s): {'; '.join(result['problems'])}")
+
+
+@main.command()
+@click.argument("cache", required=False, type=click.Path(dir_okay=False))
+def repair(cache):
+    """Drop half-created backbones, mark non-finite rows for extraction again, delete leftover temporary files."""
+    from featcache.store import repair as run_repair
+
+    cache = cache or load_config().get("cache", DEFAULT_CACHE)
+    result = run_repair(cache)
+    for bid in result.dropped:
+        click.echo(f"dropped half-created backbone {bid}")
+    for bid, rows in result.rows_reset.items():
+        click.echo(f"{bid}: {rows} non-finite rows will be extracted again")
+    for tmp in result.temporaries:
+        click.echo(f"deleted leftover temporary file {tmp}")
+    if not (result.dropped or result.rows_reset or result.temporaries):
+        click.echo(f"{cache}: nothing to repair")
 
 
 @main.command()
@@ -143,8 +184,9 @@ def backbones():
     click.echo(f"{'name':<24}{'timm weights':<46}{'size':>5}{'dim':>6}  source: feature")
     for spec in list_backbones():
         click.echo(f"{spec.name:<24}{spec.timm_name:<46}{spec.input_size:>5}{spec.dim:>6}  {spec.source}: {spec.note}")
-    click.echo("any other timm model name: its pre-logits features with timm's data config; "
-               "--pool multilevel: mean+std of every stage")
+    click.echo("any other timm model name: its pre-logits features with timm's data config")
+    for spec in POOLINGS.values():
+        click.echo(f"--pool {spec.name}: {spec.doc}")
 
 
 @main.command()
@@ -413,15 +455,17 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
 @click.option("--photos", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of pristine photos (PNG/JPEG); each becomes one content group.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Benchmark folder (PKU layout).")
-@click.option("--views", type=int, default=4, show_default=True, help="Views per prompt and generator.")
-@click.option("--size", type=int, default=256, show_default=True, help="Side of every written image.")
+@click.option("--views", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Views per prompt and generator.")
+@click.option("--size", type=click.IntRange(min=8), default=256, show_default=True, help="Side of every written image.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def synth(photos, out, views, size, seed):
+@click.option("--overwrite", is_flag=True, help="Write into a folder that already holds files.")
+def synth(photos, out, views, size, seed, overwrite):
     """Build a synthetic quality benchmark with exact labels (quality from the distortion level, correspondence
     from the framing drift) in the pku-aigiqa-4k layout. The labels are synthetic, not human opinions."""
     from featcache.synth import synth as run_synth
 
-    made = run_synth(photos, out, views=views, size=size, seed=seed)
+    made = run_synth(photos, out, views=views, size=size, seed=seed, overwrite=overwrite)
     click.echo(f"{made.samples} rated images from {made.photos} photos ({made.i2i_samples} with an image prompt) "
                f"in {made.out}; labels in {made.annotation}")
 

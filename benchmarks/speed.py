@@ -19,9 +19,10 @@ def extraction(args, tmp: Path) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from featcache.backbones import load_backbone, pick_device
+    from featcache.backbones import load_backbone
+    from featcache.devices import resolve_device, to_channels_last
     from featcache.datasets import load_dataset
-    from featcache.extract import _collate, _ImageRows, _worker_init, default_workers, extract
+    from featcache.extract import ImageRows, collate_rows, default_workers, extract, worker_init
     from featcache.synth import synth
 
     photos, source = photos_folder(tmp)
@@ -31,18 +32,16 @@ def extraction(args, tmp: Path) -> dict:
     made = synth(photos, tmp / "data", views=views, size=args.size, seed=0)
     samples = load_dataset("pku-aigiqa-4k", tmp / "data")
     paths, _, _ = samples.distinct_images()
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     workers = default_workers() if args.workers is None else args.workers
     backbone = load_backbone(args.backbone, pool=args.pool, random_weights=args.random_weights)
-    extractor = backbone.extractor().to(device)
+    extractor = to_channels_last(backbone.extractor().to(device), device)
     autocast = torch.float16 if device.type == "cuda" else None
-    if device.type == "cuda":
-        extractor = extractor.to(memory_format=torch.channels_last)
 
     def loader():
-        dataset = _ImageRows(tmp / "data", paths, list(range(len(paths))), backbone.transform(), 10**9)
-        return DataLoader(dataset, batch_size=args.batch_size, num_workers=workers, collate_fn=_collate,
-                          worker_init_fn=_worker_init if workers else None, pin_memory=device.type == "cuda")
+        dataset = ImageRows(tmp / "data", paths, list(range(len(paths))), backbone.transform(), 10**9)
+        return DataLoader(dataset, batch_size=args.batch_size, num_workers=workers, collate_fn=collate_rows,
+                          worker_init_fn=worker_init if workers else None, pin_memory=device.type == "cuda")
 
     def sync():
         if device.type == "cuda":
@@ -133,9 +132,10 @@ def finetune_cost(args, speed: dict, grid_seconds: float) -> dict:
     """One fine-tuning step (forward + backward + Adam) per image, scaled to the paper's recipe."""
     import torch
 
-    from featcache.backbones import load_backbone, pick_device
+    from featcache.backbones import load_backbone
+    from featcache.devices import resolve_device
 
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     model = load_backbone(args.backbone, random_weights=True).extractor().model.to(device).train()
     for p in model.parameters():
         p.requires_grad_(True)

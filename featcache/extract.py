@@ -14,11 +14,29 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from featcache import __version__
-from featcache.backbones import Backbone, pick_device
+from featcache.backbones import Backbone
+from featcache.devices import resolve_device, to_channels_last
 from featcache.errors import FeatcacheError
 from featcache.images import DEFAULT_MAX_PIXELS, check_files_present, load_rgb
 from featcache.samples import SampleTable
-from featcache.store import check_same_dataset, create_cache, ensure_features, lock_cache, open_write
+from featcache.store import (
+    NewBackbone,
+    add_backbones,
+    backbone_ids,
+    bring_up_to_date,
+    check_is_cache_file,
+    check_config,
+    compare_with_cache,
+    create_cache,
+    disk_full_error,
+    is_disk_full,
+    lock_cache,
+    open_read,
+    open_write,
+    real_path,
+    refresh_image_stats,
+    remove_stale_temporaries,
+)
 
 
 @dataclass
@@ -63,7 +81,7 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2)))
 
 
-class _ImageRows(Dataset):
+class ImageRows(Dataset):
     """Decodes in worker processes; a bad file becomes an error entry instead of killing the run."""
 
     def __init__(self, root: Path, paths: list[str], rows: list[int], transform, max_pixels: int):
@@ -83,7 +101,7 @@ class _ImageRows(Dataset):
             return row, None, f"{self.root / self.paths[row]}: {type(exc).__name__}: {exc}"
 
 
-def _collate(items):
+def collate_rows(items):
     good = [(r, t) for r, t, e in items if t is not None]
     rows = [r for r, _ in good]
     batch = torch.stack([t for _, t in good]) if good else None
@@ -91,7 +109,7 @@ def _collate(items):
     return rows, batch, errors
 
 
-def _worker_init(_):
+def worker_init(_):
     torch.set_num_threads(1)
 
 
@@ -103,94 +121,145 @@ def _precision(device: torch.device, precision: str) -> str:
     return precision
 
 
+def _done_flags(f, bid: str, config: dict, name) -> np.ndarray | None:
+    """The `done` flags of backbone `bid` (its configuration checked), or None when it is absent or half created."""
+    if bid not in backbone_ids(f):
+        return None
+    check_config(f, bid, config, name)
+    return f[f"features/{bid}/done"][()]
+
+
+def _already_complete(target: Path, name, samples: SampleTable, root: Path, config: dict,
+                      in_shard: range, verify: bool) -> int | None:
+    """Rows done when the cache already holds every row of the shard for these images and labels (checked without
+    the lock, so a read-only but complete cache is 'nothing to do'); else None."""
+    if not target.is_file():
+        return None
+    try:
+        f = open_read(target)
+    except FeatcacheError:
+        return None  # the writing path gives the precise message
+    with f:
+        if not compare_with_cache(f, samples, root, verify).same:
+            return None
+        done = _done_flags(f, config["id"], config, name)
+    if done is None or not done[in_shard.start:in_shard.stop].all():
+        return None
+    return len(in_shard)
+
+
 def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: str | Path, *,
             batch_size: int = 32, workers: int | None = None, device: str = "auto", precision: str = "auto",
             shard: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-            progress: bool = True, command: str = "") -> ExtractResult:
-    """Extract `backbone` features for every distinct image of `samples` into `cache`; resumes what is there."""
-    root, cache = Path(root), Path(cache)
+            progress: bool = True, command: str = "", verify: bool = False) -> ExtractResult:
+    """Extract `backbone` features for every distinct image of `samples` into `cache`; resumes what is there.
+
+    `verify`: record each extracted image's sha256 and compare images by content where a hash is stored (else by
+    size and modification time)."""
+    root, name = Path(root), Path(cache)
     if batch_size < 1:
         raise FeatcacheError("--batch-size must be at least 1")
+    if workers is not None and workers < 0:
+        raise FeatcacheError("--workers must be 0 (decode in the main process) or more")
+    if max_pixels < 1:
+        raise FeatcacheError("--max-pixels must be at least 1")
     workers = default_workers() if workers is None else workers
-    torch_device = pick_device(device)
-    mode = _precision(torch_device, precision)
+    torch_device = resolve_device(device)
+    precision = _precision(torch_device, precision)
     paths, _, _ = samples.distinct_images()
-    config = dict(backbone.config(), precision=mode)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with lock_cache(cache):
-        if not cache.exists():
-            create_cache(cache, samples, root, command)
-        with open_write(cache) as f:
-            check_same_dataset(f, samples, cache)
-            bid = config["id"]
-            exists = f"features/{bid}/emb" in f
-            if exists:
-                ensure_features(f, config, None, {}, cache)  # raises on a configuration mismatch
-                done = f[f"features/{bid}/done"][()]
-            else:
-                done = np.zeros(len(paths), dtype=bool)
-            in_shard = shard_rows(len(paths), shard)
-            todo = [i for i in in_shard if not done[i]]
-            result = ExtractResult(str(cache), bid, len(paths), len(in_shard), len(in_shard) - len(todo), 0)
-            if not todo:
-                return result
-            check_files_present(root, [paths[i] for i in todo])
-            extractor = backbone.extractor().to(torch_device)
-            if torch_device.type == "cuda":
-                extractor = extractor.to(memory_format=torch.channels_last)
-            group = f[f"features/{bid}"] if exists else ensure_features(
-                f, config, extractor.output_dim(backbone.spec.input_size),
-                _provenance(backbone, torch_device, mode, command), cache)
-            if shard is not None:
-                group.attrs["shard"] = f"{shard[0]}/{shard[1]}"
-            _run(extractor, group, f, root, paths, todo, backbone, torch_device, mode, batch_size, workers,
-                 max_pixels, progress, result)
+    config = dict(backbone.config(), precision=precision)
+    bid = config["id"]
+    in_shard = shard_rows(len(paths), shard)
+    target = real_path(name)  # a symlink and its target are one cache: one lock, one temporary file
+    complete = _already_complete(target, name, samples, root, config, in_shard, verify)
+    if complete is not None:
+        return ExtractResult(str(name), bid, len(paths), len(in_shard), complete, 0)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FeatcacheError(f"{name}: cannot create the folder {target.parent} ({exc.strerror})") from None
+    with lock_cache(name):
+        remove_stale_temporaries(target)
+        if not target.exists():
+            create_cache(target, samples, root, command, samples.options)
+        else:
+            check_is_cache_file(name)  # a damaged or foreign file is refused before anything else
+            bring_up_to_date(target, samples, root, command, samples.options, verify)
+        with open_read(target) as f:
+            done = _done_flags(f, bid, config, name)
+        exists = done is not None
+        if not exists:
+            done = np.zeros(len(paths), dtype=bool)
+        todo = [i for i in in_shard if not done[i]]
+        result = ExtractResult(str(name), bid, len(paths), len(in_shard), len(in_shard) - len(todo), 0)
+        if not todo:
+            return result
+        check_files_present(root, [paths[i] for i in todo])
+        extractor = to_channels_last(backbone.extractor().to(torch_device), torch_device)
+        if not exists:
+            attrs = {"shard": f"{shard[0]}/{shard[1]}"} if shard is not None else {}
+            add_backbones(target, [NewBackbone(config, extractor.output_dim(backbone.spec.input_size),
+                                               _provenance(backbone, torch_device, precision, command), attrs)])
+        with open_write(target) as f:
+            refresh_image_stats(f, root, todo, verify)
+            _run(extractor, f[f"features/{bid}"], f, root, paths, todo, backbone, torch_device, precision,
+                 batch_size, workers, max_pixels, progress, result)
     if result.errors:
         first = "; ".join(result.errors[:3])
         raise FeatcacheError(f"{len(result.errors)} images could not be read ({result.rows_written} other rows were "
-                             f"written and kept; fix or remove these and run again): {first}")
+                             "written and kept; fix these files, or remove their rows from the annotation, and run "
+                             f"the same command again): {first}")
     return result
 
 
-def _forward_batches(extractor, dataset: _ImageRows, device: torch.device, mode: str, batch_size: int,
-                     workers: int):
+def _forward_batches(extractor, dataset: ImageRows, device: torch.device, precision: str,
+                     batch_size: int, workers: int):
     """Decode in workers, forward on `device`: yields (rows, features or None, errors, forward seconds)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-                        pin_memory=device.type == "cuda", worker_init_fn=_worker_init if workers else None)
-    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_rows,
+                        pin_memory=device.type == "cuda", worker_init_fn=worker_init if workers else None)
+    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     for rows, batch, errors in loader:
         if not rows:
             yield rows, None, errors, 0.0
             continue
         start = time.perf_counter()
-        batch = batch.to(device, non_blocking=True)
-        if device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = to_channels_last(batch.to(device, non_blocking=True), device)
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             features = extractor(batch)
         features = features.float().cpu().numpy()
         yield rows, features, errors, time.perf_counter() - start
 
 
-def _run(extractor, group, f, root, paths, todo, backbone, device, mode, batch_size, workers, max_pixels,
+def _run(extractor, group, f, root, paths, todo, backbone, device, precision, batch_size, workers, max_pixels,
          progress, result) -> None:
     from tqdm.auto import tqdm
 
-    dataset = _ImageRows(root, paths, todo, backbone.transform(), max_pixels)
+    dataset = ImageRows(root, paths, todo, backbone.transform(), max_pixels)
     emb, done = group["emb"], group["done"]
     start = time.perf_counter()
     with tqdm(total=len(todo), unit="img", desc=result.backbone_id, disable=not progress, file=sys.stderr) as bar:
-        for rows, features, errors, seconds in _forward_batches(extractor, dataset, device, mode, batch_size,
-                                                                 workers):
-            result.errors.extend(errors)
-            if rows:
-                result.forward_seconds += seconds
-                _write_rows(emb, rows, features)
-                f.flush()  # rows reach the file before their done flags
-                _write_rows(done, rows, np.ones(len(rows), dtype=bool))
-                f.flush()
-                result.rows_written += len(rows)
-            bar.update(len(rows) + len(errors))
+        try:
+            for rows, features, errors, seconds in _forward_batches(extractor, dataset, device, precision,
+                                                                     batch_size, workers):
+                result.errors.extend(errors)
+                if rows:
+                    result.forward_seconds += seconds
+                    _write_rows(emb, rows, features)
+                    f.flush()  # rows reach the file before their done flags
+                    _write_rows(done, rows, np.ones(len(rows), dtype=bool))
+                    f.flush()
+                    result.rows_written += len(rows)
+                bar.update(len(rows) + len(errors))
+        except RuntimeError as exc:
+            if "DataLoader worker" not in str(exc):
+                raise
+            raise FeatcacheError(f"a decoding worker process died ({str(exc).splitlines()[0].rstrip('. ')}); the "
+                                 f"{result.rows_written} rows written so far are kept; run the same command again, "
+                                 "with fewer --workers if memory is short") from None
+        except (OSError, ValueError) as exc:
+            if not is_disk_full(exc):
+                raise
+            raise disk_full_error(result.cache, f"after {result.rows_written} new rows, which are kept") from None
     result.seconds = time.perf_counter() - start
 
 
@@ -201,7 +270,7 @@ def _write_rows(dataset, rows: list[int], values: np.ndarray) -> None:
         dataset[rows] = values
 
 
-def _provenance(backbone: Backbone, device: torch.device, mode: str, command: str) -> dict:
+def _provenance(backbone: Backbone, device: torch.device, precision: str, command: str) -> dict:
     import timm
 
     return {
@@ -216,7 +285,7 @@ def _provenance(backbone: Backbone, device: torch.device, mode: str, command: st
         "weights_state_sha256": backbone.weights_state_sha256(),
         "data_config": backbone.spec.data_config(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
-        "precision": mode,
+        "precision": precision,
         "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -228,14 +297,12 @@ def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, 
     """Features of a few images in memory (no cache), e.g. to score new images with a saved head."""
     root = Path(root)
     check_files_present(root, paths)
-    torch_device = pick_device(device)
-    mode = _precision(torch_device, precision)
-    extractor = backbone.extractor().to(torch_device)
-    if torch_device.type == "cuda":
-        extractor = extractor.to(memory_format=torch.channels_last)
-    dataset = _ImageRows(root, paths, list(range(len(paths))), backbone.transform(), max_pixels)
+    torch_device = resolve_device(device)
+    precision = _precision(torch_device, precision)
+    extractor = to_channels_last(backbone.extractor().to(torch_device), torch_device)
+    dataset = ImageRows(root, paths, list(range(len(paths))), backbone.transform(), max_pixels)
     out = None
-    for rows, features, errors, _ in _forward_batches(extractor, dataset, torch_device, mode, batch_size, workers):
+    for rows, features, errors, _ in _forward_batches(extractor, dataset, torch_device, precision, batch_size, workers):
         if errors:
             raise FeatcacheError(errors[0])
         if out is None:

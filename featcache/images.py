@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -39,12 +40,14 @@ def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     """Open an image as 8-bit RGB: alpha is composited on white, 16-bit is scaled (not clipped), CMYK converted."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with _own_pixel_limit():
+            im = Image.open(path)
+        with im:
             width, height = im.size
             if width * height > max_pixels:
                 raise FeatcacheError(
-                    f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels} (decompression bomb?); "
-                    "raise --max-pixels if it is genuine"
+                    f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels} "
+                    "(decompression bomb?); raise --max-pixels if it is genuine"
                 )
             im.load()
             return _to_rgb(im)
@@ -54,6 +57,18 @@ def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
         raise FeatcacheError(f"{path}: {exc}") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise FeatcacheError(f"{path}: cannot decode image ({exc})") from exc
+
+
+@contextlib.contextmanager
+def _own_pixel_limit():
+    """Pillow's own bomb check (a warning above 89 MP, an error above 179 MP) is off while opening: --max-pixels
+    decides, with our message."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

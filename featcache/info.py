@@ -7,7 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache.store import backbone_ids, open_read, read_config, read_provenance, read_samples
+from featcache.store import (
+    backbone_ids,
+    half_created_backbones,
+    open_read,
+    read_config,
+    read_provenance,
+    read_samples,
+)
 
 
 def cache_info(path: str | Path) -> dict:
@@ -19,13 +26,14 @@ def cache_info(path: str | Path) -> dict:
             "annotation": str(f.attrs.get("annotation", "")),
             "images": len(samples.image_keys),
             "samples": len(samples),
-            "with_image_prompt": int((samples.ref >= 0).sum()),
+            "with_image_prompt": int((samples.prompt_image >= 0).sum()),
             "subsets": dict(Counter(samples.subset.tolist())),
             "generators": dict(Counter(samples.generator.tolist())),
             "groups": int(len(set(samples.group.tolist()))),
             "targets": {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "min": float(np.min(v)),
                             "max": float(np.max(v))} for k, v in samples.targets.items()},
             "backbones": {},
+            "half_created": half_created_backbones(f),
         }
         for bid in backbone_ids(f):
             group = f[f"features/{bid}"]
@@ -50,21 +58,26 @@ def format_info(info: dict) -> str:
         "generators " + ", ".join(f"{k} {v}" for k, v in sorted(info["generators"].items())),
         "targets    " + ", ".join(f"{k} (mean {v['mean']:.3g}, std {v['std']:.3g})" for k, v in info["targets"].items()),
     ]
+    for bid in info.get("half_created", []):
+        lines.append(f"backbone   {bid}: HALF CREATED by an interrupted older version (run `featcache repair`)")
     if not info["backbones"]:
         lines.append("backbones  none yet (run `featcache extract`)")
     for bid, b in info["backbones"].items():
         p = b["provenance"]
         state = "complete" if b["rows_done"] == b["rows"] else "INCOMPLETE"
         lines.append(f"backbone   {bid}: {b['rows_done']}/{b['rows']} rows {state}, dim {b['dim']}")
-        weights = b["config"]["weights"]
-        lines.append(f"           weights {weights['source']} {weights.get('file_sha256', '')[:16]} "
+        weights = b["config"].get("weights", {})
+        lines.append(f"           weights {weights.get('source', '?')} {weights.get('file_sha256', '')[:16]} "
                      f"state {p.get('weights_state_sha256', '')[:16]}; {p.get('precision', '')} on "
                      f"{p.get('device', '')}; torch {p.get('torch', '')}, timm {p.get('timm', '')}")
-        dc = b["config"]["data_config"]
-        lines.append(f"           data resize {dc['resize']} crop {dc['input_size']} {dc['interpolation']} "
-                     f"mean {dc['mean']} std {dc['std']}")
+        dc = b["config"].get("data_config", {})
+        lines.append(f"           data resize {dc.get('resize')} crop {dc.get('input_size')} "
+                     f"{dc.get('interpolation')} mean {dc.get('mean')} std {dc.get('std')}")
         if p.get("command"):
             lines.append(f"           command {p['command']}")
         if p.get("merged_from"):
             lines.append(f"           merged from {', '.join(p['merged_from'])}")
+    if "problems" in info:
+        lines += [f"problem    {p}" for p in info["problems"]] or ["check      ok: every done row finite, tables and "
+                                                                    "attributes complete"]
     return "\n".join(lines)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +10,20 @@ import h5py
 import numpy as np
 
 from featcache.errors import FeatcacheError
-from featcache.store import backbone_ids, compare_configs, ensure_features, lock_cache, open_read, open_write
+from featcache.store import (
+    NewBackbone,
+    add_backbones,
+    atomic_h5,
+    backbone_ids,
+    check_config,
+    check_is_cache_file,
+    compare_configs,
+    lock_cache,
+    open_read,
+    open_write,
+    real_path,
+    remove_stale_temporaries,
+)
 
 COPY_ROWS = 4096
 
@@ -23,12 +35,17 @@ class MergeResult:
 
 
 def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
-    """Copy every done row of every shard into `out` (created from the first shard, or extended if present)."""
+    """Copy every done row of every shard into `out` (created from the first shard, or extended if present).
+
+    `out` is only changed structurally by writing a new file and renaming it in (store's crash-safety rule)."""
     if not shards:
         raise FeatcacheError("merge needs at least one shard cache")
-    out = Path(out)
-    if any(Path(s).resolve() == out.resolve() for s in shards):
-        raise FeatcacheError(f"{out}: --out must not be one of the shards")
+    name = Path(out)
+    out = real_path(out)
+    if any(real_path(s) == out for s in shards):
+        raise FeatcacheError(f"{name}: --out must not be one of the shards")
+    if out.exists():
+        check_is_cache_file(name)  # not HDF5, or HDF5 but not a cache: a one-line error before anything is written
     sources = [open_read(s) for s in shards]
     try:
         first = sources[0]
@@ -36,15 +53,22 @@ def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
             for attr in ("manifest_sha256", "samples_sha256"):
                 if f.attrs[attr] != first.attrs[attr]:
                     raise FeatcacheError(f"{path} was built from other images or labels than {shards[0]}")
-        with lock_cache(out):
+        with lock_cache(name):
+            remove_stale_temporaries(out)
             if not out.exists():
                 _copy_tables(first, out)
-            result = MergeResult(str(out))
-            with open_write(out) as target:
+            result = MergeResult(str(name))
+            wanted = sorted({b for f in sources for b in backbone_ids(f)})
+            with open_read(out) as target:
                 if target.attrs["manifest_sha256"] != first.attrs["manifest_sha256"]:
-                    raise FeatcacheError(f"{out} exists and was built from other images than the shards")
-                for bid in sorted({b for f in sources for b in backbone_ids(f)}):
-                    result.rows[bid] = _merge_backbone(bid, shards, sources, target, out)
+                    raise FeatcacheError(f"{name} exists and was built from other images than the shards")
+                present = set(backbone_ids(target))
+            new = [_new_backbone(bid, shards, sources) for bid in wanted if bid not in present]
+            if new:
+                add_backbones(out, new)
+            with open_write(out) as target:
+                for bid in wanted:
+                    result.rows[bid] = _merge_backbone(bid, shards, sources, target, name)
         return result
     finally:
         for f in sources:
@@ -52,31 +76,36 @@ def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
 
 
 def _copy_tables(source: h5py.File, out: Path) -> None:
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update(dict(source.attrs))
-            for name in ("images", "samples", "targets"):
-                source.copy(source[name], f, name=name)
-            f.create_group("features")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_h5(out, "creating the merged cache") as f:
+        f.attrs.update(dict(source.attrs))
+        for name in ("images", "samples", "targets"):
+            source.copy(source[name], f, name=name)
+        f.create_group("features")
 
 
-def _merge_backbone(bid: str, names, sources, target: h5py.File, out: Path) -> tuple[int, int]:
-    holders = [(n, f) for n, f in zip(names, sources) if f"features/{bid}/emb" in f]
+def _holders(bid: str, names, sources) -> list:
+    holders = [(n, f) for n, f in zip(names, sources) if bid in backbone_ids(f)]
     config = json.loads(holders[0][1][f"features/{bid}"].attrs["config_json"])
     for name, f in holders[1:]:
         differing = compare_configs(json.loads(f[f"features/{bid}"].attrs["config_json"]), config)
         if differing:
             raise FeatcacheError(f"{name}: backbone {bid} was extracted with another configuration "
                                  f"({', '.join(differing)} differ) than in {holders[0][0]}")
-    source_group = holders[0][1][f"features/{bid}"]
-    provenance = json.loads(source_group.attrs["provenance_json"])
+    return holders
+
+
+def _new_backbone(bid: str, names, sources) -> NewBackbone:
+    holders = _holders(bid, names, sources)
+    group = holders[0][1][f"features/{bid}"]
+    provenance = json.loads(group.attrs["provenance_json"])
     provenance["merged_from"] = [str(n) for n, _ in holders]
-    group = ensure_features(target, config, int(source_group.attrs["dim"]), provenance, out)
+    return NewBackbone(json.loads(group.attrs["config_json"]), int(group.attrs["dim"]), provenance)
+
+
+def _merge_backbone(bid: str, names, sources, target: h5py.File, out: Path) -> tuple[int, int]:
+    holders = _holders(bid, names, sources)
+    check_config(target, bid, json.loads(holders[0][1][f"features/{bid}"].attrs["config_json"]), out)
+    group = target[f"features/{bid}"]
     done = group["done"][()]
     for _, f in holders:
         shard_done = f[f"features/{bid}/done"][()]

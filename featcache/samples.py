@@ -37,6 +37,7 @@ class SampleTable:
     rows: list[int] = field(default_factory=list)
     source: str = ""
     dataset: str = ""
+    options: dict = field(default_factory=dict)  # the adapter options it was loaded with (kept in the cache)
 
     def __len__(self) -> int:
         return len(self.key)
@@ -77,6 +78,14 @@ class SampleTable:
             if k in seen:
                 raise FeatcacheError(f"{source_name} rows {seen[k]} and {r}: duplicate key {k!r}")
             seen[k] = r
+        first_use: dict[str, int] = {}
+        for i, path in enumerate(image):  # after normalisation: ./x.jpg, sub/../x.jpg and x.jpg are one image
+            if path in first_use:
+                j = first_use[path]
+                raw_j, raw_i = _text(frame["image"].iloc[j]), _text(frame["image"].iloc[i])
+                raise FeatcacheError(f"{source_name} rows {rows[j]} and {rows[i]}: {raw_j!r} and {raw_i!r} are the "
+                                     f"same image {path!r}")
+            first_use[path] = i
         targets = {name: _numeric(frame[col], name, rows, source_name) for name, col in target_columns.items()}
         if not targets:
             raise FeatcacheError(f"{source_name}: no target columns")
@@ -96,7 +105,8 @@ class SampleTable:
         )
 
     def distinct_images(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Distinct images (generated first, then prompts, in order of first use) and per-sample gen/ref indices."""
+        """Distinct images (generated first, then image prompts, in order of first use) and, per sample, the index of
+        its generated image and of its image prompt (-1 without one)."""
         index: dict[str, int] = {}
         paths: list[str] = []
 
@@ -107,8 +117,8 @@ class SampleTable:
             return index[p]
 
         gen = np.array([add(p) for p in self.image], dtype=np.int64)
-        ref = np.array([add(p) if p else -1 for p in self.prompt_image], dtype=np.int64)
-        return paths, gen, ref
+        prompt_image = np.array([add(p) if p else -1 for p in self.prompt_image], dtype=np.int64)
+        return paths, gen, prompt_image
 
     def manifest_hash(self) -> str:
         """Hash of what the features depend on (the distinct images), so caches are never mixed silently."""

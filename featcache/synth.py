@@ -91,10 +91,20 @@ def find_photos(folder: str | Path) -> list[Path]:
     return photos
 
 
-def synth(photos: str | Path, out: str | Path, *, views: int = 4, size: int = 256, seed: int = 0) -> SynthResult:
-    """Write out/All, out/I2I/Image_prompt and out/annotation.csv (with the recipe's columns)."""
+def synth(photos: str | Path, out: str | Path, *, views: int = 4, size: int = 256, seed: int = 0,
+          overwrite: bool = True) -> SynthResult:
+    """Write out/All, out/I2I/Image_prompt and out/annotation.csv (with the recipe's columns).
+
+    `overwrite=False` (the CLI's default) refuses a folder that already holds files, so an existing database is never
+    replaced by accident."""
+    if views < 1 or size < 8:
+        raise FeatcacheError(f"synth needs views >= 1 and size >= 8 (got views {views}, size {size})")
     paths = find_photos(photos)
     out = Path(out)
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        raise FeatcacheError(f"{out} already holds files; choose an empty or new --out, or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise FeatcacheError(f"{out} is a file, not a folder")
     (out / "All").mkdir(parents=True, exist_ok=True)
     (out / "I2I" / "Image_prompt").mkdir(parents=True, exist_ok=True)
     kinds = list(DISTORTIONS)

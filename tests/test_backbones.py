@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from featcache.backbones import BACKBONES, load_backbone, resolve_backbone
+from featcache.backbones import BACKBONES, POOLINGS, FeatureExtractor, load_backbone, resolve_backbone
 from featcache.backbones import weights as weights_module
 from featcache.errors import FeatcacheError
 from featcache.images import load_rgb
@@ -13,33 +13,43 @@ PAPER = {"vgg16": ("vgg16.tv_in1k", 512), "vgg19": ("vgg19.tv_in1k", 512), "resn
          "vit_large_patch16_224": ("vit_large_patch16_224.augreg_in21k_ft_in1k", 1024)}
 
 
+@pytest.fixture(scope="module")
+def vit_large():
+    """One ViT-L/16 build (random weights) shared by every test that needs it: each build costs seconds."""
+    return load_backbone("vit_large_patch16_224", random_weights=True)
+
+
 @pytest.mark.parametrize("name", list(PAPER))
-def test_paper_backbones_give_the_paper_feature_dimension(name):
+def test_paper_backbones_give_the_paper_feature_dimension(name, request):
     spec = BACKBONES[name]
     assert spec.timm_name == PAPER[name][0]
-    backbone = load_backbone(name, random_weights=True)
+    backbone = request.getfixturevalue("vit_large") if name == "vit_large_patch16_224" else \
+        load_backbone(name, random_weights=True)
     assert backbone.id == f"{spec.arch}.random/paper/{spec.input_size}"
     assert backbone.extractor().output_dim(spec.input_size) == PAPER[name][1] == spec.dim
     assert spec.input_size == (299 if name == "inception_v4" else 224)
     assert spec.data_config()["resize"] == (320 if name == "inception_v4" else 256)
 
 
-def test_vit_feature_is_the_class_token_of_the_last_block():
-    backbone = load_backbone("vit_large_patch16_224", random_weights=True, image_size=224)
-    extractor = backbone.extractor()
+def test_vit_feature_is_the_class_token_of_the_last_block(vit_large):
+    extractor = vit_large.extractor()
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         tokens = extractor.model.forward_features(x)
     assert torch.allclose(extractor(x), tokens[:, 0], atol=1e-6)
 
 
-def test_multilevel_pools_every_stage():
+def test_multilevel_pools_every_stage(vit_large):
     backbone = load_backbone("lite0", pool="multilevel")
     extractor = backbone.extractor()
     assert [lv["num_chs"] for lv in extractor.levels] == [16, 24, 40, 112, 320]
     assert extractor.output_dim(224) == 2 * (16 + 24 + 40 + 112 + 320)
-    vit = load_backbone("vit_large_patch16_224", pool="multilevel", random_weights=True).extractor()
-    assert [lv["module"] for lv in vit.levels] == ["blocks.5", "blocks.11", "blocks.17", "blocks.23"]
+    vit = FeatureExtractor(vit_large.extractor().model, vit_large.spec.feature, "multilevel")
+    try:
+        assert [lv["module"] for lv in vit.levels] == ["blocks.5", "blocks.11", "blocks.17", "blocks.23"]
+    finally:
+        for hook in vit.pooler.hooks:  # the model is shared with other tests
+            hook.remove()
 
 
 def _top1(backbone, image):
@@ -84,6 +94,29 @@ def test_offline_hub_is_a_one_line_error_naming_what_to_fetch(monkeypatch):
 def test_any_timm_model_and_did_you_mean():
     spec = resolve_backbone("resnet10t")
     assert spec.arch == "resnet10t" and spec.tag and spec.feature == "pre_logits"
-    with pytest.raises(FeatcacheError, match="did you mean"):
+    with pytest.raises(FeatcacheError, match="did you mean") as error:
         resolve_backbone("resnet51")
+    listed = str(error.value).rsplit(": ", 1)[1].rstrip(")").split(", ")
+    assert len(listed) == len(set(listed)) and "resnet18" in listed  # each name once
     assert np.isclose(resolve_backbone("lite0", image_size=160).data_config()["resize"], 183)
+
+
+def test_poolings_are_one_table_that_the_cli_lists():
+    from click.testing import CliRunner
+
+    import cli
+
+    option = next(p for p in cli.extract.params if p.name == "pool")
+    assert list(option.type.choices) == list(POOLINGS)
+    listed = CliRunner().invoke(cli.main, ["backbones"])
+    assert listed.exit_code == 0
+    for spec in POOLINGS.values():
+        assert f"--pool {spec.name}: {spec.doc}" in listed.output and spec.doc in option.help
+    for spec in BACKBONES.values():
+        assert spec.name in listed.output and spec.timm_name in listed.output
+
+
+def test_unknown_pooling_has_the_shared_error_shape():
+    with pytest.raises(FeatcacheError, match=r"unknown pooling 'multilvel'; did you mean 'multilevel'\? \(poolings: "
+                                             r"paper, multilevel\)"):
+        load_backbone("lite0", pool="multilvel")

@@ -1,3 +1,4 @@
+import re
 from collections import Counter
 
 import pytest
@@ -122,3 +123,51 @@ def test_detection_reads_the_header_when_the_file_name_is_unknown(tmp_path):
     (tmp_path / "pku-aigiqa-4k" / "pku-aigiqa-4k_t2i_annotation.csv").rename(tmp_path / "pku-aigiqa-4k" / "full.csv")
     # full.csv is also AIGCIQA2023's usual name; the header decides
     assert detect_dataset(tmp_path / "pku-aigiqa-4k")[0].name == "pku-aigiqa-4k"
+
+
+def test_the_registry_reads_the_table_and_checks_declared_columns(tmp_path):
+    from featcache.datasets import registry
+
+    seen = []
+
+    @registry.register_dataset("probe-adapter", ("probe.csv",), "a test adapter", columns=("img", "mos"))
+    def load_probe(root, table, annotation, options):
+        seen.append(list(table.columns))
+        raise FeatcacheError("loader reached")
+
+    try:
+        (tmp_path / "probe.csv").write_text("img,other\na.jpg,1\n")
+        with pytest.raises(FeatcacheError, match=r"probe.csv: missing column\(s\) mos \(has: img, other\)"):
+            load_dataset("probe-adapter", tmp_path)
+        assert seen == []  # the loader never saw a table without its columns
+        (tmp_path / "probe.csv").write_text("img,mos\na.jpg,1\n")
+        with pytest.raises(FeatcacheError, match="loader reached"):
+            load_dataset("probe-adapter", tmp_path)
+        assert seen == [["img", "mos", "row"]]
+    finally:
+        registry._ADAPTERS.pop("probe-adapter", None)
+
+
+def test_every_adapter_module_registers_itself():
+    import pkgutil
+
+    import featcache.datasets as package
+    from featcache.datasets import list_datasets
+
+    modules = {m.name for m in pkgutil.iter_modules(package.__path__)} - {"registry", "tables"}
+    owners = {a.loader.__module__.rsplit(".", 1)[-1] for a in list_datasets()}
+    assert owners == modules
+
+
+@pytest.mark.parametrize("other", ["./SD_1_00.jpg", "sub/../SD_1_00.jpg", "./sub/../SD_1_00.jpg"])
+def test_one_image_under_two_spellings_is_refused(tmp_path, other):
+    _write(tmp_path, f',"t",SD_1_00.jpg,1,2,3\n,"t",SD_1_01.jpg,1,2,3\n,"t",{other},2,2,3')
+    with pytest.raises(FeatcacheError, match=rf"rows 2 and 4: 'All/SD_1_00.jpg' and 'All/{re.escape(other)}' are "
+                                             r"the same image 'All/SD_1_00.jpg'"):
+        load_dataset("pku-aigiqa-4k", tmp_path)
+
+
+def test_backslashes_are_path_separators(tmp_path):
+    _write(tmp_path, ',"t",sub/SD_1_00.jpg,1,2,3\n,"t",sub\\SD_1_00.jpg,2,2,3')
+    with pytest.raises(FeatcacheError, match=r"rows 2 and 3: .* are the same image 'All/sub/SD_1_00.jpg'"):
+        load_dataset("pku-aigiqa-4k", tmp_path)

@@ -1,3 +1,5 @@
+import functools
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +24,9 @@ from tests.fakedata import make_pku
 REPO = Path(__file__).resolve().parents[1]
 
 
+@functools.lru_cache(maxsize=None)
 def _small():
+    """One build for the whole file (a Backbone keeps its network once built)."""
     return load_backbone("resnet18", random_weights=True, image_size=64)
 
 
@@ -43,6 +47,7 @@ def test_one_forward_per_distinct_image(pku_root, tmp_path):
     assert keys[ref[0]] == "I2I/Image_prompt/0.jpg"
 
 
+@pytest.mark.slow
 def test_batch_size_and_workers_do_not_change_features(pku_root, tmp_path):
     samples = load_dataset(None, pku_root)
     a = extract(samples, pku_root, load_backbone("lite0"), tmp_path / "a.h5", batch_size=1, workers=0,
@@ -95,26 +100,27 @@ def _count_done(cache, bid):
         return 0
 
 
-@pytest.mark.parametrize("kill_when", ["early", "midway"])
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_when", [1, 10])
 def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, kill_when):
+    """Killed once the cache exists and `kill_when` rows are written (early: the first row; midway: ten): the
+    rerun keeps those rows, writes only the rest, and the features equal an uninterrupted run."""
     root = tmp_path / "data"
-    make_pku(root, i2i_prompts=4, t2i_prompts=4, per_generator=2)  # 56 samples, 60 images
+    make_pku(root, i2i_prompts=4, t2i_prompts=4, per_generator=2)  # 40 samples, 44 images
+    total = len(load_dataset(None, root).distinct_images()[0])
     command = [sys.executable, str(REPO / "cli.py"), "extract", "--root", str(root), "--backbone", "lite0",
                "--cache", str(tmp_path / "killed.h5"), "--batch-size", "1", "--workers", "0", "--quiet"]
     bid = "tf_efficientnet_lite0.in1k/paper/224"
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    if kill_when == "early":
-        time.sleep(1.0)
-    else:
-        while _count_done(tmp_path / "killed.h5", bid) < 10 and time.time() < deadline:
-            time.sleep(0.05)
+    while _count_done(tmp_path / "killed.h5", bid) < kill_when and time.time() < deadline:
+        time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     before = _count_done(tmp_path / "killed.h5", bid)
-    if kill_when == "midway":
-        assert 10 <= before < 60
-    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert kill_when <= before < total == 44  # killed while rows were partly written
+    rerun = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
+    assert f"wrote {total - before} rows" in rerun.stdout and f"{before} were already there" in rerun.stdout
     samples = load_dataset(None, root)
     extract(samples, root, load_backbone("lite0"), tmp_path / "clean.h5", batch_size=16, workers=0, progress=False)
     killed, done = _features(tmp_path / "killed.h5", bid)
@@ -226,3 +232,63 @@ def test_cli_shards_and_merge(pku_root, monkeypatch):
     assert "merged from s0.h5, s1.h5" in runner.invoke(cli.main, ["info", "all.h5"]).output
     bad = runner.invoke(cli.main, base + ["--shard", "2/2"])
     assert bad.exit_code == 2 and "need 0 <= I < N" in bad.output
+
+
+def test_featcache_toml_gives_the_defaults(pku_root, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "featcache.toml").write_text(
+        f'root = "../pku"\ncache = "out/feat.h5"\nbackbone = "resnet18"\npool = "multilevel"\n'
+        f'batch_size = 5\nworkers = 0\ndevice = "cpu"\n')
+    monkeypatch.chdir(project)
+    runner = CliRunner()
+    out = runner.invoke(cli.main, ["extract", "--random-weights", "--image-size", "64", "--quiet"])
+    assert out.exit_code == 0, out.output
+    assert "resnet18.random/multilevel/64: wrote 22 rows to" in out.output
+    assert (project / "out" / "feat.h5").is_file()  # relative to the toml's folder
+    shown = runner.invoke(cli.main, ["info", "--json"])  # the cache also comes from the toml
+    info = json.loads(shown.output)
+    assert info["backbones"]["resnet18.random/multilevel/64"]["rows_done"] == 22
+    assert info["dataset"] == "pku-aigiqa-4k" and info["samples"] == 20 and info["images"] == 22
+    assert info["subsets"] == {"i2i": 8, "t2i": 12} and info["half_created"] == []
+    assert info["backbones"]["resnet18.random/multilevel/64"]["config"]["pool"] == "multilevel"
+    override = runner.invoke(cli.main, ["extract", "--random-weights", "--image-size", "64", "--quiet", "--pool",
+                                        "paper", "--cache", "other.h5"])
+    assert override.exit_code == 0 and "resnet18.random/paper/64: wrote 22 rows to other.h5" in override.output
+
+
+def test_csv_dataset_with_col_lists(pku_root, monkeypatch):
+    monkeypatch.chdir(pku_root)
+    table = (pku_root / "annotation.csv").read_text().replace("Generated_image", "file")
+    (pku_root / "ratings.csv").write_text(table)
+    runner = CliRunner()
+    out = runner.invoke(cli.main, ["extract", "--dataset", "csv", "--annotation", "ratings.csv", "--col", "image=file",
+                                   "--col", "target=MOS_q,MOS_a", "--col", "target=MOS_c", "--col",
+                                   "prompt_image=Image_prompt", "--col", "image_dir=All", "--col",
+                                   "prompt_dir=I2I/Image_prompt", "--cache", "csv.h5", "--backbone", "resnet18",
+                                   "--random-weights", "--image-size", "64", "--workers", "0", "--quiet"])
+    assert out.exit_code == 0 and "wrote 22 rows to csv.h5" in out.output, out.output
+    info = json.loads(runner.invoke(cli.main, ["info", "csv.h5", "--json"]).output)
+    assert list(info["targets"]) == ["MOS_q", "MOS_a", "MOS_c"] and info["with_image_prompt"] == 8
+    from featcache.store import read_labels_from_annotation
+
+    again = read_labels_from_annotation(pku_root / "csv.h5")  # the --col options are kept in the cache
+    assert again is not None and list(again.targets) == ["MOS_q", "MOS_a", "MOS_c"]
+
+
+def test_backbones_and_datasets_commands_list_the_tables():
+    from featcache.backbones import BACKBONES
+    from featcache.datasets import list_datasets
+
+    runner = CliRunner()
+    backbones = runner.invoke(cli.main, ["backbones"])
+    assert backbones.exit_code == 0
+    rows = [line.split() for line in backbones.output.splitlines()[1:] if line.split()[0] in BACKBONES]
+    assert [r[0] for r in rows] == list(BACKBONES)
+    assert all(r[1] == BACKBONES[r[0]].timm_name and int(r[3]) == BACKBONES[r[0]].dim for r in rows)
+    datasets = runner.invoke(cli.main, ["datasets"])
+    assert datasets.exit_code == 0
+    lines = datasets.output.splitlines()
+    assert [line.split()[0] for line in lines] == [a.name for a in list_datasets()]
+    assert any(line.startswith("pku-aigiqa-4k") and "annotation.xlsx, annotation.csv" in line for line in lines)
+    assert any(line.startswith("csv") and "--annotation FILE" in line for line in lines)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
-from featcache.backbones.pooling import FeatureExtractor
+from featcache.backbones.pooling import POOLINGS, PoolingSpec, get_pooling
 from featcache.backbones.registry import (
     BACKBONES,
-    POOLINGS,
     BackboneSpec,
     backbone_id,
     list_backbones,
@@ -17,7 +15,10 @@ from featcache.backbones.registry import (
 )
 from featcache.backbones.weights import WeightsChoice, choose_weights, create_model, state_sha256
 
-__all__ = ["BACKBONES", "POOLINGS", "Backbone", "BackboneSpec", "FeatureExtractor", "WeightsChoice",
+if TYPE_CHECKING:
+    from featcache.backbones.extractor import FeatureExtractor
+
+__all__ = ["BACKBONES", "POOLINGS", "Backbone", "BackboneSpec", "FeatureExtractor", "PoolingSpec", "WeightsChoice",
            "backbone_id", "list_backbones", "load_backbone", "resolve_backbone"]
 
 
@@ -28,7 +29,7 @@ class Backbone:
     spec: BackboneSpec
     pool: str
     weights: WeightsChoice
-    _extractor: FeatureExtractor | None = field(default=None, repr=False)
+    _extractor: "FeatureExtractor | None" = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
@@ -40,12 +41,14 @@ class Backbone:
             "id": self.id,
             "arch": self.spec.arch,
             "weights": self.weights.to_dict(),
-            "feature": self.spec.feature if self.pool == "paper" else "multilevel mean+std",
+            "feature": get_pooling(self.pool).feature(self.spec.feature),
             "pool": self.pool,
             "data_config": self.spec.data_config(),
         }
 
-    def extractor(self) -> FeatureExtractor:
+    def extractor(self) -> "FeatureExtractor":
+        from featcache.backbones.extractor import FeatureExtractor
+
         if self._extractor is None:
             self._extractor = FeatureExtractor(create_model(self.spec, self.weights), self.spec.feature, self.pool)
         return self._extractor
@@ -62,21 +65,17 @@ class Backbone:
         return state_sha256(self.extractor().model)
 
 
+def __getattr__(name: str):
+    if name == "FeatureExtractor":  # imports torch: only when asked for
+        from featcache.backbones.extractor import FeatureExtractor
+
+        return FeatureExtractor
+    raise AttributeError(name)
+
+
 def load_backbone(name: str, pool: str = "paper", weights_file=None, random_weights: bool = False,
                   image_size: int | None = None) -> Backbone:
-    from featcache.errors import FeatcacheError
-
-    if pool not in POOLINGS:
-        raise FeatcacheError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLINGS)}")
+    get_pooling(pool)  # an unknown name is an error before anything is built
     spec = resolve_backbone(name, image_size)
     return Backbone(spec, pool, choose_weights(spec, weights_file, random_weights))
 
-
-def pick_device(device: str = "auto") -> torch.device:
-    from featcache.errors import FeatcacheError
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FeatcacheError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(device)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import difflib
 from dataclasses import asdict, dataclass, field, replace
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, unknown_name
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-POOLINGS = ("paper", "multilevel")
 
 
 @dataclass(frozen=True)
@@ -91,16 +90,20 @@ def resolve_backbone(name: str, image_size: int | None = None) -> BackboneSpec:
     return spec
 
 
+def unknown_backbone(name: str, timm_models: list[str]) -> FeatcacheError:
+    """The shared unknown-name error: the registered names plus the closest timm models, each listed once."""
+    close = difflib.get_close_matches(name, timm_models, n=3)
+    choices = list(dict.fromkeys([*BACKBONES, *close]))
+    return unknown_name("backbone", name, choices, where=" registered or close in timm; any timm model name works")
+
+
 def _timm_spec(name: str) -> BackboneSpec:
     import timm
     from timm.models import get_pretrained_cfg
 
     arch, _, tag = name.partition(".")
     if not timm.is_model(arch):
-        candidates = list(BACKBONES) + timm.list_models()
-        close = difflib.get_close_matches(name, candidates, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise FeatcacheError(f"unknown backbone {name!r}{hint} (see `featcache backbones`)")
+        raise unknown_backbone(name, timm.list_models())
     cfg = get_pretrained_cfg(name if tag else arch)
     if cfg is None:
         cfg = get_pretrained_cfg(arch)

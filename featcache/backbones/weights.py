@@ -9,11 +9,13 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from featcache.backbones.registry import BackboneSpec
 from featcache.errors import FeatcacheError, FeatcacheWarning
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ def choose_weights(spec: BackboneSpec, weights_file: str | Path | None = None,
 def create_model(spec: BackboneSpec, choice: WeightsChoice) -> torch.nn.Module:
     """Build the timm model with the chosen weights, in eval mode."""
     import timm
+    import torch
 
     if choice.source == "random":
         warnings.warn(f"{spec.name}: RANDOM weights; features are meaningless beyond mechanics tests "
@@ -83,6 +86,8 @@ def create_model(spec: BackboneSpec, choice: WeightsChoice) -> torch.nn.Module:
 
 def state_sha256(model: torch.nn.Module) -> str:
     """A hash of the loaded tensors, whatever file format they came from."""
+    import torch  # noqa: F401  (tensors' .numpy())
+
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -116,6 +121,8 @@ def _read_state_dict(path: Path) -> dict | None:
 
             return load_file(str(path))
         if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+            import torch
+
             state = torch.load(path, map_location="cpu", weights_only=True)
             for key in ("state_dict", "model", "state_dict_ema"):
                 if isinstance(state, dict) and key in state and isinstance(state[key], dict):

@@ -1,6 +1,12 @@
-"""Dataset adapters: each database's own files -> a validated SampleTable. Importing registers them all."""
+"""Dataset adapters: each database's own files -> a validated SampleTable.
 
-from featcache.datasets import agiqa, aigciqa2023, generic_csv, pku  # noqa: F401  (registration)
+Every module of this package is imported here, so an adapter is one self-registering file (`@register_dataset`)
+and needs no edit anywhere else.
+"""
+
+import importlib
+import pkgutil
+
 from featcache.datasets.registry import (
     DatasetAdapter,
     detect_dataset,
@@ -9,5 +15,8 @@ from featcache.datasets.registry import (
     load_dataset,
     register_dataset,
 )
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["DatasetAdapter", "detect_dataset", "get_adapter", "list_datasets", "load_dataset", "register_dataset"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from featcache.datasets.registry import register_dataset
-from featcache.datasets.tables import join, read_table, require_columns, resolve_dir
+from featcache.datasets.tables import join, resolve_dir
 from featcache.samples import SampleTable
 
 COLUMNS_3K = ("name", "prompt", "mos_quality", "mos_align")
@@ -33,9 +33,7 @@ def t2i_frame(root: Path, table: pd.DataFrame, image_col: str, prompt_col: str) 
 
 @register_dataset("agiqa-3k", ("data.csv",), "AGIQA-3K: 2982 T2I images, mos_quality and mos_align",
                   columns=COLUMNS_3K)
-def load_agiqa_3k(root: Path, annotation: Path, options: dict) -> SampleTable:
-    table = read_table(annotation)
-    require_columns(table, list(COLUMNS_3K), annotation)
+def load_agiqa_3k(root: Path, table: pd.DataFrame, annotation: Path, options: dict) -> SampleTable:
     frame = t2i_frame(root, table, "name", "prompt")
     frame["mos_quality"] = table["mos_quality"].to_numpy()
     frame["mos_align"] = table["mos_align"].to_numpy()
@@ -45,9 +43,7 @@ def load_agiqa_3k(root: Path, annotation: Path, options: dict) -> SampleTable:
 
 @register_dataset("agiqa-1k", ("AIGC_MOS_Zscore.xlsx", "AIGC_MOS_Zscore.csv"), "AGIQA-1K: 1080 T2I images, MOS",
                   columns=COLUMNS_1K)
-def load_agiqa_1k(root: Path, annotation: Path, options: dict) -> SampleTable:
-    table = read_table(annotation)
-    require_columns(table, list(COLUMNS_1K), annotation)
+def load_agiqa_1k(root: Path, table: pd.DataFrame, annotation: Path, options: dict) -> SampleTable:
     frame = t2i_frame(root, table, "Image", "Prompt")
     frame["MOS"] = table["MOS"].to_numpy()
     # the official AIGC_MOS_Zscore.xlsx lists dreamStudio_8_9_1_1.jpg twice with different MOS (rows 1080, 1081)
@@ -55,9 +51,8 @@ def load_agiqa_1k(root: Path, annotation: Path, options: dict) -> SampleTable:
 
 
 @register_dataset("aigiqa-20k", ("info_train.csv", "info.csv"),
-                  "AIGIQA-20K (NTIRE 2024): headerless image,prompt,mos rows")
-def load_aigiqa_20k(root: Path, annotation: Path, options: dict) -> SampleTable:
-    table = read_table(annotation, header=False, names=["image", "prompt", "mos"])
+                  "AIGIQA-20K (NTIRE 2024): headerless image,prompt,mos rows", names=("image", "prompt", "mos"))
+def load_aigiqa_20k(root: Path, table: pd.DataFrame, annotation: Path, options: dict) -> SampleTable:
     frame = t2i_frame(root, table, "image", "prompt")
     frame["mos"] = table["mos"].to_numpy()
     return SampleTable.from_frame(frame, {"mos": "mos"}, str(annotation), "aigiqa-20k")

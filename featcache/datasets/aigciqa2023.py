@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from featcache.datasets.registry import register_dataset
-from featcache.datasets.tables import join, read_table, require_columns, resolve_dir
+from featcache.datasets.tables import join, resolve_dir
 from featcache.samples import SampleTable
 
 TARGETS = {"quality": "mosz1", "authenticity": "mosz2", "correspondence": "mosz3"}
@@ -18,9 +18,7 @@ IMAGE_DIRS = ("", "Image", "Image/allimg", "images")
 @register_dataset("aigciqa2023", ("aigciqa2023.csv", "full.csv", "mos.csv"),
                   "AIGCIQA2023: 2400 T2I images, quality/authenticity/correspondence (mosz1..3)",
                   columns=COLUMNS)
-def load_aigciqa2023(root: Path, annotation: Path, options: dict) -> SampleTable:
-    table = read_table(annotation)
-    require_columns(table, list(COLUMNS), annotation)
+def load_aigciqa2023(root: Path, table: pd.DataFrame, annotation: Path, options: dict) -> SampleTable:
     if "prompt" not in table:
         table["prompt"] = ""
     model = table["model"].str.strip()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from featcache.datasets.registry import register_dataset
-from featcache.datasets.tables import join, read_table, require_columns
+from featcache.datasets.tables import join
 from featcache.errors import FeatcacheError
 from featcache.samples import SampleTable
 
@@ -34,15 +34,20 @@ def parse_columns(pairs: list[str] | tuple[str, ...] | dict) -> dict:
     return mapping
 
 
-@register_dataset("csv", (), "any CSV/XLSX: --col image=COL --col target=COL [--col prompt_image=COL "
-                             "--col text=COL --col group=COL --col generator=COL --col image_dir=DIR]")
-def load_csv(root: Path, annotation: Path, options: dict) -> SampleTable:
+def used_columns(options: dict) -> list[str]:
+    """The table columns that --col names (checked by the registry before the loader runs)."""
     columns = parse_columns(options.get("columns", {}))
     if "image" not in columns or not columns.get("target"):
         raise FeatcacheError("dataset csv needs --col image=COLUMN and at least one --col target=COLUMN")
-    table = read_table(annotation)
     used = [columns[r] for r in ("image", "prompt_image", "text", "group", "generator") if r in columns]
-    require_columns(table, used + list(columns["target"]), annotation)
+    return used + list(columns["target"])
+
+
+@register_dataset("csv", (), "any CSV/XLSX: --col image=COL --col target=COL [--col prompt_image=COL "
+                             "--col text=COL --col group=COL --col generator=COL --col image_dir=DIR]",
+                  required=used_columns)
+def load_csv(root: Path, table: pd.DataFrame, annotation: Path, options: dict) -> SampleTable:
+    columns = parse_columns(options.get("columns", {}))
     names = table[columns["image"]].str.strip()
     prompts = table[columns["prompt_image"]].str.strip() if "prompt_image" in columns else pd.Series([""] * len(table))
     text = table[columns["text"]] if "text" in columns else pd.Series([""] * len(table))

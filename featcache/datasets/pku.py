@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from featcache.datasets.registry import register_dataset
-from featcache.datasets.tables import join, read_table, require_columns, resolve_dir
+from featcache.datasets.tables import join, resolve_dir
 from featcache.samples import SampleTable
 
 TARGETS = ["MOS_q", "MOS_a", "MOS_c"]
@@ -18,9 +18,7 @@ GENERATED_DIRS = ("All", "Generated_image", "I2I/Generated_image", "")
 PROMPT_DIRS = ("I2I/Image_prompt", "Image_prompt", "")
 
 
-def _pku_frame(root: Path, annotation: Path, i2i_only: bool) -> tuple[pd.DataFrame, dict[str, str]]:
-    table = read_table(annotation)
-    require_columns(table, list(COLUMNS), annotation)
+def _pku_frame(root: Path, table: pd.DataFrame, i2i_only: bool) -> tuple[pd.DataFrame, dict[str, str]]:
     if "Image_prompt" not in table:
         table["Image_prompt"] = ""
     if "Text_prompt" not in table:
@@ -57,14 +55,14 @@ def _pku_frame(root: Path, annotation: Path, i2i_only: bool) -> tuple[pd.DataFra
 @register_dataset("pku-aigiqa-4k", ("annotation.xlsx", "annotation.csv"),
                   "PKU-AIGIQA-4K: 4000 T2I+I2I images, MOS_q/MOS_a/MOS_c; images in All/, prompts in I2I/Image_prompt/",
                   columns=COLUMNS)
-def load_pku_aigiqa_4k(root: Path, annotation: Path, options: dict) -> SampleTable:
-    frame, targets = _pku_frame(root, annotation, i2i_only=False)
+def load_pku_aigiqa_4k(root: Path, table: pd.DataFrame, annotation: Path, options: dict) -> SampleTable:
+    frame, targets = _pku_frame(root, table, i2i_only=False)
     return SampleTable.from_frame(frame, targets, str(annotation), "pku-aigiqa-4k")
 
 
 @register_dataset("pku-i2iqa", ("annotation_i2i.xlsx", "annotation_i2i.csv"),
                   "PKU-I2IQA: the image-to-image part (rows with an image prompt), same columns as PKU-AIGIQA-4K",
                   columns=(*COLUMNS, "Image_prompt"))
-def load_pku_i2iqa(root: Path, annotation: Path, options: dict) -> SampleTable:
-    frame, targets = _pku_frame(root, annotation, i2i_only=True)
+def load_pku_i2iqa(root: Path, table: pd.DataFrame, annotation: Path, options: dict) -> SampleTable:
+    frame, targets = _pku_frame(root, table, i2i_only=True)
     return SampleTable.from_frame(frame, targets, str(annotation), "pku-i2iqa")

@@ -1,16 +1,23 @@
-"""Dataset adapters as a table: name -> how to find its annotation and turn it into samples."""
+"""Dataset adapters as a table: name -> how to find its annotation and turn it into samples.
+
+The registry, not each adapter, reads the annotation table and checks the declared columns; a loader receives the
+table (string cells, a `row` column) and returns a SampleTable. One file per adapter, registered by decorator.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from featcache.datasets.tables import read_header
+from featcache.datasets.tables import read_header, read_table, require_columns
 from featcache.errors import FeatcacheError, unknown_name
 from featcache.samples import SampleTable
 
-Loader = Callable[[Path, Path, dict], SampleTable]
+if TYPE_CHECKING:
+    import pandas as pd
+
+Loader = Callable[[Path, "pd.DataFrame", Path, dict], SampleTable]  # (root, table, annotation, options)
 
 
 @dataclass(frozen=True)
@@ -19,7 +26,16 @@ class DatasetAdapter:
     annotation_names: tuple[str, ...]
     description: str
     loader: Loader
-    columns: tuple[str, ...] = ()  # a header holding these columns is this database's
+    columns: tuple[str, ...] = ()  # a header holding these columns is this database's; checked on every load
+    names: tuple[str, ...] | None = None  # headerless files: the column names, in order
+    required: Callable[[dict], list[str]] | None = None  # extra columns that depend on the options (adapter csv)
+
+    def read(self, annotation: Path, options: dict) -> "pd.DataFrame":
+        """The annotation as a table of strings, with every declared column present (else a one-line error)."""
+        extra = self.required(options) if self.required else []
+        table = read_table(annotation, header=self.names is None, names=list(self.names) if self.names else None)
+        require_columns(table, list(dict.fromkeys([*self.columns, *extra])), annotation)
+        return table
 
     def find_annotation(self, root: Path, check_header: bool = False) -> Path | None:
         for name in self.annotation_names:
@@ -29,15 +45,21 @@ class DatasetAdapter:
 
     def matches(self, path: Path) -> bool:
         """True when the file's header has this adapter's columns (always, for adapters without a header)."""
-        return not self.columns or set(self.columns) <= set(read_header(path))
+        return self.names is not None or not self.columns or set(self.columns) <= set(read_header(path))
 
 
 _ADAPTERS: dict[str, DatasetAdapter] = {}
 
 
-def register_dataset(name: str, annotation_names: tuple[str, ...], description: str, columns: tuple[str, ...] = ()):
+def register_dataset(name: str, annotation_names: tuple[str, ...], description: str, columns: tuple[str, ...] = (),
+                     names: tuple[str, ...] | None = None, required: Callable[[dict], list[str]] | None = None):
+    """Register `loader(root, table, annotation, options)`. `columns`: the header columns the registry checks
+    (and detection looks for); `names`: column names of a headerless file; `required(options)`: more columns."""
     def decorate(loader: Loader) -> Loader:
-        _ADAPTERS[name] = DatasetAdapter(name, annotation_names, description, loader, columns)
+        if name in _ADAPTERS:
+            raise FeatcacheError(f"internal: dataset adapter {name!r} registered twice")
+        _ADAPTERS[name] = DatasetAdapter(name, tuple(annotation_names), description, loader, tuple(columns),
+                                         tuple(names) if names else None, required)
         return loader
 
     return decorate
@@ -95,4 +117,8 @@ def load_dataset(name: str | None, root: str | Path, annotation: str | Path | No
             f"{root}: no annotation for {adapter.name} (looked for {', '.join(adapter.annotation_names)}); "
             "pass --annotation FILE"
         )
-    return adapter.loader(root, Path(found), dict(options or {}))
+    options = dict(options or {})
+    table = adapter.read(Path(found), options)
+    samples = adapter.loader(root, table, Path(found), options)
+    samples.options = options
+    return samples
