@@ -77,55 +77,10 @@ def extraction(args, tmp: Path) -> dict:
 
 
 def stage2(args, tmp: Path) -> dict:
-    """4000 rows like PKU-AIGIQA-4K (1600 I2I over 200 prompts, 2400 T2I), 2048-d features with a planted signal."""
-    import h5py
+    """The stage-2 grid of benchmarks/stage2.py (4000 rows x 2048-d, NR/FR/PR x 3 targets x 5 folds)."""
+    from stage2 import run_grid
 
-    from featcache.datasets import load_dataset
-    from featcache.store import create_cache, ensure_features
-    from regressors.cv import cross_validate
-    from regressors.design import load_cache
-
-    header = "Image_prompt,Text_prompt,Generated_image,MOS_q,MOS_a,MOS_c"
-    rng = np.random.default_rng(0)
-    rows = []
-    for p in range(200):
-        for g in ("MJ", "SD"):
-            rows += [f'{p}.jpg,"t",{g}_{p}_{k}.jpg,' + ",".join(f"{v:.3f}" for v in rng.uniform(1, 5, 3))
-                     for k in range(4)]
-    for pid in range(1000, 1200):
-        for g in ("SD", "MJ", "DALLE"):
-            rows += [f',"t",{g}_{pid}_{k}0.jpg,' + ",".join(f"{v:.3f}" for v in rng.uniform(1, 5, 3))
-                     for k in range(4)]
-    (tmp / "s2").mkdir()
-    (tmp / "s2" / "annotation.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
-    samples = load_dataset(None, tmp / "s2")
-    cache = tmp / "s2" / "c.h5"
-    create_cache(cache, samples, tmp / "s2")
-    paths, gen, _ = samples.distinct_images()
-    emb = rng.normal(size=(len(paths), 2048)).astype(np.float32)
-    emb[gen, :16] += samples.targets["MOS_q"][:, None].astype(np.float32)  # something to learn
-    config = {"id": "synthetic/paper/224", "arch": "synthetic", "weights": {"source": "random", "tag": "random"},
-              "feature": "gap", "pool": "paper", "precision": "fp32",
-              "data_config": {"input_size": 224, "crop_pct": 0.875, "resize": 256, "interpolation": "bilinear",
-                              "mean": [0.5] * 3, "std": [0.5] * 3}}
-    with h5py.File(cache, "r+") as f:
-        group = ensure_features(f, config, 2048, {}, cache)
-        group["emb"][:] = emb
-        group["done"][:] = True
-    data = load_cache(str(cache))
-    out = {"rows": 4000, "dim": 2048, "jobs": args.jobs}
-    for label, regressors in (("ridge_and_floors", ["ridge", "generator-mean", "sibling-mean"]),
-                              ("svr", ["svr"]), ("mlp", ["mlp"])):
-        start = time.perf_counter()
-        result = cross_validate(data, ["nr", "fr", "pr"], ["MOS_q", "MOS_a", "MOS_c"], regressors, split="group",
-                                folds=5, jobs=args.jobs, device=args.device if args.device != "auto" else "cpu")
-        out[f"{label}_seconds"] = time.perf_counter() - start
-        out[f"{label}_fits"] = len(result.folds)
-        out[f"{label}_srcc_MOS_q_nr"] = next(r["srcc_mean"] for r in result.summary
-                                             if r["mode"] == "nr" and r["target"] == "MOS_q")
-        print(f"  {label:<18} {out[f'{label}_seconds']:8.1f} s ({len(result.folds)} fits)", flush=True)
-    out["full_grid_seconds"] = out["ridge_and_floors_seconds"] + out["svr_seconds"] + out["mlp_seconds"]
-    return out
+    return run_grid(tmp / "s2", jobs=args.jobs, device=args.device if args.device != "auto" else "cpu")
 
 
 def finetune_cost(args, speed: dict, grid_seconds: float) -> dict:

@@ -57,31 +57,37 @@ def planted_cache(folder: Path, dim: int = 2048, seed: int = 0) -> Path:
     return cache
 
 
+def run_grid(folder: Path, jobs: int = 2, device: str = "cpu", families: list[str] | None = None) -> dict:
+    from regressors.cache_data import load_cache
+    from regressors.cv import cross_validate
+
+    out = {"rows": 4000, "dim": 2048, "jobs": jobs, "device": device}
+    data = load_cache(str(planted_cache(folder)))
+    for label, regressors in FAMILIES:
+        if families and label not in families:
+            continue
+        start = time.perf_counter()
+        result = cross_validate(data, ["nr", "fr", "pr"], ["MOS_q", "MOS_a", "MOS_c"], regressors, split="group",
+                                folds=5, jobs=jobs, device=device)
+        out[f"{label}_seconds"] = time.perf_counter() - start
+        out[f"{label}_fits"] = len(result.folds)
+        out[f"{label}_srcc_MOS_q_nr"] = next(r["srcc_mean"] for r in result.summary
+                                             if r["mode"] == "nr" and r["target"] == "MOS_q")
+        print(f"  {label:<18} {out[f'{label}_seconds']:8.1f} s ({len(result.folds)} fits), NR MOS_q SRCC "
+              f"{out[f'{label}_srcc_MOS_q_nr']:.3f}", flush=True)
+    out["full_grid_seconds"] = sum(out.get(f"{label}_seconds", 0.0) for label, _ in FAMILIES)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--families", default=",".join(f for f, _ in FAMILIES))
     args = parser.parse_args()
-    from regressors.cache_data import load_cache
-    from regressors.cv import cross_validate
-
-    out = {"machine": machine(), "rows": 4000, "dim": 2048, "jobs": args.jobs, "device": args.device}
     with tempfile.TemporaryDirectory() as tmp:
-        data = load_cache(str(planted_cache(Path(tmp) / "s2")))
-        for label, regressors in FAMILIES:
-            if label not in args.families.split(","):
-                continue
-            start = time.perf_counter()
-            result = cross_validate(data, ["nr", "fr", "pr"], ["MOS_q", "MOS_a", "MOS_c"], regressors,
-                                    split="group", folds=5, jobs=args.jobs, device=args.device)
-            out[f"{label}_seconds"] = time.perf_counter() - start
-            out[f"{label}_fits"] = len(result.folds)
-            out[f"{label}_srcc_MOS_q_nr"] = next(r["srcc_mean"] for r in result.summary
-                                                 if r["mode"] == "nr" and r["target"] == "MOS_q")
-            print(f"  {label:<18} {out[f'{label}_seconds']:8.1f} s ({len(result.folds)} fits), NR MOS_q SRCC "
-                  f"{out[f'{label}_srcc_MOS_q_nr']:.3f}", flush=True)
-    out["full_grid_seconds"] = sum(out.get(f"{label}_seconds", 0.0) for label, _ in FAMILIES)
+        out = run_grid(Path(tmp) / "s2", args.jobs, args.device, args.families.split(","))
+    out["machine"] = machine()
     print(f"full grid {out['full_grid_seconds']:.1f} s; wrote {save_json('stage2', out)}")
 
 
