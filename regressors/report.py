@@ -132,34 +132,6 @@ def safe_name(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "figure"
 
 
-def scatter_plot(y_true, y_pred, generators, title: str, path: Path) -> None:
-    from regressors.metrics import logistic4
-
-    plt = _pyplot()
-
-    fig, ax = plt.subplots(figsize=(4.6, 4.2), dpi=110)
-    for name in sorted(set(generators)):
-        mask = np.asarray(generators) == name
-        ax.scatter(np.asarray(y_true)[mask], np.asarray(y_pred)[mask], s=9, alpha=0.6, edgecolors="none",
-                   label=name)
-    try:
-        from scipy import optimize
-
-        p0 = [float(np.max(y_true)), float(np.min(y_true)), float(np.mean(y_pred)), float(np.std(y_pred)) or 1.0]
-        params, _ = optimize.curve_fit(logistic4, y_pred, y_true, p0=p0, maxfev=5000)
-        grid = np.linspace(float(np.min(y_pred)), float(np.max(y_pred)), 200)
-        ax.plot(logistic4(grid, *params), grid, color="black", linewidth=1.0, label="logistic fit")
-    except (RuntimeError, ValueError, TypeError):
-        pass
-    ax.set_xlabel("MOS (out-of-fold test samples)")
-    ax.set_ylabel("predicted")
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=6, markerscale=1.5, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def _pyplot():
     import matplotlib
 
@@ -169,17 +141,39 @@ def _pyplot():
     return plt
 
 
-def breakdown_plot(rows: list[dict], title: str, path: Path) -> None:
-    """SRCC per generator and per subset (T2I / I2I) of one configuration, pooled out-of-fold."""
+def configuration_figure(y_true, y_pred, generators, parts: list[dict], title: str, path: Path) -> None:
+    """One PNG per configuration: pooled out-of-fold predictions against MOS coloured by generator, with the
+    fitted logistic curve; beside it SRCC per generator and per subset (T2I / I2I)."""
+    from scipy import optimize
+
+    from regressors.metrics import logistic4
+
     plt = _pyplot()
-    labels = [f"{r['value']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(3.0, 0.6 * len(rows) + 1.5), 3.2), dpi=110)
-    colors = ["tab:blue" if r["by"] == "generator" else "tab:orange" for r in rows]
-    ax.bar(range(len(rows)), [r["srcc"] for r in rows], color=colors)
-    ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("SRCC (pooled)")
-    ax.axhline(0, color="grey", linewidth=0.6)
-    ax.set_title(title, fontsize=8)
+    fig, axes = plt.subplots(1, 2 if parts else 1, figsize=(8.2 if parts else 4.6, 4.0), dpi=100,
+                             gridspec_kw={"width_ratios": [3, 2]} if parts else None, squeeze=False)
+    ax = axes[0, 0]
+    y_true, y_pred, generators = np.asarray(y_true), np.asarray(y_pred), np.asarray(generators)
+    for name in sorted(set(generators.tolist())):
+        mask = generators == name
+        ax.scatter(y_true[mask], y_pred[mask], s=9, alpha=0.6, edgecolors="none", label=name)
+    try:
+        p0 = [float(np.max(y_true)), float(np.min(y_true)), float(np.mean(y_pred)), float(np.std(y_pred)) or 1.0]
+        params, _ = optimize.curve_fit(logistic4, y_pred, y_true, p0=p0, maxfev=5000)
+        grid = np.linspace(float(np.min(y_pred)), float(np.max(y_pred)), 200)
+        ax.plot(logistic4(grid, *params), grid, color="black", linewidth=1.0, label="logistic fit")
+    except (RuntimeError, ValueError, TypeError):
+        pass
+    ax.set_xlabel("MOS (out-of-fold test samples)")
+    ax.set_ylabel("predicted")
+    ax.legend(fontsize=6, markerscale=1.5, loc="best")
+    if parts:
+        bars = axes[0, 1]
+        bars.bar(range(len(parts)), [r["srcc"] for r in parts],
+                 color=["tab:blue" if r["by"] == "generator" else "tab:orange" for r in parts])
+        bars.set_xticks(range(len(parts)), [str(r["value"]) for r in parts], rotation=30, ha="right", fontsize=7)
+        bars.set_ylabel("SRCC (pooled): per generator, per subset")
+        bars.axhline(0, color="grey", linewidth=0.6)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -275,16 +269,12 @@ def _figures(results: CVResults, out: Path, plot: str | None, paths: dict,
         title = (f"{label or 'labels only'}\n{mode} {regressor} {target}: SRCC pooled "
                  f"{_number(row['srcc_pooled'])}, fold mean {_number(row['srcc_mean'])}; PLCC pooled "
                  f"{_number(row['plcc_pooled'])}")
-        scatter_plot(y_true, y_pred, generators, title, out / f"scatter_{stem}.png")
-        paths[f"scatter_{stem}"] = out / f"scatter_{stem}.png"
-        lines += [f"![{mode} {regressor} {target}](scatter_{stem}.png)", ""]
         parts = [b for b in results.breakdown if b.get("backbone", "") == backbone and
                  (b["regressor"], b["mode"], b["target"]) == (regressor, mode, target)]
-        if len(parts) > 1:
-            breakdown_plot(parts, f"{label}: {mode} {regressor} {target}, SRCC per generator and subset",
-                           out / f"generators_{stem}.png")
-            paths[f"generators_{stem}"] = out / f"generators_{stem}.png"
-            lines += [f"![per generator](generators_{stem}.png)", ""]
+        configuration_figure(y_true, y_pred, generators, parts if len(parts) > 1 else [], title,
+                             out / f"scatter_{stem}.png")
+        paths[f"scatter_{stem}"] = out / f"scatter_{stem}.png"
+        lines += [f"![{mode} {regressor} {target}](scatter_{stem}.png)", ""]
     backbones = {r.get("backbone") for r in results.summary if r.get("backbone")}
     regressor = plot or next((r for r in results.config["regressors"] if get_regressor(r).reads_features), None)
     if len(backbones) > 1 and regressor:

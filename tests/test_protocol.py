@@ -166,18 +166,20 @@ def test_cli_fit_writes_a_fresh_run_folder_and_refuses_a_used_out(tmp_path, monk
     assert first.exit_code == 0, first.output
     folders = list((tmp_path / "featcache-results").iterdir())
     assert len(folders) == 1 and (folders[0] / "predictions.csv").is_file() and str(folders[0].name) in first.output
+    args.append("--no-figures")
     assert runner.invoke(cli.main, args + ["--out", "res"]).exit_code == 0
     again = runner.invoke(cli.main, args + ["--out", "res"])
     assert again.exit_code == 2 and "--overwrite" in again.output
     assert runner.invoke(cli.main, args + ["--out", "res", "--overwrite"]).exit_code == 0
     labels = runner.invoke(cli.main, ["fit", "--cache", "c.h5", "--regressor", "sibling-mean", "--folds", "3",
-                                      "--split", "kfold", "--quiet"])
+                                      "--split", "kfold", "--quiet", "--no-figures"])
     assert labels.exit_code == 0 and "kfold split" in labels.output
     bad_head = runner.invoke(cli.main, args[:3] + ["--mode", "nr", "--target", "MOS_q", "--regressor", "ridge",
                                                    "--save-head", "nodir/h.safetensors"])
     assert bad_head.exit_code == 2 and "does not exist" in bad_head.output and "fitted folds" not in bad_head.output
 
 
+@pytest.mark.slow
 def test_dask_backend_gives_the_same_results_as_one_job(tmp_path):
     distributed = pytest.importorskip("dask.distributed")
     data = load_cache(make_cache(tmp_path))
@@ -195,11 +197,12 @@ def test_table_in_the_paper_layout(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     out = runner.invoke(cli.main, ["bench", "--cache", "c.h5", "--regressors", "ridge,svr,prompt-mean", "--folds", "3",
-                                   "--out", "b", "--quiet"])
+                                   "--modes", "nr,fr", "--out", "b", "--quiet", "--plot", "svr"])
     assert out.exit_code == 0, out.output
     report = (tmp_path / "b" / "report.md").read_text()
     assert report.splitlines()[2].startswith("| method | backbone | regressor | MOS_q SRCC | MOS_q PLCC")
-    assert (tmp_path / "b" / "backbones_ridge_MOS_q.png").is_file()
+    assert (tmp_path / "b" / "backbones_svr_MOS_q.png").is_file()
+    assert len(list((tmp_path / "b").glob("scatter_*.png"))) == 2 * 2 * 3  # backbones x modes x targets
     rows = load_results([tmp_path / "b"])
     md = render_table(rows, ["srcc"], "md")
     body = [line for line in md.splitlines() if line.startswith("| NR |")]

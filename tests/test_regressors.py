@@ -155,7 +155,7 @@ def test_identical_prompt_texts_are_one_group(tmp_path):
     assert groups[0] == groups[1] == groups[2] != groups[3]
 
 
-@pytest.mark.parametrize("name", list(REGRESSORS))
+@pytest.mark.parametrize("name", [n for n in REGRESSORS if n != "mlp"])  # mlp: tests/test_mlp.py
 def test_every_regressor_honours_the_estimator_contract(name):
     estimator = REGRESSORS[name].factory(0, "cpu")
     failed = [r for r in check_estimator(estimator, on_fail=None) if r["status"] == "failed"]
