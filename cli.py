@@ -246,6 +246,9 @@ def _cv_options(f):
                      help="Regressor whose out-of-fold predictions are drawn [the first feature-reading one]."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
         click.option("--no-figures", "no_figures", is_flag=True, help="Skip the PNG figures (faster)."),
+        click.option("--labels", type=click.Choice(["check", "cache", "annotation"]), default="check",
+                     show_default=True, help="When the annotation's labels differ from the cache's: refuse (check), "
+                                             "keep the cached ones, or fit the annotation's."),
     ]):
         f = option(f)
     return f
@@ -331,6 +334,8 @@ def fit(cache, backbone, mode, target, regressor, save_head, **cv):
     finally:
         close()
     results = outcome.results
+    for note in outcome.notes:
+        click.echo(f"warning: cached labels kept although the annotation differs: {note}", err=True)
     click.echo(f"{results.config['backbone'] or 'labels only'}: {cv['split']} split, subset {cv['subset']}, "
                f"{len(results.folds)} fitted folds")
     click.echo(format_table(results.summary))

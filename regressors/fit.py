@@ -19,6 +19,7 @@ from regressors.modes import default_modes
 from regressors.registry import check_regressors, default_regressors, get_regressor, labels_only
 from regressors.splits import get_split, subset_mask
 
+LABEL_SOURCES = ("check", "cache", "annotation")
 CV_DEFAULTS = {"split": "group", "folds": 5, "repeats": 1, "seed": 0, "subset": "all", "train_on": None,
                "test_on": None, "hold_out_prompts": False, "jobs": 1, "backend": None, "device": "cpu"}
 
@@ -36,6 +37,33 @@ def modes_for(data: CacheData, subset: str = "all", split: str = "group", train_
         test = rows[subset_mask(s.subset[rows], s.generator[rows], test_on)]
         return default_modes(bool(has[train].any()), bool(has[test].any()), extras)
     return default_modes(bool(has[rows].any()), bool(has[rows].any()), extras)
+
+
+def current_labels(data: CacheData, labels: str = "check") -> list[str]:
+    """Compare the cached labels with the annotation file (when it is on this machine) before anything is fitted.
+
+    check: a difference is a one-line error; cache: keep the cached labels (the differences are returned as notes);
+    annotation: fit on the annotation's labels (same samples required)."""
+    from featcache.store import labels_changed, read_labels_from_annotation
+
+    if labels not in LABEL_SOURCES:
+        from featcache.errors import unknown_name
+
+        raise unknown_name("label source", labels, LABEL_SOURCES)
+    fresh = read_labels_from_annotation(data.path)
+    changes = labels_changed(data.path, fresh) if fresh is not None else []
+    if not changes or labels == "cache":
+        return changes
+    if labels == "check":
+        raise FeatcacheError(f"{data.path}: the labels in {Path(fresh.source).name} changed since the cache was "
+                             f"written ({'; '.join(changes[:2])}); pass --labels annotation to fit the new labels, "
+                             "--labels cache to keep the cached ones, or run `featcache extract` again to rebuild "
+                             "the cache (its rows are kept)")
+    if list(fresh.key) != list(data.samples.key):
+        raise FeatcacheError(f"{data.path}: {changes[0]}; --labels annotation needs the same samples: run "
+                             "`featcache extract` again to rebuild the cache (its rows are kept)")
+    data.samples.targets = {name: np.asarray(v, dtype=np.float64) for name, v in fresh.targets.items()}
+    return changes
 
 
 def check_names(kind: str, names: list[str]) -> list[str]:
@@ -75,13 +103,14 @@ def check_head_path(path: str | Path) -> None:
 
 
 def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None, targets: list[str] | None = None,
-        regressors: list[str] | None = None, *, save_head: str | None = None,
+        regressors: list[str] | None = None, *, save_head: str | None = None, labels: str = "check",
         on_progress: Callable[[int, int], None] | None = None, **cv) -> FitOutcome:
     """Cross-validate heads on one backbone of a cache (and optionally save one head trained on everything)."""
     options = {**CV_DEFAULTS, **cv}
     regressors = check_regressors(default_regressors() if regressors is None else regressors)
     check_options(options, regressors)
     data = load_cache(cache, backbone, labels_only=labels_only(regressors))
+    notes = current_labels(data, labels)
     modes = modes_for(data, options["subset"], options["split"], options["train_on"], options["test_on"]) \
         if modes is None else check_names("mode", modes)
     targets = data.targets if targets is None else check_names("target", targets)
@@ -91,7 +120,7 @@ def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None,
         check_savable(regressors[0])
         check_head_path(save_head)
     results = cross_validate(data, modes, targets, regressors, on_progress=on_progress, **options)
-    outcome = FitOutcome(results, data)
+    outcome = FitOutcome(results, data, notes=notes)
     if save_head:
         outcome.head = fit_and_save_head(data, modes[0], targets[0], regressors[0], save_head,
                                          subset=options["subset"], seed=options["seed"], device=options["device"])
@@ -100,7 +129,7 @@ def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None,
 
 
 def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | None = None,
-          targets: list[str] | None = None, regressors: list[str] | None = None, *,
+          targets: list[str] | None = None, regressors: list[str] | None = None, *, labels: str = "check",
           on_progress: Callable[[int, int], None] | None = None, **cv) -> CVResults:
     """Every backbone in `backbones` (all in the cache by default) into one result; rows gain a `backbone`."""
     options = {**CV_DEFAULTS, **cv}
@@ -114,6 +143,7 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
     done_before = 0
     for bid in chosen:
         data = load_cache(cache, bid)
+        current_labels(data, labels)
         chosen_modes = check_names("mode", modes) if modes is not None else modes_for(
             data, options["subset"], options["split"], options["train_on"], options["test_on"])
 

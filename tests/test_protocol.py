@@ -263,3 +263,24 @@ def test_a_new_mode_and_regressor_are_one_table_entry_each(tmp_path, monkeypatch
     with pytest.raises(FeatcacheError, match="knn cannot be saved"):
         fit(str(tmp_path / "c.h5"), modes=["nr"], targets=["MOS_q"], regressors=["knn"], folds=3,
             save_head=str(tmp_path / "k.safetensors"))
+
+
+def test_edited_labels_are_refused_or_chosen(tmp_path, monkeypatch):
+    path = make_cache(tmp_path)
+    annotation = tmp_path / "annotation.csv"
+    lines = annotation.read_text().splitlines()
+    fields = lines[5].split(",")
+    fields[3] = "4.9999"  # MOS_q of one sample, edited after extraction
+    lines[5] = ",".join(fields)
+    annotation.write_text("\n".join(lines) + "\n")
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)
+    base = ["fit", "--cache", "c.h5", "--regressor", "prompt-mean", "--folds", "3", "--quiet", "--no-figures"]
+    refused = runner.invoke(cli.main, base)
+    assert refused.exit_code == 2 and "target MOS_q: 1 values differ" in refused.output and "--labels" in refused.output
+    kept = runner.invoke(cli.main, base + ["--labels", "cache", "--out", "kept"])
+    assert kept.exit_code == 0 and "cached labels kept" in kept.output
+    new = fit(str(path), regressors=["prompt-mean"], folds=3, labels="annotation")
+    key = lines[5].split(",")[2]
+    row = list(new.data.samples.key).index(key)
+    assert new.data.samples.targets["MOS_q"][row] == pytest.approx(4.9999)
