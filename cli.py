@@ -457,8 +457,9 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
 
 
 @main.command()
-@click.option("--photos", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Folder of pristine photos (PNG/JPEG); each becomes one content group.")
+@click.option("--photos", type=click.Path(exists=True, file_okay=False),
+              help="Folder of pristine photos (PNG/JPEG); each becomes one content group [the photos that ship in "
+                   "scikit-image].")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Benchmark folder (PKU layout).")
 @click.option("--views", type=click.IntRange(min=1), default=4, show_default=True,
               help="Views per prompt and generator.")
@@ -468,9 +469,13 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
 def synth(photos, out, views, size, seed, overwrite):
     """Build a synthetic quality benchmark with exact labels (quality from the distortion level, correspondence
     from the framing drift) in the pku-aigiqa-4k layout. The labels are synthetic, not human opinions."""
-    from featcache.synth import synth as run_synth
+    import tempfile
 
-    made = run_synth(photos, out, views=views, size=size, seed=seed, overwrite=overwrite)
+    from featcache.synth import bundled_photos, synth as run_synth
+
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = photos or bundled_photos(Path(tmp) / "photos")
+        made = run_synth(photos, out, views=views, size=size, seed=seed, overwrite=overwrite)
     click.echo(f"{made.samples} rated images from {made.photos} photos ({made.i2i_samples} with an image prompt) "
                f"in {made.out}; labels in {made.annotation}")
 
