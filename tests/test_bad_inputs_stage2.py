@@ -102,3 +102,29 @@ def test_every_bad_stage2_input_is_one_line_and_exit_2(workdir):
                                                                  lines[-1].startswith("Error:")), (name, lines)
         seen.append(name)
     assert len(seen) >= 30
+
+
+def markdown_table(root) -> str:
+    """The README's stage-2 rows: `python -m tests.test_bad_inputs_stage2` prints them from the real messages."""
+    runner = CliRunner()
+    rows = ["| input | command | exit | message |", "| --- | --- | --- | --- |"]
+    for name, args in cases(root):
+        result = runner.invoke(cli.main, args)
+        message = [line for line in result.output.splitlines() if line.strip()][-1].replace(str(root), "…")
+        noise = {"--quiet", "--no-figures", f"--cache", str(root / "c.h5")}
+        shown = " ".join(a.replace(str(root), "…") for a in args if a not in noise)
+        rows.append(f"| {name} | `featcache {shown}` | {result.exit_code} | `{message.replace('|', '/')}` |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make_cache(root)
+        CliRunner().invoke(cli.main, ["fit", "--cache", str(root / "c.h5"), "--mode", "nr", "--target", "MOS_q",
+                                      "--regressor", "ridge", "--folds", "3", "--quiet", "--no-figures", "--out",
+                                      str(root / "run"), "--save-head", str(root / "h.safetensors")])
+        print(markdown_table(root))
