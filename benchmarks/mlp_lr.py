@@ -19,7 +19,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SETTINGS = {  # name -> MLPHead parameters changed from the defaults
+SETTINGS = {  # name -> MLPHead parameters changed from the defaults; "auto" = 0.1 / D (MLPHead's default)
+    "auto b64": {"lr": "auto", "batch_size": 64},
+    "auto full": {"lr": "auto", "batch_size": None},
+    "lr3e-5 b64": {"lr": 3e-5, "batch_size": 64},
+    "lr3e-5 full": {"lr": 3e-5, "batch_size": None},
     "lr1e-4 b64": {"lr": 1e-4, "batch_size": 64},
     "lr3e-4 b64": {"lr": 3e-4, "batch_size": 64},
     "lr1e-3 b64": {"lr": 1e-3, "batch_size": 64},

@@ -28,6 +28,7 @@ MIN_DELTA = 1e-4  # an epoch must lower the validation MSE (standardised targets
 CHUNK_ROWS = 512  # rows per forward/backward chunk: bounds memory, and is the same for a stack and a single fit
 STACK_BYTES = 2 ** 31  # parameters + Adam state + gradients of one stack stay under this
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+LR_TIMES_DIM, MAX_AUTO_LR = 0.1, 1e-2  # lr="auto": lr = 0.1 / D, at most 1e-2 (see MLPHead)
 
 
 @dataclass
@@ -50,7 +51,7 @@ class MLPHead(RegressorMixin, BaseEstimator):
     `nn.Sequential(Linear(D, H), ReLU(), Linear(H, 1))` state dict).
     """
 
-    def __init__(self, hidden_ratio: float = 0.5, lr: float = 1e-3, weight_decay: float = 1e-4,
+    def __init__(self, hidden_ratio: float = 0.5, lr: float | str = "auto", weight_decay: float = 1e-4,
                  batch_size: int | None = 64, max_epochs: int = 100, patience: int = 5,
                  validation_fraction: float = 0.2, clip: float = DEFAULT_CLIP, random_state: int = 0,
                  device: str = "cpu", precision: str = "float32"):
@@ -95,6 +96,16 @@ def predict_state(z: np.ndarray, state: dict) -> np.ndarray:
     w1, b1 = (np.asarray(state[k], dtype=np.float64) for k in ("0.weight", "0.bias"))
     w2, b2 = (np.asarray(state[k], dtype=np.float64) for k in ("2.weight", "2.bias"))
     return (np.maximum(z @ w1.T + b1, 0.0) @ w2.T + b2)[:, 0]
+
+
+def auto_lr(lr: float | str, dim: int) -> float:
+    """Adam moves every weight by about lr per step, so a hidden unit's input moves by about lr * D * |z|:
+    'auto' keeps that move the same for any input width D (lr = 0.1 / D, capped at 1e-2)."""
+    if lr == "auto":
+        return min(MAX_AUTO_LR, LR_TIMES_DIM / dim)
+    if isinstance(lr, str) or not lr > 0:
+        raise ValueError(f"lr must be a positive number or 'auto', got {lr!r}")
+    return float(lr)
 
 
 def early_stopping_split(n: int, groups: np.ndarray | None, fraction: float,
@@ -159,6 +170,7 @@ def _prepare(X: np.ndarray, member: MLPMember, params: dict) -> _Job:
     head.n_features_in_ = X.shape[1]
     head.scaler_ = FoldScaler(params["clip"]).fit(X[rows])
     head.x_mean_, head.x_scale_, head.x_keep_ = head.scaler_.mean_, head.scaler_.scale_, head.scaler_.keep_
+    head.lr_ = auto_lr(params["lr"], X.shape[1])
     head.y_mean_ = float(np.mean(y))
     head.y_scale_ = float(np.std(y)) or 1.0
     fit_pos, val_pos = early_stopping_split(len(rows), groups, params["validation_fraction"], int(member.seed))
@@ -220,6 +232,7 @@ class _Stack:
         self.mean = torch.stack([torch.as_tensor(j.head.x_mean_, **to) for j in jobs])[:, None, :]
         self.inv = torch.stack([torch.as_tensor(j.head.x_keep_ / j.head.x_scale_, **to) for j in jobs])[:, None, :]
         self.clip = params["clip"]
+        self.lr = jobs[0].head.lr_
         self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[params["precision"]]
 
     def keep(self, index: list[int]) -> None:
@@ -239,32 +252,23 @@ class _Stack:
 
     @torch.no_grad()
     def adam(self, active: torch.Tensor, lr: float, weight_decay: float) -> None:
-        """Adam (L2 weight decay added to the gradient, as torch.optim.Adam) with per-member step counts, in place.
-        A member without rows in this step (the last minibatch of a shorter member) keeps weights and moments."""
-        beta1, beta2 = ADAM_BETAS
-        everyone = bool(active.all())
-        self.steps += active
-        t = self.steps.clamp(min=1)
-        for k, w in enumerate(self.weights):
-            shape = (-1,) + (1,) * (w.dim() - 1)
-            g = w.grad.add_(w, alpha=weight_decay)
-            m, v = self.moments[2 * k], self.moments[2 * k + 1]
-            if not everyone:  # rare: keep the idle members' moments by updating the active rows only
-                idx = active.nonzero()[:, 0]
-                g, m_all, v_all, w_all, tt = g[idx], m, v, w, t[idx]
-                m, v = m_all[idx], v_all[idx]
-            else:
-                tt = t
-            m.mul_(beta1).add_(g, alpha=1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            step = (lr / (1 - beta1 ** tt)).view(shape)
-            denom = (v / (1 - beta2 ** tt).view(shape)).sqrt_().add_(ADAM_EPS)
-            update = (m * step).div_(denom)
-            if everyone:
-                w.sub_(update)
-            else:
-                m_all[idx], v_all[idx] = m, v
-                w_all.index_add_(0, idx, update, alpha=-1.0)
+        """Adam (L2 weight decay added to the gradient, as torch.optim.Adam) with one step count per member, as
+        torch's fused kernel on per-member views (3x less memory traffic than unfused ops). A member without
+        rows in this step (the last minibatch of a shorter member) is left out: weights and moments unchanged."""
+        members = active.nonzero()[:, 0].tolist()
+        self.steps[members] += 1
+        views = [[], [], [], [], []]
+        for i in members:
+            for k, w in enumerate(self.weights):
+                views[0].append(w[i])
+                views[1].append(w.grad[i])
+                views[2].append(self.moments[2 * k][i])
+                views[3].append(self.moments[2 * k + 1][i])
+                views[4].append(self.steps[i])
+        torch._fused_adam_(views[0], views[1], views[2], views[3], [], views[4], lr=lr, beta1=ADAM_BETAS[0],
+                           beta2=ADAM_BETAS[1], weight_decay=weight_decay, eps=ADAM_EPS, amsgrad=False,
+                           maximize=False)
+        for w in self.weights:
             w.grad = None
 
     def state(self, i: int) -> dict[str, torch.Tensor]:
@@ -352,7 +356,7 @@ def _step(xt, stack: _Stack, rows, ys, pos, mask, params: dict) -> None:
         err = stack.forward(x) - torch.gather(ys, 1, p)
         loss = ((err * err * m).sum(1) * scale).sum()
         loss.backward()
-    stack.adam((counts > 0).float(), params["lr"], params["weight_decay"])
+    stack.adam((counts > 0).float(), stack.lr, params["weight_decay"])
 
 
 @torch.no_grad()
