@@ -1,46 +1,221 @@
-"""GPU: `extract` on CUDA with fp16 autocast for the paper's six backbones, next to the bare forward.
+"""GPU: where the time of `extract` goes, per backbone and batch size, on one synth folder reused by every backbone.
 
-Random weights (speed does not depend on them). Run on a machine with a CUDA device:
+For each backbone and batch size: decoding alone on the CPU (DataLoader, the same workers as extract), decoding
+alone on the GPU (batched nvjpeg through torchvision, resize + crop + normalise on the GPU), the bare forward (fp16
+autocast on CUDA) on already-decoded tensors, `featcache extract` into a fresh cache, the start-up part of a small
+`featcache extract` command (wall time minus its extraction loop), and one fine-tuning step per image (forward +
+backward + Adam, fp32 and bf16 autocast). Random weights: speed does not depend on them.
 
-    python benchmarks/gpu.py [--images 1024] [--batch-size 64] [--workers 8]
+    python benchmarks/gpu.py [--images 4096] [--batch-sizes 64,256] [--workers N] [--backbones resnet50,...]
+    python benchmarks/gpu.py --device cpu --images 64 --batch-sizes 16 --backbones resnet18   # a smoke test
+
+Writes benchmarks/results/gpu.json (gpu_cpu.json with --device cpu).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
-from common import machine, save_json  # noqa: E402
-from speed import extraction  # noqa: E402
+import numpy as np
 
-PAPER = ["vgg16", "vgg19", "resnet18", "resnet50", "inception_v4", "vit_large_patch16_224"]
+from common import REPO, machine, photos_folder, save_json  # noqa: E402
+
+PAPER = ["resnet18", "resnet50", "vgg19", "inception_v4", "vit_large_patch16_224"]
+
+
+def make_folder(tmp: Path, images: int, size: int) -> Path:
+    """One synth database of about `images` JPEGs, shared by every backbone."""
+    from featcache.synth import synth
+
+    photos, _ = photos_folder(tmp)
+    n_photos = len(list(Path(photos).iterdir()))
+    views = max(1, int(round(images / (n_photos * (2 * 2 / 3 + 3 / 3)))))
+    synth(photos, tmp / "data", views=views, size=size, seed=0)
+    return tmp / "data"
+
+
+def _loader(folder: Path, paths, backbone, batch_size: int, workers: int, pin: bool):
+    from torch.utils.data import DataLoader
+
+    from featcache.extract import ImageRows, collate_rows, worker_init
+
+    dataset = ImageRows(folder, paths, list(range(len(paths))), backbone.transform(), 10**9)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_rows,
+                      worker_init_fn=worker_init if workers else None, pin_memory=pin)
+
+
+def gpu_decode(folder: Path, paths, backbone, batch_size: int, device) -> float | None:
+    """Images/s of batched nvjpeg decoding with resize, centre crop and normalisation on the GPU."""
+    import torch
+    from torchvision.io import decode_jpeg, read_file
+
+    if device.type != "cuda":
+        return None
+    cfg = backbone.spec.data_config()
+    mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)
+    data = [read_file(str(folder / p)) for p in paths]
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(0, len(data), batch_size):
+        decoded = decode_jpeg(data[i:i + batch_size], device=device)
+        batch = torch.stack([torch.nn.functional.interpolate(d[None].float(), size=(cfg["resize"], cfg["resize"]),
+                                                             mode="bilinear", antialias=True)[0] for d in decoded])
+        top = (cfg["resize"] - cfg["input_size"]) // 2
+        batch = batch[:, :, top:top + cfg["input_size"], top:top + cfg["input_size"]] / 255.0
+        ((batch - mean) / std).half()
+    torch.cuda.synchronize()
+    return len(data) / (time.perf_counter() - start)
+
+
+def finetune_step(backbone, device, batch_size: int, precision: str) -> float:
+    """Seconds per image of one training step (forward + backward + Adam) of the whole network."""
+    import torch
+
+    model = backbone.extractor().model.to(device).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-5)
+    size = backbone.spec.input_size
+    x = torch.randn(batch_size, 3, size, size, device=device)
+    y = torch.randn(batch_size, device=device)
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    times = []
+    for step in range(4):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        optimiser.zero_grad()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = torch.nn.functional.mse_loss(model(x)[:, 0].float(), y)
+        loss.backward()
+        optimiser.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step:
+            times.append(time.perf_counter() - start)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return float(np.mean(times)) / batch_size
+
+
+def startup_seconds(name: str, device: str) -> dict:
+    """Wall time of `featcache extract` over 12 images in a fresh process, minus its extraction loop."""
+    from tests.fakedata import make_pku
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "small"
+        make_pku(root, i2i_prompts=1, t2i_prompts=1, per_generator=2)  # 4 + 6 generated + 1 prompt (+1) images
+        start = time.perf_counter()
+        run = subprocess.run([sys.executable, str(REPO / "cli.py"), "extract", "--backbone", name,
+                              "--random-weights", "--quiet", "--device", device], cwd=root, capture_output=True,
+                             text=True)
+        wall = time.perf_counter() - start
+    if run.returncode:
+        return {"error": run.stderr.strip()[-300:]}
+    loop = float(re.search(r"in ([0-9.]+) s", run.stdout).group(1))
+    return {"wall_seconds": wall, "loop_seconds": loop, "startup_seconds": wall - loop}
+
+
+def measure(folder: Path, name: str, batch_size: int, workers: int, device, precision: str) -> dict:
+    import torch
+
+    from featcache.backbones import load_backbone
+    from featcache.datasets import load_dataset
+    from featcache.devices import to_channels_last
+    from featcache.extract import extract
+
+    samples = load_dataset("pku-aigiqa-4k", folder)
+    paths, _, _ = samples.distinct_images()
+    backbone = load_backbone(name, random_weights=True)
+    extractor = to_channels_last(backbone.extractor().to(device), device)
+    autocast = torch.float16 if device.type == "cuda" else None
+    start = time.perf_counter()
+    batches = [batch for _, batch, _ in _loader(folder, paths, backbone, batch_size, workers, device.type == "cuda")]
+    decode_cpu = len(paths) / (time.perf_counter() - start)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        extractor(to_channels_last(batches[0].to(device), device))
+        sync()
+        start = time.perf_counter()
+        for batch in batches:
+            extractor(to_channels_last(batch.to(device, non_blocking=True), device)).float().cpu()
+        sync()
+    forward = len(paths) / (time.perf_counter() - start)
+    del batches
+    with tempfile.TemporaryDirectory() as tmp:
+        result = extract(samples, folder, backbone, Path(tmp) / "c.h5", batch_size=batch_size, workers=workers,
+                         device=str(device), precision=precision, progress=False)
+    row = {"backbone": name, "batch_size": batch_size, "workers": workers, "images": len(paths),
+           "decode_cpu_images_per_s": decode_cpu, "decode_gpu_images_per_s": gpu_decode(folder, paths, backbone,
+                                                                                        batch_size, device),
+           "bare_forward_images_per_s": forward, "extract_images_per_s": result.images_per_second}
+    row["extract_vs_bare_forward"] = row["extract_images_per_s"] / forward
+    decode_best = max(v for v in (decode_cpu, row["decode_gpu_images_per_s"]) if v)
+    row["extract_vs_min_forward_decode"] = row["extract_images_per_s"] / min(forward, decode_best)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--batch-sizes", default="64,256")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes [every core]")
     parser.add_argument("--backbones", default=",".join(PAPER))
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--skip-finetune", action="store_true")
     args = parser.parse_args()
     import torch
 
-    if not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: this benchmark is for a GPU machine")
-    rows = []
-    for name in args.backbones.split(","):
-        run = argparse.Namespace(images=args.images, size=args.size, backbone=name, pool="paper",
-                                 random_weights=True, batch_size=args.batch_size, workers=args.workers,
-                                 device="cuda")
-        with tempfile.TemporaryDirectory() as tmp:
-            result = extraction(run, Path(tmp))
-        rows.append(result)
-        print(f"{name:<24} bare forward {result['bare_forward_images_per_s']:8.1f} img/s   extract "
-              f"{result['extract_images_per_s']:8.1f} img/s   ratio {result['extract_vs_bare_forward']:.2f}   "
-              f"decoding alone {result['decode_only_images_per_s']:8.1f} img/s", flush=True)
-    print(f"wrote {save_json('gpu', {'machine': machine(), 'runs': rows})}")
+    from featcache.backbones import load_backbone
+    from featcache.devices import resolve_device
+
+    device = resolve_device(args.device)
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 2)
+    precision = "fp16" if device.type == "cuda" else "fp32"
+    rows, extras = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        folder = make_folder(Path(tmp), args.images, args.size)
+        print(f"synth folder of {args.images} images made once in {time.perf_counter() - start:.0f} s; "
+              f"{workers} workers, {device}", flush=True)
+        for name in args.backbones.split(","):
+            for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+                row = measure(folder, name, batch_size, workers, device, precision)
+                rows.append(row)
+                gpu = row["decode_gpu_images_per_s"]
+                gpu_text = "n/a" if gpu is None else f"{gpu:.0f}"
+                print(f"{name:<24} batch {batch_size:>4}: decode CPU {row['decode_cpu_images_per_s']:7.0f}  GPU "
+                      f"{gpu_text:>7}  forward {row['bare_forward_images_per_s']:7.0f}  "
+                      f"extract {row['extract_images_per_s']:7.0f} img/s  ({row['extract_vs_bare_forward']:.2f} x "
+                      f"forward, {row['extract_vs_min_forward_decode']:.2f} x min(forward, decode))", flush=True)
+            info = startup_seconds(name, args.device)
+            if not args.skip_finetune:
+                backbone = load_backbone(name, random_weights=True)
+                info["finetune_fp32_seconds_per_image"] = finetune_step(backbone, device, 32, "fp32")
+                info["finetune_bf16_seconds_per_image"] = finetune_step(backbone, device, 32, "bf16")
+                del backbone
+            extras[name] = info
+            print(f"{name:<24} start-up {info.get('startup_seconds', float('nan')):.1f} s; fine-tuning step "
+                  f"{1000 * info.get('finetune_fp32_seconds_per_image', float('nan')):.2f} ms/img fp32, "
+                  f"{1000 * info.get('finetune_bf16_seconds_per_image', float('nan')):.2f} ms/img bf16", flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    name = "gpu" if device.type == "cuda" else "gpu_cpu"
+    print(f"wrote {save_json(name, {'machine': machine(), 'runs': rows, 'per_backbone': extras})}")
 
 
 if __name__ == "__main__":
