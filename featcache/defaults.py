@@ -14,7 +14,8 @@ CONFIG_KEYS = {"dataset", "root", "annotation", "cache", "columns", "backbone", 
 
 
 def load_config(folder: str | Path | None = None) -> dict:
-    """Read featcache.toml from `folder` (cwd by default); relative paths in it are relative to its folder."""
+    """Read featcache.toml from `folder` (cwd by default). One rule for its paths: `root` and `cache` are relative to
+    the file's folder, `annotation` to the root (as --annotation is)."""
     folder = Path(folder or Path.cwd())
     path = folder / CONFIG_NAME
     if not path.is_file():
@@ -26,9 +27,11 @@ def load_config(folder: str | Path | None = None) -> dict:
     unknown = sorted(set(config) - CONFIG_KEYS)
     if unknown:
         raise FeatcacheError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(CONFIG_KEYS))})")
-    for key in ("root", "annotation", "cache"):
+    for key in ("root", "cache"):
         if key in config and not Path(config[key]).is_absolute():
             config[key] = str(folder / config[key])
+    if "annotation" in config and not Path(config["annotation"]).is_absolute():
+        config["annotation"] = str(Path(config.get("root", folder)) / config["annotation"])
     return config
 
 

@@ -3,6 +3,7 @@ group selection, out-of-fold predictions and the summaries built from them."""
 
 import csv
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -284,3 +285,28 @@ def test_edited_labels_are_refused_or_chosen(tmp_path, monkeypatch):
     key = lines[5].split(",")[2]
     row = list(new.data.samples.key).index(key)
     assert new.data.samples.targets["MOS_q"][row] == pytest.approx(4.9999)
+
+
+def test_the_readme_featcache_toml_example_resolves_as_documented(tmp_path, monkeypatch):
+    """root absolute (or relative to the toml), annotation relative to the root, cache next to the toml; backbone
+    and pool together choose for fit."""
+    from featcache.defaults import load_config
+
+    db = tmp_path / "data" / "my-aigc-db"
+    db.mkdir(parents=True)
+    make_cache(db, backbones=("toy.random/paper/4", "toy.random/multilevel/4"))
+    (db / "annotation.csv").rename(db / "labels.csv")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "featcache.toml").write_text(f'root = "{db}"\nannotation = "labels.csv"\ncache = "{db}/c.h5"\n'
+                                            'backbone = "toy"\npool = "multilevel"\n')
+    config = load_config(project)
+    assert config["annotation"] == str(db / "labels.csv") and config["root"] == str(db)
+    (project / "featcache.toml").write_text('root = "../data/my-aigc-db"\ncache = "mine.h5"\n')
+    config = load_config(project)
+    assert Path(config["root"]).resolve() == db and config["cache"] == str(project / "mine.h5")
+    (project / "featcache.toml").write_text(f'cache = "{db}/c.h5"\nbackbone = "toy"\npool = "multilevel"\n')
+    monkeypatch.chdir(project)
+    out = CliRunner().invoke(cli.main, ["fit", "--regressor", "ridge", "--folds", "3", "--quiet", "--no-figures",
+                                        "--labels", "cache"])
+    assert out.exit_code == 0 and out.output.startswith("toy.random/multilevel/4:"), out.output
