@@ -200,10 +200,15 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
             attrs = {"shard": f"{shard[0]}/{shard[1]}"} if shard is not None else {}
             add_backbones(target, [NewBackbone(config, extractor.output_dim(backbone.spec.input_size),
                                                _provenance(backbone, torch_device, precision, command), attrs)])
-        with open_write(target) as f:
-            refresh_image_stats(f, root, todo, verify)
-            _run(extractor, f[f"features/{bid}"], f, root, paths, todo, backbone, torch_device, precision,
-                 batch_size, workers, max_pixels, progress, result)
+        try:  # torch reports a dead worker from a SIGCHLD handler: at any moment while the loader lives
+            with open_write(target) as f:
+                refresh_image_stats(f, root, todo, verify)
+                _run(extractor, f[f"features/{bid}"], f, root, paths, todo, backbone, torch_device, precision,
+                     batch_size, workers, max_pixels, progress, result)
+        except RuntimeError as exc:
+            if "DataLoader worker" not in str(exc):
+                raise
+            raise _worker_died(exc, result) from None
     if result.errors:
         first = "; ".join(result.errors[:3])
         raise FeatcacheError(f"{len(result.errors)} images could not be read ({result.rows_written} other rows were "
@@ -253,14 +258,18 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
         except RuntimeError as exc:
             if "DataLoader worker" not in str(exc):
                 raise
-            raise FeatcacheError(f"a decoding worker process died ({str(exc).splitlines()[0].rstrip('. ')}); the "
-                                 f"{result.rows_written} rows written so far are kept; run the same command again, "
-                                 "with fewer --workers if memory is short") from None
+            raise _worker_died(exc, result) from None
         except (OSError, ValueError) as exc:
             if not is_disk_full(exc):
                 raise
             raise disk_full_error(result.cache, f"after {result.rows_written} new rows, which are kept") from None
     result.seconds = time.perf_counter() - start
+
+
+def _worker_died(exc: RuntimeError, result: ExtractResult) -> FeatcacheError:
+    return FeatcacheError(f"a decoding worker process died ({str(exc).splitlines()[0].rstrip('. ')}); the "
+                          f"{result.rows_written} rows written so far are kept; run the same command again, "
+                          "with fewer --workers if memory is short")
 
 
 def _write_rows(dataset, rows: list[int], values: np.ndarray) -> None:
