@@ -22,7 +22,7 @@ from featcache.datasets import load_dataset
 from featcache.store import create_cache, ensure_features
 from tests.fakedata import make_pku
 
-EXTRACT = ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "64", "--workers", "0", "--quiet"]
+EXTRACT = ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "32", "--workers", "0", "--quiet"]
 
 
 def _png_header(path: Path, width: int, height: int) -> None:
@@ -203,13 +203,13 @@ def test_a_killed_decoding_worker_is_a_one_line_error_and_keeps_rows(tmp_path, m
         return real(path, max_pixels)
 
     monkeypatch.setattr(extract_module, "load_rgb", oom_killer)
-    args = ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "64", "--workers", "1",
+    args = ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "32", "--workers", "1",
             "--batch-size", "2", "--quiet"]
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "a decoding worker process died" in result.output and "rows written so far are kept" in result.output
     with h5py.File(root / "featcache.h5", "r") as f:
-        kept = int(f["features/resnet18.random/paper/64/done"][()].sum())
+        kept = int(f["features/resnet18.random/paper/32/done"][()].sum())
     assert 0 < kept < 22
     monkeypatch.setattr(extract_module, "load_rgb", real)
     again = CliRunner().invoke(cli.main, args)
