@@ -457,3 +457,24 @@ def test_merge_interrupted_while_allocating_leaves_the_target_as_it_was(pku_root
     monkeypatch.undo()
     merged = merge([other], target)
     assert merged.rows[_small(size=48).id] == (22, 22) and check_cache(target) == []
+
+
+@pytest.mark.slow
+def test_info_in_a_loop_never_fails_while_another_process_adds_a_backbone(pku_root, tmp_path):
+    samples = load_dataset(None, pku_root)
+    cache = tmp_path / "c.h5"
+    first = _extract(samples, pku_root, cache)
+    writer = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "extract", "--root", str(pku_root),
+                               "--backbone", "resnet18", "--random-weights", "--image-size", "32", "--pool",
+                               "multilevel", "--batch-size", "1", "--workers", "0", "--quiet", "--cache", str(cache)],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = set()
+    while writer.poll() is None:
+        info = cache_info(cache)  # must never raise while the other process rewrites and fills the cache
+        seen.add(tuple(sorted((b, v["rows_done"]) for b, v in info["backbones"].items())))
+        assert info["backbones"][first.backbone_id]["rows_done"] == 22
+    assert writer.returncode == 0, writer.stderr.read()
+    multilevel = _small("multilevel").id
+    assert ((first.backbone_id, 22),) in seen  # before the new backbone was renamed in
+    assert any(dict(s).get(multilevel) == 22 for s in seen) or cache_info(cache)["backbones"][multilevel][
+        "rows_done"] == 22
