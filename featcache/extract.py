@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -223,16 +224,24 @@ def _forward_batches(extractor, dataset: ImageRows, device: torch.device, precis
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_rows,
                         pin_memory=device.type == "cuda", worker_init_fn=worker_init if workers else None)
     autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    for rows, batch, errors in loader:
-        if not rows:
-            yield rows, None, errors, 0.0
-            continue
-        start = time.perf_counter()
-        batch = to_channels_last(batch.to(device, non_blocking=True), device)
-        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            features = extractor(batch)
-        features = features.float().cpu().numpy()
-        yield rows, features, errors, time.perf_counter() - start
+    batches = iter(loader)
+    try:
+        for rows, batch, errors in batches:
+            if not rows:
+                yield rows, None, errors, 0.0
+                continue
+            start = time.perf_counter()
+            batch = to_channels_last(batch.to(device, non_blocking=True), device)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                features = extractor(batch)
+            features = features.float().cpu().numpy()
+            yield rows, features, errors, time.perf_counter() - start
+    finally:
+        # Stop the workers now, whatever happened: a loader left alive after an error (a dead worker, Ctrl-C) keeps
+        # torch's SIGCHLD handler armed, which then raises in whatever runs next in this process.
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def _run(extractor, group, f, root, paths, todo, backbone, device, precision, batch_size, workers, max_pixels,
@@ -242,10 +251,11 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
     dataset = ImageRows(root, paths, todo, backbone.transform(), max_pixels)
     emb, done = group["emb"], group["done"]
     start = time.perf_counter()
-    with tqdm(total=len(todo), unit="img", desc=result.backbone_id, disable=not progress, file=sys.stderr) as bar:
+    batches = _forward_batches(extractor, dataset, device, precision, batch_size, workers)
+    with tqdm(total=len(todo), unit="img", desc=result.backbone_id, disable=not progress, file=sys.stderr) as bar, \
+            contextlib.closing(batches):
         try:
-            for rows, features, errors, seconds in _forward_batches(extractor, dataset, device, precision,
-                                                                     batch_size, workers):
+            for rows, features, errors, seconds in batches:
                 result.errors.extend(errors)
                 if rows:
                     result.forward_seconds += seconds
@@ -311,10 +321,12 @@ def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, 
     extractor = to_channels_last(backbone.extractor().to(torch_device), torch_device)
     dataset = ImageRows(root, paths, list(range(len(paths))), backbone.transform(), max_pixels)
     out = None
-    for rows, features, errors, _ in _forward_batches(extractor, dataset, torch_device, precision, batch_size, workers):
-        if errors:
-            raise FeatcacheError(errors[0])
-        if out is None:
-            out = np.zeros((len(paths), features.shape[1]), dtype=np.float32)
-        out[rows] = features
+    batches = _forward_batches(extractor, dataset, torch_device, precision, batch_size, workers)
+    with contextlib.closing(batches):
+        for rows, features, errors, _ in batches:
+            if errors:
+                raise FeatcacheError(errors[0])
+            if out is None:
+                out = np.zeros((len(paths), features.shape[1]), dtype=np.float32)
+            out[rows] = features
     return out
