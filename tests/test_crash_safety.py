@@ -478,3 +478,18 @@ def test_info_in_a_loop_never_fails_while_another_process_adds_a_backbone(pku_ro
     assert ((first.backbone_id, 22),) in seen  # before the new backbone was renamed in
     assert any(dict(s).get(multilevel) == 22 for s in seen) or cache_info(cache)["backbones"][multilevel][
         "rows_done"] == 22
+
+
+def test_an_unreadable_object_under_features_is_reported_and_repair_keeps_the_rest(pku_root, tmp_path):
+    samples = load_dataset(None, pku_root)
+    cache = tmp_path / "c.h5"
+    first = _extract(samples, pku_root, cache)
+    with h5py.File(cache, "r+") as f:  # objects that cannot be opened, as a damaged file has
+        f["features/broken"] = h5py.SoftLink("/nowhere")
+        f["features/elsewhere"] = h5py.ExternalLink("missing.h5", "/group")
+    info = cache_info(cache)
+    assert list(info["backbones"]) == [first.backbone_id] and info["half_created"] == ["broken", "elsewhere"]
+    assert check_cache(cache)[:2] == ["backbone broken is half created (run `featcache repair`)",
+                                      "backbone elsewhere is half created (run `featcache repair`)"]
+    assert repair(cache).dropped == ["broken", "elsewhere"]
+    assert check_cache(cache) == [] and _state(cache)[first.backbone_id][1].all()
