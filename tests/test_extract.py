@@ -89,6 +89,7 @@ def test_shards_merge_into_the_unsharded_cache(pku_root, tmp_path):
     assert d2.all()
     np.testing.assert_allclose(e1, e2, atol=1e-5)
     merge([shards[2]], tmp_path / "partial.h5")  # completing an existing merge
+    assert merge(shards, tmp_path / "new" / "folder" / "m.h5").rows[whole.backbone_id] == (22, 22)
     np.testing.assert_allclose(_features(tmp_path / "partial.h5", whole.backbone_id)[0], e1, atol=1e-5)
 
 
