@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -200,10 +201,15 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
             attrs = {"shard": f"{shard[0]}/{shard[1]}"} if shard is not None else {}
             add_backbones(target, [NewBackbone(config, extractor.output_dim(backbone.spec.input_size),
                                                _provenance(backbone, torch_device, precision, command), attrs)])
-        with open_write(target) as f:
-            refresh_image_stats(f, root, todo, verify)
-            _run(extractor, f[f"features/{bid}"], f, root, paths, todo, backbone, torch_device, precision,
-                 batch_size, workers, max_pixels, progress, result)
+        try:  # torch reports a dead worker from a SIGCHLD handler: at any moment while the loader lives
+            with open_write(target) as f:
+                refresh_image_stats(f, root, todo, verify)
+                _run(extractor, f[f"features/{bid}"], f, root, paths, todo, backbone, torch_device, precision,
+                     batch_size, workers, max_pixels, progress, result)
+        except RuntimeError as exc:
+            if "DataLoader worker" not in str(exc):
+                raise
+            raise _worker_died(exc, result) from None
     if result.errors:
         first = "; ".join(result.errors[:3])
         raise FeatcacheError(f"{len(result.errors)} images could not be read ({result.rows_written} other rows were "
@@ -218,16 +224,24 @@ def _forward_batches(extractor, dataset: ImageRows, device: torch.device, precis
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_rows,
                         pin_memory=device.type == "cuda", worker_init_fn=worker_init if workers else None)
     autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    for rows, batch, errors in loader:
-        if not rows:
-            yield rows, None, errors, 0.0
-            continue
-        start = time.perf_counter()
-        batch = to_channels_last(batch.to(device, non_blocking=True), device)
-        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            features = extractor(batch)
-        features = features.float().cpu().numpy()
-        yield rows, features, errors, time.perf_counter() - start
+    batches = iter(loader)
+    try:
+        for rows, batch, errors in batches:
+            if not rows:
+                yield rows, None, errors, 0.0
+                continue
+            start = time.perf_counter()
+            batch = to_channels_last(batch.to(device, non_blocking=True), device)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                features = extractor(batch)
+            features = features.float().cpu().numpy()
+            yield rows, features, errors, time.perf_counter() - start
+    finally:
+        # Stop the workers now, whatever happened: a loader left alive after an error (a dead worker, Ctrl-C) keeps
+        # torch's SIGCHLD handler armed, which then raises in whatever runs next in this process.
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def _run(extractor, group, f, root, paths, todo, backbone, device, precision, batch_size, workers, max_pixels,
@@ -237,10 +251,11 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
     dataset = ImageRows(root, paths, todo, backbone.transform(), max_pixels)
     emb, done = group["emb"], group["done"]
     start = time.perf_counter()
-    with tqdm(total=len(todo), unit="img", desc=result.backbone_id, disable=not progress, file=sys.stderr) as bar:
+    batches = _forward_batches(extractor, dataset, device, precision, batch_size, workers)
+    with tqdm(total=len(todo), unit="img", desc=result.backbone_id, disable=not progress, file=sys.stderr) as bar, \
+            contextlib.closing(batches):
         try:
-            for rows, features, errors, seconds in _forward_batches(extractor, dataset, device, precision,
-                                                                     batch_size, workers):
+            for rows, features, errors, seconds in batches:
                 result.errors.extend(errors)
                 if rows:
                     result.forward_seconds += seconds
@@ -253,14 +268,18 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
         except RuntimeError as exc:
             if "DataLoader worker" not in str(exc):
                 raise
-            raise FeatcacheError(f"a decoding worker process died ({str(exc).splitlines()[0].rstrip('. ')}); the "
-                                 f"{result.rows_written} rows written so far are kept; run the same command again, "
-                                 "with fewer --workers if memory is short") from None
+            raise _worker_died(exc, result) from None
         except (OSError, ValueError) as exc:
             if not is_disk_full(exc):
                 raise
             raise disk_full_error(result.cache, f"after {result.rows_written} new rows, which are kept") from None
     result.seconds = time.perf_counter() - start
+
+
+def _worker_died(exc: RuntimeError, result: ExtractResult) -> FeatcacheError:
+    return FeatcacheError(f"a decoding worker process died ({str(exc).splitlines()[0].rstrip('. ')}); the "
+                          f"{result.rows_written} rows written so far are kept; run the same command again, "
+                          "with fewer --workers if memory is short")
 
 
 def _write_rows(dataset, rows: list[int], values: np.ndarray) -> None:
@@ -302,10 +321,12 @@ def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, 
     extractor = to_channels_last(backbone.extractor().to(torch_device), torch_device)
     dataset = ImageRows(root, paths, list(range(len(paths))), backbone.transform(), max_pixels)
     out = None
-    for rows, features, errors, _ in _forward_batches(extractor, dataset, torch_device, precision, batch_size, workers):
-        if errors:
-            raise FeatcacheError(errors[0])
-        if out is None:
-            out = np.zeros((len(paths), features.shape[1]), dtype=np.float32)
-        out[rows] = features
+    batches = _forward_batches(extractor, dataset, torch_device, precision, batch_size, workers)
+    with contextlib.closing(batches):
+        for rows, features, errors, _ in batches:
+            if errors:
+                raise FeatcacheError(errors[0])
+            if out is None:
+                out = np.zeros((len(paths), features.shape[1]), dtype=np.float32)
+            out[rows] = features
     return out

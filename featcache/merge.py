@@ -48,6 +48,10 @@ def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
         check_is_cache_file(name)  # not HDF5, or HDF5 but not a cache: a one-line error before anything is written
     sources = [open_read(s) for s in shards]
     try:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FeatcacheError(f"{name}: cannot create the folder {out.parent} ({exc.strerror})") from None
         first = sources[0]
         for path, f in zip(shards, sources):
             for attr in ("manifest_sha256", "samples_sha256"):

@@ -305,29 +305,45 @@ def check_config(f: h5py.File, bid: str, config: dict, path: str | Path) -> None
 
 
 def _walk_backbones(f: h5py.File) -> tuple[list[str], list[str]]:
-    """(complete backbone ids, half-created group names) under /features."""
+    """(complete backbone ids, half-created or unreadable group names) under /features.
+
+    Walked group by group, each step guarded, so one damaged object (e.g. left by a full disk under an older
+    version) is reported as such while every readable backbone stays listed, and `repair` can keep those."""
     complete: list[str] = []
     half: list[str] = []
-    if "features" not in f:
+    errors = (RuntimeError, KeyError, OSError, ValueError)
+    try:
+        features = f["features"] if "features" in f else None
+    except errors:
+        return complete, ["features"]
+    if features is None:
         return complete, half
 
-    def visit(name, obj):
-        if not isinstance(obj, h5py.Group):
+    def walk(group, prefix: str) -> None:
+        try:
+            names = list(group.keys())
+        except errors:
+            half.append(prefix or "features")
             return
-        has = [k for k in ("emb", "done") if k in obj]
-        marked = any(a in obj.attrs for a in BACKBONE_ATTRS)
-        if not has and not marked:
-            return
-        if len(has) == 2 and all(a in obj.attrs for a in BACKBONE_ATTRS):
-            complete.append(name)
-        else:
-            half.append(name)
+        for name in names:
+            path = f"{prefix}/{name}" if prefix else name
+            try:
+                obj = group[name]
+                if not isinstance(obj, h5py.Group):
+                    continue
+                has = [k for k in ("emb", "done") if k in obj]
+                marked = any(a in obj.attrs for a in BACKBONE_ATTRS)
+                if has or marked:
+                    ok = len(has) == 2 and all(a in obj.attrs for a in BACKBONE_ATTRS)
+                    ok = ok and len(obj["emb"].shape) == 2 and len(obj["done"].shape) == 1
+                    (complete if ok else half).append(path)
+                    continue
+            except errors:
+                half.append(path)
+                continue
+            walk(obj, path)
 
-    try:
-        f["features"].visititems(visit)
-    except (RuntimeError, KeyError, OSError) as exc:
-        raise FeatcacheError(f"{f.filename}: the cache is damaged ({str(exc).splitlines()[0]}); "
-                             "run `featcache repair` to keep what is readable") from None
+    walk(features, "")
     return sorted(complete), sorted(half)
 
 

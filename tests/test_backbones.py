@@ -99,6 +99,9 @@ def test_any_timm_model_and_did_you_mean():
     listed = str(error.value).rsplit(": ", 1)[1].rstrip(")").split(", ")
     assert len(listed) == len(set(listed)) and "resnet18" in listed  # each name once
     assert np.isclose(resolve_backbone("lite0", image_size=160).data_config()["resize"], 183)
+    for bad in (0, -5):  # 0 is not "the default" in the Python API either
+        with pytest.raises(FeatcacheError, match=f"--image-size {bad}: must be at least 1"):
+            resolve_backbone("lite0", image_size=bad)
 
 
 def test_poolings_are_one_table_that_the_cli_lists():

@@ -5,6 +5,7 @@ BAD_INPUTS is the list counted in NOTES-stage1.md ("Bad input" table); each entr
 """
 
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -22,7 +23,7 @@ from featcache.datasets import load_dataset
 from featcache.store import create_cache, ensure_features
 from tests.fakedata import make_pku
 
-EXTRACT = ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "64", "--workers", "0", "--quiet"]
+EXTRACT = ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "32", "--workers", "0", "--quiet"]
 
 
 def _png_header(path: Path, width: int, height: int) -> None:
@@ -161,10 +162,16 @@ else:
                        "torch sees no CUDA device"))
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """One tiny dataset, copied for each case (copying is faster than encoding its JPEGs again)."""
+    return make_pku(tmp_path_factory.mktemp("template") / "data").parent
+
+
 @pytest.mark.parametrize("name,setup,expected", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, name, setup, expected):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, template, name, setup, expected):
     root = tmp_path / "data"
-    make_pku(root)
+    shutil.copytree(template, root)
     monkeypatch.chdir(root)
     args = setup(root, tmp_path)
     result = CliRunner().invoke(cli.main, args)
@@ -189,6 +196,7 @@ def test_a_genuine_huge_image_passes_with_max_pixels(tmp_path):
     assert "cannot decode image" in str(error.value) and "limit" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_killed_decoding_worker_is_a_one_line_error_and_keeps_rows(tmp_path, monkeypatch):
     import featcache.extract as extract_module
 
@@ -203,13 +211,13 @@ def test_a_killed_decoding_worker_is_a_one_line_error_and_keeps_rows(tmp_path, m
         return real(path, max_pixels)
 
     monkeypatch.setattr(extract_module, "load_rgb", oom_killer)
-    args = ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "64", "--workers", "1",
+    args = ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "32", "--workers", "1",
             "--batch-size", "2", "--quiet"]
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "a decoding worker process died" in result.output and "rows written so far are kept" in result.output
     with h5py.File(root / "featcache.h5", "r") as f:
-        kept = int(f["features/resnet18.random/paper/64/done"][()].sum())
+        kept = int(f["features/resnet18.random/paper/32/done"][()].sum())
     assert 0 < kept < 22
     monkeypatch.setattr(extract_module, "load_rgb", real)
     again = CliRunner().invoke(cli.main, args)

@@ -349,12 +349,22 @@ def test_after_a_decode_error_removing_the_bad_rows_reuses_the_written_ones(pku_
     cache = tmp_path / "c.h5"
     with pytest.raises(FeatcacheError, match="remove their rows from the annotation, and run the same command"):
         _extract(samples, pku_root, cache, batch_size=4)
+    with h5py.File(cache, "r") as f:
+        keys = f["images/key"].asstr()[()].tolist()
+        written = dict(zip(keys, f[f"features/{_small().id}/emb"][()]))
     lines = (pku_root / "annotation.csv").read_text().splitlines()
     (pku_root / "annotation.csv").write_text("\n".join(l for l in lines if "DALLE_1000_00" not in l) + "\n")
     with pytest.warns(FeatcacheWarning, match=r"the image list changed \(0 added, 1 removed\).*features of 21"):
         result = _extract(load_dataset(None, pku_root), pku_root, cache)
     assert (result.rows_total, result.rows_written, result.rows_done_before) == (21, 0, 21)
     assert check_cache(cache) == []
+    with h5py.File(cache, "r") as f:  # every kept row moved to its image's new index
+        keys = f["images/key"].asstr()[()].tolist()
+        emb = f[f"features/{_small().id}/emb"][()]
+    assert "All/DALLE_1000_00.jpg" not in keys and len(keys) == 21
+    assert [k for k in written if k != "All/DALLE_1000_00.jpg"] == keys  # later images moved up one index
+    for i, key in enumerate(keys):
+        np.testing.assert_array_equal(emb[i], written[key])
 
 
 def test_a_cache_without_features_is_replaced_when_the_images_change(pku_root, tmp_path):
@@ -422,3 +432,64 @@ def test_verify_recognises_a_copied_dataset_by_content(pku_root, tmp_path):
     with pytest.raises(FeatcacheError, match="another list of images"):
         _extract(load_dataset(None, other), other, cache, verify=True)
     assert _state(cache)[first.backbone_id][1].all()
+
+
+def test_merge_interrupted_while_allocating_leaves_the_target_as_it_was(pku_root, tmp_path, monkeypatch):
+    from featcache.merge import merge
+
+    samples = load_dataset(None, pku_root)
+    shard = tmp_path / "shard.h5"
+    _extract(samples, pku_root, shard, shard=(0, 2))
+    _extract(samples, pku_root, shard, _small("multilevel"), shard=(0, 2))
+    target = tmp_path / "target.h5"
+    merge([shard], target)  # both backbones, half their rows
+    other = tmp_path / "other.h5"
+    _extract(samples, pku_root, other, _small(size=48))
+    before = _state(target)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "_create_feature_datasets", interrupted)
+    result = CliRunner().invoke(cli.main, ["merge", str(other), "--out", str(target)])
+    assert result.exit_code == 130 and "every row merged so far is kept" in result.output
+    assert _temporaries(target) == [] and sorted(_state(target)) == sorted(before)
+    monkeypatch.undo()
+    merged = merge([other], target)
+    assert merged.rows[_small(size=48).id] == (22, 22) and check_cache(target) == []
+
+
+@pytest.mark.slow
+def test_info_in_a_loop_never_fails_while_another_process_adds_a_backbone(pku_root, tmp_path):
+    samples = load_dataset(None, pku_root)
+    cache = tmp_path / "c.h5"
+    first = _extract(samples, pku_root, cache)
+    writer = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "extract", "--root", str(pku_root),
+                               "--backbone", "resnet18", "--random-weights", "--image-size", "32", "--pool",
+                               "multilevel", "--batch-size", "1", "--workers", "0", "--quiet", "--cache", str(cache)],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = set()
+    while writer.poll() is None:
+        info = cache_info(cache)  # must never raise while the other process rewrites and fills the cache
+        seen.add(tuple(sorted((b, v["rows_done"]) for b, v in info["backbones"].items())))
+        assert info["backbones"][first.backbone_id]["rows_done"] == 22
+    assert writer.returncode == 0, writer.stderr.read()
+    multilevel = _small("multilevel").id
+    assert ((first.backbone_id, 22),) in seen  # before the new backbone was renamed in
+    assert any(dict(s).get(multilevel) == 22 for s in seen) or cache_info(cache)["backbones"][multilevel][
+        "rows_done"] == 22
+
+
+def test_an_unreadable_object_under_features_is_reported_and_repair_keeps_the_rest(pku_root, tmp_path):
+    samples = load_dataset(None, pku_root)
+    cache = tmp_path / "c.h5"
+    first = _extract(samples, pku_root, cache)
+    with h5py.File(cache, "r+") as f:  # objects that cannot be opened, as a damaged file has
+        f["features/broken"] = h5py.SoftLink("/nowhere")
+        f["features/elsewhere"] = h5py.ExternalLink("missing.h5", "/group")
+    info = cache_info(cache)
+    assert list(info["backbones"]) == [first.backbone_id] and info["half_created"] == ["broken", "elsewhere"]
+    assert check_cache(cache)[:2] == ["backbone broken is half created (run `featcache repair`)",
+                                      "backbone elsewhere is half created (run `featcache repair`)"]
+    assert repair(cache).dropped == ["broken", "elsewhere"]
+    assert check_cache(cache) == [] and _state(cache)[first.backbone_id][1].all()

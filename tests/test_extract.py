@@ -89,6 +89,7 @@ def test_shards_merge_into_the_unsharded_cache(pku_root, tmp_path):
     assert d2.all()
     np.testing.assert_allclose(e1, e2, atol=1e-5)
     merge([shards[2]], tmp_path / "partial.h5")  # completing an existing merge
+    assert merge(shards, tmp_path / "new" / "folder" / "m.h5").rows[whole.backbone_id] == (22, 22)
     np.testing.assert_allclose(_features(tmp_path / "partial.h5", whole.backbone_id)[0], e1, atol=1e-5)
 
 
@@ -242,19 +243,19 @@ def test_featcache_toml_gives_the_defaults(pku_root, tmp_path, monkeypatch):
         f'batch_size = 5\nworkers = 0\ndevice = "cpu"\n')
     monkeypatch.chdir(project)
     runner = CliRunner()
-    out = runner.invoke(cli.main, ["extract", "--random-weights", "--image-size", "64", "--quiet"])
+    out = runner.invoke(cli.main, ["extract", "--random-weights", "--image-size", "32", "--quiet"])
     assert out.exit_code == 0, out.output
-    assert "resnet18.random/multilevel/64: wrote 22 rows to" in out.output
+    assert "resnet18.random/multilevel/32: wrote 22 rows to" in out.output
     assert (project / "out" / "feat.h5").is_file()  # relative to the toml's folder
     shown = runner.invoke(cli.main, ["info", "--json"])  # the cache also comes from the toml
     info = json.loads(shown.output)
-    assert info["backbones"]["resnet18.random/multilevel/64"]["rows_done"] == 22
+    assert info["backbones"]["resnet18.random/multilevel/32"]["rows_done"] == 22
     assert info["dataset"] == "pku-aigiqa-4k" and info["samples"] == 20 and info["images"] == 22
     assert info["subsets"] == {"i2i": 8, "t2i": 12} and info["half_created"] == []
-    assert info["backbones"]["resnet18.random/multilevel/64"]["config"]["pool"] == "multilevel"
-    override = runner.invoke(cli.main, ["extract", "--random-weights", "--image-size", "64", "--quiet", "--pool",
+    assert info["backbones"]["resnet18.random/multilevel/32"]["config"]["pool"] == "multilevel"
+    override = runner.invoke(cli.main, ["extract", "--random-weights", "--image-size", "32", "--quiet", "--pool",
                                         "paper", "--cache", "other.h5"])
-    assert override.exit_code == 0 and "resnet18.random/paper/64: wrote 22 rows to other.h5" in override.output
+    assert override.exit_code == 0 and "resnet18.random/paper/32: wrote 22 rows to other.h5" in override.output
 
 
 def test_csv_dataset_with_col_lists(pku_root, monkeypatch):
@@ -266,7 +267,7 @@ def test_csv_dataset_with_col_lists(pku_root, monkeypatch):
                                    "--col", "target=MOS_q,MOS_a", "--col", "target=MOS_c", "--col",
                                    "prompt_image=Image_prompt", "--col", "image_dir=All", "--col",
                                    "prompt_dir=I2I/Image_prompt", "--cache", "csv.h5", "--backbone", "resnet18",
-                                   "--random-weights", "--image-size", "64", "--workers", "0", "--quiet"])
+                                   "--random-weights", "--image-size", "32", "--workers", "0", "--quiet"])
     assert out.exit_code == 0 and "wrote 22 rows to csv.h5" in out.output, out.output
     info = json.loads(runner.invoke(cli.main, ["info", "csv.h5", "--json"]).output)
     assert list(info["targets"]) == ["MOS_q", "MOS_a", "MOS_c"] and info["with_image_prompt"] == 8

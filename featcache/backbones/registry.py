@@ -85,7 +85,9 @@ def resolve_backbone(name: str, image_size: int | None = None) -> BackboneSpec:
         spec = BACKBONES[name]
     else:
         spec = _timm_spec(name)
-    if image_size:
+    if image_size is not None:
+        if int(image_size) < 1:
+            raise FeatcacheError(f"--image-size {image_size}: must be at least 1 pixel")
         spec = replace(spec, input_size=int(image_size))
     return spec
 
