@@ -28,7 +28,7 @@ MIN_DELTA = 1e-4  # an epoch must lower the validation MSE (standardised targets
 CHUNK_ROWS = 512  # rows per forward/backward chunk: bounds memory, and is the same for a stack and a single fit
 STACK_BYTES = 2 ** 31  # parameters + Adam state + gradients of one stack stay under this
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
-LR_TIMES_DIM, MAX_AUTO_LR = 0.1, 1e-2  # lr="auto": lr = 0.1 / D, at most 1e-2 (see MLPHead)
+WIDE_LR, LR_TIMES_DIM, MAX_AUTO_LR = 1e-4, 0.1, 1e-2  # lr="auto": max(1e-4, min(1e-2, 0.1 / D)), see auto_lr
 
 
 @dataclass
@@ -99,10 +99,11 @@ def predict_state(z: np.ndarray, state: dict) -> np.ndarray:
 
 
 def auto_lr(lr: float | str, dim: int) -> float:
-    """Adam moves every weight by about lr per step, so a hidden unit's input moves by about lr * D * |z|:
-    'auto' keeps that move the same for any input width D (lr = 0.1 / D, capped at 1e-2)."""
+    """'auto': 1e-4 for backbone-width inputs (D >= 1000; measured best, see MLPHead), 0.1 / D (at most 1e-2)
+    for narrower ones. Adam moves every weight by about lr per step, so a hidden unit's input moves by about
+    lr * D * |z|: with a few dozen inputs 1e-4 would barely move in max_epochs."""
     if lr == "auto":
-        return min(MAX_AUTO_LR, LR_TIMES_DIM / dim)
+        return max(WIDE_LR, min(MAX_AUTO_LR, LR_TIMES_DIM / dim))
     if isinstance(lr, str) or not lr > 0:
         raise ValueError(f"lr must be a positive number or 'auto', got {lr!r}")
     return float(lr)
