@@ -47,8 +47,18 @@ class MLPHead(RegressorMixin, BaseEstimator):
 
     Fitted attributes: `scaler_` (and its arrays `x_mean_`, `x_scale_`, `x_keep_`), `y_mean_`, `y_scale_`,
     `best_epoch_` (epochs of the refit), `history_` (validation MSE per early-stopping epoch),
-    `validation_indices_` / `validation_groups_` (the early-stopping hold-out), `state_` (a plain
-    `nn.Sequential(Linear(D, H), ReLU(), Linear(H, 1))` state dict).
+    `validation_indices_` / `validation_groups_` (the early-stopping hold-out), `lr_` (the lr used), `state_`
+    (a plain `nn.Sequential(Linear(D, H), ReLU(), Linear(H, 1))` state dict). `fit(X, y, groups=None)`: with
+    groups, about `validation_fraction` of the distinct groups are held out for early stopping; without, that
+    fraction of the samples at random (seeded).
+
+    lr 1e-4 (what lr='auto' gives for D >= 1000) with batch 64 was chosen because it had the best SRCC of the
+    settings measured by benchmarks/mlp_lr.py on the demo cache (2 lite0 backbones x NR, FR-diff x 3 targets,
+    GroupKFold(4), 3 seeds): SRCC 0.078 below ridge on average with RMSE equal to ridge's (worst cell 1.31x),
+    while the old lr 1e-3 fell 0.097 below ridge (one cell 0.53 below) with RMSE up to 4x ridge's, and
+    full-batch or lr 3e-5 lost more SRCC. Too large an Adam step on 1000-4000 inputs moves every hidden unit a
+    lot at once (validation MSE above 100x the target variance after one epoch on FR-diff with lr 1e-3).
+    `precision='bfloat16'` runs the matmuls in bfloat16 (weights and Adam stay float32).
     """
 
     def __init__(self, hidden_ratio: float = 0.5, lr: float | str = "auto", weight_decay: float = 1e-4,
