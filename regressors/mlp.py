@@ -236,7 +236,8 @@ class _Stack:
     def __init__(self, jobs: list[_Job], dim: int, params: dict, device: torch.device):
         hidden = _hidden(dim, params["hidden_ratio"])
         inits = [_init_weights(dim, hidden, job.seed) for job in jobs]
-        self.weights = [torch.stack([w[k] for w in inits]).to(device).requires_grad_() for k in range(4)]
+        self.weights = [torch.stack([w[k] for w in inits]).to(device) for k in range(4)]
+        self.grads = [torch.zeros_like(w) for w in self.weights]
         self.moments = [torch.zeros_like(w) for w in self.weights for _ in range(2)]
         self.steps = torch.zeros(len(jobs), device=device)
         to = {"dtype": torch.float32, "device": device}
@@ -248,18 +249,43 @@ class _Stack:
 
     def keep(self, index: list[int]) -> None:
         idx = torch.as_tensor(index, dtype=torch.long, device=self.steps.device)
-        self.weights = [w.detach()[idx].requires_grad_() for w in self.weights]
+        self.weights = [w[idx] for w in self.weights]
+        self.grads = [g[idx] for g in self.grads]
         self.moments = [m[idx] for m in self.moments]
         self.steps, self.mean, self.inv = self.steps[idx], self.mean[idx], self.inv[idx]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (M, B, D) raw rows -> (M, B) standardised predictions; scaling done here, per member, on the fly."""
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (M, B, D) raw rows -> each member's FoldScaler transform, done here on the fly."""
         z = (x - self.mean) * self.inv
         if self.clip is not None and math.isfinite(self.clip):
-            z = z.clamp(-self.clip, self.clip)
+            z = z.clamp_(-self.clip, self.clip)
+        return z.to(self.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (M, B, D) raw rows -> (M, B) standardised predictions."""
         w1, b1, w2, b2 = (w.to(self.dtype) for w in self.weights)
-        hidden = torch.relu(torch.baddbmm(b1, z.to(self.dtype), w1))
+        hidden = torch.relu(torch.baddbmm(b1, self.standardise(x), w1))
         return torch.baddbmm(b2, hidden, w2)[..., 0].float()
+
+    def accumulate(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> None:
+        """Add the gradient of sum(weight * (prediction - y)^2) to the persistent gradient buffers. Written out by
+        hand (two layers) so the (M, D, H) gradient is accumulated in place: autograd allocated a fresh one every
+        step, and the page faults of those allocations cost as much as the matmuls."""
+        w1, b1, w2, b2 = (w.to(self.dtype) for w in self.weights)
+        z = self.standardise(x)
+        pre = torch.baddbmm(b1, z, w1)
+        hidden = torch.relu(pre)
+        err = torch.baddbmm(b2, hidden, w2)[..., 0].float() - y
+        d_out = (2.0 * weight * err)[..., None].to(self.dtype)  # (M, B, 1)
+        d_pre = torch.bmm(d_out, w2.mT).mul_(pre > 0)  # (M, B, H)
+        g1, g_b1, g2, g_b2 = self.grads
+        if self.dtype == torch.float32:
+            g1.baddbmm_(z.mT, d_pre)
+        else:
+            g1.add_(torch.bmm(z.mT, d_pre))
+        g_b1.add_(d_pre.sum(1, keepdim=True))
+        g2.add_(torch.bmm(hidden.mT, d_out))
+        g_b2.add_(d_out.sum(1, keepdim=True))
 
     @torch.no_grad()
     def adam(self, active: torch.Tensor, lr: float, weight_decay: float) -> None:
@@ -272,18 +298,18 @@ class _Stack:
         for i in members:
             for k, w in enumerate(self.weights):
                 views[0].append(w[i])
-                views[1].append(w.grad[i])
+                views[1].append(self.grads[k][i])
                 views[2].append(self.moments[2 * k][i])
                 views[3].append(self.moments[2 * k + 1][i])
                 views[4].append(self.steps[i])
         torch._fused_adam_(views[0], views[1], views[2], views[3], [], views[4], lr=lr, beta1=ADAM_BETAS[0],
                            beta2=ADAM_BETAS[1], weight_decay=weight_decay, eps=ADAM_EPS, amsgrad=False,
                            maximize=False)
-        for w in self.weights:
-            w.grad = None
+        for g in self.grads:
+            g.zero_()
 
     def state(self, i: int) -> dict[str, torch.Tensor]:
-        w1, b1, w2, b2 = (w.detach()[i].float().cpu() for w in self.weights)
+        w1, b1, w2, b2 = (w[i].float().cpu() for w in self.weights)
         return {"0.weight": w1.T.contiguous(), "0.bias": b1[0].clone(), "2.weight": w2.T.contiguous(),
                 "2.bias": b2[0].clone()}
 
@@ -362,11 +388,8 @@ def _step(xt, stack: _Stack, rows, ys, pos, mask, params: dict) -> None:
     scale = 1.0 / counts.clamp(min=1)
     for start in range(0, pos.shape[1], CHUNK_ROWS):
         p = pos[:, start:start + CHUNK_ROWS]
-        m = mask[:, start:start + CHUNK_ROWS]
-        x = xt[torch.gather(rows, 1, p)]
-        err = stack.forward(x) - torch.gather(ys, 1, p)
-        loss = ((err * err * m).sum(1) * scale).sum()
-        loss.backward()
+        weight = mask[:, start:start + CHUNK_ROWS] * scale[:, None]
+        stack.accumulate(xt[torch.gather(rows, 1, p)], torch.gather(ys, 1, p), weight)
     stack.adam((counts > 0).float(), stack.lr, params["weight_decay"])
 
 
