@@ -6,6 +6,9 @@ training groups for its early stopping; ridge = RidgeCV(alphas=logspace(-2, 6, 1
 
     python benchmarks/mlp_lr.py --cache /tmp/mlp-demo/synth/featcache.h5
     python benchmarks/mlp_lr.py --speed          # the speed grid: 3 modes x 3 targets x 5 folds, 4000 x 2048
+    python benchmarks/mlp_lr.py --speed --modes 1 --threads 2 [--settings "lr1e-4 b256"] [--precision bfloat16]
+
+The speed mode draws random features with a planted 3-d signal; pass --ridge to time ridge on one mode too.
 """
 
 from __future__ import annotations
