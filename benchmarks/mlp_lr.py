@@ -6,6 +6,9 @@ training groups for its early stopping; ridge = RidgeCV(alphas=logspace(-2, 6, 1
 
     python benchmarks/mlp_lr.py --cache /tmp/mlp-demo/synth/featcache.h5
     python benchmarks/mlp_lr.py --speed          # the speed grid: 3 modes x 3 targets x 5 folds, 4000 x 2048
+    python benchmarks/mlp_lr.py --speed --modes 1 --threads 2 [--settings "lr1e-4 b256"] [--precision bfloat16]
+
+The speed mode draws random features with a planted 3-d signal; pass --ridge to time ridge on one mode too.
 """
 
 from __future__ import annotations
@@ -153,14 +156,16 @@ def speed(args) -> None:
     latent = rng.normal(size=(n, 3))
     targets = {f"t{k}": 3 + latent[:, k] + 0.3 * rng.normal(size=n) for k in range(3)}
     folds = list(GroupKFold(5).split(np.zeros(n), groups=groups))
-    params = dict(MLPHead().get_params(), **(SETTINGS[args.settings] if args.settings else {}))
+    params = dict(MLPHead().get_params(), **(SETTINGS[args.settings] if args.settings else {}),
+                  precision=args.precision)
     total, fits, srcc, ridge_srcc = 0.0, 0, [], []
     for mode in range(args.modes):
         x = (rng.normal(size=(n, d)) + latent @ rng.normal(size=(3, d)) * 0.1).astype(np.float32)
         members = [MLPMember(tr, y[tr], groups[tr], 0) for y in targets.values() for tr, _ in folds]
         start = time.perf_counter()
         heads = fit_mlp_members(x, members, params, args.device)
-        total += time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        total += seconds
         fits += len(heads)
         tests = [te for _ in targets for _, te in folds]
         ys = [y for y in targets.values() for _ in folds]
@@ -172,10 +177,10 @@ def speed(args) -> None:
                 r = RidgeCV(alphas=np.logspace(-2, 6, 17)).fit(s.transform(x[tr]), y[tr])
                 ridge_srcc.append(metrics(y[te], r.predict(s.transform(x[te])))[0])
             print(f"ridge, 15 fits of one mode: {time.perf_counter() - start:.1f} s, SRCC {np.mean(ridge_srcc):.3f}")
-        print(f"mode {mode}: {time.perf_counter() - start:.1f} s, best epochs "
+        print(f"mode {mode}: {seconds:.1f} s, best epochs "
               f"{sorted(h.best_epoch_ for h in heads)}", flush=True)
-    print(f"MLP: {fits} fits ({n} x {d}, {args.threads} thread(s), {args.device}, {params['precision']}) in "
-          f"{total:.1f} s; mean SRCC {np.mean(srcc):.3f}")
+    print(f"MLP {args.settings or 'defaults'}: {fits} fits ({n} x {d}, {args.threads} thread(s), {args.device}, "
+          f"{params['precision']}) in {total:.1f} s; mean SRCC {np.mean(srcc):.3f}")
 
 
 def main() -> None:
@@ -189,6 +194,7 @@ def main() -> None:
     parser.add_argument("--modes", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--ridge", action="store_true", help="--speed: also time ridge on one mode")
     args = parser.parse_args()
     if not args.speed:

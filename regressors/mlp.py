@@ -28,7 +28,7 @@ MIN_DELTA = 1e-4  # an epoch must lower the validation MSE (standardised targets
 CHUNK_ROWS = 512  # rows per forward/backward chunk: bounds memory, and is the same for a stack and a single fit
 STACK_BYTES = 2 ** 31  # parameters + Adam state + gradients of one stack stay under this
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
-LR_TIMES_DIM, MAX_AUTO_LR = 0.1, 1e-2  # lr="auto": lr = 0.1 / D, at most 1e-2 (see MLPHead)
+WIDE_LR, LR_TIMES_DIM, MAX_AUTO_LR = 1e-4, 0.1, 1e-2  # lr="auto": max(1e-4, min(1e-2, 0.1 / D)), see auto_lr
 
 
 @dataclass
@@ -47,8 +47,19 @@ class MLPHead(RegressorMixin, BaseEstimator):
 
     Fitted attributes: `scaler_` (and its arrays `x_mean_`, `x_scale_`, `x_keep_`), `y_mean_`, `y_scale_`,
     `best_epoch_` (epochs of the refit), `history_` (validation MSE per early-stopping epoch),
-    `validation_indices_` / `validation_groups_` (the early-stopping hold-out), `state_` (a plain
-    `nn.Sequential(Linear(D, H), ReLU(), Linear(H, 1))` state dict).
+    `validation_indices_` / `validation_groups_` (the early-stopping hold-out), `lr_` (the lr used), `state_`
+    (a plain `nn.Sequential(Linear(D, H), ReLU(), Linear(H, 1))` state dict). `fit(X, y, groups=None)`: with
+    groups, about `validation_fraction` of the distinct groups are held out for early stopping; without, that
+    fraction of the samples at random (seeded).
+
+    lr 1e-4 (what lr='auto' gives for D >= 1000) with batch 64 was chosen because it had the best SRCC of the
+    settings measured by benchmarks/mlp_lr.py on the demo cache (2 lite0 backbones x NR, FR-diff x 3 targets,
+    GroupKFold(4), 3 seeds): SRCC 0.078 below ridge on average with RMSE equal to ridge's (worst cell 1.31x),
+    while the old lr 1e-3 fell 0.097 below ridge (one cell 0.53 below) with RMSE up to 4x ridge's, and
+    full-batch or lr 3e-5 lost more SRCC. Too large an Adam step on 1000-4000 inputs moves every hidden unit a
+    lot at once (with lr 1e-3 the validation MSE on an FR-diff fold reached 111x the target variance in
+    epoch 2).
+    `precision='bfloat16'` runs the matmuls in bfloat16 (weights and Adam stay float32).
     """
 
     def __init__(self, hidden_ratio: float = 0.5, lr: float | str = "auto", weight_decay: float = 1e-4,
@@ -99,10 +110,11 @@ def predict_state(z: np.ndarray, state: dict) -> np.ndarray:
 
 
 def auto_lr(lr: float | str, dim: int) -> float:
-    """Adam moves every weight by about lr per step, so a hidden unit's input moves by about lr * D * |z|:
-    'auto' keeps that move the same for any input width D (lr = 0.1 / D, capped at 1e-2)."""
+    """'auto': 1e-4 for backbone-width inputs (D >= 1000; measured best, see MLPHead), 0.1 / D (at most 1e-2)
+    for narrower ones. Adam moves every weight by about lr per step, so a hidden unit's input moves by about
+    lr * D * |z|: with a few dozen inputs 1e-4 would barely move in max_epochs."""
     if lr == "auto":
-        return min(MAX_AUTO_LR, LR_TIMES_DIM / dim)
+        return max(WIDE_LR, min(MAX_AUTO_LR, LR_TIMES_DIM / dim))
     if isinstance(lr, str) or not lr > 0:
         raise ValueError(f"lr must be a positive number or 'auto', got {lr!r}")
     return float(lr)
@@ -225,7 +237,8 @@ class _Stack:
     def __init__(self, jobs: list[_Job], dim: int, params: dict, device: torch.device):
         hidden = _hidden(dim, params["hidden_ratio"])
         inits = [_init_weights(dim, hidden, job.seed) for job in jobs]
-        self.weights = [torch.stack([w[k] for w in inits]).to(device).requires_grad_() for k in range(4)]
+        self.weights = [torch.stack([w[k] for w in inits]).to(device) for k in range(4)]
+        self.grads = [torch.zeros_like(w) for w in self.weights]
         self.moments = [torch.zeros_like(w) for w in self.weights for _ in range(2)]
         self.steps = torch.zeros(len(jobs), device=device)
         to = {"dtype": torch.float32, "device": device}
@@ -237,18 +250,43 @@ class _Stack:
 
     def keep(self, index: list[int]) -> None:
         idx = torch.as_tensor(index, dtype=torch.long, device=self.steps.device)
-        self.weights = [w.detach()[idx].requires_grad_() for w in self.weights]
+        self.weights = [w[idx] for w in self.weights]
+        self.grads = [g[idx] for g in self.grads]
         self.moments = [m[idx] for m in self.moments]
         self.steps, self.mean, self.inv = self.steps[idx], self.mean[idx], self.inv[idx]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (M, B, D) raw rows -> (M, B) standardised predictions; scaling done here, per member, on the fly."""
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (M, B, D) raw rows -> each member's FoldScaler transform, done here on the fly."""
         z = (x - self.mean) * self.inv
         if self.clip is not None and math.isfinite(self.clip):
-            z = z.clamp(-self.clip, self.clip)
+            z = z.clamp_(-self.clip, self.clip)
+        return z.to(self.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (M, B, D) raw rows -> (M, B) standardised predictions."""
         w1, b1, w2, b2 = (w.to(self.dtype) for w in self.weights)
-        hidden = torch.relu(torch.baddbmm(b1, z.to(self.dtype), w1))
+        hidden = torch.relu(torch.baddbmm(b1, self.standardise(x), w1))
         return torch.baddbmm(b2, hidden, w2)[..., 0].float()
+
+    def accumulate(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> None:
+        """Add the gradient of sum(weight * (prediction - y)^2) to the persistent gradient buffers. Written out by
+        hand (two layers) so the (M, D, H) gradient is accumulated in place: autograd allocated a fresh one every
+        step, and the page faults of those allocations cost as much as the matmuls."""
+        w1, b1, w2, b2 = (w.to(self.dtype) for w in self.weights)
+        z = self.standardise(x)
+        pre = torch.baddbmm(b1, z, w1)
+        hidden = torch.relu(pre)
+        err = torch.baddbmm(b2, hidden, w2)[..., 0].float() - y
+        d_out = (2.0 * weight * err)[..., None].to(self.dtype)  # (M, B, 1)
+        d_pre = torch.bmm(d_out, w2.mT).mul_(pre > 0)  # (M, B, H)
+        g1, g_b1, g2, g_b2 = self.grads
+        if self.dtype == torch.float32:
+            g1.baddbmm_(z.mT, d_pre)
+        else:
+            g1.add_(torch.bmm(z.mT, d_pre))
+        g_b1.add_(d_pre.sum(1, keepdim=True))
+        g2.add_(torch.bmm(hidden.mT, d_out))
+        g_b2.add_(d_out.sum(1, keepdim=True))
 
     @torch.no_grad()
     def adam(self, active: torch.Tensor, lr: float, weight_decay: float) -> None:
@@ -261,18 +299,18 @@ class _Stack:
         for i in members:
             for k, w in enumerate(self.weights):
                 views[0].append(w[i])
-                views[1].append(w.grad[i])
+                views[1].append(self.grads[k][i])
                 views[2].append(self.moments[2 * k][i])
                 views[3].append(self.moments[2 * k + 1][i])
                 views[4].append(self.steps[i])
         torch._fused_adam_(views[0], views[1], views[2], views[3], [], views[4], lr=lr, beta1=ADAM_BETAS[0],
                            beta2=ADAM_BETAS[1], weight_decay=weight_decay, eps=ADAM_EPS, amsgrad=False,
                            maximize=False)
-        for w in self.weights:
-            w.grad = None
+        for g in self.grads:
+            g.zero_()
 
     def state(self, i: int) -> dict[str, torch.Tensor]:
-        w1, b1, w2, b2 = (w.detach()[i].float().cpu() for w in self.weights)
+        w1, b1, w2, b2 = (w[i].float().cpu() for w in self.weights)
         return {"0.weight": w1.T.contiguous(), "0.bias": b1[0].clone(), "2.weight": w2.T.contiguous(),
                 "2.bias": b2[0].clone()}
 
@@ -351,11 +389,8 @@ def _step(xt, stack: _Stack, rows, ys, pos, mask, params: dict) -> None:
     scale = 1.0 / counts.clamp(min=1)
     for start in range(0, pos.shape[1], CHUNK_ROWS):
         p = pos[:, start:start + CHUNK_ROWS]
-        m = mask[:, start:start + CHUNK_ROWS]
-        x = xt[torch.gather(rows, 1, p)]
-        err = stack.forward(x) - torch.gather(ys, 1, p)
-        loss = ((err * err * m).sum(1) * scale).sum()
-        loss.backward()
+        weight = mask[:, start:start + CHUNK_ROWS] * scale[:, None]
+        stack.accumulate(xt[torch.gather(rows, 1, p)], torch.gather(ys, 1, p), weight)
     stack.adam((counts > 0).float(), stack.lr, params["weight_decay"])
 
 
