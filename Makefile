@@ -16,8 +16,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/featcache demo --out $(OUT)
 
+# The default suite (under a minute); PYTEST_ARGS='-m "slow or not slow"' adds the slow end-to-end tests.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Everything, the slow end-to-end tests included (what CI runs).
 test-all: $(VENV)/.installed
@@ -26,6 +27,7 @@ test-all: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/accuracy.py
 	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/stage2.py
 	$(BIN)/python benchmarks/memory.py
 
 clean:

@@ -22,13 +22,3 @@ def _quiet_random_weights():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*RANDOM weights.*", category=FeatcacheWarning)
         yield
-
-
-# Slow tests in files this suite does not own are marked here (the default run skips `slow`; CI runs everything).
-SLOW_ELSEWHERE = ("tests/test_synth_demo.py::test_short_demo_writes_its_report",)
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.nodeid.startswith(SLOW_ELSEWHERE):
-            item.add_marker(pytest.mark.slow)

@@ -19,7 +19,7 @@ def vit_large():
     return load_backbone("vit_large_patch16_224", random_weights=True)
 
 
-@pytest.mark.parametrize("name", list(PAPER))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n != "resnet18" else n for n in PAPER])
 def test_paper_backbones_give_the_paper_feature_dimension(name, request):
     spec = BACKBONES[name]
     assert spec.timm_name == PAPER[name][0]
@@ -31,6 +31,7 @@ def test_paper_backbones_give_the_paper_feature_dimension(name, request):
     assert spec.data_config()["resize"] == (320 if name == "inception_v4" else 256)
 
 
+@pytest.mark.slow
 def test_vit_feature_is_the_class_token_of_the_last_block(vit_large):
     extractor = vit_large.extractor()
     x = torch.randn(1, 3, 224, 224)
@@ -67,6 +68,7 @@ def test_lite0_has_real_imagenet_weights():
     assert 281 <= _top1(backbone, Image.fromarray(skimage_data.chelsea())) <= 285  # a cat
 
 
+@pytest.mark.slow
 def test_local_weights_file_gives_the_same_features(tmp_path):
     from safetensors.torch import save_file
 

@@ -63,6 +63,7 @@ def _tmpfs(folder: Path, size: str):
 
 # ------------------------------------------------------------------------------------------ full disk (ENOSPC)
 
+@pytest.mark.slow
 def test_full_disk_while_adding_a_backbone_keeps_the_cache(pku_root, tmp_path, monkeypatch):
     """Simulated ENOSPC at the allocation of the new backbone: the first backbone stays readable, the new one is
     absent, no temporary file is left, and the message is one line."""
@@ -88,6 +89,7 @@ def test_full_disk_while_adding_a_backbone_keeps_the_cache(pku_root, tmp_path, m
     assert _extract(samples, pku_root, cache, _small("multilevel")).rows_written == 22
 
 
+@pytest.mark.slow
 def test_full_disk_during_row_writes_keeps_the_rows(pku_root, tmp_path, monkeypatch):
     import featcache.extract as extract_module
 
@@ -218,6 +220,7 @@ def test_kill_9_while_the_datasets_are_allocated(pku_root, tmp_path):
     assert resumed.rows_written == 22 and _temporaries(cache) == []
 
 
+@pytest.mark.slow
 def test_a_half_created_backbone_of_an_older_version_is_listed_dropped_and_redone(pku_root, tmp_path):
     samples = load_dataset(None, pku_root)
     cache = tmp_path / "c.h5"
@@ -342,6 +345,7 @@ def test_an_image_replaced_in_place_is_extracted_again(pku_root, tmp_path):
     np.testing.assert_array_equal(np.delete(after, row, axis=0), np.delete(before, row, axis=0))
 
 
+@pytest.mark.slow
 def test_after_a_decode_error_removing_the_bad_rows_reuses_the_written_ones(pku_root, tmp_path):
     samples = load_dataset(None, pku_root)
     bad = pku_root / "All" / "DALLE_1000_00.jpg"
@@ -434,6 +438,7 @@ def test_verify_recognises_a_copied_dataset_by_content(pku_root, tmp_path):
     assert _state(cache)[first.backbone_id][1].all()
 
 
+@pytest.mark.slow
 def test_merge_interrupted_while_allocating_leaves_the_target_as_it_was(pku_root, tmp_path, monkeypatch):
     from featcache.merge import merge
 

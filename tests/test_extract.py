@@ -71,6 +71,7 @@ def test_complete_cache_runs_no_forward(pku_root, tmp_path, monkeypatch):
     assert result.rows_written == 0 and result.rows_done_before == 22
 
 
+@pytest.mark.slow
 def test_shards_merge_into_the_unsharded_cache(pku_root, tmp_path):
     samples = load_dataset(None, pku_root)
     whole = extract(samples, pku_root, _small(), tmp_path / "whole.h5", workers=0, progress=False)
@@ -196,6 +197,7 @@ def test_cli_extract_info_and_one_line_errors(pku_root, monkeypatch):
                                                "(has: Generated_image, MOS_q)"]
 
 
+@pytest.mark.slow
 def test_a_writer_in_another_process_is_refused(pku_root, tmp_path):
     cache = tmp_path / "c.h5"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from featcache.store import lock_cache\n"
@@ -219,6 +221,7 @@ def test_a_damaged_cache_file_is_a_one_line_error(pku_root, tmp_path):
     assert (tmp_path / "c.h5").read_bytes() == b"this is not HDF5"
 
 
+@pytest.mark.slow
 def test_cli_shards_and_merge(pku_root, monkeypatch):
     monkeypatch.chdir(pku_root)
     runner = CliRunner()

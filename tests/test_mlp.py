@@ -27,6 +27,7 @@ def planted(n=160, d=8, seed=0):
     return x, y, np.repeat(np.arange(n // 4), 4)
 
 
+@pytest.mark.slow
 def test_estimator_contract():
     failed = [r for r in check_estimator(MLPHead(), on_fail=None) if r["status"] == "failed"]
     assert not failed, [(r["check_name"], str(r["exception"])[:200]) for r in failed]

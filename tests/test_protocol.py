@@ -158,6 +158,7 @@ def test_run_folders_never_mix_runs(tmp_path):
     assert not (out / "results.json").exists() and (out / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_cli_fit_writes_a_fresh_run_folder_and_refuses_a_used_out(tmp_path, monkeypatch):
     make_cache(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -191,6 +192,7 @@ def test_dask_backend_gives_the_same_results_as_one_job(tmp_path):
     assert [r["srcc"] for r in remote.folds] == [r["srcc"] for r in local.folds]
 
 
+@pytest.mark.slow
 def test_table_in_the_paper_layout(tmp_path, monkeypatch):
     from regressors.tables import load_results, render_table
 

@@ -54,6 +54,7 @@ def test_distortions_grow_with_level(kind):
     assert errors[0] == 0 and errors[1] > 0 and errors[4] > errors[1]
 
 
+@pytest.mark.slow
 def test_short_demo_writes_its_report(tmp_path):
     photos = _photos(tmp_path / "photos", n=6)
     result = CliRunner().invoke(cli.main, ["demo", "--out", str(tmp_path / "demo"), "--photos", str(photos),
