@@ -44,7 +44,8 @@ def main() -> None:
         made = synth(KODAK, base / "kodak-synth", views=args.views, seed=0)
         samples = load_dataset("pku-aigiqa-4k", base / "kodak-synth")
         cache = base / "kodak-synth" / "featcache.h5"
-        payload = {"machine": machine(), "samples": made.samples, "i2i_samples": made.i2i_samples, "tables": {}}
+        payload = {"machine": machine(), "samples": made.samples, "i2i_samples": made.i2i_samples, "tables": {},
+                   "folds": args.folds, "repeats": args.repeats}
         print(f"synth over 24 Kodak photos: {made.samples} rated images ({made.i2i_samples} with an image prompt)")
         for pool in ("paper", "multilevel"):
             bid = extract(samples, base / "kodak-synth", load_backbone("lite0", pool=pool), cache,

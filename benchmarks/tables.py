@@ -9,33 +9,29 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _cell(row: dict) -> str:
-    mean, std = row["srcc_mean"], row["srcc_std"]
-    return "n/a" if mean is None or not math.isfinite(mean) else f"{mean:.3f} ± {std:.3f}"
-
-
 def accuracy() -> str:
+    """The paper layout over both poolings (rows method x backbone x regressor, floors as reference rows)."""
+    import sys
+
+    sys.path.insert(0, str(RESULTS.parents[1]))
+    from regressors.tables import render_table
+
     data = json.loads((RESULTS / "accuracy.json").read_text())
-    tables = data["tables"]
-    targets = ["MOS_q", "MOS_a", "MOS_c"]
-    header = "| mode | regressor | " + " | ".join(f"{t} paper" for t in targets) + " | " + " | ".join(
-        f"{t} multilevel" for t in targets) + " |"
-    lines = [header, "|" + "---|" * (2 + 2 * len(targets))]
-    index = {(pool, r["mode"], r["regressor"], r["target"]): r for pool, t in tables.items() for r in t["summary"]}
-    modes = list(dict.fromkeys(r["mode"] for r in tables["paper"]["summary"]))
-    regressors = list(dict.fromkeys(r["regressor"] for r in tables["paper"]["summary"]))
-    for mode in modes:
-        for regressor in regressors:
-            if regressor in ("generator-mean", "sibling-mean") and mode not in ("nr", "fr"):
-                continue  # floors depend only on the samples: nr covers all, fr the prompted ones
-            cells = [_cell(index[(pool, mode, regressor, t)]) for pool in ("paper", "multilevel") for t in targets]
-            lines.append(f"| {mode} | {regressor} | " + " | ".join(cells) + " |")
-    n = tables["paper"]["summary"][0]
-    lines.append("")
-    lines.append(f"{data['samples']} rated images ({data['i2i_samples']} with an image prompt), "
-                 f"{n['n_folds']} folds (5 prompt-disjoint folds x 3 repeats), train/test about "
-                 f"{n['n_train']}/{n['n_test']} (FR: prompted samples only); {data['seconds']:.0f} s in all.")
-    return "\n".join(lines)
+    rows = []
+    for pool, table in data["tables"].items():
+        protocol = (f"prompt-disjoint {data.get('folds', 5)}-fold x {data.get('repeats', 3)} repeats, stratified by "
+                    "T2I/I2I, one fold assignment for every mode")
+        rows += [dict(r, backbone=table["backbone"], _protocol=protocol) for r in table["summary"]]
+    first = data["tables"]["paper"]["summary"][0]
+    return (render_table(rows, ["srcc"], "md") +
+            f"\n{data['samples']} rated images ({data['i2i_samples']} with an image prompt); SRCC mean ± SD across "
+            f"the 3 repeats; train/test about {first['n_train']}/{first['n_test']} (FR modes: the prompted samples of "
+            f"the same folds); {data['seconds']:.0f} s in all.")
+
+
+def _failed(payload: dict) -> str:
+    rows = [r for t in payload["tables"].values() for r in t["summary"] if r.get("n_failed")]
+    return ", ".join(f"{r['regressor']} {r['mode']} {r['target']} ({r['n_failed']})" for r in rows) or "none"
 
 
 def speed() -> str:
@@ -77,7 +73,20 @@ def memory() -> str:
     return "\n".join(lines)
 
 
+def stage2() -> str:
+    data = json.loads((RESULTS / "stage2.json").read_text())
+    lines = [f"Stage 2 on {data['rows']} cached rows of {data['dim']}-d features, NR/FR/PR x 3 targets x 5 "
+             f"prompt-disjoint folds, `--jobs {data['jobs']}`, {data['device']}:", "",
+             "| regressors | fits | seconds | NR MOS_q SRCC |", "|---|---|---|---|"]
+    for label, name in (("ridge_and_floors", "ridge + the three floors"), ("svr", "svr"), ("mlp", "mlp")):
+        if f"{label}_seconds" in data:
+            lines.append(f"| {name} | {data[f'{label}_fits']} | {data[f'{label}_seconds']:.1f} | "
+                         f"{data[f'{label}_srcc_MOS_q_nr']:.3f} |")
+    lines.append(f"| full grid | | {data['full_grid_seconds']:.1f} | |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    for name, make in (("accuracy", accuracy), ("speed", speed), ("memory", memory)):
+    for name, make in (("accuracy", accuracy), ("stage2", stage2), ("speed", speed), ("memory", memory)):
         if (RESULTS / f"{name}.json").is_file():
             print(f"### {name}\n\n{make()}\n")
