@@ -10,7 +10,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from common import machine, photos_folder, save_json  # noqa: E402  (sets sys.path)
 
@@ -85,30 +84,14 @@ def stage2(args, tmp: Path) -> dict:
 
 def finetune_cost(args, speed: dict, grid_seconds: float) -> dict:
     """One fine-tuning step (forward + backward + Adam) per image, scaled to the paper's recipe."""
-    import torch
+    from gpu import finetune_step
 
     from featcache.backbones import load_backbone
     from featcache.devices import resolve_device
 
     device = resolve_device(args.device)
-    model = load_backbone(args.backbone, random_weights=True).extractor().model.to(device).train()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-5)
-    x = torch.randn(args.batch_size, 3, 224, 224, device=device)
-    y = torch.randn(args.batch_size, device=device)
-    times = []
-    for step in range(4):
-        start = time.perf_counter()
-        optimiser.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(x)[:, 0], y)
-        loss.backward()
-        optimiser.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if step:
-            times.append(time.perf_counter() - start)
-    train_per_image = float(np.mean(times)) / args.batch_size
+    train_per_image = finetune_step(load_backbone(args.backbone, random_weights=True), device, args.batch_size,
+                                    "fp32")
     forward_per_image = 1.0 / speed["bare_forward_images_per_s"]
     # PKU-AIGIQA-4K, paper split, 100 epochs, one model per (mode, target): NR on 3000/1000 generated images;
     # FR on the I2I part, 1200/400 samples of two images; PR on 3000/1000 samples, 1200 of them with a prompt.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -27,11 +26,6 @@ def accuracy() -> str:
             f"\n{data['samples']} rated images ({data['i2i_samples']} with an image prompt); SRCC mean ± SD across "
             f"the 3 repeats; train/test about {first['n_train']}/{first['n_test']} (FR modes: the prompted samples of "
             f"the same folds); {data['seconds']:.0f} s in all.")
-
-
-def _failed(payload: dict) -> str:
-    rows = [r for t in payload["tables"].values() for r in t["summary"] if r.get("n_failed")]
-    return ", ".join(f"{r['regressor']} {r['mode']} {r['target']} ({r['n_failed']})" for r in rows) or "none"
 
 
 def speed() -> str:

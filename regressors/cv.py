@@ -10,7 +10,6 @@ Out-of-fold predictions are kept, so pooled, per-generator and paired figures co
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 

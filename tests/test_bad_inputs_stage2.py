@@ -111,7 +111,7 @@ def markdown_table(root) -> str:
     for name, args in cases(root):
         result = runner.invoke(cli.main, args)
         message = [line for line in result.output.splitlines() if line.strip()][-1].replace(str(root), "…")
-        noise = {"--quiet", "--no-figures", f"--cache", str(root / "c.h5")}
+        noise = {"--quiet", "--no-figures", "--cache", str(root / "c.h5")}
         shown = " ".join(a.replace(str(root), "…") for a in args if a not in noise)
         rows.append(f"| {name} | `featcache {shown}` | {result.exit_code} | `{message.replace('|', '/')}` |")
     return "\n".join(rows)
