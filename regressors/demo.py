@@ -15,7 +15,7 @@ DEMO_PLOT = "ridge"  # the figures' configuration is fixed in advance, never pic
 DEMO_PLOT_MODES = ("nr", "fr-diff")
 
 
-def run_demo(out: str | Path = "demo-out", *, views: int = 8, folds: int = 4, seed: int = 0, jobs: int = 2,
+def run_demo(out: str | Path = "demo-out", *, views: int = 6, folds: int = 4, seed: int = 0, jobs: int = 2,
              photos: str | Path | None = None, modes: list[str] | None = None, regressors: list[str] | None = None,
              progress: bool = True, echo: Callable[[str], None] = print) -> Path:
     """Synth benchmark -> lite0 extraction (paper and multilevel pooling) -> prompt-disjoint CV -> report.md."""
