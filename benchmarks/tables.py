@@ -23,8 +23,8 @@ def accuracy() -> str:
         rows += [dict(r, backbone=table["backbone"], _protocol=protocol) for r in table["summary"]]
     first = data["tables"]["paper"]["summary"][0]
     return (render_table(rows, ["srcc"], "md") +
-            f"\n{data['samples']} rated images ({data['i2i_samples']} with an image prompt); SRCC mean ± SD across "
-            f"the 3 repeats; train/test about {first['n_train']}/{first['n_test']} (FR modes: the prompted samples of "
+            f"\n{data['samples']} rated images ({data['i2i_samples']} with an image prompt); SRCC: the mean over 3 "
+            f"repeats of the fold means (SDs across repeats, 0.005-0.04, in benchmarks/results/accuracy.json); train/test about {first['n_train']}/{first['n_test']} (FR modes: the prompted samples of "
             f"the same folds); {data['seconds']:.0f} s in all.")
 
 

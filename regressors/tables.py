@@ -100,12 +100,18 @@ def paper_table(rows: list[dict], metrics: list[str]) -> tuple[list[str], list[l
             for value, i in candidates:
                 if value == best:
                     bold[i][column] = True
-    for mode, regressor in floor_keys:
+    shown = set()
+    for mode, regressor in floor_keys:  # floors depend only on the samples: once per sample set
+        prompted = bool(MODES.get(mode) and MODES[mode].needs_prompt_image)
+        if (prompted, regressor) in shown:
+            continue
+        shown.add((prompted, regressor))
         cells = []
         for t in targets:
             row = floor_index.get((mode, regressor, t))
             cells += [_value(row, m) if row else float("nan") for m in metrics]
-        body.append([f"floor ({method_label(mode)} samples)", "none (labels only)", regressor] + cells)
+        label = "floor (samples with an image prompt)" if prompted else "floor (all samples)"
+        body.append([label, "none (labels only)", regressor] + cells)
         bold.append([False] * len(header))
     protocols = sorted({r["_protocol"] for r in rows})
     caption = ("; ".join(protocols) + ". Fold means; a failed fold counts as 0. Bold: best per column among "

@@ -210,7 +210,7 @@ def test_table_in_the_paper_layout(tmp_path, monkeypatch):
     md = render_table(rows, ["srcc"], "md")
     body = [line for line in md.splitlines() if line.startswith("| NR |")]
     assert len(body) == 4 and sum("**" in line for line in body) >= 1  # 2 backbones x 2 regressors, a best
-    assert "| floor (NR samples) | none (labels only) | prompt-mean |" in md
+    assert "| floor (all samples) | none (labels only) | prompt-mean |" in md
     best = [line for line in body if "**" in line]
     srcc = {line: float(line.split("|")[4].strip(" *")) for line in body}
     assert max(srcc.values()) == srcc[best[0]]
