@@ -147,9 +147,9 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
         chosen_modes = check_names("mode", modes) if modes is not None else modes_for(
             data, options["subset"], options["split"], options["train_on"], options["test_on"])
 
-        def progress(done, total, offset=done_before):
-            if on_progress:
-                on_progress(offset + done, None)
+        def progress(done, total, offset=done_before, backbones=len(chosen)):
+            if on_progress and (offset == 0 or done > 0):  # every backbone fits as many heads as the first
+                on_progress(offset + done, total * backbones if offset == 0 else None)
 
         result = cross_validate(data, chosen_modes, data.targets if targets is None else check_names("target", targets),
                                 regressors, on_progress=progress,
