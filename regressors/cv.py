@@ -59,6 +59,10 @@ class CVResults:
 
 def backend_context(backend: str | None):
     """joblib's own backends reach a cluster; the optional extras bring them."""
+    import warnings
+
+    # loky replaces a worker that grew or idled and resubmits its jobs; its warning says nothing the user can act on
+    warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor")
     if backend in (None, "", "loky", "threading", "multiprocessing"):
         return parallel_config(backend=backend) if backend else contextlib.nullcontext()
     if backend == "dask":

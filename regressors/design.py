@@ -16,7 +16,7 @@ def mode_rows(data: CacheData, mode: str, rows: np.ndarray) -> np.ndarray:
     spec = get_mode(mode)
     rows = np.asarray(rows)
     if spec.needs_prompt_image:
-        has = data.samples.ref[rows] >= 0
+        has = data.samples.prompt_image[rows] >= 0
         if not has.any():
             raise FeatcacheError(f"--mode {mode}: no sample of this selection has an image prompt; "
                                  "use --mode pr (or nr), or --subset i2i")
@@ -27,7 +27,7 @@ def mode_rows(data: CacheData, mode: str, rows: np.ndarray) -> np.ndarray:
 def design_matrix(data: CacheData, mode: str, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(X, sample indices) for `mode` over the samples in `rows` (all by default)."""
     rows = mode_rows(data, mode, np.arange(len(data.samples)) if rows is None else np.asarray(rows))
-    gen, prompt = data.samples.gen[rows], data.samples.ref[rows]
+    gen, prompt = data.samples.gen[rows], data.samples.prompt_image[rows]
     has_prompt = prompt >= 0
     needed = np.unique(np.concatenate([gen, prompt[has_prompt]]))
     missing = needed[~data.done[needed]]
@@ -64,7 +64,7 @@ def content_groups(data: CacheData) -> np.ndarray:
         return i
 
     first_by_text: dict[str, int] = {}
-    for code, text, prompt in zip(group_code.tolist(), samples.text_prompt.tolist(), samples.ref.tolist()):
+    for code, text, prompt in zip(group_code.tolist(), samples.text_prompt.tolist(), samples.prompt_image.tolist()):
         key = normalised_text(text)
         if not key or prompt >= 0:
             continue

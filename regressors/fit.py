@@ -31,7 +31,7 @@ def modes_for(data: CacheData, subset: str = "all", split: str = "group", train_
     get_split(split)
     s = data.samples
     rows = selection_rows(data, subset)
-    has = s.ref >= 0
+    has = s.prompt_image >= 0
     if split == "cross" and train_on and test_on:
         train = rows[subset_mask(s.subset[rows], s.generator[rows], train_on)]
         test = rows[subset_mask(s.subset[rows], s.generator[rows], test_on)]

@@ -62,7 +62,7 @@ def test_modes_use_the_same_folds_restricted_to_their_samples(tmp_path):
     data = load_cache(make_cache(tmp_path))
     result = cross_validate(data, ["nr", "fr"], ["MOS_q"], ["ridge"], folds=3, repeats=2)
     tests = {(p.mode, p.repeat, p.fold): set(p.rows.tolist()) for p in result.predictions}
-    prompted = set(np.flatnonzero(data.samples.ref >= 0).tolist())
+    prompted = set(np.flatnonzero(data.samples.prompt_image >= 0).tolist())
     for (mode, repeat, fold), rows in tests.items():
         if mode == "fr":
             assert rows == tests[("nr", repeat, fold)] & prompted

@@ -41,7 +41,7 @@ def _hand_made_cache(tmp_path, pku_root, emb=None):
 
 def test_design_matrices_follow_the_paper_definitions(tmp_path, pku_root):
     data = load_cache(_hand_made_cache(tmp_path, pku_root))
-    gen, ref = data.samples.gen, data.samples.ref
+    gen, ref = data.samples.gen, data.samples.prompt_image
     i2i = int(np.flatnonzero(ref >= 0)[0])
     t2i = int(np.flatnonzero(ref < 0)[0])
     g, p = np.array([gen[i2i], 10 * gen[i2i]]), np.array([ref[i2i], 10 * ref[i2i]])
