@@ -9,14 +9,14 @@ from PIL import Image
 import cli
 from featcache.datasets import load_dataset
 from featcache.synth import DISTORTIONS, distort, synth
-from tests.fakedata import _image
+from tests.fakedata import noisy_image
 
 
 def _photos(folder, n=4, seed=0):
     folder.mkdir()
     rng = np.random.default_rng(seed)
     for i in range(n):
-        _image(rng, (96, 128)).save(folder / f"p{i}.png")
+        noisy_image(rng, (96, 128)).save(folder / f"p{i}.png")
     return folder
 
 
@@ -47,7 +47,7 @@ def test_synth_labels_follow_the_recipe_and_seed_repeats(tmp_path):
 @pytest.mark.parametrize("kind", list(DISTORTIONS))
 def test_distortions_grow_with_level(kind):
     rng = np.random.default_rng(0)
-    image = _image(rng, (64, 64))
+    image = noisy_image(rng, (64, 64))
     base = np.asarray(image, dtype=np.float64)
     errors = [np.abs(np.asarray(distort(image, kind, level, np.random.default_rng(1)), dtype=np.float64) - base).mean()
               for level in range(5)]
