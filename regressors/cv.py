@@ -98,10 +98,16 @@ class _Task:
     meta: list[tuple]  # (target, fold, test rows, y_test, train sd, n_train)
 
 
+def check_jobs(jobs: int) -> None:
+    if jobs == 0 or jobs < -1:
+        raise FeatcacheError(f"--jobs {jobs}: use a positive number, or -1 for every core")
+
+
 def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list[str], *, split: str = "group",
          folds: int = 5, repeats: int = 1, seed: int = 0, subset: str = "all", train_on: str | None = None,
-         test_on: str | None = None, hold_out_prompts: bool = False, device: str = "cpu"):
-    """The folds and the fitting tasks of a run, without fitting anything (so the caller can count them)."""
+         test_on: str | None = None, hold_out_prompts: bool = False, groups: np.ndarray | None = None):
+    """The folds and the fitting tasks of a run, without fitting anything (so the caller can count them).
+    `groups`: the content groups of `design.content_groups`, when the caller has them already."""
     check_regressors(regressors)
     for mode in modes:
         get_mode(mode)
@@ -109,7 +115,7 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
     spec = get_split(split)
     s = data.samples
     selection = selection_rows(data, subset)
-    groups = content_groups(data)
+    groups = content_groups(data) if groups is None else groups
     request = SplitRequest(selection, groups, s.subset, s.generator, folds, seed, train_on, test_on,
                            hold_out_prompts, what=f"--subset {subset}")
     fold_list = make_folds(request, split, repeats)
@@ -122,6 +128,8 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
         codes = label_codes(data, rows, groups)
         position = np.full(len(s), -1)
         position[rows] = np.arange(len(rows))
+        y_of = {target: labels[target][rows] for target in targets}
+        groups_of = groups[rows]
         for name in regressors:
             reg = get_regressor(name)
             inputs = x if reg.reads_features else codes
@@ -134,8 +142,8 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
                         skipped.append({"regressor": name, "mode": mode, "target": target, "repeat": fold.repeat,
                                         "fold": fold.fold, "n_train": int(len(train)), "n_test": int(len(test))})
                         continue
-                    y = labels[target][rows]
-                    member_groups = groups[rows][train] if spec.grouped else None
+                    y = y_of[target]
+                    member_groups = groups_of[train] if spec.grouped else None
                     members.append(Member(train, y[train], test, member_groups, seed + fold.repeat))
                     meta.append((target, fold, rows[test], y[test], float(np.std(y[train])), int(len(train))))
             tasks += [_Task(name, mode, inputs, [members[i] for i in chunk], [meta[i] for i in chunk])
@@ -165,11 +173,11 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
                    jobs: int = 1, backend: str | None = None, device: str = "cpu",
                    on_progress: Callable[[int, int], None] | None = None) -> CVResults:
     """Fit every regressor x mode x target on every fold; `on_progress(done, total)` after each fitted member."""
-    if jobs == 0 or jobs < -1:
-        raise FeatcacheError(f"--jobs {jobs}: use a positive number, or -1 for every core")
-    fold_list, tasks, skipped = plan(data, modes, targets, regressors, split=split, folds=folds, repeats=repeats,
-                                     seed=seed, subset=subset, train_on=train_on, test_on=test_on,
-                                     hold_out_prompts=hold_out_prompts, device=device)
+    check_jobs(jobs)
+    groups = content_groups(data)
+    _, tasks, skipped = plan(data, modes, targets, regressors, split=split, folds=folds, repeats=repeats, seed=seed,
+                             subset=subset, train_on=train_on, test_on=test_on, hold_out_prompts=hold_out_prompts,
+                             groups=groups)
     spec = get_split(split)
     config = {"cache": data.path, "backbone": data.backbone_id, "modes": modes, "targets": targets,
               "regressors": regressors, "split": split, "split_doc": spec.doc, "folds": folds,
@@ -177,7 +185,7 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
               "hold_out_prompts": hold_out_prompts, "protocol": __doc__.split("\n\n", 1)[1].strip()}
     results = CVResults(config)
     s = data.samples
-    results.samples = {"key": s.key, "group": content_groups(data), "generator": s.generator, "subset": s.subset}
+    results.samples = {"key": s.key, "group": groups, "generator": s.generator, "subset": s.subset}
     total = sum(len(t.members) for t in tasks)
     done = 0
     if on_progress:

@@ -12,7 +12,7 @@ import numpy as np
 
 from featcache.errors import FeatcacheError
 from regressors.cache_data import CacheData, cached_backbone_ids, load_cache, resolve_backbone_id
-from regressors.cv import CVResults, cross_validate, selection_rows
+from regressors.cv import CVResults, check_jobs, cross_validate, selection_rows
 from regressors.heads import fit_and_save_head
 from regressors.heads_io import check_savable
 from regressors.modes import default_modes
@@ -74,9 +74,7 @@ def check_names(kind: str, names: list[str]) -> list[str]:
 
 def check_options(options: dict, regressors: list[str]) -> None:
     """Refuse bad options before any data is read or any head fitted."""
-    jobs = options["jobs"]
-    if jobs == 0 or jobs < -1:
-        raise FeatcacheError(f"--jobs {jobs}: use a positive number, or -1 for every core")
+    check_jobs(options["jobs"])
     if any(get_regressor(r).uses_device for r in regressors):
         from featcache.devices import resolve_device
 

@@ -93,9 +93,9 @@ def _rebuild(meta: dict, arrays: dict):
         if name in spec.saved_arrays and getattr(model, name).shape != (n_features,):
             raise ValueError(f"{name} has shape {getattr(model, name).shape}, expected ({n_features},)")
     for name in spec.saved_scalars:
-        value = meta["scalars"].get(name, 0.0 if name == "epsilon_" else None)
-        if name == "epsilon_" and name not in meta["scalars"]:
-            value = float(meta["params"].get("epsilon", 0.1))
+        value = meta["scalars"].get(name)
+        if value is None and name == "epsilon_":  # version-1 SVR heads had one epsilon, a parameter
+            value = meta["params"].get("epsilon", 0.1)
         if value is None or not np.isfinite(float(value)):
             raise ValueError(f"scalar {name} missing or not finite")
         setattr(model, name, float(value))

@@ -28,21 +28,28 @@ def logistic4(x, b1, b2, b3, b4):
     return (b1 - b2) / (1.0 + np.exp(-(x - b3) / np.abs(b4))) + b2
 
 
+def fit_logistic(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray | None:
+    """Parameters of logistic4 mapping predictions onto MOS, or None when the fit does not converge."""
+    p0 = [float(np.max(y_true)), float(np.min(y_true)), float(np.mean(y_pred)), float(np.std(y_pred)) or 1.0]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return optimize.curve_fit(logistic4, y_pred, y_true, p0=p0, maxfev=5000)[0]
+    except (RuntimeError, ValueError, TypeError, optimize.OptimizeWarning):
+        return None
+
+
 def plcc_after_logistic(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """PLCC after fitting logistic4 from predictions to MOS; plain PLCC when the fit does not converge."""
     plain = float(stats.pearsonr(y_true, y_pred).statistic)
-    try:
-        p0 = [float(np.max(y_true)), float(np.min(y_true)), float(np.mean(y_pred)),
-              float(np.std(y_pred)) or 1.0]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            params, _ = optimize.curve_fit(logistic4, y_pred, y_true, p0=p0, maxfev=5000)
-            mapped = logistic4(y_pred, *params)
-        if not np.isfinite(mapped).all() or np.ptp(mapped) == 0:
-            return plain
-        return float(stats.pearsonr(y_true, mapped).statistic)
-    except (RuntimeError, ValueError, optimize.OptimizeWarning):
+    params = fit_logistic(y_true, y_pred)
+    if params is None:
         return plain
+    with np.errstate(over="ignore"):
+        mapped = logistic4(y_pred, *params)
+    if not np.isfinite(mapped).all() or np.ptp(mapped) == 0:
+        return plain
+    return float(stats.pearsonr(y_true, mapped).statistic)
 
 
 def quality_metrics(y_true, y_pred, train_sd: float | None = None) -> dict:
@@ -65,6 +72,13 @@ def quality_metrics(y_true, y_pred, train_sd: float | None = None) -> dict:
                    plcc_logistic=plcc_after_logistic(y_true, y_pred),
                    krcc=float(stats.kendalltau(y_true, y_pred).statistic))
     return out
+
+
+def srcc_counted(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """SRCC of one fold as the summaries count it: 0 when the predictions (or the labels) are constant."""
+    if prediction_failed(y_pred, float(np.std(y_true))) or np.ptp(y_true) == 0:
+        return 0.0
+    return float(stats.spearmanr(y_true, y_pred).statistic)
 
 
 def counted(value: float, failed: bool) -> float:

@@ -144,9 +144,7 @@ def _pyplot():
 def configuration_figure(y_true, y_pred, generators, parts: list[dict], title: str, path: Path) -> None:
     """One PNG per configuration: pooled out-of-fold predictions against MOS coloured by generator, with the
     fitted logistic curve; beside it SRCC per generator and per subset (T2I / I2I)."""
-    from scipy import optimize
-
-    from regressors.metrics import logistic4
+    from regressors.metrics import fit_logistic, logistic4
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2 if parts else 1, figsize=(8.2 if parts else 4.6, 4.0), dpi=100,
@@ -156,13 +154,10 @@ def configuration_figure(y_true, y_pred, generators, parts: list[dict], title: s
     for name in sorted(set(generators.tolist())):
         mask = generators == name
         ax.scatter(y_true[mask], y_pred[mask], s=9, alpha=0.6, edgecolors="none", label=name)
-    try:
-        p0 = [float(np.max(y_true)), float(np.min(y_true)), float(np.mean(y_pred)), float(np.std(y_pred)) or 1.0]
-        params, _ = optimize.curve_fit(logistic4, y_pred, y_true, p0=p0, maxfev=5000)
+    params = fit_logistic(y_true, y_pred)
+    if params is not None:
         grid = np.linspace(float(np.min(y_pred)), float(np.max(y_pred)), 200)
         ax.plot(logistic4(grid, *params), grid, color="black", linewidth=1.0, label="logistic fit")
-    except (RuntimeError, ValueError, TypeError):
-        pass
     ax.set_xlabel("MOS (out-of-fold test samples)")
     ax.set_ylabel("predicted")
     ax.legend(fontsize=6, markerscale=1.5, loc="best")

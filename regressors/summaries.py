@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from regressors.metrics import CORRELATIONS, bootstrap_srcc_interval, counted, paired_comparison, \
-    pooled_correlations, quality_metrics
+    pooled_correlations, srcc_counted
 from regressors.splits import MIN_TEST
 
 
@@ -95,10 +95,8 @@ def paired_comparisons(predictions: list, modes: list[str]) -> list[dict]:
                 shared, ia, ib = np.intersect1d(a.rows, b.rows, return_indices=True)
                 if len(shared) < MIN_TEST:
                     continue
-                ma = quality_metrics(a.y_true[ia], a.y_pred[ia])
-                mb = quality_metrics(b.y_true[ib], b.y_pred[ib])
-                a_values.append(counted(ma["srcc"], ma["failed"]))
-                b_values.append(counted(mb["srcc"], mb["failed"]))
+                a_values.append(srcc_counted(a.y_true[ia], a.y_pred[ia]))
+                b_values.append(srcc_counted(b.y_true[ib], b.y_pred[ib]))
                 shared_total += len(shared)
             if not a_values:
                 continue
