@@ -265,7 +265,7 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
                     f.flush()
                     result.rows_written += len(rows)
                 bar.update(len(rows) + len(errors))
-        except RuntimeError as exc:
+        except RuntimeError as exc:  # converted here, before closing the loader can replace it with its own error
             if "DataLoader worker" not in str(exc):
                 raise
             raise _worker_died(exc, result) from None

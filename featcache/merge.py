@@ -11,6 +11,7 @@ import numpy as np
 
 from featcache.errors import FeatcacheError
 from featcache.store import (
+    COPY_ROWS,
     NewBackbone,
     add_backbones,
     atomic_h5,
@@ -25,7 +26,6 @@ from featcache.store import (
     remove_stale_temporaries,
 )
 
-COPY_ROWS = 4096
 
 
 @dataclass

@@ -179,16 +179,12 @@ def image_stats(root: str | Path, paths: list[str]) -> tuple[np.ndarray, np.ndar
 
 def image_hashes(root: str | Path, paths: list[str]) -> np.ndarray:
     """sha256 of each image's bytes (`--verify`); b'' where the file is missing."""
-    import hashlib
+    from featcache.backbones.weights import sha256_file
 
     out = np.zeros(len(paths), dtype="S64")
     for i, rel in enumerate(paths):
         try:
-            with open(Path(root) / rel, "rb") as handle:
-                digest = hashlib.sha256()
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            out[i] = digest.hexdigest().encode()
+            out[i] = sha256_file(Path(root) / rel).encode()
         except OSError:
             continue
     return out
@@ -364,18 +360,18 @@ class NewBackbone:
     attrs: dict = field(default_factory=dict)
 
 
-def rewrite_cache(path: str | Path, *, add: list[NewBackbone] = (), drop: list[str] = (),
+def rewrite_cache(path: str | Path, *, add: list[NewBackbone] = (),
                   samples: SampleTable | None = None, root: str | Path | None = None,
                   row_map: np.ndarray | None = None, command: str = "", options: dict | None = None,
                   what: str = "adding a backbone") -> None:
     """Write a new cache next to `path` and rename it in (call with the lock held).
 
-    It holds every complete backbone of `path` except `drop`, plus the new, fully allocated backbones `add`. With
+    It holds every complete backbone of `path` (half-created ones are left out), plus the new, fully allocated backbones `add`. With
     `samples`, the tables are rebuilt from them and backbone rows are carried over through `row_map` (new image
     index -> old index or -1); rows not carried over are extracted again."""
     path = real_path(path)
     with h5py.File(path, "r", locking=False) as src:
-        keep = [b for b in backbone_ids(src) if b not in set(drop)]
+        keep = backbone_ids(src)
         rows = len(samples.distinct_images()[0]) if samples is not None else len(src["images/key"])
         needed = sum(feature_bytes(rows, int(src[f"features/{b}"].attrs["dim"])) for b in keep)
         needed += sum(feature_bytes(rows, n.dim) for n in add) + (1 << 20)
@@ -425,9 +421,9 @@ def _carry_rows(src: h5py.File, dst: h5py.File, bid: str, row_map: np.ndarray) -
         group["done"][dst_rows] = True
 
 
-def add_backbones(path: str | Path, new: list[NewBackbone], drop: list[str] = ()) -> None:
+def add_backbones(path: str | Path, new: list[NewBackbone]) -> None:
     """Add backbones to an existing cache without touching its structure in place (see the module rule)."""
-    rewrite_cache(path, add=new, drop=drop, what=f"adding {', '.join(n.config['id'] for n in new)}")
+    rewrite_cache(path, add=new, what=f"adding {', '.join(n.config['id'] for n in new)}")
 
 
 # ------------------------------------------------------------------------------------- comparing with the input
@@ -632,15 +628,18 @@ def read_labels_from_annotation(path: str | Path) -> SampleTable | None:
     return load_dataset(dataset or None, root, annotation, options)
 
 
-def labels_changed(path: str | Path, samples: SampleTable | None = None) -> list[str]:
-    """What differs between the cache's labels and the annotation's (`samples`, else re-read from the annotation
-    file): one line per target or per structural change; [] when equal or when the annotation is not there."""
+def labels_changed(path: str | Path, samples: SampleTable | None = None,
+                   cached: CachedSamples | None = None) -> list[str]:
+    """What differs between the cache's labels (`cached`, else read from `path`) and the annotation's (`samples`,
+    else re-read from the annotation file): one line per target or per structural change; [] when equal or when
+    the annotation is not there."""
     if samples is None:
         samples = read_labels_from_annotation(path)
         if samples is None:
             return []
-    with open_read(path) as f:
-        cached = read_samples(f)
+    if cached is None:
+        with open_read(path) as f:
+            cached = read_samples(f)
     if list(cached.key) != list(samples.key):
         return [f"the samples differ ({len(cached)} in the cache, {len(samples)} in {Path(samples.source).name})"]
     changes = []
@@ -648,7 +647,7 @@ def labels_changed(path: str | Path, samples: SampleTable | None = None) -> list
         if name not in cached.targets or name not in samples.targets:
             changes.append(f"target {name} is only in the {'annotation' if name in samples.targets else 'cache'}")
             continue
-        differ = np.flatnonzero(~np.isclose(cached.targets[name], samples.targets[name], rtol=0, atol=0))
+        differ = np.flatnonzero(cached.targets[name] != samples.targets[name])
         if len(differ):
             i = int(differ[0])
             changes.append(f"target {name}: {len(differ)} values differ (first: {cached.key[i]} "
@@ -688,16 +687,23 @@ def check_cache(path: str | Path) -> list[str]:
                 json.loads(group.attrs["provenance_json"])
             except ValueError:
                 problems.append(f"backbone {bid}: unreadable config or provenance")
-            bad = 0
-            for start in range(0, images, COPY_ROWS):
-                flags = done[start:start + COPY_ROWS]
-                if flags.any():
-                    rows = emb[start:start + COPY_ROWS][flags]
-                    bad += int((~np.isfinite(rows).all(axis=1)).sum())
+            bad = int(nonfinite_done_rows(group).sum())
             if bad:
                 problems.append(f"backbone {bid}: {bad} rows marked done are not finite (`featcache repair` marks "
                                 "them to be extracted again)")
     return problems
+
+
+def nonfinite_done_rows(group: h5py.Group) -> np.ndarray:
+    """(M,) bool: rows marked done whose features are not finite, read in blocks of COPY_ROWS rows."""
+    done = group["done"][()]
+    bad = np.zeros_like(done)
+    for start in range(0, len(done), COPY_ROWS):
+        flags = done[start:start + COPY_ROWS]
+        if flags.any():
+            rows = group["emb"][start:start + COPY_ROWS]
+            bad[start:start + COPY_ROWS] = flags & ~np.isfinite(rows).all(axis=1)
+    return bad
 
 
 @dataclass
@@ -721,11 +727,7 @@ def repair(path: str | Path) -> RepairResult:
             with open_write(target) as f:
                 for bid in complete:
                     group = f[f"features/{bid}"]
-                    done = group["done"][()]
-                    bad = np.zeros_like(done)
-                    for start in range(0, len(done), COPY_ROWS):
-                        rows = group["emb"][start:start + COPY_ROWS]
-                        bad[start:start + COPY_ROWS] = done[start:start + COPY_ROWS] & ~np.isfinite(rows).all(axis=1)
+                    bad = nonfinite_done_rows(group)
                     if bad.any():
                         group["done"][np.flatnonzero(bad)] = False
                         reset[bid] = int(bad.sum())

@@ -51,7 +51,7 @@ def current_labels(data: CacheData, labels: str = "check") -> list[str]:
 
         raise unknown_name("label source", labels, LABEL_SOURCES)
     fresh = read_labels_from_annotation(data.path)
-    changes = labels_changed(data.path, fresh) if fresh is not None else []
+    changes = labels_changed(data.path, fresh, data.samples) if fresh is not None else []
     if not changes or labels == "cache":
         return changes
     if labels == "check":
