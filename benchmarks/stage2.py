@@ -21,7 +21,9 @@ FAMILIES = (("ridge_and_floors", ["ridge", "generator-mean", "sibling-mean", "pr
             ("mlp", ["mlp"]))
 
 
-def planted_cache(folder: Path, dim: int = 2048, seed: int = 0) -> Path:
+def planted_cache(folder: Path, dim: int = 2048, seed: int = 0, prompts: int = 200) -> Path:
+    """A cache like PKU-AIGIQA-4K's (`prompts` image prompts and as many text prompts, 20 images each) with
+    random `dim`-d features carrying the MOS_q signal in 16 columns."""
     import h5py
 
     from featcache.datasets import load_dataset
@@ -30,11 +32,11 @@ def planted_cache(folder: Path, dim: int = 2048, seed: int = 0) -> Path:
     header = "Image_prompt,Text_prompt,Generated_image,MOS_q,MOS_a,MOS_c"
     rng = np.random.default_rng(seed)
     rows = []
-    for p in range(200):
+    for p in range(prompts):
         for g in ("MJ", "SD"):
             rows += [f'{p}.jpg,"edit",{g}_{p}_{k}.jpg,' + ",".join(f"{v:.3f}" for v in rng.uniform(1, 5, 3))
                      for k in range(4)]
-    for pid in range(1000, 1200):
+    for pid in range(1000, 1000 + prompts):
         for g in ("SD", "MJ", "DALLE"):
             rows += [f',"prompt {pid}",{g}_{pid}_{k}0.jpg,' + ",".join(f"{v:.3f}" for v in rng.uniform(1, 5, 3))
                      for k in range(4)]

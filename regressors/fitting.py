@@ -1,7 +1,7 @@
 """Fit many members (fold x target x seed of one regressor and mode) and predict their test samples.
 
 A regressor's spec may name a batched fitter (`fit_members`): ridge solves every target of a fold from one
-decomposition, the MLP trains every member of a cell as one stacked model; the rest fit one by one.
+decomposition, the SVR fits a fold's targets from one kernel, the MLP trains every member of a cell as one stacked model; the rest fit one by one.
 """
 
 from __future__ import annotations
@@ -78,6 +78,27 @@ def ridge_by_fold(X: np.ndarray, members: list[Member], device: str = "cpu") -> 
             intercept = y_mean[t] - float(center @ coef[:, t])
             pred = scaler.transform(X[members[i].test]) @ coef[:, t] + intercept
             out[i] = (pred, {"alpha": float(alphas[t])}, seconds)
+    return out
+
+
+def svr_by_fold(X: np.ndarray, members: list[Member], device: str = "cpu") -> list[Fitted]:
+    """Members with the same training rows and seed (a fold's targets) share the scaler, the kernel and the
+    inner-split kernel slices; each target still chooses its own C and epsilon."""
+    from regressors.standardized import StandardizedSVR
+
+    by_rows: dict[tuple, list[int]] = {}
+    for i, m in enumerate(members):
+        by_rows.setdefault((np.asarray(m.train).tobytes(), m.seed), []).append(i)
+    out: list[Fitted | None] = [None] * len(members)
+    for indices in by_rows.values():
+        start = time.perf_counter()
+        first = members[indices[0]]
+        models = StandardizedSVR.fit_shared(X[first.train], [members[i].y_train for i in indices], first.groups,
+                                            random_state=first.seed)
+        preds = [np.asarray(model.predict(X[members[i].test]), np.float64) for model, i in zip(models, indices)]
+        seconds = (time.perf_counter() - start) / len(indices)
+        for model, pred, i in zip(models, preds, indices):
+            out[i] = (pred, chosen(model), seconds)
     return out
 
 

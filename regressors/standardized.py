@@ -118,7 +118,8 @@ def ridge_path(xc: np.ndarray, yc: np.ndarray, alphas: np.ndarray, groups: np.nd
 class StandardizedSVR(_Scaled):
     """RBF SVR; C and epsilon chosen by an inner 3-fold CV over held-out groups (samples without groups). The
     kernel is computed once per fit with BLAS and handed to libsvm precomputed: about 50x faster than libsvm's
-    own kernel loop on 2048-d features, with the same model."""
+    own kernel loop on 2048-d features, with the same model. `fit_shared` fits several targets of one training
+    set from one kernel and one set of inner-split slices (`svr_by_fold`)."""
 
     def __init__(self, C_grid=SVR_C_GRID, epsilon_grid=SVR_EPSILON_GRID, inner_folds: int = 3,
                  random_state: int = 0, clip: float = DEFAULT_CLIP):
@@ -130,28 +131,60 @@ class StandardizedSVR(_Scaled):
 
     def fit(self, X, y, groups=None):
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, ensure_min_samples=2)
+        return self._fit_target(self._shared(X, groups), y)
+
+    @classmethod
+    def fit_shared(cls, X, targets: list[np.ndarray], groups=None, **params) -> list["StandardizedSVR"]:
+        """One fitted model per target, all on the same rows X (and groups): the scaler, the kernel and the
+        inner-split kernel slices are computed once. Each model equals `StandardizedSVR(**params).fit(X, y)`."""
+        first = cls(**params)
+        X = validate_data(first, X, dtype=np.float64, ensure_min_samples=2)
+        shared = first._shared(X, groups)
+        models = []
+        for y in targets:
+            model = cls(**params)
+            model.n_features_in_ = first.n_features_in_
+            models.append(model._fit_target(shared, np.asarray(y, dtype=np.float64).ravel()))
+        return models
+
+    def _shared(self, X: np.ndarray, groups) -> dict:
+        """What every target of this training set shares: scaled inputs, gamma, the kernel, the inner splits
+        with their kernel slices."""
         xs = self._fit_scaler(X)
-        self.y_mean_, self.y_scale_ = float(np.mean(y)), float(np.std(y)) or 1.0
-        ys = (y - self.y_mean_) / self.y_scale_
         kept = int(self.x_keep_.sum())
         spread = float(xs[:, self.x_keep_ > 0.5].var()) if kept else 1.0
-        self.gamma_ = 1.0 / (max(kept, 1) * max(spread, 1e-12))
-        kernel = rbf_kernel(xs, xs, self.gamma_)
+        gamma = 1.0 / (max(kept, 1) * max(spread, 1e-12))
+        kernel = rbf_kernel(xs, xs, gamma)
+        splits = self._inner_splits(len(xs), inner_groups(groups, len(xs)))
+        if len(self.C_grid) * len(self.epsilon_grid) <= 1:
+            splits = []
+        sliced = [(train, valid, kernel[np.ix_(train, train)], kernel[np.ix_(valid, train)])
+                  for train, valid in splits]
+        return {"xs": xs, "gamma": gamma, "kernel": kernel, "sliced": sliced, "x_mean": self.x_mean_,
+                "x_scale": self.x_scale_, "x_keep": self.x_keep_}
+
+    def _fit_target(self, shared: dict, y: np.ndarray) -> "StandardizedSVR":
+        if len(y) != len(shared["xs"]):
+            raise ValueError(f"y has {len(y)} entries for {len(shared['xs'])} samples")
+        if not np.all(np.isfinite(y)):
+            raise ValueError("y contains NaN or infinity")
+        self.x_mean_, self.x_scale_, self.x_keep_ = shared["x_mean"], shared["x_scale"], shared["x_keep"]
+        self.gamma_ = shared["gamma"]
+        self.y_mean_, self.y_scale_ = float(np.mean(y)), float(np.std(y)) or 1.0
+        ys = (y - self.y_mean_) / self.y_scale_
         grid = [(float(c), float(e)) for c in self.C_grid for e in self.epsilon_grid]
         self.C_, self.epsilon_ = grid[0]
-        splits = self._inner_splits(len(xs), inner_groups(groups, len(xs)))
-        if len(grid) > 1 and splits:
+        if shared["sliced"]:
             errors = []
             for c, e in grid:
                 error = 0.0
-                for train, valid in splits:
-                    model = SVR(kernel="precomputed", C=c, epsilon=e)
-                    model.fit(kernel[np.ix_(train, train)], ys[train])
-                    error += float(np.sum((model.predict(kernel[np.ix_(valid, train)]) - ys[valid]) ** 2))
+                for train, valid, k_train, k_valid in shared["sliced"]:
+                    model = SVR(kernel="precomputed", C=c, epsilon=e).fit(k_train, ys[train])
+                    error += float(np.sum((model.predict(k_valid) - ys[valid]) ** 2))
                 errors.append(error)
             self.C_, self.epsilon_ = grid[int(np.argmin(errors))]
-        fitted = SVR(kernel="precomputed", C=self.C_, epsilon=self.epsilon_).fit(kernel, ys)
-        self.support_vectors_ = xs[fitted.support_]
+        fitted = SVR(kernel="precomputed", C=self.C_, epsilon=self.epsilon_).fit(shared["kernel"], ys)
+        self.support_vectors_ = shared["xs"][fitted.support_]
         self.dual_coef_ = np.asarray(fitted.dual_coef_, dtype=np.float64).ravel()
         self.intercept_ = float(np.ravel(fitted.intercept_)[0])
         self.chosen_ = {"C": self.C_, "epsilon": self.epsilon_}

@@ -247,6 +247,23 @@ def test_batched_ridge_equals_one_ridge_per_target(tmp_path):
         np.testing.assert_allclose(pred, single.predict(x[test]), atol=1e-10)
 
 
+def test_batched_svr_equals_one_svr_per_target():
+    from regressors.fitting import Member, svr_by_fold
+    from regressors.standardized import StandardizedSVR
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(90, 6))
+    groups = np.arange(90) // 3
+    train, test = np.arange(66), np.arange(66, 90)
+    ys = [np.sin(x[:, 0]) + rng.normal(0, 0.1, 90), x[:, 1] * 5 + rng.normal(0, 3.0, 90), x[:, 2] ** 2]
+    fitted = svr_by_fold(x, [Member(train, y[train], test, groups[train], 7) for y in ys])
+    assert len({(c["C"], c["epsilon"]) for _, c, _ in fitted}) > 1  # the targets chose differently
+    for y, (pred, chosen, _) in zip(ys, fitted):
+        single = StandardizedSVR(random_state=7).fit(x[train], y[train], groups=groups[train])
+        assert chosen == {"C": single.C_, "epsilon": single.epsilon_}
+        np.testing.assert_allclose(pred, single.predict(x[test]), atol=1e-10)
+
+
 def test_a_new_mode_and_regressor_are_one_table_entry_each(tmp_path, monkeypatch):
     from sklearn.neighbors import KNeighborsRegressor
 
