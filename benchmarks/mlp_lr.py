@@ -37,6 +37,10 @@ SETTINGS = {  # name -> MLPHead parameters changed from the defaults; "auto" = 0
     "lr3e-4 full": {"lr": 3e-4, "batch_size": None},
     "lr1e-3 full": {"lr": 1e-3, "batch_size": None},
     "lr3e-3 full": {"lr": 3e-3, "batch_size": None},
+    "lr1e-4 b64 p2": {"lr": 1e-4, "batch_size": 64, "patience": 2},
+    "lr2e-4 b256": {"lr": 2e-4, "batch_size": 256},
+    "lr2e-4 b256 p2": {"lr": 2e-4, "batch_size": 256, "patience": 2},
+    "lr1e-4 b256 p2": {"lr": 1e-4, "batch_size": 256, "patience": 2},
 }
 
 

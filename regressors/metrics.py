@@ -24,8 +24,10 @@ def prediction_failed(y_pred: np.ndarray, train_sd: float) -> bool:
 
 
 def logistic4(x, b1, b2, b3, b4):
-    """The VQEG 4-parameter logistic: maps predictions onto the MOS scale before PLCC."""
-    return (b1 - b2) / (1.0 + np.exp(-(x - b3) / np.abs(b4))) + b2
+    """The VQEG 4-parameter logistic: maps predictions onto the MOS scale before PLCC. exp overflowing to inf far
+    below the midpoint is the right limit (b2), not something to warn about."""
+    with np.errstate(over="ignore"):
+        return (b1 - b2) / (1.0 + np.exp(-(x - b3) / np.abs(b4))) + b2
 
 
 def fit_logistic(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray | None:

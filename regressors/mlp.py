@@ -268,8 +268,9 @@ class _Stack:
         hidden = torch.relu(torch.baddbmm(b1, self.standardise(x), w1))
         return torch.baddbmm(b2, hidden, w2)[..., 0].float()
 
-    def accumulate(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> None:
-        """Add the gradient of sum(weight * (prediction - y)^2) to the persistent gradient buffers. Written out by
+    def accumulate(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, first: bool = False) -> None:
+        """Add the gradient of sum(weight * (prediction - y)^2) to the persistent gradient buffers (`first`:
+        overwrite them instead, which saves a pass zeroing the (M, D, H) buffer every step). Written out by
         hand (two layers) so the (M, D, H) gradient is accumulated in place: autograd allocated a fresh one every
         step, and the page faults of those allocations cost as much as the matmuls."""
         w1, b1, w2, b2 = (w.to(self.dtype) for w in self.weights)
@@ -280,13 +281,15 @@ class _Stack:
         d_out = (2.0 * weight * err)[..., None].to(self.dtype)  # (M, B, 1)
         d_pre = torch.bmm(d_out, w2.mT).mul_(pre > 0)  # (M, B, H)
         g1, g_b1, g2, g_b2 = self.grads
+        keep = 0.0 if first else 1.0
         if self.dtype == torch.float32:
-            g1.baddbmm_(z.mT, d_pre)
+            g1.baddbmm_(z.mT, d_pre, beta=keep)
+            g2.baddbmm_(hidden.mT, d_out, beta=keep)
         else:
-            g1.add_(torch.bmm(z.mT, d_pre))
-        g_b1.add_(d_pre.sum(1, keepdim=True))
-        g2.add_(torch.bmm(hidden.mT, d_out))
-        g_b2.add_(d_out.sum(1, keepdim=True))
+            g1.copy_(torch.bmm(z.mT, d_pre)) if first else g1.add_(torch.bmm(z.mT, d_pre))
+            g2.copy_(torch.bmm(hidden.mT, d_out)) if first else g2.add_(torch.bmm(hidden.mT, d_out))
+        for g, value in ((g_b1, d_pre.sum(1, keepdim=True)), (g_b2, d_out.sum(1, keepdim=True))):
+            g.copy_(value) if first else g.add_(value)
 
     @torch.no_grad()
     def adam(self, active: torch.Tensor, lr: float, weight_decay: float) -> None:
@@ -305,9 +308,7 @@ class _Stack:
                 views[4].append(self.steps[i])
         torch._fused_adam_(views[0], views[1], views[2], views[3], [], views[4], lr=lr, beta1=ADAM_BETAS[0],
                            beta2=ADAM_BETAS[1], weight_decay=weight_decay, eps=ADAM_EPS, amsgrad=False,
-                           maximize=False)
-        for g in self.grads:
-            g.zero_()
+                           maximize=False)  # the next step's first chunk overwrites the gradients
 
     def state(self, i: int) -> dict[str, torch.Tensor]:
         w1, b1, w2, b2 = (w[i].float().cpu() for w in self.weights)
@@ -390,7 +391,7 @@ def _step(xt, stack: _Stack, rows, ys, pos, mask, params: dict) -> None:
     for start in range(0, pos.shape[1], CHUNK_ROWS):
         p = pos[:, start:start + CHUNK_ROWS]
         weight = mask[:, start:start + CHUNK_ROWS] * scale[:, None]
-        stack.accumulate(xt[torch.gather(rows, 1, p)], torch.gather(ys, 1, p), weight)
+        stack.accumulate(xt[torch.gather(rows, 1, p)], torch.gather(ys, 1, p), weight, first=start == 0)
     stack.adam((counts > 0).float(), stack.lr, params["weight_decay"])
 
 

@@ -132,13 +132,11 @@ def safe_name(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "figure"
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    """A bare matplotlib Figure (no pyplot: no global figure registry to close, no GUI backend, less to import)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def configuration_figure(y_true, y_pred, generators, parts: list[dict], title: str, path: Path) -> None:
@@ -146,9 +144,9 @@ def configuration_figure(y_true, y_pred, generators, parts: list[dict], title: s
     fitted logistic curve; beside it SRCC per generator and per subset (T2I / I2I)."""
     from regressors.metrics import fit_logistic, logistic4
 
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2 if parts else 1, figsize=(8.2 if parts else 4.6, 4.0), dpi=100,
-                             gridspec_kw={"width_ratios": [3, 2]} if parts else None, squeeze=False)
+    fig = _figure(figsize=(8.2 if parts else 4.6, 4.0), dpi=100)
+    axes = fig.subplots(1, 2 if parts else 1, gridspec_kw={"width_ratios": [3, 2]} if parts else None,
+                        squeeze=False)
     ax = axes[0, 0]
     y_true, y_pred, generators = np.asarray(y_true), np.asarray(y_pred), np.asarray(generators)
     for name in sorted(set(generators.tolist())):
@@ -171,17 +169,16 @@ def configuration_figure(y_true, y_pred, generators, parts: list[dict], title: s
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def backbone_plot(summary: list[dict], regressor: str, target: str, path: Path) -> None:
     """Bench: mean SRCC (± SD) of one regressor across backbones, a group of bars per mode."""
-    plt = _pyplot()
     rows = [r for r in summary if r["regressor"] == regressor and r["target"] == target]
     backbones = list(dict.fromkeys(r["backbone"] for r in rows))
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     width = 0.8 / max(1, len(backbones))
-    fig, ax = plt.subplots(figsize=(max(3.5, 1.2 * len(modes) + 2), 3.4), dpi=110)
+    fig = _figure(figsize=(max(3.5, 1.2 * len(modes) + 2), 3.4), dpi=110)
+    ax = fig.subplots()
     for k, backbone in enumerate(backbones):
         values = [next((r for r in rows if r["backbone"] == backbone and r["mode"] == m), None) for m in modes]
         means = [v["srcc_mean"] if v and v["srcc_mean"] is not None else 0.0 for v in values]
@@ -194,7 +191,6 @@ def backbone_plot(summary: list[dict], regressor: str, target: str, path: Path) 
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def plot_configurations(results: CVResults, plot: str | None) -> list[tuple]:

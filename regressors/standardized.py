@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.model_selection import GroupKFold, KFold
-from sklearn.svm import SVR
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from regressors.preprocess import DEFAULT_CLIP, FoldScaler
@@ -174,6 +173,8 @@ class StandardizedSVR(_Scaled):
         ys = (y - self.y_mean_) / self.y_scale_
         grid = [(float(c), float(e)) for c in self.C_grid for e in self.epsilon_grid]
         self.C_, self.epsilon_ = grid[0]
+        from sklearn.svm import SVR  # here, so a ridge-only run does not import libsvm
+
         if shared["sliced"]:
             errors = []
             for c, e in grid:
