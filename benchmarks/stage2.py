@@ -2,8 +2,10 @@
 over 200 text prompts), 2048-d features with a planted signal; NR/FR/PR x 3 targets x 5 prompt-disjoint folds.
 
     python benchmarks/stage2.py [--jobs 2] [--device cpu]
+    python benchmarks/stage2.py --startup      # start-up of `featcache fit` against `python -c "import torch"`
 
-Prints seconds per regressor family, fits and the NR MOS_q SRCC, writes benchmarks/results/stage2.json.
+Prints seconds per regressor family, fits and the NR MOS_q SRCC, writes benchmarks/results/stage2.json (the
+start-up run: stage2_startup.json).
 """
 
 from __future__ import annotations
@@ -81,12 +83,68 @@ def run_grid(folder: Path, jobs: int = 2, device: str = "cpu", families: list[st
     return out
 
 
+STARTUP_RUNS = {  # name -> featcache fit arguments after --cache; a small cache, so the time is the start-up
+    "ridge, no figures": ["--mode", "nr", "--regressor", "ridge", "--no-figures"],
+    "ridge, 3 figures": ["--mode", "nr", "--regressor", "ridge"],
+    "svr, no figures": ["--mode", "nr", "--regressor", "svr", "--no-figures"],
+    "floors, no figures": ["--mode", "nr", "--regressor", "generator-mean,sibling-mean,prompt-mean", "--no-figures"],
+}
+
+
+def median_seconds(command, cwd: Path, runs: int = 5) -> float:
+    """Median wall time of `runs` runs; `command(k)` gives the k-th command line (each run its own --out)."""
+    import statistics
+    import subprocess
+
+    times = []
+    for k in range(runs):
+        start = time.perf_counter()
+        subprocess.run(command(k), cwd=cwd, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def startup(folder: Path, runs: int = 5) -> dict:
+    """Wall time of `featcache fit` on a 240-row, 256-d cache (the fitting itself takes milliseconds) against
+    `python -c "import torch"`, each the median of `runs`; also which heavy modules a ridge fit imports."""
+    import subprocess
+    import sys
+
+    cache = planted_cache(folder, dim=256, prompts=6)
+    bin_dir = Path(sys.executable).parent
+    out = {"rows": 240, "dim": 256, "runs": runs,
+           "import_torch_seconds": median_seconds(lambda k: [sys.executable, "-c", "import torch"], folder, runs)}
+    print(f"  python -c 'import torch': {out['import_torch_seconds']:.2f} s", flush=True)
+    for name, args in STARTUP_RUNS.items():
+        tag = "".join(c for c in name if c.isalnum())
+        seconds = median_seconds(lambda k: [str(bin_dir / "featcache"), "fit", "--cache", str(cache), *args,
+                                            "--quiet", "--out", str(folder / f"out-{tag}-{k}")], folder, runs)
+        out[name] = {"seconds": seconds, "x_import_torch": seconds / out["import_torch_seconds"]}
+        print(f"  featcache fit {name:<22} {seconds:5.2f} s = {out[name]['x_import_torch']:.2f} x import torch",
+              flush=True)
+    probe = ("import sys, runpy; sys.argv = ['featcache', 'fit', '--cache', %r, '--mode', 'nr', '--regressor', "
+             "'ridge', '--no-figures', '--quiet', '--out', %r]\ntry:\n    runpy.run_module('cli', run_name='__main__')"
+             "\nexcept SystemExit:\n    pass\nprint(','.join(m for m in ('torch', 'matplotlib', 'sklearn.svm') "
+             "if m in sys.modules))") % (str(cache), str(folder / "out-probe"))
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=folder, capture_output=True, text=True, check=True)
+    out["ridge_imports"] = loaded.stdout.strip().splitlines()[-1] if loaded.stdout.strip() else ""
+    print(f"  heavy modules a ridge fit imports: {out['ridge_imports'] or 'none of torch, matplotlib, libsvm'}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--families", default=",".join(f for f, _ in FAMILIES))
+    parser.add_argument("--startup", action="store_true", help="measure the start-up of featcache fit instead")
     args = parser.parse_args()
+    if args.startup:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = startup(Path(tmp))
+        out["machine"] = machine()
+        print(f"wrote {save_json('stage2_startup', out)}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         out = run_grid(Path(tmp) / "s2", args.jobs, args.device, args.families.split(","))
     out["machine"] = machine()

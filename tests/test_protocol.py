@@ -264,6 +264,30 @@ def test_batched_svr_equals_one_svr_per_target():
         np.testing.assert_allclose(pred, single.predict(x[test]), atol=1e-10)
 
 
+def test_svr_inner_selection_matches_sklearn_predict():
+    """The inner grid predicts from support vectors by hand; the choice must be what SVR.predict would give."""
+    from sklearn.model_selection import GroupKFold
+    from sklearn.svm import SVR
+
+    from regressors.standardized import StandardizedSVR, rbf_kernel
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(60, 5))
+    y = np.tanh(x[:, 0]) + rng.normal(0, 0.3, 60)
+    groups = np.arange(60) // 2
+    model = StandardizedSVR(random_state=1).fit(x, y, groups=groups)
+    xs = model._scale(x)
+    kernel = rbf_kernel(xs, xs, model.gamma_)
+    ys = (y - model.y_mean_) / model.y_scale_
+    splits = list(GroupKFold(3, shuffle=True, random_state=1).split(x, groups=groups))
+    errors = {}
+    for c in model.C_grid:
+        for e in model.epsilon_grid:
+            errors[(c, e)] = sum(float(np.sum((SVR(kernel="precomputed", C=c, epsilon=e).fit(
+                kernel[np.ix_(tr, tr)], ys[tr]).predict(kernel[np.ix_(va, tr)]) - ys[va]) ** 2)) for tr, va in splits)
+    assert (model.C_, model.epsilon_) == min(errors, key=errors.get)
+
+
 def test_a_new_mode_and_regressor_are_one_table_entry_each(tmp_path, monkeypatch):
     from sklearn.neighbors import KNeighborsRegressor
 
