@@ -167,7 +167,8 @@ def configuration_figure(y_true, y_pred, generators, parts: list[dict], title: s
         bars.set_ylabel("SRCC (pooled): per generator, per subset")
         bars.axhline(0, color="grey", linewidth=0.6)
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+    # fixed margins: tight_layout draws the figure an extra time (about 40% of the figure's cost)
+    fig.subplots_adjust(left=0.09 if parts else 0.15, right=0.98, bottom=0.2, top=0.87, wspace=0.3)
     fig.savefig(path)
 
 
