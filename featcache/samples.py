@@ -13,9 +13,12 @@ import posixpath
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where a table is parsed: a fit from the cache alone never needs it
+    import pandas as pd
 
 from featcache.errors import FeatcacheError, FeatcacheWarning
 
@@ -161,6 +164,8 @@ def _safe_relpath(value, source: str, row: int, what: str) -> str:
 
 
 def _numeric(column: pd.Series, name: str, rows: list[int], source: str) -> np.ndarray:
+    import pandas as pd
+
     values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(values))
     if len(bad):

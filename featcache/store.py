@@ -198,7 +198,7 @@ def _write_tables(f: h5py.File, samples: SampleTable, root: str | Path, command:
         "dataset": samples.dataset, "annotation": str(Path(samples.source).resolve()) if samples.source else "",
         "root": str(Path(root).resolve()), "dataset_options_json": json.dumps(options or {}, sort_keys=True),
         "manifest_sha256": samples.manifest_hash(), "samples_sha256": samples.samples_hash(),
-        "command": command,
+        "annotation_sha256": _annotation_sha256(samples.source), "command": command,
     })
     images = f.create_group("images")
     images.create_dataset("key", data=_strings(paths), dtype=STR)
@@ -612,6 +612,25 @@ def read_provenance(f: h5py.File, bid: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- labels
+
+def _annotation_sha256(source: str | None) -> str:
+    from featcache.backbones.weights import sha256_file
+
+    try:
+        return sha256_file(source) if source and Path(source).is_file() else ""
+    except OSError:
+        return ""
+
+
+def annotation_unchanged(path: str | Path) -> bool:
+    """True when the cache's annotation file is still the one its tables were made from (same bytes): its labels
+    cannot have changed, so nothing needs parsing (a fit from the cache then never imports pandas). False when
+    unknown (an older cache, the file missing or changed)."""
+    with open_read(path) as f:
+        annotation = str(f.attrs.get("annotation", ""))
+        stored = str(f.attrs.get("annotation_sha256", ""))
+    return bool(stored) and stored == _annotation_sha256(annotation)
+
 
 def read_labels_from_annotation(path: str | Path) -> SampleTable | None:
     """The samples as the annotation file says now (dataset, annotation, root and options stored in the cache), or

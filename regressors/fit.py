@@ -44,12 +44,14 @@ def current_labels(data: CacheData, labels: str = "check") -> list[str]:
 
     check: a difference is a one-line error; cache: keep the cached labels (the differences are returned as notes);
     annotation: fit on the annotation's labels (same samples required)."""
-    from featcache.store import labels_changed, read_labels_from_annotation
+    from featcache.store import annotation_unchanged, labels_changed, read_labels_from_annotation
 
     if labels not in LABEL_SOURCES:
         from featcache.errors import unknown_name
 
         raise unknown_name("label source", labels, LABEL_SOURCES)
+    if annotation_unchanged(data.path):
+        return []
     fresh = read_labels_from_annotation(data.path)
     changes = labels_changed(data.path, fresh, data.samples) if fresh is not None else []
     if not changes or labels == "cache":

@@ -310,13 +310,19 @@ def test_a_new_mode_and_regressor_are_one_table_entry_each(tmp_path, monkeypatch
 
 
 def test_edited_labels_are_refused_or_chosen(tmp_path, monkeypatch):
+    from featcache.store import annotation_unchanged
+
     path = make_cache(tmp_path)
     annotation = tmp_path / "annotation.csv"
+    assert annotation_unchanged(path)
+    annotation.write_text(annotation.read_text())  # touched, same bytes: still unchanged
+    assert annotation_unchanged(path)
     lines = annotation.read_text().splitlines()
     fields = lines[5].split(",")
     fields[3] = "4.9999"  # MOS_q of one sample, edited after extraction
     lines[5] = ",".join(fields)
     annotation.write_text("\n".join(lines) + "\n")
+    assert not annotation_unchanged(path)
     runner = CliRunner()
     monkeypatch.chdir(tmp_path)
     base = ["fit", "--cache", "c.h5", "--regressor", "prompt-mean", "--folds", "3", "--quiet", "--no-figures"]
