@@ -88,7 +88,7 @@ def load_samples_from_options(config: dict, dataset, root, annotation, columns):
 @click.option("--image-size", type=click.IntRange(min=1), help="Crop size, overriding the backbone's.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward [32].")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Decoding processes, 0 = in the main process [number of cores, at most 8].")
+              help="Decoding processes, 0 = in the main process [every usable core].")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [auto].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
               help="auto = fp16 autocast on CUDA, fp32 on the CPU.")

@@ -79,7 +79,12 @@ def shard_rows(rows: int, shard: tuple[int, int] | None) -> range:
 
 
 def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))
+    """Every core this process may run on: decoding is the CPU-bound half of extraction, so no fixed cap (a cap of
+    8 left most of a large machine idle). `--workers` or the config's `workers` lowers it when memory is short."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))  # honours taskset, cgroup cpusets and SLURM's allocation
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return max(1, os.cpu_count() or 1)
 
 
 class ImageRows(Dataset):
@@ -209,7 +214,7 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
         except RuntimeError as exc:
             if "DataLoader worker" not in str(exc):
                 raise
-            raise _worker_died(exc, result) from None
+            raise _worker_died(exc, result, workers) from None
     if result.errors:
         first = "; ".join(result.errors[:3])
         raise FeatcacheError(f"{len(result.errors)} images could not be read ({result.rows_written} other rows were "
@@ -268,7 +273,7 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
         except RuntimeError as exc:  # converted here, before closing the loader can replace it with its own error
             if "DataLoader worker" not in str(exc):
                 raise
-            raise _worker_died(exc, result) from None
+            raise _worker_died(exc, result, workers) from None
         except (OSError, ValueError) as exc:
             if not is_disk_full(exc):
                 raise
@@ -276,10 +281,10 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
     result.seconds = time.perf_counter() - start
 
 
-def _worker_died(exc: RuntimeError, result: ExtractResult) -> FeatcacheError:
+def _worker_died(exc: RuntimeError, result: ExtractResult, workers: int) -> FeatcacheError:
     return FeatcacheError(f"a decoding worker process died ({str(exc).splitlines()[0].rstrip('. ')}); the "
                           f"{result.rows_written} rows written so far are kept; run the same command again, "
-                          "with fewer --workers if memory is short")
+                          f"with fewer --workers if memory is short ({workers} were running)")
 
 
 def _write_rows(dataset, rows: list[int], values: np.ndarray) -> None:

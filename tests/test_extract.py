@@ -296,3 +296,13 @@ def test_backbones_and_datasets_commands_list_the_tables():
     assert [line.split()[0] for line in lines] == [a.name for a in list_datasets()]
     assert any(line.startswith("pku-aigiqa-4k") and "annotation.xlsx, annotation.csv" in line for line in lines)
     assert any(line.startswith("csv") and "--annotation FILE" in line for line in lines)
+
+
+def test_default_workers_are_every_usable_core(monkeypatch):
+    from featcache import extract as extract_module
+
+    monkeypatch.setattr(extract_module.os, "sched_getaffinity", lambda pid: set(range(48)), raising=False)
+    assert extract_module.default_workers() == 48  # no cap at 8 any more
+    monkeypatch.delattr(extract_module.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(extract_module.os, "cpu_count", lambda: 3)
+    assert extract_module.default_workers() == 3
