@@ -235,10 +235,21 @@ def _feature_dcpl() -> h5py.h5p.PropDCID:
     return dcpl
 
 
+# Configuration keys added after caches were first written, with the value every older cache was made with: an old
+# cache stays resumable with the matching options (--decode cpu --no-jpeg-draft), and refused otherwise.
+CONFIG_DEFAULTS = {"decode": "pil", "jpeg_draft": False}
+# What to pass to reproduce a stored value, for the refusal message.
+_CONFIG_OPTIONS = {
+    "decode": lambda v: "--decode gpu" if v == "torch" else "--decode cpu",
+    "jpeg_draft": lambda v: "--jpeg-draft" if v else "--no-jpeg-draft",
+    "precision": lambda v: f"--precision {v}",
+}
+
+
 def compare_configs(stored: dict, wanted: dict) -> list[str]:
     """Keys whose values differ, ignoring machine-specific paths."""
     def clean(config: dict) -> dict:
-        config = json.loads(json.dumps(config))
+        config = {**CONFIG_DEFAULTS, **json.loads(json.dumps(config))}
         config.get("weights", {}).pop("file", None)
         return config
 
@@ -294,10 +305,13 @@ def check_config(f: h5py.File, bid: str, config: dict, path: str | Path) -> None
     if "config_json" not in group.attrs:
         raise FeatcacheError(f"{path}: backbone {bid} was only half created (an interrupted run of an older "
                              "version); run `featcache repair` first")
-    differing = compare_configs(json.loads(group.attrs["config_json"]), config)
+    stored = {**CONFIG_DEFAULTS, **json.loads(group.attrs["config_json"])}
+    differing = compare_configs(stored, config)
     if differing:
+        options = [_CONFIG_OPTIONS[k](stored[k]) for k in differing if k in _CONFIG_OPTIONS and k in stored]
+        how = f", or pass {' '.join(options)} as it was made" if len(options) == len(differing) else ""
         raise FeatcacheError(f"{path}: backbone id {bid} was written with another configuration "
-                             f"({', '.join(differing)} differ); use another --cache")
+                             f"({', '.join(differing)} differ); use another --cache{how}")
 
 
 def _walk_backbones(f: h5py.File) -> tuple[list[str], list[str]]:
