@@ -107,6 +107,9 @@ def load_samples_from_options(config: dict, dataset, root, annotation, columns):
 def extract(dataset, root, annotation, columns, backbone, pool, cache, image_size, batch_size, workers, device,
             decode, jpeg_draft, precision, shard, weights, random_weights, max_pixels, verify, quiet):
     """Run a frozen backbone once over every distinct image into the HDF5 cache (resumable)."""
+    from featcache.fastimport import import_timm_without_dynamo
+
+    import_timm_without_dynamo()  # about 1.4 s of start-up; this process never compiles
     from featcache.backbones import load_backbone
     from featcache.extract import extract as run_extract, parse_shard
     from featcache.images import DEFAULT_MAX_PIXELS
@@ -423,6 +426,9 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
             batch_size, out):
     """Score images with a saved head: IMAGE files, a FOLDER of images (no annotation needed), or a whole
     database (--root/--dataset: SRCC and PLCC against its labels are printed). Cached features are reused."""
+    from featcache.fastimport import import_timm_without_dynamo
+
+    import_timm_without_dynamo()
     from regressors.heads import images_in_folder, predict_paths, score_column, write_scores
     from regressors.metrics import quality_metrics
 

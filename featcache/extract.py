@@ -88,6 +88,25 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def loader_workers(requested: int | None, images: int, batch_size: int) -> int:
+    """`requested` as given; by default every usable core, but no more workers than batches, and none for a single
+    batch (one worker would decode it while the main process waits: starting it is pure start-up cost)."""
+    if requested is not None:
+        return requested
+    batches = -(-images // batch_size)
+    return 0 if batches <= 1 else min(default_workers(), batches)
+
+
+def start_cuda(device: torch.device) -> None:
+    """Create the CUDA context in a thread (it takes about a second) while the cache is checked and the model built;
+    the first CUDA call of the main thread waits for it."""
+    if device.type != "cuda":
+        return
+    import threading
+
+    threading.Thread(target=lambda: torch.zeros(1, device=device), name="featcache-cuda-init", daemon=True).start()
+
+
 class ImageRows(Dataset):
     """Decodes in worker processes; a bad file becomes an error entry instead of killing the run.
 
@@ -221,7 +240,6 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
         raise FeatcacheError("--workers must be 0 (decode in the main process) or more")
     if max_pixels < 1:
         raise FeatcacheError("--max-pixels must be at least 1")
-    workers = default_workers() if workers is None else workers
     torch_device = resolve_device(device)
     precision = _precision(torch_device, precision)
     paths, _, _ = samples.distinct_images()
@@ -254,6 +272,8 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
         if not todo:
             return result
         check_files_present(root, [paths[i] for i in todo])
+        workers = loader_workers(workers, len(todo), batch_size)
+        start_cuda(torch_device)
         extractor = to_channels_last(backbone.extractor().to(torch_device), torch_device)
         if not exists:
             attrs = {"shard": f"{shard[0]}/{shard[1]}"} if shard is not None else {}

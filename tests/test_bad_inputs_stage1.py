@@ -205,10 +205,10 @@ def test_a_killed_decoding_worker_is_a_one_line_error_and_keeps_rows(tmp_path, m
     monkeypatch.chdir(root)
     parent, real = os.getpid(), extract_module.load_rgb
 
-    def oom_killer(path, max_pixels):
+    def oom_killer(path, max_pixels, *args):
         if os.getpid() != parent and Path(path).name == "DALLE_1001_10.jpg":
             os.kill(os.getpid(), signal.SIGKILL)
-        return real(path, max_pixels)
+        return real(path, max_pixels, *args)
 
     monkeypatch.setattr(extract_module, "load_rgb", oom_killer)
     args = ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "32", "--workers", "1",

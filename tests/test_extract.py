@@ -306,3 +306,13 @@ def test_default_workers_are_every_usable_core(monkeypatch):
     monkeypatch.delattr(extract_module.os, "sched_getaffinity", raising=False)
     monkeypatch.setattr(extract_module.os, "cpu_count", lambda: 3)
     assert extract_module.default_workers() == 3
+
+
+def test_default_workers_never_outnumber_the_batches(monkeypatch):
+    from featcache import extract as extract_module
+
+    monkeypatch.setattr(extract_module, "default_workers", lambda: 16)
+    assert extract_module.loader_workers(None, 12, 32) == 0  # one batch: decoded in the main process
+    assert extract_module.loader_workers(None, 100, 32) == 4
+    assert extract_module.loader_workers(None, 10_000, 32) == 16
+    assert extract_module.loader_workers(2, 12, 32) == 2  # --workers is taken as given
