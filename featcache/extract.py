@@ -22,6 +22,7 @@ from featcache.errors import FeatcacheError
 from featcache.images import DEFAULT_MAX_PIXELS, check_files_present, load_rgb, read_jpeg_bytes
 from featcache.samples import SampleTable
 from featcache.store import (
+    CacheComparison,
     NewBackbone,
     add_backbones,
     backbone_ids,
@@ -203,23 +204,44 @@ def _done_flags(f, bid: str, config: dict, name) -> np.ndarray | None:
     return f[f"features/{bid}/done"][()]
 
 
-def _already_complete(target: Path, name, samples: SampleTable, root: Path, config: dict,
-                      in_shard: range, verify: bool) -> int | None:
-    """Rows done when the cache already holds every row of the shard for these images and labels (checked without
-    the lock, so a read-only but complete cache is 'nothing to do'); else None."""
-    if not target.is_file():
+@dataclass
+class _Precheck:
+    """What the look at the cache without the lock found: rows done when nothing is left to do, and the comparison
+    with the images (reused under the lock while the file is unchanged: with --verify it hashed the images)."""
+
+    rows_done: int | None = None
+    comparison: CacheComparison | None = None
+    file_identity: tuple | None = None
+
+
+def _file_identity(path: Path) -> tuple | None:
+    """(inode, size, modification time): any write by another process in between changes it."""
+    try:
+        stat = os.stat(path)
+    except OSError:
         return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _already_complete(target: Path, name, samples: SampleTable, root: Path, config: dict,
+                      in_shard: range, verify: bool) -> _Precheck:
+    """Whether the cache already holds every row of the shard for these images and labels (checked without the
+    lock, so a read-only but complete cache is 'nothing to do')."""
+    identity = _file_identity(target)
+    if identity is None:
+        return _Precheck()
     try:
         f = open_read(target)
     except FeatcacheError:
-        return None  # the writing path gives the precise message
+        return _Precheck()  # the writing path gives the precise message
     with f:
-        if not compare_with_cache(f, samples, root, verify).same:
-            return None
+        comparison = compare_with_cache(f, samples, root, verify)
+        if not comparison.same:
+            return _Precheck(None, comparison, identity)
         done = _done_flags(f, config["id"], config, name)
     if done is None or not done[in_shard.start:in_shard.stop].all():
-        return None
-    return len(in_shard)
+        return _Precheck(None, comparison, identity)
+    return _Precheck(len(in_shard), comparison, identity)
 
 
 def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: str | Path, *,
@@ -248,9 +270,9 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     bid = config["id"]
     in_shard = shard_rows(len(paths), shard)
     target = real_path(name)  # a symlink and its target are one cache: one lock, one temporary file
-    complete = _already_complete(target, name, samples, root, config, in_shard, verify)
-    if complete is not None:
-        return ExtractResult(str(name), bid, len(paths), len(in_shard), complete, 0)
+    precheck = _already_complete(target, name, samples, root, config, in_shard, verify)
+    if precheck.rows_done is not None:
+        return ExtractResult(str(name), bid, len(paths), len(in_shard), precheck.rows_done, 0)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -261,7 +283,9 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
             create_cache(target, samples, root, command, samples.options)
         else:
             check_is_cache_file(name)  # a damaged or foreign file is refused before anything else
-            bring_up_to_date(target, samples, root, command, samples.options, verify)
+            unchanged = precheck.file_identity is not None and precheck.file_identity == _file_identity(target)
+            bring_up_to_date(target, samples, root, command, samples.options, verify,
+                             precheck.comparison if unchanged else None)
         with open_read(target) as f:
             done = _done_flags(f, bid, config, name)
         exists = done is not None

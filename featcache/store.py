@@ -314,7 +314,7 @@ def check_config(f: h5py.File, bid: str, config: dict, path: str | Path) -> None
                              f"({', '.join(differing)} differ); use another --cache{how}")
 
 
-def _walk_backbones(f: h5py.File) -> tuple[list[str], list[str]]:
+def walk_backbones(f: h5py.File) -> tuple[list[str], list[str]]:
     """(complete backbone ids, half-created or unreadable group names) under /features.
 
     Walked group by group, each step guarded, so one damaged object (e.g. left by a full disk under an older
@@ -359,11 +359,11 @@ def _walk_backbones(f: h5py.File) -> tuple[list[str], list[str]]:
 
 def backbone_ids(f: h5py.File) -> list[str]:
     """Backbones whose datasets and attributes are complete (a half-created one is not listed)."""
-    return _walk_backbones(f)[0]
+    return walk_backbones(f)[0]
 
 
 def half_created_backbones(f: h5py.File) -> list[str]:
-    return _walk_backbones(f)[1]
+    return walk_backbones(f)[1]
 
 
 @dataclass
@@ -525,14 +525,17 @@ def refresh_image_stats(f: h5py.File, root: str | Path, rows: list[int], verify:
 
 
 def bring_up_to_date(path: str | Path, samples: SampleTable, root: str | Path, command: str = "",
-                     options: dict | None = None, verify: bool = False) -> None:
+                     options: dict | None = None, verify: bool = False,
+                     state: CacheComparison | None = None) -> None:
     """Make the cache at `path` describe `samples` (call with the lock held).
 
     Same images and labels: nothing to do. A cache without features yet: replaced. Images under another root whose
     files differ: refused (another dataset). Otherwise (rows added or removed, images changed, labels edited): the
-    cache is rebuilt with the new tables, keeping the rows of every unchanged image."""
-    with open_read(path) as f:
-        state = compare_with_cache(f, samples, root, verify)
+    cache is rebuilt with the new tables, keeping the rows of every unchanged image. `state`: the comparison of this
+    very file (unchanged since) with `samples`, when the caller already made it; else it is made here."""
+    if state is None:
+        with open_read(path) as f:
+            state = compare_with_cache(f, samples, root, verify)
     if state.same:
         return
     why = "; ".join(state.reasons)
@@ -687,7 +690,7 @@ def check_cache(path: str | Path) -> list[str]:
         for name in ("format_version", "manifest_sha256", "samples_sha256", "root"):
             if name not in f.attrs:
                 problems.append(f"attribute {name} missing")
-        complete, half = _walk_backbones(f)
+        complete, half = walk_backbones(f)
         problems += [f"backbone {b} is half created (run `featcache repair`)" for b in half]
         for bid in complete:
             group = f[f"features/{bid}"]
@@ -733,7 +736,7 @@ def repair(path: str | Path) -> RepairResult:
     with lock_cache(path) as target:
         temporaries = [str(p) for p in remove_stale_temporaries(target)]
         with open_read(path) as f:
-            complete, half = _walk_backbones(f)
+            complete, half = walk_backbones(f)
         if half:
             rewrite_cache(target, what="dropping half-created backbones")
         reset = {}

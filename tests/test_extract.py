@@ -316,3 +316,38 @@ def test_default_workers_never_outnumber_the_batches(monkeypatch):
     assert extract_module.loader_workers(None, 100, 32) == 4
     assert extract_module.loader_workers(None, 10_000, 32) == 16
     assert extract_module.loader_workers(2, 12, 32) == 2  # --workers is taken as given
+
+
+def test_extract_compares_and_hashes_each_image_once(pku_root, tmp_path, monkeypatch):
+    import featcache.extract as extract_module
+    import featcache.store as store
+
+    samples = load_dataset(None, pku_root)
+    extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False, verify=True, shard=(0, 2))
+    hashed, comparisons = [], []
+    real_hashes, real_compare = store.image_hashes, store.compare_with_cache
+
+    def counting_compare(*args, **kwargs):
+        comparisons.append(1)
+        return real_compare(*args, **kwargs)
+
+    monkeypatch.setattr(store, "image_hashes", lambda root, paths: hashed.extend(paths) or real_hashes(root, paths))
+    monkeypatch.setattr(store, "compare_with_cache", counting_compare)
+    monkeypatch.setattr(extract_module, "compare_with_cache", counting_compare)
+    result = extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False, verify=True)
+    assert result.rows_done_before == 11 and result.rows_written == 11
+    assert len(comparisons) == 1  # the look without the lock is reused under it (the file did not change)
+    assert len(hashed) == len(set(hashed)) == 22  # 11 compared by content, 11 new ones recorded: each read once
+
+
+def test_info_walks_the_backbones_once_and_shows_the_decoding(pku_root, tmp_path, monkeypatch):
+    import featcache.info as info_module
+
+    samples = load_dataset(None, pku_root)
+    extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False)
+    walks = []
+    real = info_module.walk_backbones
+    monkeypatch.setattr(info_module, "walk_backbones", lambda f: walks.append(1) or real(f))
+    info = info_module.cache_info(tmp_path / "c.h5")
+    assert len(walks) == 1 and list(info["backbones"]) == [_small().id] and info["half_created"] == []
+    assert "decode pil, JPEG draft" in info_module.format_info(info)
