@@ -89,10 +89,11 @@ def read_jpeg_bytes(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
     converts them and reports bad files exactly as the CPU path does."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            if handle.read(len(JPEG_MAGIC)) != JPEG_MAGIC:
+                return None  # other formats are read once, by Pillow
+            data = JPEG_MAGIC + handle.read()
     except OSError:
-        return None
-    if not data.startswith(JPEG_MAGIC):
         return None
     try:
         with _own_pixel_limit(), Image.open(io.BytesIO(data)) as im:  # reads the header only

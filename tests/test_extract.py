@@ -243,7 +243,7 @@ def test_featcache_toml_gives_the_defaults(pku_root, tmp_path, monkeypatch):
     project.mkdir()
     (project / "featcache.toml").write_text(
         f'root = "../pku"\ncache = "out/feat.h5"\nbackbone = "resnet18"\npool = "multilevel"\n'
-        f'batch_size = 5\nworkers = 0\ndevice = "cpu"\n')
+        f'batch_size = 5\nworkers = 0\ndevice = "cpu"\ndecode = "gpu"\njpeg_draft = false\n')
     monkeypatch.chdir(project)
     runner = CliRunner()
     out = runner.invoke(cli.main, ["extract", "--random-weights", "--image-size", "32", "--quiet"])
@@ -255,10 +255,14 @@ def test_featcache_toml_gives_the_defaults(pku_root, tmp_path, monkeypatch):
     assert info["backbones"]["resnet18.random/multilevel/32"]["rows_done"] == 22
     assert info["dataset"] == "pku-aigiqa-4k" and info["samples"] == 20 and info["images"] == 22
     assert info["subsets"] == {"i2i": 8, "t2i": 12} and info["half_created"] == []
-    assert info["backbones"]["resnet18.random/multilevel/32"]["config"]["pool"] == "multilevel"
+    config = info["backbones"]["resnet18.random/multilevel/32"]["config"]
+    assert config["pool"] == "multilevel" and config["decode"] == "torch" and config["jpeg_draft"] is False
     override = runner.invoke(cli.main, ["extract", "--random-weights", "--image-size", "32", "--quiet", "--pool",
-                                        "paper", "--cache", "other.h5"])
+                                        "paper", "--cache", "other.h5", "--decode", "cpu", "--jpeg-draft"])
     assert override.exit_code == 0 and "resnet18.random/paper/32: wrote 22 rows to other.h5" in override.output
+    config = json.loads(runner.invoke(cli.main, ["info", "other.h5", "--json"]).output)["backbones"][
+        "resnet18.random/paper/32"]["config"]
+    assert config["decode"] == "pil" and config["jpeg_draft"] is True
 
 
 def test_csv_dataset_with_col_lists(pku_root, monkeypatch):
