@@ -9,7 +9,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from featcache.backbones import load_backbone
 from featcache.datasets import load_dataset
