@@ -308,8 +308,8 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
                 refresh_image_stats(f, root, todo, verify)
                 _run(extractor, f[f"features/{bid}"], f, root, paths, todo, backbone, torch_device, precision,
                      batch_size, workers, max_pixels, progress, result, decode_path, jpeg_draft)
-        except RuntimeError as exc:
-            if "DataLoader worker" not in str(exc):
+        except (RuntimeError, ConnectionError, EOFError) as exc:
+            if not _is_dead_worker(exc, workers):
                 raise
             raise _worker_died(exc, result, workers) from None
     if result.errors:
@@ -372,8 +372,9 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
                     f.flush()
                     result.rows_written += len(rows)
                 bar.update(len(rows) + len(errors))
-        except RuntimeError as exc:  # converted here, before closing the loader can replace it with its own error
-            if "DataLoader worker" not in str(exc):
+        except (RuntimeError, ConnectionError, EOFError) as exc:
+            # converted here, before closing the loader can replace it with its own error
+            if not _is_dead_worker(exc, workers):
                 raise
             raise _worker_died(exc, result, workers) from None
         except (OSError, ValueError) as exc:
@@ -383,7 +384,15 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
     result.seconds = time.perf_counter() - start
 
 
-def _worker_died(exc: RuntimeError, result: ExtractResult, workers: int) -> FeatcacheError:
+def _is_dead_worker(exc: BaseException, workers: int) -> bool:
+    """torch reports a dead worker as a RuntimeError naming it; a worker killed while handing a batch's shared
+    memory to the main process shows up instead as a reset connection (or end of file) in the main process."""
+    if isinstance(exc, RuntimeError):
+        return "DataLoader worker" in str(exc)
+    return workers > 0 and isinstance(exc, (ConnectionError, EOFError))
+
+
+def _worker_died(exc: BaseException, result: ExtractResult, workers: int) -> FeatcacheError:
     return FeatcacheError(f"a decoding worker process died ({str(exc).splitlines()[0].rstrip('. ')}); the "
                           f"{result.rows_written} rows written so far are kept; run the same command again, "
                           f"with fewer --workers if memory is short ({workers} were running)")
