@@ -72,6 +72,8 @@ def test_torch_decode_agrees_with_pillow(tmp_path):
     # antialiased bicubic against Pillow's.
     assert (_cosine(pil, torch_path) >= 0.999).all()
     assert not np.array_equal(pil, torch_path)  # the torch path was really taken
+    one_by_one = compute_features(_lite0(), tmp_path, names, device="cpu", decode="gpu", batch_size=1)
+    np.testing.assert_allclose(one_by_one, torch_path, atol=1e-5)  # whatever the batch size
 
 
 def _mixed_folder(root):
