@@ -4,6 +4,7 @@ Both change pixels slightly, so the real-weights lite0 bounds how far its featur
 the features are not bit-identical (the faster path was really taken)."""
 
 import functools
+import json
 
 import h5py
 import numpy as np
@@ -115,7 +116,7 @@ def test_decode_path_and_draft_are_recorded_and_checked(tmp_path):
     small = load_backbone("resnet18", random_weights=True, image_size=32)
     extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", workers=0, progress=False)
     with h5py.File(tmp_path / "c.h5", "r") as f:
-        config = __import__("json").loads(f[f"features/{small.id}"].attrs["config_json"])
+        config = json.loads(f[f"features/{small.id}"].attrs["config_json"])
     assert config["decode"] == "pil" and config["jpeg_draft"] is True  # 'auto' resolved before it is recorded
     with pytest.raises(FeatcacheError, match=r"jpeg_draft differ.*or pass --jpeg-draft as it was made"):
         extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", jpeg_draft=False, workers=0,
@@ -132,3 +133,21 @@ def test_nvjpeg_decode_agrees_with_pillow(tmp_path):
     pil = compute_features(_lite0(), tmp_path, names, device="cpu", decode="cpu", jpeg_draft=False)
     cuda = compute_features(_lite0(), tmp_path, names, device="cuda", precision="fp32", decode="gpu")
     assert (_cosine(pil, cuda) >= 0.999).all()
+
+
+def test_a_cache_of_an_earlier_version_counts_as_pillow_without_draft(tmp_path):
+    samples = _mixed_folder(tmp_path)
+    (tmp_path / "c.jpg").unlink()
+    noisy_image(np.random.default_rng(4), (40, 40)).save(tmp_path / "c.jpg")
+    small = load_backbone("resnet18", random_weights=True, image_size=32)
+    extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", jpeg_draft=False, workers=0, progress=False)
+    with h5py.File(tmp_path / "c.h5", "r+") as f:  # as written before decode and jpeg_draft were recorded
+        group = f[f"features/{small.id}"]
+        config = json.loads(group.attrs["config_json"])
+        del config["decode"], config["jpeg_draft"]
+        group.attrs["config_json"] = json.dumps(config, sort_keys=True)
+    again = extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", decode="cpu", jpeg_draft=False,
+                    workers=0, progress=False)
+    assert again.rows_written == 0 and again.rows_done_before == 3
+    with pytest.raises(FeatcacheError, match=r"jpeg_draft differ\); use another --cache, or pass --no-jpeg-draft"):
+        extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", workers=0, progress=False)
