@@ -12,6 +12,7 @@ import click
 
 from featcache import __version__
 from featcache.backbones.pooling import POOLINGS, pooling_help
+from featcache.decode import DECODE_HELP
 from featcache.defaults import DEFAULT_CACHE, load_config, pick
 from featcache.errors import FeatcacheError
 
@@ -88,8 +89,12 @@ def load_samples_from_options(config: dict, dataset, root, annotation, columns):
 @click.option("--image-size", type=click.IntRange(min=1), help="Crop size, overriding the backbone's.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward [32].")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Decoding processes, 0 = in the main process [number of cores, at most 8].")
+              help="Decoding processes, 0 = in the main process [every usable core].")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [auto].")
+@click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), default=None, help=DECODE_HELP + " [auto].")
+@click.option("--jpeg-draft/--no-jpeg-draft", default=None,
+              help="Let libjpeg decode JPEGs at least twice the resize size at 1/2, 1/4 or 1/8 scale (faster; pixels "
+                   "differ slightly, recorded in the cache) [on].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
               help="auto = fp16 autocast on CUDA, fp32 on the CPU.")
 @click.option("--shard", metavar="I/N", help="Extract only share I of N (contiguous rows); merge afterwards.")
@@ -100,8 +105,11 @@ def load_samples_from_options(config: dict, dataset, root, annotation, columns):
                                              "size and modification time (e.g. a copied dataset).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(dataset, root, annotation, columns, backbone, pool, cache, image_size, batch_size, workers, device,
-            precision, shard, weights, random_weights, max_pixels, verify, quiet):
+            decode, jpeg_draft, precision, shard, weights, random_weights, max_pixels, verify, quiet):
     """Run a frozen backbone once over every distinct image into the HDF5 cache (resumable)."""
+    from featcache.fastimport import import_timm_without_dynamo
+
+    import_timm_without_dynamo()  # about 1.4 s of start-up; this process never compiles
     from featcache.backbones import load_backbone
     from featcache.extract import extract as run_extract, parse_shard
     from featcache.images import DEFAULT_MAX_PIXELS
@@ -117,7 +125,9 @@ def extract(dataset, root, annotation, columns, backbone, pool, cache, image_siz
     result = run_extract(samples, root, model, cache, batch_size=pick(batch_size, config, "batch_size", 32),
                          workers=pick(workers, config, "workers"), device=pick(device, config, "device", "auto"),
                          precision=precision, shard=parse_shard(shard), max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                         progress=not quiet, command=_command_line(), verify=verify)
+                         progress=not quiet, command=_command_line(), verify=verify,
+                         decode=pick(decode, config, "decode", "auto"),
+                         jpeg_draft=pick(jpeg_draft, config, "jpeg_draft", True))
     if result.rows_written == 0:
         click.echo(f"{result.backbone_id}: {result.rows_done_before}/{result.rows_in_shard} rows already in "
                    f"{cache}; nothing to do")
@@ -416,6 +426,9 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
             batch_size, out):
     """Score images with a saved head: IMAGE files, a FOLDER of images (no annotation needed), or a whole
     database (--root/--dataset: SRCC and PLCC against its labels are printed). Cached features are reused."""
+    from featcache.fastimport import import_timm_without_dynamo
+
+    import_timm_without_dynamo()
     from regressors.heads import images_in_folder, predict_paths, score_column, write_scores
     from regressors.metrics import quality_metrics
 

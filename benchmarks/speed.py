@@ -1,17 +1,73 @@
-"""Speed: extraction against the bare forward and decoding alone; stage 2 on 4000 rows; fine-tuning cost.
+"""Speed: start-up of `featcache extract`; extraction against the bare forward and decoding alone; stage 2 on 4000
+rows; fine-tuning cost.
 
     python benchmarks/speed.py [--images 256] [--size 512] [--backbone lite0] [--skip-stage2] [--device auto]
+    python benchmarks/speed.py --startup-only [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 
-from common import machine, photos_folder, save_json  # noqa: E402  (sets sys.path)
+from common import REPO, machine, photos_folder, save_json  # noqa: E402  (sets sys.path)
+
+
+def _twelve_images(folder: Path) -> None:
+    """12 small JPEGs and a CSV annotation: enough for a real extraction, too few for the forward to dominate."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(12):
+        pixels = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).resize((320, 256), Image.BILINEAR).save(folder / f"{k}.jpg", quality=90)
+        rows.append(f"{k}.jpg,{k / 4:.2f}")
+    (folder / "ratings.csv").write_text("file,mos\n" + "\n".join(rows) + "\n")
+
+
+def _median_seconds(command: list[str], repeats: int, before=None, cwd: Path = REPO) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeats):
+        if before is not None:
+            before()
+        start = time.perf_counter()
+        subprocess.run(command, check=True, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def startup(args, tmp: Path) -> dict:
+    """Wall time of `featcache extract` over 12 images into a fresh cache (start-up: imports, weights, model build,
+    worker start, one batch) against `python -c "import torch"`; medians of `repeats` runs each. Goal (issue 10):
+    at most 2.2x."""
+    data = tmp / "startup"
+    _twelve_images(data)
+    cache = tmp / "startup.h5"
+    extract = [sys.executable, "cli.py", "extract", "--dataset", "csv", "--root", str(data), "--annotation",
+               "ratings.csv", "--col", "image=file", "--col", "target=mos", "--backbone", args.backbone,
+               "--cache", str(cache), "--device", args.device, "--quiet"]
+    fresh = lambda: cache.unlink(missing_ok=True)  # noqa: E731
+    _median_seconds(extract, 1, before=fresh, cwd=args.repo)  # warm the file cache once
+    torch_s, torch_runs = _median_seconds([sys.executable, "-c", "import torch"], args.repeats)
+    extract_s, extract_runs = _median_seconds(extract, args.repeats, before=fresh, cwd=args.repo)
+    return {"import_torch_seconds": torch_s, "extract_12_images_seconds": extract_s,
+            "ratio": extract_s / torch_s, "goal_ratio": 2.2, "repeats": args.repeats,
+            "import_torch_runs": torch_runs, "extract_runs": extract_runs}
+
+
+def print_startup(result: dict) -> None:
+    print(f"start-up (median of {result['repeats']}): python -c 'import torch' {result['import_torch_seconds']:.2f} s; "
+          f"featcache extract over 12 images {result['extract_12_images_seconds']:.2f} s = "
+          f"{result['ratio']:.2f} x (goal <= {result['goal_ratio']} x)")
 
 
 def extraction(args, tmp: Path) -> dict:
@@ -118,9 +174,19 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-stage2", action="store_true")
+    parser.add_argument("--startup-only", action="store_true", help="Measure only the start-up of extract.")
+    parser.add_argument("--repeats", type=int, default=3, help="Runs per start-up command (the median is kept).")
+    parser.add_argument("--repo", type=Path, default=REPO, help="Checkout whose cli.py the start-up runs (to compare "
+                        "with another version).")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        start = startup(args, tmp)
+        print_startup(start)
+        if args.startup_only:
+            name = "startup" if args.device != "cuda" else "startup_cuda"
+            print(f"wrote {save_json(name, {'machine': machine(), 'startup': start})}")
+            return
         speed = extraction(args, tmp)
         print(f"extraction, {speed['images']} images of {speed['image_size']} px, {speed['backbone']} on "
               f"{speed['device']}, batch {speed['batch_size']}, {speed['workers']} workers")
@@ -129,7 +195,7 @@ def main() -> None:
         print(f"  featcache extract  {speed['extract_images_per_s']:8.1f} images/s  "
               f"= {speed['extract_vs_bare_forward']:.2f} x bare forward; time = "
               f"{speed['extract_vs_decode_plus_forward']:.2f} x (decoding alone + forward alone)")
-        payload = {"machine": machine(), "extraction": speed}
+        payload = {"machine": machine(), "startup": start, "extraction": speed}
         if not args.skip_stage2:
             print(f"stage 2 on 4000 rows x 2048-d, NR/FR/PR x 3 targets x 5 prompt-disjoint folds, jobs={args.jobs}")
             s2 = stage2(args, tmp)

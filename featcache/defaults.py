@@ -10,7 +10,7 @@ from featcache.errors import FeatcacheError
 CONFIG_NAME = "featcache.toml"
 DEFAULT_CACHE = "featcache.h5"
 CONFIG_KEYS = {"dataset", "root", "annotation", "cache", "columns", "backbone", "pool", "device", "batch_size",
-               "workers"}
+               "workers", "decode", "jpeg_draft"}
 
 
 def load_config(folder: str | Path | None = None) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import sys
@@ -18,9 +19,10 @@ from featcache import __version__
 from featcache.backbones import Backbone
 from featcache.devices import resolve_device, to_channels_last
 from featcache.errors import FeatcacheError
-from featcache.images import DEFAULT_MAX_PIXELS, check_files_present, load_rgb
+from featcache.images import DEFAULT_MAX_PIXELS, check_files_present, load_rgb, read_jpeg_bytes
 from featcache.samples import SampleTable
 from featcache.store import (
+    CacheComparison,
     NewBackbone,
     add_backbones,
     backbone_ids,
@@ -79,27 +81,68 @@ def shard_rows(rows: int, shard: tuple[int, int] | None) -> range:
 
 
 def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))
+    """Every core this process may run on: decoding is the CPU-bound half of extraction, so no fixed cap (a cap of
+    8 left most of a large machine idle). `--workers` or the config's `workers` lowers it when memory is short."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))  # honours taskset, cgroup cpusets and SLURM's allocation
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return max(1, os.cpu_count() or 1)
+
+
+def loader_workers(requested: int | None, images: int, batch_size: int) -> int:
+    """`requested` as given; by default every usable core, but no more workers than batches, and none for a single
+    batch (one worker would decode it while the main process waits: starting it is pure start-up cost)."""
+    if requested is not None:
+        return requested
+    batches = -(-images // batch_size)
+    return 0 if batches <= 1 else min(default_workers(), batches)
+
+
+def start_cuda(device: torch.device) -> None:
+    """Create the CUDA context in a thread (it takes about a second) while the cache is checked and the model built;
+    the first CUDA call of the main thread waits for it."""
+    if device.type != "cuda":
+        return
+    import threading
+
+    threading.Thread(target=lambda: torch.zeros(1, device=device), name="featcache-cuda-init", daemon=True).start()
 
 
 class ImageRows(Dataset):
-    """Decodes in worker processes; a bad file becomes an error entry instead of killing the run."""
+    """Decodes in worker processes; a bad file becomes an error entry instead of killing the run.
 
-    def __init__(self, root: Path, paths: list[str], rows: list[int], transform, max_pixels: int):
+    `draft_short_side`: JPEG draft decoding (see `load_rgb`). `jpeg_bytes`: the torch decode path; 8-bit RGB/grey
+    JPEGs come back as their bytes (`EncodedJpeg`) for the main process to decode on the device, other files decoded
+    here as usual."""
+
+    def __init__(self, root: Path, paths: list[str], rows: list[int], transform, max_pixels: int,
+                 draft_short_side: int | None = None, jpeg_bytes: bool = False):
         self.root, self.paths, self.rows = root, paths, rows
         self.transform, self.max_pixels = transform, max_pixels
+        self.draft_short_side, self.jpeg_bytes = draft_short_side, jpeg_bytes
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, k: int):
         row = self.rows[k]
+        if self.jpeg_bytes:
+            from featcache.decode import EncodedJpeg
+
+            data = read_jpeg_bytes(self.root / self.paths[row], self.max_pixels)
+            if data is not None:
+                return row, EncodedJpeg(torch.from_numpy(data)), ""
+        return (row, *self.decode_with_pil(row))
+
+    def decode_with_pil(self, row: int) -> tuple[torch.Tensor | None, str]:
+        """(pixels, "") or (None, the one-line error naming the file)."""
+        path = self.root / self.paths[row]
         try:
-            return row, self.transform(load_rgb(self.root / self.paths[row], self.max_pixels)), ""
+            return self.transform(load_rgb(path, self.max_pixels, self.draft_short_side)), ""
         except FeatcacheError as exc:
-            return row, None, str(exc)
+            return None, str(exc)
         except Exception as exc:  # a transform failing on a strange image
-            return row, None, f"{self.root / self.paths[row]}: {type(exc).__name__}: {exc}"
+            return None, f"{path}: {type(exc).__name__}: {exc}"
 
 
 def collate_rows(items):
@@ -108,6 +151,37 @@ def collate_rows(items):
     batch = torch.stack([t for _, t in good]) if good else None
     errors = [e for _, t, e in items if t is None]
     return rows, batch, errors
+
+
+def collate_payloads(items):
+    """The torch path: payloads (pixels or `EncodedJpeg`) stay a list, decoded and stacked in the main process."""
+    good = [(r, p) for r, p, e in items if p is not None]
+    return [r for r, _ in good], [p for _, p in good], [e for _, p, e in items if p is None]
+
+
+def _pixels_on_device(rows: list[int], payloads: list, dataset: ImageRows, preprocess, device: torch.device):
+    """Decode a batch's JPEG bytes on `device` in one call and preprocess them there; a file the torch decoder
+    refuses (or any other payload failing) is decoded with Pillow instead, its error reported as on the CPU path.
+    Returns (rows, (B, 3, S, S) batch on `device` or None, errors), rows in their original order."""
+    from featcache.decode import EncodedJpeg, decode_jpegs
+
+    encoded = [i for i, p in enumerate(payloads) if isinstance(p, EncodedJpeg)]
+    pixels: list = list(payloads)
+    for i, image in zip(encoded, decode_jpegs([payloads[i].data for i in encoded], device)):
+        try:
+            pixels[i] = preprocess(image) if image is not None else None
+        except RuntimeError:
+            pixels[i] = None
+    kept_rows, kept, errors = [], [], []
+    for row, tensor in zip(rows, pixels):
+        if tensor is None:
+            tensor, error = dataset.decode_with_pil(row)
+            if tensor is None:
+                errors.append(error)
+                continue
+        kept_rows.append(row)
+        kept.append(tensor.to(device))
+    return kept_rows, torch.stack(kept) if kept else None, errors
 
 
 def worker_init(_):
@@ -130,33 +204,57 @@ def _done_flags(f, bid: str, config: dict, name) -> np.ndarray | None:
     return f[f"features/{bid}/done"][()]
 
 
-def _already_complete(target: Path, name, samples: SampleTable, root: Path, config: dict,
-                      in_shard: range, verify: bool) -> int | None:
-    """Rows done when the cache already holds every row of the shard for these images and labels (checked without
-    the lock, so a read-only but complete cache is 'nothing to do'); else None."""
-    if not target.is_file():
+@dataclass
+class _Precheck:
+    """What the look at the cache without the lock found: rows done when nothing is left to do, and the comparison
+    with the images (reused under the lock while the file is unchanged: with --verify it hashed the images)."""
+
+    rows_done: int | None = None
+    comparison: CacheComparison | None = None
+    file_identity: tuple | None = None
+
+
+def _file_identity(path: Path) -> tuple | None:
+    """(inode, size, modification time): any write by another process in between changes it."""
+    try:
+        stat = os.stat(path)
+    except OSError:
         return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _already_complete(target: Path, name, samples: SampleTable, root: Path, config: dict,
+                      in_shard: range, verify: bool) -> _Precheck:
+    """Whether the cache already holds every row of the shard for these images and labels (checked without the
+    lock, so a read-only but complete cache is 'nothing to do')."""
+    identity = _file_identity(target)
+    if identity is None:
+        return _Precheck()
     try:
         f = open_read(target)
     except FeatcacheError:
-        return None  # the writing path gives the precise message
+        return _Precheck()  # the writing path gives the precise message
     with f:
-        if not compare_with_cache(f, samples, root, verify).same:
-            return None
+        comparison = compare_with_cache(f, samples, root, verify)
+        if not comparison.same:
+            return _Precheck(None, comparison, identity)
         done = _done_flags(f, config["id"], config, name)
     if done is None or not done[in_shard.start:in_shard.stop].all():
-        return None
-    return len(in_shard)
+        return _Precheck(None, comparison, identity)
+    return _Precheck(len(in_shard), comparison, identity)
 
 
 def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: str | Path, *,
             batch_size: int = 32, workers: int | None = None, device: str = "auto", precision: str = "auto",
             shard: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-            progress: bool = True, command: str = "", verify: bool = False) -> ExtractResult:
+            progress: bool = True, command: str = "", verify: bool = False, decode: str = "auto",
+            jpeg_draft: bool = True) -> ExtractResult:
     """Extract `backbone` features for every distinct image of `samples` into `cache`; resumes what is there.
 
     `verify`: record each extracted image's sha256 and compare images by content where a hash is stored (else by
-    size and modification time)."""
+    size and modification time). `decode`: 'cpu' (Pillow in workers), 'gpu' (torchvision on `device`) or 'auto'.
+    `jpeg_draft`: let libjpeg decode large JPEGs at a reduced scale on the Pillow path. Both change pixels slightly,
+    so the resolved decode path and draft flag are part of the backbone's recorded configuration."""
     root, name = Path(root), Path(cache)
     if batch_size < 1:
         raise FeatcacheError("--batch-size must be at least 1")
@@ -164,17 +262,17 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
         raise FeatcacheError("--workers must be 0 (decode in the main process) or more")
     if max_pixels < 1:
         raise FeatcacheError("--max-pixels must be at least 1")
-    workers = default_workers() if workers is None else workers
     torch_device = resolve_device(device)
     precision = _precision(torch_device, precision)
     paths, _, _ = samples.distinct_images()
-    config = dict(backbone.config(), precision=precision)
+    decode_path, jpeg_draft = _decoding(decode, jpeg_draft, torch_device)
+    config = dict(backbone.config(), precision=precision, decode=decode_path, jpeg_draft=jpeg_draft)
     bid = config["id"]
     in_shard = shard_rows(len(paths), shard)
     target = real_path(name)  # a symlink and its target are one cache: one lock, one temporary file
-    complete = _already_complete(target, name, samples, root, config, in_shard, verify)
-    if complete is not None:
-        return ExtractResult(str(name), bid, len(paths), len(in_shard), complete, 0)
+    precheck = _already_complete(target, name, samples, root, config, in_shard, verify)
+    if precheck.rows_done is not None:
+        return ExtractResult(str(name), bid, len(paths), len(in_shard), precheck.rows_done, 0)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -185,7 +283,9 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
             create_cache(target, samples, root, command, samples.options)
         else:
             check_is_cache_file(name)  # a damaged or foreign file is refused before anything else
-            bring_up_to_date(target, samples, root, command, samples.options, verify)
+            unchanged = precheck.file_identity is not None and precheck.file_identity == _file_identity(target)
+            bring_up_to_date(target, samples, root, command, samples.options, verify,
+                             precheck.comparison if unchanged else None)
         with open_read(target) as f:
             done = _done_flags(f, bid, config, name)
         exists = done is not None
@@ -196,6 +296,8 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
         if not todo:
             return result
         check_files_present(root, [paths[i] for i in todo])
+        workers = loader_workers(workers, len(todo), batch_size)
+        start_cuda(torch_device)
         extractor = to_channels_last(backbone.extractor().to(torch_device), torch_device)
         if not exists:
             attrs = {"shard": f"{shard[0]}/{shard[1]}"} if shard is not None else {}
@@ -205,11 +307,11 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
             with open_write(target) as f:
                 refresh_image_stats(f, root, todo, verify)
                 _run(extractor, f[f"features/{bid}"], f, root, paths, todo, backbone, torch_device, precision,
-                     batch_size, workers, max_pixels, progress, result)
-        except RuntimeError as exc:
-            if "DataLoader worker" not in str(exc):
+                     batch_size, workers, max_pixels, progress, result, decode_path, jpeg_draft)
+        except (RuntimeError, ConnectionError, EOFError) as exc:
+            if not _is_dead_worker(exc, workers):
                 raise
-            raise _worker_died(exc, result) from None
+            raise _worker_died(exc, result, workers) from None
     if result.errors:
         first = "; ".join(result.errors[:3])
         raise FeatcacheError(f"{len(result.errors)} images could not be read ({result.rows_written} other rows were "
@@ -219,18 +321,23 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
 
 
 def _forward_batches(extractor, dataset: ImageRows, device: torch.device, precision: str,
-                     batch_size: int, workers: int):
-    """Decode in workers, forward on `device`: yields (rows, features or None, errors, forward seconds)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_rows,
+                     batch_size: int, workers: int, preprocess=None):
+    """Decode in workers (or, on the torch path, read bytes there and decode on `device` with `preprocess`), forward
+    on `device`: yields (rows, features or None, errors, forward seconds)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate_payloads if dataset.jpeg_bytes else collate_rows,
                         pin_memory=device.type == "cuda", worker_init_fn=worker_init if workers else None)
     autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     batches = iter(loader)
     try:
         for rows, batch, errors in batches:
+            start = time.perf_counter()
+            if dataset.jpeg_bytes:
+                rows, batch, more = _pixels_on_device(rows, batch, dataset, preprocess, device)
+                errors = errors + more
             if not rows:
                 yield rows, None, errors, 0.0
                 continue
-            start = time.perf_counter()
             batch = to_channels_last(batch.to(device, non_blocking=True), device)
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 features = extractor(batch)
@@ -245,13 +352,13 @@ def _forward_batches(extractor, dataset: ImageRows, device: torch.device, precis
 
 
 def _run(extractor, group, f, root, paths, todo, backbone, device, precision, batch_size, workers, max_pixels,
-         progress, result) -> None:
+         progress, result, decode_path: str, jpeg_draft: bool) -> None:
     from tqdm.auto import tqdm
 
-    dataset = ImageRows(root, paths, todo, backbone.transform(), max_pixels)
+    dataset, preprocess = _dataset(backbone, root, paths, todo, max_pixels, decode_path, jpeg_draft, device)
     emb, done = group["emb"], group["done"]
     start = time.perf_counter()
-    batches = _forward_batches(extractor, dataset, device, precision, batch_size, workers)
+    batches = _forward_batches(extractor, dataset, device, precision, batch_size, workers, preprocess)
     with tqdm(total=len(todo), unit="img", desc=result.backbone_id, disable=not progress, file=sys.stderr) as bar, \
             contextlib.closing(batches):
         try:
@@ -265,10 +372,11 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
                     f.flush()
                     result.rows_written += len(rows)
                 bar.update(len(rows) + len(errors))
-        except RuntimeError as exc:  # converted here, before closing the loader can replace it with its own error
-            if "DataLoader worker" not in str(exc):
+        except (RuntimeError, ConnectionError, EOFError) as exc:
+            # converted here, before closing the loader can replace it with its own error
+            if not _is_dead_worker(exc, workers):
                 raise
-            raise _worker_died(exc, result) from None
+            raise _worker_died(exc, result, workers) from None
         except (OSError, ValueError) as exc:
             if not is_disk_full(exc):
                 raise
@@ -276,10 +384,18 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
     result.seconds = time.perf_counter() - start
 
 
-def _worker_died(exc: RuntimeError, result: ExtractResult) -> FeatcacheError:
+def _is_dead_worker(exc: BaseException, workers: int) -> bool:
+    """torch reports a dead worker as a RuntimeError naming it; a worker killed while handing a batch's shared
+    memory to the main process shows up instead as a reset connection (or end of file) in the main process."""
+    if isinstance(exc, RuntimeError):
+        return "DataLoader worker" in str(exc)
+    return workers > 0 and isinstance(exc, (ConnectionError, EOFError))
+
+
+def _worker_died(exc: BaseException, result: ExtractResult, workers: int) -> FeatcacheError:
     return FeatcacheError(f"a decoding worker process died ({str(exc).splitlines()[0].rstrip('. ')}); the "
                           f"{result.rows_written} rows written so far are kept; run the same command again, "
-                          "with fewer --workers if memory is short")
+                          f"with fewer --workers if memory is short ({workers} were running)")
 
 
 def _write_rows(dataset, rows: list[int], values: np.ndarray) -> None:
@@ -287,6 +403,39 @@ def _write_rows(dataset, rows: list[int], values: np.ndarray) -> None:
         dataset[rows[0]:rows[-1] + 1] = values
     else:
         dataset[rows] = values
+
+
+DRAFT_GAP = 2  # JPEG draft decoding keeps at least this many times the resize size (as Pillow's reducing_gap)
+
+
+def draft_short_side(backbone: Backbone) -> int:
+    """The shortest side JPEG draft decoding may produce: DRAFT_GAP x the size the transform resizes the shorter side
+    to (timm: floor(input_size / crop_pct)). Why not 1x: libjpeg's scaled IDCT straight to the resize size aliases
+    fine texture (lite0 feature cosine 0.984 on upscaled Kodak photos and noise); leaving the last factor of 2 to
+    the antialiased resize keeps cosine >= 0.998 and still decodes 2x (1536x1024) to 3.8x (3072x2048) faster."""
+    cfg = backbone.spec.data_config()
+    return DRAFT_GAP * math.ceil(cfg["input_size"] / cfg["crop_pct"])
+
+
+def _decoding(decode: str | None, jpeg_draft: bool, device: torch.device) -> tuple[str, bool]:
+    """(decode path 'pil' or 'torch', whether JPEG draft decoding is used): both recorded in the backbone's config.
+    Draft mode is a Pillow feature: the torch path decodes every JPEG at full size."""
+    from featcache.decode import resolve_decode
+
+    path = resolve_decode(decode, device)
+    return path, bool(jpeg_draft) and path == "pil"
+
+
+def _dataset(backbone: Backbone, root: Path, paths: list[str], rows: list[int], max_pixels: int, decode_path: str,
+             jpeg_draft: bool, device: torch.device):
+    """(ImageRows, the device-side preprocessing or None) for the chosen decode path."""
+    dataset = ImageRows(root, paths, rows, backbone.transform(), max_pixels,
+                        draft_short_side(backbone) if jpeg_draft else None, jpeg_bytes=decode_path == "torch")
+    if decode_path != "torch":
+        return dataset, None
+    from featcache.decode import TorchPreprocess
+
+    return dataset, TorchPreprocess(backbone.spec.data_config(), device)
 
 
 def _provenance(backbone: Backbone, device: torch.device, precision: str, command: str) -> dict:
@@ -312,16 +461,20 @@ def _provenance(backbone: Backbone, device: torch.device, precision: str, comman
 
 def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, batch_size: int = 32,
                      workers: int = 0, device: str = "auto", precision: str = "auto",
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Features of a few images in memory (no cache), e.g. to score new images with a saved head."""
+                     max_pixels: int = DEFAULT_MAX_PIXELS, decode: str = "auto",
+                     jpeg_draft: bool = True) -> np.ndarray:
+    """Features of a few images in memory (no cache), e.g. to score new images with a saved head. `decode` and
+    `jpeg_draft` as for `extract` (pass the values recorded with the features the head was trained on)."""
     root = Path(root)
     check_files_present(root, paths)
     torch_device = resolve_device(device)
     precision = _precision(torch_device, precision)
     extractor = to_channels_last(backbone.extractor().to(torch_device), torch_device)
-    dataset = ImageRows(root, paths, list(range(len(paths))), backbone.transform(), max_pixels)
+    decode_path, jpeg_draft = _decoding(decode, jpeg_draft, torch_device)
+    dataset, preprocess = _dataset(backbone, root, paths, list(range(len(paths))), max_pixels, decode_path,
+                                   jpeg_draft, torch_device)
     out = None
-    batches = _forward_batches(extractor, dataset, torch_device, precision, batch_size, workers)
+    batches = _forward_batches(extractor, dataset, torch_device, precision, batch_size, workers, preprocess)
     with contextlib.closing(batches):
         for rows, features, errors, _ in batches:
             if errors:

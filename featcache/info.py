@@ -7,19 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache.store import (
-    backbone_ids,
-    half_created_backbones,
-    open_read,
-    read_config,
-    read_provenance,
-    read_samples,
-)
+from featcache.store import open_read, read_config, read_provenance, read_samples, walk_backbones
 
 
 def cache_info(path: str | Path) -> dict:
     with open_read(path) as f:
         samples = read_samples(f)
+        complete, half_created = walk_backbones(f)  # one walk of /features for both lists
         info = {
             "path": str(path),
             "dataset": str(f.attrs.get("dataset", "")),
@@ -33,9 +27,9 @@ def cache_info(path: str | Path) -> dict:
             "targets": {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "min": float(np.min(v)),
                             "max": float(np.max(v))} for k, v in samples.targets.items()},
             "backbones": {},
-            "half_created": half_created_backbones(f),
+            "half_created": half_created,
         }
-        for bid in backbone_ids(f):
+        for bid in complete:
             group = f[f"features/{bid}"]
             info["backbones"][bid] = {
                 "dim": int(group.attrs["dim"]),
@@ -71,8 +65,10 @@ def format_info(info: dict) -> str:
                      f"state {p.get('weights_state_sha256', '')[:16]}; {p.get('precision', '')} on "
                      f"{p.get('device', '')}; torch {p.get('torch', '')}, timm {p.get('timm', '')}")
         dc = b["config"].get("data_config", {})
+        decode = "torch" if b["config"].get("decode") == "torch" else "pil"
+        draft = ", JPEG draft" if b["config"].get("jpeg_draft") else ""
         lines.append(f"           data resize {dc.get('resize')} crop {dc.get('input_size')} "
-                     f"{dc.get('interpolation')} mean {dc.get('mean')} std {dc.get('std')}")
+                     f"{dc.get('interpolation')} mean {dc.get('mean')} std {dc.get('std')}; decode {decode}{draft}")
         if p.get("command"):
             lines.append(f"           command {p['command']}")
         if p.get("merged_from"):

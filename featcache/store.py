@@ -235,10 +235,21 @@ def _feature_dcpl() -> h5py.h5p.PropDCID:
     return dcpl
 
 
+# Configuration keys added after caches were first written, with the value every older cache was made with: an old
+# cache stays resumable with the matching options (--decode cpu --no-jpeg-draft), and refused otherwise.
+CONFIG_DEFAULTS = {"decode": "pil", "jpeg_draft": False}
+# What to pass to reproduce a stored value, for the refusal message.
+_CONFIG_OPTIONS = {
+    "decode": lambda v: "--decode gpu" if v == "torch" else "--decode cpu",
+    "jpeg_draft": lambda v: "--jpeg-draft" if v else "--no-jpeg-draft",
+    "precision": lambda v: f"--precision {v}",
+}
+
+
 def compare_configs(stored: dict, wanted: dict) -> list[str]:
     """Keys whose values differ, ignoring machine-specific paths."""
     def clean(config: dict) -> dict:
-        config = json.loads(json.dumps(config))
+        config = {**CONFIG_DEFAULTS, **json.loads(json.dumps(config))}
         config.get("weights", {}).pop("file", None)
         return config
 
@@ -294,13 +305,16 @@ def check_config(f: h5py.File, bid: str, config: dict, path: str | Path) -> None
     if "config_json" not in group.attrs:
         raise FeatcacheError(f"{path}: backbone {bid} was only half created (an interrupted run of an older "
                              "version); run `featcache repair` first")
-    differing = compare_configs(json.loads(group.attrs["config_json"]), config)
+    stored = {**CONFIG_DEFAULTS, **json.loads(group.attrs["config_json"])}
+    differing = compare_configs(stored, config)
     if differing:
+        options = [_CONFIG_OPTIONS[k](stored[k]) for k in differing if k in _CONFIG_OPTIONS and k in stored]
+        how = f", or pass {' '.join(options)} as it was made" if len(options) == len(differing) else ""
         raise FeatcacheError(f"{path}: backbone id {bid} was written with another configuration "
-                             f"({', '.join(differing)} differ); use another --cache")
+                             f"({', '.join(differing)} differ); use another --cache{how}")
 
 
-def _walk_backbones(f: h5py.File) -> tuple[list[str], list[str]]:
+def walk_backbones(f: h5py.File) -> tuple[list[str], list[str]]:
     """(complete backbone ids, half-created or unreadable group names) under /features.
 
     Walked group by group, each step guarded, so one damaged object (e.g. left by a full disk under an older
@@ -345,11 +359,11 @@ def _walk_backbones(f: h5py.File) -> tuple[list[str], list[str]]:
 
 def backbone_ids(f: h5py.File) -> list[str]:
     """Backbones whose datasets and attributes are complete (a half-created one is not listed)."""
-    return _walk_backbones(f)[0]
+    return walk_backbones(f)[0]
 
 
 def half_created_backbones(f: h5py.File) -> list[str]:
-    return _walk_backbones(f)[1]
+    return walk_backbones(f)[1]
 
 
 @dataclass
@@ -511,14 +525,17 @@ def refresh_image_stats(f: h5py.File, root: str | Path, rows: list[int], verify:
 
 
 def bring_up_to_date(path: str | Path, samples: SampleTable, root: str | Path, command: str = "",
-                     options: dict | None = None, verify: bool = False) -> None:
+                     options: dict | None = None, verify: bool = False,
+                     state: CacheComparison | None = None) -> None:
     """Make the cache at `path` describe `samples` (call with the lock held).
 
     Same images and labels: nothing to do. A cache without features yet: replaced. Images under another root whose
     files differ: refused (another dataset). Otherwise (rows added or removed, images changed, labels edited): the
-    cache is rebuilt with the new tables, keeping the rows of every unchanged image."""
-    with open_read(path) as f:
-        state = compare_with_cache(f, samples, root, verify)
+    cache is rebuilt with the new tables, keeping the rows of every unchanged image. `state`: the comparison of this
+    very file (unchanged since) with `samples`, when the caller already made it; else it is made here."""
+    if state is None:
+        with open_read(path) as f:
+            state = compare_with_cache(f, samples, root, verify)
     if state.same:
         return
     why = "; ".join(state.reasons)
@@ -692,7 +709,7 @@ def check_cache(path: str | Path) -> list[str]:
         for name in ("format_version", "manifest_sha256", "samples_sha256", "root"):
             if name not in f.attrs:
                 problems.append(f"attribute {name} missing")
-        complete, half = _walk_backbones(f)
+        complete, half = walk_backbones(f)
         problems += [f"backbone {b} is half created (run `featcache repair`)" for b in half]
         for bid in complete:
             group = f[f"features/{bid}"]
@@ -738,7 +755,7 @@ def repair(path: str | Path) -> RepairResult:
     with lock_cache(path) as target:
         temporaries = [str(p) for p in remove_stale_temporaries(target)]
         with open_read(path) as f:
-            complete, half = _walk_backbones(f)
+            complete, half = walk_backbones(f)
         if half:
             rewrite_cache(target, what="dropping half-created backbones")
         reset = {}

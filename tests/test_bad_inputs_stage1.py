@@ -205,10 +205,10 @@ def test_a_killed_decoding_worker_is_a_one_line_error_and_keeps_rows(tmp_path, m
     monkeypatch.chdir(root)
     parent, real = os.getpid(), extract_module.load_rgb
 
-    def oom_killer(path, max_pixels):
+    def oom_killer(path, max_pixels, *args):
         if os.getpid() != parent and Path(path).name == "DALLE_1001_10.jpg":
             os.kill(os.getpid(), signal.SIGKILL)
-        return real(path, max_pixels)
+        return real(path, max_pixels, *args)
 
     monkeypatch.setattr(extract_module, "load_rgb", oom_killer)
     args = ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "32", "--workers", "1",
@@ -255,3 +255,30 @@ def test_read_only_folder_for_extract_and_merge(tmp_path, monkeypatch):
         assert merged.exit_code == 2 and "cannot create the lock file m.h5.lock" in merged.output
     finally:
         subprocess.run(["umount", "-l", str(folder)])
+
+
+def test_a_worker_killed_while_handing_over_a_batch_is_a_one_line_error(tmp_path, monkeypatch):
+    """The race the slow kill test sometimes hits: the main process reads a batch's shared memory from a worker that
+    was just killed, and gets a reset connection instead of torch's dead-worker error."""
+    import featcache.extract as extract_module
+    from featcache.backbones import load_backbone
+    from featcache.errors import FeatcacheError
+
+    root = tmp_path / "data"
+    make_pku(root)
+    real = extract_module._forward_batches
+
+    def killed_after_one_batch(*args, **kwargs):
+        batches = real(*args, **kwargs)
+        yield next(batches)
+        batches.close()
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(extract_module, "_forward_batches", killed_after_one_batch)
+    backbone = load_backbone("resnet18", random_weights=True, image_size=32)
+    with pytest.raises(FeatcacheError, match=r"^a decoding worker process died \(\[Errno 104\] Connection reset by "
+                                             r"peer\); the 2 rows written so far are kept.*\(1 were running\)"):
+        extract_module.extract(load_dataset(None, root), root, backbone, root / "c.h5", workers=1, batch_size=2,
+                               progress=False)
+    with h5py.File(root / "c.h5", "r") as f:
+        assert int(f[f"features/{backbone.id}/done"][()].sum()) == 2

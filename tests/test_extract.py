@@ -243,7 +243,7 @@ def test_featcache_toml_gives_the_defaults(pku_root, tmp_path, monkeypatch):
     project.mkdir()
     (project / "featcache.toml").write_text(
         f'root = "../pku"\ncache = "out/feat.h5"\nbackbone = "resnet18"\npool = "multilevel"\n'
-        f'batch_size = 5\nworkers = 0\ndevice = "cpu"\n')
+        f'batch_size = 5\nworkers = 0\ndevice = "cpu"\ndecode = "gpu"\njpeg_draft = false\n')
     monkeypatch.chdir(project)
     runner = CliRunner()
     out = runner.invoke(cli.main, ["extract", "--random-weights", "--image-size", "32", "--quiet"])
@@ -255,10 +255,14 @@ def test_featcache_toml_gives_the_defaults(pku_root, tmp_path, monkeypatch):
     assert info["backbones"]["resnet18.random/multilevel/32"]["rows_done"] == 22
     assert info["dataset"] == "pku-aigiqa-4k" and info["samples"] == 20 and info["images"] == 22
     assert info["subsets"] == {"i2i": 8, "t2i": 12} and info["half_created"] == []
-    assert info["backbones"]["resnet18.random/multilevel/32"]["config"]["pool"] == "multilevel"
+    config = info["backbones"]["resnet18.random/multilevel/32"]["config"]
+    assert config["pool"] == "multilevel" and config["decode"] == "torch" and config["jpeg_draft"] is False
     override = runner.invoke(cli.main, ["extract", "--random-weights", "--image-size", "32", "--quiet", "--pool",
-                                        "paper", "--cache", "other.h5"])
+                                        "paper", "--cache", "other.h5", "--decode", "cpu", "--jpeg-draft"])
     assert override.exit_code == 0 and "resnet18.random/paper/32: wrote 22 rows to other.h5" in override.output
+    config = json.loads(runner.invoke(cli.main, ["info", "other.h5", "--json"]).output)["backbones"][
+        "resnet18.random/paper/32"]["config"]
+    assert config["decode"] == "pil" and config["jpeg_draft"] is True
 
 
 def test_csv_dataset_with_col_lists(pku_root, monkeypatch):
@@ -296,3 +300,58 @@ def test_backbones_and_datasets_commands_list_the_tables():
     assert [line.split()[0] for line in lines] == [a.name for a in list_datasets()]
     assert any(line.startswith("pku-aigiqa-4k") and "annotation.xlsx, annotation.csv" in line for line in lines)
     assert any(line.startswith("csv") and "--annotation FILE" in line for line in lines)
+
+
+def test_default_workers_are_every_usable_core(monkeypatch):
+    from featcache import extract as extract_module
+
+    monkeypatch.setattr(extract_module.os, "sched_getaffinity", lambda pid: set(range(48)), raising=False)
+    assert extract_module.default_workers() == 48  # no cap at 8 any more
+    monkeypatch.delattr(extract_module.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(extract_module.os, "cpu_count", lambda: 3)
+    assert extract_module.default_workers() == 3
+
+
+def test_default_workers_never_outnumber_the_batches(monkeypatch):
+    from featcache import extract as extract_module
+
+    monkeypatch.setattr(extract_module, "default_workers", lambda: 16)
+    assert extract_module.loader_workers(None, 12, 32) == 0  # one batch: decoded in the main process
+    assert extract_module.loader_workers(None, 100, 32) == 4
+    assert extract_module.loader_workers(None, 10_000, 32) == 16
+    assert extract_module.loader_workers(2, 12, 32) == 2  # --workers is taken as given
+
+
+def test_extract_compares_and_hashes_each_image_once(pku_root, tmp_path, monkeypatch):
+    import featcache.extract as extract_module
+    import featcache.store as store
+
+    samples = load_dataset(None, pku_root)
+    extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False, verify=True, shard=(0, 2))
+    hashed, comparisons = [], []
+    real_hashes, real_compare = store.image_hashes, store.compare_with_cache
+
+    def counting_compare(*args, **kwargs):
+        comparisons.append(1)
+        return real_compare(*args, **kwargs)
+
+    monkeypatch.setattr(store, "image_hashes", lambda root, paths: hashed.extend(paths) or real_hashes(root, paths))
+    monkeypatch.setattr(store, "compare_with_cache", counting_compare)
+    monkeypatch.setattr(extract_module, "compare_with_cache", counting_compare)
+    result = extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False, verify=True)
+    assert result.rows_done_before == 11 and result.rows_written == 11
+    assert len(comparisons) == 1  # the look without the lock is reused under it (the file did not change)
+    assert len(hashed) == len(set(hashed)) == 22  # 11 compared by content, 11 new ones recorded: each read once
+
+
+def test_info_walks_the_backbones_once_and_shows_the_decoding(pku_root, tmp_path, monkeypatch):
+    import featcache.info as info_module
+
+    samples = load_dataset(None, pku_root)
+    extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False)
+    walks = []
+    real = info_module.walk_backbones
+    monkeypatch.setattr(info_module, "walk_backbones", lambda f: walks.append(1) or real(f))
+    info = info_module.cache_info(tmp_path / "c.h5")
+    assert len(walks) == 1 and list(info["backbones"]) == [_small().id] and info["half_created"] == []
+    assert "decode pil, JPEG draft" in info_module.format_info(info)

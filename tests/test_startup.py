@@ -1,0 +1,67 @@
+"""Start-up of `featcache extract`: weights hashes remembered between runs, timm imported without torch._dynamo."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from featcache.backbones import weights as weights_module
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_weights_hash_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    reads = []
+    real = weights_module.sha256_file
+    monkeypatch.setattr(weights_module, "sha256_file", lambda path: reads.append(path) or real(path))
+    checkpoint = tmp_path / "w.pth"
+    checkpoint.write_bytes(b"weights" * 1000)
+    first = weights_module.weights_sha256(checkpoint)
+    assert first == real(checkpoint) and len(reads) == 1
+    assert weights_module.weights_sha256(checkpoint) == first and len(reads) == 1  # not read again
+    memo = tmp_path / "cache" / "featcache" / "weights-sha256.json"
+    assert json.loads(memo.read_text())[str(checkpoint.resolve())]["sha256"] == first
+
+    stat = checkpoint.stat()
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # touched: hashed again
+    assert weights_module.weights_sha256(checkpoint) == first and len(reads) == 2
+    checkpoint.write_bytes(b"other weights")  # other size (and content)
+    assert weights_module.weights_sha256(checkpoint) == real(checkpoint) != first and len(reads) == 3
+
+    memo.write_text("{not json")  # corrupt: ignored, then rewritten whole
+    assert weights_module.weights_sha256(checkpoint) == real(checkpoint) and len(reads) == 4
+    assert list(json.loads(memo.read_text())) == [str(checkpoint.resolve())]
+    assert [p.name for p in memo.parent.iterdir()] == ["weights-sha256.json"]  # no temporary file left
+
+
+def test_an_unwritable_memo_only_costs_the_hash(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    checkpoint = tmp_path / "w.pth"
+    checkpoint.write_bytes(b"weights")
+    assert weights_module.weights_sha256(checkpoint) == weights_module.sha256_file(checkpoint)
+
+
+def test_timm_imports_without_dynamo_and_dynamo_stays_usable():
+    script = """
+import sys, torch
+from featcache.fastimport import import_timm_without_dynamo
+import_timm_without_dynamo()
+assert "timm" in sys.modules and "torch._dynamo" not in sys.modules
+from featcache.backbones import load_backbone
+backbone = load_backbone("resnet18", random_weights=True, image_size=32)
+backbone.extractor()(torch.zeros(1, 3, 32, 32)); backbone.transform()
+assert "torch._dynamo" not in sys.modules  # an eager forward never needs it
+import torch._dynamo
+assert hasattr(torch._dynamo, "optimize") and type(sys.modules["torch._dynamo"]).__name__ == "module"
+from timm.models.naflexvit import NaFlexRopeIterator  # a method decorated with torch.compiler.disable
+assert torch.compiler.disable(lambda x: x + 1)(1) == 2
+print("ok")
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
