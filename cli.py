@@ -91,10 +91,10 @@ def load_samples_from_options(config: dict, dataset, root, annotation, columns):
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Decoding processes, 0 = in the main process [every usable core].")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [auto].")
-@click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), default=None, help=DECODE_HELP + " [auto].")
+@click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), default=None, help=DECODE_HELP + " [as the cache recorded for this backbone, else auto].")
 @click.option("--jpeg-draft/--no-jpeg-draft", default=None,
               help="Let libjpeg decode JPEGs at least twice the resize size at 1/2, 1/4 or 1/8 scale (faster; pixels "
-                   "differ slightly, recorded in the cache) [on].")
+                   "differ slightly, recorded in the cache) [as the cache recorded for this backbone, else on].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
               help="auto = fp16 autocast on CUDA, fp32 on the CPU.")
 @click.option("--shard", metavar="I/N", help="Extract only share I of N (contiguous rows); merge afterwards.")
@@ -126,8 +126,8 @@ def extract(dataset, root, annotation, columns, backbone, pool, cache, image_siz
                          workers=pick(workers, config, "workers"), device=pick(device, config, "device", "auto"),
                          precision=precision, shard=parse_shard(shard), max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                          progress=not quiet, command=_command_line(), verify=verify,
-                         decode=pick(decode, config, "decode", "auto"),
-                         jpeg_draft=pick(jpeg_draft, config, "jpeg_draft", True))
+                         decode=pick(decode, config, "decode", None),
+                         jpeg_draft=pick(jpeg_draft, config, "jpeg_draft", None))
     if result.rows_written == 0:
         click.echo(f"{result.backbone_id}: {result.rows_done_before}/{result.rows_in_shard} rows already in "
                    f"{cache}; nothing to do")

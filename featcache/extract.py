@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
@@ -22,6 +23,7 @@ from featcache.errors import FeatcacheError
 from featcache.images import DEFAULT_MAX_PIXELS, check_files_present, load_rgb, read_jpeg_bytes
 from featcache.samples import SampleTable
 from featcache.store import (
+    CONFIG_DEFAULTS,
     CacheComparison,
     NewBackbone,
     add_backbones,
@@ -247,14 +249,16 @@ def _already_complete(target: Path, name, samples: SampleTable, root: Path, conf
 def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: str | Path, *,
             batch_size: int = 32, workers: int | None = None, device: str = "auto", precision: str = "auto",
             shard: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-            progress: bool = True, command: str = "", verify: bool = False, decode: str = "auto",
-            jpeg_draft: bool = True) -> ExtractResult:
+            progress: bool = True, command: str = "", verify: bool = False, decode: str | None = None,
+            jpeg_draft: bool | None = None) -> ExtractResult:
     """Extract `backbone` features for every distinct image of `samples` into `cache`; resumes what is there.
 
     `verify`: record each extracted image's sha256 and compare images by content where a hash is stored (else by
     size and modification time). `decode`: 'cpu' (Pillow in workers), 'gpu' (torchvision on `device`) or 'auto'.
     `jpeg_draft`: let libjpeg decode large JPEGs at a reduced scale on the Pillow path. Both change pixels slightly,
-    so the resolved decode path and draft flag are part of the backbone's recorded configuration."""
+    so the resolved decode path and draft flag are part of the backbone's recorded configuration. Left as None, both
+    follow what the cache recorded for this backbone (resuming needs no flags, whatever version made the cache),
+    else 'auto' and draft on."""
     root, name = Path(root), Path(cache)
     if batch_size < 1:
         raise FeatcacheError("--batch-size must be at least 1")
@@ -265,11 +269,12 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     torch_device = resolve_device(device)
     precision = _precision(torch_device, precision)
     paths, _, _ = samples.distinct_images()
+    target = real_path(name)  # a symlink and its target are one cache: one lock, one temporary file
+    decode, jpeg_draft = _as_recorded(target, backbone.config()["id"], decode, jpeg_draft)
     decode_path, jpeg_draft = _decoding(decode, jpeg_draft, torch_device)
     config = dict(backbone.config(), precision=precision, decode=decode_path, jpeg_draft=jpeg_draft)
     bid = config["id"]
     in_shard = shard_rows(len(paths), shard)
-    target = real_path(name)  # a symlink and its target are one cache: one lock, one temporary file
     precheck = _already_complete(target, name, samples, root, config, in_shard, verify)
     if precheck.rows_done is not None:
         return ExtractResult(str(name), bid, len(paths), len(in_shard), precheck.rows_done, 0)
@@ -415,6 +420,26 @@ def draft_short_side(backbone: Backbone) -> int:
     the antialiased resize keeps cosine >= 0.998 and still decodes 2x (1536x1024) to 3.8x (3072x2048) faster."""
     cfg = backbone.spec.data_config()
     return DRAFT_GAP * math.ceil(cfg["input_size"] / cfg["crop_pct"])
+
+
+def _as_recorded(target: Path, bid: str, decode: str | None, jpeg_draft: bool | None) -> tuple[str, bool]:
+    """The decode options not given (None) as the cache recorded them for `bid` (a cache from before they were
+    recorded: Pillow without draft), else 'auto' and draft on."""
+    if decode is not None and jpeg_draft is not None:
+        return decode, jpeg_draft
+    stored = None
+    if target.is_file():
+        try:
+            with open_read(target) as f:
+                if bid in backbone_ids(f):
+                    stored = {**CONFIG_DEFAULTS, **json.loads(f[f"features/{bid}"].attrs["config_json"])}
+        except (OSError, KeyError, ValueError, FeatcacheError):  # reported by the checks that follow
+            stored = None
+    if decode is None:
+        decode = "auto" if stored is None else {"torch": "gpu", "pil": "cpu"}.get(stored["decode"], "auto")
+    if jpeg_draft is None:
+        jpeg_draft = True if stored is None else bool(stored["jpeg_draft"])
+    return decode, jpeg_draft
 
 
 def _decoding(decode: str | None, jpeg_draft: bool, device: torch.device) -> tuple[str, bool]:

@@ -106,7 +106,10 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
         if model_backbone.id != meta["backbone_id"]:
             raise FeatcacheError(f"{head} was trained on backbone {meta['backbone_id']}; {name} gives "
                                  f"{model_backbone.id}. Use the head's own backbone")
-        emb = compute_features(model_backbone, root, todo, batch_size=batch_size, workers=workers, device=device)
+        recorded = meta["backbone_config"]  # decode as the training features were (older heads: Pillow, no draft)
+        emb = compute_features(model_backbone, root, todo, batch_size=batch_size, workers=workers, device=device,
+                               decode={"torch": "gpu"}.get(recorded.get("decode", "pil"), "cpu"),
+                               jpeg_draft=bool(recorded.get("jpeg_draft", False)))
         features.update(zip(todo, emb))
     dims = {len(v) for v in features.values()}
     if dims != {meta["feature_dim"]}:

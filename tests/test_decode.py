@@ -149,5 +149,26 @@ def test_a_cache_of_an_earlier_version_counts_as_pillow_without_draft(tmp_path):
     again = extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", decode="cpu", jpeg_draft=False,
                     workers=0, progress=False)
     assert again.rows_written == 0 and again.rows_done_before == 3
+    # no flags: the options follow what the cache recorded (here: nothing, i.e. Pillow without draft)
+    plain = extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", workers=0, progress=False)
+    assert plain.rows_written == 0 and plain.rows_done_before == 3
     with pytest.raises(FeatcacheError, match=r"jpeg_draft differ\); use another --cache, or pass --no-jpeg-draft"):
-        extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", workers=0, progress=False)
+        extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", jpeg_draft=True, workers=0,
+                progress=False)
+
+
+def test_resuming_without_flags_follows_the_recorded_decode_options(tmp_path):
+    """A cache made with draft off (or on the torch path) resumes as it was made when no flag is given: an
+    interrupted extract is finished by running the same plain command again."""
+    samples = _mixed_folder(tmp_path)
+    (tmp_path / "c.jpg").unlink()
+    noisy_image(np.random.default_rng(4), (40, 40)).save(tmp_path / "c.jpg")
+    small = load_backbone("resnet18", random_weights=True, image_size=32)
+    extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", decode="gpu", jpeg_draft=False, workers=0,
+            progress=False, shard=(1, 2))
+    rest = extract(samples, tmp_path, small, tmp_path / "c.h5", device="cpu", workers=0, progress=False)
+    assert rest.rows_written > 0 and rest.rows_done_before > 0
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        config = json.loads(f[f"features/{small.id}"].attrs["config_json"])
+        assert f[f"features/{small.id}/done"][()].all()
+    assert config["decode"] == "torch" and config["jpeg_draft"] is False
