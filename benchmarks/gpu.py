@@ -2,7 +2,8 @@
 
 For each backbone and batch size: decoding alone on the CPU (DataLoader, the same workers as extract), decoding
 alone on the GPU (batched nvjpeg through torchvision, resize + crop + normalise on the GPU), the bare forward (fp16
-autocast on CUDA) on already-decoded tensors, `featcache extract` into a fresh cache, the start-up part of a small
+autocast on CUDA) on already-decoded tensors, `featcache extract` into a fresh cache with each decode path (Pillow in workers; batched nvjpeg on the
+GPU, the default there) and the features' cosine between the two, the start-up part of a small
 `featcache extract` command (wall time minus its extraction loop), and one fine-tuning step per image (forward +
 backward + Adam, fp32 and bf16 autocast). Random weights: speed does not depend on them.
 
@@ -23,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from common import REPO, machine, photos_folder, save_json  # noqa: E402
@@ -155,13 +157,23 @@ def measure(folder: Path, name: str, batch_size: int, workers: int, device, prec
         sync()
     forward = len(paths) / (time.perf_counter() - start)
     del batches
-    with tempfile.TemporaryDirectory() as tmp:
-        result = extract(samples, folder, backbone, Path(tmp) / "c.h5", batch_size=batch_size, workers=workers,
-                         device=str(device), precision=precision, progress=False)
+    rates, features = {}, {}
+    for decode in ("cpu", "gpu"):  # Pillow in the workers; torchvision (nvjpeg on CUDA) in the main process
+        with tempfile.TemporaryDirectory() as tmp:
+            result = extract(samples, folder, backbone, Path(tmp) / "c.h5", batch_size=batch_size, workers=workers,
+                             device=str(device), precision=precision, progress=False, decode=decode)
+            rates[decode] = result.images_per_second
+            with h5py.File(Path(tmp) / "c.h5", "r") as f:
+                features[decode] = f[f"features/{backbone.id}/emb"][()].astype(np.float64)
+    a, b = features["cpu"], features["gpu"]
+    cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    default = "gpu" if device.type == "cuda" else "cpu"  # what --decode auto picks
     row = {"backbone": name, "batch_size": batch_size, "workers": workers, "images": len(paths),
            "decode_cpu_images_per_s": decode_cpu, "decode_gpu_images_per_s": gpu_decode(folder, paths, backbone,
                                                                                         batch_size, device),
-           "bare_forward_images_per_s": forward, "extract_images_per_s": result.images_per_second}
+           "bare_forward_images_per_s": forward, "extract_images_per_s": rates[default],
+           "extract_decode_cpu_images_per_s": rates["cpu"], "extract_decode_gpu_images_per_s": rates["gpu"],
+           "decode_paths_min_cosine": float(cosine.min())}
     row["extract_vs_bare_forward"] = row["extract_images_per_s"] / forward
     decode_best = max(v for v in (decode_cpu, row["decode_gpu_images_per_s"]) if v)
     row["extract_vs_min_forward_decode"] = row["extract_images_per_s"] / min(forward, decode_best)
@@ -201,7 +213,10 @@ def main() -> None:
                 print(f"{name:<24} batch {batch_size:>4}: decode CPU {row['decode_cpu_images_per_s']:7.0f}  GPU "
                       f"{gpu_text:>7}  forward {row['bare_forward_images_per_s']:7.0f}  "
                       f"extract {row['extract_images_per_s']:7.0f} img/s  ({row['extract_vs_bare_forward']:.2f} x "
-                      f"forward, {row['extract_vs_min_forward_decode']:.2f} x min(forward, decode))", flush=True)
+                      f"forward, {row['extract_vs_min_forward_decode']:.2f} x min(forward, decode)); extract "
+                      f"--decode cpu {row['extract_decode_cpu_images_per_s']:.0f}, gpu "
+                      f"{row['extract_decode_gpu_images_per_s']:.0f}; features cpu vs gpu decode: cosine >= "
+                      f"{row['decode_paths_min_cosine']:.4f}", flush=True)
             info = startup_seconds(name, args.device)
             if not args.skip_finetune:
                 backbone = load_backbone(name, random_weights=True)
