@@ -124,10 +124,10 @@ def startup(folder: Path, runs: int = 5) -> dict:
               flush=True)
     probe = ("import sys, runpy; sys.argv = ['featcache', 'fit', '--cache', %r, '--mode', 'nr', '--regressor', "
              "'ridge', '--no-figures', '--quiet', '--out', %r]\ntry:\n    runpy.run_module('cli', run_name='__main__')"
-             "\nexcept SystemExit:\n    pass\nprint(','.join(m for m in ('torch', 'matplotlib', 'sklearn.svm') "
-             "if m in sys.modules))") % (str(cache), str(folder / "out-probe"))
+             "\nexcept SystemExit:\n    pass\nprint('HEAVY=' + ','.join(m for m in ('torch', 'matplotlib', "
+             "'sklearn.svm') if m in sys.modules))") % (str(cache), str(folder / "out-probe"))
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=folder, capture_output=True, text=True, check=True)
-    out["ridge_imports"] = loaded.stdout.strip().splitlines()[-1] if loaded.stdout.strip() else ""
+    out["ridge_imports"] = next(line for line in loaded.stdout.splitlines() if line.startswith("HEAVY="))[6:]
     print(f"  heavy modules a ridge fit imports: {out['ridge_imports'] or 'none of torch, matplotlib, libsvm'}")
     return out
 
