@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, machine, photos_folder, save_json  # noqa: E402
+from common import machine, photos_folder, save_json  # noqa: E402
 
 
 def peak_rss_mib(command: list[str]) -> tuple[float, float]:

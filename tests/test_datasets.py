@@ -5,7 +5,7 @@ import pytest
 
 from featcache.datasets import detect_dataset, load_dataset
 from featcache.errors import FeatcacheError, FeatcacheWarning
-from tests.fakedata import ANNOTATIONS, HEADER, make_pku
+from tests.fakedata import ANNOTATIONS, HEADER
 
 needs_annotations = pytest.mark.skipif(not ANNOTATIONS.is_dir(), reason="../shared/data/annotations absent")
 

@@ -242,8 +242,8 @@ def test_featcache_toml_gives_the_defaults(pku_root, tmp_path, monkeypatch):
     project = tmp_path / "project"
     project.mkdir()
     (project / "featcache.toml").write_text(
-        f'root = "../pku"\ncache = "out/feat.h5"\nbackbone = "resnet18"\npool = "multilevel"\n'
-        f'batch_size = 5\nworkers = 0\ndevice = "cpu"\ndecode = "gpu"\njpeg_draft = false\n')
+        'root = "../pku"\ncache = "out/feat.h5"\nbackbone = "resnet18"\npool = "multilevel"\n'
+        'batch_size = 5\nworkers = 0\ndevice = "cpu"\ndecode = "gpu"\njpeg_draft = false\n')
     monkeypatch.chdir(project)
     runner = CliRunner()
     out = runner.invoke(cli.main, ["extract", "--random-weights", "--image-size", "32", "--quiet"])

@@ -141,8 +141,6 @@ def create_model(spec: BackboneSpec, choice: WeightsChoice) -> torch.nn.Module:
 
 def state_sha256(model: torch.nn.Module) -> str:
     """A hash of the loaded tensors, whatever file format they came from."""
-    import torch  # noqa: F401  (tensors' .numpy())
-
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
