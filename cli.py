@@ -93,7 +93,8 @@ def load_samples_from_options(config: dict, dataset, root, annotation, columns):
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [auto].")
 @click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), default=None, help=DECODE_HELP + " [as the cache recorded for this backbone, else auto].")
 @click.option("--jpeg-draft/--no-jpeg-draft", default=None,
-              help="Let libjpeg decode JPEGs at least twice the resize size at 1/2, 1/4 or 1/8 scale (faster; pixels "
+              help="Let libjpeg decode JPEGs at least 4x the resize size (1024 px for 256) at 1/2, 1/4 or 1/8 scale, "
+                   "never below 2x (faster; pixels "
                    "differ slightly, recorded in the cache) [as the cache recorded for this backbone, else on].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
               help="auto = fp16 autocast on CUDA, fp32 on the CPU.")
