@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -29,20 +31,37 @@ INTERRUPTED = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, SLURM's time limit, a Kubernetes eviction) ends a command as Ctrl-C does: rows kept, the
+    lock and temporary files removed, worker processes stopped (without a handler the process died at once and a
+    `fit --jobs N` left its worker processes computing on)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 class _Group(click.Group):
-    """Prints a FeatcacheError as one line on stderr and exits 2; Ctrl-C prints one line that fits the command."""
+    """Prints a FeatcacheError as one line on stderr and exits 2; Ctrl-C (exit 130) and SIGTERM (exit 143) print one
+    line that fits the command."""
 
     def invoke(self, ctx):
         warnings.showwarning = _one_line_warning
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             return super().invoke(ctx)
         except FeatcacheError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             command = ctx.invoked_subcommand or ""
             click.echo(INTERRUPTED.get(command, "interrupted"), err=True)
-            sys.exit(130)
+            sys.exit(143 if isinstance(exc, Terminated) else 130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=_Group)

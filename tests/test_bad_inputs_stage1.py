@@ -236,6 +236,23 @@ def test_ctrl_c_outside_extract_does_not_promise_a_resume(tmp_path, monkeypatch)
     assert "resume" not in result.output
 
 
+def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path, monkeypatch):
+    """SLURM and Kubernetes stop jobs with SIGTERM: the command's interrupted line, exit 143, and the process's own
+    SIGTERM handler back afterwards."""
+    import signal
+
+    import featcache.info as info_module
+
+    def terminated(path):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(info_module, "cache_info", terminated)
+    result = CliRunner().invoke(cli.main, ["info", str(tmp_path / "c.h5")])
+    assert result.exit_code == 143 and result.output.strip() == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="a read-only mount needs root (root ignores chmod)")
 def test_read_only_folder_for_extract_and_merge(tmp_path, monkeypatch):
     root = tmp_path / "data"
