@@ -14,7 +14,7 @@ import click
 
 from featcache import __version__
 from featcache.backbones.pooling import POOLINGS, pooling_help
-from featcache.decode import DECODE_HELP
+from featcache.decode import DECODE_CHOICES, DECODE_HELP
 from featcache.defaults import DEFAULT_CACHE, load_config, pick
 from featcache.errors import FeatcacheError
 
@@ -110,11 +110,12 @@ def load_samples_from_options(config: dict, dataset, root, annotation, columns):
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Decoding processes, 0 = in the main process [every usable core].")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [auto].")
-@click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), default=None, help=DECODE_HELP + " [as the cache recorded for this backbone, else auto].")
+@click.option("--decode", type=click.Choice(DECODE_CHOICES), default=None,
+              help=DECODE_HELP + " [as the cache recorded for this backbone, else auto].")
 @click.option("--jpeg-draft/--no-jpeg-draft", default=None,
               help="Let libjpeg decode JPEGs at least 4x the resize size (1024 px for 256) at 1/2, 1/4 or 1/8 scale, "
-                   "never below 2x (faster; pixels "
-                   "differ slightly, recorded in the cache) [as the cache recorded for this backbone, else on].")
+                   "never below 2x (faster; pixels differ slightly, recorded in the cache) [as the cache recorded "
+                   "for this backbone, else on].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
               help="auto = fp16 autocast on CUDA, fp32 on the CPU.")
 @click.option("--shard", metavar="I/N", help="Extract only share I of N (contiguous rows); merge afterwards.")

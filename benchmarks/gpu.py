@@ -2,9 +2,9 @@
 
 For each backbone and batch size: decoding alone on the CPU (DataLoader, the same workers as extract), decoding
 alone on the GPU (batched nvjpeg through torchvision, resize + crop + normalise on the GPU), the bare forward (fp16
-autocast on CUDA) on already-decoded tensors, `featcache extract` into a fresh cache with each decode path (Pillow in workers; batched nvjpeg on the
-GPU, the default there) and the features' cosine between the two, the start-up part of a small
-`featcache extract` command (wall time minus its extraction loop), and one fine-tuning step per image (forward +
+autocast on CUDA) on already-decoded tensors, `featcache extract` into a fresh cache with each decode path (Pillow
+in workers; batched nvjpeg on the GPU, the default there) and the features' cosine between the two, the start-up
+part of a small `featcache extract` command (wall time minus its extraction loop), and one fine-tuning step per image (forward +
 backward + Adam, fp32 and bf16 autocast). Random weights: speed does not depend on them.
 
     python benchmarks/gpu.py [--images 4096] [--batch-sizes 64,256] [--workers N] [--backbones resnet50,...]

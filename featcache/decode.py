@@ -34,6 +34,11 @@ def resolve_decode(decode: str | None, device: torch.device) -> str:
     return "torch" if name == "gpu" else "pil"
 
 
+def decode_option(path: str) -> str:
+    """The --decode value that reproduces a recorded decode path ('pil' or 'torch')."""
+    return "gpu" if path == "torch" else "cpu"
+
+
 class EncodedJpeg(NamedTuple):
     """A worker's payload on the torch path: the file's bytes, decoded later in the main process."""
 

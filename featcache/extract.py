@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import platform
@@ -23,7 +22,6 @@ from featcache.errors import FeatcacheError
 from featcache.images import DEFAULT_MAX_PIXELS, check_files_present, load_rgb, read_jpeg_bytes
 from featcache.samples import SampleTable
 from featcache.store import (
-    CONFIG_DEFAULTS,
     CacheComparison,
     NewBackbone,
     add_backbones,
@@ -37,6 +35,7 @@ from featcache.store import (
     is_disk_full,
     lock_cache,
     open_read,
+    read_config,
     open_write,
     real_path,
     refresh_image_stats,
@@ -455,16 +454,18 @@ def _as_recorded(target: Path, bid: str, decode: str | None, jpeg_draft: bool | 
     recorded: Pillow without draft), else 'auto' and draft on."""
     if decode is not None and jpeg_draft is not None:
         return decode, jpeg_draft
+    from featcache.decode import decode_option
+
     stored = None
     if target.is_file():
         try:
             with open_read(target) as f:
                 if bid in backbone_ids(f):
-                    stored = {**CONFIG_DEFAULTS, **json.loads(f[f"features/{bid}"].attrs["config_json"])}
+                    stored = read_config(f, bid)
         except (OSError, KeyError, ValueError, FeatcacheError):  # reported by the checks that follow
             stored = None
     if decode is None:
-        decode = "auto" if stored is None else {"torch": "gpu", "pil": "cpu"}.get(stored["decode"], "auto")
+        decode = "auto" if stored is None else decode_option(stored["decode"])
     if jpeg_draft is None:
         jpeg_draft = True if stored is None else bool(stored["jpeg_draft"])
     return decode, jpeg_draft

@@ -65,8 +65,8 @@ def format_info(info: dict) -> str:
                      f"state {p.get('weights_state_sha256', '')[:16]}; {p.get('precision', '')} on "
                      f"{p.get('device', '')}; torch {p.get('torch', '')}, timm {p.get('timm', '')}")
         dc = b["config"].get("data_config", {})
-        decode = "torch" if b["config"].get("decode") == "torch" else "pil"
-        draft = ", JPEG draft" if b["config"].get("jpeg_draft") else ""
+        decode = b["config"]["decode"]
+        draft = ", JPEG draft" if b["config"]["jpeg_draft"] else ""
         lines.append(f"           data resize {dc.get('resize')} crop {dc.get('input_size')} "
                      f"{dc.get('interpolation')} mean {dc.get('mean')} std {dc.get('std')}; decode {decode}{draft}")
         if p.get("command"):

@@ -32,6 +32,7 @@ import h5py
 import numpy as np
 
 from featcache import __version__
+from featcache.decode import decode_option
 from featcache.errors import FeatcacheError, FeatcacheWarning
 from featcache.samples import SampleTable
 
@@ -236,20 +237,25 @@ def _feature_dcpl() -> h5py.h5p.PropDCID:
 
 
 # Configuration keys added after caches were first written, with the value every older cache was made with: an old
-# cache stays resumable with the matching options (--decode cpu --no-jpeg-draft), and refused otherwise.
+# cache reads as made with --decode cpu --no-jpeg-draft (what extract then follows when neither option is given).
 CONFIG_DEFAULTS = {"decode": "pil", "jpeg_draft": False}
 # What to pass to reproduce a stored value, for the refusal message.
 _CONFIG_OPTIONS = {
-    "decode": lambda v: "--decode gpu" if v == "torch" else "--decode cpu",
+    "decode": lambda v: f"--decode {decode_option(v)}",
     "jpeg_draft": lambda v: "--jpeg-draft" if v else "--no-jpeg-draft",
     "precision": lambda v: f"--precision {v}",
 }
 
 
+def with_config_defaults(config: dict) -> dict:
+    """A backbone configuration with the keys older versions did not record, at the values they were made with."""
+    return {**CONFIG_DEFAULTS, **config}
+
+
 def compare_configs(stored: dict, wanted: dict) -> list[str]:
     """Keys whose values differ, ignoring machine-specific paths."""
     def clean(config: dict) -> dict:
-        config = {**CONFIG_DEFAULTS, **json.loads(json.dumps(config))}
+        config = with_config_defaults(json.loads(json.dumps(config)))
         config.get("weights", {}).pop("file", None)
         return config
 
@@ -305,7 +311,7 @@ def check_config(f: h5py.File, bid: str, config: dict, path: str | Path) -> None
     if "config_json" not in group.attrs:
         raise FeatcacheError(f"{path}: backbone {bid} was only half created (an interrupted run of an older "
                              "version); run `featcache repair` first")
-    stored = {**CONFIG_DEFAULTS, **json.loads(group.attrs["config_json"])}
+    stored = read_config(f, bid)
     differing = compare_configs(stored, config)
     if differing:
         options = [_CONFIG_OPTIONS[k](stored[k]) for k in differing if k in _CONFIG_OPTIONS and k in stored]
@@ -621,7 +627,8 @@ def read_samples(f: h5py.File) -> CachedSamples:
 
 
 def read_config(f: h5py.File, bid: str) -> dict:
-    return json.loads(f[f"features/{bid}"].attrs["config_json"])
+    """The backbone's recorded configuration; keys an older version did not record read as it worked then."""
+    return with_config_defaults(json.loads(f[f"features/{bid}"].attrs["config_json"]))
 
 
 def read_provenance(f: h5py.File, bid: str) -> dict:
@@ -641,8 +648,8 @@ def _annotation_sha256(source: str | None) -> str:
 
 def annotation_unchanged(path: str | Path) -> bool:
     """True when the cache's annotation file is still the one its tables were made from (same bytes): its labels
-    cannot have changed, so nothing needs parsing (a fit from the cache then never imports pandas). False when
-    unknown (an older cache, the file missing or changed)."""
+    cannot have changed, so nothing needs parsing (no dataset adapter runs). False when unknown (an older cache,
+    the file missing or changed)."""
     with open_read(path) as f:
         annotation = str(f.attrs.get("annotation", ""))
         stored = str(f.attrs.get("annotation_sha256", ""))

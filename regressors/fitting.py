@@ -1,7 +1,8 @@
 """Fit many members (fold x target x seed of one regressor and mode) and predict their test samples.
 
 A regressor's spec may name a batched fitter (`fit_members`): ridge solves every target of a fold from one
-decomposition, the SVR fits a fold's targets from one kernel, the MLP trains every member of a cell as one stacked model; the rest fit one by one.
+decomposition, the SVR fits a fold's targets from one kernel, the MLP trains every member of a cell as one stacked
+model; the rest fit one by one.
 """
 
 from __future__ import annotations
@@ -53,17 +54,22 @@ def _one(regressor: str, X: np.ndarray, m: Member, device: str) -> Fitted:
     return pred, chosen(model), time.perf_counter() - start
 
 
+def _same_training_rows(members: list[Member]) -> list[list[int]]:
+    """Positions of the members that share training rows and seed (a fold's targets), in first-seen order."""
+    by_rows: dict[tuple, list[int]] = {}
+    for i, m in enumerate(members):
+        by_rows.setdefault((np.asarray(m.train).tobytes(), m.seed), []).append(i)
+    return list(by_rows.values())
+
+
 def ridge_by_fold(X: np.ndarray, members: list[Member], device: str = "cpu") -> list[Fitted]:
     """Members with the same training rows (a fold's targets) share the scaler and one eigendecomposition."""
     from regressors.preprocess import FoldScaler
     from regressors.standardized import StandardizedRidge, inner_groups, ridge_path
 
     defaults = StandardizedRidge()
-    by_rows: dict[bytes, list[int]] = {}
-    for i, m in enumerate(members):
-        by_rows.setdefault(np.asarray(m.train).tobytes(), []).append(i)
     out: list[Fitted | None] = [None] * len(members)
-    for indices in by_rows.values():
+    for indices in _same_training_rows(members):
         start = time.perf_counter()
         first = members[indices[0]]
         scaler = FoldScaler(defaults.clip).fit(X[first.train])
@@ -86,11 +92,8 @@ def svr_by_fold(X: np.ndarray, members: list[Member], device: str = "cpu") -> li
     inner-split kernel slices; each target still chooses its own C and epsilon."""
     from regressors.standardized import StandardizedSVR
 
-    by_rows: dict[tuple, list[int]] = {}
-    for i, m in enumerate(members):
-        by_rows.setdefault((np.asarray(m.train).tobytes(), m.seed), []).append(i)
     out: list[Fitted | None] = [None] * len(members)
-    for indices in by_rows.values():
+    for indices in _same_training_rows(members):
         start = time.perf_counter()
         first = members[indices[0]]
         models = StandardizedSVR.fit_shared(X[first.train], [members[i].y_train for i in indices], first.groups,

@@ -106,10 +106,12 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
         if model_backbone.id != meta["backbone_id"]:
             raise FeatcacheError(f"{head} was trained on backbone {meta['backbone_id']}; {name} gives "
                                  f"{model_backbone.id}. Use the head's own backbone")
-        recorded = meta["backbone_config"]  # decode as the training features were (older heads: Pillow, no draft)
+        from featcache.decode import decode_option
+        from featcache.store import with_config_defaults
+
+        recorded = with_config_defaults(meta["backbone_config"])  # decode as the training features were
         emb = compute_features(model_backbone, root, todo, batch_size=batch_size, workers=workers, device=device,
-                               decode={"torch": "gpu"}.get(recorded.get("decode", "pil"), "cpu"),
-                               jpeg_draft=bool(recorded.get("jpeg_draft", False)))
+                               decode=decode_option(recorded["decode"]), jpeg_draft=bool(recorded["jpeg_draft"]))
         features.update(zip(todo, emb))
     dims = {len(v) for v in features.values()}
     if dims != {meta["feature_dim"]}:

@@ -281,15 +281,14 @@ class _Stack:
         d_out = (2.0 * weight * err)[..., None].to(self.dtype)  # (M, B, 1)
         d_pre = torch.bmm(d_out, w2.mT).mul_(pre > 0)  # (M, B, H)
         g1, g_b1, g2, g_b2 = self.grads
-        keep = 0.0 if first else 1.0
-        if self.dtype == torch.float32:
-            g1.baddbmm_(z.mT, d_pre, beta=keep)
-            g2.baddbmm_(hidden.mT, d_out, beta=keep)
+        if self.dtype == torch.float32:  # in place: no (M, D, H) temporary
+            g1.baddbmm_(z.mT, d_pre, beta=0.0 if first else 1.0)
+            g2.baddbmm_(hidden.mT, d_out, beta=0.0 if first else 1.0)
         else:
-            g1.copy_(torch.bmm(z.mT, d_pre)) if first else g1.add_(torch.bmm(z.mT, d_pre))
-            g2.copy_(torch.bmm(hidden.mT, d_out)) if first else g2.add_(torch.bmm(hidden.mT, d_out))
-        for g, value in ((g_b1, d_pre.sum(1, keepdim=True)), (g_b2, d_out.sum(1, keepdim=True))):
-            g.copy_(value) if first else g.add_(value)
+            _store(g1, torch.bmm(z.mT, d_pre), first)
+            _store(g2, torch.bmm(hidden.mT, d_out), first)
+        _store(g_b1, d_pre.sum(1, keepdim=True), first)
+        _store(g_b2, d_out.sum(1, keepdim=True), first)
 
     @torch.no_grad()
     def adam(self, active: torch.Tensor, lr: float, weight_decay: float) -> None:
@@ -314,6 +313,13 @@ class _Stack:
         w1, b1, w2, b2 = (w[i].float().cpu() for w in self.weights)
         return {"0.weight": w1.T.contiguous(), "0.bias": b1[0].clone(), "2.weight": w2.T.contiguous(),
                 "2.bias": b2[0].clone()}
+
+
+def _store(buffer: torch.Tensor, value: torch.Tensor, overwrite: bool) -> None:
+    if overwrite:
+        buffer.copy_(value)
+    else:
+        buffer.add_(value)
 
 
 def _padded(values: list[np.ndarray], device: torch.device, dtype=torch.long) -> torch.Tensor:

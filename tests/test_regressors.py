@@ -339,7 +339,8 @@ def test_fit_without_the_mlp_or_figures_imports_neither_torch_nor_matplotlib(tmp
              f"sys.argv = ['featcache', 'fit', '--cache', {str(cache)!r}, '--mode', 'nr', '--regressor', "
              f"{regressor!r}, '--folds', '3', '--no-figures', '--quiet', '--out', {str(tmp_path / 'out')!r}]\n"
              "try:\n    runpy.run_module('cli', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
-             "print('LOADED', [m for m in ('torch', 'matplotlib', 'featcache.datasets') if m in sys.modules], 'EXIT', code)\n")
+             "heavy = ('torch', 'matplotlib', 'featcache.datasets')\n"
+             "print('LOADED', [m for m in heavy if m in sys.modules], 'EXIT', code)\n")
     run = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert "LOADED [] EXIT 0" in run.stdout, run.stdout + run.stderr
     assert (tmp_path / "out" / "results.json").is_file()
