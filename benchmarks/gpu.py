@@ -8,6 +8,7 @@ part of a small `featcache extract` command (wall time minus its extraction loop
 backward + Adam, fp32 and bf16 autocast). Random weights: speed does not depend on them.
 
     python benchmarks/gpu.py [--images 4096] [--batch-sizes 64,256] [--workers N] [--backbones resnet50,...]
+                             [--out DIR] [--deadline SECONDS]
     python benchmarks/gpu.py --device cpu --images 64 --batch-sizes 16 --backbones resnet18   # a smoke test
 
 Writes benchmarks/results/gpu.json (gpu_cpu.json with --device cpu).
@@ -32,15 +33,34 @@ from common import REPO, machine, photos_folder, save_json  # noqa: E402
 PAPER = ["resnet18", "resnet50", "vgg19", "inception_v4", "vit_large_patch16_224"]
 
 
-def make_folder(tmp: Path, images: int, size: int) -> Path:
-    """One synth database of about `images` JPEGs, shared by every backbone."""
+def make_folder(tmp: Path, images: int, size: int, distinct_views: int = 8) -> Path:
+    """One synth database of about `images` JPEGs, shared by every backbone. Synth writes `distinct_views` views
+    per photo and generator (about 20 ms an image on one core); the rest are hard links under new names, listed in
+    the annotation as more generated images: every file is still read and decoded, which is what is timed."""
+    import csv
+
     from featcache.synth import synth
 
     photos, _ = photos_folder(tmp)
     n_photos = len(list(Path(photos).iterdir()))
     views = max(1, int(round(images / (n_photos * (2 * 2 / 3 + 3 / 3)))))
-    synth(photos, tmp / "data", views=views, size=size, seed=0)
-    return tmp / "data"
+    data = tmp / "data"
+    synth(photos, data, views=min(views, distinct_views), size=size, seed=0)
+    annotation = data / "annotation.csv"
+    with open(annotation, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    copies = -(-views // min(views, distinct_views))  # ceil
+    more = []
+    for r in range(1, copies):
+        for row in rows:
+            name = row["Generated_image"].replace(".jpg", f"r{r}.jpg")  # keeps the GEN_pid_ prefix PKU parses
+            os.link(data / "All" / row["Generated_image"], data / "All" / name)
+            more.append({**row, "Generated_image": name})
+    with open(annotation, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows + more)
+    return data
 
 
 def _loader(folder: Path, paths, backbone, batch_size: int, workers: int, pin: bool):
@@ -189,48 +209,79 @@ def main() -> None:
     parser.add_argument("--backbones", default=",".join(PAPER))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--skip-finetune", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the JSON [benchmarks/results]")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="seconds after which no new measurement starts (what is left is listed as skipped)")
     args = parser.parse_args()
+    began = time.perf_counter()
     import torch
 
     from featcache.backbones import load_backbone
     from featcache.devices import resolve_device
 
     device = resolve_device(args.device)
-    workers = args.workers if args.workers is not None else (os.cpu_count() or 2)
+    workers = args.workers if args.workers is not None else len(os.sched_getaffinity(0))
     precision = "fp16" if device.type == "cuda" else "fp32"
-    rows, extras = [], {}
+    rows, extras, skipped = [], {}, []
+    name = "gpu" if device.type == "cuda" else "gpu_cpu"
+
+    def save() -> Path:  # after every measurement: a run stopped by a time limit keeps what it measured
+        return save_json(name, {"machine": machine(), "images": args.images, "size": args.size, "runs": rows,
+                                "per_backbone": extras, "skipped": skipped}, args.out)
+
+    def time_left() -> bool:
+        return args.deadline is None or time.perf_counter() - began < args.deadline
+
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         folder = make_folder(Path(tmp), args.images, args.size)
         print(f"synth folder of {args.images} images made once in {time.perf_counter() - start:.0f} s; "
               f"{workers} workers, {device}", flush=True)
-        for name in args.backbones.split(","):
+        for backbone_name in args.backbones.split(","):
             for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-                row = measure(folder, name, batch_size, workers, device, precision)
+                if not time_left():
+                    skipped.append(f"{backbone_name} batch {batch_size}")
+                    continue
+                try:
+                    row = measure(folder, backbone_name, batch_size, workers, device, precision)
+                except Exception as exc:  # one failure must not lose the other measurements
+                    rows.append({"backbone": backbone_name, "batch_size": batch_size,
+                                 "error": f"{type(exc).__name__}: {exc}"[:500]})
+                    print(f"{backbone_name:<24} batch {batch_size:>4}: FAILED {rows[-1]['error']}", flush=True)
+                    save()
+                    continue
                 rows.append(row)
+                save()
                 gpu = row["decode_gpu_images_per_s"]
                 gpu_text = "n/a" if gpu is None else f"{gpu:.0f}"
-                print(f"{name:<24} batch {batch_size:>4}: decode CPU {row['decode_cpu_images_per_s']:7.0f}  GPU "
-                      f"{gpu_text:>7}  forward {row['bare_forward_images_per_s']:7.0f}  "
+                print(f"{backbone_name:<24} batch {batch_size:>4}: decode CPU {row['decode_cpu_images_per_s']:7.0f}  "
+                      f"GPU {gpu_text:>7}  forward {row['bare_forward_images_per_s']:7.0f}  "
                       f"extract {row['extract_images_per_s']:7.0f} img/s  ({row['extract_vs_bare_forward']:.2f} x "
                       f"forward, {row['extract_vs_min_forward_decode']:.2f} x min(forward, decode)); extract "
                       f"--decode cpu {row['extract_decode_cpu_images_per_s']:.0f}, gpu "
                       f"{row['extract_decode_gpu_images_per_s']:.0f}; features cpu vs gpu decode: cosine >= "
                       f"{row['decode_paths_min_cosine']:.4f}", flush=True)
-            info = startup_seconds(name, args.device)
+            if not time_left():
+                skipped.append(f"{backbone_name} start-up and fine-tuning step")
+                continue
+            info = startup_seconds(backbone_name, args.device)
             if not args.skip_finetune:
-                backbone = load_backbone(name, random_weights=True)
-                info["finetune_fp32_seconds_per_image"] = finetune_step(backbone, device, 32, "fp32")
-                info["finetune_bf16_seconds_per_image"] = finetune_step(backbone, device, 32, "bf16")
-                del backbone
-            extras[name] = info
-            print(f"{name:<24} start-up {info.get('startup_seconds', float('nan')):.1f} s; fine-tuning step "
+                try:
+                    backbone = load_backbone(backbone_name, random_weights=True)
+                    info["finetune_fp32_seconds_per_image"] = finetune_step(backbone, device, 32, "fp32")
+                    info["finetune_bf16_seconds_per_image"] = finetune_step(backbone, device, 32, "bf16")
+                    del backbone
+                except Exception as exc:
+                    info["finetune_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            extras[backbone_name] = info
+            save()
+            print(f"{backbone_name:<24} start-up {info.get('startup_seconds', float('nan')):.1f} s "
+                  f"{info.get('error', '')}; fine-tuning step "
                   f"{1000 * info.get('finetune_fp32_seconds_per_image', float('nan')):.2f} ms/img fp32, "
                   f"{1000 * info.get('finetune_bf16_seconds_per_image', float('nan')):.2f} ms/img bf16", flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    name = "gpu" if device.type == "cuda" else "gpu_cpu"
-    print(f"wrote {save_json(name, {'machine': machine(), 'runs': rows, 'per_backbone': extras})}")
+    print(f"wrote {save()}" + (f"; skipped (deadline): {', '.join(skipped)}" if skipped else ""))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 over 200 text prompts), 2048-d features with a planted signal; NR/FR/PR x 3 targets x 5 prompt-disjoint folds.
 
     python benchmarks/stage2.py [--jobs 2] [--device cpu]
-    python benchmarks/stage2.py --startup      # start-up of `featcache fit` against `python -c "import torch"`
+    python benchmarks/stage2.py --startup [--runs 5]   # start-up of `featcache fit` against `python -c "import torch"`
 
 Prints seconds per regressor family, fits and the NR MOS_q SRCC, writes benchmarks/results/stage2.json (the
 start-up run: stage2_startup.json).
@@ -61,7 +61,9 @@ def planted_cache(folder: Path, dim: int = 2048, seed: int = 0, prompts: int = 2
     return cache
 
 
-def run_grid(folder: Path, jobs: int = 2, device: str = "cpu", families: list[str] | None = None) -> dict:
+def run_grid(folder: Path, jobs: int = 2, device: str = "cpu", families: list[str] | None = None,
+             on_family=None) -> dict:
+    """Seconds per regressor family on the full grid; `on_family(partial result)` after each family."""
     from regressors.cache_data import load_cache
     from regressors.cv import cross_validate
 
@@ -79,6 +81,8 @@ def run_grid(folder: Path, jobs: int = 2, device: str = "cpu", families: list[st
                                              if r["mode"] == "nr" and r["target"] == "MOS_q")
         print(f"  {label:<18} {out[f'{label}_seconds']:8.1f} s ({len(result.folds)} fits), NR MOS_q SRCC "
               f"{out[f'{label}_srcc_MOS_q_nr']:.3f}", flush=True)
+        if on_family:
+            on_family(out)
     out["full_grid_seconds"] = sum(out.get(f"{label}_seconds", 0.0) for label, _ in FAMILIES)
     return out
 
@@ -138,17 +142,20 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--families", default=",".join(f for f, _ in FAMILIES))
     parser.add_argument("--startup", action="store_true", help="measure the start-up of featcache fit instead")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the JSON [benchmarks/results]")
+    parser.add_argument("--runs", type=int, default=5, help="--startup: runs per command (the median is kept)")
     args = parser.parse_args()
     if args.startup:
         with tempfile.TemporaryDirectory() as tmp:
-            out = startup(Path(tmp))
+            out = startup(Path(tmp), args.runs)
         out["machine"] = machine()
-        print(f"wrote {save_json('stage2_startup', out)}")
+        print(f"wrote {save_json('stage2_startup', out, args.out)}")
         return
     with tempfile.TemporaryDirectory() as tmp:
-        out = run_grid(Path(tmp) / "s2", args.jobs, args.device, args.families.split(","))
+        out = run_grid(Path(tmp) / "s2", args.jobs, args.device, args.families.split(","),
+                       on_family=lambda partial: save_json("stage2", {**partial, "machine": machine()}, args.out))
     out["machine"] = machine()
-    print(f"full grid {out['full_grid_seconds']:.1f} s; wrote {save_json('stage2', out)}")
+    print(f"full grid {out['full_grid_seconds']:.1f} s; wrote {save_json('stage2', out, args.out)}")
 
 
 if __name__ == "__main__":

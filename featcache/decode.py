@@ -82,7 +82,8 @@ class TorchPreprocess:
         self.std = torch.tensor(data_config["std"], device=device).view(3, 1, 1)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) uint8 -> (3, input_size, input_size) float32, on the image's device."""
+        """(..., 3, H, W) uint8 -> (..., 3, input_size, input_size) float32, on the image's device; a stack of
+        same-sized images gives the same numbers as each image alone."""
         from torchvision.transforms.functional import center_crop, resize
 
         pixels = image.float()

@@ -168,11 +168,18 @@ def _pixels_on_device(rows: list[int], payloads: list, dataset: ImageRows, prepr
 
     encoded = [i for i, p in enumerate(payloads) if isinstance(p, EncodedJpeg)]
     pixels: list = list(payloads)
+    by_shape: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
     for i, image in zip(encoded, decode_jpegs([payloads[i].data for i in encoded], device)):
+        pixels[i] = None
+        if image is not None:
+            by_shape.setdefault(tuple(image.shape), []).append((i, image))
+    for group in by_shape.values():  # one set of kernels per image size, not per image: the main thread stays ahead
         try:
-            pixels[i] = preprocess(image) if image is not None else None
+            done = preprocess(torch.stack([image for _, image in group]))
         except RuntimeError:
-            pixels[i] = None
+            continue  # left to Pillow below, one by one
+        for (i, _), tensor in zip(group, done):
+            pixels[i] = tensor
     kept_rows, kept, errors = [], [], []
     for row, tensor in zip(rows, pixels):
         if tensor is None:

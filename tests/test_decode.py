@@ -77,6 +77,26 @@ def test_torch_decode_agrees_with_pillow(tmp_path):
     np.testing.assert_allclose(one_by_one, torch_path, atol=1e-5)  # whatever the batch size
 
 
+
+def test_same_sized_images_are_preprocessed_as_one_stack_with_the_same_numbers(tmp_path, monkeypatch):
+    from featcache.decode import TorchPreprocess
+
+    names = _jpegs(tmp_path, [(300, 420), (300, 420), (300, 420), (260, 300)])
+    calls = []
+    original = TorchPreprocess.__call__
+
+    def counted(self, image):
+        calls.append(tuple(image.shape))
+        return original(self, image)
+
+    monkeypatch.setattr(TorchPreprocess, "__call__", counted)
+    stacked = compute_features(_lite0(), tmp_path, names, device="cpu", decode="gpu", batch_size=4)
+    assert sorted(calls) == [(1, 3, 260, 300), (3, 3, 300, 420)]  # one call per image size in the batch
+    calls.clear()
+    alone = compute_features(_lite0(), tmp_path, names, device="cpu", decode="gpu", batch_size=1)
+    assert len(calls) == 4
+    np.testing.assert_allclose(alone, stacked, atol=1e-5)
+
 def _mixed_folder(root):
     """One JPEG, one PNG, one truncated JPEG (its header intact, so it reaches the torch decoder)."""
     rng = np.random.default_rng(3)
