@@ -1,11 +1,12 @@
 """GPU: where the time of `extract` goes, per backbone and batch size, on one synth folder reused by every backbone.
 
 For each backbone and batch size: decoding alone on the CPU (DataLoader, the same workers as extract), decoding
-alone on the GPU (batched nvjpeg through torchvision, resize + crop + normalise on the GPU), the bare forward (fp16
-autocast on CUDA) on already-decoded tensors, `featcache extract` into a fresh cache with each decode path (Pillow
-in workers; batched nvjpeg on the GPU, the default there) and the features' cosine between the two, the start-up
-part of a small `featcache extract` command (wall time minus its extraction loop), and one fine-tuning step per image (forward +
-backward + Adam, fp32 and bf16 autocast). Random weights: speed does not depend on them.
+alone on the device (JPEGs batched through torchvision, nvjpeg on CUDA, with featcache's resize, crop and
+normalisation there), the bare forward (fp16 autocast on CUDA) on already-decoded tensors, `featcache extract` into
+a fresh cache with each decode path (Pillow in workers; batched nvjpeg on the GPU, the default there) and the
+features' cosine between the two, the start-up part of a small `featcache extract` command (wall time minus its
+extraction loop), and one fine-tuning step per image (forward + backward + Adam, fp32 and bf16 autocast). Random
+weights: speed does not depend on them.
 
     python benchmarks/gpu.py [--images 4096] [--batch-sizes 64,256] [--workers N] [--backbones resnet50,...]
                              [--out DIR] [--deadline SECONDS]
@@ -73,27 +74,32 @@ def _loader(folder: Path, paths, backbone, batch_size: int, workers: int, pin: b
                       worker_init_fn=worker_init if workers else None, pin_memory=pin)
 
 
-def gpu_decode(folder: Path, paths, backbone, batch_size: int, device) -> float | None:
-    """Images/s of batched nvjpeg decoding with resize, centre crop and normalisation on the GPU."""
+def gpu_decode(folder: Path, paths, backbone, batch_size: int, device) -> float:
+    """Images/s of batched JPEG decoding with torchvision on `device` (nvjpeg on CUDA) and featcache's resize,
+    centre crop and normalisation there. JPEGs only: the PNG image prompts take Pillow in `extract` too."""
     import torch
-    from torchvision.io import decode_jpeg, read_file
+    from torchvision.io import read_file
 
-    if device.type != "cuda":
-        return None
-    cfg = backbone.spec.data_config()
-    mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)
-    data = [read_file(str(folder / p)) for p in paths]
-    torch.cuda.synchronize()
+    from featcache.decode import TorchPreprocess, decode_jpegs
+
+    preprocess = TorchPreprocess(backbone.spec.data_config(), device)
+    data = [read_file(str(folder / p)) for p in paths if p.lower().endswith((".jpg", ".jpeg"))]
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    decode_jpegs(data[:batch_size], device)  # warm-up: nvjpeg's handle and buffers
+    sync()
     start = time.perf_counter()
     for i in range(0, len(data), batch_size):
-        decoded = decode_jpeg(data[i:i + batch_size], device=device)
-        batch = torch.stack([torch.nn.functional.interpolate(d[None].float(), size=(cfg["resize"], cfg["resize"]),
-                                                             mode="bilinear", antialias=True)[0] for d in decoded])
-        top = (cfg["resize"] - cfg["input_size"]) // 2
-        batch = batch[:, :, top:top + cfg["input_size"], top:top + cfg["input_size"]] / 255.0
-        ((batch - mean) / std).half()
-    torch.cuda.synchronize()
+        decoded = decode_jpegs(data[i:i + batch_size], device)
+        shapes: dict[tuple, list] = {}
+        for image in decoded:
+            shapes.setdefault(tuple(image.shape), []).append(image)
+        for same in shapes.values():
+            preprocess(torch.stack(same)).half()
+    sync()
     return len(data) / (time.perf_counter() - start)
 
 
@@ -177,6 +183,12 @@ def measure(folder: Path, name: str, batch_size: int, workers: int, device, prec
         sync()
     forward = len(paths) / (time.perf_counter() - start)
     del batches
+    row = {"backbone": name, "batch_size": batch_size, "workers": workers, "images": len(paths),
+           "decode_cpu_images_per_s": decode_cpu, "bare_forward_images_per_s": forward}
+    try:
+        row["decode_gpu_images_per_s"] = gpu_decode(folder, paths, backbone, batch_size, device)
+    except Exception as exc:  # recorded; the extract measurements below still run
+        row["decode_gpu_images_per_s"], row["decode_gpu_error"] = None, f"{type(exc).__name__}: {exc}"[:300]
     rates, features = {}, {}
     for decode in ("cpu", "gpu"):  # Pillow in the workers; torchvision (nvjpeg on CUDA) in the main process
         with tempfile.TemporaryDirectory() as tmp:
@@ -188,12 +200,9 @@ def measure(folder: Path, name: str, batch_size: int, workers: int, device, prec
     a, b = features["cpu"], features["gpu"]
     cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     default = "gpu" if device.type == "cuda" else "cpu"  # what --decode auto picks
-    row = {"backbone": name, "batch_size": batch_size, "workers": workers, "images": len(paths),
-           "decode_cpu_images_per_s": decode_cpu, "decode_gpu_images_per_s": gpu_decode(folder, paths, backbone,
-                                                                                        batch_size, device),
-           "bare_forward_images_per_s": forward, "extract_images_per_s": rates[default],
-           "extract_decode_cpu_images_per_s": rates["cpu"], "extract_decode_gpu_images_per_s": rates["gpu"],
-           "decode_paths_min_cosine": float(cosine.min())}
+    row.update({"extract_images_per_s": rates[default], "extract_decode_cpu_images_per_s": rates["cpu"],
+                "extract_decode_gpu_images_per_s": rates["gpu"], "decode_paths_min_cosine": float(cosine.min()),
+                "decode_paths_median_cosine": float(np.median(cosine))})
     row["extract_vs_bare_forward"] = row["extract_images_per_s"] / forward
     decode_best = max(v for v in (decode_cpu, row["decode_gpu_images_per_s"]) if v)
     row["extract_vs_min_forward_decode"] = row["extract_images_per_s"] / min(forward, decode_best)
@@ -209,6 +218,7 @@ def main() -> None:
     parser.add_argument("--backbones", default=",".join(PAPER))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--skip-finetune", action="store_true")
+    parser.add_argument("--skip-startup", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON [benchmarks/results]")
     parser.add_argument("--deadline", type=float, default=None,
                         help="seconds after which no new measurement starts (what is left is listed as skipped)")
@@ -261,10 +271,12 @@ def main() -> None:
                       f"--decode cpu {row['extract_decode_cpu_images_per_s']:.0f}, gpu "
                       f"{row['extract_decode_gpu_images_per_s']:.0f}; features cpu vs gpu decode: cosine >= "
                       f"{row['decode_paths_min_cosine']:.4f}", flush=True)
+            if args.skip_startup and args.skip_finetune:
+                continue
             if not time_left():
                 skipped.append(f"{backbone_name} start-up and fine-tuning step")
                 continue
-            info = startup_seconds(backbone_name, args.device)
+            info = {} if args.skip_startup else startup_seconds(backbone_name, args.device)
             if not args.skip_finetune:
                 try:
                     backbone = load_backbone(backbone_name, random_weights=True)

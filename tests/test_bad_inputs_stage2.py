@@ -49,6 +49,12 @@ def _damaged_heads(root):
     return out
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def cases(root):
     c = ["--cache", str(root / "c.h5"), "--quiet", "--no-figures"]
     listed = [
@@ -58,8 +64,10 @@ def cases(root):
         ("unknown target", ["fit", *c, "--target", "MOS_x", "--out", str(root / "o4")]),
         ("unknown subset", ["fit", *c, "--subset", "t3i", "--out", str(root / "o5")]),
         ("jobs 0", ["fit", *c, "--jobs", "0", "--out", str(root / "o6")]),
-        ("device cuda without a GPU", ["fit", *c, "--regressor", "mlp", "--device", "cuda", "--out",
-                                       str(root / "o7")]),
+        # on a machine with CUDA this is no bad input: ask for a GPU index that cannot exist instead
+        ("device cuda without a GPU" if not _has_cuda() else "a CUDA index past the last GPU",
+         ["fit", *c, "--regressor", "mlp", "--device", "cuda" if not _has_cuda() else "cuda:99", "--out",
+          str(root / "o7")]),
         ("device foo", ["fit", *c, "--regressor", "mlp", "--device", "foo", "--out", str(root / "o8")]),
         ("folds 1", ["fit", *c, "--folds", "1"]),
         ("too many folds", ["fit", *c, "--folds", "40", "--out", str(root / "o9")]),

@@ -348,7 +348,7 @@ def test_info_walks_the_backbones_once_and_shows_the_decoding(pku_root, tmp_path
     import featcache.info as info_module
 
     samples = load_dataset(None, pku_root)
-    extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False)
+    extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False, device="cpu")
     walks = []
     real = info_module.walk_backbones
     monkeypatch.setattr(info_module, "walk_backbones", lambda f: walks.append(1) or real(f))
