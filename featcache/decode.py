@@ -45,6 +45,37 @@ class EncodedJpeg(NamedTuple):
     data: torch.Tensor  # 1-d uint8
 
 
+class PackedPayloads(NamedTuple):
+    """A batch's payloads as two tensors: torch hands each tensor between processes through its own shared-memory
+    file and socket round trip, which at one per image capped `extract` at about 2000 images/s on an H200."""
+
+    spans: list[tuple[int, int, int]]  # per image: (0, start, end) into `jpegs`, or (1, k, 0) for pixels[k]
+    jpegs: torch.Tensor  # every JPEG's bytes, end to end (1-d uint8)
+    pixels: torch.Tensor | None  # images Pillow decoded in the worker, stacked
+
+
+def pack_payloads(payloads: list) -> PackedPayloads:
+    """Worker side: `EncodedJpeg`s and pixel tensors -> one `PackedPayloads`."""
+    import torch
+
+    spans, chunks, pixels, offset = [], [], [], 0
+    for payload in payloads:
+        if isinstance(payload, EncodedJpeg):
+            spans.append((0, offset, offset + len(payload.data)))
+            chunks.append(payload.data)
+            offset += len(payload.data)
+        else:
+            spans.append((1, len(pixels), 0))
+            pixels.append(payload)
+    jpegs = torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.uint8)
+    return PackedPayloads(spans, jpegs, torch.stack(pixels) if pixels else None)
+
+
+def unpack_payloads(packed: PackedPayloads) -> list:
+    """Main-process side: back to a list of `EncodedJpeg`s (views of the one buffer) and pixel tensors."""
+    return [EncodedJpeg(packed.jpegs[a:b]) if kind == 0 else packed.pixels[a] for kind, a, b in packed.spans]
+
+
 def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     """(3, H, W) uint8 tensors on `device`; None where the decoder refuses a file (it is then retried with Pillow).
 

@@ -54,6 +54,7 @@ class ExtractResult:
     seconds: float = 0.0
     forward_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    non_finite: list[str] = field(default_factory=list)  # images whose features overflowed: not written
 
     @property
     def images_per_second(self) -> float:
@@ -155,17 +156,21 @@ def collate_rows(items):
 
 
 def collate_payloads(items):
-    """The torch path: payloads (pixels or `EncodedJpeg`) stay a list, decoded and stacked in the main process."""
+    """The torch path: payloads (pixels or `EncodedJpeg`) packed into two tensors for the trip to the main process,
+    which decodes and stacks them."""
+    from featcache.decode import pack_payloads
+
     good = [(r, p) for r, p, e in items if p is not None]
-    return [r for r, _ in good], [p for _, p in good], [e for _, p, e in items if p is None]
+    return [r for r, _ in good], pack_payloads([p for _, p in good]), [e for _, p, e in items if p is None]
 
 
-def _pixels_on_device(rows: list[int], payloads: list, dataset: ImageRows, preprocess, device: torch.device):
+def _pixels_on_device(rows: list[int], packed, dataset: ImageRows, preprocess, device: torch.device):
     """Decode a batch's JPEG bytes on `device` in one call and preprocess them there; a file the torch decoder
     refuses (or any other payload failing) is decoded with Pillow instead, its error reported as on the CPU path.
     Returns (rows, (B, 3, S, S) batch on `device` or None, errors), rows in their original order."""
-    from featcache.decode import EncodedJpeg, decode_jpegs
+    from featcache.decode import EncodedJpeg, decode_jpegs, unpack_payloads
 
+    payloads = unpack_payloads(packed)
     encoded = [i for i, p in enumerate(payloads) if isinstance(p, EncodedJpeg)]
     pixels: list = list(payloads)
     by_shape: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
@@ -323,11 +328,17 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
             if not _is_dead_worker(exc, workers):
                 raise
             raise _worker_died(exc, result, workers) from None
+    kept = f"{result.rows_written} other rows were written and kept"
+    problems = []
     if result.errors:
-        first = "; ".join(result.errors[:3])
-        raise FeatcacheError(f"{len(result.errors)} images could not be read ({result.rows_written} other rows were "
-                             "written and kept; fix these files, or remove their rows from the annotation, and run "
-                             f"the same command again): {first}")
+        problems.append(f"{len(result.errors)} images could not be read ({kept}; fix these files, or remove their "
+                        f"rows from the annotation, and run the same command again): {'; '.join(result.errors[:3])}")
+    if result.non_finite:
+        problems.append(f"{len(result.non_finite)} images gave non-finite features (inf/NaN) with --precision "
+                        f"{precision}: the activations overflowed ({kept}; extract into a new --cache with "
+                        f"--precision bf16 or fp32): {', '.join(result.non_finite[:3])}")
+    if problems:
+        raise FeatcacheError("; also ".join(problems))
     return result
 
 
@@ -404,6 +415,8 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
             for rows, features, errors, seconds in batches:
                 result.errors.extend(errors)
                 if rows:
+                    rows, features = _finite_rows(rows, features, paths, result.non_finite)
+                if rows:
                     result.forward_seconds += seconds
                     _write_rows(emb, rows, features)
                     f.flush()  # rows reach the file before their done flags
@@ -421,6 +434,17 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
                 raise
             raise disk_full_error(result.cache, f"after {result.rows_written} new rows, which are kept") from None
     result.seconds = time.perf_counter() - start
+
+
+def _finite_rows(rows: list[int], features: np.ndarray, paths: list[str],
+                 non_finite: list[str]) -> tuple[list[int], np.ndarray]:
+    """Drop the rows whose features hold inf or NaN (fp16 overflow), naming their images in `non_finite`: a cache
+    never stores them as done, where every later fit would read them."""
+    finite = np.isfinite(features).all(axis=1)
+    if finite.all():
+        return rows, features
+    non_finite.extend(paths[r] for r, ok in zip(rows, finite) if not ok)
+    return [r for r, ok in zip(rows, finite) if ok], features[finite]
 
 
 def _is_dead_worker(exc: BaseException, workers: int) -> bool:

@@ -206,3 +206,23 @@ def test_resuming_without_flags_follows_the_recorded_decode_options(tmp_path):
         config = json.loads(f[f"features/{small.id}"].attrs["config_json"])
         assert f[f"features/{small.id}/done"][()].all()
     assert config["decode"] == "torch" and config["jpeg_draft"] is False
+
+
+def test_a_batch_crosses_between_processes_as_two_tensors_and_unpacks_to_the_same_payloads(tmp_path):
+    from featcache.decode import EncodedJpeg, unpack_payloads
+    from featcache.extract import collate_payloads
+
+    names = _jpegs(tmp_path, [(40, 50), (60, 30)])
+    noisy_image(np.random.default_rng(5), (30, 30)).save(tmp_path / "c.png")
+    small = load_backbone("resnet18", random_weights=True, image_size=32)
+    dataset = ImageRows(tmp_path, [*names, "c.png"], [0, 1, 2], small.transform(), 10**9, jpeg_bytes=True)
+    items = [dataset[k] for k in range(3)]
+    rows, packed, errors = collate_payloads(items)
+    tensors = [t for t in (packed.jpegs, packed.pixels) if t is not None]
+    assert rows == [0, 1, 2] and errors == [] and len(tensors) == 2  # not one tensor per image
+    unpacked = unpack_payloads(packed)
+    for (_, original, _), back in zip(items, unpacked):
+        if isinstance(original, EncodedJpeg):
+            assert torch.equal(back.data, original.data)
+        else:
+            assert torch.equal(back, original)

@@ -1,6 +1,7 @@
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 import cli
@@ -155,6 +157,32 @@ def test_missing_images_stop_before_writing_and_keep_the_cache(pku_root, tmp_pat
                 tmp_path / "c.h5", workers=0, progress=False)
     emb, done = _features(tmp_path / "c.h5", first.backbone_id)
     assert done.all() and np.isfinite(emb).all()
+
+
+def test_overflowed_features_are_not_written_and_are_named(pku_root, tmp_path, monkeypatch):
+    """fp16 can overflow (random-weight ViT-L and ResNet-50 did on an H200): such rows must not be stored as done."""
+    import featcache.extract as extract_module
+
+    samples = load_dataset(None, pku_root)
+    paths, _, _ = samples.distinct_images()
+    real = extract_module._FeaturesToHost
+
+    class Overflowing(real):  # the third and fourth image of every batch overflow
+        def __init__(self, rows, features, errors, seconds):
+            features = features.clone()
+            features[2:4, 0] = torch.tensor([float("inf"), float("nan")])
+            super().__init__(rows, features, errors, seconds)
+
+    monkeypatch.setattr(extract_module, "_FeaturesToHost", Overflowing)
+    with pytest.raises(FeatcacheError, match=r"^6 images gave non-finite features \(inf/NaN\) with --precision fp32: "
+                                             r"the activations overflowed \(16 other rows were written and kept; "
+                                             r"extract into a new --cache with --precision bf16 or fp32\): "
+                                             + re.escape(paths[2])):
+        extract(samples, pku_root, _small(), tmp_path / "c.h5", batch_size=8, workers=0, device="cpu",
+                progress=False)
+    emb, done = _features(tmp_path / "c.h5", _small().id)
+    assert done.sum() == 16 and not done[[2, 3, 10, 11, 18, 19]].any()
+    assert np.isfinite(emb[done]).all()
 
 
 def test_undecodable_image_keeps_the_other_rows_and_resumes(pku_root, tmp_path):
