@@ -351,13 +351,11 @@ def _forward_batches(extractor, dataset: ImageRows, device: torch.device, precis
                         pin_memory=device.type == "cuda", worker_init_fn=worker_init if workers else None)
     autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     batches = iter(loader)
+    source = _decoded_ahead(batches, dataset, preprocess, device) if dataset.jpeg_bytes else batches
     pending = None  # the previous batch, its features on their way to the host
     try:
-        for rows, batch, errors in batches:
+        for rows, batch, errors in source:
             start = time.perf_counter()
-            if dataset.jpeg_bytes:
-                rows, batch, more = _pixels_on_device(rows, batch, dataset, preprocess, device)
-                errors = errors + more
             if not rows:
                 yield rows, None, errors, 0.0
                 continue
@@ -371,11 +369,35 @@ def _forward_batches(extractor, dataset: ImageRows, device: torch.device, precis
         if pending is not None:
             yield pending.result()
     finally:
+        if source is not batches:
+            source.close()  # waits for a decode in flight
         # Stop the workers now, whatever happened: a loader left alive after an error (a dead worker, Ctrl-C) keeps
         # torch's SIGCHLD handler armed, which then raises in whatever runs next in this process.
         shutdown = getattr(batches, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
+
+
+def _decoded_ahead(batches, dataset: ImageRows, preprocess, device: torch.device):
+    """The torch path: batch k+1 is decoded and preprocessed in a helper thread while the main thread runs batch k's
+    forward and writes its rows (nvjpeg and torch ops release the GIL). The loader is still read here, in the main
+    thread, so a dead worker is reported as before; one CUDA stream for both threads, so the numbers are the same.
+    Yields (rows, batch on `device` or None, errors) in the loader's order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def decode(rows, packed, errors):
+        rows, batch, more = _pixels_on_device(rows, packed, dataset, preprocess, device)
+        return rows, batch, errors + more
+
+    with ThreadPoolExecutor(1, thread_name_prefix="featcache-decode") as pool:
+        ahead = None
+        for rows, packed, errors in batches:
+            submitted = pool.submit(decode, rows, packed, errors)
+            if ahead is not None:
+                yield ahead.result()
+            ahead = submitted
+        if ahead is not None:
+            yield ahead.result()
 
 
 class _FeaturesToHost:
