@@ -347,6 +347,12 @@ def test_fit_without_the_mlp_or_figures_imports_neither_torch_nor_matplotlib(tmp
              "try:\n    runpy.run_module('cli', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
              "heavy = ('torch', 'matplotlib', 'featcache.datasets')\n"
              "print('LOADED', [m for m in heavy if m in sys.modules], 'EXIT', code)\n")
-    run = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    import os
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[1])  # works from a checkout that is not pip-installed too
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+    run = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env=env)
     assert "LOADED [] EXIT 0" in run.stdout, run.stdout + run.stderr
     assert (tmp_path / "out" / "results.json").is_file()
