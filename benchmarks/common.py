@@ -37,5 +37,7 @@ def save_json(name: str, payload: dict, out: Path | None = None) -> Path:
     out = out or REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    partial = path.with_suffix(".json.partial")  # a run stopped by a time limit never leaves half a file
+    partial.write_text(json.dumps(payload, indent=2) + "\n")
+    partial.replace(path)
     return path

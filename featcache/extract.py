@@ -179,12 +179,16 @@ def _pixels_on_device(rows: list[int], packed, dataset: ImageRows, preprocess, d
         if image is not None:
             by_shape.setdefault(tuple(image.shape), []).append((i, image))
     for group in by_shape.values():  # one set of kernels per image size, not per image: the main thread stays ahead
-        try:
-            done = preprocess(torch.stack([image for _, image in group]))
-        except RuntimeError:
-            continue  # left to Pillow below, one by one
-        for (i, _), tensor in zip(group, done):
-            pixels[i] = tensor
+        height, width = group[0][1].shape[-2:]
+        step = max(1, STACK_PIXELS // (height * width))  # a float32 stack of large photos would not fit
+        for start in range(0, len(group), step):
+            chunk = group[start:start + step]
+            try:
+                done = preprocess(torch.stack([image for _, image in chunk]))
+            except RuntimeError:
+                continue  # left to Pillow below, one by one
+            for (i, _), tensor in zip(chunk, done):
+                pixels[i] = tensor
     kept_rows, kept, errors = [], [], []
     for row, tensor in zip(rows, pixels):
         if tensor is None:
@@ -193,8 +197,11 @@ def _pixels_on_device(rows: list[int], packed, dataset: ImageRows, preprocess, d
                 errors.append(error)
                 continue
         kept_rows.append(row)
-        kept.append(tensor.to(device))
+        kept.append(tensor.to(device, non_blocking=True))  # pinned by the loader on CUDA
     return kept_rows, torch.stack(kept) if kept else None, errors
+
+
+STACK_PIXELS = 2 ** 26  # the most pixels preprocessed as one stack: 768 MB of float32 RGB
 
 
 def worker_init(_):
@@ -328,17 +335,22 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
             if not _is_dead_worker(exc, workers):
                 raise
             raise _worker_died(exc, result, workers) from None
-    kept = f"{result.rows_written} other rows were written and kept"
     problems = []
     if result.errors:
-        problems.append(f"{len(result.errors)} images could not be read ({kept}; fix these files, or remove their "
-                        f"rows from the annotation, and run the same command again): {'; '.join(result.errors[:3])}")
+        problems.append((f"{len(result.errors)} images could not be read", "fix these files, or remove their rows from "
+                         "the annotation, and run the same command again", "; ".join(result.errors[:3])))
     if result.non_finite:
-        problems.append(f"{len(result.non_finite)} images gave non-finite features (inf/NaN) with --precision "
-                        f"{precision}: the activations overflowed ({kept}; extract into a new --cache with "
-                        f"--precision bf16 or fp32): {', '.join(result.non_finite[:3])}")
-    if problems:
-        raise FeatcacheError("; also ".join(problems))
+        if precision == "fp32":
+            cause, advice = "", "check the weights; the cache keeps no row for them"
+        else:
+            cause = ": the activations overflowed"
+            advice = "extract into a new --cache with --precision fp32 or bf16"
+        problems.append((f"{len(result.non_finite)} images gave non-finite features (inf/NaN) with --precision "
+                         f"{precision}{cause}", advice, ", ".join(result.non_finite[:3])))
+    if problems:  # one line; the rows kept said once
+        first, *more = problems
+        message = f"{first[0]} ({result.rows_written} other rows were written and kept; {first[1]}): {first[2]}"
+        raise FeatcacheError("; ".join([message] + [f"also {what} ({advice}): {names}" for what, advice, names in more]))
     return result
 
 
@@ -381,23 +393,46 @@ def _forward_batches(extractor, dataset: ImageRows, device: torch.device, precis
 def _decoded_ahead(batches, dataset: ImageRows, preprocess, device: torch.device):
     """The torch path: batch k+1 is decoded and preprocessed in a helper thread while the main thread runs batch k's
     forward and writes its rows (nvjpeg and torch ops release the GIL). The loader is still read here, in the main
-    thread, so a dead worker is reported as before; one CUDA stream for both threads, so the numbers are the same.
-    Yields (rows, batch on `device` or None, errors) in the loader's order."""
+    thread, so a dead worker is reported as before. Yields (rows, batch on `device` or None, errors) in the loader's
+    order; the numbers do not depend on the thread.
+
+    On CUDA the helper works on its own stream. torchvision's decoder allocates its outputs on the caller's stream and
+    writes them from a stream of its own without waiting: on the main stream it could be handed memory that batch k's
+    queued forward still reads. The helper's stream only ever holds its own finished work (it is synchronised before
+    each decode), and the main stream waits for a batch's event before using it."""
     from concurrent.futures import ThreadPoolExecutor
 
+    side = torch.cuda.Stream(device) if device.type == "cuda" else None
+
     def decode(rows, packed, errors):
-        rows, batch, more = _pixels_on_device(rows, packed, dataset, preprocess, device)
-        return rows, batch, errors + more
+        if side is None:
+            rows, batch, more = _pixels_on_device(rows, packed, dataset, preprocess, device)
+            return rows, batch, errors + more, None
+        with torch.cuda.stream(side):
+            side.synchronize()
+            rows, batch, more = _pixels_on_device(rows, packed, dataset, preprocess, device)
+            ready = torch.cuda.Event()
+            ready.record(side)
+        return rows, batch, errors + more, ready
+
+    def handed_over(decoded):
+        rows, batch, errors, ready = decoded
+        if ready is not None:
+            main = torch.cuda.current_stream(device)
+            main.wait_event(ready)
+            if batch is not None:
+                batch.record_stream(main)  # its memory is not reused on the helper's stream while main still reads it
+        return rows, batch, errors
 
     with ThreadPoolExecutor(1, thread_name_prefix="featcache-decode") as pool:
         ahead = None
         for rows, packed, errors in batches:
             submitted = pool.submit(decode, rows, packed, errors)
             if ahead is not None:
-                yield ahead.result()
+                yield handed_over(ahead.result())
             ahead = submitted
         if ahead is not None:
-            yield ahead.result()
+            yield handed_over(ahead.result())
 
 
 class _FeaturesToHost:
@@ -436,8 +471,9 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
         try:
             for rows, features, errors, seconds in batches:
                 result.errors.extend(errors)
+                handled = len(rows) + len(errors)
                 if rows:
-                    rows, features = _finite_rows(rows, features, paths, result.non_finite)
+                    rows, features = _finite_rows(rows, features, root, paths, result.non_finite)
                 if rows:
                     result.forward_seconds += seconds
                     _write_rows(emb, rows, features)
@@ -445,7 +481,7 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
                     _write_rows(done, rows, np.ones(len(rows), dtype=bool))
                     f.flush()
                     result.rows_written += len(rows)
-                bar.update(len(rows) + len(errors))
+                bar.update(handled)
         except (RuntimeError, ConnectionError, EOFError) as exc:
             # converted here, before closing the loader can replace it with its own error
             if not _is_dead_worker(exc, workers):
@@ -458,14 +494,14 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
     result.seconds = time.perf_counter() - start
 
 
-def _finite_rows(rows: list[int], features: np.ndarray, paths: list[str],
+def _finite_rows(rows: list[int], features: np.ndarray, root: Path, paths: list[str],
                  non_finite: list[str]) -> tuple[list[int], np.ndarray]:
     """Drop the rows whose features hold inf or NaN (fp16 overflow), naming their images in `non_finite`: a cache
     never stores them as done, where every later fit would read them."""
     finite = np.isfinite(features).all(axis=1)
     if finite.all():
         return rows, features
-    non_finite.extend(paths[r] for r, ok in zip(rows, finite) if not ok)
+    non_finite.extend(str(Path(root) / paths[r]) for r, ok in zip(rows, finite) if not ok)
     return [r for r, ok in zip(rows, finite) if ok], features[finite]
 
 
@@ -586,6 +622,11 @@ def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, 
         for rows, features, errors, _ in batches:
             if errors:
                 raise FeatcacheError(errors[0])
+            bad: list[str] = []
+            _finite_rows(rows, features, root, paths, bad)
+            if bad:
+                raise FeatcacheError(f"{len(bad)} images gave non-finite features (inf/NaN) with --precision "
+                                     f"{precision}: {', '.join(bad[:3])}")
             if out is None:
                 out = np.zeros((len(paths), features.shape[1]), dtype=np.float32)
             out[rows] = features

@@ -6,6 +6,7 @@ import contextlib
 import io
 import math
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -104,16 +105,27 @@ def read_jpeg_bytes(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
     return np.frombuffer(bytearray(data), dtype=np.uint8)  # writable, so torch.from_numpy shares it
 
 
+_PIXEL_LIMIT_LOCK = threading.Lock()
+_pixel_limit_state = {"holders": 0, "saved": None}
+
+
 @contextlib.contextmanager
 def _own_pixel_limit():
     """Pillow's own bomb check (a warning above 89 MP, an error above 179 MP) is off while opening: --max-pixels
-    decides, with our message."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
+    decides, with our message. Counted under a lock: extract's decode thread opens files while the main thread does,
+    and two unguarded save/restore pairs can leave Pillow's limit off for good."""
+    with _PIXEL_LIMIT_LOCK:
+        if _pixel_limit_state["holders"] == 0:
+            _pixel_limit_state["saved"] = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _pixel_limit_state["holders"] += 1
     try:
         yield
     finally:
-        Image.MAX_IMAGE_PIXELS = saved
+        with _PIXEL_LIMIT_LOCK:
+            _pixel_limit_state["holders"] -= 1
+            if _pixel_limit_state["holders"] == 0:
+                Image.MAX_IMAGE_PIXELS = _pixel_limit_state["saved"]
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

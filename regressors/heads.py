@@ -107,11 +107,16 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
             raise FeatcacheError(f"{head} was trained on backbone {meta['backbone_id']}; {name} gives "
                                  f"{model_backbone.id}. Use the head's own backbone")
         from featcache.decode import decode_option
+        from featcache.devices import resolve_device
         from featcache.store import with_config_defaults
 
         recorded = with_config_defaults(meta["backbone_config"])  # decode as the training features were
+        precision = recorded.get("precision", "auto")  # and in their precision, except fp16/bf16 on a CPU (slow)
+        if resolve_device(device).type != "cuda" and precision != "fp32":
+            precision = "auto"
         emb = compute_features(model_backbone, root, todo, batch_size=batch_size, workers=workers, device=device,
-                               decode=decode_option(recorded["decode"]), jpeg_draft=bool(recorded["jpeg_draft"]))
+                               precision=precision, decode=decode_option(recorded["decode"]),
+                               jpeg_draft=bool(recorded["jpeg_draft"]))
         features.update(zip(todo, emb))
     dims = {len(v) for v in features.values()}
     if dims != {meta["feature_dim"]}:

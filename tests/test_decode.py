@@ -96,6 +96,13 @@ def test_same_sized_images_are_preprocessed_as_one_stack_with_the_same_numbers(t
     alone = compute_features(_lite0(), tmp_path, names, device="cpu", decode="gpu", batch_size=1)
     assert len(calls) == 4
     np.testing.assert_allclose(alone, stacked, atol=1e-5)
+    import featcache.extract
+
+    calls.clear()  # large images: stacks hold at most STACK_PIXELS pixels
+    monkeypatch.setattr(featcache.extract, "STACK_PIXELS", 2 * 300 * 420)
+    capped = compute_features(_lite0(), tmp_path, names, device="cpu", decode="gpu", batch_size=4)
+    assert sorted(calls) == [(1, 3, 260, 300), (1, 3, 300, 420), (2, 3, 300, 420)]
+    np.testing.assert_allclose(capped, stacked, atol=1e-5)
 
 def _mixed_folder(root):
     """One JPEG, one PNG, one truncated JPEG (its header intact, so it reaches the torch decoder)."""
@@ -226,3 +233,30 @@ def test_a_batch_crosses_between_processes_as_two_tensors_and_unpacks_to_the_sam
             assert torch.equal(back.data, original.data)
         else:
             assert torch.equal(back, original)
+
+
+def test_pillows_own_pixel_limit_survives_threads_opening_files_at_once():
+    """extract's decode thread opens files while the main thread does: the limit must come back afterwards."""
+    import threading
+    import time
+
+    from PIL import Image
+
+    from featcache.images import _own_pixel_limit
+
+    before = Image.MAX_IMAGE_PIXELS
+    seen = []
+
+    def open_many(k):
+        for i in range(200):
+            with _own_pixel_limit():
+                seen.append(Image.MAX_IMAGE_PIXELS)
+                time.sleep(0.0001 * ((i + k) % 3))
+
+    threads = [threading.Thread(target=open_many, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Image.MAX_IMAGE_PIXELS == before and before is not None
+    assert set(seen) == {None}  # off while any holder is inside

@@ -52,9 +52,11 @@ def test_one_forward_per_distinct_image(pku_root, tmp_path):
 @pytest.mark.slow
 def test_batch_size_and_workers_do_not_change_features(pku_root, tmp_path):
     samples = load_dataset(None, pku_root)
+    # on the CPU in fp32: on CUDA in fp16 the kernels chosen per batch size may move the last bits
     a = extract(samples, pku_root, load_backbone("lite0"), tmp_path / "a.h5", batch_size=1, workers=0,
-                progress=False)
-    extract(samples, pku_root, load_backbone("lite0"), tmp_path / "b.h5", batch_size=32, workers=2, progress=False)
+                device="cpu", progress=False)
+    extract(samples, pku_root, load_backbone("lite0"), tmp_path / "b.h5", batch_size=32, workers=2, device="cpu",
+            progress=False)
     ea, da = _features(tmp_path / "a.h5", a.backbone_id)
     eb, db = _features(tmp_path / "b.h5", a.backbone_id)
     assert da.all() and db.all() and np.isfinite(ea).all()
@@ -174,15 +176,24 @@ def test_overflowed_features_are_not_written_and_are_named(pku_root, tmp_path, m
             super().__init__(rows, features, errors, seconds)
 
     monkeypatch.setattr(extract_module, "_FeaturesToHost", Overflowing)
-    with pytest.raises(FeatcacheError, match=r"^6 images gave non-finite features \(inf/NaN\) with --precision fp32: "
-                                             r"the activations overflowed \(16 other rows were written and kept; "
-                                             r"extract into a new --cache with --precision bf16 or fp32\): "
-                                             + re.escape(paths[2])):
+    with pytest.raises(FeatcacheError, match=r"^6 images gave non-finite features \(inf/NaN\) with --precision fp32 "
+                                             r"\(16 other rows were written and kept; check the weights; the cache "
+                                             r"keeps no row for them\): " + re.escape(str(pku_root / paths[2]))):
         extract(samples, pku_root, _small(), tmp_path / "c.h5", batch_size=8, workers=0, device="cpu",
                 progress=False)
     emb, done = _features(tmp_path / "c.h5", _small().id)
     assert done.sum() == 16 and not done[[2, 3, 10, 11, 18, 19]].any()
     assert np.isfinite(emb[done]).all()
+    # with an unreadable file too: one line, the kept rows said once, each kind with its own advice
+    bad = pku_root / "All" / "DALLE_1000_00.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(FeatcacheError) as caught:
+        extract(samples, pku_root, _small(), tmp_path / "d.h5", batch_size=8, workers=0, device="cpu", progress=False)
+    message = str(caught.value)
+    assert re.match(r"^1 images could not be read \(\d+ other rows were written and kept; fix these files.*\): "
+                    r".*DALLE_1000_00.*; also \d+ images gave non-finite features \(inf/NaN\) with --precision fp32 "
+                    r"\(check the weights; the cache keeps no row for them\): ", message), message
+    assert message.count("written and kept") == 1 and "\n" not in message
 
 
 def test_undecodable_image_keeps_the_other_rows_and_resumes(pku_root, tmp_path):

@@ -248,8 +248,8 @@ def test_fit_and_predict_from_the_command_line(tmp_path, pku_root, monkeypatch):
 
     with h5py.File(pku_root / "featcache.h5", "r") as f:  # Pillow with draft here; nvjpeg where CUDA is
         recorded = read_config(f, backbone_ids(f)[0])
-    assert [(k["decode"], k["jpeg_draft"]) for k in calls] == [(decode_option(recorded["decode"]),
-                                                                  recorded["jpeg_draft"])]  # as the cache recorded
+    assert [(k["decode"], k["jpeg_draft"], k["precision"]) for k in calls] == [
+        (decode_option(recorded["decode"]), recorded["jpeg_draft"], recorded["precision"])]  # as the cache recorded
     again = np.array([float(line.split(",")[2]) for line in (pku_root / "fresh.csv").read_text().splitlines()[1:]])
     np.testing.assert_allclose(again, scored, atol=1e-4)  # images re-read give the cached features
     folder = runner.invoke(cli.main, ["predict", "--head", "pr.safetensors", "All", "--out", "folder.csv"])
