@@ -80,6 +80,7 @@ def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torc
     """(3, H, W) uint8 tensors on `device`; None where the decoder refuses a file (it is then retried with Pillow).
 
     One batched call (what makes nvjpeg fast); if it fails, each file alone, to find the bad ones."""
+    import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if not encoded:
@@ -89,6 +90,8 @@ def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torc
         try:
             return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
         except RuntimeError:
+            if device.type == "cuda":  # nvjpeg may still be writing into the failed call's buffers
+                torch.cuda.synchronize(device)
             out: list[torch.Tensor | None] = []
             for data in encoded:
                 try:

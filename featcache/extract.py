@@ -197,11 +197,11 @@ def _pixels_on_device(rows: list[int], packed, dataset: ImageRows, preprocess, d
                 errors.append(error)
                 continue
         kept_rows.append(row)
-        kept.append(tensor.to(device, non_blocking=True))  # pinned by the loader on CUDA
+        kept.append(tensor.to(device, non_blocking=True))  # the loader's pinned pixels, or host memory: both safe
     return kept_rows, torch.stack(kept) if kept else None, errors
 
 
-STACK_PIXELS = 2 ** 26  # the most pixels preprocessed as one stack: 768 MB of float32 RGB
+STACK_PIXELS = 2 ** 26  # the most pixels preprocessed as one stack: 768 MiB of float32 RGB
 
 
 def worker_init(_):
@@ -625,8 +625,10 @@ def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, 
             bad: list[str] = []
             _finite_rows(rows, features, root, paths, bad)
             if bad:
-                raise FeatcacheError(f"{len(bad)} images gave non-finite features (inf/NaN) with --precision "
-                                     f"{precision}: {', '.join(bad[:3])}")
+                advice = ("check the weights" if precision == "fp32" else "the activations overflowed; features "
+                          "extracted in fp32 or bf16 avoid it (for a saved head: extract its cache so and refit)")
+                raise FeatcacheError(f"{len(bad)} images gave non-finite features (inf/NaN) in {precision} "
+                                     f"({advice}): {', '.join(bad[:3])}")
             if out is None:
                 out = np.zeros((len(paths), features.shape[1]), dtype=np.float32)
             out[rows] = features
