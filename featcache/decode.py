@@ -101,9 +101,16 @@ def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torc
             return out
 
 
+TORCH_RESIZE = "pillow-two-pass"  # recorded with the torch path's features: how its resize is done
+
+
 class TorchPreprocess:
     """timm's eval transform as tensor ops: shorter side to floor(input_size / crop_pct) (antialiased, the data
-    config's interpolation), rounded to 8 bits as Pillow does, centre crop, scale to [0, 1], normalise."""
+    config's interpolation), centre crop, scale to [0, 1], normalise.
+
+    The resize is done as Pillow does it: the width first, then the height, each pass rounded to 8 bits. One float
+    pass left up to 6 levels of difference from the Pillow path (lite0 cosine down to 0.9990 on the synth images);
+    two passes leave at most 1 (0.9997)."""
 
     def __init__(self, data_config: dict, device: torch.device):
         import torch
@@ -115,14 +122,23 @@ class TorchPreprocess:
         self.mean = torch.tensor(data_config["mean"], device=device).view(3, 1, 1)
         self.std = torch.tensor(data_config["std"], device=device).view(3, 1, 1)
 
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """The shorter side to `resize`, the longer scaled and truncated, as torchvision's Resize(int) computes it."""
+        if height <= width:
+            return self.resize, int(self.resize * width / height)
+        return int(self.resize * height / width), self.resize
+
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """(..., 3, H, W) uint8 -> (..., 3, input_size, input_size) float32, on the image's device; a stack of
         same-sized images gives the same numbers as each image alone."""
         from torchvision.transforms.functional import center_crop, resize
 
         pixels = image.float()
-        if min(pixels.shape[-2:]) != self.resize:
-            pixels = resize(pixels, self.resize, interpolation=self.interpolation, antialias=True)
-            pixels = pixels.round_().clamp_(0, 255)  # Pillow resizes in 8 bits
+        height, width = pixels.shape[-2:]
+        new_height, new_width = self.resized_size(height, width)
+        for size in ([height, new_width], [new_height, new_width]):  # Pillow: horizontal pass, then vertical
+            if list(pixels.shape[-2:]) != size:
+                pixels = resize(pixels, size, interpolation=self.interpolation, antialias=True)
+                pixels = pixels.round_().clamp_(0, 255)  # each pass in 8 bits
         pixels = center_crop(pixels, [self.input_size, self.input_size])
         return (pixels / 255.0 - self.mean) / self.std

@@ -291,6 +291,10 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     decode, jpeg_draft = _as_recorded(target, backbone.config()["id"], decode, jpeg_draft)
     decode_path, jpeg_draft = _decoding(decode, jpeg_draft, torch_device)
     config = dict(backbone.config(), precision=precision, decode=decode_path, jpeg_draft=jpeg_draft)
+    if decode_path == "torch":
+        from featcache.decode import TORCH_RESIZE
+
+        config["torch_resize"] = TORCH_RESIZE  # the previous version resized in one pass: never mixed with it
     bid = config["id"]
     in_shard = shard_rows(len(paths), shard)
     precheck = _already_complete(target, name, samples, root, config, in_shard, verify)

@@ -313,6 +313,12 @@ def check_config(f: h5py.File, bid: str, config: dict, path: str | Path) -> None
                              "version); run `featcache repair` first")
     stored = read_config(f, bid)
     differing = compare_configs(stored, config)
+    if "decode" in differing:  # the torch path's resize goes with the decode path
+        differing = [k for k in differing if k != "torch_resize"]
+    if differing == ["torch_resize"]:
+        raise FeatcacheError(f"{path}: backbone id {bid} was decoded on the torch path by an earlier featcache, which "
+                             "resized in one float pass (this one resizes as Pillow does); use another --cache, or "
+                             "--decode cpu for a new one")
     if differing:
         options = [_CONFIG_OPTIONS[k](stored[k]) for k in differing if k in _CONFIG_OPTIONS and k in stored]
         how = f", or pass {' '.join(options)} as it was made" if len(options) == len(differing) else ""
