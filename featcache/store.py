@@ -317,8 +317,8 @@ def check_config(f: h5py.File, bid: str, config: dict, path: str | Path) -> None
         differing = [k for k in differing if k != "torch_resize"]
     if differing == ["torch_resize"]:
         raise FeatcacheError(f"{path}: backbone id {bid} was decoded on the torch path by an earlier featcache, which "
-                             "resized in one float pass (this one resizes as Pillow does); use another --cache, or "
-                             "--decode cpu for a new one")
+                             "resized in one float pass (this one resizes as Pillow does), so it is not extended; its "
+                             "rows can still be fitted; extract into another --cache")
     if differing:
         options = [_CONFIG_OPTIONS[k](stored[k]) for k in differing if k in _CONFIG_OPTIONS and k in stored]
         how = f", or pass {' '.join(options)} as it was made" if len(options) == len(differing) else ""
