@@ -75,32 +75,37 @@ def _loader(folder: Path, paths, backbone, batch_size: int, workers: int, pin: b
 
 
 def gpu_decode(folder: Path, paths, backbone, batch_size: int, device) -> float:
-    """Images/s of batched JPEG decoding with torchvision on `device` (nvjpeg on CUDA) and featcache's resize,
-    centre crop and normalisation there. JPEGs only: the PNG image prompts take Pillow in `extract` too."""
+    """Images/s of what `extract` does in its decode thread on the torch path (`_pixels_on_device`): batched
+    JPEG decoding with torchvision on `device` (nvjpeg on CUDA), then featcache's resize, centre crop and
+    normalisation there. JPEGs only: the PNG image prompts take Pillow in the workers in `extract` too."""
     import torch
     from torchvision.io import read_file
 
-    from featcache.decode import TorchPreprocess, decode_jpegs
+    from featcache.decode import EncodedJpeg, TorchPreprocess, pack_payloads
+    from featcache.extract import ImageRows, _pixels_on_device
 
+    jpegs = [p for p in paths if p.lower().endswith((".jpg", ".jpeg"))]
+    dataset = ImageRows(folder, jpegs, list(range(len(jpegs))), backbone.transform(), 10**9, jpeg_bytes=True)
     preprocess = TorchPreprocess(backbone.spec.data_config(), device)
-    data = [read_file(str(folder / p)) for p in paths if p.lower().endswith((".jpg", ".jpeg"))]
+    batches = [(list(range(i, min(i + batch_size, len(jpegs)))),
+                pack_payloads([EncodedJpeg(read_file(str(folder / p))) for p in jpegs[i:i + batch_size]]))
+               for i in range(0, len(jpegs), batch_size)]
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    decode_jpegs(data[:batch_size], device)  # warm-up: nvjpeg's handle and buffers
+    _pixels_on_device(*batches[0], dataset, preprocess, device)  # warm-up: nvjpeg's handle and buffers
     sync()
     start = time.perf_counter()
-    for i in range(0, len(data), batch_size):
-        decoded = decode_jpegs(data[i:i + batch_size], device)
-        shapes: dict[tuple, list] = {}
-        for image in decoded:
-            shapes.setdefault(tuple(image.shape), []).append(image)
-        for same in shapes.values():
-            preprocess(torch.stack(same)).half()
+    for rows, packed in batches:
+        _pixels_on_device(rows, packed, dataset, preprocess, device)
     sync()
-    return len(data) / (time.perf_counter() - start)
+    return len(jpegs) / (time.perf_counter() - start)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
 def decode_agreement(folder: Path, paths, device, images: int = 256) -> dict:
@@ -114,7 +119,7 @@ def decode_agreement(folder: Path, paths, device, images: int = 256) -> dict:
     lite0 = load_backbone("lite0")
     a = compute_features(lite0, folder, jpegs, device=str(device), precision="fp32", decode="cpu", jpeg_draft=False)
     b = compute_features(lite0, folder, jpegs, device=str(device), precision="fp32", decode="gpu")
-    cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    cosine = _cosine(a, b)
     return {"images": len(jpegs), "min": float(cosine.min()), "median": float(np.median(cosine))}
 
 
@@ -213,7 +218,7 @@ def measure(folder: Path, name: str, batch_size: int, workers: int, device, prec
             with h5py.File(Path(tmp) / "c.h5", "r") as f:
                 features[decode] = f[f"features/{backbone.id}/emb"][()].astype(np.float64)
     a, b = features["cpu"], features["gpu"]
-    cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    cosine = _cosine(a, b)
     default = "gpu" if device.type == "cuda" else "cpu"  # what --decode auto picks
     row.update({"extract_images_per_s": rates[default], "extract_decode_cpu_images_per_s": rates["cpu"],
                 "extract_decode_gpu_images_per_s": rates["gpu"], "decode_paths_min_cosine_random_weights": float(cosine.min()),
