@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from featcache.errors import FeatcacheError, unknown_name
+from regressors.fold_assignment import kfold_test_sets, stratified_group_kfold_test_sets
 
 MIN_TEST = 4  # a test fold smaller than this gives correlations of no meaning ("1.000 +- 0.000" on 2 samples)
 
@@ -70,11 +71,9 @@ def _paper(req: SplitRequest, repeat: int):
 
 
 def _kfold(req: SplitRequest, repeat: int):
-    from sklearn.model_selection import KFold
-
     _enough_for_folds(req)
-    splitter = KFold(req.folds, shuffle=True, random_state=req.seed + repeat)
-    return [(req.rows[np.sort(tr)], req.rows[np.sort(te)]) for tr, te in splitter.split(req.rows)]
+    tests = kfold_test_sets(len(req.rows), req.folds, req.seed + repeat)
+    return [_train_test(req.rows, test) for test in tests]
 
 
 def _group(req: SplitRequest, repeat: int):
@@ -84,11 +83,16 @@ def _group(req: SplitRequest, repeat: int):
     if n_groups < req.folds:
         raise FeatcacheError(f"{req.what} has {len(req.rows)} samples in {n_groups} prompt groups: too few for "
                              f"{req.folds} prompt-disjoint folds; lower --folds or widen --subset")
-    from sklearn.model_selection import StratifiedGroupKFold
-
     strata = req.subsets[req.rows]  # every fold gets its share of T2I and I2I, so every mode has test samples
-    splitter = StratifiedGroupKFold(req.folds, shuffle=True, random_state=req.seed + repeat)
-    return [(req.rows[np.sort(tr)], req.rows[np.sort(te)]) for tr, te in splitter.split(req.rows, strata, groups)]
+    tests = stratified_group_kfold_test_sets(strata, groups, req.folds, req.seed + repeat)
+    return [_train_test(req.rows, test) for test in tests]
+
+
+def _train_test(rows: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) sample indices from the test positions among `rows`, both in annotation order."""
+    is_test = np.zeros(len(rows), dtype=bool)
+    is_test[test] = True
+    return rows[~is_test], rows[is_test]
 
 
 def _cross(req: SplitRequest, repeat: int):

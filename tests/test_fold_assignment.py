@@ -1,0 +1,51 @@
+"""The folds are the tool's own (numpy), and must equal scikit-learn's on the inputs the tool feeds them."""
+
+import numpy as np
+import pytest
+from sklearn.model_selection import KFold, StratifiedGroupKFold
+
+from regressors.fold_assignment import kfold_test_sets, stratified_group_kfold_test_sets
+
+
+@pytest.mark.parametrize("n, folds", [(8, 2), (23, 5), (100, 3), (401, 10)])
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_kfold_equals_scikit_learn(n, folds, seed):
+    ours = kfold_test_sets(n, folds, seed)
+    theirs = [np.sort(test) for _, test in KFold(folds, shuffle=True, random_state=seed).split(np.zeros(n))]
+    assert [np.sort(t).tolist() for t in ours] == [t.tolist() for t in theirs]
+
+
+def _grouped_case(rng, n_groups, mix):
+    sizes = rng.integers(1, 12, n_groups)
+    groups = np.repeat(rng.permutation(n_groups) * 3 + 5, sizes)  # codes neither dense nor sorted
+    if mix == "one stratum":
+        strata = np.full(len(groups), "t2i")
+    elif mix == "by group":  # the databases: a prompt group is all T2I or all I2I
+        kind = rng.random(n_groups) < 0.4
+        strata = np.where(np.repeat(kind, sizes), "i2i", "t2i")
+    else:  # strata mixed inside groups, three of them
+        strata = rng.choice(["a", "b", "c"], len(groups))
+    order = rng.permutation(len(groups))
+    return strata[order], groups[order]
+
+
+@pytest.mark.parametrize("mix", ["one stratum", "by group", "mixed"])
+def test_stratified_group_kfold_equals_scikit_learn(mix):
+    rng = np.random.default_rng(0)
+    for case in range(15):
+        n_groups, folds, seed = int(rng.integers(5, 80)), int(rng.integers(2, 6)), int(rng.integers(0, 1000))
+        strata, groups = _grouped_case(rng, n_groups, mix)
+        ours = stratified_group_kfold_test_sets(strata, groups, folds, seed)
+        splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+        theirs = [test for _, test in splitter.split(np.zeros(len(groups)), strata, groups)]
+        assert [t.tolist() for t in ours] == [t.tolist() for t in theirs], (mix, case)
+
+
+def test_groups_never_straddle_folds():
+    rng = np.random.default_rng(3)
+    strata, groups = _grouped_case(rng, 30, "by group")
+    tests = stratified_group_kfold_test_sets(strata, groups, 4, 0)
+    assert sorted(np.concatenate(tests).tolist()) == list(range(len(groups)))
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert not set(groups[tests[a]]) & set(groups[tests[b]])
