@@ -310,12 +310,13 @@ def _progress(quiet: bool, total_hint: str):
 
 def _run_info(cache: str) -> dict:
     import platform
+    from importlib.metadata import version
 
     import numpy
-    import sklearn
 
     info = {"command": _command_line(), "featcache": __version__, "python": platform.python_version(),
-            "numpy": numpy.__version__, "scikit-learn": sklearn.__version__, "cache": str(Path(cache).resolve())}
+            "numpy": numpy.__version__, "scikit-learn": version("scikit-learn"),  # the version, not a 1.5 s import
+            "cache": str(Path(cache).resolve())}
     if "torch" in sys.modules:
         info["torch"] = sys.modules["torch"].__version__
     try:

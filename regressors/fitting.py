@@ -64,20 +64,19 @@ def _same_training_rows(members: list[Member]) -> list[list[int]]:
 
 def ridge_by_fold(X: np.ndarray, members: list[Member], device: str = "cpu") -> list[Fitted]:
     """Members with the same training rows (a fold's targets) share the scaler and one eigendecomposition."""
-    from regressors.preprocess import FoldScaler
-    from regressors.standardized import StandardizedRidge, inner_groups, ridge_path
+    from regressors.preprocess import DEFAULT_CLIP, FoldScaler
+    from regressors.ridge_path import RIDGE_ALPHAS, inner_groups, ridge_path
 
-    defaults = StandardizedRidge()
     out: list[Fitted | None] = [None] * len(members)
     for indices in _same_training_rows(members):
         start = time.perf_counter()
         first = members[indices[0]]
-        scaler = FoldScaler(defaults.clip).fit(X[first.train])
+        scaler = FoldScaler(DEFAULT_CLIP).fit(X[first.train])
         xs = scaler.transform(X[first.train])
         center = xs.mean(axis=0)
         y = np.stack([members[i].y_train for i in indices], axis=1)
         y_mean = y.mean(axis=0)
-        alphas, coef, _ = ridge_path(xs - center, y - y_mean, np.asarray(defaults.alphas, float),
+        alphas, coef, _ = ridge_path(xs - center, y - y_mean, np.asarray(RIDGE_ALPHAS, float),
                                      inner_groups(first.groups, len(first.train)))
         seconds = (time.perf_counter() - start) / len(indices)
         for t, i in enumerate(indices):

@@ -81,11 +81,14 @@ REGRESSORS: dict[str, RegressorSpec] = {spec.name: spec for spec in [
                   (*_SCALER, "coef_"), ("intercept_", "alpha_"),
                   fit_members="regressors.fitting:ridge_by_fold", batch="fold"),
     RegressorSpec("generator-mean", _floor("GeneratorMean"), "regressors.floors:GeneratorMean", False, True,
-                  "label-only floor: mean target of the generator", batch="cell"),
+                  "label-only floor: mean target of the generator",
+                  fit_members="regressors.code_means:generator_mean_members", batch="cell"),
     RegressorSpec("sibling-mean", _floor("SiblingMean"), "regressors.floors:SiblingMean", False, True,
-                  "label-only floor: mean of training siblings (same prompt and generator)", batch="cell"),
+                  "label-only floor: mean of training siblings (same prompt and generator)",
+                  fit_members="regressors.code_means:sibling_mean_members", batch="cell"),
     RegressorSpec("prompt-mean", _floor("PromptMean"), "regressors.floors:PromptMean", False, True,
                   "label-only floor: mean of the same prompt in training (any generator), else the generator's",
+                  fit_members="regressors.code_means:prompt_mean_members",
                   batch="cell"),
 ]}
 

@@ -13,11 +13,10 @@ from sklearn.model_selection import GroupKFold, KFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from regressors.preprocess import DEFAULT_CLIP, FoldScaler
+from regressors.ridge_path import RIDGE_ALPHAS, inner_groups, ridge_path
 
-RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 6, 17))
 SVR_C_GRID = tuple(float(c) for c in np.logspace(-2, 3, 6))
 SVR_EPSILON_GRID = (0.1, 0.3)
-MIN_GROUPS = 3  # fewer distinct groups than this: inner selection falls back to samples
 
 
 class _Scaled(RegressorMixin, BaseEstimator):
@@ -32,16 +31,6 @@ class _Scaled(RegressorMixin, BaseEstimator):
         scaler = FoldScaler.from_state({"mean": self.x_mean_, "scale": self.x_scale_, "keep": self.x_keep_},
                                        self.clip)
         return scaler.transform(X)
-
-
-def inner_groups(groups, n: int) -> np.ndarray | None:
-    """The groups to hold out in inner selection, or None (sample-wise) when there are too few."""
-    if groups is None:
-        return None
-    groups = np.asarray(groups)
-    if len(groups) != n:
-        raise ValueError(f"groups has {len(groups)} entries for {n} samples")
-    return groups if len(np.unique(groups)) >= MIN_GROUPS else None
 
 
 class StandardizedRidge(_Scaled):
@@ -68,52 +57,6 @@ class StandardizedRidge(_Scaled):
         check_is_fitted(self, "coef_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return self._scale(X) @ self.coef_ + self.intercept_
-
-
-def ridge_path(xc: np.ndarray, yc: np.ndarray, alphas: np.ndarray, groups: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ridge (unpenalised intercept) on centred xc (n x p) and centred targets yc (n x T).
-
-    The hat matrix is 11'/n + Q diag(w) Q', from one eigendecomposition of the smaller Gram matrix; deleting a
-    block b of samples gives the exact held-out residuals (I - H_bb)^-1 r_b. Blocks are the groups (leave one
-    group out) or single samples (leave one out). Returns (best alpha per target, coefficients p x T,
-    mean held-out squared error alphas x T)."""
-    from scipy.linalg import eigh  # LAPACK's MRRR driver: about 3x faster than numpy's divide and conquer here
-
-    n, p = xc.shape
-    if n >= p:
-        lam, v = eigh(xc.T @ xc, driver="evr", check_finite=False)
-        lam = np.maximum(lam, 0.0)
-        q = xc @ v
-        weights = [1.0 / (lam + a) for a in alphas]
-    else:
-        lam, q = eigh(xc @ xc.T, driver="evr", check_finite=False)
-        lam = np.maximum(lam, 0.0)
-        v = None
-        weights = [lam / (lam + a) for a in alphas]
-    qy = q.T @ yc
-    w = np.stack(weights)  # alphas x k
-    residual = yc[None] - np.einsum("nk,ak,kt->ant", q, w, qy, optimize=True)  # alphas x n x T
-    if groups is None:
-        leverage = np.minimum((q ** 2) @ w.T + 1.0 / n, 1.0 - 1e-12)  # n x alphas
-        held_out = residual / (1.0 - leverage.T)[:, :, None]
-    else:
-        held_out = np.empty_like(residual)
-        for g in np.unique(groups):
-            b = np.flatnonzero(groups == g)
-            qb = q[b]
-            h = (qb[None] * w[:, None, :]) @ qb.T + 1.0 / n  # alphas x |b| x |b| (matmul: einsum was 20x slower)
-            held_out[:, b] = np.linalg.solve(np.eye(len(b))[None] - h, residual[:, b])
-    errors = np.mean(held_out ** 2, axis=1)  # alphas x T
-    best = np.argmin(errors, axis=0)
-    chosen = alphas[best]
-    coef = np.empty((p, yc.shape[1]))
-    for t, a in enumerate(chosen):
-        if v is not None:
-            coef[:, t] = v @ (qy[:, t] / (lam + a))
-        else:
-            coef[:, t] = xc.T @ (q @ (qy[:, t] / (lam + a)))
-    return chosen, coef, errors
 
 
 class StandardizedSVR(_Scaled):

@@ -247,6 +247,24 @@ def test_batched_ridge_equals_one_ridge_per_target(tmp_path):
         np.testing.assert_allclose(pred, single.predict(x[test]), atol=1e-10)
 
 
+@pytest.mark.parametrize("floor", ["generator-mean", "sibling-mean", "prompt-mean"])
+def test_floors_in_the_harness_equal_their_estimators(floor):
+    """The CV harness fits floors without scikit-learn (regressors.code_means); the estimators must agree,
+    including test samples whose sibling or prompt code never appeared in training."""
+    from regressors.fitting import Member, fit_members
+    from regressors.registry import get_regressor
+
+    rng = np.random.default_rng(5)
+    codes = np.stack([rng.integers(0, 3, 120), rng.integers(0, 40, 120), rng.integers(0, 15, 120)], axis=1)
+    y = rng.normal(size=120) + codes[:, 0]
+    train, test = np.arange(90), np.arange(90, 120)
+    (pred, chosen, _), = fit_members(floor, codes.astype(float), [Member(train, y[train], test, None, 0)])
+    single = get_regressor(floor).factory(0, "cpu").fit(codes[train].astype(float), y[train])
+    unseen = ~np.isin(codes[test, 1], codes[train, 1]) | ~np.isin(codes[test, 2], codes[train, 2])
+    assert unseen.any() and chosen == {}
+    np.testing.assert_array_equal(pred, single.predict(codes[test].astype(float)))
+
+
 def test_batched_svr_equals_one_svr_per_target():
     from regressors.fitting import Member, svr_by_fold
     from regressors.standardized import StandardizedSVR

@@ -330,11 +330,16 @@ def test_cluster_backends_need_their_extras(tmp_path, pku_root):
             cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=2, backend=backend)
 
 
-@pytest.mark.parametrize("regressor", ["ridge", "svr", "generator-mean,sibling-mean,prompt-mean"])
-def test_fit_without_the_mlp_or_figures_imports_neither_torch_nor_matplotlib(tmp_path, regressor):
-    """Start-up: ridge, SVR and the floors need neither torch (about 3 s to import) nor matplotlib; with the
-    annotation unchanged since extraction (same bytes), the labels check does not parse it again (no dataset
-    adapter is loaded; a large spreadsheet took seconds)."""
+NO_SKLEARN = ("sklearn", "scipy.stats", "pandas", "joblib")
+
+
+@pytest.mark.parametrize("regressor, also_absent", [("ridge", NO_SKLEARN), ("svr", ()),
+                                                    ("generator-mean,sibling-mean,prompt-mean", NO_SKLEARN)])
+def test_fit_without_the_mlp_or_figures_imports_neither_torch_nor_matplotlib(tmp_path, regressor, also_absent):
+    """Start-up: ridge, SVR and the floors need neither torch (about 3 s to import) nor matplotlib; ridge and the
+    floors not even scikit-learn (whose import brings scipy.stats and pandas: 1.5 s) nor joblib with --jobs 1.
+    With the annotation unchanged since extraction (same bytes), the labels check does not parse it again (no
+    dataset adapter is loaded; a large spreadsheet took seconds). Two modes, so the paired comparisons run too."""
     import subprocess
     import sys
 
@@ -342,10 +347,10 @@ def test_fit_without_the_mlp_or_figures_imports_neither_torch_nor_matplotlib(tmp
 
     cache = make_cache(tmp_path)
     probe = ("import runpy, sys\n"
-             f"sys.argv = ['featcache', 'fit', '--cache', {str(cache)!r}, '--mode', 'nr', '--regressor', "
+             f"sys.argv = ['featcache', 'fit', '--cache', {str(cache)!r}, '--mode', 'nr,pr', '--regressor', "
              f"{regressor!r}, '--folds', '3', '--no-figures', '--quiet', '--out', {str(tmp_path / 'out')!r}]\n"
              "try:\n    runpy.run_module('cli', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
-             "heavy = ('torch', 'matplotlib', 'featcache.datasets')\n"
+             f"heavy = ('torch', 'matplotlib', 'featcache.datasets', *{also_absent!r})\n"
              "print('LOADED', [m for m in heavy if m in sys.modules], 'EXIT', code)\n")
     import os
     from pathlib import Path
