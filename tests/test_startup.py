@@ -36,6 +36,28 @@ def test_weights_hash_is_remembered_until_the_file_changes(tmp_path, monkeypatch
     assert [p.name for p in memo.parent.iterdir()] == ["weights-sha256.json"]  # no temporary file left
 
 
+def test_state_hash_is_remembered_per_file_hash_and_architecture(tmp_path, monkeypatch):
+    """The loaded tensors' hash (provenance) is computed once per (file sha256, architecture, versions); weights
+    without a file hash (hub, random) are hashed every time."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    calls = []
+
+    def compute(value):
+        return lambda: calls.append(value) or value
+
+    a, b = "a" * 64, "b" * 64
+    from_file = weights_module.WeightsChoice("file", "file-x", "/w.pth", a)
+    assert weights_module.remembered_state_sha256(from_file, "resnet18", compute(b)) == b and calls == [b]
+    assert weights_module.remembered_state_sha256(from_file, "resnet18", compute("c" * 64)) == b and calls == [b]
+    assert weights_module.remembered_state_sha256(from_file, "resnet50", compute(a)) == a and calls == [b, a]
+    other_file = weights_module.WeightsChoice("file", "file-y", "/w.pth", b)
+    assert weights_module.remembered_state_sha256(other_file, "resnet18", compute(a)) == a and len(calls) == 3
+    random = weights_module.WeightsChoice("random", "random")
+    for _ in range(2):
+        weights_module.remembered_state_sha256(random, "resnet18", compute(a))
+    assert len(calls) == 5
+
+
 def test_an_unwritable_memo_only_costs_the_hash(tmp_path, monkeypatch):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")

@@ -66,6 +66,29 @@ def weights_sha256(path: str | Path) -> str:
     return digest
 
 
+def remembered_state_sha256(choice: WeightsChoice, arch: str, compute) -> str:
+    """`compute()` (the state hash of the loaded model), remembered in the weights memo under the file's sha256,
+    the architecture and the featcache, timm and torch versions (which decide how a file becomes tensors).
+    Weights without a file hash (the hub, random) are hashed every time."""
+    if not _is_sha256(choice.file_sha256):
+        return compute()
+    import timm
+    import torch
+
+    from featcache import __version__
+
+    key = f"state|{choice.file_sha256}|{arch}|featcache {__version__}|timm {timm.__version__}|torch {torch.__version__}"
+    memo_file = sha256_memo_file()
+    entry = _read_memo(memo_file).get(key)
+    if isinstance(entry, dict) and _is_sha256(entry.get("sha256")):
+        return entry["sha256"]
+    digest = compute()
+    memo = _read_memo(memo_file)  # again: another process may have written meanwhile
+    memo[key] = {"sha256": digest}
+    _write_memo(memo_file, memo)
+    return digest
+
+
 def _is_sha256(value) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
