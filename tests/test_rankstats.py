@@ -56,7 +56,7 @@ def test_wilcoxon_equals_scipy(kind):
     """Every branch scipy takes: exact (no ties or zeros, n <= 50), all sign flips (ties or zeros, n <= 13),
     the normal approximation (beyond)."""
     rng = np.random.default_rng(2)
-    for n in (2, 5, 9, 13, 14, 30, 50, 51, 70):
+    for n in (3, 9, 13, 14, 40, 51):
         d = rng.normal(size=n) + rng.normal() * 0.5
         if kind == "rounded":
             d = np.round(d, 1)

@@ -136,6 +136,7 @@ def test_meta_build_skips_writes_keeps_metadata_and_refuses_attribute_tensors():
     assert skipinit.left_on_meta(model) and not skipinit.left_on_meta(skipinit.materialised(model))
 
 
+@pytest.mark.slow  # a subprocess building three models: 5 s
 def test_weights_file_loads_without_dynamo_on_the_cli_path(tmp_path):
     """The meta build must not run the Python meta kernels that import torch._dynamo (see featcache.fastimport)."""
     resnet = _checkpoint("resnet18", tmp_path / "resnet.safetensors")
