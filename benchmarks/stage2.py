@@ -90,6 +90,7 @@ def run_grid(folder: Path, jobs: int = 2, device: str = "cpu", families: list[st
 STARTUP_RUNS = {  # name -> featcache fit arguments after --cache; a small cache, so the time is the start-up
     "ridge, no figures": ["--mode", "nr", "--regressor", "ridge", "--no-figures"],
     "ridge, 3 figures": ["--mode", "nr", "--regressor", "ridge"],
+    "ridge, nr,fr,pr, no figures": ["--mode", "nr,fr,pr", "--regressor", "ridge", "--no-figures"],
     "svr, no figures": ["--mode", "nr", "--regressor", "svr", "--no-figures"],
     "floors, no figures": ["--mode", "nr", "--regressor", "generator-mean,sibling-mean,prompt-mean", "--no-figures"],
 }
@@ -129,10 +130,11 @@ def startup(folder: Path, runs: int = 5) -> dict:
     probe = ("import sys, runpy; sys.argv = ['featcache', 'fit', '--cache', %r, '--mode', 'nr', '--regressor', "
              "'ridge', '--no-figures', '--quiet', '--out', %r]\ntry:\n    runpy.run_module('cli', run_name='__main__')"
              "\nexcept SystemExit:\n    pass\nprint('HEAVY=' + ','.join(m for m in ('torch', 'matplotlib', "
-             "'sklearn.svm') if m in sys.modules))") % (str(cache), str(folder / "out-probe"))
+             "'sklearn', 'scipy.stats', 'pandas', 'joblib') if m in sys.modules))") % (str(cache), str(folder / "out-probe"))
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=folder, capture_output=True, text=True, check=True)
     out["ridge_imports"] = next(line for line in loaded.stdout.splitlines() if line.startswith("HEAVY="))[6:]
-    print(f"  heavy modules a ridge fit imports: {out['ridge_imports'] or 'none of torch, matplotlib, libsvm'}")
+    print(f"  heavy modules a ridge fit imports: "
+          f"{out['ridge_imports'] or 'none of torch, matplotlib, sklearn, scipy.stats, pandas, joblib'}")
     return out
 
 
