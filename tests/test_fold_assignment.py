@@ -32,7 +32,7 @@ def _grouped_case(rng, n_groups, mix):
 @pytest.mark.parametrize("mix", ["one stratum", "by group", "mixed"])
 def test_stratified_group_kfold_equals_scikit_learn(mix):
     rng = np.random.default_rng(0)
-    for case in range(15):
+    for case in range(10):
         n_groups, folds, seed = int(rng.integers(5, 80)), int(rng.integers(2, 6)), int(rng.integers(0, 1000))
         strata, groups = _grouped_case(rng, n_groups, mix)
         ours = stratified_group_kfold_test_sets(strata, groups, folds, seed)

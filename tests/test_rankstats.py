@@ -27,7 +27,7 @@ def _pairs(rng, kind, n):
 @pytest.mark.parametrize("kind", ["continuous", "rounded", "few values", "identical", "reversed"])
 def test_correlations_equal_scipy(kind):
     rng = np.random.default_rng(0)
-    for _ in range(150):
+    for _ in range(60):
         n = int(rng.integers(3, 400))
         x, y = _pairs(rng, kind, n)
         if np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -56,7 +56,7 @@ def test_wilcoxon_equals_scipy(kind):
     """Every branch scipy takes: exact (no ties or zeros, n <= 50), all sign flips (ties or zeros, n <= 13),
     the normal approximation (beyond)."""
     rng = np.random.default_rng(2)
-    for n in (3, 9, 13, 14, 40, 51):
+    for n in (9, 13, 14, 51):
         d = rng.normal(size=n) + rng.normal() * 0.5
         if kind == "rounded":
             d = np.round(d, 1)

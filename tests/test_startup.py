@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from featcache.backbones import weights as weights_module
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +69,7 @@ def test_an_unwritable_memo_only_costs_the_hash(tmp_path, monkeypatch):
     assert weights_module.weights_sha256(checkpoint) == weights_module.sha256_file(checkpoint)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and timm: 7 s
 def test_timm_imports_without_dynamo_and_dynamo_stays_usable():
     script = """
 import sys, torch
