@@ -8,6 +8,8 @@ floor fit needs nothing else from scikit-learn and `featcache fit` should start 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -18,17 +20,21 @@ def kfold_test_sets(n: int, folds: int, seed: int) -> list[np.ndarray]:
     sizes = np.full(folds, n // folds, dtype=int)
     sizes[:n % folds] += 1
     bounds = np.r_[0, np.cumsum(sizes)]
-    return [order[bounds[k]:bounds[k + 1]] for k in range(folds)]
+    return [np.sort(order[bounds[k]:bounds[k + 1]]) for k in range(folds)]
 
 
 def stratified_group_kfold_test_sets(strata, groups, folds: int, seed: int) -> list[np.ndarray]:
     """Whole groups to folds, keeping each stratum's share of every fold even: groups in a seeded random order,
     stably sorted by how uneven their own strata counts are, each put where the spread of strata shares over
-    folds stays smallest (ties within rounding: the fold with fewer samples; then the first)."""
+    folds stays smallest (ties within rounding: the fold with fewer samples; then the first). Warns, as
+    scikit-learn does, when a stratum has fewer samples than folds (some folds then lack it)."""
     _, strata_code, strata_count = np.unique(np.asarray(strata), return_inverse=True, return_counts=True)
     _, group_code, group_count = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
     strata_code, group_code = strata_code.ravel(), group_code.ravel()
     n_groups, n_strata = len(group_count), len(strata_count)
+    if folds > strata_count.min():
+        warnings.warn(f"The least populated class in y has only {strata_count.min()} members, which is less than "
+                      f"n_splits={folds}.", UserWarning, stacklevel=2)
     per_group = np.zeros((n_groups, n_strata))
     np.add.at(per_group, (group_code, strata_code), 1)
     order = np.arange(n_groups)

@@ -30,13 +30,17 @@ def average_ranks(values) -> np.ndarray:
 
 
 def pearson(x, y) -> float:
-    """Pearson's r (NaN when either side is constant), clipped to [-1, 1] against rounding."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    xm, ym = x - x.mean(), y - y.mean()
-    nx, ny = np.linalg.norm(xm), np.linalg.norm(ym)
-    if len(x) < 2 or nx == 0 or ny == 0:
+    """Pearson's r (NaN when either side is constant), as scipy: centred values scaled by their largest magnitude
+    (no overflow at 1e170), exactly +-1 for two points, clipped to [-1, 1] against rounding."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
+    if len(x) == 2:
+        return float(np.sign(x[1] - x[0]) * np.sign(y[1] - y[0]))
+    xm, ym = x - x.mean(), y - y.mean()
+    xm, ym = xm / np.max(np.abs(xm)), ym / np.max(np.abs(ym))
+    nx, ny = np.linalg.norm(xm), np.linalg.norm(ym)
     return float(np.clip(np.dot(xm / nx, ym / ny), -1.0, 1.0))
 
 
@@ -121,7 +125,8 @@ def wilcoxon_p(differences) -> float:
 
     The differences are first rounded to TIE_DECIMALS: two folds' SRCC differences that are equal but for the last
     bit (the same ranks summed in another order) would otherwise switch between the exact and the sign-flip
-    null and move p (0.23 to 0.26 on 10 folds in one run)."""
+    null and move p (0.84 to 0.80 on 10 folds in one run). A pair straddling a rounding midpoint still splits,
+    which is rare (about 1 in 1e5 per value)."""
     d = np.round(np.asarray(differences, dtype=np.float64).ravel(), TIE_DECIMALS)
     nonzero = d[d != 0]
     m = len(nonzero)

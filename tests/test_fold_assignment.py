@@ -41,6 +41,12 @@ def test_stratified_group_kfold_equals_scikit_learn(mix):
         assert [t.tolist() for t in ours] == [t.tolist() for t in theirs], (mix, case)
 
 
+def test_a_stratum_smaller_than_the_folds_is_warned_about():
+    strata = np.array(["t2i"] * 30 + ["i2i"] * 3)
+    with pytest.warns(UserWarning, match="only 3 members"):
+        stratified_group_kfold_test_sets(strata, np.arange(33), 5, 0)
+
+
 def test_groups_never_straddle_folds():
     rng = np.random.default_rng(3)
     strata, groups = _grouped_case(rng, 30, "by group")

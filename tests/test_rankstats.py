@@ -42,6 +42,17 @@ def test_constant_sides_are_nan():
     x = np.arange(5.0)
     for f in (rankstats.pearson, rankstats.spearman, rankstats.kendall_tau_b):
         assert np.isnan(f(x, np.ones(5))) and np.isnan(f(np.ones(5), x))
+    assert np.isnan(rankstats.pearson(np.full(3, 0.1), np.arange(3.0)))  # its mean is not exactly 0.1
+
+
+def test_pearson_edges_as_scipy():
+    """Two points give exactly +-1; huge values do not overflow; column vectors are read as 1-D."""
+    assert rankstats.pearson([0.3, 0.7], [5.0, 1.0]) == -1.0 and rankstats.pearson([1, 2], [3, 4]) == 1.0
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=50), rng.normal(size=50)
+    for scale in (1e170, 1e-160):
+        assert rankstats.pearson(x * scale, y * scale) == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-12)
+    assert rankstats.pearson(x[:, None], y[:, None]) == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-12)
 
 
 def test_kendall_on_a_large_sample():
