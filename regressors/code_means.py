@@ -9,6 +9,7 @@ group).
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 
@@ -42,7 +43,9 @@ def predict_code_means(X: np.ndarray, global_mean: float, means: list[dict], col
     return out
 
 
-def _fit_members(columns: tuple[int, ...], X: np.ndarray, members: list) -> list[tuple[np.ndarray, dict, float]]:
+def _fit_members(columns: tuple[int, ...], X: np.ndarray, members: list,
+                 device: str = "cpu") -> list[tuple[np.ndarray, dict, float]]:
+    """The registry's `fit_members` contract for one floor (the device is unused)."""
     X = np.asarray(X, dtype=np.float64)
     out = []
     for m in members:
@@ -53,13 +56,6 @@ def _fit_members(columns: tuple[int, ...], X: np.ndarray, members: list) -> list
     return out
 
 
-def generator_mean_members(X, members, device="cpu"):
-    return _fit_members(COLUMNS["generator-mean"], X, members)
-
-
-def sibling_mean_members(X, members, device="cpu"):
-    return _fit_members(COLUMNS["sibling-mean"], X, members)
-
-
-def prompt_mean_members(X, members, device="cpu"):
-    return _fit_members(COLUMNS["prompt-mean"], X, members)
+generator_mean_members = partial(_fit_members, COLUMNS["generator-mean"])
+sibling_mean_members = partial(_fit_members, COLUMNS["sibling-mean"])
+prompt_mean_members = partial(_fit_members, COLUMNS["prompt-mean"])

@@ -49,13 +49,14 @@ def spearman(x, y) -> float:
     return pearson(average_ranks(x), average_ranks(y))
 
 
-def _tied_pairs(sorted_values: np.ndarray) -> int:
-    """Pairs of equal values in a sorted array."""
-    if len(sorted_values) < 2:
-        return 0
-    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1], True])
-    runs = np.diff(starts)
-    return int(np.sum(runs * (runs - 1) // 2))
+def _pairs_within(counts: np.ndarray) -> int:
+    """Pairs inside groups of these sizes (tied pairs, given how many share each value)."""
+    return int(np.sum(counts * (counts - 1) // 2))
+
+
+def _run_lengths(new_run: np.ndarray) -> np.ndarray:
+    """Lengths of the runs of a sorted sequence, from `new_run[i]`: element i + 1 differs from element i."""
+    return np.diff(np.flatnonzero(np.r_[True, new_run, True]))
 
 
 def _inversions(a: np.ndarray) -> int:
@@ -91,13 +92,13 @@ def kendall_tau_b(x, y) -> float:
         return float("nan")
     order = np.lexsort((y, x))  # by x, ties in x by y: a discordant pair is then exactly an inversion of y
     xs, ys = x[order], y[order]
-    y_rank = np.unique(ys, return_inverse=True)[1].ravel()
-    discordant = _inversions(y_rank)
+    _, y_rank, y_counts = np.unique(ys, return_inverse=True, return_counts=True)
+    discordant = _inversions(y_rank.ravel())
     total = n * (n - 1) // 2
-    x_ties = _tied_pairs(xs)
-    y_ties = _tied_pairs(np.sort(y))
-    both = np.flatnonzero(np.r_[True, (xs[1:] != xs[:-1]) | (ys[1:] != ys[:-1]), True])
-    both_ties = int(np.sum(np.diff(both) * (np.diff(both) - 1) // 2))
+    new_x = xs[1:] != xs[:-1]
+    x_ties = _pairs_within(_run_lengths(new_x))
+    y_ties = _pairs_within(y_counts)
+    both_ties = _pairs_within(_run_lengths(new_x | (ys[1:] != ys[:-1])))
     if total == x_ties or total == y_ties:
         return float("nan")
     con_minus_dis = total - x_ties - y_ties + both_ties - 2 * discordant
@@ -134,14 +135,14 @@ def wilcoxon_p(differences) -> float:
         return float("nan")
     ranks = average_ranks(np.abs(nonzero))
     r_plus = float(ranks[nonzero > 0].sum())
-    has_ties = len(np.unique(np.abs(nonzero))) < m
+    tie_sizes = np.unique(np.abs(nonzero), return_counts=True)[1].astype(np.float64)
+    has_ties = len(tie_sizes) < m
     has_zeros = m < len(d)
     exact = (len(d) <= EXACT_WILCOXON_MAX and not (has_ties or has_zeros)) or len(d) <= PERMUTATION_WILCOXON_MAX
     if exact:
         null = _signed_rank_null(np.rint(2 * ranks))  # average ranks are multiples of 1/2
         k = int(round(2 * r_plus))
         return float(min(1.0, 2 * min(null[k:].sum(), null[:k + 1].sum())))
-    runs = np.unique(np.abs(nonzero), return_counts=True)[1].astype(np.float64)
     mean = m * (m + 1) / 4.0
-    se = math.sqrt((m * (m + 1) * (2 * m + 1) - np.sum(runs ** 3 - runs) / 2) / 24)
+    se = math.sqrt((m * (m + 1) * (2 * m + 1) - np.sum(tie_sizes ** 3 - tie_sizes) / 2) / 24)
     return float(math.erfc(abs(r_plus - mean) / se / math.sqrt(2)))
