@@ -97,6 +97,7 @@ class _Task:
     inputs: np.ndarray  # the mode's design matrix (or the floors' label codes) over the mode's samples
     members: list[Member]
     meta: list[tuple]  # (target, fold, test rows, y_test, train sd, n_train)
+    cost: float = 0.0  # rough seconds on one core (RegressorSpec.cost): parallel runs start the longest first
 
 
 def check_jobs(jobs: int) -> None:
@@ -106,9 +107,12 @@ def check_jobs(jobs: int) -> None:
 
 def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list[str], *, split: str = "group",
          folds: int = 5, repeats: int = 1, seed: int = 0, subset: str = "all", train_on: str | None = None,
-         test_on: str | None = None, hold_out_prompts: bool = False, groups: np.ndarray | None = None):
+         test_on: str | None = None, hold_out_prompts: bool = False, groups: np.ndarray | None = None,
+         spread: bool = False):
     """The folds and the fitting tasks of a run, without fitting anything (so the caller can count them).
-    `groups`: the content groups of `design.content_groups`, when the caller has them already."""
+    `groups`: the content groups of `design.content_groups`, when the caller has them already. `spread`: CPU worker
+    processes share the run, so a device-trained regressor's cell is split by fold (one worker's single thread
+    would otherwise train a whole cell while the other cores wait)."""
     check_regressors(regressors)
     for mode in modes:
         get_mode(mode)
@@ -147,16 +151,27 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
                     member_groups = groups_of[train] if spec.grouped else None
                     members.append(Member(train, y[train], test, member_groups, seed + fold.repeat))
                     meta.append((target, fold, rows[test], y[test], float(np.std(y[train])), int(len(train))))
-            tasks += [_Task(name, mode, inputs, [members[i] for i in chunk], [meta[i] for i in chunk])
-                      for chunk in _chunks(reg, meta)]
+            for chunk in _chunks(reg, meta, spread):
+                task = _Task(name, mode, inputs, [members[i] for i in chunk], [meta[i] for i in chunk])
+                task.cost = _cost(reg, task)
+                tasks.append(task)
     return fold_list, tasks, skipped
 
 
-def _chunks(reg, meta: list[tuple]) -> list[list[int]]:
-    """Members fitted together: all of a cell for stacked regressors, a fold's targets for ridge, else one each."""
-    if reg.batch == "cell":
+def _cost(reg, task: _Task) -> float:
+    rows = float(np.mean([len(m.train) for m in task.members]))
+    width = task.inputs.shape[1] if task.inputs.ndim == 2 else 1
+    if reg.cost is None:
+        return len(task.members) * rows * width / 1e9
+    return float(reg.cost(len(task.members), rows, width))
+
+
+def _chunks(reg, meta: list[tuple], spread: bool = False) -> list[list[int]]:
+    """Members fitted together: all of a cell for stacked regressors (by fold when `spread` and the regressor
+    trains on a device), a fold's targets for ridge and the SVR, else one each."""
+    if reg.batch == "cell" and not (spread and reg.uses_device):
         return [list(range(len(meta)))] if meta else []
-    if reg.batch == "fold":
+    if reg.batch in ("fold", "cell"):
         by_fold: dict[tuple, list[int]] = {}
         for i, m in enumerate(meta):
             by_fold.setdefault((m[1].repeat, m[1].fold), []).append(i)
@@ -168,18 +183,36 @@ def _parallel(jobs: int, backend: str | None) -> bool:
     return jobs != 1 or backend not in (None, "")
 
 
-def _outputs(tasks: list[_Task], jobs: int, backend: str | None, device: str):
-    """Fitted tasks in order: through joblib when asked for several jobs or a backend, else a plain loop (no
-    joblib import: 0.2 s of a fit that should start faster than `import torch`)."""
+def _on_cpu(device: str, regressors: list[str]) -> bool:
+    """Whether the device-trained regressors of this run train on the CPU ('auto' asks torch only when one of
+    them is in the run: ridge, the SVR and the floors never import it)."""
+    name = (device or "auto").strip().lower()
+    if name == "auto" and any(get_regressor(r).uses_device for r in regressors):
+        from featcache.devices import resolve_device
+
+        return resolve_device(name).type == "cpu"
+    return name == "cpu"
+
+
+def _fitted(tasks: list[_Task], jobs: int, backend: str | None, device: str):
+    """(task index, fitted members) as tasks finish. Several jobs or a backend: through joblib, the costliest
+    tasks dispatched first (the longest-processing-time rule: no worker starts a long task while the others run
+    out of work). Else a plain loop in order, without importing joblib (0.2 s of a fit that should start faster
+    than `import torch`)."""
     if not _parallel(jobs, backend):
-        return (_run_task(t, device) for t in tasks)
+        for index, task in enumerate(tasks):
+            yield index, _run_task(index, task, device)[1]
+        return
     from joblib import Parallel, delayed
 
-    return Parallel(n_jobs=jobs, return_as="generator")(delayed(_run_task)(t, device) for t in tasks)
+    order = sorted(range(len(tasks)), key=lambda i: -tasks[i].cost)
+    with backend_context(backend):
+        yield from Parallel(n_jobs=jobs, return_as="generator_unordered")(
+            delayed(_run_task)(i, tasks[i], device) for i in order)
 
 
-def _run_task(task: _Task, device: str) -> list[tuple[np.ndarray, dict, float]]:
-    return fit_members(task.regressor, task.inputs, task.members, device)
+def _run_task(index: int, task: _Task, device: str) -> tuple[int, list[tuple[np.ndarray, dict, float]]]:
+    return index, fit_members(task.regressor, task.inputs, task.members, device)
 
 
 def cross_validate(data: CacheData, modes: list[str], targets: list[str], regressors: list[str], *,
@@ -190,9 +223,10 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
     """Fit every regressor x mode x target on every fold; `on_progress(done, total)` after each fitted member."""
     check_jobs(jobs)
     groups = content_groups(data)
+    spread = _parallel(jobs, backend) and _on_cpu(device, regressors)
     _, tasks, skipped = plan(data, modes, targets, regressors, split=split, folds=folds, repeats=repeats, seed=seed,
                              subset=subset, train_on=train_on, test_on=test_on, hold_out_prompts=hold_out_prompts,
-                             groups=groups)
+                             groups=groups, spread=spread)
     spec = get_split(split)
     config = {"cache": data.path, "backbone": data.backbone_id, "modes": modes, "targets": targets,
               "regressors": regressors, "split": split, "split_doc": spec.doc, "folds": folds,
@@ -205,21 +239,20 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
     done = 0
     if on_progress:
         on_progress(0, total)
-    with backend_context(backend) if _parallel(jobs, backend) else contextlib.nullcontext():
-        outputs = _outputs(tasks, jobs, backend, device)
-        for task, fitted in zip(tasks, outputs):
-            for (target, fold, test_rows, y_test, train_sd, n_train), (pred, chosen, seconds) in zip(task.meta,
-                                                                                                   fitted):
-                metrics = quality_metrics(y_test, pred, train_sd)
-                results.folds.append({"regressor": task.regressor, "mode": task.mode, "target": target,
-                                      "repeat": fold.repeat, "fold": fold.fold, **metrics, "n_train": n_train,
-                                      "n_test": int(len(test_rows)), "chosen": chosen,
-                                      "seconds": round(seconds, 4)})
-                results.predictions.append(OutOfFold(task.regressor, task.mode, target, fold.repeat, fold.fold,
-                                                     test_rows, y_test, pred))
-            done += len(task.members)
-            if on_progress:
-                on_progress(done, total)
+    fitted: list = [None] * len(tasks)
+    for index, members in _fitted(tasks, jobs, backend, device):
+        fitted[index] = members
+        done += len(tasks[index].members)
+        if on_progress:
+            on_progress(done, total)
+    for task, members in zip(tasks, fitted):  # in plan order, whatever order the tasks finished in
+        for (target, fold, test_rows, y_test, train_sd, n_train), (pred, chosen, seconds) in zip(task.meta, members):
+            metrics = quality_metrics(y_test, pred, train_sd)
+            results.folds.append({"regressor": task.regressor, "mode": task.mode, "target": target,
+                                  "repeat": fold.repeat, "fold": fold.fold, **metrics, "n_train": n_train,
+                                  "n_test": int(len(test_rows)), "chosen": chosen, "seconds": round(seconds, 4)})
+            results.predictions.append(OutOfFold(task.regressor, task.mode, target, fold.repeat, fold.fold,
+                                                 test_rows, y_test, pred))
     for row in skipped:  # a mode with too few usable samples in a fold: counted as failed, never dropped
         results.folds.append({**row, "srcc": float("nan"), "plcc": float("nan"), "plcc_logistic": float("nan"),
                               "krcc": float("nan"), "rmse": float("nan"), "failed": True, "chosen": {},

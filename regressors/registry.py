@@ -24,7 +24,10 @@ class RegressorSpec:
     saved_scalars: tuple[str, ...] = ()
     uses_device: bool = False  # trains with torch on --device
     fit_members: str = ""  # "module:function" fitting many members at once (see regressors.fitting), optional
-    batch: str = "member"  # fitted together: "member" (one at a time), "fold" (a fold's targets), "cell" (all)
+    batch: str = "member"  # fitted together: "member" (one at a time), "fold" (a fold's targets), "cell" (all;
+    # a device-trained regressor's cell is split by fold when CPU worker processes share the work)
+    cost: Callable[[int, int, int], float] | None = None  # (members, training rows, input width) -> rough seconds
+    # on one core; only orders parallel tasks, longest first, so no worker is left with a long task at the end
 
     @property
     def can_be_saved(self) -> bool:
@@ -65,31 +68,50 @@ def _floor(name):
 
 
 _SCALER = ("x_mean_", "x_scale_", "x_keep_")
+_FLOPS = 50e9  # one core's matmul rate, roughly; the costs below were checked against benchmarks/stage2.py's tasks
+_MLP_EPOCHS = 60  # early-stopping epochs plus the refit's, typical of the planted grid (6 to 99 per member)
+_SVR_FITS = 37  # 12 (C, epsilon) pairs x 3 inner folds + the refit
+
+
+def _mlp_cost(members: int, rows: int, dim: int) -> float:
+    return members * _MLP_EPOCHS * 4 * rows * dim * (dim / 2) / _FLOPS  # forward + weight gradient, D -> D/2
+
+
+def _svr_cost(members: int, rows: int, dim: int) -> float:
+    return 2 * rows * rows * dim / _FLOPS + members * _SVR_FITS * 4e-8 * rows * rows  # the kernel, then libsvm
+
+
+def _ridge_cost(members: int, rows: int, dim: int) -> float:
+    k = min(rows, dim)
+    return (4 * rows * dim * k + 10 * k ** 3) / _FLOPS  # Gram matrix and projection, eigendecomposition
+
+
+def _floor_cost(members: int, rows: int, dim: int) -> float:
+    return members * rows * 1e-7
 
 REGRESSORS: dict[str, RegressorSpec] = {spec.name: spec for spec in [
     RegressorSpec("mlp", _mlp, "regressors.mlp:MLPHead", True, True,
                   "the paper's head D -> D/2 -> 1 (torch); early stopping on held-out groups, then a refit",
                   _SCALER, ("y_mean_", "y_scale_", "best_epoch_"), uses_device=True,
-                  fit_members="regressors.fitting:stacked_mlp", batch="cell"),
+                  fit_members="regressors.fitting:stacked_mlp", batch="cell", cost=_mlp_cost),
     RegressorSpec("svr", _svr, "regressors.standardized:StandardizedSVR", True, True,
                   "RBF SVR; C and epsilon by an inner 3-fold CV over held-out groups",
                   (*_SCALER, "support_vectors_", "dual_coef_"),
                   ("y_mean_", "y_scale_", "intercept_", "gamma_", "C_", "epsilon_"),
-                  fit_members="regressors.fitting:svr_by_fold", batch="fold"),
+                  fit_members="regressors.fitting:svr_by_fold", batch="fold", cost=_svr_cost),
     RegressorSpec("ridge", _ridge, "regressors.standardized:StandardizedRidge", True, True,
                   "ridge; alpha by exact leave-one-group-out error",
                   (*_SCALER, "coef_"), ("intercept_", "alpha_"),
-                  fit_members="regressors.fitting:ridge_by_fold", batch="fold"),
+                  fit_members="regressors.fitting:ridge_by_fold", batch="fold", cost=_ridge_cost),
     RegressorSpec("generator-mean", _floor("GeneratorMean"), "regressors.floors:GeneratorMean", False, True,
                   "label-only floor: mean target of the generator",
-                  fit_members="regressors.code_means:generator_mean_members", batch="cell"),
+                  fit_members="regressors.code_means:generator_mean_members", batch="cell", cost=_floor_cost),
     RegressorSpec("sibling-mean", _floor("SiblingMean"), "regressors.floors:SiblingMean", False, True,
                   "label-only floor: mean of training siblings (same prompt and generator)",
-                  fit_members="regressors.code_means:sibling_mean_members", batch="cell"),
+                  fit_members="regressors.code_means:sibling_mean_members", batch="cell", cost=_floor_cost),
     RegressorSpec("prompt-mean", _floor("PromptMean"), "regressors.floors:PromptMean", False, True,
                   "label-only floor: mean of the same prompt in training (any generator), else the generator's",
-                  fit_members="regressors.code_means:prompt_mean_members",
-                  batch="cell"),
+                  fit_members="regressors.code_means:prompt_mean_members", batch="cell", cost=_floor_cost),
 ]}
 
 
