@@ -162,3 +162,22 @@ print("ok")
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_tensor_names_are_read_without_the_tensors(tmp_path, monkeypatch):
+    """`_from_file` only looks at the names before timm reads the file: from the header or a memory map, whatever
+    the format or the wrapping, and still right for a legacy (non-zip) torch file that cannot be mapped."""
+    state = {"_conv_stem.weight": torch.ones(2, 3), "classifier.bias": torch.zeros(2)}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    torch.save(state, tmp_path / "plain.pth")
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "wrapped.pt")
+    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    full_reads = []
+    real = weights_module._read_state_dict
+    monkeypatch.setattr(weights_module, "_read_state_dict", lambda path: full_reads.append(path.name) or real(path))
+    for name in ("w.safetensors", "plain.pth", "wrapped.pt", "legacy.pth"):
+        assert sorted(weights_module._tensor_names(tmp_path / name)) == sorted(state), name
+    assert full_reads == ["legacy.pth"]
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(weights_module.FeatcacheError, match="broken.pth: not a readable weights file"):
+        weights_module._tensor_names(tmp_path / "broken.pth")

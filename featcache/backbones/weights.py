@@ -54,16 +54,8 @@ def weights_sha256(path: str | Path) -> str:
     unreadable or corrupt memo file is ignored and rewritten; a memo that cannot be written only costs the hash."""
     path = Path(path).resolve()
     stat = path.stat()
-    memo_file = sha256_memo_file()
-    memo = _read_memo(memo_file)
-    entry = memo.get(str(path))
-    if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns \
-            and _is_sha256(entry.get("sha256")):
-        return entry["sha256"]
-    digest = sha256_file(path)
-    memo[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-    _write_memo(memo_file, memo)
-    return digest
+    entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return _remembered(str(path), entry, lambda: sha256_file(path))
 
 
 def remembered_state_sha256(choice: WeightsChoice, arch: str, compute) -> str:
@@ -78,13 +70,20 @@ def remembered_state_sha256(choice: WeightsChoice, arch: str, compute) -> str:
     from featcache import __version__
 
     key = f"state|{choice.file_sha256}|{arch}|featcache {__version__}|timm {timm.__version__}|torch {torch.__version__}"
+    return _remembered(key, {}, compute)
+
+
+def _remembered(key: str, conditions: dict, compute) -> str:
+    """The sha256 remembered under `key` when its entry still has `conditions` (a file's size and time), else
+    `compute()`, remembered. The memo is read again before writing: another process may have written meanwhile."""
     memo_file = sha256_memo_file()
     entry = _read_memo(memo_file).get(key)
-    if isinstance(entry, dict) and _is_sha256(entry.get("sha256")):
+    if isinstance(entry, dict) and all(entry.get(k) == v for k, v in conditions.items()) \
+            and _is_sha256(entry.get("sha256")):
         return entry["sha256"]
     digest = compute()
-    memo = _read_memo(memo_file)  # again: another process may have written meanwhile
-    memo[key] = {"sha256": digest}
+    memo = _read_memo(memo_file)
+    memo[key] = {**conditions, "sha256": digest}
     _write_memo(memo_file, memo)
     return digest
 
@@ -172,9 +171,8 @@ def state_sha256(model: torch.nn.Module) -> str:
 
 
 def _from_file(spec: BackboneSpec, path: Path) -> torch.nn.Module:
-    state = _read_state_dict(path)
-    if state is not None and any(k.startswith("_conv_stem") for k in state):
-        return _from_efficientnet_pytorch(spec, state, path)
+    if any(k.startswith("_conv_stem") for k in _tensor_names(path)):
+        return _from_efficientnet_pytorch(spec, _read_state_dict(path), path)
     try:  # timm's own path: applies the family's checkpoint filter (torchvision names, .npz for ViT ...)
         return _timm_pretrained(spec.arch, pretrained_cfg_overlay={"file": str(path)})
     except RuntimeError as exc:
@@ -218,6 +216,34 @@ def _from_efficientnet_pytorch(spec: BackboneSpec, state: dict, path: Path) -> t
     return model
 
 
+def _tensor_names(path: Path) -> list[str]:
+    """The tensor names of a weights file without reading its tensors: timm reads the file itself, and reading a
+    1.2 GB checkpoint only to look at its names doubled the load. safetensors: the header; a zip-format torch file:
+    memory-mapped (only the pages touched are read); anything else: read whole, as before."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                return list(handle.keys())
+        if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+            import torch
+
+            return list(_unwrap(torch.load(path, map_location="cpu", weights_only=True, mmap=True)) or ())
+    except Exception:  # not memory-mappable (a legacy torch file) or unreadable: the full read reports it
+        pass
+    return list(_read_state_dict(path) or ())
+
+
+def _unwrap(state) -> dict | None:
+    """The tensors of a checkpoint saved as {'state_dict': ...}, {'model': ...} or {'state_dict_ema': ...}."""
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return state if isinstance(state, dict) else None
+
+
 def _read_state_dict(path: Path) -> dict | None:
     """Read tensors without executing pickled code (weights_only); None for formats timm handles itself."""
     suffix = path.suffix.lower()
@@ -229,11 +255,7 @@ def _read_state_dict(path: Path) -> dict | None:
         if suffix in (".pth", ".pt", ".bin", ".ckpt"):
             import torch
 
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            for key in ("state_dict", "model", "state_dict_ema"):
-                if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-                    state = state[key]
-            return state if isinstance(state, dict) else None
+            return _unwrap(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as exc:
         raise FeatcacheError(f"{path}: not a readable weights file ({type(exc).__name__}: {exc})") from exc
     return None
