@@ -344,18 +344,20 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
         problems.append((f"{len(result.errors)} images could not be read", "fix these files, or remove their rows from "
                          "the annotation, and run the same command again", "; ".join(result.errors[:3])))
     if result.non_finite:
-        if precision == "fp32":
-            cause, advice = "", "check the weights; the cache keeps no row for them"
-        else:
-            cause = ": the activations overflowed"
-            advice = "extract into a new --cache with --precision fp32 or bf16"
-        problems.append((f"{len(result.non_finite)} images gave non-finite features (inf/NaN) with --precision "
-                         f"{precision}{cause}", advice, ", ".join(result.non_finite[:3])))
+        advice = "check the weights" if precision == "fp32" else "extract into a new --cache with --precision fp32 or bf16"
+        problems.append((_non_finite(len(result.non_finite), precision), advice + "; the cache keeps no row for them",
+                         ", ".join(result.non_finite[:3])))
     if problems:  # one line; the rows kept said once
         first, *more = problems
         message = f"{first[0]} ({result.rows_written} other rows were written and kept; {first[1]}): {first[2]}"
         raise FeatcacheError("; ".join([message] + [f"also {what} ({advice}): {names}" for what, advice, names in more]))
     return result
+
+
+def _non_finite(count: int, precision: str) -> str:
+    """What went wrong, said the same way by extract and by compute_features (predict)."""
+    cause = "" if precision == "fp32" else ": the activations overflowed"
+    return f"{count} images gave non-finite features (inf/NaN) with --precision {precision}{cause}"
 
 
 def _forward_batches(extractor, dataset: ImageRows, device: torch.device, precision: str,
@@ -629,10 +631,10 @@ def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, 
             bad: list[str] = []
             _finite_rows(rows, features, root, paths, bad)
             if bad:
-                advice = ("check the weights" if precision == "fp32" else "the activations overflowed; features "
-                          "extracted in fp32 or bf16 avoid it (for a saved head: extract its cache so and refit)")
-                raise FeatcacheError(f"{len(bad)} images gave non-finite features (inf/NaN) in {precision} "
-                                     f"({advice}): {', '.join(bad[:3])}")
+                advice = "check the weights" if precision == "fp32" else ("features extracted in fp32 or bf16 avoid "
+                                                                          "it (for a saved head: extract its cache "
+                                                                          "so and refit)")
+                raise FeatcacheError(f"{_non_finite(len(bad), precision)} ({advice}): {', '.join(bad[:3])}")
             if out is None:
                 out = np.zeros((len(paths), features.shape[1]), dtype=np.float32)
             out[rows] = features
