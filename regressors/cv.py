@@ -240,11 +240,12 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
     if on_progress:
         on_progress(0, total)
     fitted: list = [None] * len(tasks)
-    for index, members in _fitted(tasks, jobs, backend, device):
-        fitted[index] = members
-        done += len(tasks[index].members)
-        if on_progress:
-            on_progress(done, total)
+    with contextlib.closing(_fitted(tasks, jobs, backend, device)) as finished:  # closed (and the backend left)
+        for index, members in finished:  # even when on_progress raises
+            fitted[index] = members
+            done += len(tasks[index].members)
+            if on_progress:
+                on_progress(done, total)
     for task, members in zip(tasks, fitted):  # in plan order, whatever order the tasks finished in
         for (target, fold, test_rows, y_test, train_sd, n_train), (pred, chosen, seconds) in zip(task.meta, members):
             metrics = quality_metrics(y_test, pred, train_sd)
