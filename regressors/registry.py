@@ -68,8 +68,12 @@ def _floor(name):
 
 
 _SCALER = ("x_mean_", "x_scale_", "x_keep_")
-_FLOPS = 50e9  # one core's matmul rate, roughly; the costs below were checked against benchmarks/stage2.py's tasks
-_MLP_EPOCHS = 60  # early-stopping epochs plus the refit's, typical of the planted grid (6 to 99 per member)
+# Rough single-core seconds, compared with the task times of benchmarks/stage2.py's grid on the 2-core machine
+# (measured / estimated): ridge folds NR 4.6 / 2.8 s, FR 0.8 / 1.0 s, PR 4.0 / 9.9 s; SVR folds NR 14.6 / 15.6 s,
+# FR 3.4 / 2.6 s, PR 15.7 / 16.5 s. The MLP's cost depends on where early stopping ends, unknown before it runs:
+# NR folds 80 / 97 s, FR 28 / 155 s, PR 16 / 387 s. Good enough to start the long tasks first, no more.
+_FLOPS = 50e9  # one core's matmul rate, roughly
+_MLP_EPOCHS = 60  # early-stopping epochs plus the refit's (6 to 99 per member in the planted grid)
 _SVR_FITS = 37  # 12 (C, epsilon) pairs x 3 inner folds + the refit
 
 
@@ -78,7 +82,7 @@ def _mlp_cost(members: int, rows: int, dim: int) -> float:
 
 
 def _svr_cost(members: int, rows: int, dim: int) -> float:
-    return 2 * rows * rows * dim / _FLOPS + members * _SVR_FITS * 4e-8 * rows * rows  # the kernel, then libsvm
+    return 2 * rows * rows * dim / _FLOPS + members * _SVR_FITS * 1.3e-8 * rows * rows  # the kernel, then libsvm
 
 
 def _ridge_cost(members: int, rows: int, dim: int) -> float:
