@@ -110,9 +110,10 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
          test_on: str | None = None, hold_out_prompts: bool = False, groups: np.ndarray | None = None,
          spread: bool = False):
     """The folds and the fitting tasks of a run, without fitting anything (so the caller can count them).
-    `groups`: the content groups of `design.content_groups`, when the caller has them already. `spread`: CPU worker
-    processes share the run, so a device-trained regressor's cell is split by fold (one worker's single thread
-    would otherwise train a whole cell while the other cores wait)."""
+    `groups`: the content groups of `design.content_groups`, when the caller has them already. `spread`: the
+    device-trained regressors train on the CPU, so their cells are split by fold: CPU workers then share a cell
+    (one worker's thread would otherwise train a whole cell while the other cores wait), and the stacks are the
+    same whatever --jobs (a stack's make-up moves float32 sums in the last bits)."""
     check_regressors(regressors)
     for mode in modes:
         get_mode(mode)
@@ -191,7 +192,7 @@ def _on_cpu(device: str, regressors: list[str]) -> bool:
         from featcache.devices import resolve_device
 
         return resolve_device(name).type == "cpu"
-    return name == "cpu"
+    return name.partition(":")[0] == "cpu"
 
 
 def _fitted(tasks: list[_Task], jobs: int, backend: str | None, device: str):
@@ -204,10 +205,13 @@ def _fitted(tasks: list[_Task], jobs: int, backend: str | None, device: str):
             yield index, _run_task(index, task, device)[1]
         return
     from joblib import Parallel, delayed
+    from joblib.parallel import get_active_backend
 
     order = sorted(range(len(tasks)), key=lambda i: -tasks[i].cost)
     with backend_context(backend):
-        yield from Parallel(n_jobs=jobs, return_as="generator_unordered")(
+        # backends built on multiprocessing (ray's among them) cannot yield results as they come: all at the end
+        unordered = getattr(get_active_backend()[0], "supports_return_generator", False)
+        yield from Parallel(n_jobs=jobs, return_as="generator_unordered" if unordered else "list")(
             delayed(_run_task)(i, tasks[i], device) for i in order)
 
 
@@ -223,7 +227,7 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
     """Fit every regressor x mode x target on every fold; `on_progress(done, total)` after each fitted member."""
     check_jobs(jobs)
     groups = content_groups(data)
-    spread = _parallel(jobs, backend) and _on_cpu(device, regressors)
+    spread = _on_cpu(device, regressors)
     _, tasks, skipped = plan(data, modes, targets, regressors, split=split, folds=folds, repeats=repeats, seed=seed,
                              subset=subset, train_on=train_on, test_on=test_on, hold_out_prompts=hold_out_prompts,
                              groups=groups, spread=spread)

@@ -1,8 +1,8 @@
 """Fit many members (fold x target x seed of one regressor and mode) and predict their test samples.
 
 A regressor's spec may name a batched fitter (`fit_members`): ridge solves every target of a fold from one
-decomposition, the SVR fits a fold's targets from one kernel, the MLP trains every member of a cell as one stacked
-model; the rest fit one by one.
+decomposition, the SVR fits a fold's targets from one kernel, the MLP trains the members it is given (a cell on
+CUDA, a fold on the CPU) as one stacked model; the rest fit one by one.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ class RegressorSpec:
     uses_device: bool = False  # trains with torch on --device
     fit_members: str = ""  # "module:function" fitting many members at once (see regressors.fitting), optional
     batch: str = "member"  # fitted together: "member" (one at a time), "fold" (a fold's targets), "cell" (all;
-    # a device-trained regressor's cell is split by fold when CPU worker processes share the work)
+    # a device-trained regressor's cell is split by fold when it trains on the CPU, see cv.plan)
     cost: Callable[[int, int, int], float] | None = None  # (members, training rows, input width) -> rough seconds
     # on one core; only orders parallel tasks, longest first, so no worker is left with a long task at the end
 

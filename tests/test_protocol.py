@@ -185,11 +185,14 @@ def test_cli_fit_writes_a_fresh_run_folder_and_refuses_a_used_out(tmp_path, monk
 def test_dask_backend_gives_the_same_results_as_one_job(tmp_path):
     distributed = pytest.importorskip("dask.distributed")
     data = load_cache(make_cache(tmp_path))
-    local = cross_validate(data, ["nr", "pr"], ["MOS_q"], ["ridge", "svr"], folds=3)
+    local = cross_validate(data, ["nr", "pr"], ["MOS_q"], ["ridge", "svr", "mlp"], folds=3)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
             distributed.Client(c):
-        remote = cross_validate(data, ["nr", "pr"], ["MOS_q"], ["ridge", "svr"], folds=3, backend="dask", jobs=2)
+        remote = cross_validate(data, ["nr", "pr"], ["MOS_q"], ["ridge", "svr", "mlp"], folds=3, backend="dask",
+                                jobs=2)
     assert [r["srcc"] for r in remote.folds] == [r["srcc"] for r in local.folds]
+    mlp = [(a.y_pred, b.y_pred) for a, b in zip(remote.predictions, local.predictions) if a.regressor == "mlp"]
+    assert len(mlp) == 6 and all(np.array_equal(a, b) for a, b in mlp)  # the same stacks in other processes
 
 
 @pytest.mark.slow
@@ -380,9 +383,9 @@ def test_the_readme_featcache_toml_example_resolves_as_documented(tmp_path, monk
 
 
 def test_cpu_workers_get_the_mlp_by_fold_and_the_costliest_tasks_first(tmp_path, monkeypatch):
-    """With several CPU workers a cell of the MLP is split by fold (one worker's single thread would otherwise
-    train a whole cell while the others wait); tasks are dispatched costliest first, and the results come out in
-    the plan's order whatever order the tasks finished in."""
+    """On the CPU a cell of the MLP is split by fold (so CPU workers share it, and the stacks are the same whatever
+    --jobs); parallel tasks are dispatched costliest first, and the results come out in the plan's order whatever
+    order the tasks finished in."""
     from regressors import cv
 
     data = load_cache(make_cache(tmp_path))
@@ -408,8 +411,8 @@ def test_cpu_workers_get_the_mlp_by_fold_and_the_costliest_tasks_first(tmp_path,
         return real(index, task, device)
 
     monkeypatch.setattr(cv, "_run_task", recording)
-    fast = ["prompt-mean", "ridge", "svr"]
-    _, tasks, _ = cv.plan(data, ["nr", "pr"], ["MOS_q", "MOS_a"], fast, folds=3)
+    fast = ["prompt-mean", "ridge", "svr", "mlp"]  # the MLP: stacked by fold on the CPU whatever the jobs
+    _, tasks, _ = cv.plan(data, ["nr", "pr"], ["MOS_q", "MOS_a"], fast, folds=3, spread=True)  # on the CPU
     in_order = cross_validate(data, ["nr", "pr"], ["MOS_q", "MOS_a"], fast, folds=3)
     assert started == [t.cost for t in tasks]  # one job, no joblib: the plan's order
     started.clear()
@@ -423,3 +426,17 @@ def test_cpu_workers_get_the_mlp_by_fold_and_the_costliest_tasks_first(tmp_path,
     for a, b in zip(dispatched.predictions, in_order.predictions):
         assert (a.regressor, a.mode, a.target, a.fold) == (b.regressor, b.mode, b.target, b.fold)
         np.testing.assert_allclose(a.y_pred, b.y_pred, rtol=1e-9)
+
+
+def test_bench_progress_reaches_its_total_when_folds_are_too_small(tmp_path):
+    """FR has 3 image prompts for 5 folds: its empty folds are reported as failed rows, and must not count as
+    progress (the bar overshot its total)."""
+    cache = make_cache(tmp_path, i2i_prompts=3, t2i_prompts=12,
+                       backbones=("toy.random/paper/4", "toy.random/multilevel/4"))
+    seen = []
+    result = bench(str(cache), modes=["nr", "fr"], targets=["MOS_q"], regressors=["ridge"], folds=5,
+                   on_progress=lambda done, total: seen.append((done, total)))
+    assert any(r.get("note") for r in result.folds)  # some folds were too small to fit
+    total = seen[0][1]
+    assert total == len(result.predictions) and seen[-1][0] == total
+    assert all(done <= total for done, _ in seen) and [d for d, _ in seen] == sorted(d for d, _ in seen)
