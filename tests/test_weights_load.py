@@ -181,3 +181,17 @@ def test_tensor_names_are_read_without_the_tensors(tmp_path, monkeypatch):
     (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(weights_module.FeatcacheError, match="broken.pth: not a readable weights file"):
         weights_module._tensor_names(tmp_path / "broken.pth")
+
+
+@pytest.mark.parametrize("backbone, message", [
+    ("resnet18", r"x\.pth: an efficientnet_pytorch checkpoint .* EfficientNet backbones only, not resnet18$"),
+    ("lite0", r"x\.pth: weights do not fit tf_efficientnet_lite0 \(.*size mismatch.*\)$"),
+])
+def test_an_efficientnet_pytorch_checkpoint_that_does_not_fit_is_one_line(tmp_path, backbone, message):
+    """Keys named like efficientnet_pytorch's send a file down the renaming path: on another family, or with
+    shapes that differ, that is a one-line error naming the file, not a traceback."""
+    torch.save({"_conv_stem.weight": torch.ones(3)}, tmp_path / "x.pth")
+    spec = resolve_backbone(backbone)
+    with pytest.raises(weights_module.FeatcacheError, match=message) as caught:
+        weights_module.create_model(spec, weights_module.choose_weights(spec, tmp_path / "x.pth"))
+    assert "\n" not in str(caught.value)

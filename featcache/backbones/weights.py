@@ -202,6 +202,10 @@ def _from_efficientnet_pytorch(spec: BackboneSpec, state: dict, path: Path) -> t
 
     from featcache.backbones.skipinit import covers, materialised, meta_model
 
+    if not spec.arch.startswith(("efficientnet", "tf_efficientnet")):
+        raise FeatcacheError(f"{path}: an efficientnet_pytorch checkpoint (keys like _conv_stem.weight), which fits "
+                             f"EfficientNet backbones only, not {spec.arch}")
+
     def build() -> torch.nn.Module:
         return timm.create_model(spec.arch, pretrained=False)
 
@@ -262,7 +266,10 @@ def _read_state_dict(path: Path) -> dict | None:
 
 
 def _load_strict(model: torch.nn.Module, state: dict, path: Path, spec: BackboneSpec) -> None:
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that differ raise even without strict
+        raise FeatcacheError(f"{path}: weights do not fit {spec.arch} ({str(exc).splitlines()[-1].strip()})") from None
     if result.missing_keys or result.unexpected_keys:
         raise FeatcacheError(
             f"{path}: weights do not fit {spec.arch}: {len(result.missing_keys)} missing "
