@@ -344,7 +344,8 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
         problems.append((f"{len(result.errors)} images could not be read", "fix these files, or remove their rows from "
                          "the annotation, and run the same command again", "; ".join(result.errors[:3])))
     if result.non_finite:
-        advice = "check the weights" if precision == "fp32" else "extract into a new --cache with --precision fp32 or bf16"
+        advice = "extract into a new --cache with --precision fp32 or bf16" if precision == "fp16" else \
+            "check the weights"
         problems.append((_non_finite(len(result.non_finite), precision), advice + "; the cache keeps no row for them",
                          ", ".join(result.non_finite[:3])))
     if problems:  # one line; the rows kept said once
@@ -354,10 +355,12 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     return result
 
 
-def _non_finite(count: int, precision: str) -> str:
-    """What went wrong, said the same way by extract and by compute_features (predict)."""
-    cause = "" if precision == "fp32" else ": the activations overflowed"
-    return f"{count} images gave non-finite features (inf/NaN) with --precision {precision}{cause}"
+def _non_finite(count: int, precision: str, option: bool = True) -> str:
+    """What went wrong, said the same way by extract and by compute_features (predict, which has no --precision
+    option: `option=False`). Only fp16 overflows where fp32 does not; bf16 has fp32's range."""
+    where = f"with --precision {precision}" if option else f"in {precision}"
+    cause = ": the activations overflowed" if precision == "fp16" else ""
+    return f"{count} images gave non-finite features (inf/NaN) {where}{cause}"
 
 
 def _forward_batches(extractor, dataset: ImageRows, device: torch.device, precision: str,
@@ -631,10 +634,10 @@ def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, 
             bad: list[str] = []
             _finite_rows(rows, features, root, paths, bad)
             if bad:
-                advice = "check the weights" if precision == "fp32" else ("features extracted in fp32 or bf16 avoid "
-                                                                          "it (for a saved head: extract its cache "
-                                                                          "so and refit)")
-                raise FeatcacheError(f"{_non_finite(len(bad), precision)} ({advice}): {', '.join(bad[:3])}")
+                advice = ("features extracted in fp32 or bf16 avoid it; for a saved head, extract its cache so "
+                          "and refit") if precision == "fp16" else "check the weights"
+                raise FeatcacheError(f"{_non_finite(len(bad), precision, option=False)} ({advice}): "
+                                     f"{', '.join(bad[:3])}")
             if out is None:
                 out = np.zeros((len(paths), features.shape[1]), dtype=np.float32)
             out[rows] = features
