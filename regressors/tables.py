@@ -75,7 +75,8 @@ def paper_table(rows: list[dict], metrics: list[str]) -> tuple[list[str], list[l
     floors = {name for name, spec in REGRESSORS.items() if not spec.reads_features}
     keys = list(dict.fromkeys((r["mode"], r["backbone"], r["regressor"]) for r in rows))
     models = sorted((k for k in keys if k[2] not in floors), key=lambda k: (mode_order.get(k[0], 99),))
-    floor_keys = sorted({(k[0], k[2]) for k in keys if k[2] in floors}, key=lambda k: (mode_order.get(k[0], 99),))
+    floor_keys = sorted(dict.fromkeys((k[0], k[2]) for k in keys if k[2] in floors),  # run order: a set's order
+                        key=lambda k: (mode_order.get(k[0], 99),))                   # changed with the hash seed
     index = {(r["mode"], r["backbone"], r["regressor"], r["target"]): r for r in rows}
     floor_index = {(r["mode"], r["regressor"], r["target"]): r for r in rows if r["regressor"] in floors}
     header = ["method", "backbone", "regressor"] + [f"{t} {METRICS[m]}" for t in targets for m in metrics]

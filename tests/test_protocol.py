@@ -440,3 +440,17 @@ def test_bench_progress_reaches_its_total_when_folds_are_too_small(tmp_path):
     total = seen[0][1]
     assert total == len(result.predictions) and seen[-1][0] == total
     assert all(done <= total for done, _ in seen) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+@pytest.mark.parametrize("order", [["prompt-mean", "generator-mean", "sibling-mean"],
+                                   ["sibling-mean", "prompt-mean", "generator-mean"]])
+def test_floor_rows_follow_the_run_order(order):
+    """The floor rows came out of a set of strings, so their order changed with Python's hash seed between runs of
+    the same report; they follow the run's regressor order now."""
+    from regressors.tables import render_table
+
+    rows = [{"mode": mode, "backbone": "b", "regressor": r, "target": "MOS_q", "srcc_mean": 0.5, "n_failed": 0,
+             "_protocol": "p"} for mode in ("nr", "fr") for r in ["ridge"] + order]
+    floors = [line.split("|")[3].strip() for line in render_table(rows, ["srcc"], "md").splitlines()
+              if line.startswith("| floor")]
+    assert floors == order + order  # all samples (NR), then samples with an image prompt (FR)
