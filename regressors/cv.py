@@ -168,8 +168,8 @@ def _cost(reg, task: _Task) -> float:
 
 
 def _chunks(reg, meta: list[tuple], spread: bool = False) -> list[list[int]]:
-    """Members fitted together: all of a cell for stacked regressors (by fold when `spread` and the regressor
-    trains on a device), a fold's targets for ridge and the SVR, else one each."""
+    """Members fitted together: all of a cell for stacked regressors (a fold's when `spread` and the regressor is
+    device-trained, i.e. on the CPU), a fold's targets for ridge and the SVR, else one each."""
     if reg.batch == "cell" and not (spread and reg.uses_device):
         return [list(range(len(meta)))] if meta else []
     if reg.batch in ("fold", "cell"):
