@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from regressors.rankstats import average_ranks, kendall_tau_b, pearson, spearman, wilcoxon_p
+from regressors.rankstats import kendall_tau_b, pearson, spearman, wilcoxon_p
 
 FAILED_RANGE = 1e-6
 CORRELATIONS = ("srcc", "plcc", "plcc_logistic", "krcc")
@@ -110,8 +110,7 @@ def bootstrap_srcc_interval(y_true: np.ndarray, y_pred: np.ndarray, groups: np.n
         if np.ptp(t) == 0 or np.ptp(p) == 0:
             values.append(0.0)
             continue
-        rt, rp = average_ranks(t), average_ranks(p)
-        values.append(float(np.corrcoef(rt, rp)[0, 1]))
+        values.append(spearman(t, p))
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(values, [tail, 100.0 - tail])
     return float(low), float(high)
