@@ -77,6 +77,12 @@ def _photos(root, tmp, n=4):
     return folder
 
 
+def _other_weights(root):
+    from safetensors.torch import save_file
+
+    save_file({"conv1.weight": torch.zeros(64, 3, 5, 5)}, str(root / "other.safetensors"))
+
+
 def _truncate(name):
     def setup(root, tmp):
         path = root / "All" / name
@@ -113,6 +119,10 @@ BAD_INPUTS = [
      "missing column(s) file"),
     ("weights file missing", lambda r, t: ["extract", "--backbone", "resnet18", "--weights", "nope.pth"],
      "weights file not found"),
+    ("weights of another architecture",
+     lambda r, t: _other_weights(r) or ["extract", "--backbone", "resnet18", "--weights", "other.safetensors"],
+     "other.safetensors: weights do not fit resnet18: 1 of another shape (e.g. conv1.weight: [64, 3, 5, 5] in the "
+     "file, [64, 3, 7, 7] in the model), 101 missing (e.g. bn1.weight)"),
     ("random and file weights", lambda r, t: ["extract", "--backbone", "resnet18", "--random-weights", "--weights",
                                               "annotation.csv"], "exclude each other"),
     ("root missing", lambda r, t: EXTRACT + ["--root", "nowhere"], "dataset root is not a folder"),

@@ -185,7 +185,7 @@ def test_tensor_names_are_read_without_the_tensors(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("backbone, message", [
     ("resnet18", r"x\.pth: an efficientnet_pytorch checkpoint .* EfficientNet backbones only, not resnet18$"),
-    ("lite0", r"x\.pth: weights do not fit tf_efficientnet_lite0 \(.*size mismatch.*\)$"),
+    ("lite0", r"x\.pth: weights do not fit tf_efficientnet_lite0: .*; is the file for another architecture\?$"),
 ])
 def test_an_efficientnet_pytorch_checkpoint_that_does_not_fit_is_one_line(tmp_path, backbone, message):
     """Keys named like efficientnet_pytorch's send a file down the renaming path: on another family, or with
@@ -195,3 +195,23 @@ def test_an_efficientnet_pytorch_checkpoint_that_does_not_fit_is_one_line(tmp_pa
     with pytest.raises(weights_module.FeatcacheError, match=message) as caught:
         weights_module.create_model(spec, weights_module.choose_weights(spec, tmp_path / "x.pth"))
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_weights_of_another_shape_say_how_many_and_which(tmp_path, suffix):
+    """torch's error lists every key on lines of their own and its first line names only the model class: the
+    message counts what differs and shows one of each, on one line."""
+    spec = resolve_backbone("resnet18")
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    state["conv1.weight"] = torch.zeros(64, 3, 5, 5)
+    state["fc.extra"] = torch.zeros(1)
+    del state["fc.bias"]
+    path = tmp_path / f"odd{suffix}"
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    with pytest.raises(weights_module.FeatcacheError) as caught:
+        weights_module.create_model(spec, weights_module.choose_weights(spec, path))
+    message = str(caught.value)
+    assert message.startswith(f"{path}: weights do not fit resnet18: 1 of another shape (e.g. conv1.weight: "
+                              f"[64, 3, 5, 5] in the file, [64, 3, 7, 7] in the model), 1 missing (e.g. fc.bias), "
+                              f"1 unexpected (e.g. fc.extra)")
+    assert "\n" not in message

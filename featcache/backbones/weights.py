@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -176,7 +177,9 @@ def _from_file(spec: BackboneSpec, path: Path) -> torch.nn.Module:
     try:  # timm's own path: applies the family's checkpoint filter (torchvision names, .npz for ViT ...)
         return _timm_pretrained(spec.arch, pretrained_cfg_overlay={"file": str(path)})
     except RuntimeError as exc:
-        raise FeatcacheError(f"{path}: weights do not fit {spec.arch} ({str(exc).splitlines()[0]})") from exc
+        if "state_dict" not in str(exc):
+            raise FeatcacheError(f"{path}: cannot load weights for {spec.arch} ({str(exc).splitlines()[0]})") from exc
+        raise FeatcacheError(misfit_message(path, spec.arch, str(exc))) from None
     except Exception as exc:
         raise FeatcacheError(f"{path}: cannot load weights for {spec.arch} ({type(exc).__name__}: {exc})") from exc
 
@@ -267,15 +270,37 @@ def _read_state_dict(path: Path) -> dict | None:
 
 def _load_strict(model: torch.nn.Module, state: dict, path: Path, spec: BackboneSpec) -> None:
     try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shapes that differ raise even without strict
-        raise FeatcacheError(f"{path}: weights do not fit {spec.arch} ({str(exc).splitlines()[-1].strip()})") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise FeatcacheError(
-            f"{path}: weights do not fit {spec.arch}: {len(result.missing_keys)} missing "
-            f"(e.g. {result.missing_keys[:2]}), {len(result.unexpected_keys)} unexpected "
-            f"(e.g. {result.unexpected_keys[:2]})"
-        )
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise FeatcacheError(misfit_message(path, spec.arch, str(exc))) from None
+
+
+_MISFIT_PATTERNS = {  # what torch's load_state_dict error lists -> (label, how to show one example)
+    "size mismatch": re.compile(r"size mismatch for ([^:]+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) "
+                                r"from checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)"),
+    "missing": re.compile(r"Missing key\(s\) in state_dict: (.*)"),
+    "unexpected": re.compile(r"Unexpected key\(s\) in state_dict: (.*)"),
+}
+
+
+def misfit_message(path: str | Path, arch: str, error: str) -> str:
+    """One line from torch's load_state_dict error, which lists every key on lines of their own (thousands of
+    characters for a checkpoint of another architecture; its first line names only the model class): how many
+    tensors differ in shape, are missing or unexpected, with one example of each."""
+    parts = []
+    mismatches = _MISFIT_PATTERNS["size mismatch"].findall(error)
+    if mismatches:
+        name, in_file, in_model = mismatches[0]
+        parts.append(f"{len(mismatches)} of another shape (e.g. {name}: [{in_file}] in the file, [{in_model}] in "
+                     f"the model)")
+    for label in ("missing", "unexpected"):
+        match = _MISFIT_PATTERNS[label].search(error)
+        if match:
+            keys = re.findall(r'"([^"]+)"', match.group(1))
+            parts.append(f"{len(keys)} {label} (e.g. {keys[0] if keys else '?'})")
+    if not parts:  # a format this parser does not know: the last line is the most specific one
+        parts.append(error.strip().splitlines()[-1].strip())
+    return f"{path}: weights do not fit {arch}: " + ", ".join(parts) + "; is the file for another architecture?"
 
 
 _BLOCK_RENAMES_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
