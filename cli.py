@@ -253,6 +253,23 @@ def _stage2_help():
 _HELP = _stage2_help()
 
 
+class _Jobs(click.ParamType):
+    """--jobs: a number or auto (cv.resolve_jobs)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number or auto", param, ctx)
+
+
+_JOBS = _Jobs()
+
+
 def _cv_options(f):
     for option in reversed([
         click.option("--split", type=click.Choice(_HELP["splits"]), default="group", show_default=True,
@@ -265,8 +282,9 @@ def _cv_options(f):
         click.option("--test-on", help="--split cross: generator or subset to test on."),
         click.option("--hold-out-prompts", is_flag=True,
                      help="--split cross: also remove the test samples' prompts from training."),
-        click.option("--jobs", type=int, default=1, show_default=True,
-                     help="Parallel fitting tasks (joblib); -1 = every core."),
+        click.option("--jobs", type=_JOBS, default="auto", show_default=True,
+                     help="Parallel fitting processes (joblib); -1 = every core; auto = every core unless the run "
+                          "is small (one process)."),
         click.option("--backend", type=click.Choice(["loky", "dask", "ray"]), default=None,
                      help="joblib backend; dask and ray reach a cluster (optional extras)."),
         click.option("--device", default="cpu", show_default=True, help="Where the MLP trains: cpu, cuda, auto."),

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 from featcache.errors import FeatcacheError
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (decoding workers, parallel fits)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))  # honours taskset, cgroup cpusets and SLURM's allocation
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return max(1, os.cpu_count() or 1)
 
 
 def resolve_device(device: str | None = "auto"):

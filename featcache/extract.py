@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from featcache import __version__
 from featcache.backbones import Backbone
-from featcache.devices import resolve_device, to_channels_last
+from featcache.devices import resolve_device, to_channels_last, usable_cores
 from featcache.errors import FeatcacheError
 from featcache.images import DEFAULT_MAX_PIXELS, check_files_present, load_rgb, read_jpeg_bytes
 from featcache.samples import SampleTable
@@ -85,10 +85,7 @@ def shard_rows(rows: int, shard: tuple[int, int] | None) -> range:
 def default_workers() -> int:
     """Every core this process may run on: decoding is the CPU-bound half of extraction, so no fixed cap (a cap of
     8 left most of a large machine idle). `--workers` or the config's `workers` lowers it when memory is short."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))  # honours taskset, cgroup cpusets and SLURM's allocation
-    except (AttributeError, OSError):  # macOS and Windows have no affinity call
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def loader_workers(requested: int | None, images: int, batch_size: int) -> int:

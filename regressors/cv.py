@@ -64,7 +64,10 @@ def backend_context(backend: str | None):
     warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor")
     from joblib import parallel_config
 
-    if backend in (None, "", "loky", "threading", "multiprocessing"):
+    if backend == "multiprocessing":  # forks a process whose torch or BLAS threads ran: the children can hang
+        raise FeatcacheError("backend 'multiprocessing' can hang once torch or BLAS threads ran in this process; "
+                             "use loky (the default), threading, dask or ray")
+    if backend in (None, "", "loky", "threading"):
         return parallel_config(backend=backend) if backend else contextlib.nullcontext()
     if backend == "dask":
         try:
@@ -83,7 +86,7 @@ def backend_context(backend: str | None):
             raise FeatcacheError("--backend ray needs ray: pip install 'featcache[ray]'") from None
         register_ray()
         return parallel_config(backend="ray")
-    raise FeatcacheError(f"unknown --backend {backend!r}; choose loky, dask or ray")
+    raise FeatcacheError(f"unknown --backend {backend!r}; choose loky, dask or ray (or threading in Python)")
 
 
 def selection_rows(data: CacheData, subset: str) -> np.ndarray:
@@ -100,9 +103,30 @@ class _Task:
     cost: float = 0.0  # rough seconds on one core (RegressorSpec.cost): parallel runs start the longest first
 
 
-def check_jobs(jobs: int) -> None:
-    if jobs == 0 or jobs < -1:
-        raise FeatcacheError(f"--jobs {jobs}: use a positive number, or -1 for every core")
+AUTO_PARALLEL_SECONDS = 10.0  # --jobs auto: every usable core from this much estimated fitting (RegressorSpec.cost)
+
+
+def check_jobs(jobs: int | str) -> None:
+    if jobs == "auto":
+        return
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0 or jobs < -1:
+        raise FeatcacheError(f"--jobs {jobs}: use a positive number, -1 for every core, or auto")
+
+
+def resolve_jobs(jobs: int | str, backend: str | None, tasks: list) -> int:
+    """'auto' (the default): one process when the run's estimated single-core fitting time is under
+    AUTO_PARALLEL_SECONDS (each worker process imports numpy, scikit-learn or torch anew: seconds that a small
+    run does not win back, and a fit that should start faster than `import torch`), else every usable core, at
+    most one per task; with a --backend, every worker the backend has. A number is taken as given."""
+    if jobs != "auto":
+        return int(jobs)
+    if backend:
+        return -1
+    from featcache.devices import usable_cores
+
+    if len(tasks) < 2 or sum(task.cost for task in tasks) < AUTO_PARALLEL_SECONDS:
+        return 1
+    return max(1, min(usable_cores(), len(tasks)))
 
 
 def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list[str], *, split: str = "group",
@@ -195,11 +219,12 @@ def _on_cpu(device: str, regressors: list[str]) -> bool:
     return name.partition(":")[0] == "cpu"
 
 
-def _fitted(tasks: list[_Task], jobs: int, backend: str | None, device: str):
+def _fitted(tasks: list[_Task], jobs: int | str, backend: str | None, device: str):
     """(task index, fitted members) as tasks finish. Several jobs or a backend: through joblib, the costliest
     tasks dispatched first (the longest-processing-time rule: no worker starts a long task while the others run
     out of work). Else a plain loop in order, without importing joblib (0.2 s of a fit that should start faster
     than `import torch`)."""
+    jobs = resolve_jobs(jobs, backend, tasks)
     if not _parallel(jobs, backend):
         for index, task in enumerate(tasks):
             yield index, _run_task(index, task, device)[1]
@@ -222,7 +247,7 @@ def _run_task(index: int, task: _Task, device: str) -> tuple[int, list[tuple[np.
 def cross_validate(data: CacheData, modes: list[str], targets: list[str], regressors: list[str], *,
                    split: str = "group", folds: int = 5, repeats: int = 1, seed: int = 0, subset: str = "all",
                    train_on: str | None = None, test_on: str | None = None, hold_out_prompts: bool = False,
-                   jobs: int = 1, backend: str | None = None, device: str = "cpu",
+                   jobs: int | str = "auto", backend: str | None = None, device: str = "cpu",
                    on_progress: Callable[[int, int], None] | None = None) -> CVResults:
     """Fit every regressor x mode x target on every fold; `on_progress(done, total)` after each fitted member."""
     check_jobs(jobs)

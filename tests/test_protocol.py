@@ -454,3 +454,52 @@ def test_floor_rows_follow_the_run_order(order):
     floors = [line.split("|")[3].strip() for line in render_table(rows, ["srcc"], "md").splitlines()
               if line.startswith("| floor")]
     assert floors == order + order  # all samples (NR), then samples with an image prompt (FR)
+
+
+def test_jobs_auto_uses_every_core_only_for_a_run_worth_the_workers(tmp_path, monkeypatch):
+    """--jobs auto (the default): one process for a small run (no joblib, no worker start-up), every usable core
+    (at most one per task) from AUTO_PARALLEL_SECONDS of estimated fitting, every backend worker with a backend;
+    numbers are taken as given. Through joblib the numbers are those of one process."""
+    import joblib
+
+    from featcache import devices
+    from regressors import cv
+
+    data = load_cache(make_cache(tmp_path))
+    _, tasks, _ = cv.plan(data, ["nr", "pr"], ["MOS_q"], ["ridge", "svr"], folds=3, spread=True)
+    monkeypatch.setattr(devices, "usable_cores", lambda: 8)
+    assert sum(t.cost for t in tasks) < cv.AUTO_PARALLEL_SECONDS and cv.resolve_jobs("auto", None, tasks) == 1
+    assert cv.resolve_jobs("auto", "dask", tasks) == -1
+    assert cv.resolve_jobs(3, None, tasks) == 3 and cv.resolve_jobs(-1, None, tasks) == -1
+    monkeypatch.setattr(cv, "AUTO_PARALLEL_SECONDS", 0.0)
+    assert cv.resolve_jobs("auto", None, tasks) == 8 and cv.resolve_jobs("auto", None, tasks[:3]) == 3
+    monkeypatch.setattr(devices, "usable_cores", lambda: 1)
+    assert cv.resolve_jobs("auto", None, tasks) == 1
+    for bad in (0, -2, "four", 2.5, True):
+        with pytest.raises(FeatcacheError, match="use a positive number, -1 for every core, or auto"):
+            cv.check_jobs(bad)
+
+    asked = []
+
+    class Threads(joblib.Parallel):  # records n_jobs; threads, so the test starts no processes
+        def __init__(self, n_jobs=None, **kwargs):
+            asked.append(n_jobs)
+            super().__init__(n_jobs=n_jobs, backend="threading", **kwargs)
+
+    monkeypatch.setattr(joblib, "Parallel", Threads)
+    monkeypatch.setattr(devices, "usable_cores", lambda: 2)
+    parallel = cross_validate(data, ["nr", "pr"], ["MOS_q"], ["ridge", "svr"], folds=3)
+    assert asked == [2]
+    monkeypatch.setattr(cv, "AUTO_PARALLEL_SECONDS", 10.0)
+    alone = cross_validate(data, ["nr", "pr"], ["MOS_q"], ["ridge", "svr"], folds=3)
+    assert asked == [2]  # under the threshold: no joblib
+    assert [r["chosen"] for r in parallel.folds] == [r["chosen"] for r in alone.folds]
+    np.testing.assert_allclose([r["srcc"] for r in parallel.folds], [r["srcc"] for r in alone.folds], rtol=1e-9)
+
+
+def test_the_multiprocessing_backend_is_refused(tmp_path):
+    """joblib's multiprocessing backend forks this process: after torch or BLAS threads ran, the children can
+    hang. loky does the same work without forking."""
+    data = load_cache(make_cache(tmp_path))
+    with pytest.raises(FeatcacheError, match="backend 'multiprocessing' can hang .* use loky"):
+        cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=2, backend="multiprocessing")
