@@ -1,9 +1,11 @@
 """Start-up of `featcache extract`: weights hashes remembered between runs, timm imported without torch._dynamo."""
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,10 @@ import pytest
 from featcache.backbones import weights as weights_module
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_weights_hash_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
@@ -32,8 +38,35 @@ def test_weights_hash_is_remembered_until_the_file_changes(tmp_path, monkeypatch
     checkpoint.write_bytes(b"other weights")  # other size (and content)
     assert weights_module.weights_sha256(checkpoint) == real(checkpoint) != first and len(reads) == 3
 
+    # same size, the old modification time put back (cp -p, touch -r, rsync -a): the change time tells
+    stat = checkpoint.stat()
+    time.sleep(0.01)
+    checkpoint.write_bytes(b"OTHER weights")
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert checkpoint.stat().st_size == stat.st_size and checkpoint.stat().st_mtime_ns == stat.st_mtime_ns
+    assert weights_module.weights_sha256(checkpoint) == real(checkpoint) != sha256(b"other weights") and len(reads) == 4
+    # replaced by a rename (another inode), size and modification time kept
+    stat = checkpoint.stat()
+    (tmp_path / "new.pth").write_bytes(b"0ther weights")
+    os.utime(tmp_path / "new.pth", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(tmp_path / "new.pth", checkpoint)
+    assert weights_module.weights_sha256(checkpoint) == sha256(b"0ther weights") and len(reads) == 5
+    assert weights_module.weights_sha256(checkpoint) == sha256(b"0ther weights") and len(reads) == 5  # remembered
+
+    def changing(path):  # the file changes while it is hashed: the hash is returned, not remembered
+        digest = real(path)
+        os.utime(path, ns=(0, 0))
+        return digest
+
+    monkeypatch.setattr(weights_module, "sha256_file", lambda path: reads.append(path) or changing(path))
+    os.utime(checkpoint, ns=(1, 1))
+    assert weights_module.weights_sha256(checkpoint) == sha256(b"0ther weights") and len(reads) == 6
+    assert json.loads(memo.read_text())[str(checkpoint.resolve())]["mtime_ns"] != 1  # the stale stat not stored
+    monkeypatch.setattr(weights_module, "sha256_file", lambda path: reads.append(path) or real(path))
+    assert weights_module.weights_sha256(checkpoint) == sha256(b"0ther weights") and len(reads) == 7
+
     memo.write_text("{not json")  # corrupt: ignored, then rewritten whole
-    assert weights_module.weights_sha256(checkpoint) == real(checkpoint) and len(reads) == 4
+    assert weights_module.weights_sha256(checkpoint) == real(checkpoint) and len(reads) == 8
     assert list(json.loads(memo.read_text())) == [str(checkpoint.resolve())]
     assert [p.name for p in memo.parent.iterdir()] == ["weights-sha256.json"]  # no temporary file left
 

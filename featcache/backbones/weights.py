@@ -50,13 +50,23 @@ def sha256_memo_file() -> Path:
 
 
 def weights_sha256(path: str | Path) -> str:
-    """sha256 of a weights file, remembered by (real path, size, modification time) so that a start-up does not read
-    the whole file again (a 1.2 GB ViT-L checkpoint takes seconds to hash). Another size or time hashes it again; an
-    unreadable or corrupt memo file is ignored and rewritten; a memo that cannot be written only costs the hash."""
+    """sha256 of a weights file, remembered by (real path, size, modification time, inode, change time) so that a
+    start-up does not read the whole file again (a 1.2 GB ViT-L checkpoint takes seconds to hash). The change time
+    catches a file rewritten with its old modification time put back (`cp -p`, `touch -r`, rsync, tar), whose
+    stale hash would name another file's features; the inode, a file replaced by a rename. Any difference hashes
+    it again, and a file that changes while it is hashed is not remembered. An unreadable or corrupt memo file is
+    ignored and rewritten; a memo that cannot be written only costs the hash."""
     path = Path(path).resolve()
+    stat = _file_identity(path)
+    digest = _remembered(str(path), stat, lambda: sha256_file(path),
+                         still_valid=lambda: _file_identity(path) == stat)
+    return digest
+
+
+def _file_identity(path: Path) -> dict:
     stat = path.stat()
-    entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    return _remembered(str(path), entry, lambda: sha256_file(path))
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino,
+            "device": stat.st_dev}
 
 
 def remembered_state_sha256(choice: WeightsChoice, arch: str, compute) -> str:
@@ -74,15 +84,18 @@ def remembered_state_sha256(choice: WeightsChoice, arch: str, compute) -> str:
     return _remembered(key, {}, compute)
 
 
-def _remembered(key: str, conditions: dict, compute) -> str:
-    """The sha256 remembered under `key` when its entry still has `conditions` (a file's size and time), else
-    `compute()`, remembered. The memo is read again before writing: another process may have written meanwhile."""
+def _remembered(key: str, conditions: dict, compute, still_valid=lambda: True) -> str:
+    """The sha256 remembered under `key` when its entry still has `conditions` (a file's size and times), else
+    `compute()`, remembered unless `still_valid()` says the conditions changed meanwhile. The memo is read again
+    before writing: another process may have written meanwhile."""
     memo_file = sha256_memo_file()
     entry = _read_memo(memo_file).get(key)
     if isinstance(entry, dict) and all(entry.get(k) == v for k, v in conditions.items()) \
             and _is_sha256(entry.get("sha256")):
         return entry["sha256"]
     digest = compute()
+    if not still_valid():
+        return digest
     memo = _read_memo(memo_file)
     memo[key] = {**conditions, "sha256": digest}
     _write_memo(memo_file, memo)
