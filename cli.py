@@ -173,8 +173,8 @@ def merge(shards, out):
 @main.command()
 @click.argument("cache", required=False, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--check", is_flag=True, help="Verify the cache: every done row finite, tables and attributes "
-                                            "complete (exit 2 on a problem).")
+@click.option("--check", is_flag=True, help="Verify the cache: every backbone complete, every done row finite, "
+                                            "tables and attributes complete (exit 2 on a problem).")
 def info(cache, as_json, check):
     """Show the samples, subsets, targets and backbones of a cache."""
     from featcache.info import cache_info, format_info
@@ -183,7 +183,7 @@ def info(cache, as_json, check):
     cache = cache or load_config().get("cache", DEFAULT_CACHE)
     result = cache_info(cache)
     if check:
-        result["problems"] = check_cache(cache)
+        result["problems"] = check_cache(cache, require_complete=True)
     click.echo(json.dumps(result, indent=2) if as_json else format_info(result))
     if check and result["problems"]:
         raise FeatcacheError(f"{cache}: {len(result['problems'])} problem(s): {'; '.join(result['problems'])}")

@@ -57,22 +57,28 @@ def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
             for attr in ("manifest_sha256", "samples_sha256"):
                 if f.attrs[attr] != first.attrs[attr]:
                     raise FeatcacheError(f"{path} was built from other images or labels than {shards[0]}")
-        with lock_cache(name):
+        wanted = sorted({b for f in sources for b in backbone_ids(f)})
+        configs = {bid: _agreed_config(bid, shards, sources) for bid in wanted}  # shards that disagree: refused
+        with lock_cache(name):  # before anything is written
             remove_stale_temporaries(out)
-            if not out.exists():
+            present: set[str] = set()
+            if out.exists():
+                with open_read(out) as target:
+                    if target.attrs["manifest_sha256"] != first.attrs["manifest_sha256"]:
+                        raise FeatcacheError(f"{name} exists and was built from other images than the shards")
+                    present = set(backbone_ids(target))
+                    for bid in sorted(present & set(wanted)):
+                        check_config(target, bid, configs[bid], name, advise_options=False)
+            else:
                 _copy_tables(first, out)
             result = MergeResult(str(name))
-            wanted = sorted({b for f in sources for b in backbone_ids(f)})
-            with open_read(out) as target:
-                if target.attrs["manifest_sha256"] != first.attrs["manifest_sha256"]:
-                    raise FeatcacheError(f"{name} exists and was built from other images than the shards")
-                present = set(backbone_ids(target))
             new = [_new_backbone(bid, shards, sources) for bid in wanted if bid not in present]
             if new:
                 add_backbones(out, new)
             with open_write(out) as target:
                 for bid in wanted:
-                    result.rows[bid] = _merge_backbone(bid, shards, sources, target, name)
+                    result.rows[bid] = _merge_backbone(bid, shards, sources, target)
+                _merge_image_hashes(sources, target)
         return result
     finally:
         for f in sources:
@@ -98,6 +104,27 @@ def _holders(bid: str, names, sources) -> list:
     return holders
 
 
+def _agreed_config(bid: str, names, sources) -> dict:
+    """The configuration of `bid`, which every shard holding it must share."""
+    holders = _holders(bid, names, sources)
+    return json.loads(holders[0][1][f"features/{bid}"].attrs["config_json"])
+
+
+def _merge_image_hashes(sources, target: h5py.File) -> None:
+    """The images' content hashes (`extract --verify`): each shard hashed the images it extracted, so each fills
+    the hashes still empty (the first shard's tables alone held a fraction of them)."""
+    if "images/sha256" not in target:
+        return
+    hashes = target["images/sha256"][()]
+    for f in sources:
+        if "images/sha256" in f and len(f["images/sha256"]) == len(hashes):
+            theirs = f["images/sha256"][()]
+            fill = (hashes == b"") & (theirs != b"")
+            hashes[fill] = theirs[fill]
+    target["images/sha256"][...] = hashes
+    target.flush()
+
+
 def _new_backbone(bid: str, names, sources) -> NewBackbone:
     holders = _holders(bid, names, sources)
     group = holders[0][1][f"features/{bid}"]
@@ -106,9 +133,8 @@ def _new_backbone(bid: str, names, sources) -> NewBackbone:
     return NewBackbone(json.loads(group.attrs["config_json"]), int(group.attrs["dim"]), provenance)
 
 
-def _merge_backbone(bid: str, names, sources, target: h5py.File, out: Path) -> tuple[int, int]:
+def _merge_backbone(bid: str, names, sources, target: h5py.File) -> tuple[int, int]:
     holders = _holders(bid, names, sources)
-    check_config(target, bid, json.loads(holders[0][1][f"features/{bid}"].attrs["config_json"]), out)
     group = target[f"features/{bid}"]
     done = group["done"][()]
     for _, f in holders:

@@ -306,7 +306,11 @@ def ensure_features(f: h5py.File, config: dict, dim: int | None, provenance: dic
     return group
 
 
-def check_config(f: h5py.File, bid: str, config: dict, path: str | Path) -> None:
+def check_config(f: h5py.File, bid: str, config: dict, path: str | Path, advise_options: bool = True) -> None:
+    """Refuse to extend backbone `bid` with another configuration; `advise_options`: name the extract options that
+    would match it (merge has none)."""
+    from featcache.decode import TORCH_RESIZE
+
     group = f[f"features/{bid}"]
     if "config_json" not in group.attrs:
         raise FeatcacheError(f"{path}: backbone {bid} was only half created (an interrupted run of an older "
@@ -321,7 +325,10 @@ def check_config(f: h5py.File, bid: str, config: dict, path: str | Path) -> None
                              "rows can still be fitted; extract into another --cache")
     if differing:
         options = [_CONFIG_OPTIONS[k](stored[k]) for k in differing if k in _CONFIG_OPTIONS and k in stored]
-        how = f", or pass {' '.join(options)} as it was made" if len(options) == len(differing) else ""
+        # an earlier one-pass torch path cannot be matched by any option (its resize is refused just above)
+        stale_torch = stored.get("decode") == "torch" and stored.get("torch_resize") != TORCH_RESIZE
+        how = f", or pass {' '.join(options)} as it was made" \
+            if advise_options and not stale_torch and len(options) == len(differing) else ""
         raise FeatcacheError(f"{path}: backbone id {bid} was written with another configuration "
                              f"({', '.join(differing)} differ); use another --cache{how}")
 
@@ -706,8 +713,9 @@ def labels_changed(path: str | Path, samples: SampleTable | None = None,
 
 # ------------------------------------------------------------------------------------------------ check, repair
 
-def check_cache(path: str | Path) -> list[str]:
-    """Problems of a cache: half-created backbones, missing attributes, wrong shapes, `done` rows not finite."""
+def check_cache(path: str | Path, require_complete: bool = False) -> list[str]:
+    """Problems of a cache: half-created backbones, missing attributes, wrong shapes, `done` rows not finite, and
+    with `require_complete` (`info --check`) rows not extracted yet (an interrupted run, a shard not merged)."""
     problems = []
     with open_read(path) as f:
         try:
@@ -740,6 +748,10 @@ def check_cache(path: str | Path) -> list[str]:
             if bad:
                 problems.append(f"backbone {bid}: {bad} rows marked done are not finite (`featcache repair` marks "
                                 "them to be extracted again)")
+            missing = images - int(done[()].sum())
+            if require_complete and missing:
+                problems.append(f"backbone {bid}: {missing} of {images} rows not extracted yet (run the same "
+                                "`featcache extract` again, or merge the missing shards)")
     return problems
 
 

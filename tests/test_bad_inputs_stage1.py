@@ -48,6 +48,15 @@ def _cache_with_nan_row(root, tmp):
     return ["info", "--check"]
 
 
+def _incomplete_cache(root, tmp):
+    """What `merge` leaves when a shard is missing: some rows not extracted."""
+    _cache_with_nan_row(root, tmp)
+    with h5py.File(root / "featcache.h5", "r+") as f:
+        f["features/x.random/paper/8/emb"][5] = 1.0
+        f["features/x.random/paper/8/done"][11:] = False
+    return ["info", "--check"]
+
+
 def _with_annotation(body):
     def setup(root, tmp):
         (root / "annotation.csv").write_text("Image_prompt,Text_prompt,Generated_image,MOS_q,MOS_a,MOS_c\n" + body)
@@ -155,6 +164,9 @@ BAD_INPUTS = [
     ("info: no cache", lambda r, t: ["info", "missing.h5"], "cache not found"),
     ("info: not HDF5", lambda r, t: _write("x.h5", "text")(r, t) or ["info", "x.h5"], "not a readable HDF5 cache"),
     ("info --check: NaN in a done row", _cache_with_nan_row, "1 rows marked done are not finite"),
+    ("info --check: rows missing (a shard not merged)", _incomplete_cache,
+     "backbone x.random/paper/8: 11 of 22 rows not extracted yet (run the same `featcache extract` again, or merge "
+     "the missing shards)"),
     ("repair: no cache", lambda r, t: ["repair", "missing.h5"], "cache not found"),
     ("synth --views 0", lambda r, t: ["synth", "--photos", str(_photos(r, t)), "--out", "s", "--views", "0"],
      "Invalid value for '--views'"),

@@ -6,6 +6,7 @@ import errno
 import functools
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -498,3 +499,37 @@ def test_an_unreadable_object_under_features_is_reported_and_repair_keeps_the_re
                                       "backbone elsewhere is half created (run `featcache repair`)"]
     assert repair(cache).dropped == ["broken", "elsewhere"]
     assert check_cache(cache) == [] and _state(cache)[first.backbone_id][1].all()
+
+
+def test_merge_keeps_every_shards_image_hashes_and_refuses_before_writing(pku_root, tmp_path):
+    """--verify shards: each hashed the images it extracted, so the merged cache holds every hash (it held the
+    first shard's only, and a copy of the dataset was then refused as changed). Shards that disagree on the
+    configuration are refused before --out exists; a merge into a cache made another way names no extract
+    options (merge has none)."""
+    from featcache.merge import merge
+
+    samples = load_dataset(None, pku_root)
+    shards = [tmp_path / f"s{i}.h5" for i in range(2)]
+    for i, shard in enumerate(shards):
+        _extract(samples, pku_root, shard, shard=(i, 2), verify=True)
+    whole = tmp_path / "whole.h5"
+    _extract(samples, pku_root, whole, verify=True)
+    merged = tmp_path / "merged.h5"
+    merge(shards, merged)
+    with h5py.File(whole, "r") as a, h5py.File(merged, "r") as b:
+        assert (a["images/sha256"][()] != b"").all()
+        assert list(b["images/sha256"][()]) == list(a["images/sha256"][()])
+    copy = tmp_path / "copy"
+    shutil.copytree(pku_root, copy)
+    again = _extract(load_dataset(None, copy), copy, merged, verify=True)  # recognised by content
+    assert (again.rows_written, again.rows_done_before) == (0, 22)
+
+    torch_path = tmp_path / "torch.h5"
+    _extract(samples, pku_root, torch_path, shard=(1, 2), decode="gpu", device="cpu")
+    with pytest.raises(FeatcacheError, match=r"another configuration \(decode.*differ\)"):
+        merge([shards[0], torch_path], tmp_path / "mixed.h5")
+    assert not (tmp_path / "mixed.h5").exists() and _temporaries(tmp_path / "mixed.h5") == []
+    before = _state(merged)
+    with pytest.raises(FeatcacheError, match=r"another configuration \(decode.*differ\); use another --cache$"):
+        merge([torch_path], merged)
+    assert sorted(_state(merged)) == sorted(before)

@@ -33,7 +33,11 @@ def test_array_shards_and_merge_equal_one_extraction(tmp_path):
         assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in (root / "shards").iterdir() if p.suffix == ".h5") == \
         ["shard0.h5", "shard1.h5", "shard2.h5"]
-    merged = _run("merge_shards.sh", root, OUT="merged.h5")
+    (root / "shards" / "shard2.h5").rename(root / "later.h5")  # one array task has not finished (or failed)
+    partial = _run("merge_shards.sh", root, OUT="merged.h5")
+    assert partial.returncode == 2 and "rows not extracted yet" in partial.stderr, partial.stderr
+    (root / "later.h5").rename(root / "shards" / "shard2.h5")
+    merged = _run("merge_shards.sh", root, OUT="merged.h5")  # the partial merge is completed, not redone
     assert merged.returncode == 0, merged.stderr
     one = subprocess.run([sys.executable, str(REPO / "cli.py"), "extract", "--backbone", "resnet18",
                           "--random-weights", "--image-size", "32", "--workers", "0", "--quiet", "--cache", "one.h5"],
