@@ -89,11 +89,12 @@ def default_workers() -> int:
 
 
 def loader_workers(requested: int | None, images: int, batch_size: int) -> int:
-    """`requested` as given; by default every usable core, but no more workers than batches, and none for a single
-    batch (one worker would decode it while the main process waits: starting it is pure start-up cost)."""
-    if requested is not None:
-        return requested
+    """By default every usable core, and none for a single batch (one worker would decode it while the main process
+    waits: starting it is pure start-up cost); never more workers than batches (`--workers 1000` started 1000
+    processes, each importing torch, for one batch)."""
     batches = -(-images // batch_size)
+    if requested is not None:
+        return min(requested, max(1, batches))
     return 0 if batches <= 1 else min(default_workers(), batches)
 
 

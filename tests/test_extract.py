@@ -55,8 +55,8 @@ def test_batch_size_and_workers_do_not_change_features(pku_root, tmp_path):
     # on the CPU in fp32: on CUDA in fp16 the kernels chosen per batch size may move the last bits
     a = extract(samples, pku_root, load_backbone("lite0"), tmp_path / "a.h5", batch_size=1, workers=0,
                 device="cpu", progress=False)
-    extract(samples, pku_root, load_backbone("lite0"), tmp_path / "b.h5", batch_size=32, workers=2, device="cpu",
-            progress=False)
+    extract(samples, pku_root, load_backbone("lite0"), tmp_path / "b.h5", batch_size=8, workers=2, device="cpu",
+            progress=False)  # 3 batches: 2 workers
     ea, da = _features(tmp_path / "a.h5", a.backbone_id)
     eb, db = _features(tmp_path / "b.h5", a.backbone_id)
     assert da.all() and db.all() and np.isfinite(ea).all()
@@ -358,7 +358,9 @@ def test_default_workers_never_outnumber_the_batches(monkeypatch):
     assert extract_module.loader_workers(None, 12, 32) == 0  # one batch: decoded in the main process
     assert extract_module.loader_workers(None, 100, 32) == 4
     assert extract_module.loader_workers(None, 10_000, 32) == 16
-    assert extract_module.loader_workers(2, 12, 32) == 2  # --workers is taken as given
+    assert extract_module.loader_workers(1000, 12, 32) == 1 and extract_module.loader_workers(1000, 100, 32) == 4
+    assert extract_module.loader_workers(0, 100, 32) == 0 and extract_module.loader_workers(3, 10_000, 32) == 3
+    assert extract_module.loader_workers(2, 12, 32) == 1  # --workers is a ceiling: one batch, one worker
 
 
 def test_extract_compares_and_hashes_each_image_once(pku_root, tmp_path, monkeypatch):
