@@ -27,12 +27,60 @@ def load_config(folder: str | Path | None = None) -> dict:
     unknown = sorted(set(config) - CONFIG_KEYS)
     if unknown:
         raise FeatcacheError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(CONFIG_KEYS))})")
+    for key, value in config.items():
+        problem = _type_problem(key, value)
+        if problem:
+            raise FeatcacheError(f"{path}: {key} = {_toml_repr(value)}: {problem}")
     for key in ("root", "cache"):
         if key in config and not Path(config[key]).is_absolute():
             config[key] = str(folder / config[key])
     if "annotation" in config and not Path(config["annotation"]).is_absolute():
         config["annotation"] = str(Path(config.get("root", folder)) / config["annotation"])
     return config
+
+
+def _type_problem(key: str, value) -> str | None:
+    """What is wrong with a config value, checked as the command line checks its options (the file bypasses click:
+    `jpeg_draft = "false"` was true, `workers = "2"` a traceback)."""
+    if key == "jpeg_draft":
+        return None if isinstance(value, bool) else "expected true or false (no quotes)"
+    if key in ("batch_size", "workers"):
+        low = 1 if key == "batch_size" else 0
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "expected a whole number (no quotes)"
+        return None if value >= low else f"expected a number >= {low}"
+    if key == "columns":
+        ok = isinstance(value, dict) and all(isinstance(v, str) or (k == "target" and isinstance(v, list) and
+                                                                   all(isinstance(c, str) for c in v))
+                                             for k, v in value.items())
+        return None if ok else 'expected a table of role = "column" (target may be a list of columns)'
+    if not isinstance(value, str):
+        return "expected a string (in quotes)"
+    choices = _choices(key)
+    if choices and value not in choices:
+        return f"expected one of {', '.join(choices)}"
+    return None
+
+
+def _choices(key: str) -> tuple[str, ...]:
+    """The registries the command line's --pool and --decode choose from."""
+    if key == "pool":
+        from featcache.backbones.pooling import POOLINGS
+
+        return tuple(POOLINGS)
+    if key == "decode":
+        from featcache.decode import DECODE_CHOICES
+
+        return tuple(DECODE_CHOICES)
+    return ()
+
+
+def _toml_repr(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
 
 
 def pick(value, config: dict, key: str, default=None):

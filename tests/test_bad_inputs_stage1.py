@@ -153,6 +153,13 @@ BAD_INPUTS = [
      "not valid TOML"),
     ("featcache.toml unknown key", lambda r, t: _write("featcache.toml", 'backbon = "lite0"')(r, t) or ["extract"],
      "unknown key(s) backbon"),
+    ("featcache.toml quoted boolean",
+     lambda r, t: _write("featcache.toml", 'jpeg_draft = "false"')(r, t) or ["extract"],
+     'featcache.toml: jpeg_draft = "false": expected true or false (no quotes)'),
+    ("featcache.toml quoted number", lambda r, t: _write("featcache.toml", 'workers = "2"')(r, t) or ["extract"],
+     'featcache.toml: workers = "2": expected a whole number (no quotes)'),
+    ("featcache.toml unknown choice", lambda r, t: _write("featcache.toml", 'decode = "nvjpeg"')(r, t) or ["extract"],
+     'featcache.toml: decode = "nvjpeg": expected one of auto, cpu, gpu'),
     ("merge --out onto HDF5 not a cache", lambda r, t: _cache_with_nan_row(r, t) and _hdf5_not_a_cache(r, t) or
      ["merge", "featcache.h5", "--out", "plain.h5"], "plain.h5: not a featcache cache"),
     ("merge --out onto a text file", lambda r, t: _cache_with_nan_row(r, t) and _write("out.h5", "text")(r, t) or
