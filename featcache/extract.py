@@ -340,12 +340,12 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     problems = []
     if result.errors:
         problems.append((f"{len(result.errors)} images could not be read", "fix these files, or remove their rows from "
-                         "the annotation, and run the same command again", "; ".join(result.errors[:3])))
+                         "the annotation, and run the same command again", "; ".join(sorted(result.errors)[:3])))
     if result.non_finite:
         advice = "extract into a new --cache with --precision fp32 or bf16" if precision == "fp16" else \
             "check the weights"
         problems.append((_non_finite(len(result.non_finite), precision), advice + "; the cache keeps no row for them",
-                         ", ".join(result.non_finite[:3])))
+                         ", ".join(sorted(result.non_finite)[:3])))
     if problems:  # one line; the rows kept said once
         first, *more = problems
         message = f"{first[0]} ({result.rows_written} other rows were written and kept; {first[1]}): {first[2]}"

@@ -5,6 +5,7 @@ the features are not bit-identical (the faster path was really taken)."""
 
 import functools
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -288,3 +289,26 @@ def test_the_torch_path_resizes_as_pillow_does_and_older_torch_caches_are_not_mi
         wanted = dict(config, torch_resize="pillow-two-pass")
         with pytest.raises(FeatcacheError, match=r"decoded on the torch path by an earlier featcache.*one float pass"):
             check_config(f, small.id, wanted, tmp_path / "c.h5")
+
+
+def test_both_decode_paths_name_the_same_bad_files(tmp_path):
+    """The error line lists the first 3 unreadable files in name order on either path (the torch path found them
+    in another order and so named other files)."""
+    rng = np.random.default_rng(5)
+    names = ["d.jpg", "c.jpg", "b.jpg", "a.jpg", "ok.jpg"]
+    for name in names:
+        noisy_image(rng, (64, 80)).save(tmp_path / name)
+        if name != "ok.jpg":
+            data = (tmp_path / name).read_bytes()
+            (tmp_path / name).write_bytes(data[: len(data) // 3])
+    (tmp_path / "ratings.csv").write_text("file,mos\n" + "".join(f"{n},1.0\n" for n in names))
+    samples = load_dataset("csv", tmp_path, "ratings.csv", {"columns": {"image": "file", "target": ["mos"]}})
+    messages = []
+    for decode in ("cpu", "gpu"):
+        with pytest.raises(FeatcacheError) as caught:
+            extract(samples, tmp_path, _lite0(), tmp_path / f"{decode}.h5", device="cpu", decode=decode, workers=0,
+                    progress=False, batch_size=2)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1] and messages[0].startswith("4 images could not be read")
+    assert [Path(part.split(":")[0]).name for part in messages[0].split("): ", 1)[1].split("; ")] == \
+        ["a.jpg", "b.jpg", "c.jpg"]
