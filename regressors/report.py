@@ -13,6 +13,8 @@ import math
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,36 +96,54 @@ def format_comparisons(comparisons: list[dict], markdown: bool = True) -> str:
 
 
 def run_folder(out: str | Path | None, overwrite: bool = False, root: str | Path = "featcache-results") -> Path:
-    """A fresh folder per run: `root/<date-time>-<id>/` by default; an explicit non-empty `out` is refused unless
-    `overwrite`, which first removes what an earlier run wrote there (listed in its manifest), nothing else."""
+    """Where a run's outputs will go, checked before any fitting: `root/<date-time>-<id>/` by default; an explicit
+    non-empty `out` is refused unless `overwrite`. Nothing is created or removed here: `write_results` creates the
+    folder and replaces an earlier run's files only once the new ones are written, so a run that fails or is
+    interrupted leaves no empty folder and loses nothing."""
     if out is None:
         folder = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        try:
-            folder.mkdir(parents=True, exist_ok=False)
-        except OSError as exc:
-            raise FeatcacheError(f"cannot create the results folder {folder} ({exc.strerror}); pass --out") from None
+        _check_creatable(folder, "cannot create the results folder {folder} ({reason}); pass --out")
         return folder
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise FeatcacheError(f"--out {folder}: exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()):
-        if not overwrite:
+    if folder.is_dir():
+        if any(folder.iterdir()) and not overwrite:
             raise FeatcacheError(f"--out {folder} is not empty; pass --overwrite to replace an earlier run's "
                                  "files there, or leave --out out for a fresh run folder")
-        manifest = folder / MANIFEST
-        written = manifest.read_text().split("\n") if manifest.is_file() else []
-        for name in written:
-            target = folder / name
-            if name and target.resolve().parent == folder.resolve() and target.is_file():
-                target.unlink()
-        manifest.unlink(missing_ok=True)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FeatcacheError(f"--out {folder}: cannot create the folder ({exc.strerror})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise FeatcacheError(f"--out {folder}: the folder is not writable")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise FeatcacheError(f"--out {folder}: the folder is not writable")
+        return folder
+    _check_creatable(folder, "--out {folder}: cannot create the folder ({reason})")
     return folder
+
+
+def _check_creatable(folder: Path, message: str) -> None:
+    """The nearest existing parent must be a writable folder."""
+    parent = folder.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FeatcacheError(message.format(folder=folder, reason=f"{parent} is not a folder"))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FeatcacheError(message.format(folder=folder, reason=f"{parent} is not writable"))
+
+
+def _replace_run(out: Path, staged: Path) -> list[str]:
+    """Move the files written into `staged` into `out`, after removing what an earlier run listed in its manifest
+    (nothing else); the manifest goes last, so an interruption in between leaves files a later --overwrite
+    still finds (those named like this run's are replaced in place)."""
+    manifest = out / MANIFEST
+    earlier = manifest.read_text().split("\n") if manifest.is_file() else []
+    names = sorted(p.name for p in staged.iterdir())
+    for name in earlier:
+        target = out / name
+        if name and name not in names and target.resolve().parent == out.resolve() and target.is_file():
+            target.unlink()
+    for name in names:
+        os.replace(staged / name, out / name)
+    manifest.write_text("\n".join(names) + "\n")
+    return names
 
 
 def safe_name(*parts: str) -> str:
@@ -209,11 +229,27 @@ def plot_configurations(results: CVResults, plot: str | None) -> list[tuple]:
 def write_results(results: CVResults, out: str | Path, title: str = "featcache fit", plot: str | None = None,
                   run_info: dict | None = None, figures: bool = True,
                   figure_list: list[tuple] | None = None) -> dict[str, Path]:
-    """Every output of a run into `out`; a manifest lists them (what --overwrite may remove)."""
+    """Every output of a run into `out`; a manifest lists them (what --overwrite may remove). Written into a
+    staging folder inside `out` first and moved in when complete: a failure or Ctrl-C while writing (figures take
+    seconds) leaves an earlier run's files as they were."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=".featcache-new-", dir=out))
+    except OSError as exc:
+        raise FeatcacheError(f"--out {out}: cannot write the results ({exc.strerror})") from None
+    try:
+        paths = _write_outputs(results, staged, title, plot, run_info, figures, figure_list)
+        _replace_run(out, staged)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return {key: out / path.name for key, path in paths.items()}
+
+
+def _write_outputs(results: CVResults, out: Path, title: str, plot: str | None, run_info: dict | None,
+                   figures: bool, figure_list: list[tuple] | None) -> dict[str, Path]:
     from regressors.tables import render_table
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "folds": out / "folds.csv",
              "predictions": out / "predictions.csv", "table": out / "table.md", "latex": out / "table.tex",
              "report": out / "report.md"}
@@ -230,7 +266,6 @@ def write_results(results: CVResults, out: str | Path, title: str = "featcache f
     paths["latex"].write_text(render_table(rows, fmt="latex"))
     figure_lines = _figures(results, out, plot, paths, figure_list) if figures else []
     paths["report"].write_text(report_markdown(results, title, figure_lines, paths["table"].read_text()))
-    (out / MANIFEST).write_text("\n".join(p.name for p in paths.values()) + "\n")
     return paths
 
 

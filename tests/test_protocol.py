@@ -151,11 +151,39 @@ def test_run_folders_never_mix_runs(tmp_path):
     out.mkdir()
     (out / "results.json").write_text("{}")
     (out / "notes.txt").write_text("mine")
-    (out / ".featcache-run").write_text("results.json\n")
+    (out / "scatter_old.png").write_text("an earlier run's figure")
+    (out / ".featcache-run").write_text("results.json\nscatter_old.png\n")
     with pytest.raises(FeatcacheError, match="not empty; pass --overwrite"):
         run_folder(out)
-    run_folder(out, overwrite=True)
-    assert not (out / "results.json").exists() and (out / "notes.txt").read_text() == "mine"
+    assert run_folder(out, overwrite=True) == out
+    assert (out / "results.json").read_text() == "{}" and (out / "scatter_old.png").exists()  # nothing removed yet
+    assert not first.exists() and not second.exists()  # created only when there are results to write
+    result = cross_validate(load_cache(make_cache(tmp_path)), ["nr"], ["MOS_q"], ["ridge"], folds=3)
+    write_results(result, out, figures=False)
+    assert json.loads((out / "results.json").read_text())["config"]["regressors"] == ["ridge"]
+    assert not (out / "scatter_old.png").exists() and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["notes.txt", ".featcache-run", *(out / ".featcache-run").read_text().split()])  # no staging folder left
+
+
+def test_a_failed_or_interrupted_write_keeps_the_earlier_run(tmp_path, monkeypatch):
+    """--overwrite replaces an earlier run's files only once the new ones are all written: an error (or Ctrl-C)
+    while writing, figures included, leaves them as they were and no staging folder behind."""
+    from regressors import report
+
+    data = load_cache(make_cache(tmp_path))
+    out = tmp_path / "run"
+    write_results(cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=3), out, figures=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other = cross_validate(data, ["nr"], ["MOS_q"], ["svr"], folds=2)  # other numbers in every file
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "report_markdown", interrupted)  # after results.json and the tables
+    with pytest.raises(KeyboardInterrupt):
+        write_results(other, out, figures=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 @pytest.mark.slow
@@ -503,3 +531,17 @@ def test_the_multiprocessing_backend_is_refused(tmp_path):
     data = load_cache(make_cache(tmp_path))
     with pytest.raises(FeatcacheError, match="backend 'multiprocessing' can hang .* use loky"):
         cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=2, backend="multiprocessing")
+
+
+def test_a_failed_fit_leaves_no_folder_and_keeps_an_overwritten_run(tmp_path, monkeypatch):
+    make_cache(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    base = ["fit", "--cache", "c.h5", "--regressor", "ridge", "--folds", "3", "--quiet", "--no-figures"]
+    bad = runner.invoke(cli.main, base[:4] + ["ridg"] + base[5:])
+    assert bad.exit_code == 2 and not (tmp_path / "featcache-results").exists()
+    assert runner.invoke(cli.main, base + ["--out", "res"]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "res").iterdir()}
+    again = runner.invoke(cli.main, base + ["--out", "res", "--overwrite", "--target", "MOS_x"])
+    assert again.exit_code == 2 and "MOS_x" in again.output
+    assert {p.name: p.read_bytes() for p in (tmp_path / "res").iterdir()} == before
