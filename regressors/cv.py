@@ -116,17 +116,21 @@ def check_jobs(jobs: int | str) -> None:
 def resolve_jobs(jobs: int | str, backend: str | None, tasks: list) -> int:
     """'auto' (the default): one process when the run's estimated single-core fitting time is under
     AUTO_PARALLEL_SECONDS (each worker process imports numpy, scikit-learn or torch anew: seconds that a small
-    run does not win back, and a fit that should start faster than `import torch`), else every usable core, at
-    most one per task; with a --backend, every worker the backend has. A number is taken as given."""
-    if jobs != "auto":
-        return int(jobs)
-    if backend:
-        return -1
+    run does not win back, and a fit that should start faster than `import torch`), else every usable core. -1:
+    every usable core. Never more processes than tasks (`--jobs 50` started 50 workers for 5 tasks). With a
+    cluster backend (dask, ray), 'auto' and -1 mean every worker the cluster has."""
     from featcache.devices import usable_cores
 
-    if len(tasks) < 2 or sum(task.cost for task in tasks) < AUTO_PARALLEL_SECONDS:
-        return 1
-    return max(1, min(usable_cores(), len(tasks)))
+    cluster = backend not in (None, "", "loky", "threading")
+    if jobs == "auto":
+        if cluster:
+            return -1
+        if len(tasks) < 2 or sum(task.cost for task in tasks) < AUTO_PARALLEL_SECONDS:
+            return 1
+        jobs = -1
+    if jobs == -1:
+        return -1 if cluster else max(1, min(usable_cores(), len(tasks)))
+    return max(1, min(int(jobs), len(tasks)))
 
 
 def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list[str], *, split: str = "group",

@@ -497,8 +497,10 @@ def test_jobs_auto_uses_every_core_only_for_a_run_worth_the_workers(tmp_path, mo
     _, tasks, _ = cv.plan(data, ["nr", "pr"], ["MOS_q"], ["ridge", "svr"], folds=3, spread=True)
     monkeypatch.setattr(devices, "usable_cores", lambda: 8)
     assert sum(t.cost for t in tasks) < cv.AUTO_PARALLEL_SECONDS and cv.resolve_jobs("auto", None, tasks) == 1
-    assert cv.resolve_jobs("auto", "dask", tasks) == -1
-    assert cv.resolve_jobs(3, None, tasks) == 3 and cv.resolve_jobs(-1, None, tasks) == -1
+    assert cv.resolve_jobs("auto", "dask", tasks) == cv.resolve_jobs(-1, "dask", tasks) == -1  # every worker
+    assert cv.resolve_jobs(3, None, tasks) == 3 and cv.resolve_jobs(-1, None, tasks) == 8
+    assert cv.resolve_jobs(50, None, tasks[:5]) == cv.resolve_jobs(-1, "loky", tasks[:5]) == 5  # no idle workers
+    assert cv.resolve_jobs(10 ** 6, "threading", tasks[:2]) == 2 and cv.resolve_jobs(4, None, []) == 1
     monkeypatch.setattr(cv, "AUTO_PARALLEL_SECONDS", 0.0)
     assert cv.resolve_jobs("auto", None, tasks) == 8 and cv.resolve_jobs("auto", None, tasks[:3]) == 3
     monkeypatch.setattr(devices, "usable_cores", lambda: 1)
