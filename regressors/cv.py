@@ -56,6 +56,9 @@ class CVResults:
                 "comparisons": self.comparisons, "breakdown": self.breakdown}
 
 
+DASK_CONNECT_SECONDS = 20  # DASK_SCHEDULER_ADDRESS unreachable: a one-line error after this long
+
+
 def backend_context(backend: str | None):
     """joblib's own backends reach a cluster; the optional extras bring them."""
     import warnings
@@ -76,8 +79,15 @@ def backend_context(backend: str | None):
             raise FeatcacheError("--backend dask needs dask.distributed: pip install 'featcache[dask]'") from None
         try:
             get_client()
-        except ValueError:
-            Client(processes=False)  # a local cluster when none is connected; set DASK_SCHEDULER_ADDRESS for yours
+        except ValueError:  # no client yet: the scheduler of DASK_SCHEDULER_ADDRESS, else a local cluster
+            import dask
+
+            address = dask.config.get("scheduler-address", None)
+            try:
+                Client(address, timeout=DASK_CONNECT_SECONDS) if address else Client(processes=False)
+            except (OSError, TimeoutError) as exc:
+                raise FeatcacheError(f"--backend dask: cannot reach the scheduler at {address} "
+                                     f"(DASK_SCHEDULER_ADDRESS): {str(exc).splitlines()[0]}") from None
         return parallel_config(backend="dask")
     if backend == "ray":
         try:

@@ -224,6 +224,32 @@ def test_dask_backend_gives_the_same_results_as_one_job(tmp_path):
 
 
 @pytest.mark.slow
+def test_dask_backend_reaches_the_scheduler_named_by_dask_scheduler_address(tmp_path, monkeypatch):
+    """DASK_SCHEDULER_ADDRESS (dask's `scheduler-address`) names your cluster: the fit connects to it (passing
+    a local cluster's options with it was a traceback); an unreachable one is a one-line error."""
+    distributed = pytest.importorskip("dask.distributed")
+    import dask
+
+    from regressors import cv
+
+    data = load_cache(make_cache(tmp_path))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as c, \
+            dask.config.set({"scheduler-address": c.scheduler_address}):
+        with pytest.raises(ValueError):
+            distributed.get_client()  # no client yet: the fit makes one
+        remote = cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=3, backend="dask")
+        client = distributed.get_client()
+        assert client.scheduler.address == c.scheduler_address
+        client.close()
+    local = cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=3)
+    assert [r["srcc"] for r in remote.folds] == [r["srcc"] for r in local.folds]
+    monkeypatch.setattr(cv, "DASK_CONNECT_SECONDS", 1)
+    with dask.config.set({"scheduler-address": "tcp://127.0.0.1:9"}):
+        with pytest.raises(FeatcacheError, match=r"^--backend dask: cannot reach the scheduler at tcp://127"):
+            cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=3, backend="dask")
+
+
+@pytest.mark.slow
 def test_table_in_the_paper_layout(tmp_path, monkeypatch):
     from regressors.tables import load_results, render_table
 
