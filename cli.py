@@ -537,7 +537,7 @@ def synth(photos, out, views, size, seed, overwrite):
 @click.option("--out", type=click.Path(file_okay=False), default="demo-out", show_default=True)
 @click.option("--views", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option("--folds", type=click.IntRange(min=2), default=4, show_default=True)
-@click.option("--jobs", type=int, default=2, show_default=True)
+@click.option("--jobs", type=_JOBS, default=2, show_default=True, help="Parallel fitting processes, or auto.")
 @click.option("--photos", type=click.Path(exists=True, file_okay=False),
               help="Your own photos instead of scikit-image's.")
 @click.option("--modes", help="Comma list [every mode].")

@@ -15,7 +15,7 @@ DEMO_PLOT = "ridge"  # the figures' configuration is fixed in advance, never pic
 DEMO_PLOT_MODES = ("nr", "fr-diff")
 
 
-def run_demo(out: str | Path = "demo-out", *, views: int = 6, folds: int = 4, seed: int = 0, jobs: int = 2,
+def run_demo(out: str | Path = "demo-out", *, views: int = 6, folds: int = 4, seed: int = 0, jobs: int | str = 2,
              photos: str | Path | None = None, modes: list[str] | None = None, regressors: list[str] | None = None,
              progress: bool = True, echo: Callable[[str], None] = print) -> Path:
     """Synth benchmark -> lite0 extraction (paper and multilevel pooling) -> prompt-disjoint CV -> report.md."""
@@ -23,9 +23,17 @@ def run_demo(out: str | Path = "demo-out", *, views: int = 6, folds: int = 4, se
     from featcache.datasets import load_dataset
     from featcache.extract import extract
     from featcache.synth import bundled_photos, synth
+    from regressors.cv import check_jobs
     from regressors.fit import bench
+    from regressors.modes import get_mode
+    from regressors.registry import check_regressors
     from regressors.report import write_results
 
+    check_jobs(jobs)  # the fitting options before minutes of synth and extraction
+    if regressors is not None:
+        check_regressors(regressors)
+    for mode in modes or []:
+        get_mode(mode)
     out = Path(out)
     start = time.perf_counter()
     if photos is None:

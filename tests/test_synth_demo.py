@@ -8,6 +8,7 @@ from PIL import Image
 
 import cli
 from featcache.datasets import load_dataset
+from featcache.errors import FeatcacheError
 from featcache.synth import DISTORTIONS, distort, synth
 from tests.fakedata import noisy_image
 
@@ -74,3 +75,15 @@ def test_short_demo_writes_its_report(tmp_path):
                         "scatter_tf_efficientnet_lite0.in1k-multilevel-224_nr_MOS_q_ridge.png"]
     assert (tmp_path / "demo" / "backbones_ridge_MOS_q.png").is_file()
     assert "[4/4]" in result.output and "done in" in result.output
+
+
+@pytest.mark.parametrize("options, message", [({"jobs": 0}, "--jobs 0"),
+                                              ({"regressors": ["ridg"]}, "did you mean 'ridge'"),
+                                              ({"modes": ["nx"]}, "unknown mode 'nx'")])
+def test_demo_refuses_bad_fitting_options_before_any_work(tmp_path, options, message):
+    """They used to be checked after the synth benchmark and both extractions (a minute or more)."""
+    from regressors.demo import run_demo
+
+    with pytest.raises(FeatcacheError, match=message):
+        run_demo(tmp_path / "demo", **options)
+    assert not (tmp_path / "demo").exists()
