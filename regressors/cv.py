@@ -10,6 +10,7 @@ Out-of-fold predictions are kept, so pooled, per-generator and paired figures co
 from __future__ import annotations
 
 import contextlib
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -119,7 +120,7 @@ AUTO_PARALLEL_SECONDS = 10.0  # --jobs auto: every usable core from this much es
 def check_jobs(jobs: int | str) -> None:
     if jobs == "auto":
         return
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0 or jobs < -1:
+    if isinstance(jobs, bool) or not isinstance(jobs, numbers.Integral) or jobs == 0 or jobs < -1:
         raise FeatcacheError(f"--jobs {jobs}: use a positive number, -1 for every core, or auto")
 
 

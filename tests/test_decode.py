@@ -289,6 +289,9 @@ def test_the_torch_path_resizes_as_pillow_does_and_older_torch_caches_are_not_mi
         wanted = dict(config, torch_resize="pillow-two-pass")
         with pytest.raises(FeatcacheError, match=r"decoded on the torch path by an earlier featcache.*one float pass"):
             check_config(f, small.id, wanted, tmp_path / "c.h5")
+        pillow = {k: v for k, v in config.items() if k != "decode"} | {"decode": "pil"}
+        with pytest.raises(FeatcacheError, match=r"\(decode differ\); use another --cache$"):  # no option matches
+            check_config(f, small.id, pillow, tmp_path / "c.h5")  # (it advised --decode gpu, then refused it)
 
 
 def test_both_decode_paths_name_the_same_bad_files(tmp_path):

@@ -288,7 +288,7 @@ def _load_strict(model: torch.nn.Module, state: dict, path: Path, spec: Backbone
         raise FeatcacheError(misfit_message(path, spec.arch, str(exc))) from None
 
 
-_MISFIT_PATTERNS = {  # what torch's load_state_dict error lists -> (label, how to show one example)
+_MISFIT_PATTERNS = {  # the three kinds of problem torch's load_state_dict error lists
     "size mismatch": re.compile(r"size mismatch for ([^:]+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) "
                                 r"from checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)"),
     "missing": re.compile(r"Missing key\(s\) in state_dict: (.*)"),
