@@ -234,6 +234,16 @@ def _on_cpu(device: str, regressors: list[str]) -> bool:
     return name.partition(":")[0] == "cpu"
 
 
+def _trained_on(device: str, regressors: list[str]) -> str | None:
+    """The device the run's torch regressors trained on, recorded with the results ('auto' resolved); None when
+    none of them is in the run."""
+    if not any(get_regressor(r).uses_device for r in regressors):
+        return None
+    from featcache.devices import resolve_device
+
+    return str(resolve_device(device))
+
+
 def _fitted(tasks: list[_Task], jobs: int | str, backend: str | None, device: str):
     """(task index, fitted members) as tasks finish. Several jobs or a backend: through joblib, the costliest
     tasks dispatched first (the longest-processing-time rule: no worker starts a long task while the others run
@@ -275,7 +285,8 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
     config = {"cache": data.path, "backbone": data.backbone_id, "modes": modes, "targets": targets,
               "regressors": regressors, "split": split, "split_doc": spec.doc, "folds": folds,
               "repeats": repeats, "seed": seed, "subset": subset, "train_on": train_on, "test_on": test_on,
-              "hold_out_prompts": hold_out_prompts, "protocol": __doc__.split("\n\n", 1)[1].strip()}
+              "hold_out_prompts": hold_out_prompts,
+              "device": _trained_on(device, regressors), "protocol": __doc__.split("\n\n", 1)[1].strip()}
     results = CVResults(config)
     s = data.samples
     results.samples = {"key": s.key, "group": groups, "generator": s.generator, "subset": s.subset}

@@ -21,7 +21,7 @@ from regressors.splits import get_split, subset_mask
 
 LABEL_SOURCES = ("check", "cache", "annotation")
 CV_DEFAULTS = {"split": "group", "folds": 5, "repeats": 1, "seed": 0, "subset": "all", "train_on": None,
-               "test_on": None, "hold_out_prompts": False, "jobs": "auto", "backend": None, "device": "cpu"}
+               "test_on": None, "hold_out_prompts": False, "jobs": "auto", "backend": None, "device": "auto"}
 
 
 def modes_for(data: CacheData, subset: str = "all", split: str = "group", train_on: str | None = None,

@@ -573,3 +573,17 @@ def test_a_failed_fit_leaves_no_folder_and_keeps_an_overwritten_run(tmp_path, mo
     again = runner.invoke(cli.main, base + ["--out", "res", "--overwrite", "--target", "MOS_x"])
     assert again.exit_code == 2 and "MOS_x" in again.output
     assert {p.name: p.read_bytes() for p in (tmp_path / "res").iterdir()} == before
+
+
+def test_results_record_where_the_torch_heads_trained(tmp_path):
+    """--device auto (the default of fit and bench) is resolved and recorded; runs without the MLP record None
+    (and never import torch to find out)."""
+    data = load_cache(make_cache(tmp_path))
+    import torch
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert cross_validate(data, ["nr"], ["MOS_q"], ["mlp"], folds=2, device="auto").config["device"] == expected
+    assert cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=2, device="auto").config["device"] is None
+    from regressors.fit import CV_DEFAULTS
+
+    assert CV_DEFAULTS["device"] == "auto" and CV_DEFAULTS["jobs"] == "auto"
