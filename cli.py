@@ -259,8 +259,10 @@ class _Jobs(click.ParamType):
     name = "N|auto"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int) or value == "auto":
+        if isinstance(value, int):
             return value
+        if str(value).strip().lower() == "auto":
+            return "auto"
         try:
             return int(value)
         except ValueError:
@@ -375,6 +377,9 @@ def fit(cache, backbone, mode, target, regressor, save_head, **cv):
     cv, output = _split_options(cv)
     cache = pick(cache, config, "cache", DEFAULT_CACHE)
     folder = run_folder(output["out"], output["overwrite"])
+    made = save_head is not None and not folder.exists() and Path(save_head).absolute().parent == folder.absolute()
+    if made:  # --save-head into the run's own (new) folder: it must exist before the head is saved
+        folder.mkdir(parents=True)
     update, close = _progress(output["quiet"], "fit")
     try:
         from regressors.cache_data import backbone_query
@@ -382,6 +387,10 @@ def fit(cache, backbone, mode, target, regressor, save_head, **cv):
         outcome = run_fit(cache, backbone_query(pick(backbone, config, "backbone"), config.get("pool")),
                           _names(mode), _names(target),
                           _names(regressor), save_head=save_head, on_progress=update, **cv)
+    except BaseException:
+        if made and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
     finally:
         close()
     results = outcome.results

@@ -50,10 +50,15 @@ def _type_problem(key: str, value) -> str | None:
             return "expected a whole number (no quotes)"
         return None if value >= low else f"expected a number >= {low}"
     if key == "columns":
-        ok = isinstance(value, dict) and all(isinstance(v, str) or (k == "target" and isinstance(v, list) and
+        from featcache.datasets.generic_csv import ROLES
+
+        ok = isinstance(value, dict) and all(isinstance(v, str) or (k == "target" and isinstance(v, list) and v and
                                                                    all(isinstance(c, str) for c in v))
                                              for k, v in value.items())
-        return None if ok else 'expected a table of role = "column" (target may be a list of columns)'
+        if not ok:
+            return 'expected a table of role = "column" (target may be a list of columns)'
+        unknown = sorted(set(value) - set(ROLES))  # a misspelt group would silently make every image its own
+        return f"unknown role(s) {', '.join(unknown)} (roles: {', '.join(ROLES)})" if unknown else None
     if not isinstance(value, str):
         return "expected a string (in quotes)"
     choices = _choices(key)

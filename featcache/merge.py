@@ -48,10 +48,6 @@ def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
         check_is_cache_file(name)  # not HDF5, or HDF5 but not a cache: a one-line error before anything is written
     sources = [open_read(s) for s in shards]
     try:
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FeatcacheError(f"{name}: cannot create the folder {out.parent} ({exc.strerror})") from None
         first = sources[0]
         for path, f in zip(shards, sources):
             for attr in ("manifest_sha256", "samples_sha256"):
@@ -59,7 +55,11 @@ def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
                     raise FeatcacheError(f"{path} was built from other images or labels than {shards[0]}")
         wanted = sorted({b for f in sources for b in backbone_ids(f)})
         configs = {bid: _agreed_config(bid, shards, sources) for bid in wanted}  # shards that disagree: refused
-        with lock_cache(name):  # before anything is written
+        try:  # before anything is written, not even --out's folder
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FeatcacheError(f"{name}: cannot create the folder {out.parent} ({exc.strerror})") from None
+        with lock_cache(name):
             remove_stale_temporaries(out)
             present: set[str] = set()
             if out.exists():

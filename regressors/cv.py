@@ -57,6 +57,8 @@ class CVResults:
                 "comparisons": self.comparisons, "breakdown": self.breakdown}
 
 
+MULTIPROCESSING_REFUSED = ("backend 'multiprocessing' can hang once torch or BLAS threads ran in this process; "
+                           "use loky (the default), threading, dask or ray")
 DASK_CONNECT_SECONDS = 20  # DASK_SCHEDULER_ADDRESS unreachable: a one-line error after this long
 
 
@@ -69,8 +71,7 @@ def backend_context(backend: str | None):
     from joblib import parallel_config
 
     if backend == "multiprocessing":  # forks a process whose torch or BLAS threads ran: the children can hang
-        raise FeatcacheError("backend 'multiprocessing' can hang once torch or BLAS threads ran in this process; "
-                             "use loky (the default), threading, dask or ray")
+        raise FeatcacheError(MULTIPROCESSING_REFUSED)
     if backend in (None, "", "loky", "threading"):
         return parallel_config(backend=backend) if backend else contextlib.nullcontext()
     if backend == "dask":
@@ -86,7 +87,7 @@ def backend_context(backend: str | None):
             address = dask.config.get("scheduler-address", None)
             try:
                 Client(address, timeout=DASK_CONNECT_SECONDS) if address else Client(processes=False)
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a malformed address
                 raise FeatcacheError(f"--backend dask: cannot reach the scheduler at {address} "
                                      f"(DASK_SCHEDULER_ADDRESS): {str(exc).splitlines()[0]}") from None
         return parallel_config(backend="dask")
@@ -259,8 +260,11 @@ def _fitted(tasks: list[_Task], jobs: int | str, backend: str | None, device: st
 
     order = sorted(range(len(tasks)), key=lambda i: -tasks[i].cost)
     with backend_context(backend):
+        active = get_active_backend()[0]
+        if type(active).__name__ == "MultiprocessingBackend":  # also when set by the caller's parallel_config
+            raise FeatcacheError(MULTIPROCESSING_REFUSED)
         # backends built on multiprocessing (ray's among them) cannot yield results as they come: all at the end
-        unordered = getattr(get_active_backend()[0], "supports_return_generator", False)
+        unordered = getattr(active, "supports_return_generator", False)
         yield from Parallel(n_jobs=jobs, return_as="generator_unordered" if unordered else "list")(
             delayed(_run_task)(i, tasks[i], device) for i in order)
 

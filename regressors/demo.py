@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from featcache.errors import FeatcacheError
 from regressors.modes import MODES
 from regressors.registry import default_regressors
 
@@ -32,6 +33,8 @@ def run_demo(out: str | Path = "demo-out", *, views: int = 6, folds: int = 4, se
     check_jobs(jobs)  # the fitting options before minutes of synth and extraction
     if regressors is not None:
         check_regressors(regressors)
+    if modes is not None and not modes:
+        raise FeatcacheError("--modes: give at least one name, or leave the option out for every mode")
     for mode in modes or []:
         get_mode(mode)
     out = Path(out)

@@ -25,6 +25,7 @@ from regressors.cv import CVResults
 from regressors.registry import get_regressor
 
 MANIFEST = ".featcache-run"
+STAGING = ".featcache-new-"  # a run's outputs are written into such a folder inside --out, then moved in
 
 
 def _cell(row: dict, metric: str) -> str:
@@ -105,10 +106,12 @@ def run_folder(out: str | Path | None, overwrite: bool = False, root: str | Path
         _check_creatable(folder, "cannot create the results folder {folder} ({reason}); pass --out")
         return folder
     folder = Path(out)
+    if folder.is_symlink() and not folder.exists():
+        raise FeatcacheError(f"--out {folder}: a symbolic link to a missing folder")
     if folder.exists() and not folder.is_dir():
         raise FeatcacheError(f"--out {folder}: exists and is not a folder")
     if folder.is_dir():
-        if any(folder.iterdir()) and not overwrite:
+        if any(not p.name.startswith(STAGING) for p in folder.iterdir()) and not overwrite:
             raise FeatcacheError(f"--out {folder} is not empty; pass --overwrite to replace an earlier run's "
                                  "files there, or leave --out out for a fresh run folder")
         if not os.access(folder, os.W_OK | os.X_OK):
@@ -131,18 +134,20 @@ def _check_creatable(folder: Path, message: str) -> None:
 
 def _replace_run(out: Path, staged: Path) -> list[str]:
     """Move the files written into `staged` into `out`, after removing what an earlier run listed in its manifest
-    (nothing else); the manifest goes last, so an interruption in between leaves files a later --overwrite
-    still finds (those named like this run's are replaced in place)."""
+    (nothing else). The new manifest is written in the staging folder first (a full disk fails there, before
+    anything moves) and renamed in last, so an interruption in between leaves a manifest that a later --overwrite
+    can trust (files named like this run's are replaced in place)."""
     manifest = out / MANIFEST
     earlier = manifest.read_text().split("\n") if manifest.is_file() else []
     names = sorted(p.name for p in staged.iterdir())
+    (staged / MANIFEST).write_text("\n".join(names) + "\n")
     for name in earlier:
         target = out / name
         if name and name not in names and target.resolve().parent == out.resolve() and target.is_file():
             target.unlink()
     for name in names:
         os.replace(staged / name, out / name)
-    manifest.write_text("\n".join(names) + "\n")
+    os.replace(staged / MANIFEST, manifest)  # a rename needs no space
     return names
 
 
@@ -233,16 +238,24 @@ def write_results(results: CVResults, out: str | Path, title: str = "featcache f
     staging folder inside `out` first and moved in when complete: a failure or Ctrl-C while writing (figures take
     seconds) leaves an earlier run's files as they were."""
     out = Path(out)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        staged = Path(tempfile.mkdtemp(prefix=".featcache-new-", dir=out))
+        for stale in out.glob(STAGING + "*"):  # left by a run killed while writing (kill -9, power loss)
+            shutil.rmtree(stale, ignore_errors=True)
+        staged = Path(tempfile.mkdtemp(prefix=STAGING, dir=out))
     except OSError as exc:
-        raise FeatcacheError(f"--out {out}: cannot write the results ({exc.strerror})") from None
+        raise FeatcacheError(f"--out {out}: cannot write the results ({exc.strerror or exc})") from None
     try:
         paths = _write_outputs(results, staged, title, plot, run_info, figures, figure_list)
         _replace_run(out, staged)
+    except OSError as exc:
+        where = f" ({Path(exc.filename).name})" if getattr(exc, "filename", None) else ""
+        raise FeatcacheError(f"--out {out}: cannot write the results{where}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed or interrupted run leaves no empty folder
     return {key: out / path.name for key, path in paths.items()}
 
 

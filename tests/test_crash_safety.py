@@ -527,8 +527,8 @@ def test_merge_keeps_every_shards_image_hashes_and_refuses_before_writing(pku_ro
     torch_path = tmp_path / "torch.h5"
     _extract(samples, pku_root, torch_path, shard=(1, 2), decode="gpu", device="cpu")
     with pytest.raises(FeatcacheError, match=r"another configuration \(decode.*differ\)"):
-        merge([shards[0], torch_path], tmp_path / "mixed.h5")
-    assert not (tmp_path / "mixed.h5").exists() and _temporaries(tmp_path / "mixed.h5") == []
+        merge([shards[0], torch_path], tmp_path / "new" / "mixed.h5")
+    assert not (tmp_path / "new").exists()  # not even --out's folder
     before = _state(merged)
     with pytest.raises(FeatcacheError, match=r"another configuration \(decode.*differ\); use another --cache$"):
         merge([torch_path], merged)

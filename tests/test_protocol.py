@@ -244,9 +244,10 @@ def test_dask_backend_reaches_the_scheduler_named_by_dask_scheduler_address(tmp_
     local = cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=3)
     assert [r["srcc"] for r in remote.folds] == [r["srcc"] for r in local.folds]
     monkeypatch.setattr(cv, "DASK_CONNECT_SECONDS", 1)
-    with dask.config.set({"scheduler-address": "tcp://127.0.0.1:9"}):
-        with pytest.raises(FeatcacheError, match=r"^--backend dask: cannot reach the scheduler at tcp://127"):
-            cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=3, backend="dask")
+    for address in ("tcp://127.0.0.1:9", "localhost:notaport"):  # unreachable, malformed
+        with dask.config.set({"scheduler-address": address}):
+            with pytest.raises(FeatcacheError, match=rf"^--backend dask: cannot reach the scheduler at {address}"):
+                cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=3, backend="dask")
 
 
 @pytest.mark.slow
@@ -587,3 +588,38 @@ def test_results_record_where_the_torch_heads_trained(tmp_path):
     from regressors.fit import CV_DEFAULTS
 
     assert CV_DEFAULTS["device"] == "auto" and CV_DEFAULTS["jobs"] == "auto"
+
+
+def test_write_results_ignores_and_removes_a_staging_folder_left_by_a_killed_run(tmp_path):
+    """kill -9 while writing leaves `.featcache-new-*` in --out: it neither makes the folder count as used nor
+    survives the next write."""
+    from regressors.report import STAGING
+
+    out = tmp_path / "run"
+    (out / f"{STAGING}old").mkdir(parents=True)
+    (out / f"{STAGING}old" / "results.json").write_text("{}")
+    assert run_folder(out) == out  # not refused as non-empty
+    write_results(cross_validate(load_cache(make_cache(tmp_path)), ["nr"], ["MOS_q"], ["ridge"], folds=3), out,
+                  figures=False)
+    assert not list(out.glob(f"{STAGING}*")) and (out / "results.json").is_file()
+
+
+def test_cli_save_head_into_the_runs_own_new_folder(tmp_path, monkeypatch):
+    make_cache(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--cache", "c.h5", "--mode", "nr", "--target", "MOS_q", "--regressor", "ridge", "--folds", "3",
+            "--quiet", "--no-figures", "--jobs", "AUTO"]
+    done = CliRunner().invoke(cli.main, args + ["--out", "o2", "--save-head", "o2/head.safetensors"])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "o2" / "head.safetensors").is_file() and (tmp_path / "o2" / "results.json").is_file()
+    bad = CliRunner().invoke(cli.main, args[:-4] + ["--target", "MOS_x", "--out", "o3", "--save-head", "o3/h.json"])
+    assert bad.exit_code == 2 and not (tmp_path / "o3").exists()  # refused: no folder left behind
+
+
+def test_a_multiprocessing_backend_set_around_the_call_is_refused_too(tmp_path):
+    import joblib
+
+    data = load_cache(make_cache(tmp_path))
+    with joblib.parallel_config(backend="multiprocessing"):
+        with pytest.raises(FeatcacheError, match="backend 'multiprocessing' can hang"):
+            cross_validate(data, ["nr"], ["MOS_q", "MOS_a"], ["ridge"], folds=2, jobs=2)

@@ -215,3 +215,11 @@ def test_weights_of_another_shape_say_how_many_and_which(tmp_path, suffix):
                               f"[64, 3, 5, 5] in the file, [64, 3, 7, 7] in the model), 1 missing (e.g. fc.bias), "
                               f"1 unexpected (e.g. fc.extra)")
     assert "\n" not in message
+
+
+def test_a_checkpoint_with_another_classifier_says_only_the_head_differs(tmp_path):
+    spec = resolve_backbone("resnet18")
+    save_file(timm.create_model("resnet18", num_classes=10).state_dict(), str(tmp_path / "head10.safetensors"))
+    with pytest.raises(weights_module.FeatcacheError, match=r"2 of another shape \(e\.g\. fc\.weight: \[10, 512\] .*"
+                                                            r"only the classifier \(fc\) differs"):
+        weights_module.create_model(spec, weights_module.choose_weights(spec, tmp_path / "head10.safetensors"))

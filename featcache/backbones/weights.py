@@ -300,20 +300,40 @@ def misfit_message(path: str | Path, arch: str, error: str) -> str:
     """One line from torch's load_state_dict error, which lists every key on lines of their own (thousands of
     characters for a checkpoint of another architecture; its first line names only the model class): how many
     tensors differ in shape, are missing or unexpected, with one example of each."""
-    parts = []
+    parts, names = [], []
     mismatches = _MISFIT_PATTERNS["size mismatch"].findall(error)
     if mismatches:
         name, in_file, in_model = mismatches[0]
         parts.append(f"{len(mismatches)} of another shape (e.g. {name}: [{in_file}] in the file, [{in_model}] in "
                      f"the model)")
+        names += [m[0] for m in mismatches]
     for label in ("missing", "unexpected"):
         match = _MISFIT_PATTERNS[label].search(error)
         if match:
             keys = re.findall(r'"([^"]+)"', match.group(1))
             parts.append(f"{len(keys)} {label} (e.g. {keys[0] if keys else '?'})")
+            names += keys
     if not parts:  # a format this parser does not know: the last line is the most specific one
         parts.append(error.strip().splitlines()[-1].strip())
-    return f"{path}: weights do not fit {arch}: " + ", ".join(parts) + "; is the file for another architecture?"
+    head = _classifier(arch)
+    if names and head and all(n.startswith(head + ".") for n in names):
+        hint = (f"only the classifier ({head}) differs, a head for other classes: the features do not use it, but "
+                "featcache loads checkpoints with the model's ImageNet head only")
+    else:
+        hint = "is the file for another architecture?"
+    return f"{path}: weights do not fit {arch}: " + ", ".join(parts) + "; " + hint
+
+
+def _classifier(arch: str) -> str | None:
+    """The name of the classification head in timm's model (fc, head, classifier ...), when timm knows it."""
+    try:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(arch)
+    except Exception:
+        return None
+    head = getattr(cfg, "classifier", None) if cfg else None
+    return head if isinstance(head, str) else None
 
 
 _BLOCK_RENAMES_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
