@@ -17,7 +17,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from featcache.backbones import resolve_backbone, skipinit
+from featcache.backbones import load_backbone, resolve_backbone, skipinit
 from featcache.backbones import weights as weights_module
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,9 +217,30 @@ def test_weights_of_another_shape_say_how_many_and_which(tmp_path, suffix):
     assert "\n" not in message
 
 
-def test_a_checkpoint_with_another_classifier_says_only_the_head_differs(tmp_path):
+@pytest.mark.parametrize("classes", [10, 1, 0])
+def test_a_fine_tuned_checkpoint_with_another_classifier_loads(tmp_path, classes):
+    """A checkpoint fine-tuned with another head (10 classes, a 1-output quality regressor, or saved without a
+    classifier) loads: the model gets that head, and the features, which never use it, equal those of the same
+    trunk in the ImageNet-shaped model."""
+    torch.manual_seed(classes)
+    tuned = timm.create_model("resnet18", num_classes=classes).eval()
+    save_file(tuned.state_dict(), str(tmp_path / "tuned.safetensors"))
+    loaded = load_backbone("resnet18", weights_file=tmp_path / "tuned.safetensors")
+    assert loaded.extractor().model.num_classes == classes
+    reference = timm.create_model("resnet18").eval()
+    trunk = {k: v for k, v in tuned.state_dict().items() if not k.startswith("fc.")}
+    assert not reference.load_state_dict(trunk, strict=False).unexpected_keys
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded.extractor()(x), reference.forward_head(reference.forward_features(x),
+                                                                            pre_logits=True), atol=1e-5)
+
+
+def test_a_classifier_that_cannot_be_mapped_says_only_the_head_differs(tmp_path):
     spec = resolve_backbone("resnet18")
-    save_file(timm.create_model("resnet18", num_classes=10).state_dict(), str(tmp_path / "head10.safetensors"))
-    with pytest.raises(weights_module.FeatcacheError, match=r"2 of another shape \(e\.g\. fc\.weight: \[10, 512\] .*"
-                                                            r"only the classifier \(fc\) differs"):
-        weights_module.create_model(spec, weights_module.choose_weights(spec, tmp_path / "head10.safetensors"))
+    state = timm.create_model("resnet18").state_dict()
+    state["fc.extra"] = torch.zeros(1)
+    save_file(state, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(weights_module.FeatcacheError, match=r"1 unexpected \(e\.g\. fc\.extra\); only the "
+                                                            r"classifier \(fc\) differs"):
+        weights_module.create_model(spec, weights_module.choose_weights(spec, tmp_path / "odd.safetensors"))

@@ -187,14 +187,49 @@ def state_sha256(model: torch.nn.Module) -> str:
 def _from_file(spec: BackboneSpec, path: Path) -> torch.nn.Module:
     if any(k.startswith("_conv_stem") for k in _tensor_names(path)):
         return _from_efficientnet_pytorch(spec, _read_state_dict(path), path)
-    try:  # timm's own path: applies the family's checkpoint filter (torchvision names, .npz for ViT ...)
-        return _timm_pretrained(spec.arch, pretrained_cfg_overlay={"file": str(path)})
-    except RuntimeError as exc:
-        if "state_dict" not in str(exc):
-            raise FeatcacheError(f"{path}: cannot load weights for {spec.arch} ({str(exc).splitlines()[0]})") from exc
-        raise FeatcacheError(misfit_message(path, spec.arch, str(exc))) from None
-    except Exception as exc:
-        raise FeatcacheError(f"{path}: cannot load weights for {spec.arch} ({type(exc).__name__}: {exc})") from exc
+    overlay = {"file": str(path)}
+    for attempt in (1, 2):
+        try:  # timm's own path: applies the family's checkpoint filter (torchvision names, .npz for ViT ...)
+            return _timm_pretrained(spec.arch, pretrained_cfg_overlay=overlay)
+        except RuntimeError as exc:
+            if "state_dict" not in str(exc):
+                raise FeatcacheError(f"{path}: cannot load weights for {spec.arch} "
+                                     f"({str(exc).splitlines()[0]})") from exc
+            classes = _head_classes(spec.arch, str(exc)) if attempt == 1 else None
+            if classes is None:
+                raise FeatcacheError(misfit_message(path, spec.arch, str(exc))) from None
+            # a fine-tuned checkpoint whose head has other classes (or none): the model is built with that head,
+            # which the features never use
+            overlay = {"file": str(path), "num_classes": classes}
+        except Exception as exc:
+            raise FeatcacheError(f"{path}: cannot load weights for {spec.arch} ({type(exc).__name__}: {exc})") \
+                from exc
+    raise AssertionError("unreachable")
+
+
+def _head_classes(arch: str, error: str) -> int | None:
+    """When only the classifier differs from the model's: the file's number of classes (0 when it has no
+    classifier), read from torch's error; None otherwise."""
+    head = _classifier(arch)
+    problems = _misfit_problems(error)
+    names = [n for kind in problems.values() for n in kind]
+    if not head or not names or not all(n.startswith(head + ".") for n in names):
+        return None
+    shapes = {name: in_file for name, in_file, _ in _MISFIT_PATTERNS["size mismatch"].findall(error)}
+    if f"{head}.weight" in shapes and not problems["unexpected"] and not problems["missing"]:
+        return int(shapes[f"{head}.weight"].split(",")[0])
+    if problems["missing"] and not problems["unexpected"] and not problems["size mismatch"]:
+        return 0
+    return None
+
+
+def _misfit_problems(error: str) -> dict[str, list[str]]:
+    """The tensor names torch's load_state_dict error lists, by kind."""
+    problems = {"size mismatch": [m[0] for m in _MISFIT_PATTERNS["size mismatch"].findall(error)]}
+    for label in ("missing", "unexpected"):
+        match = _MISFIT_PATTERNS[label].search(error)
+        problems[label] = re.findall(r'"([^"]+)"', match.group(1)) if match else []
+    return problems
 
 
 def _timm_pretrained(name: str, **kwargs) -> torch.nn.Module:
@@ -317,8 +352,7 @@ def misfit_message(path: str | Path, arch: str, error: str) -> str:
         parts.append(error.strip().splitlines()[-1].strip())
     head = _classifier(arch)
     if names and head and all(n.startswith(head + ".") for n in names):
-        hint = (f"only the classifier ({head}) differs, a head for other classes: the features do not use it, but "
-                "featcache loads checkpoints with the model's ImageNet head only")
+        hint = f"only the classifier ({head}) differs, in a way featcache cannot map (the features do not use it)"
     else:
         hint = "is the file for another architecture?"
     return f"{path}: weights do not fit {arch}: " + ", ".join(parts) + "; " + hint
