@@ -370,14 +370,19 @@ def fit(cache, backbone, mode, target, regressor, save_head, **cv):
     import time
 
     from regressors.fit import fit as run_fit
-    from regressors.report import format_table, run_folder, write_results
+    from regressors.report import format_table, missing_folders, output_name, remove_if_empty, run_folder, \
+        write_results
 
     start = time.perf_counter()
     config = load_config()
     cv, output = _split_options(cv)
     cache = pick(cache, config, "cache", DEFAULT_CACHE)
     folder = run_folder(output["out"], output["overwrite"])
-    made = save_head is not None and not folder.exists() and Path(save_head).absolute().parent == folder.absolute()
+    inside = save_head is not None and Path(save_head).absolute().parent == folder.absolute()
+    if inside and output_name(Path(save_head).name):
+        raise FeatcacheError(f"--save-head {save_head}: the run writes a file of that name in {folder}; choose "
+                             "another name")
+    made = missing_folders(folder) if inside else []
     if made:  # --save-head into the run's own (new) folder: it must exist before the head is saved
         folder.mkdir(parents=True)
     update, close = _progress(output["quiet"], "fit")
@@ -388,8 +393,7 @@ def fit(cache, backbone, mode, target, regressor, save_head, **cv):
                           _names(mode), _names(target),
                           _names(regressor), save_head=save_head, on_progress=update, **cv)
     except BaseException:
-        if made and not any(folder.iterdir()):
-            folder.rmdir()
+        remove_if_empty(made)
         raise
     finally:
         close()

@@ -80,14 +80,16 @@ def backend_context(backend: str | None):
         except ImportError:
             raise FeatcacheError("--backend dask needs dask.distributed: pip install 'featcache[dask]'") from None
         try:
-            get_client()
-        except ValueError:  # no client yet: the scheduler of DASK_SCHEDULER_ADDRESS, else a local cluster
+            running = get_client().status == "running"  # a client that failed to connect stays the default
+        except ValueError:
+            running = False
+        if not running:  # the scheduler of DASK_SCHEDULER_ADDRESS, else a local cluster
             import dask
 
             address = dask.config.get("scheduler-address", None)
             try:
                 Client(address, timeout=DASK_CONNECT_SECONDS) if address else Client(processes=False)
-            except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a malformed address
+            except Exception as exc:  # unreachable (OSError), malformed (ValueError), tls:// without a context ...
                 raise FeatcacheError(f"--backend dask: cannot reach the scheduler at {address} "
                                      f"(DASK_SCHEDULER_ADDRESS): {str(exc).splitlines()[0]}") from None
         return parallel_config(backend="dask")

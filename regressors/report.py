@@ -26,6 +26,8 @@ from regressors.registry import get_regressor
 
 MANIFEST = ".featcache-run"
 STAGING = ".featcache-new-"  # a run's outputs are written into such a folder inside --out, then moved in
+OUTPUT_NAMES = {"results.json", "results.csv", "folds.csv", "predictions.csv", "table.md", "table.tex", "report.md",
+                MANIFEST}
 
 
 def _cell(row: dict, metric: str) -> str:
@@ -111,7 +113,7 @@ def run_folder(out: str | Path | None, overwrite: bool = False, root: str | Path
     if folder.exists() and not folder.is_dir():
         raise FeatcacheError(f"--out {folder}: exists and is not a folder")
     if folder.is_dir():
-        if any(not p.name.startswith(STAGING) for p in folder.iterdir()) and not overwrite:
+        if any(not _stale_staging(p) for p in folder.iterdir()) and not overwrite:
             raise FeatcacheError(f"--out {folder} is not empty; pass --overwrite to replace an earlier run's "
                                  "files there, or leave --out out for a fresh run folder")
         if not os.access(folder, os.W_OK | os.X_OK):
@@ -238,12 +240,12 @@ def write_results(results: CVResults, out: str | Path, title: str = "featcache f
     staging folder inside `out` first and moved in when complete: a failure or Ctrl-C while writing (figures take
     seconds) leaves an earlier run's files as they were."""
     out = Path(out)
-    created = not out.exists()
+    created = missing_folders(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(STAGING + "*"):  # left by a run killed while writing (kill -9, power loss)
+        for stale in filter(_stale_staging, out.glob(STAGING + "*")):  # a run killed while writing (kill -9)
             shutil.rmtree(stale, ignore_errors=True)
-        staged = Path(tempfile.mkdtemp(prefix=STAGING, dir=out))
+        staged = Path(tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=out))
     except OSError as exc:
         raise FeatcacheError(f"--out {out}: cannot write the results ({exc.strerror or exc})") from None
     try:
@@ -254,9 +256,50 @@ def write_results(results: CVResults, out: str | Path, title: str = "featcache f
         raise FeatcacheError(f"--out {out}: cannot write the results{where}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(staged, ignore_errors=True)
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # a failed or interrupted run leaves no empty folder
+        remove_if_empty(created)  # a failed or interrupted run leaves no empty folder
     return {key: out / path.name for key, path in paths.items()}
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first (what a run may create)."""
+    missing = []
+    for path in [folder, *folder.absolute().parents]:
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(Path(path))
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed run created (deepest first), as long as they are empty."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:  # not empty, or already gone
+            return
+
+
+def _stale_staging(path: Path) -> bool:
+    """A staging folder whose run is gone (its name carries the writer's pid; a live run's is left alone)."""
+    return path.name.startswith(STAGING) and not _alive(path.name[len(STAGING):].partition("-")[0])
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process that named a staging folder still runs (its folder is then not stale)."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def output_name(name: str) -> bool:
+    """Whether a file name in a run folder is one that write_results writes (or may write: the figures)."""
+    return name in OUTPUT_NAMES or name.startswith(("scatter_", "backbones_", STAGING))
 
 
 def _write_outputs(results: CVResults, out: Path, title: str, plot: str | None, run_info: dict | None,

@@ -3,6 +3,7 @@ group selection, out-of-fold predictions and the summaries built from them."""
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import h5py
@@ -244,7 +245,7 @@ def test_dask_backend_reaches_the_scheduler_named_by_dask_scheduler_address(tmp_
     local = cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=3)
     assert [r["srcc"] for r in remote.folds] == [r["srcc"] for r in local.folds]
     monkeypatch.setattr(cv, "DASK_CONNECT_SECONDS", 1)
-    for address in ("tcp://127.0.0.1:9", "localhost:notaport"):  # unreachable, malformed
+    for address in ("tcp://127.0.0.1:9", "localhost:notaport", "tls://127.0.0.1:9"):  # unreachable, malformed, tls
         with dask.config.set({"scheduler-address": address}):
             with pytest.raises(FeatcacheError, match=rf"^--backend dask: cannot reach the scheduler at {address}"):
                 cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=3, backend="dask")
@@ -623,3 +624,24 @@ def test_a_multiprocessing_backend_set_around_the_call_is_refused_too(tmp_path):
     with joblib.parallel_config(backend="multiprocessing"):
         with pytest.raises(FeatcacheError, match="backend 'multiprocessing' can hang"):
             cross_validate(data, ["nr"], ["MOS_q", "MOS_a"], ["ridge"], folds=2, jobs=2)
+
+
+def test_a_live_runs_staging_folder_is_left_alone_and_save_head_may_not_take_an_output_name(tmp_path, monkeypatch):
+    from regressors.report import STAGING
+
+    out = tmp_path / "run"
+    live = out / f"{STAGING}{os.getpid()}-abc"  # this process: alive
+    live.mkdir(parents=True)
+    with pytest.raises(FeatcacheError, match="not empty"):
+        run_folder(out)  # another run is writing there
+    write_results(cross_validate(load_cache(make_cache(tmp_path)), ["nr"], ["MOS_q"], ["ridge"], folds=3), out,
+                  figures=False)
+    assert live.is_dir()
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--cache", "c.h5", "--mode", "nr", "--target", "MOS_q", "--regressor", "ridge", "--folds", "3",
+            "--quiet", "--no-figures"]
+    clash = CliRunner().invoke(cli.main, args + ["--out", "r5", "--save-head", "r5/results.json"])
+    assert clash.exit_code == 2 and "writes a file of that name" in clash.output and not (tmp_path / "r5").exists()
+    deep = CliRunner().invoke(cli.main, args + ["--target", "NOPE", "--out", "deep/x/y", "--save-head",
+                                                "deep/x/y/h.safetensors"])
+    assert deep.exit_code == 2 and not (tmp_path / "deep").exists()  # the parents it created are gone too

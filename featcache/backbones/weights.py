@@ -257,8 +257,10 @@ def _from_efficientnet_pytorch(spec: BackboneSpec, state: dict, path: Path) -> t
         raise FeatcacheError(f"{path}: an efficientnet_pytorch checkpoint (keys like _conv_stem.weight), which fits "
                              f"EfficientNet backbones only, not {spec.arch}")
 
+    classes = int(state["_fc.weight"].shape[0]) if "_fc.weight" in state else 0  # a fine-tuned head, or none
+
     def build() -> torch.nn.Module:
-        return timm.create_model(spec.arch, pretrained=False)
+        return timm.create_model(spec.arch, pretrained=False, num_classes=classes)
 
     model = meta_model(build)
     if model is not None:
