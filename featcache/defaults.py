@@ -58,7 +58,10 @@ def _type_problem(key: str, value) -> str | None:
         if not ok:
             return 'expected a table of role = "column" (target may be a list of columns)'
         unknown = sorted(set(value) - set(ROLES))  # a misspelt group would silently make every image its own
-        return f"unknown role(s) {', '.join(unknown)} (roles: {', '.join(ROLES)})" if unknown else None
+        if unknown:
+            return f"unknown role(s) {', '.join(unknown)} (roles: {', '.join(ROLES)})"
+        empty = [k for k, v in value.items() if not all(c.strip() for c in ([v] if isinstance(v, str) else v))]
+        return f"empty column name for {', '.join(empty)}" if empty else None
     if not isinstance(value, str):
         return "expected a string (in quotes)"
     choices = _choices(key)

@@ -31,6 +31,8 @@ def run_demo(out: str | Path = "demo-out", *, views: int = 6, folds: int = 4, se
     from regressors.report import write_results
 
     check_jobs(jobs)  # the fitting options before minutes of synth and extraction
+    if regressors is not None and not regressors:
+        raise FeatcacheError("--regressors: give at least one name, or leave the option out for the default grid")
     if regressors is not None:
         check_regressors(regressors)
     if modes is not None and not modes:

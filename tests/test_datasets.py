@@ -171,3 +171,16 @@ def test_backslashes_are_path_separators(tmp_path):
     _write(tmp_path, ',"t",sub/SD_1_00.jpg,1,2,3\n,"t",sub\\SD_1_00.jpg,2,2,3')
     with pytest.raises(FeatcacheError, match=r"rows 2 and 3: .* are the same image 'All/sub/SD_1_00.jpg'"):
         load_dataset("pku-aigiqa-4k", tmp_path)
+
+
+@pytest.mark.parametrize("columns, message", [('image = "file"\ntarget = ""', "empty column name for target"),
+                                              ('image = "file"\ntarget = ["mos", " "]', "empty column name for target"),
+                                              ('image = "file"\ntarget = "mos"\ngrup = "g"', "unknown role(s) grup")])
+def test_config_columns_are_checked_like_col_options(tmp_path, columns, message):
+    from featcache.defaults import load_config
+
+    (tmp_path / "featcache.toml").write_text(f"[columns]\n{columns}\n")
+    with pytest.raises(FeatcacheError, match=re.escape(message)):
+        load_config(tmp_path)
+    (tmp_path / "featcache.toml").write_text('[columns]\nimage = "file"\ntarget = ["mos", "align"]\n')
+    assert load_config(tmp_path)["columns"] == {"image": "file", "target": ["mos", "align"]}

@@ -79,7 +79,8 @@ def test_short_demo_writes_its_report(tmp_path):
 
 @pytest.mark.parametrize("options, message", [({"jobs": 0}, "--jobs 0"),
                                               ({"regressors": ["ridg"]}, "did you mean 'ridge'"),
-                                              ({"modes": ["nx"]}, "unknown mode 'nx'")])
+                                              ({"modes": ["nx"]}, "unknown mode 'nx'"),
+                                              ({"regressors": []}, "--regressors: give at least one")])
 def test_demo_refuses_bad_fitting_options_before_any_work(tmp_path, options, message):
     """They used to be checked after the synth benchmark and both extractions (a minute or more)."""
     from regressors.demo import run_demo
