@@ -748,8 +748,8 @@ def check_cache(path: str | Path, require_complete: bool = False) -> list[str]:
             if bad:
                 problems.append(f"backbone {bid}: {bad} rows marked done are not finite (`featcache repair` marks "
                                 "them to be extracted again)")
-            missing = images - int(done[()].sum())
-            if require_complete and missing:
+            missing = images - int(done[()].sum()) if require_complete else 0
+            if missing:
                 problems.append(f"backbone {bid}: {missing} of {images} rows not extracted yet (run the same "
                                 "`featcache extract` again, or merge the missing shards)")
     return problems

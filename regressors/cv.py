@@ -70,9 +70,7 @@ def backend_context(backend: str | None):
     warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor")
     from joblib import parallel_config
 
-    if backend == "multiprocessing":  # forks a process whose torch or BLAS threads ran: the children can hang
-        raise FeatcacheError(MULTIPROCESSING_REFUSED)
-    if backend in (None, "", "loky", "threading"):
+    if backend in (None, "", "loky", "threading", "multiprocessing"):  # multiprocessing: refused by _fitted
         return parallel_config(backend=backend) if backend else contextlib.nullcontext()
     if backend == "dask":
         try:
@@ -226,17 +224,6 @@ def _parallel(jobs: int, backend: str | None) -> bool:
     return jobs != 1 or backend not in (None, "")
 
 
-def _on_cpu(device: str, regressors: list[str]) -> bool:
-    """Whether the device-trained regressors of this run train on the CPU ('auto' asks torch only when one of
-    them is in the run: ridge, the SVR and the floors never import it)."""
-    name = (device or "auto").strip().lower()
-    if name == "auto" and any(get_regressor(r).uses_device for r in regressors):
-        from featcache.devices import resolve_device
-
-        return resolve_device(name).type == "cpu"
-    return name.partition(":")[0] == "cpu"
-
-
 def _trained_on(device: str, regressors: list[str]) -> str | None:
     """The device the run's torch regressors trained on, recorded with the results ('auto' resolved); None when
     none of them is in the run."""
@@ -263,7 +250,8 @@ def _fitted(tasks: list[_Task], jobs: int | str, backend: str | None, device: st
     order = sorted(range(len(tasks)), key=lambda i: -tasks[i].cost)
     with backend_context(backend):
         active = get_active_backend()[0]
-        if type(active).__name__ == "MultiprocessingBackend":  # also when set by the caller's parallel_config
+        if type(active).__name__ == "MultiprocessingBackend":  # forks a process whose torch or BLAS threads ran:
+            # the children can hang (asked for by `backend=` or set by the caller's parallel_config)
             raise FeatcacheError(MULTIPROCESSING_REFUSED)
         # backends built on multiprocessing (ray's among them) cannot yield results as they come: all at the end
         unordered = getattr(active, "supports_return_generator", False)
@@ -283,7 +271,8 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
     """Fit every regressor x mode x target on every fold; `on_progress(done, total)` after each fitted member."""
     check_jobs(jobs)
     groups = content_groups(data)
-    spread = _on_cpu(device, regressors)
+    trained_on = _trained_on(device, regressors)
+    spread = trained_on is None or trained_on.partition(":")[0] == "cpu"  # only device-trained regressors spread
     _, tasks, skipped = plan(data, modes, targets, regressors, split=split, folds=folds, repeats=repeats, seed=seed,
                              subset=subset, train_on=train_on, test_on=test_on, hold_out_prompts=hold_out_prompts,
                              groups=groups, spread=spread)
@@ -292,7 +281,7 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
               "regressors": regressors, "split": split, "split_doc": spec.doc, "folds": folds,
               "repeats": repeats, "seed": seed, "subset": subset, "train_on": train_on, "test_on": test_on,
               "hold_out_prompts": hold_out_prompts,
-              "device": _trained_on(device, regressors), "protocol": __doc__.split("\n\n", 1)[1].strip()}
+              "device": trained_on, "protocol": __doc__.split("\n\n", 1)[1].strip()}
     results = CVResults(config)
     s = data.samples
     results.samples = {"key": s.key, "group": groups, "generator": s.generator, "subset": s.subset}

@@ -26,8 +26,8 @@ from regressors.registry import get_regressor
 
 MANIFEST = ".featcache-run"
 STAGING = ".featcache-new-"  # a run's outputs are written into such a folder inside --out, then moved in
-OUTPUT_NAMES = {"results.json", "results.csv", "folds.csv", "predictions.csv", "table.md", "table.tex", "report.md",
-                MANIFEST}
+OUTPUT_FILES = {"json": "results.json", "csv": "results.csv", "folds": "folds.csv", "predictions": "predictions.csv",
+                "table": "table.md", "latex": "table.tex", "report": "report.md"}  # besides the figures
 
 
 def _cell(row: dict, metric: str) -> str:
@@ -125,16 +125,15 @@ def run_folder(out: str | Path | None, overwrite: bool = False, root: str | Path
 
 def _check_creatable(folder: Path, message: str) -> None:
     """The nearest existing parent must be a writable folder."""
-    parent = folder.absolute().parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    missing = missing_folders(folder)
+    parent = (missing[-1] if missing else folder).absolute().parent
     if not parent.is_dir():
         raise FeatcacheError(message.format(folder=folder, reason=f"{parent} is not a folder"))
     if not os.access(parent, os.W_OK | os.X_OK):
         raise FeatcacheError(message.format(folder=folder, reason=f"{parent} is not writable"))
 
 
-def _replace_run(out: Path, staged: Path) -> list[str]:
+def _replace_run(out: Path, staged: Path) -> None:
     """Move the files written into `staged` into `out`, after removing what an earlier run listed in its manifest
     (nothing else). The new manifest is written in the staging folder first (a full disk fails there, before
     anything moves) and renamed in last, so an interruption in between leaves a manifest that a later --overwrite
@@ -150,7 +149,6 @@ def _replace_run(out: Path, staged: Path) -> list[str]:
     for name in names:
         os.replace(staged / name, out / name)
     os.replace(staged / MANIFEST, manifest)  # a rename needs no space
-    return names
 
 
 def safe_name(*parts: str) -> str:
@@ -299,16 +297,14 @@ def _alive(pid: str) -> bool:
 
 def output_name(name: str) -> bool:
     """Whether a file name in a run folder is one that write_results writes (or may write: the figures)."""
-    return name in OUTPUT_NAMES or name.startswith(("scatter_", "backbones_", STAGING))
+    return name in (*OUTPUT_FILES.values(), MANIFEST) or name.startswith(("scatter_", "backbones_", STAGING))
 
 
 def _write_outputs(results: CVResults, out: Path, title: str, plot: str | None, run_info: dict | None,
                    figures: bool, figure_list: list[tuple] | None) -> dict[str, Path]:
     from regressors.tables import render_table
 
-    paths = {"json": out / "results.json", "csv": out / "results.csv", "folds": out / "folds.csv",
-             "predictions": out / "predictions.csv", "table": out / "table.md", "latex": out / "table.tex",
-             "report": out / "report.md"}
+    paths = {key: out / name for key, name in OUTPUT_FILES.items()}
     payload = results.to_dict()
     if run_info:
         payload["run"] = run_info

@@ -210,10 +210,9 @@ def _from_file(spec: BackboneSpec, path: Path) -> torch.nn.Module:
 def _head_classes(arch: str, error: str) -> int | None:
     """When only the classifier differs from the model's: the file's number of classes (0 when it has no
     classifier), read from torch's error; None otherwise."""
-    head = _classifier(arch)
     problems = _misfit_problems(error)
-    names = [n for kind in problems.values() for n in kind]
-    if not head or not names or not all(n.startswith(head + ".") for n in names):
+    head = _only_the_head(arch, problems)
+    if head is None:
         return None
     shapes = {name: in_file for name, in_file, _ in _MISFIT_PATTERNS["size mismatch"].findall(error)}
     if f"{head}.weight" in shapes and not problems["unexpected"] and not problems["missing"]:
@@ -221,6 +220,13 @@ def _head_classes(arch: str, error: str) -> int | None:
     if problems["missing"] and not problems["unexpected"] and not problems["size mismatch"]:
         return 0
     return None
+
+
+def _only_the_head(arch: str, problems: dict[str, list[str]]) -> str | None:
+    """The classifier's name when every tensor torch complained about belongs to it, else None."""
+    head = _classifier(arch)
+    names = [n for kind in problems.values() for n in kind]
+    return head if head and names and all(n.startswith(head + ".") for n in names) else None
 
 
 def _misfit_problems(error: str) -> dict[str, list[str]]:
@@ -337,26 +343,21 @@ def misfit_message(path: str | Path, arch: str, error: str) -> str:
     """One line from torch's load_state_dict error, which lists every key on lines of their own (thousands of
     characters for a checkpoint of another architecture; its first line names only the model class): how many
     tensors differ in shape, are missing or unexpected, with one example of each."""
-    parts, names = [], []
+    parts = []
+    problems = _misfit_problems(error)
     mismatches = _MISFIT_PATTERNS["size mismatch"].findall(error)
     if mismatches:
         name, in_file, in_model = mismatches[0]
         parts.append(f"{len(mismatches)} of another shape (e.g. {name}: [{in_file}] in the file, [{in_model}] in "
                      f"the model)")
-        names += [m[0] for m in mismatches]
     for label in ("missing", "unexpected"):
-        match = _MISFIT_PATTERNS[label].search(error)
-        if match:
-            keys = re.findall(r'"([^"]+)"', match.group(1))
-            parts.append(f"{len(keys)} {label} (e.g. {keys[0] if keys else '?'})")
-            names += keys
+        if problems[label]:
+            parts.append(f"{len(problems[label])} {label} (e.g. {problems[label][0]})")
     if not parts:  # a format this parser does not know: the last line is the most specific one
         parts.append(error.strip().splitlines()[-1].strip())
-    head = _classifier(arch)
-    if names and head and all(n.startswith(head + ".") for n in names):
-        hint = f"only the classifier ({head}) differs, in a way featcache cannot map (the features do not use it)"
-    else:
-        hint = "is the file for another architecture?"
+    head = _only_the_head(arch, problems)
+    hint = (f"only the classifier ({head}) differs, in a way featcache cannot map (the features do not use it)"
+            if head else "is the file for another architecture?")
     return f"{path}: weights do not fit {arch}: " + ", ".join(parts) + "; " + hint
 
 
