@@ -1,9 +1,12 @@
-"""Which samples go to which test fold: the same assignments as scikit-learn 1.9's `KFold(shuffle=True)` and
-`StratifiedGroupKFold(shuffle=True)` (tests compare them on many inputs), in numpy alone.
+"""Which samples go to which test fold: the same assignments as scikit-learn 1.9's `KFold(shuffle=True)`,
+`GroupKFold(shuffle=True)` and `StratifiedGroupKFold(shuffle=True)` (tests compare them on many inputs), in numpy
+alone.
 
 Why not import them: `import sklearn` pulls in scipy.stats and pandas, about 1.5 s on 2 cores, while a ridge or
-floor fit needs nothing else from scikit-learn and `featcache fit` should start faster than `import torch`
-(issue 10). A side effect: the folds no longer move when scikit-learn changes its algorithm.
+floor fit needs nothing else from scikit-learn, and `sklearn.model_selection` imports scipy.stats again through
+`sklearn.metrics` (0.7 s of an SVR fit's start-up, whose only use of it was the inner folds); `featcache fit`
+should start faster than `import torch` (issue 10). A side effect: the folds no longer move when scikit-learn
+changes its algorithm.
 """
 
 from __future__ import annotations
@@ -21,6 +24,24 @@ def kfold_test_sets(n: int, folds: int, seed: int) -> list[np.ndarray]:
     sizes[:n % folds] += 1
     bounds = np.r_[0, np.cumsum(sizes)]
     return [np.sort(order[bounds[k]:bounds[k + 1]]) for k in range(folds)]
+
+
+def group_kfold_test_sets(groups, folds: int, seed: int) -> list[np.ndarray]:
+    """The distinct groups (sorted) permuted with RandomState(seed), cut into `folds` near-equal runs (the first
+    ones one larger); a fold tests every sample of its groups."""
+    groups = np.asarray(groups)
+    parts = np.array_split(np.random.RandomState(seed).permutation(np.unique(groups)), folds)
+    return [np.flatnonzero(np.isin(groups, part)) for part in parts]
+
+
+def train_test_pairs(n: int, tests: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) position pairs, both ascending, as scikit-learn's `split` yields them."""
+    pairs = []
+    for test in tests:
+        is_test = np.zeros(n, bool)
+        is_test[test] = True
+        pairs.append((np.flatnonzero(~is_test), np.flatnonzero(is_test)))
+    return pairs
 
 
 def stratified_group_kfold_test_sets(strata, groups, folds: int, seed: int) -> list[np.ndarray]:

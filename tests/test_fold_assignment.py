@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
-from sklearn.model_selection import KFold, StratifiedGroupKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold
 
-from regressors.fold_assignment import kfold_test_sets, stratified_group_kfold_test_sets
+from regressors.fold_assignment import group_kfold_test_sets, kfold_test_sets, \
+    stratified_group_kfold_test_sets, train_test_pairs
 
 
 @pytest.mark.parametrize("n, folds", [(8, 2), (23, 5), (100, 3), (401, 10)])
@@ -13,6 +14,27 @@ def test_kfold_equals_scikit_learn(n, folds, seed):
     ours = kfold_test_sets(n, folds, seed)
     theirs = [np.sort(test) for _, test in KFold(folds, shuffle=True, random_state=seed).split(np.zeros(n))]
     assert [np.sort(t).tolist() for t in ours] == [t.tolist() for t in theirs]
+
+
+@pytest.mark.parametrize("n", [7, 23, 100])
+@pytest.mark.parametrize("folds", [2, 3, 5])
+def test_kfold_train_test_pairs_equal_scikit_learn_split(n, folds):
+    ours = train_test_pairs(n, kfold_test_sets(n, folds, 4))
+    theirs = list(KFold(folds, shuffle=True, random_state=4).split(np.zeros(n)))
+    assert [(a.tolist(), b.tolist()) for a, b in ours] == [(a.tolist(), b.tolist()) for a, b in theirs]
+
+
+def test_group_kfold_equals_scikit_learn():
+    rng = np.random.default_rng(2)
+    for case in range(20):
+        n_groups, folds, seed = int(rng.integers(2, 60)), int(rng.integers(2, 6)), int(rng.integers(0, 1000))
+        folds = min(folds, n_groups)
+        _, groups = _grouped_case(rng, n_groups, "one stratum")
+        if case % 2:
+            groups = np.array([f"prompt {g}" for g in groups])  # names, not codes
+        ours = train_test_pairs(len(groups), group_kfold_test_sets(groups, folds, seed))
+        theirs = list(GroupKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(groups)), groups=groups))
+        assert [(a.tolist(), b.tolist()) for a, b in ours] == [(a.tolist(), b.tolist()) for a, b in theirs], case
 
 
 def _grouped_case(rng, n_groups, mix):
