@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.model_selection import GroupKFold, KFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from regressors.fold_assignment import group_kfold_test_sets, kfold_test_sets, train_test_pairs
+from regressors.libsvm_fit import fit_precomputed
 from regressors.preprocess import DEFAULT_CLIP, FoldScaler
 from regressors.ridge_path import RIDGE_ALPHAS, inner_groups, ridge_path
 
@@ -118,36 +119,27 @@ class StandardizedSVR(_Scaled):
         ys = (y - self.y_mean_) / self.y_scale_
         grid = [(float(c), float(e)) for c in self.C_grid for e in self.epsilon_grid]
         self.C_, self.epsilon_ = grid[0]
-        from sklearn import config_context
-        from sklearn.svm import SVR  # here, so a ridge-only run does not import libsvm
-
-        # the inputs were checked once above: skipping sklearn's checks on each of the 37 fits halves small fits
-        with config_context(assume_finite=True, skip_parameter_validation=True):
-            if shared["sliced"]:
-                errors = []
-                for c, e in grid:
-                    error = 0.0
-                    for train, valid, k_train, k_valid in shared["sliced"]:
-                        model = SVR(kernel="precomputed", C=c, epsilon=e).fit(k_train, ys[train])
-                        pred = k_valid[:, model.support_] @ model.dual_coef_[0] + model.intercept_[0]  # = predict
-                        error += float(np.sum((pred - ys[valid]) ** 2))
-                    errors.append(error)
-                self.C_, self.epsilon_ = grid[int(np.argmin(errors))]
-            fitted = SVR(kernel="precomputed", C=self.C_, epsilon=self.epsilon_).fit(shared["kernel"], ys)
-        self.support_vectors_ = shared["xs"][fitted.support_]
-        self.dual_coef_ = np.asarray(fitted.dual_coef_, dtype=np.float64).ravel()
-        self.intercept_ = float(np.ravel(fitted.intercept_)[0])
+        if shared["sliced"]:
+            errors = []
+            for c, e in grid:
+                error = 0.0
+                for train, valid, k_train, k_valid in shared["sliced"]:
+                    support, dual_coef, intercept = fit_precomputed(k_train, ys[train], c, e)
+                    pred = k_valid[:, support] @ dual_coef + intercept  # = SVR.predict
+                    error += float(np.sum((pred - ys[valid]) ** 2))
+                errors.append(error)
+            self.C_, self.epsilon_ = grid[int(np.argmin(errors))]
+        support, self.dual_coef_, self.intercept_ = fit_precomputed(shared["kernel"], ys, self.C_, self.epsilon_)
+        self.support_vectors_ = shared["xs"][support]
         self.chosen_ = {"C": self.C_, "epsilon": self.epsilon_}
         return self
 
     def _inner_splits(self, n: int, groups: np.ndarray | None) -> list:
         if groups is not None:
             folds = min(self.inner_folds, len(np.unique(groups)))
-            return list(GroupKFold(folds, shuffle=True, random_state=self.random_state).split(
-                np.zeros(n), groups=groups)) if folds >= 2 else []
+            return train_test_pairs(n, group_kfold_test_sets(groups, folds, self.random_state)) if folds >= 2 else []
         folds = min(self.inner_folds, n)
-        return list(KFold(folds, shuffle=True, random_state=self.random_state).split(np.zeros(n))) if folds >= 2 \
-            else []
+        return train_test_pairs(n, kfold_test_sets(n, folds, self.random_state)) if folds >= 2 else []
 
     def predict(self, X):
         check_is_fitted(self, "support_vectors_")
