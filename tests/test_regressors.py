@@ -331,13 +331,16 @@ def test_cluster_backends_need_their_extras(tmp_path, pku_root):
 
 
 NO_SKLEARN = ("sklearn", "scipy.stats", "pandas", "joblib")
+SKLEARN_BASE_ONLY = ("scipy.stats", "pandas", "sklearn.svm", "sklearn.model_selection", "sklearn.metrics")
 
 
-@pytest.mark.parametrize("regressor, also_absent", [("ridge", NO_SKLEARN), ("svr", ()),
+@pytest.mark.parametrize("regressor, also_absent", [("ridge", NO_SKLEARN), ("svr", SKLEARN_BASE_ONLY),
                                                     ("generator-mean,sibling-mean,prompt-mean", NO_SKLEARN)])
 def test_fit_without_the_mlp_or_figures_imports_neither_torch_nor_matplotlib(tmp_path, regressor, also_absent):
     """Start-up: ridge, SVR and the floors need neither torch (about 3 s to import) nor matplotlib; ridge and the
-    floors not even scikit-learn (whose import brings scipy.stats and pandas: 1.5 s) nor joblib with --jobs 1.
+    floors not even scikit-learn (whose import brings scipy.stats and pandas: 1.5 s) nor joblib with --jobs 1;
+    SVR imports scikit-learn's base with scipy.stats and pandas deferred (featcache.fastimport) and libsvm's
+    binding without sklearn.svm (regressors.libsvm_fit), which would import them through sklearn.metrics.
     With the annotation unchanged since extraction (same bytes), the labels check does not parse it again (no
     dataset adapter is loaded; a large spreadsheet took seconds). Two modes, so the paired comparisons run too."""
     import subprocess

@@ -123,3 +123,62 @@ print("ok")
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_deferred_modules_are_imported_on_first_use_and_missing_ones_still_fail(tmp_path, monkeypatch):
+    """featcache.fastimport's stand-ins: a module named by an import statement inside the hooked package is not
+    imported until an attribute is used; afterwards `import` gives the real module; a missing one still fails."""
+    from featcache import fastimport
+
+    (tmp_path / "fc_heavy.py").write_text("import fc_log\nfc_log.imported.append('fc_heavy')\nVALUE = 42\n")
+    (tmp_path / "fc_log.py").write_text("imported = []\n")
+    (tmp_path / "fc_pkg").mkdir()
+    (tmp_path / "fc_pkg" / "__init__.py").write_text(
+        "import fc_heavy\ntry:\n    import fc_missing\nexcept ImportError:\n    fc_missing = None\n"
+        "def value():\n    return fc_heavy.VALUE\n")
+    (tmp_path / "fc_pkg" / "sub.py").write_text("import fc_heavy as heavy\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("fc_heavy", "fc_log", "fc_pkg", "fc_pkg.sub", "fc_missing"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    finder = fastimport._DeferWhileImporting("fc_pkg", ("fc_heavy", "fc_missing"))
+    sys.meta_path.insert(0, finder)
+    try:
+        import fc_log
+        import fc_pkg
+        import fc_pkg.sub
+    finally:
+        sys.meta_path.remove(finder)
+    assert fc_pkg.fc_missing is None  # not installed: its ImportError was kept
+    assert fc_log.imported == [] and "fc_heavy" not in sys.modules  # deferred, and the stand-in is gone
+    assert type(fc_pkg.__loader__).__name__ == "SourceFileLoader"  # the real loader, given back
+    assert fc_pkg.value() == 42 and fc_log.imported == ["fc_heavy"]  # first use imports it, once
+    assert fc_pkg.sub.heavy.VALUE == 42 and fc_log.imported == ["fc_heavy"]
+    import fc_heavy
+
+    assert type(fc_heavy).__name__ == "module" and fc_heavy.VALUE == 42
+
+
+@pytest.mark.slow  # a fresh interpreter importing scikit-learn and pandas: 3 s
+def test_sklearn_imports_without_scipy_stats_and_pandas_and_both_stay_usable():
+    script = """
+import sys
+from featcache.fastimport import defer_sklearn_extras
+defer_sklearn_extras()
+import sklearn.base, sklearn.utils.fixes as fixes
+assert "scipy.stats" not in sys.modules and "pandas" not in sys.modules, sorted(sys.modules)
+from sklearn.utils._dataframe import is_pandas_df
+import numpy as np
+assert not is_pandas_df(np.zeros(3)) and "pandas" not in sys.modules
+import pandas
+assert fixes.pd.__version__ == pandas.__version__ and fixes.pd.DataFrame is pandas.DataFrame
+assert type(sys.modules["pandas"]).__name__ == "module" and is_pandas_df(pandas.DataFrame({"a": [1]}))
+import scipy
+assert scipy.stats.rankdata([3, 1, 2]).tolist() == [3.0, 1.0, 2.0]
+from sklearn.svm import SVR
+assert SVR().fit(np.arange(8.0).reshape(-1, 1), np.arange(8.0)).predict([[1.0]]).shape == (1,)
+print("ok")
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
