@@ -11,13 +11,14 @@ at once, so the worst case is today's cost. Afterwards the placeholders are gone
 real thing. Called by the CLI only (a short-lived process that never compiles); library users import timm as usual.
 
 **scikit-learn.** `import sklearn` runs `sklearn.utils.fixes`, which imports scipy.stats (0.9 s on 2 cores) and
-pandas (0.3 s), and `sklearn.svm` imports scipy.stats again through `sklearn.preprocessing`; they use neither
-until a function needs it, and an SVR fit never does. While a scikit-learn module executes, `scipy.stats` and
-`pandas` are `_Deferred` stand-ins: any attribute (a dunder such as `__version__` too) imports the real module
-and answers from it. When the outermost scikit-learn import is done the stand-ins leave `sys.modules`, so the next
-`import pandas` is the real thing, and scikit-learn's "is this a DataFrame?" test, which first looks whether
-pandas is in `sys.modules`, answers False without importing it (right: no DataFrame exists without pandas).
-A name whose package is not installed gets no stand-in (its ImportError is kept).
+pandas (0.3 s) and uses neither until one of its functions is called; an SVR fit never calls them. While that one
+module executes, `scipy.stats` and `pandas` are `_Deferred` stand-ins: any attribute (a dunder such as
+`__version__` too) imports the real module and answers from it. When it is done the stand-ins leave `sys.modules`,
+so the next `import pandas` is the real thing, and scikit-learn's "is this a DataFrame?" test, which first looks
+whether pandas is in `sys.modules`, answers False without importing it (right: no DataFrame exists without
+pandas). A name whose package is not installed gets no stand-in (its ImportError is kept). Only that module is
+hooked: one that imported a submodule of a stand-in (`from scipy.stats.mstats import ...`, as
+sklearn.inspection does) would make the import system load that submodule twice.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def import_timm_without_dynamo() -> None:
         _drop_placeholders()
 
 
-SKLEARN = "sklearn"
+SKLEARN_TRIGGER = "sklearn.utils.fixes"
 SKLEARN_DEFERRED = ("scipy.stats", "pandas")
 
 
@@ -130,8 +131,8 @@ class _Deferred(types.ModuleType):
 
 
 class _DeferringLoader:
-    """Runs the wrapped loader's `exec_module` with stand-ins for `deferred` in `sys.modules`; the outermost such
-    module to finish removes them. The module gets its real loader back."""
+    """Runs the wrapped loader's `exec_module` with stand-ins for `deferred` in `sys.modules`, then removes them
+    (unless an enclosing hooked module placed them). The module gets its real loader back."""
 
     def __init__(self, loader, deferred: tuple[str, ...]):
         self.loader, self.deferred = loader, deferred
@@ -168,14 +169,13 @@ class _DeferringLoader:
 
 
 class _DeferWhileImporting(importlib.abc.MetaPathFinder):
-    """Finds `package` and its submodules through the other finders and wraps their loaders in a
-    `_DeferringLoader`."""
+    """Finds the `hooked` modules through the other finders and wraps their loaders in a `_DeferringLoader`."""
 
-    def __init__(self, package: str, deferred: tuple[str, ...]):
-        self.package, self.deferred = package, deferred
+    def __init__(self, hooked: tuple[str, ...], deferred: tuple[str, ...]):
+        self.hooked, self.deferred = hooked, deferred
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != self.package and not fullname.startswith(self.package + "."):
+        if fullname not in self.hooked:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -189,7 +189,7 @@ class _DeferWhileImporting(importlib.abc.MetaPathFinder):
 
 
 def defer_sklearn_extras() -> None:
-    """From now on, while a scikit-learn module executes, scipy.stats and pandas are stand-ins imported on first
-    use. A no-op when the hook is in place."""
-    if not any(isinstance(f, _DeferWhileImporting) for f in sys.meta_path):
-        sys.meta_path.insert(0, _DeferWhileImporting(SKLEARN, SKLEARN_DEFERRED))
+    """Let `sklearn.utils.fixes`, when this process first imports scikit-learn, leave scipy.stats and pandas
+    unimported until something uses them. A no-op when the hook is in place or scikit-learn is imported."""
+    if SKLEARN_TRIGGER not in sys.modules and not any(isinstance(f, _DeferWhileImporting) for f in sys.meta_path):
+        sys.meta_path.insert(0, _DeferWhileImporting((SKLEARN_TRIGGER,), SKLEARN_DEFERRED))

@@ -126,7 +126,7 @@ print("ok")
 
 
 def test_deferred_modules_are_imported_on_first_use_and_missing_ones_still_fail(tmp_path, monkeypatch):
-    """featcache.fastimport's stand-ins: a module named by an import statement inside the hooked package is not
+    """featcache.fastimport's stand-ins: a module named by an import statement inside a hooked module is not
     imported until an attribute is used; afterwards `import` gives the real module; a missing one still fails."""
     from featcache import fastimport
 
@@ -140,7 +140,7 @@ def test_deferred_modules_are_imported_on_first_use_and_missing_ones_still_fail(
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in ("fc_heavy", "fc_log", "fc_pkg", "fc_pkg.sub", "fc_missing"):
         monkeypatch.delitem(sys.modules, name, raising=False)
-    finder = fastimport._DeferWhileImporting("fc_pkg", ("fc_heavy", "fc_missing"))
+    finder = fastimport._DeferWhileImporting(("fc_pkg", "fc_pkg.sub"), ("fc_heavy", "fc_missing"))
     sys.meta_path.insert(0, finder)
     try:
         import fc_log
