@@ -164,9 +164,10 @@ print("ok")
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
-def test_tensor_names_are_read_without_the_tensors(tmp_path, monkeypatch):
-    """`_from_file` only looks at the names before timm reads the file: from the header or a memory map, whatever
-    the format or the wrapping, and still right for a legacy (non-zip) torch file that cannot be mapped."""
+def test_tensor_shapes_are_read_without_the_tensors(tmp_path, monkeypatch):
+    """`_from_file` only looks at the names and shapes before timm reads the file: from the header or a memory
+    map, whatever the format or the wrapping, and still right for a legacy (non-zip) torch file that cannot be
+    mapped."""
     state = {"_conv_stem.weight": torch.ones(2, 3), "classifier.bias": torch.zeros(2)}
     save_file(state, str(tmp_path / "w.safetensors"))
     torch.save(state, tmp_path / "plain.pth")
@@ -176,11 +177,12 @@ def test_tensor_names_are_read_without_the_tensors(tmp_path, monkeypatch):
     real = weights_module._read_state_dict
     monkeypatch.setattr(weights_module, "_read_state_dict", lambda path: full_reads.append(path.name) or real(path))
     for name in ("w.safetensors", "plain.pth", "wrapped.pt", "legacy.pth"):
-        assert sorted(weights_module._tensor_names(tmp_path / name)) == sorted(state), name
+        assert weights_module._tensor_shapes(tmp_path / name) == {"_conv_stem.weight": (2, 3),
+                                                                  "classifier.bias": (2,)}, name
     assert full_reads == ["legacy.pth"]
     (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(weights_module.FeatcacheError, match="broken.pth: not a readable weights file"):
-        weights_module._tensor_names(tmp_path / "broken.pth")
+        weights_module._tensor_shapes(tmp_path / "broken.pth")
 
 
 @pytest.mark.parametrize("backbone, message", [
@@ -217,16 +219,24 @@ def test_weights_of_another_shape_say_how_many_and_which(tmp_path, suffix):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("classes", [10, 1, 0])
-def test_a_fine_tuned_checkpoint_with_another_classifier_loads(tmp_path, classes):
+@pytest.mark.parametrize("classes, suffix", [(10, "safetensors"), (1, "pth"), (0, "safetensors"), (0, "pth")])
+def test_a_fine_tuned_checkpoint_with_another_classifier_loads(tmp_path, monkeypatch, classes, suffix):
     """A checkpoint fine-tuned with another head (10 classes, a 1-output quality regressor, or saved without a
     classifier) loads: the model gets that head, and the features, which never use it, equal those of the same
-    trunk in the ImageNet-shaped model."""
+    trunk in the ImageNet-shaped model. The head's size is read from the file, so the model is built (and the
+    file read) once."""
     torch.manual_seed(classes)
     tuned = timm.create_model("resnet18", num_classes=classes).eval()
-    save_file(tuned.state_dict(), str(tmp_path / "tuned.safetensors"))
-    loaded = load_backbone("resnet18", weights_file=tmp_path / "tuned.safetensors")
+    if suffix == "safetensors":
+        save_file(tuned.state_dict(), str(tmp_path / "tuned.safetensors"))
+    else:
+        torch.save({"state_dict": tuned.state_dict(), "epoch": 9}, tmp_path / "tuned.pth")
+    builds = []
+    real = weights_module._timm_pretrained
+    monkeypatch.setattr(weights_module, "_timm_pretrained", lambda *a, **k: builds.append(k) or real(*a, **k))
+    loaded = load_backbone("resnet18", weights_file=tmp_path / f"tuned.{suffix}")
     assert loaded.extractor().model.num_classes == classes
+    assert [b["pretrained_cfg_overlay"].get("num_classes") for b in builds] == [classes]
     reference = timm.create_model("resnet18").eval()
     trunk = {k: v for k, v in tuned.state_dict().items() if not k.startswith("fc.")}
     assert not reference.load_state_dict(trunk, strict=False).unexpected_keys
@@ -234,6 +244,18 @@ def test_a_fine_tuned_checkpoint_with_another_classifier_loads(tmp_path, classes
     with torch.no_grad():
         assert torch.allclose(loaded.extractor()(x), reference.forward_head(reference.forward_features(x),
                                                                             pre_logits=True), atol=1e-5)
+
+
+def test_a_file_whose_head_looks_fine_tuned_but_whose_trunk_differs_is_refused_as_before(tmp_path):
+    """The shapes guess a 10-class head, the trunk does not fit either: the usual one-line refusal, from the
+    build with timm's own head (conv1 and both classifier tensors of another shape)."""
+    spec = resolve_backbone("resnet18")
+    state = timm.create_model("resnet18", num_classes=10).state_dict()
+    state["conv1.weight"] = torch.zeros(64, 3, 5, 5)
+    save_file(state, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(weights_module.FeatcacheError, match=r"weights do not fit resnet18: 3 of another shape "
+                                                            r"\(e\.g\. conv1\.weight: \[64, 3, 5, 5\]"):
+        weights_module.create_model(spec, weights_module.choose_weights(spec, tmp_path / "odd.safetensors"))
 
 
 def test_a_classifier_that_cannot_be_mapped_says_only_the_head_differs(tmp_path):

@@ -69,6 +69,15 @@ def meta_model(build: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
     return None if computed_in_init(model) else model
 
 
+def meta_state_names(build: Callable[[], torch.nn.Module]) -> list[str] | None:
+    """The state-dict names of `build()`'s model, built on the meta device; None when it cannot be built there."""
+    try:
+        with torch.device("meta"), MetaWritesAreNoOps():
+            return list(build().state_dict())
+    except Exception:
+        return None
+
+
 def computed_in_init(model: torch.nn.Module) -> bool:
     """Non-persistent buffers or tensors kept as plain attributes: values of __init__ that no checkpoint holds."""
     return any(module._non_persistent_buffers_set for module in model.modules()) or \

@@ -185,26 +185,88 @@ def state_sha256(model: torch.nn.Module) -> str:
 
 
 def _from_file(spec: BackboneSpec, path: Path) -> torch.nn.Module:
-    if any(k.startswith("_conv_stem") for k in _tensor_names(path)):
+    """A local checkpoint through timm's own path. A fine-tuned checkpoint whose classifier has other classes (or
+    none) is built with that head, which the features never use: sized from the file's tensor shapes, so the
+    model is built and the file read once; where the shapes do not tell, from torch's error after a first try."""
+    shapes = _tensor_shapes(path)
+    if any(k.startswith("_conv_stem") for k in shapes):
         return _from_efficientnet_pytorch(spec, _read_state_dict(path), path)
-    overlay = {"file": str(path)}
-    for attempt in (1, 2):
-        try:  # timm's own path: applies the family's checkpoint filter (torchvision names, .npz for ViT ...)
-            return _timm_pretrained(spec.arch, pretrained_cfg_overlay=overlay)
-        except RuntimeError as exc:
-            if "state_dict" not in str(exc):
-                raise FeatcacheError(f"{path}: cannot load weights for {spec.arch} "
-                                     f"({str(exc).splitlines()[0]})") from exc
-            classes = _head_classes(spec.arch, str(exc)) if attempt == 1 else None
-            if classes is None:
-                raise FeatcacheError(misfit_message(path, spec.arch, str(exc))) from None
-            # a fine-tuned checkpoint whose head has other classes (or none): the model is built with that head,
-            # which the features never use
-            overlay = {"file": str(path), "num_classes": classes}
-        except Exception as exc:
-            raise FeatcacheError(f"{path}: cannot load weights for {spec.arch} ({type(exc).__name__}: {exc})") \
-                from exc
-    raise AssertionError("unreachable")
+    guess = _head_classes_from_shapes(spec.arch, shapes)
+    if guess is not None:
+        try:
+            return _timm_file(spec, path, guess)
+        except _Misfit:
+            pass  # names timm's checkpoint filter renames, or more than the head differs: the usual way
+    try:
+        return _timm_file(spec, path, None)
+    except _Misfit as misfit:
+        classes = _head_classes(spec.arch, misfit.error)
+        if classes is None or classes == guess:
+            raise FeatcacheError(misfit_message(path, spec.arch, misfit.error)) from None
+    try:
+        return _timm_file(spec, path, classes)
+    except _Misfit as misfit:
+        raise FeatcacheError(misfit_message(path, spec.arch, misfit.error)) from None
+
+
+class _Misfit(Exception):
+    """torch's load_state_dict refused the file's tensors; `error` is its message."""
+
+    def __init__(self, error: str):
+        super().__init__(error)
+        self.error = error
+
+
+def _timm_file(spec: BackboneSpec, path: Path, classes: int | None) -> torch.nn.Module:
+    """timm's own loading path (it applies the family's checkpoint filter: torchvision names, .npz for ViT ...),
+    with `classes` outputs instead of the pretrained config's when given."""
+    overlay = {"file": str(path)} if classes is None else {"file": str(path), "num_classes": classes}
+    try:
+        return _timm_pretrained(spec.arch, pretrained_cfg_overlay=overlay)
+    except RuntimeError as exc:
+        if "state_dict" not in str(exc):
+            raise FeatcacheError(f"{path}: cannot load weights for {spec.arch} "
+                                 f"({str(exc).splitlines()[0]})") from exc
+        raise _Misfit(str(exc)) from None
+    except Exception as exc:
+        raise FeatcacheError(f"{path}: cannot load weights for {spec.arch} ({type(exc).__name__}: {exc})") \
+            from exc
+
+
+def _head_classes_from_shapes(arch: str, shapes: dict[str, tuple]) -> int | None:
+    """The classes of a file whose classifier differs from the pretrained config's: the rows of its
+    `<classifier>.weight`, or 0 when it holds exactly the model's other tensors (built on the meta device, no
+    memory). None when the head fits, or the file does not tell (other names, which timm's filter may map)."""
+    head, default = _classifier(arch), _default_classes(arch)
+    if head is None or default is None or not shapes:
+        return None
+    weight = shapes.get(f"{head}.weight")
+    if weight is not None:
+        return int(weight[0]) if len(weight) == 2 and weight[0] != default else None
+    if any(name.startswith(head + ".") for name in shapes):
+        return None
+    from featcache.backbones.skipinit import meta_state_names
+
+    names = meta_state_names(lambda: _timm_create(arch))
+    if names is None:
+        return None
+    return 0 if {n for n in names if not n.startswith(head + ".")} == set(shapes) else None
+
+
+def _timm_create(arch: str) -> torch.nn.Module:
+    import timm
+
+    return timm.create_model(arch, pretrained=False)
+
+
+def _default_classes(arch: str) -> int | None:
+    try:
+        from timm.models import get_pretrained_cfg
+
+        classes = getattr(get_pretrained_cfg(arch), "num_classes", None)
+    except Exception:
+        return None
+    return classes if isinstance(classes, int) else None
 
 
 def _head_classes(arch: str, error: str) -> int | None:
@@ -279,24 +341,28 @@ def _from_efficientnet_pytorch(spec: BackboneSpec, state: dict, path: Path) -> t
     return model
 
 
-def _tensor_names(path: Path) -> list[str]:
-    """The tensor names of a weights file without reading its tensors: timm reads the file itself, and reading a
-    1.2 GB checkpoint only to look at its names doubled the load. safetensors: the header; a zip-format torch file:
-    memory-mapped (only the pages touched are read); anything else: read whole, as before."""
+def _tensor_shapes(path: Path) -> dict[str, tuple]:
+    """The tensor names and shapes of a weights file without reading its tensors: timm reads the file itself, and
+    reading a 1.2 GB checkpoint only to look at its names doubled the load. safetensors: the header; a zip-format
+    torch file: memory-mapped (only the pages touched are read); anything else: read whole, as before."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".safetensors":
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as handle:
-                return list(handle.keys())
+                return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
         if suffix in (".pth", ".pt", ".bin", ".ckpt"):
             import torch
 
-            return list(_unwrap(torch.load(path, map_location="cpu", weights_only=True, mmap=True)) or ())
+            return _shapes(_unwrap(torch.load(path, map_location="cpu", weights_only=True, mmap=True)))
     except Exception:  # not memory-mappable (a legacy torch file) or unreadable: the full read reports it
         pass
-    return list(_read_state_dict(path) or ())
+    return _shapes(_read_state_dict(path))
+
+
+def _shapes(state: dict | None) -> dict[str, tuple]:
+    return {name: tuple(getattr(value, "shape", ())) for name, value in (state or {}).items()}
 
 
 def _unwrap(state) -> dict | None:
