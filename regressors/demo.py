@@ -51,6 +51,7 @@ def run_demo(out: str | Path = "demo-out", *, views: int = 6, folds: int = 4, se
     echo(f"[2/4] synth benchmark: {made.samples} rated images ({made.i2i_samples} with an image prompt) "
          f"in {data_root}")
     samples = load_dataset("pku-aigiqa-4k", data_root)
+    _check_folds(samples, folds, seed)  # before the extractions, as bench would refuse them after
     cache = data_root / "featcache.h5"
     ids = {}
     for pool in ("paper", "multilevel"):
@@ -76,3 +77,22 @@ def run_demo(out: str | Path = "demo-out", *, views: int = 6, folds: int = 4, se
                       f"Total time: {seconds:.0f} s.\n")
     echo(f"done in {seconds:.0f} s: {report}")
     return report
+
+
+def _check_folds(samples, folds: int, seed: int) -> None:
+    """Make the prompt-disjoint folds the bench will make (same content groups, same rules), so `--folds 50`
+    on a small synth benchmark is refused before the extractions, not after."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from regressors.design import content_groups
+    from regressors.splits import SplitRequest, make_folds
+
+    cached_like = SimpleNamespace(group=np.asarray(samples.group, dtype=object),
+                                  text_prompt=np.asarray(samples.text_prompt, dtype=object),
+                                  prompt_image=np.array([0 if p else -1 for p in samples.prompt_image]))
+    groups = content_groups(SimpleNamespace(samples=cached_like))
+    request = SplitRequest(np.arange(len(groups)), groups, np.asarray(samples.subset), np.asarray(samples.generator),
+                           folds, seed, what="the synth benchmark")
+    make_folds(request, "group")

@@ -88,3 +88,16 @@ def test_demo_refuses_bad_fitting_options_before_any_work(tmp_path, options, mes
     with pytest.raises(FeatcacheError, match=message):
         run_demo(tmp_path / "demo", **options)
     assert not (tmp_path / "demo").exists()
+
+
+def test_demo_refuses_too_many_folds_before_the_extractions(tmp_path, monkeypatch):
+    """`--folds 50` on a small synth benchmark: the bench's own fold rules, applied before the extractions
+    (they used to be refused only after both)."""
+    import featcache.backbones
+    from regressors.demo import run_demo
+
+    monkeypatch.setattr(featcache.backbones, "load_backbone", lambda *a, **k: pytest.fail("extraction started"))
+    photos = _photos(tmp_path / "photos", n=6)
+    with pytest.raises(FeatcacheError, match=r"the synth benchmark has \d+ samples.*too few for 50"):
+        run_demo(tmp_path / "demo", photos=photos, views=1, folds=50, jobs=1, progress=False, echo=lambda line: None)
+    assert not (tmp_path / "demo" / "synth" / "featcache.h5").exists()
