@@ -50,7 +50,7 @@ def _type_problem(key: str, value) -> str | None:
             return "expected a whole number (no quotes)"
         return None if value >= low else f"expected a number >= {low}"
     if key == "columns":
-        from featcache.datasets.generic_csv import ROLES
+        from featcache.column_roles import ROLES
 
         ok = isinstance(value, dict) and all(isinstance(v, str) or (k == "target" and isinstance(v, list) and v and
                                                                    all(isinstance(c, str) for c in v))

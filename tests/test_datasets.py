@@ -1,5 +1,7 @@
+import os
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +186,19 @@ def test_config_columns_are_checked_like_col_options(tmp_path, columns, message)
         load_config(tmp_path)
     (tmp_path / "featcache.toml").write_text('[columns]\nimage = "file"\ntarget = ["mos", "align"]\n')
     assert load_config(tmp_path)["columns"] == {"image": "file", "target": ["mos", "align"]}
+
+
+def test_checking_config_columns_imports_no_dataset_adapter(tmp_path):
+    """Every command reads featcache.toml; checking its [columns] must not import pandas (0.3-0.4 s of start-up)
+    through the CSV adapter."""
+    import subprocess
+    import sys
+
+    (tmp_path / "featcache.toml").write_text('[columns]\nimage = "file"\ntarget = "mos"\n')
+    script = ("import sys\nfrom featcache.defaults import load_config\n"
+              f"assert load_config({str(tmp_path)!r})['columns'] == {{'image': 'file', 'target': 'mos'}}\n"
+              "print([m for m in ('pandas', 'featcache.datasets') if m in sys.modules])\n")
+    repo = str(Path(__file__).resolve().parents[1])
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": repo})
+    assert run.stdout.strip() == "[]", run.stdout + run.stderr

@@ -6,13 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from featcache.column_roles import ROLES
 from featcache.datasets.registry import register_dataset
 from featcache.datasets.tables import join
 from featcache.errors import FeatcacheError
 from featcache.samples import SampleTable
-
-ROLES = ("image", "prompt_image", "text", "group", "generator", "target", "image_dir", "prompt_dir")
-
 
 def parse_columns(pairs: list[str] | tuple[str, ...] | dict) -> dict:
     """Turn ['image=file', 'target=mos', 'target=align'] (or a config dict) into a role mapping."""
