@@ -18,7 +18,9 @@ so the next `import pandas` is the real thing, and scikit-learn's "is this a Dat
 whether pandas is in `sys.modules`, answers False without importing it (right: no DataFrame exists without
 pandas). A name whose package is not installed gets no stand-in (its ImportError is kept). Only that module is
 hooked: one that imported a submodule of a stand-in (`from scipy.stats.mstats import ...`, as
-sklearn.inspection does) would make the import system load that submodule twice.
+sklearn.inspection does) would make the import system load that submodule twice. Nor are stand-ins placed while
+another Python thread runs (the dask backend's first scikit-learn import happens in a worker thread): `sys.modules`
+is shared, so a thread importing pandas at that moment would get the stand-in, or a half-imported pandas.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import importlib.abc
 import importlib.util
 import os
 import sys
+import threading
 import types
 
 _NAMES = ("torch._dynamo.utils", "torch._dynamo")
@@ -145,7 +148,7 @@ class _DeferringLoader:
 
     def exec_module(self, module: types.ModuleType) -> None:
         placed = {}
-        for name in self.deferred:
+        for name in self.deferred if threading.active_count() == 1 else ():  # one thread only (module docstring)
             if name in sys.modules:  # imported already, or a stand-in placed by an enclosing import
                 continue
             try:

@@ -11,26 +11,40 @@ changes its algorithm.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import numpy as np
 
 
-def kfold_test_sets(n: int, folds: int, seed: int) -> list[np.ndarray]:
-    """Shuffle 0..n-1 with RandomState(seed), cut into `folds` consecutive parts, the first n % folds one larger."""
+def random_state(seed) -> np.random.RandomState:
+    """scikit-learn's `check_random_state`: None -> numpy's global RandomState, an int -> a new one seeded with it,
+    a RandomState -> itself (its draws advance)."""
+    if seed is None:
+        return np.random.mtrand._rand
+    if isinstance(seed, np.random.RandomState):
+        return seed
+    if isinstance(seed, numbers.Integral):
+        return np.random.RandomState(seed)
+    raise ValueError(f"{seed!r} cannot be used to seed a numpy.random.RandomState instance")
+
+
+def kfold_test_sets(n: int, folds: int, seed) -> list[np.ndarray]:
+    """Shuffle 0..n-1 with RandomState(seed) (see `random_state`), cut into `folds` consecutive parts, the first
+    n % folds one larger."""
     order = np.arange(n)
-    np.random.RandomState(seed).shuffle(order)
+    random_state(seed).shuffle(order)
     sizes = np.full(folds, n // folds, dtype=int)
     sizes[:n % folds] += 1
     bounds = np.r_[0, np.cumsum(sizes)]
     return [np.sort(order[bounds[k]:bounds[k + 1]]) for k in range(folds)]
 
 
-def group_kfold_test_sets(groups, folds: int, seed: int) -> list[np.ndarray]:
+def group_kfold_test_sets(groups, folds: int, seed) -> list[np.ndarray]:
     """The distinct groups (sorted) permuted with RandomState(seed), cut into `folds` near-equal runs (the first
     ones one larger); a fold tests every sample of its groups."""
     groups = np.asarray(groups)
-    parts = np.array_split(np.random.RandomState(seed).permutation(np.unique(groups)), folds)
+    parts = np.array_split(random_state(seed).permutation(np.unique(groups)), folds)
     return [np.flatnonzero(np.isin(groups, part)) for part in parts]
 
 
@@ -59,7 +73,7 @@ def stratified_group_kfold_test_sets(strata, groups, folds: int, seed: int) -> l
     per_group = np.zeros((n_groups, n_strata))
     np.add.at(per_group, (group_code, strata_code), 1)
     order = np.arange(n_groups)
-    np.random.RandomState(seed).shuffle(order)
+    random_state(seed).shuffle(order)
     per_group = per_group[order]
     new_code = np.empty_like(order)
     new_code[order] = np.arange(n_groups)

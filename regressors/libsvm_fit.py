@@ -8,6 +8,12 @@ own name (it imports numpy and sklearn.utils only) and called with exactly the a
 `SVR(kernel="precomputed", C=C, epsilon=epsilon).fit` passes; tests compare the support, dual coefficients and
 intercept with SVR's. Where the binding is missing or refuses those arguments (another scikit-learn), `SVR` itself
 fits, so a new scikit-learn costs start-up time, never a result.
+
+Threads (the dask backend fits in worker threads): one thread loads the binding, under a lock; a module found in
+`sys.modules` counts only once its last definition (`set_verbosity_wrap`) exists, since an extension that another
+thread is still initialising is already there; until then that fit goes through `SVR`, whose import waits.
+Loaded this way, the binding is not an attribute of `sklearn.svm` when that package is imported later (scikit-learn's
+own `from . import _libsvm` finds it in `sys.modules`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import threading
 import types
 
 import numpy as np
@@ -23,6 +30,7 @@ import numpy as np
 BINDING = "sklearn.svm._libsvm"
 EPSILON_SVR = 3  # libsvm's svm_type; scikit-learn's LIBSVM_IMPL.index("epsilon_svr")
 _binding_state: dict[str, types.ModuleType | None] = {}
+_LOADING = threading.Lock()
 
 
 def fit_precomputed(kernel: np.ndarray, y: np.ndarray, C: float, epsilon: float) -> tuple[np.ndarray, np.ndarray,
@@ -41,6 +49,8 @@ def fit_precomputed(kernel: np.ndarray, y: np.ndarray, C: float, epsilon: float)
             fitted = _fit_with_binding(binding, kernel, y, C, epsilon)
         except TypeError:  # the binding's signature changed: remember, and let SVR call it
             _binding_state[BINDING] = None
+        except AttributeError:  # a binding without these functions: SVR
+            _binding_state[BINDING] = None
     if fitted is None:
         fitted = _fit_with_svr(kernel, y, C, epsilon)
     support, dual_coef, intercept = fitted
@@ -51,15 +61,28 @@ def fit_precomputed(kernel: np.ndarray, y: np.ndarray, C: float, epsilon: float)
 
 
 def libsvm_binding() -> types.ModuleType | None:
-    """The loaded `sklearn.svm._libsvm` extension, or None where it cannot be found or loaded."""
-    if BINDING not in _binding_state:
-        _binding_state[BINDING] = _load_binding()
+    """The loaded `sklearn.svm._libsvm` extension, or None where it cannot be found or loaded (or another thread
+    is still initialising it)."""
+    if BINDING in _binding_state:
+        return _binding_state[BINDING]
+    with _LOADING:
+        if BINDING not in _binding_state:
+            if BINDING in sys.modules:  # imported through sklearn.svm, or being imported by another thread
+                module = sys.modules[BINDING]
+                if not _complete(module):
+                    return None  # not remembered: complete on a later call
+                _binding_state[BINDING] = module
+            else:
+                _binding_state[BINDING] = _load_binding()
     return _binding_state[BINDING]
 
 
+def _complete(module: types.ModuleType) -> bool:
+    """`set_verbosity_wrap` is the binding's last definition: present only once its initialisation has run."""
+    return callable(getattr(module, "fit", None)) and callable(getattr(module, "set_verbosity_wrap", None))
+
+
 def _load_binding() -> types.ModuleType | None:
-    if BINDING in sys.modules:
-        return sys.modules[BINDING]
     try:
         sklearn_spec = importlib.util.find_spec("sklearn")
         folders = list(sklearn_spec.submodule_search_locations or []) if sklearn_spec else []
@@ -71,12 +94,11 @@ def _load_binding() -> types.ModuleType | None:
                     spec = importlib.util.spec_from_file_location(BINDING, path)
                     module = importlib.util.module_from_spec(spec)
                     spec.loader.exec_module(module)
-                    if not callable(getattr(module, "fit", None)) or not callable(
-                            getattr(module, "set_verbosity_wrap", None)):
+                    if not _complete(module):
                         return None
-                    sys.modules[BINDING] = module  # one instance, shared with a later `import sklearn.svm`
-                    return module
-    except (ImportError, OSError, AttributeError):
+                    sys.modules.setdefault(BINDING, module)  # one instance, shared with a later `import sklearn.svm`
+                    return sys.modules[BINDING] if _complete(sys.modules[BINDING]) else module
+    except (ImportError, OSError, AttributeError, RuntimeError):  # RuntimeError: Cython's "re-initialisation"
         return None
     return None
 

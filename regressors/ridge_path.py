@@ -18,7 +18,17 @@ def inner_groups(groups, n: int) -> np.ndarray | None:
     groups = np.asarray(groups)
     if len(groups) != n:
         raise ValueError(f"groups has {len(groups)} entries for {n} samples")
+    if _has_missing(groups):
+        raise ValueError("groups contain NaN or infinity (a missing group is no group to hold out)")
     return groups if len(np.unique(groups)) >= MIN_GROUPS else None
+
+
+def _has_missing(groups: np.ndarray) -> bool:
+    if groups.dtype.kind in "fc":
+        return not bool(np.all(np.isfinite(groups)))
+    if groups.dtype.kind == "O":
+        return any(isinstance(g, float) and not np.isfinite(g) for g in groups.ravel().tolist())
+    return False
 
 
 def ridge_path(xc: np.ndarray, yc: np.ndarray, alphas: np.ndarray, groups: np.ndarray | None = None

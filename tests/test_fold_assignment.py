@@ -37,6 +37,37 @@ def test_group_kfold_equals_scikit_learn():
         assert [(a.tolist(), b.tolist()) for a, b in ours] == [(a.tolist(), b.tolist()) for a, b in theirs], case
 
 
+def test_a_random_state_object_is_drawn_from_as_scikit_learn_does():
+    """StandardizedSVR(random_state=np.random.RandomState(0)) was accepted when scikit-learn made its folds."""
+    groups = np.repeat(np.arange(12), 3)
+    ours, theirs = np.random.RandomState(5), np.random.RandomState(5)
+    for _ in range(3):  # the same object twice in a row: its draws advance the same way
+        mine = train_test_pairs(len(groups), group_kfold_test_sets(groups, 3, ours))
+        sk = list(GroupKFold(3, shuffle=True, random_state=theirs).split(np.zeros(len(groups)), groups=groups))
+        assert [b.tolist() for _, b in mine] == [b.tolist() for _, b in sk]
+    assert [t.tolist() for t in kfold_test_sets(10, 2, np.random.RandomState(1))] == \
+        [np.sort(b).tolist() for _, b in KFold(2, shuffle=True, random_state=1).split(np.zeros(10))]
+    with pytest.raises(ValueError, match="cannot be used to seed"):
+        kfold_test_sets(10, 2, "seven")
+
+
+def test_svr_and_ridge_take_a_random_state_object_and_refuse_missing_groups():
+    from regressors.standardized import StandardizedRidge, StandardizedSVR
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 3)), rng.normal(size=30)
+    groups = np.repeat(np.arange(10), 3).astype(float)
+    a = StandardizedSVR(random_state=np.random.RandomState(4)).fit(x, y, groups=groups)
+    b = StandardizedSVR(random_state=4).fit(x, y, groups=groups)
+    assert (a.C_, a.epsilon_) == (b.C_, b.epsilon_) and np.array_equal(a.predict(x), b.predict(x))
+    groups[4] = np.nan
+    for model in (StandardizedSVR(), StandardizedRidge()):
+        with pytest.raises(ValueError, match="groups contain NaN"):
+            model.fit(x, y, groups=groups)
+    with pytest.raises(ValueError, match="groups contain NaN"):
+        StandardizedSVR().fit(x, y, groups=np.array(["a", float("nan")] * 15, dtype=object))
+
+
 def _grouped_case(rng, n_groups, mix):
     sizes = rng.integers(1, 12, n_groups)
     groups = np.repeat(rng.permutation(n_groups) * 3 + 5, sizes)  # codes neither dense nor sorted

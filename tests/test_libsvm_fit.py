@@ -63,3 +63,56 @@ def test_non_finite_coefficients_are_refused(monkeypatch):
     monkeypatch.setattr(libsvm_fit, "_fit_with_binding", lambda *a: (np.arange(2), np.array([np.nan, 1.0]), 0.0))
     with pytest.raises(ValueError, match="not finite"):
         libsvm_fit.fit_precomputed(kernel, y, 1.0, 0.1)
+
+
+def test_a_binding_still_being_initialised_is_not_used(monkeypatch):
+    """Another thread importing sklearn.svm has the extension in sys.modules before its last definition exists:
+    that fit goes through SVR, and the binding is taken once it is complete."""
+    import sys
+    import types
+
+    kernel, y = _case(6)
+    expected = libsvm_fit.fit_precomputed(kernel, y, 1.0, 0.1)
+    half = types.ModuleType(libsvm_fit.BINDING)
+    half.fit = lambda *a, **k: pytest.fail("a half-initialised binding was called")
+    monkeypatch.delitem(libsvm_fit._binding_state, libsvm_fit.BINDING, raising=False)
+    monkeypatch.setitem(sys.modules, libsvm_fit.BINDING, half)
+    assert libsvm_fit.libsvm_binding() is None
+    got = libsvm_fit.fit_precomputed(kernel, y, 1.0, 0.1)
+    assert got[0].tolist() == expected[0].tolist() and got[1].tolist() == expected[1].tolist()
+    assert libsvm_fit.BINDING not in libsvm_fit._binding_state  # asked again next time
+    half.set_verbosity_wrap = lambda level: None
+    assert libsvm_fit.libsvm_binding() is half
+
+
+def test_threads_fitting_at_once_in_a_fresh_process_agree():
+    """The dask backend fits in threads: the first fits of a process load the binding at the same moment."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import threading
+import numpy as np
+from regressors.libsvm_fit import fit_precomputed
+from regressors.standardized import rbf_kernel
+rng = np.random.default_rng(0)
+x = rng.normal(size=(60, 4)); y = np.sin(x[:, 0]); kernel = rbf_kernel(x, x, 0.3)
+start, results, errors = threading.Barrier(8), [], []
+def run():
+    start.wait()
+    try:
+        results.append(fit_precomputed(kernel, y, 1.0, 0.1)[1].tolist())
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=run) for _ in range(8)]
+[t.start() for t in threads]; [t.join() for t in threads]
+assert not errors and len(results) == 8 and all(r == results[0] for r in results), errors
+print("ok")
+"""
+    repo = str(Path(__file__).resolve().parents[1])
+    for _ in range(3):
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"})
+        assert run.stdout.strip() == "ok", run.stdout + run.stderr

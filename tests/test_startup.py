@@ -158,6 +158,31 @@ def test_deferred_modules_are_imported_on_first_use_and_missing_ones_still_fail(
     assert type(fc_heavy).__name__ == "module" and fc_heavy.VALUE == 42
 
 
+def test_no_stand_ins_while_another_thread_runs(tmp_path, monkeypatch):
+    """sys.modules is shared: a thread importing the deferred module meanwhile would get the stand-in."""
+    import threading
+
+    from featcache import fastimport
+
+    (tmp_path / "fd_heavy.py").write_text("VALUE = 7\n")
+    (tmp_path / "fd_pkg.py").write_text("import fd_heavy\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("fd_heavy", "fd_pkg"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    finder = fastimport._DeferWhileImporting(("fd_pkg",), ("fd_heavy",))
+    done = threading.Event()
+    other = threading.Thread(target=done.wait)
+    other.start()
+    sys.meta_path.insert(0, finder)
+    try:
+        import fd_pkg
+    finally:
+        sys.meta_path.remove(finder)
+        done.set()
+        other.join()
+    assert type(fd_pkg.fd_heavy).__name__ == "module" and sys.modules["fd_heavy"] is fd_pkg.fd_heavy
+
+
 @pytest.mark.slow  # a fresh interpreter importing scikit-learn and pandas: 3 s
 def test_sklearn_imports_without_scipy_stats_and_pandas_and_both_stay_usable():
     script = """
