@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import sys
@@ -41,6 +42,21 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
+def _exit_now_if_fits_run_in_threads(code: int) -> None:
+    """With `--backend dask` and no scheduler address, the cluster's workers are threads of this process, and one
+    may be inside a torch fit that Ctrl-C cannot stop: finalising the interpreter under it aborted (exit 134,
+    "terminate called without an active exception", after screens of dask warnings). Every `with` and `finally`
+    has run by now (caches closed, locks removed) and a fit writes its results only at the end, so the process
+    closes the cluster briefly and exits at once."""
+    cv = sys.modules.get("regressors.cv")
+    if cv is None or not cv.in_process_cluster():
+        return
+    cv.close_in_process_clusters()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 class _Group(click.Group):
     """Prints a FeatcacheError as one line on stderr and exits 2; Ctrl-C (exit 130) and SIGTERM (exit 143) print one
     line that fits the command."""
@@ -58,7 +74,9 @@ class _Group(click.Group):
         except KeyboardInterrupt as exc:
             command = ctx.invoked_subcommand or ""
             click.echo(INTERRUPTED.get(command, "interrupted"), err=True)
-            sys.exit(143 if isinstance(exc, Terminated) else 130)
+            code = 143 if isinstance(exc, Terminated) else 130
+            _exit_now_if_fits_run_in_threads(code)
+            sys.exit(code)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

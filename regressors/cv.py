@@ -86,7 +86,10 @@ def backend_context(backend: str | None):
 
             address = dask.config.get("scheduler-address", None)
             try:
-                Client(address, timeout=DASK_CONNECT_SECONDS) if address else Client(processes=False)
+                if address:
+                    Client(address, timeout=DASK_CONNECT_SECONDS)
+                else:
+                    _IN_PROCESS_CLIENTS.append(Client(processes=False))
             except Exception as exc:  # unreachable (OSError), malformed (ValueError), tls:// without a context ...
                 raise FeatcacheError(f"--backend dask: cannot reach the scheduler at {address} "
                                      f"(DASK_SCHEDULER_ADDRESS): {str(exc).splitlines()[0]}") from None
@@ -116,6 +119,31 @@ class _Task:
 
 
 AUTO_PARALLEL_SECONDS = 10.0  # --jobs auto: every usable core from this much estimated fitting (RegressorSpec.cost)
+
+
+_IN_PROCESS_CLIENTS: list = []  # dask clients of local clusters started here: their workers are this process's threads
+
+
+def in_process_cluster() -> bool:
+    """Whether this process started a local dask cluster, whose worker threads may be inside a fit that nothing
+    can interrupt (see cli's Ctrl-C handling)."""
+    return bool(_IN_PROCESS_CLIENTS)
+
+
+def close_in_process_clusters(timeout: float = 2.0) -> None:
+    """Close the local clusters started here without waiting for busy worker threads longer than `timeout`."""
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)  # warnings about the cancelled tasks
+    while _IN_PROCESS_CLIENTS:
+        client = _IN_PROCESS_CLIENTS.pop()
+        try:
+            cluster = client.cluster
+            client.close(timeout=timeout)
+            if cluster is not None:
+                cluster.close(timeout=timeout)
+        except Exception:  # a cluster that will not close in time: the process exits anyway
+            pass
 
 
 def check_jobs(jobs: int | str) -> None:

@@ -645,3 +645,39 @@ def test_a_live_runs_staging_folder_is_left_alone_and_save_head_may_not_take_an_
     deep = CliRunner().invoke(cli.main, args + ["--target", "NOPE", "--out", "deep/x/y", "--save-head",
                                                 "deep/x/y/h.safetensors"])
     assert deep.exit_code == 2 and not (tmp_path / "deep").exists()  # the parents it created are gone too
+
+
+@pytest.mark.slow  # a fresh process importing torch and dask, then an MLP fit to interrupt: about 20 s
+def test_ctrl_c_during_a_local_dask_fit_exits_130_without_aborting(tmp_path):
+    """The local cluster's workers are threads of the process, busy in torch: finalising the interpreter under them
+    aborted (exit 134, "terminate called without an active exception", after screens of dask warnings)."""
+    pytest.importorskip("dask.distributed")
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.fakedata import make_cache
+
+    cache = make_cache(tmp_path)
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "cli", "fit", "--cache", str(cache), "--mode", "nr,fr,pr", "--regressor", "mlp",
+               "--backend", "dask", "--jobs", "2", "--repeats", "20", "--no-figures", "--out", str(tmp_path / "out")]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    lines = []
+    for line in process.stdout:  # wait until the fitting has started
+        lines.append(line)
+        if "heads to fit" in line:
+            break
+    time.sleep(3)
+    assert process.poll() is None, "".join(lines)
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=60)
+    output = "".join(lines) + rest
+    assert process.returncode == 130, output
+    assert "interrupted" in rest and "terminate called" not in rest and "WARNING" not in rest, rest
+    assert not (tmp_path / "out" / "results.json").exists()
