@@ -133,6 +133,10 @@ class _Deferred(types.ModuleType):
         return importlib.import_module(self.__name__)
 
 
+def _single_threaded() -> bool:
+    return threading.active_count() == 1
+
+
 class _DeferringLoader:
     """Runs the wrapped loader's `exec_module` with stand-ins for `deferred` in `sys.modules`, then removes them
     (unless an enclosing hooked module placed them). The module gets its real loader back."""
@@ -148,7 +152,7 @@ class _DeferringLoader:
 
     def exec_module(self, module: types.ModuleType) -> None:
         placed = {}
-        for name in self.deferred if threading.active_count() == 1 else ():  # one thread only (module docstring)
+        for name in self.deferred if _single_threaded() else ():  # see the module docstring
             if name in sys.modules:  # imported already, or a stand-in placed by an enclosing import
                 continue
             try:

@@ -140,6 +140,7 @@ def test_deferred_modules_are_imported_on_first_use_and_missing_ones_still_fail(
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in ("fc_heavy", "fc_log", "fc_pkg", "fc_pkg.sub", "fc_missing"):
         monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(fastimport, "_single_threaded", lambda: True)  # earlier tests may leave pool threads
     finder = fastimport._DeferWhileImporting(("fc_pkg", "fc_pkg.sub"), ("fc_heavy", "fc_missing"))
     sys.meta_path.insert(0, finder)
     try:
