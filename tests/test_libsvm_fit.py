@@ -85,6 +85,7 @@ def test_a_binding_still_being_initialised_is_not_used(monkeypatch):
     assert libsvm_fit.libsvm_binding() is half
 
 
+@pytest.mark.slow  # three fresh processes importing scikit-learn: 7 s
 def test_threads_fitting_at_once_in_a_fresh_process_agree():
     """The dask backend fits in threads: the first fits of a process load the binding at the same moment."""
     import os
