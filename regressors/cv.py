@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -283,12 +284,27 @@ def _fitted(tasks: list[_Task], jobs: int | str, backend: str | None, device: st
             raise FeatcacheError(MULTIPROCESSING_REFUSED)
         # backends built on multiprocessing (ray's among them) cannot yield results as they come: all at the end
         unordered = getattr(active, "supports_return_generator", False)
+        parent = os.getpid()
         yield from Parallel(n_jobs=jobs, return_as="generator_unordered" if unordered else "list")(
-            delayed(_run_task)(i, tasks[i], device) for i in order)
+            delayed(_run_task)(i, tasks[i], device, parent) for i in order)
 
 
-def _run_task(index: int, task: _Task, device: str) -> tuple[int, list[tuple[np.ndarray, dict, float]]]:
+def _run_task(index: int, task: _Task, device: str,
+              parent: int | None = None) -> tuple[int, list[tuple[np.ndarray, dict, float]]]:
+    if parent is not None and parent != os.getpid():
+        _leave_ctrl_c_to_the_parent()
     return index, fit_members(task.regressor, task.inputs, task.members, device)
+
+
+def _leave_ctrl_c_to_the_parent() -> None:
+    """In a worker process: a terminal's Ctrl-C reaches the whole process group, and each loky worker printed a
+    KeyboardInterrupt traceback (two screens of them) under the parent's one line; the parent stops the run and
+    its workers, so the worker ignores SIGINT. Only from a process's main thread (a thread cannot set signals)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def cross_validate(data: CacheData, modes: list[str], targets: list[str], regressors: list[str], *,
