@@ -258,13 +258,38 @@ def test_a_file_whose_head_looks_fine_tuned_but_whose_trunk_differs_is_refused_a
         weights_module.create_model(spec, weights_module.choose_weights(spec, tmp_path / "odd.safetensors"))
 
 
-def test_a_classifier_that_cannot_be_mapped_says_only_the_head_differs(tmp_path):
+@pytest.mark.parametrize("head", ["sequential", "extra tensor", "mlp"])
+def test_a_classifier_that_is_not_one_linear_layer_is_left_out(tmp_path, head):
+    """torchvision's `fc = Sequential(Dropout, Linear)`, a stray tensor under fc, an MLP head: the features never
+    use the classifier, so the model is built without one and every other tensor of the file loads strictly."""
+    import torch.nn as nn
+
+    torch.manual_seed(3)
+    tuned = timm.create_model("resnet18").eval()
+    if head == "sequential":
+        tuned.fc = nn.Sequential(nn.Dropout(0.2), nn.Linear(512, 1))
+    elif head == "mlp":
+        tuned.fc = nn.Sequential(nn.Linear(512, 64), nn.ReLU(), nn.Linear(64, 5))
+    state = tuned.state_dict()
+    if head == "extra tensor":
+        state["fc.extra"] = torch.zeros(1)
+    torch.save(state, tmp_path / "tuned.pth")
+    loaded = load_backbone("resnet18", weights_file=tmp_path / "tuned.pth").extractor()
+    assert loaded.model.num_classes == 0
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), tuned.forward_head(tuned.forward_features(x), pre_logits=True))
+
+
+def test_a_trunk_that_differs_besides_the_classifier_is_still_refused(tmp_path):
     spec = resolve_backbone("resnet18")
-    state = timm.create_model("resnet18").state_dict()
-    state["fc.extra"] = torch.zeros(1)
+    tuned = timm.create_model("resnet18")
+    tuned.fc = torch.nn.Sequential(torch.nn.Linear(512, 1))
+    state = tuned.state_dict()
+    del state["layer1.0.bn1.running_var"]
     save_file(state, str(tmp_path / "odd.safetensors"))
-    with pytest.raises(weights_module.FeatcacheError, match=r"1 unexpected \(e\.g\. fc\.extra\); only the "
-                                                            r"classifier \(fc\) differs"):
+    with pytest.raises(weights_module.FeatcacheError, match=r"odd\.safetensors: weights do not fit resnet18: .*"
+                                                            r"is the file for another architecture\?$"):
         weights_module.create_model(spec, weights_module.choose_weights(spec, tmp_path / "odd.safetensors"))
 
 

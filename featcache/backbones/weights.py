@@ -187,7 +187,9 @@ def state_sha256(model: torch.nn.Module) -> str:
 def _from_file(spec: BackboneSpec, path: Path) -> torch.nn.Module:
     """A local checkpoint through timm's own path. A fine-tuned checkpoint whose classifier has other classes (or
     none) is built with that head, which the features never use: sized from the file's tensor shapes, so the
-    model is built and the file read once; where the shapes do not tell, from torch's error after a first try."""
+    model is built and the file read once; where the shapes do not tell, from torch's error after a first try.
+    A classifier that is not one linear layer (a `Sequential(Dropout, Linear)`, an MLP) is left out: the rest
+    of the file loads into the model without one (`_trunk_only`)."""
     shapes = _tensor_shapes(path)
     if any(k.startswith("_conv_stem") for k in shapes):
         return _from_efficientnet_pytorch(spec, _read_state_dict(path), path)
@@ -201,12 +203,46 @@ def _from_file(spec: BackboneSpec, path: Path) -> torch.nn.Module:
         return _timm_file(spec, path, None)
     except _Misfit as misfit:
         classes = _head_classes(spec.arch, misfit.error)
-        if classes is None or classes == guess:
-            raise FeatcacheError(misfit_message(path, spec.arch, misfit.error)) from None
+        first_error = misfit.error
+    if classes is not None and classes != guess:
+        try:
+            return _timm_file(spec, path, classes)
+        except _Misfit:
+            pass
+    model = _trunk_only(spec, path, first_error)
+    if model is None:
+        raise FeatcacheError(misfit_message(path, spec.arch, first_error)) from None
+    return model
+
+
+def _trunk_only(spec: BackboneSpec, path: Path, error: str) -> torch.nn.Module | None:
+    """When torch complained about the classifier's tensors only: the model without a classifier (num_classes=0),
+    every other tensor of the file loaded strictly (the features never use the classifier). None when the file
+    is not in timm's names as it stands (.npz, names timm's checkpoint filter would map) or more than the
+    classifier differs."""
+    import timm
+
+    from featcache.backbones.skipinit import covers, materialised, meta_model
+
+    head = _only_the_head(spec.arch, _misfit_problems(error))
+    state = _read_state_dict(path) if head else None
+    if not state:
+        return None
+    trunk = {name: tensor for name, tensor in state.items() if not name.startswith(head + ".")}
+
+    def build() -> torch.nn.Module:
+        return timm.create_model(spec.arch, pretrained=False, num_classes=0)
+
     try:
-        return _timm_file(spec, path, classes)
-    except _Misfit as misfit:
-        raise FeatcacheError(misfit_message(path, spec.arch, misfit.error)) from None
+        model = meta_model(build)
+        if model is not None and covers(trunk, model):
+            materialised(model).load_state_dict(trunk, strict=True)
+            return model
+        model = build()
+        model.load_state_dict(trunk, strict=True)
+        return model
+    except RuntimeError:
+        return None
 
 
 class _Misfit(Exception):
