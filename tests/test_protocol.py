@@ -462,9 +462,9 @@ def test_cpu_workers_get_the_mlp_by_fold_and_the_costliest_tasks_first(tmp_path,
     started = []
     real = cv._run_task
 
-    def recording(index, task, device):
+    def recording(index, task, device, parent=None):
         started.append(task.cost)
-        return real(index, task, device)
+        return real(index, task, device, parent)
 
     monkeypatch.setattr(cv, "_run_task", recording)
     fast = ["prompt-mean", "ridge", "svr", "mlp"]  # the MLP: stacked by fold on the CPU whatever the jobs
