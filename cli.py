@@ -42,16 +42,23 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
-def _exit_now_if_fits_run_in_threads(code: int) -> None:
+def _local_dask_cluster() -> bool:
+    """Whether `--backend dask` started (or is starting) a cluster inside this process; if so, its log lines are
+    silenced at once."""
+    cv = sys.modules.get("regressors.cv")
+    if cv is None or not cv.in_process_cluster():
+        return False
+    cv.silence_in_process_clusters()
+    return True
+
+
+def _exit_now(code: int) -> None:
     """With `--backend dask` and no scheduler address, the cluster's workers are threads of this process, and one
     may be inside a torch fit that Ctrl-C cannot stop: finalising the interpreter under it aborted (exit 134,
     "terminate called without an active exception", after screens of dask warnings). Every `with` and `finally`
     has run by now (caches closed, locks removed) and a fit writes its results only at the end, so the process
-    closes the cluster briefly and exits at once."""
-    cv = sys.modules.get("regressors.cv")
-    if cv is None or not cv.in_process_cluster():
-        return
-    cv.close_in_process_clusters()
+    closes the cluster briefly, removes its scratch folders and exits at once."""
+    sys.modules["regressors.cv"].close_in_process_clusters()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -72,11 +79,21 @@ class _Group(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         except KeyboardInterrupt as exc:
-            command = ctx.invoked_subcommand or ""
-            click.echo(INTERRUPTED.get(command, "interrupted"), err=True)
-            code = 143 if isinstance(exc, Terminated) else 130
-            _exit_now_if_fits_run_in_threads(code)
-            sys.exit(code)
+            sigint = None
+            if threading.current_thread() is threading.main_thread():  # a second Ctrl-C (or `timeout` passing the
+                sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)  # first on) broke the exit into tracebacks
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                local_cluster = _local_dask_cluster()
+                command = ctx.invoked_subcommand or ""
+                click.echo(INTERRUPTED.get(command, "interrupted"), err=True)
+                code = 143 if isinstance(exc, Terminated) else 130
+                if local_cluster:
+                    _exit_now(code)
+                sys.exit(code)
+            finally:  # reached in-process only (CliRunner, a caller's main): the handlers come back
+                if sigint is not None:
+                    signal.signal(signal.SIGINT, sigint)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

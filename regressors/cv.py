@@ -90,8 +90,11 @@ def backend_context(backend: str | None):
                 if address:
                     Client(address, timeout=DASK_CONNECT_SECONDS)
                 else:
-                    _IN_PROCESS_CLIENTS.append(Client(processes=False))
-            except Exception as exc:  # unreachable (OSError), malformed (ValueError), tls:// without a context ...
+                    _IN_PROCESS_CLIENTS.append(None)  # starting: a Ctrl-C now must also exit at once
+                    _IN_PROCESS_CLIENTS[-1] = Client(processes=False)
+            except Exception as exc:
+                if _IN_PROCESS_CLIENTS and _IN_PROCESS_CLIENTS[-1] is None:
+                    _IN_PROCESS_CLIENTS.pop()  # unreachable (OSError), malformed (ValueError), tls:// without a context ...
                 raise FeatcacheError(f"--backend dask: cannot reach the scheduler at {address} "
                                      f"(DASK_SCHEDULER_ADDRESS): {str(exc).splitlines()[0]}") from None
         return parallel_config(backend="dask")
@@ -122,29 +125,49 @@ class _Task:
 AUTO_PARALLEL_SECONDS = 10.0  # --jobs auto: every usable core from this much estimated fitting (RegressorSpec.cost)
 
 
-_IN_PROCESS_CLIENTS: list = []  # dask clients of local clusters started here: their workers are this process's threads
+_IN_PROCESS_CLIENTS: list = []  # dask clients of local clusters started here (None: starting); workers are threads
 
 
 def in_process_cluster() -> bool:
-    """Whether this process started a local dask cluster, whose worker threads may be inside a fit that nothing
-    can interrupt (see cli's Ctrl-C handling)."""
+    """Whether this process started (or is starting) a local dask cluster, whose worker threads may be inside a
+    fit that nothing can interrupt (see cli's Ctrl-C handling)."""
     return bool(_IN_PROCESS_CLIENTS)
 
 
-def close_in_process_clusters(timeout: float = 2.0) -> None:
-    """Close the local clusters started here without waiting for busy worker threads longer than `timeout`."""
+def silence_in_process_clusters() -> None:
+    """No more dask log lines (cancelled tasks, closed comms) under the one line a Ctrl-C prints."""
     import logging
 
-    logging.getLogger("distributed").setLevel(logging.CRITICAL)  # warnings about the cancelled tasks
+    logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
+
+
+def close_in_process_clusters(timeout: float = 2.0) -> None:
+    """Close the local clusters started here, waiting for busy worker threads at most `timeout`, and remove
+    their scratch folders, which a cluster that does not close in time leaves behind."""
+    import shutil
+
+    silence_in_process_clusters()
     while _IN_PROCESS_CLIENTS:
         client = _IN_PROCESS_CLIENTS.pop()
+        if client is None:  # interrupted while starting: nothing to close by hand
+            continue
+        folders = []
         try:
             cluster = client.cluster
+            if cluster is not None:
+                parts = [getattr(cluster, "scheduler", None), *getattr(cluster, "workers", {}).values()]
+                folders = [f for f in (getattr(part, "local_directory", None) for part in parts) if f]
             client.close(timeout=timeout)
             if cluster is not None:
                 cluster.close(timeout=timeout)
         except Exception:  # a cluster that will not close in time: the process exits anyway
             pass
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                os.remove(str(folder) + ".dirlock")
+            except OSError:
+                pass
 
 
 def check_jobs(jobs: int | str) -> None:

@@ -94,5 +94,5 @@ def _check_folds(samples, folds: int, seed: int) -> None:
                                   prompt_image=np.array([0 if p else -1 for p in samples.prompt_image]))
     groups = content_groups(SimpleNamespace(samples=cached_like))
     request = SplitRequest(np.arange(len(groups)), groups, np.asarray(samples.subset), np.asarray(samples.generator),
-                           folds, seed, what="the synth benchmark")
+                           folds, seed, what="the synth benchmark", advice="lower --folds or raise --views")
     make_folds(request, "group")

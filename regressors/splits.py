@@ -40,6 +40,7 @@ class SplitRequest:
     test_on: str | None = None
     hold_out_prompts: bool = False
     what: str = "this selection"
+    advice: str = "lower --folds or widen --subset"  # what the refusal of too few samples or groups suggests
 
 
 FoldFunction = Callable[[SplitRequest, int], list[tuple[np.ndarray, np.ndarray]]]  # (request, repeat) -> folds
@@ -82,7 +83,7 @@ def _group(req: SplitRequest, repeat: int):
     n_groups = len(np.unique(groups))
     if n_groups < req.folds:
         raise FeatcacheError(f"{req.what} has {len(req.rows)} samples in {n_groups} prompt groups: too few for "
-                             f"{req.folds} prompt-disjoint folds; lower --folds or widen --subset")
+                             f"{req.folds} prompt-disjoint folds; {req.advice}")
     strata = req.subsets[req.rows]  # every fold gets its share of T2I and I2I, so every mode has test samples
     tests = stratified_group_kfold_test_sets(strata, groups, req.folds, req.seed + repeat)
     return [_train_test(req.rows, test) for test in tests]
@@ -145,7 +146,7 @@ def _enough_for_folds(req: SplitRequest) -> None:
         raise FeatcacheError("--folds must be at least 2")
     if len(req.rows) < MIN_TEST * req.folds:
         raise FeatcacheError(f"{req.what} has {len(req.rows)} samples: too few for {req.folds} folds of at least "
-                             f"{MIN_TEST} test samples; lower --folds or widen --subset")
+                             f"{MIN_TEST} test samples; {req.advice}")
 
 
 def _enough(n_train: int, n_test: int, what: str, how: str) -> None:

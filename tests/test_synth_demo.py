@@ -98,6 +98,7 @@ def test_demo_refuses_too_many_folds_before_the_extractions(tmp_path, monkeypatc
 
     monkeypatch.setattr(featcache.backbones, "load_backbone", lambda *a, **k: pytest.fail("extraction started"))
     photos = _photos(tmp_path / "photos", n=6)
-    with pytest.raises(FeatcacheError, match=r"the synth benchmark has \d+ samples.*too few for 50"):
+    with pytest.raises(FeatcacheError, match=r"the synth benchmark has \d+ samples.*too few for 50 .*; lower --folds "
+                                             r"or raise --views$"):
         run_demo(tmp_path / "demo", photos=photos, views=1, folds=50, jobs=1, progress=False, echo=lambda line: None)
     assert not (tmp_path / "demo" / "synth" / "featcache.h5").exists()

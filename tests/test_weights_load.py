@@ -246,16 +246,36 @@ def test_a_fine_tuned_checkpoint_with_another_classifier_loads(tmp_path, monkeyp
                                                                             pre_logits=True), atol=1e-5)
 
 
-def test_a_file_whose_head_looks_fine_tuned_but_whose_trunk_differs_is_refused_as_before(tmp_path):
-    """The shapes guess a 10-class head, the trunk does not fit either: the usual one-line refusal, from the
-    build with timm's own head (conv1 and both classifier tensors of another shape)."""
+def test_a_file_whose_head_looks_fine_tuned_but_whose_trunk_differs_is_refused_in_one_build(tmp_path, monkeypatch):
+    """The shapes say a 10-class head, the trunk does not fit: refused from that build, whose complaint names
+    only what differs (the ImageNet-shaped build also listed the classifier's two tensors), without building the
+    model again."""
     spec = resolve_backbone("resnet18")
     state = timm.create_model("resnet18", num_classes=10).state_dict()
     state["conv1.weight"] = torch.zeros(64, 3, 5, 5)
     save_file(state, str(tmp_path / "odd.safetensors"))
-    with pytest.raises(weights_module.FeatcacheError, match=r"weights do not fit resnet18: 3 of another shape "
-                                                            r"\(e\.g\. conv1\.weight: \[64, 3, 5, 5\]"):
+    builds = []
+    real = weights_module._timm_pretrained
+    monkeypatch.setattr(weights_module, "_timm_pretrained", lambda *a, **k: builds.append(k) or real(*a, **k))
+    with pytest.raises(weights_module.FeatcacheError, match=r"odd\.safetensors: weights do not fit resnet18: 1 of "
+                                                            r"another shape \(e\.g\. conv1\.weight: \[64, 3, 5, 5\] in "
+                                                            r"the file, \[64, 3, 7, 7\] in the model\); is the file"):
         weights_module.create_model(spec, weights_module.choose_weights(spec, tmp_path / "odd.safetensors"))
+    assert len(builds) == 1
+
+
+def test_a_head_of_another_input_width_is_left_out(tmp_path):
+    """fc.weight [10, 256] for resnet18's 512 features: the trunk fits, so it loads without the classifier (the
+    features never use it)."""
+    tuned = timm.create_model("resnet18", num_classes=10).eval()
+    state = tuned.state_dict()
+    state["fc.weight"] = torch.zeros(10, 256)
+    save_file(state, str(tmp_path / "narrow.safetensors"))
+    loaded = load_backbone("resnet18", weights_file=tmp_path / "narrow.safetensors").extractor()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert loaded.model.num_classes == 0
+        assert torch.equal(loaded(x), tuned.forward_head(tuned.forward_features(x), pre_logits=True))
 
 
 @pytest.mark.parametrize("head", ["sequential", "extra tensor", "mlp"])

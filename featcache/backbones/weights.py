@@ -194,24 +194,28 @@ def _from_file(spec: BackboneSpec, path: Path) -> torch.nn.Module:
     if any(k.startswith("_conv_stem") for k in shapes):
         return _from_efficientnet_pytorch(spec, _read_state_dict(path), path)
     guess = _head_classes_from_shapes(spec.arch, shapes)
-    if guess is not None:
+    if guess is not None:  # the file's head is in timm's names: any other build of it would fail the same way
         try:
             return _timm_file(spec, path, guess)
-        except _Misfit:
-            pass  # names timm's checkpoint filter renames, or more than the head differs: the usual way
+        except _Misfit as misfit:
+            return _trunk_only_or_refuse(spec, path, misfit.error)
     try:
         return _timm_file(spec, path, None)
     except _Misfit as misfit:
-        classes = _head_classes(spec.arch, misfit.error)
-        first_error = misfit.error
-    if classes is not None and classes != guess:
+        error = misfit.error
+    classes = _head_classes(spec.arch, error)
+    if classes is not None:
         try:
             return _timm_file(spec, path, classes)
-        except _Misfit:
-            pass
-    model = _trunk_only(spec, path, first_error)
+        except _Misfit as misfit:
+            error = misfit.error
+    return _trunk_only_or_refuse(spec, path, error)
+
+
+def _trunk_only_or_refuse(spec: BackboneSpec, path: Path, error: str) -> torch.nn.Module:
+    model = _trunk_only(spec, path, error)
     if model is None:
-        raise FeatcacheError(misfit_message(path, spec.arch, first_error)) from None
+        raise FeatcacheError(misfit_message(path, spec.arch, error)) from None
     return model
 
 

@@ -12,6 +12,7 @@ from featcache.datasets.tables import join
 from featcache.errors import FeatcacheError
 from featcache.samples import SampleTable
 
+
 def parse_columns(pairs: list[str] | tuple[str, ...] | dict) -> dict:
     """Turn ['image=file', 'target=mos', 'target=align'] (or a config dict) into a role mapping."""
     if isinstance(pairs, dict):
