@@ -92,9 +92,9 @@ def backend_context(backend: str | None):
                 else:
                     _IN_PROCESS_CLIENTS.append(None)  # starting: a Ctrl-C now must also exit at once
                     _IN_PROCESS_CLIENTS[-1] = Client(processes=False)
-            except Exception as exc:
+            except Exception as exc:  # unreachable (OSError), malformed (ValueError), tls:// without a context ...
                 if _IN_PROCESS_CLIENTS and _IN_PROCESS_CLIENTS[-1] is None:
-                    _IN_PROCESS_CLIENTS.pop()  # unreachable (OSError), malformed (ValueError), tls:// without a context ...
+                    _IN_PROCESS_CLIENTS.pop()
                 raise FeatcacheError(f"--backend dask: cannot reach the scheduler at {address} "
                                      f"(DASK_SCHEDULER_ADDRESS): {str(exc).splitlines()[0]}") from None
         return parallel_config(backend="dask")

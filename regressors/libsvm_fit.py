@@ -47,9 +47,7 @@ def fit_precomputed(kernel: np.ndarray, y: np.ndarray, C: float, epsilon: float)
     if binding is not None:
         try:
             fitted = _fit_with_binding(binding, kernel, y, C, epsilon)
-        except TypeError:  # the binding's signature changed: remember, and let SVR call it
-            _binding_state[BINDING] = None
-        except AttributeError:  # a binding without these functions: SVR
+        except (TypeError, AttributeError):  # its signature or functions changed: remember, and let SVR call it
             _binding_state[BINDING] = None
     if fitted is None:
         fitted = _fit_with_svr(kernel, y, C, epsilon)
