@@ -16,7 +16,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/featcache demo --out $(OUT)
 
-# The default suite (about a minute); PYTEST_ARGS='-m "slow or not slow"' adds the slow end-to-end tests.
+# The default suite (about 75 s); PYTEST_ARGS='-m "slow or not slow"' adds the slow end-to-end tests.
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

@@ -69,10 +69,15 @@ class _Group(click.Group):
     line that fits the command."""
 
     def invoke(self, ctx):
+        from featcache import interrupts
+
         warnings.showwarning = _one_line_warning
-        previous = None
+        previous = previous_int = None
+        interrupts.reset()
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _terminate)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (nohup)
+                previous_int = signal.signal(signal.SIGINT, interrupts.on_sigint)
         try:
             return super().invoke(ctx)
         except FeatcacheError as exc:
@@ -97,6 +102,8 @@ class _Group(click.Group):
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if previous_int is not None:
+                signal.signal(signal.SIGINT, previous_int)
 
 
 @click.group(cls=_Group)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from featcache import __version__
+from featcache import __version__, interrupts
 from featcache.backbones import Backbone
 from featcache.devices import resolve_device, to_channels_last, usable_cores
 from featcache.errors import FeatcacheError
@@ -489,6 +489,7 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
                     f.flush()
                     result.rows_written += len(rows)
                 bar.update(handled)
+                interrupts.check()  # a Ctrl-C that Python dropped (see featcache.interrupts): the batch is kept
         except (RuntimeError, ConnectionError, EOFError) as exc:
             # converted here, before closing the loader can replace it with its own error
             if not _is_dead_worker(exc, workers):

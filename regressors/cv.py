@@ -135,10 +135,11 @@ def in_process_cluster() -> bool:
 
 
 def silence_in_process_clusters() -> None:
-    """No more dask log lines (cancelled tasks, closed comms) under the one line a Ctrl-C prints."""
+    """No more log lines (dask's cancelled tasks, closed comms, rescheduled keys: its loggers have levels of their
+    own) under the one line a Ctrl-C prints; the process is about to exit."""
     import logging
 
-    logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
+    logging.disable(logging.CRITICAL)
 
 
 def close_in_process_clusters(timeout: float = 2.0) -> None:
@@ -291,9 +292,12 @@ def _fitted(tasks: list[_Task], jobs: int | str, backend: str | None, device: st
     tasks dispatched first (the longest-processing-time rule: no worker starts a long task while the others run
     out of work). Else a plain loop in order, without importing joblib (0.2 s of a fit that should start faster
     than `import torch`)."""
+    from featcache import interrupts
+
     jobs = resolve_jobs(jobs, backend, tasks)
     if not _parallel(jobs, backend):
         for index, task in enumerate(tasks):
+            interrupts.check()  # a Ctrl-C that Python dropped (see featcache.interrupts)
             yield index, _run_task(index, task, device)[1]
         return
     from joblib import Parallel, delayed
@@ -308,8 +312,10 @@ def _fitted(tasks: list[_Task], jobs: int | str, backend: str | None, device: st
         # backends built on multiprocessing (ray's among them) cannot yield results as they come: all at the end
         unordered = getattr(active, "supports_return_generator", False)
         parent = os.getpid()
-        yield from Parallel(n_jobs=jobs, return_as="generator_unordered" if unordered else "list")(
-            delayed(_run_task)(i, tasks[i], device, parent) for i in order)
+        for result in Parallel(n_jobs=jobs, return_as="generator_unordered" if unordered else "list")(
+                delayed(_run_task)(i, tasks[i], device, parent) for i in order):
+            interrupts.check()
+            yield result
 
 
 def _run_task(index: int, task: _Task, device: str,

@@ -706,3 +706,33 @@ def test_a_worker_process_leaves_ctrl_c_to_the_parent(tmp_path):
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_ctrl_c_that_python_dropped_still_stops_the_run_at_the_next_task(tmp_path, monkeypatch):
+    """Python drops a KeyboardInterrupt raised inside a garbage-collection callback ("Exception ignored"); the
+    CLI's handler also remembers the Ctrl-C, and the fitting loop stops at the next task (a dask run went on to
+    its end). Simulated: the first task receives the signal and nothing raises."""
+    import signal
+
+    from featcache import interrupts
+    from regressors import cv
+
+    cache = make_cache(tmp_path)
+    real = cv.fit_members
+    calls = []
+
+    def lost_interrupt(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            with pytest.raises(KeyboardInterrupt):  # the handler raises; here it is swallowed, as in a callback
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        return real(*args)
+
+    monkeypatch.setattr(cv, "fit_members", lost_interrupt)
+    before = signal.getsignal(signal.SIGINT)
+    result = CliRunner().invoke(cli.main, ["fit", "--cache", str(cache), "--mode", "nr,pr", "--regressor", "ridge",
+                                           "--jobs", "1", "--no-figures", "--quiet", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 130 and result.output.strip().splitlines()[-1] == "interrupted", result.output
+    assert len(calls) == 1 and not (tmp_path / "o").exists()
+    assert signal.getsignal(signal.SIGINT) is before  # handlers back for the caller
+    interrupts.reset()
