@@ -32,16 +32,6 @@ INTERRUPTED = {
 }
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, SLURM's time limit, a Kubernetes eviction) ends a command as Ctrl-C does: rows kept, the
-    lock and temporary files removed, worker processes stopped (without a handler the process died at once and a
-    `fit --jobs N` left its worker processes computing on)."""
-
-
-def _terminate(signum, frame):
-    raise Terminated()
-
-
 def _local_dask_cluster() -> bool:
     """Whether `--backend dask` started (or is starting) a cluster inside this process; if so, its log lines are
     silenced at once."""
@@ -72,38 +62,39 @@ class _Group(click.Group):
         from featcache import interrupts
 
         warnings.showwarning = _one_line_warning
-        previous = previous_int = None
+        handlers = {}  # the caller's, put back when the command ends in-process
         interrupts.reset()
         if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, _terminate)
+            handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, interrupts.on_signal)
             if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (nohup)
-                previous_int = signal.signal(signal.SIGINT, interrupts.on_sigint)
+                handlers[signal.SIGINT] = signal.signal(signal.SIGINT, interrupts.on_signal)
         try:
             return super().invoke(ctx)
         except FeatcacheError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         except KeyboardInterrupt as exc:
-            sigint = None
-            if threading.current_thread() is threading.main_thread():  # a second Ctrl-C (or `timeout` passing the
-                sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)  # first on) broke the exit into tracebacks
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            try:
-                local_cluster = _local_dask_cluster()
-                command = ctx.invoked_subcommand or ""
-                click.echo(INTERRUPTED.get(command, "interrupted"), err=True)
-                code = 143 if isinstance(exc, Terminated) else 130
-                if local_cluster:
-                    _exit_now(code)
-                sys.exit(code)
-            finally:  # reached in-process only (CliRunner, a caller's main): the handlers come back
-                if sigint is not None:
-                    signal.signal(signal.SIGINT, sigint)
+            if handlers:  # from here on the command is ending: later signals must not break its exit
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    handlers.setdefault(signum, signal.getsignal(signum))
+                    signal.signal(signum, signal.SIG_IGN)
+            if _EXITS_THE_PROCESS:
+                handlers = {}  # ignored until the interpreter is gone (a second Ctrl-C there ended it by the signal)
+            local_cluster = _local_dask_cluster()
+            command = ctx.invoked_subcommand or ""
+            click.echo(INTERRUPTED.get(command, "interrupted"), err=True)
+            code = 143 if isinstance(exc, interrupts.Terminated) else 130
+            if local_cluster:
+                _exit_now(code)
+            sys.exit(code)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-            if previous_int is not None:
-                signal.signal(signal.SIGINT, previous_int)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+            if not _EXITS_THE_PROCESS:
+                interrupts.reset()  # an in-process caller's next call starts clean
+
+
+_EXITS_THE_PROCESS = False  # set by run(): the process ends with the command
 
 
 @click.group(cls=_Group)
@@ -610,5 +601,13 @@ def demo(out, views, folds, jobs, photos, modes, regressors, quiet):
              regressors=_names(regressors), progress=not quiet, echo=click.echo)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `featcache` command (and `python -m cli`): the process ends with the command, so a Ctrl-C's exit keeps
+    further signals ignored until the interpreter is gone. `main` is what in-process callers (CliRunner) invoke."""
+    global _EXITS_THE_PROCESS
+    _EXITS_THE_PROCESS = True
     main()
+
+
+if __name__ == "__main__":
+    run()

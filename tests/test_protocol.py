@@ -735,4 +735,52 @@ def test_a_ctrl_c_that_python_dropped_still_stops_the_run_at_the_next_task(tmp_p
     assert result.exit_code == 130 and result.output.strip().splitlines()[-1] == "interrupted", result.output
     assert len(calls) == 1 and not (tmp_path / "o").exists()
     assert signal.getsignal(signal.SIGINT) is before  # handlers back for the caller
+    interrupts.check()  # and the interruption forgotten: an in-process caller's next call is not interrupted
+
+
+def test_a_second_signal_soon_after_the_first_is_the_same_request(monkeypatch):
+    """A double press, or SLURM's SIGTERM right after a Ctrl-C: raising again cut the first one's clean-up short
+    (joblib printed a resource_tracker warning under the one line)."""
+    import signal
+
+    from featcache import interrupts
+
+    now = [100.0]
+    monkeypatch.setattr(interrupts.time, "monotonic", lambda: now[0])
     interrupts.reset()
+    try:
+        with pytest.raises(KeyboardInterrupt) as first:
+            interrupts.on_signal(signal.SIGINT, None)
+        assert type(first.value) is KeyboardInterrupt
+        now[0] += 0.05
+        assert interrupts.on_signal(signal.SIGTERM, None) is None  # taken as the same request
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()  # the loops still see the first
+        now[0] += interrupts.SECOND_SIGNAL_SECONDS
+        with pytest.raises(interrupts.Terminated):  # a later one is a new request
+            interrupts.on_signal(signal.SIGTERM, None)
+    finally:
+        interrupts.reset()
+
+
+def test_the_command_line_keeps_signals_ignored_while_its_process_ends(tmp_path, monkeypatch):
+    """`featcache` (cli.run) exits with the command: after a Ctrl-C, a second one during the interpreter's
+    shutdown ended the process by the signal (exit -2, not 130). In-process callers get their handlers back."""
+    import signal
+
+    from regressors import cv
+
+    cache = make_cache(tmp_path)
+    monkeypatch.setattr(cv, "fit_members", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    command = ["fit", "--cache", str(cache), "--regressor", "ridge", "--jobs", "1", "--no-figures", "--quiet",
+               "--out", str(tmp_path / "o")]
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert CliRunner().invoke(cli.main, command).exit_code == 130
+        assert {s: signal.getsignal(s) for s in before} == before
+        monkeypatch.setattr(cli, "_EXITS_THE_PROCESS", True)
+        assert CliRunner().invoke(cli.main, command).exit_code == 130
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
