@@ -22,3 +22,16 @@ def _quiet_random_weights():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*RANDOM weights.*", category=FeatcacheWarning)
         yield
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_left_as_found():
+    """A test that leaves SIGINT ignored makes every later subprocess ignore Ctrl-C (it inherits the disposition)."""
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    after = {s: signal.getsignal(s) for s in before}
+    for s, handler in before.items():
+        signal.signal(s, handler)
+    assert after == before, f"signal handlers changed by the test: {after} (were {before})"

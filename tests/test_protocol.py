@@ -668,7 +668,7 @@ def test_ctrl_c_during_a_local_dask_fit_exits_130_without_aborting(tmp_path):
     command = [sys.executable, "-m", "cli", "fit", "--cache", str(cache), "--mode", "nr,fr,pr", "--regressor", "mlp",
                "--backend", "dask", "--jobs", "2", "--repeats", "20", "--no-figures", "--out", str(tmp_path / "out")]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+                               text=True, preexec_fn=_terminal_ctrl_c)  # CI may run the tests with Ctrl-C ignored
     lines = []
     for line in process.stdout:  # wait until the fitting has started
         lines.append(line)
@@ -729,7 +729,8 @@ def test_a_ctrl_c_that_python_dropped_still_stops_the_run_at_the_next_task(tmp_p
         return real(*args)
 
     monkeypatch.setattr(cv, "fit_members", lost_interrupt)
-    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (CI may ignore Ctrl-C; conftest
+    before = signal.getsignal(signal.SIGINT)  # puts the runner's disposition back)
     result = CliRunner().invoke(cli.main, ["fit", "--cache", str(cache), "--mode", "nr,pr", "--regressor", "ridge",
                                            "--jobs", "1", "--no-figures", "--quiet", "--out", str(tmp_path / "o")])
     assert result.exit_code == 130 and result.output.strip().splitlines()[-1] == "interrupted", result.output
@@ -774,6 +775,7 @@ def test_the_command_line_keeps_signals_ignored_while_its_process_ends(tmp_path,
     monkeypatch.setattr(cv, "fit_members", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     command = ["fit", "--cache", str(cache), "--regressor", "ridge", "--jobs", "1", "--no-figures", "--quiet",
                "--out", str(tmp_path / "o")]
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (CI may ignore Ctrl-C)
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         assert CliRunner().invoke(cli.main, command).exit_code == 130
@@ -784,3 +786,11 @@ def test_the_command_line_keeps_signals_ignored_while_its_process_ends(tmp_path,
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def _terminal_ctrl_c() -> None:
+    """In a child about to exec: Ctrl-C handled as in a terminal, even when the test runner was started with SIGINT
+    ignored (a background job of a non-interactive shell), which the child would inherit."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
