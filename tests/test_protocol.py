@@ -729,13 +729,17 @@ def test_a_ctrl_c_that_python_dropped_still_stops_the_run_at_the_next_task(tmp_p
         return real(*args)
 
     monkeypatch.setattr(cv, "fit_members", lost_interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (CI may ignore Ctrl-C; conftest
-    before = signal.getsignal(signal.SIGINT)  # puts the runner's disposition back)
-    result = CliRunner().invoke(cli.main, ["fit", "--cache", str(cache), "--mode", "nr,pr", "--regressor", "ridge",
-                                           "--jobs", "1", "--no-figures", "--quiet", "--out", str(tmp_path / "o")])
+    runner_handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (CI may ignore it)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        result = CliRunner().invoke(cli.main, ["fit", "--cache", str(cache), "--mode", "nr,pr", "--regressor", "ridge",
+                                               "--jobs", "1", "--no-figures", "--quiet", "--out", str(tmp_path / "o")])
+    finally:
+        after = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, runner_handler)
     assert result.exit_code == 130 and result.output.strip().splitlines()[-1] == "interrupted", result.output
     assert len(calls) == 1 and not (tmp_path / "o").exists()
-    assert signal.getsignal(signal.SIGINT) is before  # handlers back for the caller
+    assert after is before  # handlers back for the caller
     interrupts.check()  # and the interruption forgotten: an in-process caller's next call is not interrupted
 
 
@@ -775,6 +779,7 @@ def test_the_command_line_keeps_signals_ignored_while_its_process_ends(tmp_path,
     monkeypatch.setattr(cv, "fit_members", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     command = ["fit", "--cache", str(cache), "--regressor", "ridge", "--jobs", "1", "--no-figures", "--quiet",
                "--out", str(tmp_path / "o")]
+    runner = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (CI may ignore Ctrl-C)
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -784,7 +789,7 @@ def test_the_command_line_keeps_signals_ignored_while_its_process_ends(tmp_path,
         assert CliRunner().invoke(cli.main, command).exit_code == 130
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
-        for s, handler in before.items():
+        for s, handler in runner.items():
             signal.signal(s, handler)
 
 
