@@ -61,20 +61,21 @@ def _writes_values(func) -> bool:
 
 def meta_model(build: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
     """`build()` on the meta device; None when it fails there or computes state that a load would not restore."""
-    try:
-        with torch.device("meta"), MetaWritesAreNoOps():
-            model = build()
-    except Exception:  # e.g. `.item()` of a meta tensor in __init__: the usual build will tell
-        return None
-    return None if computed_in_init(model) else model
+    model = _built_on_meta(build)
+    return None if model is None or computed_in_init(model) else model
 
 
 def meta_state_names(build: Callable[[], torch.nn.Module]) -> list[str] | None:
     """The state-dict names of `build()`'s model, built on the meta device; None when it cannot be built there."""
+    model = _built_on_meta(build)
+    return None if model is None else list(model.state_dict())
+
+
+def _built_on_meta(build: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
     try:
         with torch.device("meta"), MetaWritesAreNoOps():
-            return list(build().state_dict())
-    except Exception:
+            return build()
+    except Exception:  # e.g. `.item()` of a meta tensor in __init__: the usual build will tell
         return None
 
 

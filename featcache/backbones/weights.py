@@ -300,12 +300,7 @@ def _timm_create(arch: str) -> torch.nn.Module:
 
 
 def _default_classes(arch: str) -> int | None:
-    try:
-        from timm.models import get_pretrained_cfg
-
-        classes = getattr(get_pretrained_cfg(arch), "num_classes", None)
-    except Exception:
-        return None
+    classes = _pretrained_cfg_value(arch, "num_classes")
     return classes if isinstance(classes, int) else None
 
 
@@ -469,14 +464,18 @@ def misfit_message(path: str | Path, arch: str, error: str) -> str:
 
 def _classifier(arch: str) -> str | None:
     """The name of the classification head in timm's model (fc, head, classifier ...), when timm knows it."""
+    head = _pretrained_cfg_value(arch, "classifier")
+    return head if isinstance(head, str) else None
+
+
+def _pretrained_cfg_value(arch: str, key: str):
+    """One field of timm's pretrained config for `arch`; None when timm has no config for it."""
     try:
         from timm.models import get_pretrained_cfg
 
-        cfg = get_pretrained_cfg(arch)
+        return getattr(get_pretrained_cfg(arch), key, None)
     except Exception:
         return None
-    head = getattr(cfg, "classifier", None) if cfg else None
-    return head if isinstance(head, str) else None
 
 
 _BLOCK_RENAMES_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
