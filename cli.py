@@ -66,7 +66,7 @@ class _Group(click.Group):
         interrupts.reset()
         if threading.current_thread() is threading.main_thread():
             handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, interrupts.on_signal)
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (nohup)
+            if interrupts.takes_over_from(signal.getsignal(signal.SIGINT)):  # not where Ctrl-C is ignored (nohup)
                 handlers[signal.SIGINT] = signal.signal(signal.SIGINT, interrupts.on_signal)
         try:
             return super().invoke(ctx)
@@ -602,7 +602,7 @@ def demo(out, views, folds, jobs, photos, modes, regressors, quiet):
 
 
 def run() -> None:
-    """The `featcache` command (and `python -m cli`): the process ends with the command, so a Ctrl-C's exit keeps
+    """The `featcache` command (through featcache.console) and `python -m cli`: the process ends with the command, so a Ctrl-C's exit keeps
     further signals ignored until the interpreter is gone. `main` is what in-process callers (CliRunner) invoke."""
     global _EXITS_THE_PROCESS
     _EXITS_THE_PROCESS = True

@@ -45,3 +45,19 @@ def reset() -> None:
 
 def _interruption(signum) -> KeyboardInterrupt:
     return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def while_starting(signum, frame) -> None:
+    """The console script's handler until the CLI installs `on_signal`: a signal during the imports (about 0.3 s)
+    printed a Python traceback and exited -2. Nothing is written yet, so the process ends at once with the code and
+    line a later signal gets."""
+    import os
+
+    os.write(2, b"interrupted\n")
+    os._exit(143 if signum == signal.SIGTERM else 130)
+
+
+def takes_over_from(handler) -> bool:
+    """Whether the CLI may install its own handler where `handler` is: Python's default or the start-up one, not
+    where the caller chose to ignore the signal (nohup, a background job) or handles it itself."""
+    return handler in (signal.default_int_handler, signal.SIG_DFL, while_starting)
