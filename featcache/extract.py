@@ -19,7 +19,7 @@ from featcache import __version__, interrupts
 from featcache.backbones import Backbone
 from featcache.devices import resolve_device, to_channels_last, usable_cores
 from featcache.errors import FeatcacheError
-from featcache.images import DEFAULT_MAX_PIXELS, check_files_present, load_rgb, read_jpeg_bytes
+from featcache.images import DEFAULT_MAX_PIXELS, DRAFT_RULE, Draft, check_files_present, load_rgb, read_jpeg_bytes
 from featcache.samples import SampleTable
 from featcache.store import (
     CacheComparison,
@@ -40,6 +40,7 @@ from featcache.store import (
     real_path,
     refresh_image_stats,
     remove_stale_temporaries,
+    with_config_defaults,
 )
 
 
@@ -111,15 +112,15 @@ def start_cuda(device: torch.device) -> None:
 class ImageRows(Dataset):
     """Decodes in worker processes; a bad file becomes an error entry instead of killing the run.
 
-    `draft_short_side`: JPEG draft decoding (see `load_rgb`). `jpeg_bytes`: the torch decode path; 8-bit RGB/grey
+    `draft`: JPEG draft decoding (see `load_rgb`). `jpeg_bytes`: the torch decode path; 8-bit RGB/grey
     JPEGs come back as their bytes (`EncodedJpeg`) for the main process to decode on the device, other files decoded
     here as usual."""
 
     def __init__(self, root: Path, paths: list[str], rows: list[int], transform, max_pixels: int,
-                 draft_short_side: int | None = None, jpeg_bytes: bool = False):
+                 draft: Draft | None = None, jpeg_bytes: bool = False):
         self.root, self.paths, self.rows = root, paths, rows
         self.transform, self.max_pixels = transform, max_pixels
-        self.draft_short_side, self.jpeg_bytes = draft_short_side, jpeg_bytes
+        self.draft, self.jpeg_bytes = draft, jpeg_bytes
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -138,7 +139,7 @@ class ImageRows(Dataset):
         """(pixels, "") or (None, the one-line error naming the file)."""
         path = self.root / self.paths[row]
         try:
-            return self.transform(load_rgb(path, self.max_pixels, self.draft_short_side)), ""
+            return self.transform(load_rgb(path, self.max_pixels, self.draft)), ""
         except FeatcacheError as exc:
             return None, str(exc)
         except Exception as exc:  # a transform failing on a strange image
@@ -286,9 +287,11 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     precision = _precision(torch_device, precision)
     paths, _, _ = samples.distinct_images()
     target = real_path(name)  # a symlink and its target are one cache: one lock, one temporary file
-    decode, jpeg_draft = _as_recorded(target, backbone.config()["id"], decode, jpeg_draft)
+    decode, jpeg_draft, draft_rule = _as_recorded(target, backbone.config()["id"], decode, jpeg_draft)
     decode_path, jpeg_draft = _decoding(decode, jpeg_draft, torch_device)
     config = dict(backbone.config(), precision=precision, decode=decode_path, jpeg_draft=jpeg_draft)
+    if jpeg_draft:
+        config["jpeg_draft_rule"] = draft_rule
     if decode_path == "torch":
         from featcache.decode import TORCH_RESIZE
 
@@ -332,7 +335,7 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
             with open_write(target) as f:
                 refresh_image_stats(f, root, todo, verify)
                 _run(extractor, f[f"features/{bid}"], f, root, paths, todo, backbone, torch_device, precision,
-                     batch_size, workers, max_pixels, progress, result, decode_path, jpeg_draft)
+                     batch_size, workers, max_pixels, progress, result, decode_path, jpeg_draft, draft_rule)
         except (RuntimeError, ConnectionError, EOFError) as exc:
             if not _is_dead_worker(exc, workers):
                 raise
@@ -466,10 +469,11 @@ class _FeaturesToHost:
 
 
 def _run(extractor, group, f, root, paths, todo, backbone, device, precision, batch_size, workers, max_pixels,
-         progress, result, decode_path: str, jpeg_draft: bool) -> None:
+         progress, result, decode_path: str, jpeg_draft: bool, draft_rule: str) -> None:
     from tqdm.auto import tqdm
 
-    dataset, preprocess = _dataset(backbone, root, paths, todo, max_pixels, decode_path, jpeg_draft, device)
+    dataset, preprocess = _dataset(backbone, root, paths, todo, max_pixels, decode_path, jpeg_draft, device,
+                                   draft_rule)
     emb, done = group["emb"], group["done"]
     start = time.perf_counter()
     batches = _forward_batches(extractor, dataset, device, precision, batch_size, workers, preprocess)
@@ -546,26 +550,42 @@ def draft_short_side(backbone: Backbone) -> int:
     return DRAFT_GAP * math.ceil(cfg["input_size"] / cfg["crop_pct"])
 
 
-def _as_recorded(target: Path, bid: str, decode: str | None, jpeg_draft: bool | None) -> tuple[str, bool]:
+def draft_for(backbone: Backbone, transform, rule: str = DRAFT_RULE) -> Draft | None:
+    """JPEG draft decoding for `transform` (timm's eval transform of `backbone`, which starts with a Resize). None,
+    i.e. full decoding, for a transform that does not start with a Resize: the draft could not keep its
+    geometry."""
+    from torchvision.transforms import Resize
+    from torchvision.transforms.functional import pil_modes_mapping
+
+    first = getattr(transform, "transforms", [None])[0]
+    if not isinstance(first, Resize) or first.max_size is not None:
+        return None
+    size = first.size if isinstance(first.size, int) else tuple(first.size)
+    return Draft(draft_short_side(backbone), size, pil_modes_mapping[first.interpolation], rule)
+
+
+def _as_recorded(target: Path, bid: str, decode: str | None,
+                 jpeg_draft: bool | None) -> tuple[str, bool, str]:
     """The decode options not given (None) as the cache recorded them for `bid` (a cache from before they were
-    recorded: Pillow without draft), else 'auto' and draft on."""
-    if decode is not None and jpeg_draft is not None:
-        return decode, jpeg_draft
+    recorded: Pillow without draft), else 'auto' and draft on; and the JPEG draft rule: the recorded one where
+    the cache drafted (an older cache resumes with its own pixels), else today's."""
     from featcache.decode import decode_option
+    from featcache.images import DRAFT_RULE
 
     stored = None
     if target.is_file():
         try:
             with open_read(target) as f:
                 if bid in backbone_ids(f):
-                    stored = read_config(f, bid)
+                    stored = with_config_defaults(read_config(f, bid))
         except (OSError, KeyError, ValueError, FeatcacheError):  # reported by the checks that follow
             stored = None
     if decode is None:
         decode = "auto" if stored is None else decode_option(stored["decode"])
     if jpeg_draft is None:
         jpeg_draft = True if stored is None else bool(stored["jpeg_draft"])
-    return decode, jpeg_draft
+    rule = stored["jpeg_draft_rule"] if stored is not None and stored["jpeg_draft"] else DRAFT_RULE
+    return decode, jpeg_draft, rule
 
 
 def _decoding(decode: str | None, jpeg_draft: bool, device: torch.device) -> tuple[str, bool]:
@@ -578,10 +598,11 @@ def _decoding(decode: str | None, jpeg_draft: bool, device: torch.device) -> tup
 
 
 def _dataset(backbone: Backbone, root: Path, paths: list[str], rows: list[int], max_pixels: int, decode_path: str,
-             jpeg_draft: bool, device: torch.device):
+             jpeg_draft: bool, device: torch.device, draft_rule: str = DRAFT_RULE):
     """(ImageRows, the device-side preprocessing or None) for the chosen decode path."""
-    dataset = ImageRows(root, paths, rows, backbone.transform(), max_pixels,
-                        draft_short_side(backbone) if jpeg_draft else None, jpeg_bytes=decode_path == "torch")
+    transform = backbone.transform()
+    draft = draft_for(backbone, transform, draft_rule) if jpeg_draft else None
+    dataset = ImageRows(root, paths, rows, transform, max_pixels, draft, jpeg_bytes=decode_path == "torch")
     if decode_path != "torch":
         return dataset, None
     from featcache.decode import TorchPreprocess
@@ -613,9 +634,10 @@ def _provenance(backbone: Backbone, device: torch.device, precision: str, comman
 def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, batch_size: int = 32,
                      workers: int = 0, device: str = "auto", precision: str = "auto",
                      max_pixels: int = DEFAULT_MAX_PIXELS, decode: str = "auto",
-                     jpeg_draft: bool = True) -> np.ndarray:
-    """Features of a few images in memory (no cache), e.g. to score new images with a saved head. `decode` and
-    `jpeg_draft` as for `extract` (pass the values recorded with the features the head was trained on)."""
+                     jpeg_draft: bool = True, jpeg_draft_rule: str = DRAFT_RULE) -> np.ndarray:
+    """Features of a few images in memory (no cache), e.g. to score new images with a saved head. `decode`,
+    `jpeg_draft` and `jpeg_draft_rule` as for `extract` (pass the values recorded with the features the head was
+    trained on: `store.with_config_defaults` fills in those of older caches)."""
     root = Path(root)
     check_files_present(root, paths)
     torch_device = resolve_device(device)
@@ -623,7 +645,7 @@ def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, 
     extractor = to_channels_last(backbone.extractor().to(torch_device), torch_device)
     decode_path, jpeg_draft = _decoding(decode, jpeg_draft, torch_device)
     dataset, preprocess = _dataset(backbone, root, paths, list(range(len(paths))), max_pixels, decode_path,
-                                   jpeg_draft, torch_device)
+                                   jpeg_draft, torch_device, jpeg_draft_rule)
     out = None
     batches = _forward_batches(extractor, dataset, torch_device, precision, batch_size, workers, preprocess)
     with contextlib.closing(batches):

@@ -7,6 +7,7 @@ import io
 import math
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,51 @@ from PIL import Image, ImageFile
 from featcache.errors import FeatcacheError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; AIGC images are at most a few megapixels
+
+# How JPEG draft mode decodes; recorded with a cache's features (`jpeg_draft_rule`), since it changes pixels.
+# "same-geometry": the largest reduction (1/8, 1/4, 1/2) that keeps the shorter side >= the limit, then the resize
+# of the backbone's transform done here, over the same source area as after a full decode (see `Draft`).
+# "pillow-request" (caches from before the key existed): a size request that Pillow turns into a scale through
+# min(W // w, H // h), which odd sizes round down (2047x1024 was decoded in full, 4095x2048 at 1/2 where 1/4 keeps
+# the limit), and the transform resizing the decoded pixels. Kept so such a cache resumes with the same pixels.
+DRAFT_RULE = "same-geometry"
+DRAFT_RULES = (DRAFT_RULE, "pillow-request")
+
+
+@dataclass(frozen=True)
+class Draft:
+    """JPEG draft decoding for one backbone's transform.
+
+    libjpeg decodes a side the scale does not divide to ceil(side / scale) pixels, the last one partly covered
+    (1535 px at 1/2: 768 pixels for 767.5), and the transform's resize computes its output size from the pixels it
+    gets: 384 x 256 there, where the full decode's 1535 x 1024 gives 383 x 256. The centre crop then moved by a
+    fraction of a pixel, and lite0's features by cosine 0.993-0.996 against a full decode (Kodak photos at
+    1535x1024; cropping the partial pixel instead only moved the problem to other sizes). So the draft-decoded
+    image is resized here to the size the full decode would get, over the box that is the whole source
+    (Pillow's draft box), and the transform's own resize has nothing left to do."""
+
+    short_side: int  # the decoded shorter side never goes under this
+    resize: int | tuple[int, int]  # the transform's Resize size: the shorter side, or (height, width)
+    resample: int  # its PIL filter
+    rule: str = DRAFT_RULE
+
+    def __post_init__(self):
+        if self.rule not in DRAFT_RULES:  # a caller's mistake, not a file's
+            raise ValueError(f"unknown JPEG draft rule {self.rule!r} (known: {', '.join(DRAFT_RULES)})")
+
+
+def resized_size(width: int, height: int, size: int | tuple[int, int]) -> tuple[int, int]:
+    """(width, height) after torchvision's Resize(size) without max_size: an int sets the shorter side and the
+    longer one is truncated, int(size * long / short); a pair is (height, width)."""
+    if not isinstance(size, int):
+        if len(size) == 1:
+            size = size[0]
+        else:
+            return int(size[1]), int(size[0])
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
@@ -39,12 +85,12 @@ def check_files_present(root: Path, paths: list[str]) -> None:
         )
 
 
-def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
-             draft_short_side: int | None = None) -> Image.Image:
+def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, draft: Draft | None = None) -> Image.Image:
     """Open an image as 8-bit RGB: alpha is composited on white, 16-bit is scaled (not clipped), CMYK converted.
 
-    `draft_short_side`: a JPEG whose shorter side is at least twice this is decoded by libjpeg at 1/2, 1/4 or 1/8
-    scale, its shorter side staying >= this (JPEG draft mode): several times faster, pixels slightly different."""
+    `draft`: a JPEG whose shorter side stays >= `draft.short_side` at 1/2, 1/4 or 1/8 scale is decoded by libjpeg
+    at the smallest such size (JPEG draft mode) and, by today's rule, returned already resized as the transform
+    would resize the full decode: several times faster, pixels slightly different."""
     path = Path(path)
     try:
         with _own_pixel_limit():
@@ -52,10 +98,12 @@ def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
         with im:
             width, height = im.size
             _check_pixels(path, width, height, max_pixels)
-            if draft_short_side and im.format == "JPEG":
-                _draft(im, draft_short_side)
+            box = _draft(im, draft) if draft is not None and im.format == "JPEG" else None
             im.load()
-            return _to_rgb(im)
+            rgb = _to_rgb(im)
+        if box is not None:
+            return rgb.resize(resized_size(width, height, draft.resize), draft.resample, box=box)
+        return rgb
     except FeatcacheError:
         raise
     except Image.DecompressionBombError as exc:
@@ -72,13 +120,33 @@ def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
         )
 
 
-def _draft(im: Image.Image, short_side: int) -> None:
-    """Ask libjpeg for the smallest DCT scale (1/2, 1/4, 1/8) that keeps the shorter side >= `short_side`."""
+def draft_scale(width: int, height: int, short_side: int) -> int:
+    """The largest DCT scale (8, 4 or 2) whose decoded shorter side, ceil(side / scale) as libjpeg rounds, is
+    still >= `short_side`; 1 when none is."""
+    for scale in (8, 4, 2):
+        if -(-min(width, height) // scale) >= short_side:
+            return scale
+    return 1
+
+
+def _draft(im: Image.Image, draft: Draft) -> tuple[float, float, float, float] | None:
+    """Ask libjpeg to decode at a reduced scale. Returns the whole source's box in the decoded pixels when the
+    caller must resize (today's rule), else None."""
     width, height = im.size
-    if min(width, height) < 2 * short_side:
-        return
-    ratio = min(width, height) / short_side  # PIL picks the power of two <= min(width // w, height // h)
-    im.draft("RGB", (math.ceil(width / ratio), math.ceil(height / ratio)))
+    if draft.rule == "pillow-request":
+        if min(width, height) < 2 * draft.short_side:
+            return None
+        ratio = min(width, height) / draft.short_side
+        im.draft("RGB", (math.ceil(width / ratio), math.ceil(height / ratio)))
+        return None
+    scale = draft_scale(width, height, draft.short_side)
+    if scale == 1:
+        return None
+    # Pillow takes the power of two <= min(W // w, H // h): exactly `scale` for this request
+    drafted = im.draft("RGB", (width // scale, height // scale))
+    if drafted is None or im.size == (width, height):  # not a single-tile JPEG: decoded in full
+        return None
+    return drafted[1]
 
 
 JPEG_MAGIC = b"\xff\xd8\xff"

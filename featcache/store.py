@@ -249,7 +249,10 @@ _CONFIG_OPTIONS = {
 
 def with_config_defaults(config: dict) -> dict:
     """A backbone configuration with the keys older versions did not record, at the values they were made with."""
-    return {**CONFIG_DEFAULTS, **config}
+    config = {**CONFIG_DEFAULTS, **config}
+    if config["jpeg_draft"] and "jpeg_draft_rule" not in config:
+        config["jpeg_draft_rule"] = "pillow-request"  # drafted before the rule was recorded: see images.DRAFT_RULES
+    return config
 
 
 def compare_configs(stored: dict, wanted: dict) -> list[str]:
@@ -319,6 +322,8 @@ def check_config(f: h5py.File, bid: str, config: dict, path: str | Path, advise_
     differing = compare_configs(stored, config)
     if "decode" in differing:  # the torch path's resize goes with the decode path
         differing = [k for k in differing if k != "torch_resize"]
+    if "jpeg_draft" in differing:  # and the draft rule with drafting
+        differing = [k for k in differing if k != "jpeg_draft_rule"]
     if differing == ["torch_resize"]:
         raise FeatcacheError(f"{path}: backbone id {bid} was decoded on the torch path by an earlier featcache, which "
                              "resized in one float pass (this one resizes as Pillow does), so it is not extended; its "

@@ -108,6 +108,7 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
                                  f"{model_backbone.id}. Use the head's own backbone")
         from featcache.decode import decode_option
         from featcache.devices import resolve_device
+        from featcache.images import DRAFT_RULE
         from featcache.store import with_config_defaults
 
         recorded = with_config_defaults(meta["backbone_config"])  # decode as the training features were
@@ -116,7 +117,8 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
             precision = "auto"
         emb = compute_features(model_backbone, root, todo, batch_size=batch_size, workers=workers, device=device,
                                precision=precision, decode=decode_option(recorded["decode"]),
-                               jpeg_draft=bool(recorded["jpeg_draft"]))
+                               jpeg_draft=bool(recorded["jpeg_draft"]),
+                               jpeg_draft_rule=recorded.get("jpeg_draft_rule", DRAFT_RULE))
         features.update(zip(todo, emb))
     dims = {len(v) for v in features.values()}
     if dims != {meta["feature_dim"]}:
