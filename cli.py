@@ -33,13 +33,9 @@ INTERRUPTED = {
 
 
 def _local_dask_cluster() -> bool:
-    """Whether `--backend dask` started (or is starting) a cluster inside this process; if so, its log lines are
-    silenced at once."""
+    """Whether `--backend dask` started (or is starting) a cluster inside this process."""
     cv = sys.modules.get("regressors.cv")
-    if cv is None or not cv.in_process_cluster():
-        return False
-    cv.silence_in_process_clusters()
-    return True
+    return cv is not None and cv.in_process_cluster()
 
 
 def _exit_now(code: int) -> None:
@@ -81,6 +77,8 @@ class _Group(click.Group):
             if _EXITS_THE_PROCESS:
                 handlers = {}  # ignored until the interpreter is gone (a second Ctrl-C there ended it by the signal)
             local_cluster = _local_dask_cluster()
+            if local_cluster:  # its log lines, at once: screens of them while it stops under the one line
+                sys.modules["regressors.cv"].silence_in_process_clusters()
             command = ctx.invoked_subcommand or ""
             click.echo(INTERRUPTED.get(command, "interrupted"), err=True)
             code = 143 if isinstance(exc, interrupts.Terminated) else 130
