@@ -246,6 +246,28 @@ def test_a_fine_tuned_checkpoint_with_another_classifier_loads(tmp_path, monkeyp
                                                                             pre_logits=True), atol=1e-5)
 
 
+@pytest.mark.parametrize("classes", [(10, 10), (0, 0), (10, 5)])
+def test_a_fine_tuned_distilled_deit_with_its_two_heads_loads(tmp_path, classes):
+    """timm names two classifiers for a distilled DeiT (head and head_dist): both are sized from the file, left out
+    together when it has none, and left out when they disagree (the features use neither). Refused before."""
+    from featcache.backbones.extractor import FeatureExtractor
+
+    arch = "deit_tiny_distilled_patch16_224"
+    torch.manual_seed(sum(classes))
+    tuned = timm.create_model(arch, num_classes=classes[0]).eval()
+    if classes[1] != classes[0]:
+        tuned.head_dist = torch.nn.Linear(tuned.embed_dim, classes[1])
+    save_file(tuned.state_dict(), str(tmp_path / "tuned.safetensors"))
+    loaded = load_backbone(arch, weights_file=tmp_path / "tuned.safetensors")
+    model = loaded.extractor().model
+    assert model.num_classes == (classes[0] if classes[0] == classes[1] else 0)
+    trunk = {k: v for k, v in tuned.state_dict().items() if not k.startswith(("head.", "head_dist."))}
+    assert trunk and all(torch.equal(model.state_dict()[k], v) for k, v in trunk.items())
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(loaded.extractor()(x), FeatureExtractor(tuned, loaded.spec.feature, loaded.pool)(x))
+
+
 def test_a_file_whose_head_looks_fine_tuned_but_whose_trunk_differs_is_refused_in_one_build(tmp_path, monkeypatch):
     """The shapes say a 10-class head, the trunk does not fit: refused from that build, whose complaint names
     only what differs (the ImageNet-shaped build also listed the classifier's two tensors), without building the

@@ -228,11 +228,11 @@ def _trunk_only(spec: BackboneSpec, path: Path, error: str) -> torch.nn.Module |
 
     from featcache.backbones.skipinit import covers, materialised, meta_model
 
-    head = _only_the_head(spec.arch, _misfit_problems(error))
-    state = _read_state_dict(path) if head else None
+    heads = _only_the_heads(spec.arch, _misfit_problems(error))
+    state = _read_state_dict(path) if heads else None
     if not state:
         return None
-    trunk = {name: tensor for name, tensor in state.items() if not name.startswith(head + ".")}
+    trunk = {name: tensor for name, tensor in state.items() if not _in_heads(name, heads)}
 
     def build() -> torch.nn.Module:
         return timm.create_model(spec.arch, pretrained=False, num_classes=0)
@@ -277,20 +277,21 @@ def _head_classes_from_shapes(arch: str, shapes: dict[str, tuple]) -> int | None
     """The classes of a file whose classifier differs from the pretrained config's: the rows of its
     `<classifier>.weight`, or 0 when it holds exactly the model's other tensors (built on the meta device, no
     memory). None when the head fits, or the file does not tell (other names, which timm's filter may map)."""
-    head, default = _classifier(arch), _default_classes(arch)
-    if head is None or default is None or not shapes:
+    heads, default = _classifiers(arch), _default_classes(arch)
+    if not heads or default is None or not shapes:
         return None
-    weight = shapes.get(f"{head}.weight")
-    if weight is not None:
-        return int(weight[0]) if len(weight) == 2 and weight[0] != default else None
-    if any(name.startswith(head + ".") for name in shapes):
+    weights = [shapes.get(f"{head}.weight") for head in heads]
+    if all(w is not None and len(w) == 2 for w in weights):
+        rows = {int(w[0]) for w in weights}  # a distilled DeiT's two heads have the same classes
+        return rows.pop() if len(rows) == 1 and default not in rows else None
+    if any(_in_heads(name, heads) for name in shapes):
         return None
     from featcache.backbones.skipinit import meta_state_names
 
     names = meta_state_names(lambda: _timm_create(arch))
     if names is None:
         return None
-    return 0 if {n for n in names if not n.startswith(head + ".")} == set(shapes) else None
+    return 0 if {n for n in names if not _in_heads(n, heads)} == set(shapes) else None
 
 
 def _timm_create(arch: str) -> torch.nn.Module:
@@ -308,22 +309,28 @@ def _head_classes(arch: str, error: str) -> int | None:
     """When only the classifier differs from the model's: the file's number of classes (0 when it has no
     classifier), read from torch's error; None otherwise."""
     problems = _misfit_problems(error)
-    head = _only_the_head(arch, problems)
-    if head is None:
+    heads = _only_the_heads(arch, problems)
+    if not heads:
         return None
     shapes = {name: in_file for name, in_file, _ in _MISFIT_PATTERNS["size mismatch"].findall(error)}
-    if f"{head}.weight" in shapes and not problems["unexpected"] and not problems["missing"]:
-        return int(shapes[f"{head}.weight"].split(",")[0])
+    rows = {shapes[f"{head}.weight"].split(",")[0].strip() for head in heads if f"{head}.weight" in shapes}
+    if len(rows) == 1 and all(f"{head}.weight" in shapes for head in heads) and not problems["unexpected"] \
+            and not problems["missing"]:
+        return int(rows.pop())
     if problems["missing"] and not problems["unexpected"] and not problems["size mismatch"]:
         return 0
     return None
 
 
-def _only_the_head(arch: str, problems: dict[str, list[str]]) -> str | None:
-    """The classifier's name when every tensor torch complained about belongs to it, else None."""
-    head = _classifier(arch)
+def _only_the_heads(arch: str, problems: dict[str, list[str]]) -> tuple[str, ...]:
+    """The classifier names when every tensor torch complained about belongs to them, else ()."""
+    heads = _classifiers(arch)
     names = [n for kind in problems.values() for n in kind]
-    return head if head and names and all(n.startswith(head + ".") for n in names) else None
+    return heads if heads and names and all(_in_heads(n, heads) for n in names) else ()
+
+
+def _in_heads(name: str, heads: tuple[str, ...]) -> bool:
+    return any(name.startswith(head + ".") for head in heads)
 
 
 def _misfit_problems(error: str) -> dict[str, list[str]]:
@@ -456,16 +463,21 @@ def misfit_message(path: str | Path, arch: str, error: str) -> str:
             parts.append(f"{len(problems[label])} {label} (e.g. {problems[label][0]})")
     if not parts:  # a format this parser does not know: the last line is the most specific one
         parts.append(error.strip().splitlines()[-1].strip())
-    head = _only_the_head(arch, problems)
-    hint = (f"only the classifier ({head}) differs, in a way featcache cannot map (the features do not use it)"
-            if head else "is the file for another architecture?")
+    heads = _only_the_heads(arch, problems)
+    hint = (f"only the classifier ({', '.join(heads)}) differs, in a way featcache cannot map (the features do not "
+            "use it)" if heads else "is the file for another architecture?")
     return f"{path}: weights do not fit {arch}: " + ", ".join(parts) + "; " + hint
 
 
-def _classifier(arch: str) -> str | None:
-    """The name of the classification head in timm's model (fc, head, classifier ...), when timm knows it."""
-    head = _pretrained_cfg_value(arch, "classifier")
-    return head if isinstance(head, str) else None
+def _classifiers(arch: str) -> tuple[str, ...]:
+    """The names of the classification heads in timm's model (fc, head, classifier ...; a distilled DeiT has two,
+    head and head_dist), when timm knows them; () otherwise."""
+    heads = _pretrained_cfg_value(arch, "classifier")
+    if isinstance(heads, str):
+        return (heads,)
+    if isinstance(heads, (tuple, list)) and heads and all(isinstance(h, str) for h in heads):
+        return tuple(heads)
+    return ()
 
 
 def _pretrained_cfg_value(arch: str, key: str):
