@@ -570,7 +570,6 @@ def _as_recorded(target: Path, bid: str, decode: str | None,
     recorded: Pillow without draft), else 'auto' and draft on; and the JPEG draft rule: the recorded one where
     the cache drafted (an older cache resumes with its own pixels), else today's."""
     from featcache.decode import decode_option
-    from featcache.images import DRAFT_RULE
 
     stored = None
     if target.is_file():

@@ -61,6 +61,7 @@ def resized_size(width: int, height: int, size: int | tuple[int, int]) -> tuple[
         return size, int(size * height / width)
     return int(size * width / height), size
 
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
