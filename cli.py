@@ -147,9 +147,9 @@ def load_samples_from_options(config: dict, dataset, root, annotation, columns):
 @click.option("--decode", type=click.Choice(DECODE_CHOICES), default=None,
               help=DECODE_HELP + " [as the cache recorded for this backbone, else auto].")
 @click.option("--jpeg-draft/--no-jpeg-draft", default=None,
-              help="Let libjpeg decode JPEGs at least 4x the resize size (1024 px for 256) at 1/2, 1/4 or 1/8 scale, "
-                   "never below 2x (faster; pixels differ slightly, recorded in the cache) [as the cache recorded "
-                   "for this backbone, else on].")
+              help="Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale while its shorter side stays at least 2x the "
+                   "resize size (512 px for 256), then resize it as a full decode would be (faster; pixels differ "
+                   "slightly, recorded in the cache) [as the cache recorded for this backbone, else on].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
               help="auto = fp16 autocast on CUDA, fp32 on the CPU.")
 @click.option("--shard", metavar="I/N", help="Extract only share I of N (contiguous rows); merge afterwards.")
@@ -327,7 +327,8 @@ def _cv_options(f):
                      help="Where the MLP trains: auto (a GPU when torch sees one), cpu, cuda or cuda:N."),
         click.option("--out", type=click.Path(file_okay=False),
                      help="Results folder [a fresh featcache-results/<date-time>-<id>/]."),
-        click.option("--overwrite", is_flag=True, help="Replace an earlier run's files in a non-empty --out."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace an earlier run's files in a non-empty --out (and an existing --save-head file)."),
         click.option("--plot", "plot", metavar="REGRESSOR",
                      help="Regressor whose out-of-fold predictions are drawn [the first feature-reading one]."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
@@ -416,6 +417,10 @@ def fit(cache, backbone, mode, target, regressor, save_head, **cv):
     if inside and output_name(Path(save_head).name):
         raise FeatcacheError(f"--save-head {save_head}: the run writes a file of that name in {folder}; choose "
                              "another name")
+    if save_head is not None and (not inside or folder.is_dir()):
+        from featcache.outputs import check_output_file
+
+        check_output_file(save_head, "--save-head", output["overwrite"], (cache,))
     made = missing_folders(folder) if inside else []
     if made:  # --save-head into the run's own (new) folder: it must exist before the head is saved
         folder.mkdir(parents=True)
@@ -484,14 +489,19 @@ def bench(cache, backbones, modes, targets, regressors, **cv):
 @click.option("--metric", default="srcc,plcc", show_default=True,
               help="Comma list of srcc, plcc, plcc_logistic, krcc, rmse, srcc_pooled.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the table to a file instead of printing it.")
-def table(results, fmt, metric, out):
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+def table(results, fmt, metric, out, overwrite):
     """Pivot results.json files (or run folders) into the paper's layout: method x backbone x regressor rows,
     target x metric columns, floors as reference rows, best per column in bold."""
+    from featcache.outputs import check_output_file, write_text_atomically
     from regressors.tables import load_results, render_table
 
+    if out:
+        reads = tuple(Path(r) / "results.json" if Path(r).is_dir() else Path(r) for r in results)
+        check_output_file(out, "--out", overwrite, reads)
     text = render_table(load_results(list(results)), _names(metric), fmt)
     if out:
-        Path(out).write_text(text)
+        write_text_atomically(out, text)
         click.echo(f"wrote {out}")
     else:
         click.echo(text, nl=False)
@@ -510,8 +520,9 @@ def table(results, fmt, metric, out):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default="scores.csv", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 def predict(images, head, prompt_image, dataset, root, annotation, columns, cache, backbone, weights, mode, device,
-            batch_size, out):
+            batch_size, out, overwrite):
     """Score images with a saved head: IMAGE files, a FOLDER of images (no annotation needed), or a whole
     database (--root/--dataset: SRCC and PLCC against its labels are printed). Cached features are reused."""
     from featcache.fastimport import import_timm_without_dynamo
@@ -520,9 +531,10 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
     from regressors.heads import images_in_folder, predict_paths, score_column, write_scores
     from regressors.metrics import quality_metrics
 
+    from featcache.outputs import check_output_file
+
     config = load_config()
-    if not Path(out).resolve().parent.is_dir():
-        raise FeatcacheError(f"--out {out}: folder {Path(out).resolve().parent} does not exist")
+    check_output_file(out, "--out", overwrite, (head, prompt_image))
     labels = None
     if len(images) == 1 and Path(images[0]).is_dir():
         base = images[0]
@@ -539,6 +551,10 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
     else:
         raise FeatcacheError("give IMAGE paths, a FOLDER of images, or --dataset/--root for a whole database")
     cache = pick(cache, config, "cache", DEFAULT_CACHE)
+    if Path(out).exists():  # with --overwrite: still never over what this run reads
+        source = samples.source if labels is not None else None
+        check_output_file(out, "--out", overwrite, (cache, source, *(Path(base) / p for p in paths),
+                                                    *(Path(base) / p for p in prompts if p)))
     scores, meta = predict_paths(head, base, paths, prompts, backbone=backbone, weights=weights, mode=mode,
                                  device=device, batch_size=batch_size, cache=cache)
     truth = labels.get(meta["target"]) if labels else None

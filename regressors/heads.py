@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from featcache.errors import FeatcacheError
-from featcache.store import open_read, read_config, read_provenance
+from featcache.store import image_hashes, image_stats, open_read, read_config, read_provenance
 from regressors.cache_data import CacheData
 from regressors.design import content_groups, design_matrix
 from regressors.fitting import fit_estimator
@@ -54,12 +54,15 @@ def images_in_folder(folder: str | Path) -> list[str]:
 def cached_features(cache: str | Path | None, backbone_id: str, root: str | Path, paths: list[str]
                     ) -> dict[str, np.ndarray]:
     """Rows of `backbone_id` already in `cache` for these paths (matched by absolute path), so predict does not
-    decode and forward them again. Missing cache, backbone or rows: nothing is reused."""
+    decode and forward them again; only while the image is the one extracted: the same size and modification
+    time as recorded, or the same sha256 where `extract --verify` recorded one (an image replaced on disk was
+    scored from its old features). Missing cache, backbone or rows, or a cache without image records (version
+    1): nothing is reused."""
     if cache is None or not Path(cache).is_file():
         return {}
     try:
         with open_read(cache) as f:
-            if f"features/{backbone_id}/emb" not in f:
+            if f"features/{backbone_id}/emb" not in f or "images/size" not in f or "images/mtime_ns" not in f:
                 return {}
             cache_root = Path(str(f.attrs.get("root", "")))
             stored = f["images/path"].asstr()[()]
@@ -70,10 +73,21 @@ def cached_features(cache: str | Path | None, backbone_id: str, root: str | Path
                 return {}
             done = f[f"features/{backbone_id}/done"][rows]
             emb = f[f"features/{backbone_id}/emb"][rows]
+            recorded = {"size": f["images/size"][rows], "mtime": f["images/mtime_ns"][rows],
+                        "sha256": f["images/sha256"][rows] if "images/sha256" in f else np.zeros(len(rows), "S64")}
     except FeatcacheError:
         return {}
     by_row = {r: e for r, e, d in zip(rows, emb, done) if d and np.isfinite(e).all()}
-    return {p: by_row[i] for p, i in wanted.items() if i in by_row}
+    record = {r: k for k, r in enumerate(rows)}
+    unchanged = {p: i for p, i in wanted.items() if i in by_row and _unchanged(Path(root) / p, recorded, record[i])}
+    return {p: by_row[i] for p, i in unchanged.items()}
+
+
+def _unchanged(path: Path, recorded: dict, k: int) -> bool:
+    if recorded["sha256"][k] != b"":
+        return image_hashes(path.parent, [path.name])[0] == recorded["sha256"][k]
+    size, mtime = image_stats(path.parent, [path.name])
+    return size[0] == recorded["size"][k] and mtime[0] == recorded["mtime"][k] and size[0] > 0
 
 
 def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts: list[str], *,

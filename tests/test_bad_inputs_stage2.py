@@ -92,6 +92,21 @@ def cases(root):
         ("predict with a missing head", ["predict", "--head", str(root / "nohead.safetensors"), "x.jpg"]),
         ("table of a missing file", ["table", str(root / "c.h5")]),
         ("table with an unknown metric", ["table", str(root / "run"), "--metric", "srcx"]),
+        # files named by the user are never written over the cache, what the command reads, or silently
+        ("save-head onto the cache", ["fit", *c, "--mode", "nr", "--target", "MOS_q", "--regressor", "ridge",
+                                      "--save-head", str(root / "c.h5"), "--overwrite", "--out", str(root / "o17")]),
+        ("save-head onto an existing file", ["fit", *c, "--mode", "nr", "--target", "MOS_q", "--regressor",
+                                             "ridge", "--save-head", str(root / "h.safetensors"), "--out",
+                                             str(root / "o18")]),
+        ("predict --out onto the cache", ["predict", "--head", str(root / "h.safetensors"), "x.jpg", "--out",
+                                          str(root / "c.h5"), "--overwrite"]),
+        ("predict --out onto an existing file", ["predict", "--head", str(root / "h.safetensors"), "x.jpg", "--out",
+                                                 str(root / "run" / "results.csv")]),
+        ("predict --out onto its head", ["predict", "--head", str(root / "h.safetensors"), "x.jpg", "--out",
+                                         str(root / "h.safetensors"), "--overwrite"]),
+        ("table --out onto an existing file", ["table", str(root / "run"), "--out", str(root / "run" / "report.md")]),
+        ("table --out onto the results it reads", ["table", str(root / "run"), "--out",
+                                                   str(root / "run" / "results.json"), "--overwrite"]),
     ]
     for head in _damaged_heads(root):
         listed.append((f"damaged head {head.name}", ["predict", "--head", str(head), str(root / "x.jpg"),
@@ -109,7 +124,7 @@ def test_every_bad_stage2_input_is_one_line_and_exit_2(workdir):
         assert "Traceback" not in result.output and lines and (lines[-1].startswith("error:") or
                                                                  lines[-1].startswith("Error:")), (name, lines)
         seen.append(name)
-    assert len(seen) >= 30
+    assert len(seen) >= 37
 
 
 def markdown_table(root) -> str:
@@ -119,8 +134,11 @@ def markdown_table(root) -> str:
     for name, args in cases(root):
         result = runner.invoke(cli.main, args)
         message = [line for line in result.output.splitlines() if line.strip()][-1].replace(str(root), "…")
-        noise = {"--quiet", "--no-figures", "--cache", str(root / "c.h5")}
-        shown = " ".join(a.replace(str(root), "…") for a in args if a not in noise)
+        cache = str(root / "c.h5")  # `--cache c.h5` stands in for the default here
+        kept = [a for k, a in enumerate(args) if a not in ("--quiet", "--no-figures")
+                and not (a == "--cache" and args[k + 1:k + 2] == [cache])
+                and not (a == cache and k and args[k - 1] == "--cache")]
+        shown = " ".join(a.replace(str(root), "…") for a in kept)
         rows.append(f"| {name} | `featcache {shown}` | {result.exit_code} | `{message.replace('|', '/')}` |")
     return "\n".join(rows)
 

@@ -252,6 +252,17 @@ def test_fit_and_predict_from_the_command_line(tmp_path, pku_root, monkeypatch):
         (decode_option(recorded["decode"]), recorded["jpeg_draft"], recorded["precision"])]  # as the cache recorded
     again = np.array([float(line.split(",")[2]) for line in (pku_root / "fresh.csv").read_text().splitlines()[1:]])
     np.testing.assert_allclose(again, scored, atol=1e-4)  # images re-read give the cached features
+    refused = runner.invoke(cli.main, ["predict", "--head", "pr.safetensors", "--root", ".", "--out", "all.csv"])
+    assert refused.exit_code == 2 and "all.csv: exists; pass --overwrite" in refused.output  # the first run's scores
+    from tests.fakedata import noisy_image
+
+    noisy_image(np.random.default_rng(9), (48, 40)).save(pku_root / "All" / "MJ_0_00.jpg")  # replaced on disk
+    changed = runner.invoke(cli.main, ["predict", "--head", "pr.safetensors", "--root", ".", "--out", "all.csv",
+                                       "--overwrite"])
+    assert changed.exit_code == 0, changed.output
+    assert "21 images from the cache, 1 extracted" in changed.output  # not its old features
+    rescored = [float(line.split(",")[2]) for line in (pku_root / "all.csv").read_text().splitlines()[1:]]
+    assert rescored[0] != scored[0] and rescored[1:] == pytest.approx(list(scored[1:]), abs=1e-4)
     folder = runner.invoke(cli.main, ["predict", "--head", "pr.safetensors", "All", "--out", "folder.csv"])
     assert folder.exit_code == 0, folder.output
     assert len((pku_root / "folder.csv").read_text().splitlines()) == 1 + 20

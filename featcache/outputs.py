@@ -1,0 +1,68 @@
+"""Files a command writes under a name the user gave (`predict --out`, `table --out`, `fit --save-head`).
+
+Checked before any work: such a file used to replace whatever had that name, the feature cache and the annotation
+included (`fit --save-head featcache.h5` turned the cache into a head file), and a read-only folder was reported
+only after the work, with a traceback. An existing file is replaced only with `--overwrite`, and never when it is
+the cache or the annotation the command reads, or any HDF5 file (a feature cache of another run).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from featcache.errors import FeatcacheError
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_output_file(path: str | Path, option: str, overwrite: bool = False,
+                      reads: tuple[str | Path | None, ...] = ()) -> Path:
+    """Refuse, with one line, a target the command must not write: a folder, a file the command `reads`, an HDF5
+    file, an existing file without `overwrite`, or a place that is not a writable folder."""
+    path = Path(path)
+    where = f"{option} {path}"
+    if path.is_dir():
+        raise FeatcacheError(f"{where}: is a folder; give a file name")
+    if path.exists():
+        for read in reads:
+            if read is not None and Path(read).exists() and _same_file(path, Path(read)):
+                raise FeatcacheError(f"{where}: is a file this command reads ({read}); choose another name")
+        if _is_hdf5(path):
+            raise FeatcacheError(f"{where}: is an HDF5 file (a feature cache?); it is never replaced, choose "
+                                 "another name")
+        if not overwrite:
+            raise FeatcacheError(f"{where}: exists; pass --overwrite to replace it, or choose another name")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise FeatcacheError(f"{where}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FeatcacheError(f"{where}: folder {parent} is not writable")
+    return path
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write through a temporary file beside it, so an interrupted write never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _is_hdf5(path: Path) -> bool:
+    """HDF5's signature at offset 0 (featcache's caches; a user block would move it, which h5py does not write)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+    except OSError:
+        return False
