@@ -53,7 +53,7 @@ class SplitSpec:
     doc: str
     grouped: bool  # no content group on both sides: inner selection holds out groups too
     single: bool  # one test set per repeat (confidence intervals by bootstrap over groups)
-    options: tuple[str, ...] = field(default=())  # the CLI options it reads
+    options: tuple[str, ...] = field(default=())  # the CLI options it reads (with --subset, --repeats: its folds)
 
 
 def subset_mask(subset: np.ndarray, generator: np.ndarray, name: str) -> np.ndarray:
@@ -112,10 +112,11 @@ def _cross(req: SplitRequest, repeat: int):
 
 SPLITS: dict[str, SplitSpec] = {spec.name: spec for spec in [
     SplitSpec("group", _group, "prompt-disjoint K-fold (stratified by T2I/I2I): no prompt in both train and test",
-              grouped=True, single=False, options=("folds",)),
+              grouped=True, single=False, options=("folds", "seed")),
     SplitSpec("paper", _paper, "index % 4 == 3 inside the selection goes to test (the official loaders); "
               "leaks siblings into training", grouped=False, single=True),
-    SplitSpec("kfold", _kfold, "random K-fold over samples", grouped=False, single=False, options=("folds",)),
+    SplitSpec("kfold", _kfold, "random K-fold over samples", grouped=False, single=False,
+              options=("folds", "seed")),
     SplitSpec("cross", _cross, "train on one generator or subset (--train-on), test on another (--test-on); "
               "--hold-out-prompts also removes the test prompts from training", grouped=False, single=True,
               options=("train_on", "test_on", "hold_out_prompts")),
