@@ -2,7 +2,8 @@
 
 Rows: method (NR / FR / PR, then the extra modes) x backbone x regressor, the label-only floors as reference rows;
 columns: target x metric (SRCC, PLCC by default). The best value per column is bold, chosen among feature-reading
-rows without a failed fold (the floors and failed configurations never win). The caption states the protocol.
+rows without a failed fold (the floors and failed configurations never win). The caption states the protocol: one,
+since runs made on other folds are refused.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from featcache.errors import FeatcacheError
 from regressors.modes import MODES
 from regressors.registry import REGRESSORS
+from regressors.splits import SPLITS
 
 METRICS = {"srcc": "SRCC", "plcc": "PLCC", "plcc_logistic": "PLCC (logistic)", "krcc": "KRCC", "rmse": "RMSE",
            "srcc_pooled": "SRCC (pooled)"}
@@ -27,10 +29,12 @@ def method_label(mode: str) -> str:
 
 
 def load_results(paths: list[str | Path]) -> list[dict]:
-    """Summary rows of every file, each with its backbone and the file's protocol."""
-    rows = []
-    for path in paths:
-        path = Path(path)
+    """Summary rows of every file, each with its backbone and the file's protocol. Runs made on other folds are
+    refused (their rows beside each other would compare splits, not heads), and so is a cell two runs both give
+    with different values (keeping either would hide the other); a cell both give identically is kept once."""
+    rows, runs, seen = [], [], {}
+    for run, given in enumerate(paths):
+        path = Path(given)
         if path.is_dir():
             path = path / "results.json"
         try:
@@ -40,12 +44,78 @@ def load_results(paths: list[str | Path]) -> list[dict]:
             raise FeatcacheError(f"{path}: results file not found") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise FeatcacheError(f"{path}: not a featcache results.json ({type(exc).__name__}: {exc})") from None
+        name = str(given)
+        if runs:
+            _same_folds(runs[0], (name, payload))
+        runs.append((name, payload))
         for row in summary:
             backbone = row.get("backbone") or config.get("backbone") or "labels only"
-            rows.append(dict(row, backbone=backbone, _protocol=protocol(config)))
+            row = dict(row, backbone=backbone, _protocol=protocol(config))
+            key = _cell(row)
+            if key in seen and seen[key][0] != run:
+                if _values(seen[key][2]) != _values(row):
+                    raise FeatcacheError(f"{seen[key][1]} and {name} both give {_cell_name(key)} with different "
+                                         f"values ({_differs(seen[key][2], row)}); render them separately or leave "
+                                         "one out")
+                continue  # the same cell computed twice on the same folds: shown once
+            seen.setdefault(key, (run, name, row))
+            rows.append(row)
     if not rows:
         raise FeatcacheError("no summary rows in " + ", ".join(str(p) for p in paths))
     return rows
+
+
+def fold_protocol(payload: dict) -> dict:
+    """What decides a run's folds: the split, the selection, the repeats, the options its split reads (--folds and
+    --seed for the K-fold splits, the two sides for cross) and the samples (the cache's sample hash, when recorded).
+    A field the file does not record is left out, so it is compared only between runs that record it."""
+    config = payload.get("config", {})
+    split = SPLITS.get(config.get("split"))  # a split this version does not know: every option may decide its folds
+    options = split.options if split else ("folds", "seed", "train_on", "test_on", "hold_out_prompts")
+    out = {key: config[key] for key in ("split", "subset", "repeats", *options) if key in config}
+    samples = ((payload.get("run") or {}).get("cache_attrs") or {}).get("samples_sha256")
+    if samples:
+        out["samples"] = samples
+    return out
+
+
+def _same_folds(first: tuple[str, dict], other: tuple[str, dict]) -> None:
+    a, b = fold_protocol(first[1]), fold_protocol(other[1])
+    compared = a if a.get("split") == b.get("split") else ("split", "subset", "repeats", "samples")
+    keys = [k for k in compared if k in a and k in b and a[k] != b[k]]
+    if not keys:
+        return
+    shown = ", ".join(f"samples (cache samples_sha256 {a['samples'][:12]} vs {b['samples'][:12]})" if k == "samples"
+                      else f"--{k.replace('_', '-')} {a.get(k)} vs {b.get(k)}" for k in keys)
+    raise FeatcacheError(f"{first[0]} and {other[0]} were made on different folds ({shown}): a table compares one "
+                         "protocol; render them separately")
+
+
+def _floors() -> set[str]:
+    return {name for name, spec in REGRESSORS.items() if not spec.reads_features}
+
+
+def _cell(row: dict) -> tuple:
+    """A table cell's key: floors read no feature, so any backbone's floor is the same cell."""
+    if row["regressor"] in _floors():
+        return row["mode"], None, row["regressor"], row["target"]
+    return row["mode"], row["backbone"], row["regressor"], row["target"]
+
+
+def _cell_name(key: tuple) -> str:
+    mode, backbone, regressor, target = key
+    return f"cell {method_label(mode)}, {'floor' if backbone is None else backbone}, {regressor}, {target}"
+
+
+def _values(row: dict) -> dict:
+    """What a table may show of a row (timings and labels left out)."""
+    return {k: v for k, v in row.items() if k not in ("seconds", "backbone") and not k.startswith("_")}
+
+
+def _differs(a: dict, b: dict) -> str:
+    va, vb = _values(a), _values(b)
+    key = next(k for k in [*(f"{m}_mean" for m in METRICS), *va, *vb] if va.get(k) != vb.get(k))
+    return f"{key} {_fmt(va.get(key))} vs {_fmt(vb.get(key))}"
 
 
 def protocol(config: dict) -> str:

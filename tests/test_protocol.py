@@ -512,6 +512,86 @@ def test_floor_rows_follow_the_run_order(order):
     assert floors == order + order  # all samples (NR), then samples with an image prompt (FR)
 
 
+def _table_runs(tmp_path, monkeypatch, runs: dict[str, list[str]], **cache) -> CliRunner:
+    """Small `featcache fit` runs (NR, MOS_q) into folders named by `runs`' keys, from tmp_path."""
+    make_cache(tmp_path, **cache)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for out, args in runs.items():
+        result = runner.invoke(cli.main, ["fit", "--cache", "c.h5", "--mode", "nr", "--target", "MOS_q", "--out", out,
+                                          "--quiet", "--no-figures", *args])
+        assert result.exit_code == 0, result.output
+    return runner
+
+
+def test_table_refuses_runs_made_on_other_folds(tmp_path, monkeypatch):
+    """A 4-fold bench beside a 5-fold fit showed one run's ridge cell (the other's vanished, which one by argument
+    order) and one run's floors beside both runs' rows: runs whose folds differ are refused, naming both."""
+    regs = ["--regressor", "ridge,prompt-mean"]
+    runner = _table_runs(tmp_path, monkeypatch, {"f4": [*regs, "--folds", "4"], "f5": regs,
+                                                 "seed1": [*regs, "--folds", "4", "--seed", "1"],
+                                                 "paper0": [*regs, "--split", "paper"],
+                                                 "paper1": ["--regressor", "svr", "--split", "paper", "--seed", "1"]})
+    out = runner.invoke(cli.main, ["bench", "--cache", "c.h5", "--modes", "nr", "--targets", "MOS_q", "--regressors",
+                                   "ridge,prompt-mean", "--folds", "4", "--out", "bench", "--quiet", "--no-figures"])
+    assert out.exit_code == 0, out.output
+    for runs, differs in ((["bench", "f5"], "--folds 4 vs 5"), (["f5", "bench"], "--folds 5 vs 4"),
+                          (["f4", "seed1"], "--seed 0 vs 1"), (["f4", "paper0"], "--split group vs paper"),
+                          (["bench", "f4", "f5"], "--folds 4 vs 5")):
+        out = runner.invoke(cli.main, ["table", *runs, "--metric", "srcc"])
+        assert out.exit_code == 2 and out.output.splitlines() == [
+            f"error: {runs[0]} and {runs[-1]} were made on different folds ({differs}): a table compares one "
+            "protocol; render them separately"], (runs, out.output)
+    other = tmp_path / "other"
+    other.mkdir()
+    make_cache(other, seed=1)  # other samples (labels), the same options
+    out = runner.invoke(cli.main, ["fit", "--cache", "other/c.h5", "--mode", "nr", "--target", "MOS_q", "--regressor",
+                                   "svr", "--folds", "4", "--out", "other/run", "--quiet", "--no-figures"])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(cli.main, ["table", "f4", "other/run"])
+    assert out.exit_code == 2 and "f4 and other/run were made on different folds (samples (cache samples_sha256 " \
+        in out.output and len(out.output.splitlines()) == 1, out.output
+    out = runner.invoke(cli.main, ["table", "paper0", "paper1", "--metric", "srcc"])  # the paper split reads no seed
+    assert out.exit_code == 0 and "| NR | toy.random/paper/4 | svr |" in out.output, out.output
+
+
+def test_table_keeps_a_cell_two_runs_share_once_and_refuses_two_values(tmp_path, monkeypatch):
+    """Same folds, disjoint cells (one backbone per run): the table of a bench of both, its floor once. A cell both
+    runs give: kept once when equal (the floor here, a run given twice), refused with both runs when not."""
+    regs = ["--regressor", "ridge,prompt-mean", "--folds", "3"]
+    runner = _table_runs(tmp_path, monkeypatch, {"a": [*regs, "--backbone", "toy.random/paper/4"],
+                                                 "b": [*regs, "--backbone", "toy.random/multilevel/4"]},
+                         backbones=("toy.random/paper/4", "toy.random/multilevel/4"))
+    out = runner.invoke(cli.main, ["bench", "--cache", "c.h5", "--modes", "nr", "--targets", "MOS_q", "--regressors",
+                                   "ridge,prompt-mean", "--folds", "3", "--out", "both", "--quiet", "--no-figures"])
+    assert out.exit_code == 0, out.output
+    tables = {tuple(runs): runner.invoke(cli.main, ["table", *runs]) for runs in (["a", "b"], ["both"], ["a", "a"],
+                                                                                   ["a"], ["both", "a", "b"])}
+    assert all(t.exit_code == 0 for t in tables.values()), [t.output for t in tables.values()]
+    lines = {runs: sorted(t.output.splitlines()) for runs, t in tables.items()}  # rows follow the run order
+    assert lines["a", "b"] == lines["both",] == lines["both", "a", "b"]
+    assert tables["a", "a"].output == tables["a",].output
+    assert tables["a", "b"].output.count("| floor (all samples) |") == 1
+    assert len([line for line in tables["a", "b"].output.splitlines() if line.startswith("| NR |")]) == 2
+    payload = json.loads((tmp_path / "a" / "results.json").read_text())
+    ridge = next(r for r in payload["summary"] if r["regressor"] == "ridge")
+    ridge["srcc_mean"] = 0.5  # the same cell from another version, on the same folds
+    (tmp_path / "a2").mkdir()
+    (tmp_path / "a2" / "results.json").write_text(json.dumps(payload))
+    for runs in (["a", "a2"], ["both", "a2"]):
+        out = runner.invoke(cli.main, ["table", *runs])
+        assert out.exit_code == 2 and out.output.splitlines() == [
+            f"error: {runs[0]} and a2 both give cell NR, toy.random/paper/4, ridge, MOS_q with different values "
+            f"(srcc_mean {ridge_srcc(tables, runs[0])} vs 0.500); render them separately or leave one out"], out.output
+
+
+def ridge_srcc(tables, run: str) -> str:
+    """The paper/4 ridge SRCC of a run's rendered table."""
+    line = next(line for line in tables[run,].output.splitlines()
+                if line.startswith("| NR | toy.random/paper/4 | ridge |"))
+    return line.split("|")[4].strip(" *")
+
+
 def test_jobs_auto_uses_every_core_only_for_a_run_worth_the_workers(tmp_path, monkeypatch):
     """--jobs auto (the default): one process for a small run (no joblib, no worker start-up), every usable core
     (at most one per task) from AUTO_PARALLEL_SECONDS of estimated fitting, every backend worker with a backend;
