@@ -21,6 +21,9 @@ def unknown_name(kind: str, name: str, choices: Iterable[str], where: str = "",
     `aliases` maps short forms to choices (a backbone's arch to its full id) for the "did you mean"."""
     choices = list(choices)
     lookup = {**{c: c for c in choices}, **(aliases or {})}
-    close = difflib.get_close_matches(name, list(lookup), n=1, cutoff=0.5)
-    hint = f"; did you mean {lookup[close[0]]!r}?" if close else ""
+    lowered = {}  # case is no distance: 'VGG19' means 'vgg19'
+    for key, choice in lookup.items():
+        lowered.setdefault(key.lower(), choice)
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.5)
+    hint = f"; did you mean {lowered[close[0]]!r}?" if close else ""
     return FeatcacheError(f"unknown {kind} {name!r}{hint} ({kind}s{where}: {', '.join(choices)})")

@@ -155,6 +155,8 @@ def _safe_relpath(value, source: str, row: int, what: str) -> str:
     raw = _text(value).replace("\\", "/")
     if not raw:
         raise FeatcacheError(f"{source} row {row}: empty {what} path")
+    if any(ord(c) < 32 for c in raw):  # a NUL reached os.stat as a traceback; no file name holds these
+        raise FeatcacheError(f"{source} row {row}: {what} path {raw!r} holds a control character")
     if raw.startswith("/") or (len(raw) > 1 and raw[1] == ":"):
         raise FeatcacheError(f"{source} row {row}: {what} path {raw!r} is absolute; it must be inside the root")
     norm = posixpath.normpath(raw)

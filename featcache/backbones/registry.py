@@ -94,7 +94,7 @@ def resolve_backbone(name: str, image_size: int | None = None) -> BackboneSpec:
 
 def unknown_backbone(name: str, timm_models: list[str]) -> FeatcacheError:
     """The shared unknown-name error: the registered names plus the closest timm models, each listed once."""
-    close = difflib.get_close_matches(name, timm_models, n=3)
+    close = difflib.get_close_matches(name.lower(), timm_models, n=3)
     choices = list(dict.fromkeys([*BACKBONES, *close]))
     return unknown_name("backbone", name, choices, where=" registered or close in timm; any timm model name works")
 
@@ -106,13 +106,15 @@ def _timm_spec(name: str) -> BackboneSpec:
     arch, _, tag = name.partition(".")
     if not timm.is_model(arch):
         raise unknown_backbone(name, timm.list_models())
+    tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")]
+    if tag and tags and tag not in tags:  # timm raised "Invalid pretrained tag" from deep inside the build
+        raise unknown_name("pretrained tag", tag, tags, where=f" of {arch}")
     cfg = get_pretrained_cfg(name if tag else arch)
     if cfg is None:
         cfg = get_pretrained_cfg(arch)
     cfg = cfg.to_dict() if cfg is not None else {}
     if not tag:
-        tags = timm.list_pretrained(f"{arch}.*")
-        tag = tags[0].partition(".")[2] if tags else ""
+        tag = tags[0] if tags else ""
     size = int(cfg.get("test_input_size", cfg.get("input_size", (3, 224, 224)))[-1])
     return BackboneSpec(
         name=name, arch=arch, tag=tag, feature="pre_logits", dim=None, input_size=size,
