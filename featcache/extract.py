@@ -121,6 +121,8 @@ class ImageRows(Dataset):
         self.root, self.paths, self.rows = root, paths, rows
         self.transform, self.max_pixels = transform, max_pixels
         self.draft, self.jpeg_bytes = draft, jpeg_bytes
+        first = _first_resize(transform)
+        self.resize = None if first is None else _resize_size(first)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -130,7 +132,7 @@ class ImageRows(Dataset):
         if self.jpeg_bytes:
             from featcache.decode import EncodedJpeg
 
-            data = read_jpeg_bytes(self.root / self.paths[row], self.max_pixels)
+            data = read_jpeg_bytes(self.root / self.paths[row], self.max_pixels, self.resize)
             if data is not None:
                 return row, EncodedJpeg(torch.from_numpy(data)), ""
         return (row, *self.decode_with_pil(row))
@@ -139,7 +141,7 @@ class ImageRows(Dataset):
         """(pixels, "") or (None, the one-line error naming the file)."""
         path = self.root / self.paths[row]
         try:
-            return self.transform(load_rgb(path, self.max_pixels, self.draft)), ""
+            return self.transform(load_rgb(path, self.max_pixels, self.draft, self.resize)), ""
         except FeatcacheError as exc:
             return None, str(exc)
         except Exception as exc:  # a transform failing on a strange image
@@ -554,14 +556,24 @@ def draft_for(backbone: Backbone, transform, rule: str = DRAFT_RULE) -> Draft | 
     """JPEG draft decoding for `transform` (timm's eval transform of `backbone`, which starts with a Resize). None,
     i.e. full decoding, for a transform that does not start with a Resize: the draft could not keep its
     geometry."""
-    from torchvision.transforms import Resize
     from torchvision.transforms.functional import pil_modes_mapping
 
-    first = getattr(transform, "transforms", [None])[0]
-    if not isinstance(first, Resize) or first.max_size is not None:
+    first = _first_resize(transform)
+    if first is None:
         return None
-    size = first.size if isinstance(first.size, int) else tuple(first.size)
-    return Draft(draft_short_side(backbone), size, pil_modes_mapping[first.interpolation], rule)
+    return Draft(draft_short_side(backbone), _resize_size(first), pil_modes_mapping[first.interpolation], rule)
+
+
+def _first_resize(transform):
+    """The transform's leading torchvision Resize (timm's eval transforms start with one), else None."""
+    from torchvision.transforms import Resize
+
+    first = (getattr(transform, "transforms", None) or [None])[0]
+    return first if isinstance(first, Resize) and first.max_size is None else None
+
+
+def _resize_size(resize) -> int | tuple[int, int]:
+    return resize.size if isinstance(resize.size, int) else tuple(resize.size)
 
 
 def _as_recorded(target: Path, bid: str, decode: str | None,

@@ -86,12 +86,14 @@ def check_files_present(root: Path, paths: list[str]) -> None:
         )
 
 
-def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, draft: Draft | None = None) -> Image.Image:
+def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, draft: Draft | None = None,
+             resize: int | tuple[int, int] | None = None) -> Image.Image:
     """Open an image as 8-bit RGB: alpha is composited on white, 16-bit is scaled (not clipped), CMYK converted.
 
     `draft`: a JPEG whose shorter side stays >= `draft.short_side` at 1/2, 1/4 or 1/8 scale is decoded by libjpeg
     at the smallest such size (JPEG draft mode) and, by today's rule, returned already resized as the transform
-    would resize the full decode: several times faster, pixels slightly different."""
+    would resize the full decode: several times faster, pixels slightly different. `resize`: the transform's
+    Resize size, whose output must stay within `max_pixels` too (see `check_resized_pixels`)."""
     path = Path(path)
     try:
         with _own_pixel_limit():
@@ -99,6 +101,8 @@ def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, draft: Draf
         with im:
             width, height = im.size
             _check_pixels(path, width, height, max_pixels)
+            check_resized_pixels(path, width, height, resize if resize is not None else
+                                 (draft.resize if draft is not None else None), max_pixels)
             box = _draft(im, draft) if draft is not None and im.format == "JPEG" else None
             im.load()
             rgb = _to_rgb(im)
@@ -119,6 +123,20 @@ def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
             f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels} "
             "(decompression bomb?); raise --max-pixels if it is genuine"
         )
+
+
+def check_resized_pixels(path: str | Path, width: int, height: int, resize: int | tuple[int, int] | None,
+                         max_pixels: int) -> None:
+    """Refuse an image that the transform's resize (shorter side to `resize`) would blow up past `max_pixels`: a
+    120-byte PNG of 12000x1 pixels became 3072000x256 before the centre crop, 3.9 GB in one worker."""
+    if resize is None:
+        return
+    new_width, new_height = resized_size(width, height, resize)
+    if new_width * new_height > max_pixels:
+        raise FeatcacheError(f"{path}: {width}x{height} pixels would be resized to {new_width}x{new_height} before "
+                             f"the crop, over the limit of {max_pixels} pixels (aspect ratio "
+                             f"{max(width, height) / max(1, min(width, height)):.0f}:1); raise --max-pixels if it "
+                             "is genuine")
 
 
 def draft_scale(width: int, height: int, short_side: int) -> int:
@@ -153,10 +171,12 @@ def _draft(im: Image.Image, draft: Draft) -> tuple[float, float, float, float] |
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-def read_jpeg_bytes(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
+def read_jpeg_bytes(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    resize: int | tuple[int, int] | None = None) -> np.ndarray | None:
     """The file's bytes, for decoding with torchvision (nvjpeg on CUDA), when it is an 8-bit RGB or grey JPEG within
-    `max_pixels`; None for anything else (other formats, CMYK, unreadable headers): those take `load_rgb`, which
-    converts them and reports bad files exactly as the CPU path does."""
+    `max_pixels`, also once resized to `resize`; None for anything else (other formats, CMYK, unreadable headers,
+    too many pixels): those take `load_rgb`, which converts them and reports bad files exactly as the CPU path
+    does."""
     path = Path(path)
     try:
         with open(path, "rb") as handle:
@@ -168,6 +188,8 @@ def read_jpeg_bytes(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
     try:
         with _own_pixel_limit(), Image.open(io.BytesIO(data)) as im:  # reads the header only
             if im.format != "JPEG" or im.mode not in ("RGB", "L") or im.width * im.height > max_pixels:
+                return None
+            if resize is not None and math.prod(resized_size(im.width, im.height, resize)) > max_pixels:
                 return None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None

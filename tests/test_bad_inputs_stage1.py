@@ -150,6 +150,9 @@ BAD_INPUTS = [
     ("image missing", lambda r, t: (r / "All" / "SD_1000_00.jpg").unlink() or EXTRACT, "missing or empty"),
     ("image undecodable", _truncate("MJ_1000_00.jpg"), "could not be read"),
     ("image over 179 MP", _bomb, "exceeds the limit of 100000000"),
+    ("image the resize blows up", lambda r, t: _png_header(r / "All" / "SD_1000_00.jpg", 20000, 1) or
+     EXTRACT + ["--max-pixels", "1000000"], "SD_1000_00.jpg: 20000x1 pixels would be resized to 720000x36 before the "
+                                            "crop, over the limit of 1000000 pixels (aspect ratio 20000:1)"),
     ("cache is text", lambda r, t: _write("featcache.h5", b"not HDF5")(r, t) or EXTRACT,
      "cannot open the cache for writing"),
     ("cache is HDF5, not a cache", lambda r, t: _hdf5_not_a_cache(r, t) or EXTRACT + ["--cache", "plain.h5"],

@@ -63,3 +63,21 @@ def test_missing_and_empty_files_are_counted(tmp_path):
     Image.new("RGB", (2, 2)).save(tmp_path / "ok.png")
     with pytest.raises(FeatcacheError, match=r"2 of 3 image files are missing or empty .*first: empty.jpg, gone.jpg"):
         check_files_present(tmp_path, ["empty.jpg", "ok.png", "gone.jpg"])
+
+
+def test_an_image_the_resize_would_blow_up_is_refused_before_decoding(tmp_path):
+    """12000x1 pixels are within any limit, but resizing the shorter side to 256 makes 3072000x256 before the
+    centre crop: 3.9 GB in one worker. Refused with one line on the Pillow and the JPEG-bytes paths alike."""
+    from featcache.images import read_jpeg_bytes
+
+    Image.new("RGB", (12000, 1)).save(tmp_path / "wide.png")
+    Image.new("RGB", (1, 12000)).save(tmp_path / "tall.jpg")
+    with pytest.raises(FeatcacheError, match=r"wide\.png: 12000x1 pixels would be resized to 3072000x256 before the "
+                                             r"crop, over the limit of 100000000 pixels \(aspect ratio 12000:1\)"):
+        load_rgb(tmp_path / "wide.png", resize=256)
+    with pytest.raises(FeatcacheError, match=r"tall\.jpg: 1x12000 pixels would be resized to 256x3072000"):
+        load_rgb(tmp_path / "tall.jpg", resize=(256,))
+    assert read_jpeg_bytes(tmp_path / "tall.jpg", resize=256) is None  # left to load_rgb, which says why
+    assert read_jpeg_bytes(tmp_path / "tall.jpg") is not None
+    assert load_rgb(tmp_path / "wide.png").size == (12000, 1)  # no resize given: nothing to check
+    assert load_rgb(tmp_path / "wide.png", max_pixels=10**9, resize=256).size == (12000, 1)  # a raised limit
