@@ -150,6 +150,8 @@ def choose_weights(spec: BackboneSpec, weights_file: str | Path | None = None,
         path = Path(weights_file)
         if not path.is_file():
             raise FeatcacheError(f"{path}: weights file not found")
+        if path.suffix.lower() not in WEIGHTS_SUFFIXES:  # an annotation or a cache passed by mistake
+            raise FeatcacheError(f"{path}: not a weights file (expected {', '.join(WEIGHTS_SUFFIXES)})")
         sha = weights_sha256(path)
         return WeightsChoice("file", f"file-{sha[:12]}", str(path.resolve()), sha)
     if spec.weights == "lite0-package":
@@ -415,6 +417,9 @@ def _unwrap(state) -> dict | None:
     return state if isinstance(state, dict) else None
 
 
+WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".npz")
+
+
 def _read_state_dict(path: Path) -> dict | None:
     """Read tensors without executing pickled code (weights_only); None for formats timm handles itself."""
     suffix = path.suffix.lower()
@@ -428,7 +433,17 @@ def _read_state_dict(path: Path) -> dict | None:
 
             return _unwrap(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as exc:
-        raise FeatcacheError(f"{path}: not a readable weights file ({type(exc).__name__}: {exc})") from exc
+        raise FeatcacheError(f"{path}: not a readable weights file ({_reason(exc)})") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """torch.load's refusal in a few words: its message is a paragraph about weights_only and filing issues."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].strip()
+        return f"torch.load with weights_only=True, so no pickled code runs, refused it: {detail}"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first[:200]}"
     return None
 
 
