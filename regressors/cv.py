@@ -1,7 +1,8 @@
 """One cross-validation harness for every regressor, mode and target.
 
 Protocol (what results.json calls `protocol`): one fold assignment per selection and repeat, shared by every
-mode; each mode uses the samples of those folds it can use (FR: samples with an image prompt). Hyper-parameters
+mode; each mode uses the samples of those folds it can use (FR: samples with an image prompt), and a mode that
+cannot fill every fold (fewer image-prompt groups than folds) is refused before any fitting. Hyper-parameters
 are chosen inside each training fold, on held-out prompt groups when the split is prompt-disjoint. Every fold is
 reported; a fold whose predictions are constant is failed and counts as 0 in every correlation mean.
 Out-of-fold predictions are kept, so pooled, per-generator and paired figures come from the same numbers.
@@ -24,7 +25,7 @@ from regressors.fitting import Member, fit_members
 from regressors.metrics import quality_metrics
 from regressors.modes import get_mode
 from regressors.registry import check_regressors, get_regressor
-from regressors.splits import MIN_TEST, SplitRequest, get_split, make_folds, subset_mask
+from regressors.splits import SplitRequest, check_mode_folds, get_split, make_folds, subset_mask
 from regressors.summaries import breakdown, paired_comparisons, summarize
 
 
@@ -218,11 +219,14 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
     request = SplitRequest(selection, groups, s.subset, s.generator, folds, seed, train_on, test_on,
                            hold_out_prompts, what=f"--subset {subset}")
     fold_list = make_folds(request, split, repeats)
+    usable = {mode: mode_rows(data, mode, selection) for mode in modes}
+    for mode in modes:  # every fold of every mode is fitted: a fold a mode cannot fill is refused, not reported
+        if get_mode(mode).needs_prompt_image:
+            check_mode_folds(request, split, fold_list, usable[mode], mode, "an image prompt")
     needs_features = any(get_regressor(r).reads_features for r in regressors)
     tasks: list[_Task] = []
-    skipped: list[dict] = []
     for mode in modes:
-        rows = mode_rows(data, mode, selection)
+        rows = usable[mode]
         x = design_matrix(data, mode, rows)[0] if needs_features else None
         codes = label_codes(data, rows, groups)
         position = np.full(len(s), -1)
@@ -237,10 +241,6 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
                 train = position[fold.train][position[fold.train] >= 0]
                 test = position[fold.test][position[fold.test] >= 0]
                 for target in targets:
-                    if len(train) < 3 or len(test) < MIN_TEST:
-                        skipped.append({"regressor": name, "mode": mode, "target": target, "repeat": fold.repeat,
-                                        "fold": fold.fold, "n_train": int(len(train)), "n_test": int(len(test))})
-                        continue
                     y = y_of[target]
                     member_groups = groups_of[train] if spec.grouped else None
                     members.append(Member(train, y[train], test, member_groups, seed + fold.repeat))
@@ -249,7 +249,7 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
                 task = _Task(name, mode, inputs, [members[i] for i in chunk], [meta[i] for i in chunk])
                 task.cost = _cost(reg, task)
                 tasks.append(task)
-    return fold_list, tasks, skipped
+    return fold_list, tasks
 
 
 def _cost(reg, task: _Task) -> float:
@@ -346,7 +346,7 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
     groups = content_groups(data)
     trained_on = _trained_on(device, regressors)
     spread = trained_on is None or trained_on.partition(":")[0] == "cpu"  # only device-trained regressors spread
-    _, tasks, skipped = plan(data, modes, targets, regressors, split=split, folds=folds, repeats=repeats, seed=seed,
+    _, tasks = plan(data, modes, targets, regressors, split=split, folds=folds, repeats=repeats, seed=seed,
                              subset=subset, train_on=train_on, test_on=test_on, hold_out_prompts=hold_out_prompts,
                              groups=groups, spread=spread)
     spec = get_split(split)
@@ -377,10 +377,6 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
                                   "n_test": int(len(test_rows)), "chosen": chosen, "seconds": round(seconds, 4)})
             results.predictions.append(OutOfFold(task.regressor, task.mode, target, fold.repeat, fold.fold,
                                                  test_rows, y_test, pred))
-    for row in skipped:  # a mode with too few usable samples in a fold: counted as failed, never dropped
-        results.folds.append({**row, "srcc": float("nan"), "plcc": float("nan"), "plcc_logistic": float("nan"),
-                              "krcc": float("nan"), "rmse": float("nan"), "failed": True, "chosen": {},
-                              "seconds": 0.0, "note": "too few samples of this mode in the fold"})
     order = {(r, m, t): i for i, (r, m, t) in enumerate((r, m, t) for m in modes for t in targets
                                                         for r in regressors)}
     results.folds.sort(key=lambda r: (order[(r["regressor"], r["mode"], r["target"])], r["repeat"], r["fold"]))

@@ -51,7 +51,7 @@ def run_demo(out: str | Path = "demo-out", *, views: int = 6, folds: int = 4, se
     echo(f"[2/4] synth benchmark: {made.samples} rated images ({made.i2i_samples} with an image prompt) "
          f"in {data_root}")
     samples = load_dataset("pku-aigiqa-4k", data_root)
-    _check_folds(samples, folds, seed)  # before the extractions, as bench would refuse them after
+    _check_folds(samples, folds, seed, modes or DEMO_MODES)  # before the extractions, as bench would refuse
     cache = data_root / "featcache.h5"
     ids = {}
     for pool in ("paper", "multilevel"):
@@ -79,15 +79,16 @@ def run_demo(out: str | Path = "demo-out", *, views: int = 6, folds: int = 4, se
     return report
 
 
-def _check_folds(samples, folds: int, seed: int) -> None:
-    """Make the prompt-disjoint folds the bench will make (same content groups, same rules), so `--folds 50`
-    on a small synth benchmark is refused before the extractions, not after."""
+def _check_folds(samples, folds: int, seed: int, modes: list[str]) -> None:
+    """Make the prompt-disjoint folds the bench will make (same content groups, same rules, each mode's too), so
+    `--folds 50` on a small synth benchmark is refused before the extractions, not after."""
     from types import SimpleNamespace
 
     import numpy as np
 
     from regressors.design import content_groups
-    from regressors.splits import SplitRequest, make_folds
+    from regressors.modes import get_mode
+    from regressors.splits import SplitRequest, check_mode_folds, make_folds
 
     cached_like = SimpleNamespace(group=np.asarray(samples.group, dtype=object),
                                   text_prompt=np.asarray(samples.text_prompt, dtype=object),
@@ -95,4 +96,8 @@ def _check_folds(samples, folds: int, seed: int) -> None:
     groups = content_groups(SimpleNamespace(samples=cached_like))
     request = SplitRequest(np.arange(len(groups)), groups, np.asarray(samples.subset), np.asarray(samples.generator),
                            folds, seed, what="the synth benchmark", advice="lower --folds or raise --views")
-    make_folds(request, "group")
+    fold_list = make_folds(request, "group")
+    for mode in modes:
+        if get_mode(mode).needs_prompt_image:
+            check_mode_folds(request, "group", fold_list, np.flatnonzero(cached_like.prompt_image >= 0), mode,
+                             "an image prompt")

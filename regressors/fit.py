@@ -154,7 +154,7 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
         result = cross_validate(data, chosen_modes, data.targets if targets is None else check_names("target", targets),
                                 regressors, on_progress=progress,
                                 **options)
-        done_before += len(result.predictions)  # fitted members: folds too small to fit are rows, never progress
+        done_before += len(result.predictions)  # fitted members, as counted by progress
         for collection in (result.folds, result.summary, result.comparisons, result.breakdown):
             for row in collection:
                 row["backbone"] = bid

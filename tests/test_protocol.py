@@ -446,8 +446,8 @@ def test_cpu_workers_get_the_mlp_by_fold_and_the_costliest_tasks_first(tmp_path,
 
     data = load_cache(make_cache(tmp_path))
     regressors = ["prompt-mean", "ridge", "svr", "mlp"]
-    _, whole, _ = cv.plan(data, ["nr", "pr"], ["MOS_q", "MOS_a"], regressors, folds=3)
-    _, spread, _ = cv.plan(data, ["nr", "pr"], ["MOS_q", "MOS_a"], regressors, folds=3, spread=True)
+    _, whole = cv.plan(data, ["nr", "pr"], ["MOS_q", "MOS_a"], regressors, folds=3)
+    _, spread = cv.plan(data, ["nr", "pr"], ["MOS_q", "MOS_a"], regressors, folds=3, spread=True)
     sizes = lambda tasks, name: [len(t.members) for t in tasks if t.regressor == name]  # noqa: E731
     assert sizes(whole, "mlp") == [6, 6] and sizes(spread, "mlp") == [2] * 6  # 3 folds x 2 targets per mode
     assert sizes(whole, "prompt-mean") == sizes(spread, "prompt-mean") == [6, 6]  # floors: no device, one task
@@ -468,7 +468,7 @@ def test_cpu_workers_get_the_mlp_by_fold_and_the_costliest_tasks_first(tmp_path,
 
     monkeypatch.setattr(cv, "_run_task", recording)
     fast = ["prompt-mean", "ridge", "svr", "mlp"]  # the MLP: stacked by fold on the CPU whatever the jobs
-    _, tasks, _ = cv.plan(data, ["nr", "pr"], ["MOS_q", "MOS_a"], fast, folds=3, spread=True)  # on the CPU
+    _, tasks = cv.plan(data, ["nr", "pr"], ["MOS_q", "MOS_a"], fast, folds=3, spread=True)  # on the CPU
     in_order = cross_validate(data, ["nr", "pr"], ["MOS_q", "MOS_a"], fast, folds=3)
     assert started == [t.cost for t in tasks]  # one job, no joblib: the plan's order
     started.clear()
@@ -484,18 +484,52 @@ def test_cpu_workers_get_the_mlp_by_fold_and_the_costliest_tasks_first(tmp_path,
         np.testing.assert_allclose(a.y_pred, b.y_pred, rtol=1e-9)
 
 
-def test_bench_progress_reaches_its_total_when_folds_are_too_small(tmp_path):
-    """FR has 3 image prompts for 5 folds: its empty folds are reported as failed rows, and must not count as
-    progress (the bar overshot its total)."""
-    cache = make_cache(tmp_path, i2i_prompts=3, t2i_prompts=12,
-                       backbones=("toy.random/paper/4", "toy.random/multilevel/4"))
-    seen = []
-    result = bench(str(cache), modes=["nr", "fr"], targets=["MOS_q"], regressors=["ridge"], folds=5,
-                   on_progress=lambda done, total: seen.append((done, total)))
-    assert any(r.get("note") for r in result.folds)  # some folds were too small to fit
-    total = seen[0][1]
-    assert total == len(result.predictions) and seen[-1][0] == total
-    assert all(done <= total for done, _ in seen) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+def test_a_mode_with_fewer_groups_than_folds_is_refused_before_any_fitting(tmp_path, monkeypatch):
+    """8 prompt groups, 4 with an image prompt, 5 folds: FR had an empty fold, reported as failed (0 in its mean,
+    "4 failed folds" in the table, left out of `comparisons`). Now one line and exit 2, before any fitting."""
+    make_cache(tmp_path, i2i_prompts=4, t2i_prompts=4)
+    monkeypatch.chdir(tmp_path)
+    fitted = []
+    monkeypatch.setattr("regressors.cv.fit_members", lambda *a: fitted.append(a))
+    out = CliRunner().invoke(cli.main, ["fit", "--cache", "c.h5", "--quiet", "--no-figures", "--out", "o"])
+    lines = [line for line in out.output.splitlines() if line.strip()]
+    assert out.exit_code == 2 and lines == [
+        "error: --mode fr: only 4 prompt groups have an image prompt, too few for 5 prompt-disjoint folds; "
+        "lower --folds to 4 or leave fr out of --mode"], out.output
+    assert not fitted and not (tmp_path / "o").exists()
+    progress = []
+    with pytest.raises(FeatcacheError, match="^--mode fr: only 4 prompt groups"):  # bench too, per backbone
+        bench("c.h5", modes=["nr", "fr"], targets=["MOS_q"], regressors=["ridge"],
+              on_progress=lambda done, total: progress.append(done))
+    assert not progress and not fitted
+
+
+def test_the_way_out_of_the_refusal_fills_every_fold_of_every_mode(tmp_path):
+    """With as many image-prompt groups as folds the group split gives each fold one (it is stratified by
+    T2I/I2I): no fold fails, and the comparisons pair all of them."""
+    data = load_cache(make_cache(tmp_path, i2i_prompts=4, t2i_prompts=4))
+    result = cross_validate(data, ["nr", "fr", "pr"], ["MOS_q", "MOS_a"], ["ridge"], folds=4, repeats=3)
+    assert all(not f["failed"] and f["n_test"] >= 4 for f in result.folds) and len(result.folds) == 3 * 2 * 4 * 3
+    assert all(c["n_folds"] == 12 for c in result.comparisons)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"split": "kfold", "folds": 5, "i2i": 2},
+     "--mode fr: only 16 samples have an image prompt, too few for 5 folds of at least 4 test samples; "
+     "lower --folds to 4 or leave fr out of --mode"),
+    ({"split": "cross", "train_on": "t2i", "test_on": "i2i", "i2i": 6},
+     "--mode fr: the cross split leaves 0 training and 48 test samples with an image prompt; "
+     "too few (at least 3 and 4); leave fr out of --mode"),
+    ({"split": "group", "folds": 3, "i2i": 1},
+     "--mode fr: only 1 prompt group has an image prompt, too few for 3 prompt-disjoint folds; "
+     "leave fr out of --mode"),
+])
+def test_every_split_refuses_a_mode_that_cannot_fill_its_folds(tmp_path, options, message):
+    options = dict(options)
+    data = load_cache(make_cache(tmp_path, i2i_prompts=options.pop("i2i"), t2i_prompts=10))
+    with pytest.raises(FeatcacheError) as refused:
+        cross_validate(data, ["nr", "fr"], ["MOS_q"], ["ridge"], **options)
+    assert str(refused.value) == message
 
 
 @pytest.mark.parametrize("order", [["prompt-mean", "generator-mean", "sibling-mean"],
@@ -602,7 +636,7 @@ def test_jobs_auto_uses_every_core_only_for_a_run_worth_the_workers(tmp_path, mo
     from regressors import cv
 
     data = load_cache(make_cache(tmp_path))
-    _, tasks, _ = cv.plan(data, ["nr", "pr"], ["MOS_q"], ["ridge", "svr"], folds=3, spread=True)
+    _, tasks = cv.plan(data, ["nr", "pr"], ["MOS_q"], ["ridge", "svr"], folds=3, spread=True)
     monkeypatch.setattr(devices, "usable_cores", lambda: 8)
     assert sum(t.cost for t in tasks) < cv.AUTO_PARALLEL_SECONDS and cv.resolve_jobs("auto", None, tasks) == 1
     assert cv.resolve_jobs("auto", "dask", tasks) == cv.resolve_jobs(-1, "dask", tasks) == -1  # every worker
@@ -777,7 +811,7 @@ def test_a_worker_process_leaves_ctrl_c_to_the_parent(tmp_path):
     from regressors import cv
 
     data = load_cache(str(make_cache(tmp_path)))
-    _, tasks, _ = cv.plan(data, ["nr"], ["MOS_q"], ["ridge"], folds=2)
+    _, tasks = cv.plan(data, ["nr"], ["MOS_q"], ["ridge"], folds=2)
     before = signal.getsignal(signal.SIGINT)
     try:
         cv._run_task(0, tasks[0], "cpu", os.getpid())  # the parent itself (--jobs 1, threads): untouched
