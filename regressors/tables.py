@@ -157,10 +157,9 @@ def paper_table(rows: list[dict], metrics: list[str]) -> tuple[list[str], list[l
             row = index.get((mode, backbone, regressor, t))
             bad = bad or bool(row and row.get("n_failed"))
             cells += [_value(row, m) if row else float("nan") for m in metrics]
-        failures = sum(int(index[(mode, backbone, regressor, t)].get("n_failed") or 0)
-                       for t in targets if (mode, backbone, regressor, t) in index)
-        body.append([method_label(mode), backbone, regressor + (f" ({failures} failed folds)" if failures else "")]
-                    + cells)
+        failures = {t: int(index[(mode, backbone, regressor, t)].get("n_failed") or 0)
+                    for t in targets if (mode, backbone, regressor, t) in index}
+        body.append([method_label(mode), backbone, regressor + _failed_note(failures)] + cells)
         failed.append(bad)
     bold = [[False] * len(header) for _ in body]
     for column in range(3, len(header)):
@@ -188,6 +187,21 @@ def paper_table(rows: list[dict], metrics: list[str]) -> tuple[list[str], list[l
     caption = ("; ".join(protocols) + ". Fold means; a failed fold counts as 0. Bold: best per column among "
                "feature-reading rows without failed folds. Floors read no pixel.")
     return header, body, bold, caption
+
+
+def _failed_note(failures: dict[str, int]) -> str:
+    """Failed folds of a row, per target: the row spans every target, and a sum over them ("4 failed folds" for
+    one failed fold of each of 4 targets) read as 4 of the 5 folds failed."""
+    counts = {t: n for t, n in failures.items() if n}
+    if not counts:
+        return ""
+    if len(failures) == 1:
+        (n,) = counts.values()
+        return f" ({n} failed fold{'s' if n > 1 else ''})"
+    if len(counts) == len(failures) and len(set(counts.values())) == 1:
+        n = next(iter(counts.values()))
+        return f" ({n} failed fold{'s' if n > 1 else ''} per target)"
+    return " (failed folds: " + ", ".join(f"{t} {n}" for t, n in counts.items()) + ")"
 
 
 def _fmt(value) -> str:

@@ -59,6 +59,20 @@ def test_failed_folds_are_counted_never_dropped_and_never_best(tmp_path, monkeyp
     assert not prediction_failed(np.arange(10) * 1e-3, train_sd=1.0)
 
 
+@pytest.mark.parametrize("failed, note", [({"MOS_q": 1, "MOS_a": 1}, "ridge (1 failed fold per target)"),
+                                           ({"MOS_q": 2, "MOS_a": 0}, "ridge (failed folds: MOS_q 2)"),
+                                           ({"MOS_q": 1, "MOS_a": 3}, "ridge (failed folds: MOS_q 1, MOS_a 3)"),
+                                           ({"MOS_q": 2}, "ridge (2 failed folds)"), ({"MOS_q": 0}, "ridge")])
+def test_the_paper_table_counts_failed_folds_per_target(failed, note):
+    """A row spans every target: one failed fold of each of 4 targets read "ridge (4 failed folds)", as if 4 of
+    the 5 folds had failed."""
+    from regressors.tables import paper_table
+
+    rows = [{"mode": "fr", "backbone": "b", "regressor": "ridge", "target": t, "srcc_mean": 0.5, "n_failed": n,
+             "_protocol": "p"} for t, n in failed.items()]
+    assert paper_table(rows, ["srcc"])[1][0][2] == note
+
+
 def test_modes_use_the_same_folds_restricted_to_their_samples(tmp_path):
     data = load_cache(make_cache(tmp_path))
     result = cross_validate(data, ["nr", "fr"], ["MOS_q"], ["ridge"], folds=3, repeats=2)
