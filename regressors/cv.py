@@ -382,6 +382,6 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
     results.folds.sort(key=lambda r: (order[(r["regressor"], r["mode"], r["target"])], r["repeat"], r["fold"]))
     results.summary = summarize(results.folds, results.predictions, results.samples, single=spec.single,
                                 seed=seed)
-    results.comparisons = paired_comparisons(results.predictions, modes)
+    results.comparisons = paired_comparisons(results.predictions, modes, results.folds)
     results.breakdown = breakdown(results.predictions, results.samples)
     return results

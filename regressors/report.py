@@ -94,8 +94,16 @@ def format_comparisons(comparisons: list[dict], markdown: bool = True) -> str:
     rows = [([c["backbone"]] if "backbone" in c else []) + [
         c["regressor"], c["target"], f"{c['mode']} vs {c['reference']}",
         f"{c['srcc_mode']:.3f} vs {c['srcc_reference']:.3f}", f"{c['diff_mean']:+.3f} ± {c['diff_std']:.3f}",
-        _number(c["wilcoxon_p"]), str(c["n_folds"]), str(c["n_shared_test"])] for c in comparisons]
+        _number(c["wilcoxon_p"]), _paired_folds_cell(c), str(c["n_shared_test"])] for c in comparisons]
     return _render(header, rows, markdown)
+
+
+def _paired_folds_cell(comparison: dict) -> str:
+    """The folds paired, with those failed (counted as 0, as in the table) or left out said in the cell."""
+    failed = {(f["repeat"], f["fold"]) for f in comparison.get("failed_folds", [])}
+    notes = ([f"{len(failed)} failed, as 0"] if failed else []) + \
+        ([f"{len(comparison['folds_left_out'])} left out"] if comparison.get("folds_left_out") else [])
+    return str(comparison["n_folds"]) + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def run_folder(out: str | Path | None, overwrite: bool = False, root: str | Path = "featcache-results") -> Path:

@@ -75,35 +75,53 @@ def _pooled(predictions: list, repeat: int) -> dict:
     return pooled_correlations(np.concatenate([p.y_true for p in chosen]), np.concatenate([p.y_pred for p in chosen]))
 
 
-def paired_comparisons(predictions: list, modes: list[str]) -> list[dict]:
+def paired_comparisons(predictions: list, modes: list[str], folds: list[dict] = ()) -> list[dict]:
     """Each mode against the reference mode (nr when asked for, else the first), same regressor and target, on
-    the test samples both can use, fold by fold: mean ± SD of the SRCC differences and a Wilcoxon p."""
+    the test samples both can use, fold by fold: mean ± SD of the SRCC differences and a Wilcoxon p. Over the
+    table's folds: a fold that `folds` marks failed counts as 0 there, so here too (`failed_folds`), and a fold
+    that cannot be paired is listed in `folds_left_out` with the reason, never dropped unsaid."""
     if len(modes) < 2:
         return []
     reference = "nr" if "nr" in modes else modes[0]
+    failed = {(r["regressor"], r["mode"], r["target"], r["repeat"], r["fold"]) for r in folds if r.get("failed")}
     by_fold: dict[tuple, object] = {(p.regressor, p.mode, p.target, p.repeat, p.fold): p for p in predictions}
     out = []
     for name, target in dict.fromkeys((p.regressor, p.target) for p in predictions):
         for mode in modes:
             if mode == reference:
                 continue
-            a_values, b_values, shared_total = [], [], 0
-            for (r, m, t, rep, fold), a in by_fold.items():
-                if (r, m, t) != (name, mode, target) or (name, reference, target, rep, fold) not in by_fold:
+            a_values, b_values, shared_total, failed_folds, left_out = [], [], 0, [], []
+            pairs = list(dict.fromkeys(key[3:] for side in (mode, reference) for key in by_fold
+                                       if key[:3] == (name, side, target)))  # the mode's folds in their order first
+            for rep, fold in pairs:
+                a, b = by_fold.get((name, mode, target, rep, fold)), by_fold.get((name, reference, target, rep, fold))
+                if a is None or b is None:
+                    left_out.append({"repeat": rep, "fold": fold,
+                                     "why": f"no predictions of {mode if a is None else reference}"})
                     continue
-                b = by_fold[(name, reference, target, rep, fold)]
                 shared, ia, ib = np.intersect1d(a.rows, b.rows, return_indices=True)
                 if len(shared) < MIN_TEST:
+                    left_out.append({"repeat": rep, "fold": fold,
+                                     "why": f"{len(shared)} shared test samples, fewer than {MIN_TEST}"})
                     continue
-                a_values.append(srcc_counted(a.y_true[ia], a.y_pred[ia]))
-                b_values.append(srcc_counted(b.y_true[ib], b.y_pred[ib]))
+                values = []
+                for side, m, rows in ((a, mode, ia), (b, reference, ib)):
+                    if (name, m, target, rep, fold) in failed:
+                        failed_folds.append({"repeat": rep, "fold": fold, "mode": m})
+                        values.append(0.0)
+                    else:
+                        values.append(srcc_counted(side.y_true[rows], side.y_pred[rows]))
+                a_values.append(values[0])
+                b_values.append(values[1])
                 shared_total += len(shared)
-            if not a_values:
+            if not pairs:
                 continue
             out.append({"regressor": name, "target": target, "mode": mode, "reference": reference,
-                        "srcc_mode": float(np.mean(a_values)), "srcc_reference": float(np.mean(b_values)),
+                        "srcc_mode": float(np.mean(a_values)) if a_values else float("nan"),
+                        "srcc_reference": float(np.mean(b_values)) if b_values else float("nan"),
                         **paired_comparison(np.array(a_values), np.array(b_values)),
-                        "n_shared_test": int(shared_total)})
+                        "n_shared_test": int(shared_total), "failed_folds": failed_folds,
+                        "folds_left_out": left_out})
     return out
 
 

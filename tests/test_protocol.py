@@ -73,6 +73,35 @@ def test_the_paper_table_counts_failed_folds_per_target(failed, note):
     assert paper_table(rows, ["srcc"])[1][0][2] == note
 
 
+def test_comparisons_say_which_folds_failed_or_were_left_out():
+    """The comparison runs over the table's folds: a failed fold counts as 0 on its side (as in the table) and is
+    named; a fold that cannot be paired is named with the reason, not silently dropped (srcc_mode was then a mean
+    over other folds than the table's)."""
+    from regressors.cv import OutOfFold
+    from regressors.report import format_comparisons
+    from regressors.summaries import paired_comparisons
+
+    rng = np.random.default_rng(0)
+    rows = np.arange(40)
+    y = rng.normal(size=40)
+    predictions, folds = [], []
+    for fold in range(3):
+        test = rows[fold::3]
+        for mode in ("nr", "fr"):
+            if (mode, fold) == ("fr", 2):
+                continue
+            guess = y[test] + rng.normal(size=len(test))
+            predictions.append(OutOfFold("ridge", mode, "MOS_q", 0, fold, test, y[test], guess))
+            folds.append({"regressor": "ridge", "mode": mode, "target": "MOS_q", "repeat": 0, "fold": fold,
+                          "failed": (mode, fold) == ("fr", 1)})
+    (c,) = paired_comparisons(predictions, ["nr", "fr"], folds)
+    assert c["n_folds"] == 2 and c["failed_folds"] == [{"repeat": 0, "fold": 1, "mode": "fr"}]
+    assert c["folds_left_out"] == [{"repeat": 0, "fold": 2, "why": "no predictions of fr"}]
+    first = predictions[1]
+    assert c["srcc_mode"] == pytest.approx(stats.spearmanr(first.y_true, first.y_pred).statistic / 2)  # fold 1: 0
+    assert "| 2 (1 failed, as 0; 1 left out) |" in format_comparisons([c])
+
+
 def test_modes_use_the_same_folds_restricted_to_their_samples(tmp_path):
     data = load_cache(make_cache(tmp_path))
     result = cross_validate(data, ["nr", "fr"], ["MOS_q"], ["ridge"], folds=3, repeats=2)
@@ -524,7 +553,7 @@ def test_the_way_out_of_the_refusal_fills_every_fold_of_every_mode(tmp_path):
     data = load_cache(make_cache(tmp_path, i2i_prompts=4, t2i_prompts=4))
     result = cross_validate(data, ["nr", "fr", "pr"], ["MOS_q", "MOS_a"], ["ridge"], folds=4, repeats=3)
     assert all(not f["failed"] and f["n_test"] >= 4 for f in result.folds) and len(result.folds) == 3 * 2 * 4 * 3
-    assert all(c["n_folds"] == 12 for c in result.comparisons)
+    assert all(c["n_folds"] == 12 and not c["failed_folds"] and not c["folds_left_out"] for c in result.comparisons)
 
 
 @pytest.mark.parametrize("options, message", [
