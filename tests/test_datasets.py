@@ -202,3 +202,58 @@ def test_checking_config_columns_imports_no_dataset_adapter(tmp_path):
     run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": repo})
     assert run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
+def _lines(*lines, newline="\n"):
+    return newline.join(lines) + newline
+
+
+GOOD = ',"t",SD_1_0{}.jpg,1,2,3'
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_row_numbers_are_the_lines_a_person_sees_after_blank_lines(tmp_path, newline):
+    """pandas skips blank lines, so every later row was numbered too low (row 9 for line 11)."""
+    lines = [HEADER, GOOD.format(0), GOOD.format(1), "", " \t", ',"two', 'lines",SD_1_02.jpg,1,2,3',
+             *(GOOD.format(k) for k in (3, 4, 5)), ',"t",SD_1_06.jpg,bad,2,3']
+    (tmp_path / "annotation.csv").write_bytes(_lines(*lines, newline=newline).encode())
+    with pytest.raises(FeatcacheError, match=r"annotation.csv row 11: target MOS_q is 'bad'"):
+        load_dataset(None, tmp_path)
+    (tmp_path / "annotation.csv").write_bytes(_lines(*lines[:-1], "", "", newline=newline).encode())
+    s = load_dataset(None, tmp_path)
+    assert s.rows == [2, 3, 6, 8, 9, 10] and s.text_prompt[2].splitlines() == ["two", "lines"]
+
+
+def test_rows_of_a_duplicate_after_blank_lines_and_leading_blank_lines(tmp_path):
+    (tmp_path / "annotation.csv").write_text(_lines("", "", HEADER, GOOD.format(0), "", GOOD.format(0)))
+    with pytest.raises(FeatcacheError, match=r"annotation.csv rows 4 and 6: duplicate key 'SD_1_00.jpg'"):
+        load_dataset(None, tmp_path)
+
+
+def test_rows_of_a_headerless_file_start_at_line_1(tmp_path):
+    (tmp_path / "info_train.csv").write_text(_lines("A_1.png,a cat,3", "", "A_2.png,a dog,x"))
+    with pytest.raises(FeatcacheError, match=r"info_train.csv row 3: target mos is 'x'"):
+        load_dataset(None, tmp_path)
+
+
+def test_rows_of_a_spreadsheet_are_its_row_numbers(tmp_path):
+    """read_excel keeps blank rows as rows of empty cells: they were data rows ('target MOS_q is empty')."""
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append([])  # row 1 blank: the header is the first row with a cell
+    sheet.append(HEADER.split(","))
+    sheet.append(["", "t", "SD_1_00.jpg", 1, 2, 3])
+    sheet.append([])
+    sheet.append(["", " ", None])  # only blank cells
+    sheet.append(["", "t", "SD_1_01.jpg", 1.5, 2, 3])
+    sheet.append(["", "t", "SD_1_02.jpg", "bad", 2, 3])
+    book.save(tmp_path / "annotation.xlsx")
+    with pytest.raises(FeatcacheError, match=r"annotation.xlsx row 7: target MOS_q is 'bad'"):
+        load_dataset(None, tmp_path)
+    sheet.delete_rows(7)
+    sheet.append([])
+    book.save(tmp_path / "annotation.xlsx")
+    s = load_dataset(None, tmp_path)
+    assert s.rows == [3, 6] and list(s.targets["MOS_q"]) == [1.0, 1.5] and s.key == ["SD_1_00.jpg", "SD_1_01.jpg"]

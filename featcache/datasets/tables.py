@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pandas as pd
@@ -12,26 +13,90 @@ SPREADSHEET_SUFFIXES = (".xlsx", ".xlsm", ".xls")
 
 
 def read_table(path: Path, header: bool = True, names: list[str] | None = None) -> pd.DataFrame:
-    """Return the table with string cells ('' for empty) and a `row` column: the line number a person sees."""
+    """Return the table with string cells ('' for empty) and a `row` column: the line number a person sees
+    (header = 1 when it is the first line). Blank lines and rows are dropped but counted, so messages point at
+    the right line; a CSV record whose quoted field holds line breaks is numbered by its first line."""
     path = Path(path)
     if not path.is_file():
         raise FeatcacheError(f"{path}: annotation file not found")
     try:
         if path.suffix.lower() in SPREADSHEET_SUFFIXES:
-            frame = pd.read_excel(path, dtype=str, header=0 if header else None, names=names)
-        else:
-            frame = pd.read_csv(
-                path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
-                header=0 if header else None, names=names,
-            )
+            return _read_spreadsheet(path, header, names)
+        frame = pd.read_csv(
+            path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+            header=0 if header else None, names=names,
+        )
     except FeatcacheError:
         raise
     except Exception as exc:  # pandas raises many types for unreadable files
         raise FeatcacheError(f"{path}: cannot read annotation table ({type(exc).__name__}: {exc})") from exc
     frame = frame.fillna("")
     frame.columns = [str(c).strip() for c in frame.columns]
-    frame["row"] = range(2 if header else 1, len(frame) + (2 if header else 1))
+    starts = _csv_record_lines(path)
+    if header:
+        starts = starts[1:]
+    if len(starts) != len(frame):  # the two parsers disagree on some odd file: count records, as pandas sees them
+        starts = list(range(2 if header else 1, len(frame) + (2 if header else 1)))
+    frame["row"] = starts
     return frame
+
+
+def _csv_record_lines(path: Path) -> list[int]:
+    """The line where each non-blank CSV record starts. pandas drops blank lines (only spaces or tabs) without
+    saying where, so the csv module, which parses the default dialect as pandas does, counts physical lines."""
+    last = [""]
+
+    def lines(handle):
+        for line in handle:
+            last[0] = line
+            yield line
+
+    starts = []
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(lines(handle))
+            end = 0
+            for _record in reader:
+                start, end = end + 1, reader.line_num
+                if start == end and not last[0].rstrip("\r\n").strip(" \t"):
+                    continue  # a blank line, which pandas skips
+                starts.append(start)
+    except (csv.Error, OSError, UnicodeError):
+        return []  # read_table falls back to counting records
+    return starts
+
+
+def _read_spreadsheet(path: Path, header: bool, names: list[str] | None) -> pd.DataFrame:
+    """read_excel keeps blank rows (as empty cells) and starts at row 1, so the grid's index + 1 is the spreadsheet
+    row: blank rows are dropped here, and the first non-blank row is the header, as for a CSV."""
+    grid = pd.read_excel(path, dtype=str, header=None)
+    grid = grid.fillna("")
+    grid.index = range(1, len(grid) + 1)
+    grid = grid[[any(str(v).strip() for v in values) for values in grid.itertuples(index=False)]]
+    if header:
+        columns = _unique([str(c).strip() or f"Unnamed: {i}" for i, c in enumerate(grid.iloc[0])]) if len(grid) else []
+        grid = grid.iloc[1:]
+    else:
+        given = list(names or [])
+        columns = [*given, *(str(i) for i in range(len(given), grid.shape[1]))]
+    frame = grid.reindex(columns=range(len(columns)), fill_value="")
+    frame.columns = columns
+    frame["row"] = grid.index
+    return frame.reset_index(drop=True)
+
+
+def _unique(columns: list[str]) -> list[str]:
+    """Repeated header names get .1, .2 as pandas gives them, so the first keeps its name."""
+    seen: dict[str, int] = {}
+    out = []
+    for column in columns:
+        name = column
+        while name in seen:
+            seen[column] += 1
+            name = f"{column}.{seen[column]}"
+        seen[name] = 0
+        out.append(name)
+    return out
 
 
 def read_header(path: Path) -> list[str]:
