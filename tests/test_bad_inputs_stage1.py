@@ -156,6 +156,8 @@ BAD_INPUTS = [
     ("missing column", lambda r, t: _write("annotation.csv", "Generated_image,MOS_q\nx.jpg,1\n")(r, t) or EXTRACT,
      "annotation.csv: missing column(s) MOS_a, MOS_c"),
     ("target not a number", _with_annotation(",t,SD_1000_00.jpg,good,2,3\n"), "target MOS_q is 'good'"),
+    ("target after blank lines", _with_annotation(",t,SD_1000_00.jpg,1,2,3\n\n \n,t,SD_1000_10.jpg,good,2,3\n"),
+     "annotation.csv row 5: target MOS_q is 'good'"),
     ("same image twice", _with_annotation(",t,SD_1000_00.jpg,1,2,3\n,t,./SD_1000_00.jpg,1,2,3\n"),
      "are the same image"),
     ("path escapes root", _with_annotation(",t,../../x.jpg,1,2,3\n"), "escapes the dataset root"),
