@@ -64,6 +64,14 @@ def _with_annotation(body):
     return setup
 
 
+def _spreadsheet_beside_the_csv(root, tmp):
+    import pandas as pd
+
+    pd.read_csv(root / "annotation.csv", dtype=str, keep_default_na=False).to_excel(root / "annotation.xlsx",
+                                                                                     index=False)
+    return EXTRACT
+
+
 def _write(name, data):
     def setup(root, tmp):
         (root / name).write_bytes(data) if isinstance(data, bytes) else (root / name).write_text(data)
@@ -153,6 +161,9 @@ BAD_INPUTS = [
                                               "annotation.csv"], "exclude each other"),
     ("root missing", lambda r, t: EXTRACT + ["--root", "nowhere"], "dataset root is not a folder"),
     ("no annotation", lambda r, t: (r / "annotation.csv").unlink() or EXTRACT, "no annotation file found"),
+    ("several annotation files", _spreadsheet_beside_the_csv,
+     "several annotation files match (annotation.csv: pku-aigiqa-4k, annotation.xlsx: pku-aigiqa-4k); "
+     "pass --annotation FILE (and --dataset NAME)"),
     ("missing column", lambda r, t: _write("annotation.csv", "Generated_image,MOS_q\nx.jpg,1\n")(r, t) or EXTRACT,
      "annotation.csv: missing column(s) MOS_a, MOS_c"),
     ("target not a number", _with_annotation(",t,SD_1000_00.jpg,good,2,3\n"), "target MOS_q is 'good'"),

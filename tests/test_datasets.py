@@ -257,3 +257,109 @@ def test_rows_of_a_spreadsheet_are_its_row_numbers(tmp_path):
     book.save(tmp_path / "annotation.xlsx")
     s = load_dataset(None, tmp_path)
     assert s.rows == [3, 6] and list(s.targets["MOS_q"]) == [1.0, 1.5] and s.key == ["SD_1_00.jpg", "SD_1_01.jpg"]
+
+
+AGIQA_3K = "name,prompt,mos_quality,mos_align\nAttnGAN_normal_000.jpg,a cat,1.5,2.5\n"
+
+
+def _pku_csv(folder, name="annotation.csv", q="1"):
+    (folder / name).write_text(f'{HEADER}\n,"t",SD_1_00.jpg,{q},2,3\n')
+
+
+@pytest.mark.parametrize("files, listing", [
+    ({"annotation.csv": "csv", "annotation.xlsx": "xlsx"}, "annotation.csv: pku-aigiqa-4k, annotation.xlsx: "
+                                                           "pku-aigiqa-4k"),
+    ({"mylabels.csv": "csv", "other.csv": "csv"}, "mylabels.csv: pku-aigiqa-4k, other.csv: pku-aigiqa-4k"),
+    ({"annotation.csv": "csv", "data.csv": "3k"}, "annotation.csv: pku-aigiqa-4k, data.csv: agiqa-3k"),
+])
+def test_several_annotation_files_are_refused_not_picked(tmp_path, files, listing):
+    """Picking one silently meant edits to the other changed nothing."""
+    for name, kind in files.items():
+        if kind == "csv":
+            _pku_csv(tmp_path, name)
+        elif kind == "xlsx":
+            import pandas as pd
+
+            pd.DataFrame({c: [""] for c in HEADER.split(",")}).assign(Generated_image="SD_1_00.jpg", MOS_q="5",
+                                                                       MOS_a="2", MOS_c="3").to_excel(
+                tmp_path / name, index=False)
+        else:
+            (tmp_path / name).write_text(AGIQA_3K)
+    message = (rf"^{re.escape(str(tmp_path))}: several annotation files match \({re.escape(listing)}\); "
+               r"pass --annotation FILE \(and --dataset NAME\)$")
+    with pytest.raises(FeatcacheError, match=message):
+        load_dataset(None, tmp_path)
+    first = sorted(files)[0]
+    assert load_dataset(None, tmp_path, first).source == str(tmp_path / first)
+
+
+def test_dataset_without_annotation_refuses_only_its_own_alternatives(tmp_path):
+    _pku_csv(tmp_path)
+    (tmp_path / "data.csv").write_text(AGIQA_3K)
+    assert load_dataset("pku-aigiqa-4k", tmp_path).dataset == "pku-aigiqa-4k"
+    assert load_dataset("agiqa-3k", tmp_path).dataset == "agiqa-3k"
+    _pku_csv(tmp_path, "annotation_i2i.csv")
+    _pku_csv(tmp_path, "annotation.xlsx")  # not a spreadsheet, but named as one: still an alternative
+    with pytest.raises(FeatcacheError, match=r"several annotation files match \(annotation.csv: pku-aigiqa-4k, "
+                                             r"annotation.xlsx: pku-aigiqa-4k\); pass --annotation FILE$"):
+        load_dataset("pku-aigiqa-4k", tmp_path)
+
+
+def test_a_databases_other_tables_are_no_candidates(tmp_path):
+    """Splits, prompt lists, a readme, an unrelated info.csv or a result file beside the named annotation."""
+    _pku_csv(tmp_path)
+    for name in ("train.csv", "test.csv"):
+        _pku_csv(tmp_path, name)
+    (tmp_path / "prompts.csv").write_text("prompt\na cat\n")
+    (tmp_path / "README.txt").write_text("PKU-AIGIQA-4K\n")
+    (tmp_path / "info.csv").write_text("id,width,height,model,seed\n1,512,512,SD,7\n")  # not AIGIQA-20K's 3 columns
+    (tmp_path / "scores.csv").write_text("image,prompt_image,pred_MOS_q\nAll/SD_1_00.jpg,,3.1\n")
+    adapter, path = detect_dataset(tmp_path)
+    assert (adapter.name, path.name) == ("pku-aigiqa-4k", "annotation.csv")
+    (tmp_path / "annotation.csv").unlink()  # no named file: the two splits are candidates, neither is chosen
+    with pytest.raises(FeatcacheError, match=r"\(test.csv: pku-aigiqa-4k, train.csv: pku-aigiqa-4k\)"):
+        detect_dataset(tmp_path)
+
+
+def test_aigiqa_20k_train_and_test_files_are_no_alternatives(tmp_path):
+    (tmp_path / "info_train.csv").write_text("DALLE2_0001.png,a cat,3.2\n")
+    (tmp_path / "info_test.csv").write_text("DALLE2_0002.png,a dog\n")
+    assert detect_dataset(tmp_path)[1].name == "info_train.csv"
+
+
+def test_annotation_option_alone_says_the_database(tmp_path):
+    _pku_csv(tmp_path)
+    (tmp_path / "data.csv").write_text(AGIQA_3K)
+    assert load_dataset(None, tmp_path, "data.csv").dataset == "agiqa-3k"
+    assert load_dataset(None, tmp_path, "annotation.csv").dataset == "pku-aigiqa-4k"
+    with pytest.raises(FeatcacheError, match="nope.csv: annotation file not found"):
+        load_dataset(None, tmp_path, "nope.csv")
+
+
+def test_featcache_toml_naming_the_annotation_settles_it(tmp_path, monkeypatch):
+    import cli
+    from featcache.defaults import load_config
+
+    _pku_csv(tmp_path)
+    _pku_csv(tmp_path, "labels.csv", q="4")
+    (tmp_path / "annotation.xlsx").write_bytes((tmp_path / "annotation.csv").read_bytes())
+    (tmp_path / "featcache.toml").write_text('annotation = "labels.csv"\n')
+    monkeypatch.chdir(tmp_path)
+    samples, _ = cli.load_samples_from_options(load_config(tmp_path), None, None, None, ())
+    assert samples.source == str(tmp_path / "labels.csv") and samples.targets["MOS_q"][0] == 4
+
+
+def test_synth_writes_one_annotation_candidate(tmp_path):
+    import numpy as np
+
+    from featcache.datasets.registry import annotation_candidates
+    from featcache.synth import synth
+    from tests.fakedata import noisy_image
+
+    (tmp_path / "photos").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        noisy_image(rng, (48, 64)).save(tmp_path / "photos" / f"p{i}.png")
+    synth(tmp_path / "photos", tmp_path / "out", views=1, size=16)
+    assert [(p.name, a.name) for p, a in annotation_candidates(tmp_path / "out")] == [("annotation.csv",
+                                                                                      "pku-aigiqa-4k")]

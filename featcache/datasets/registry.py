@@ -6,6 +6,7 @@ table (string cells, a `row` column) and returns a SampleTable. One file per ada
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -37,15 +38,15 @@ class DatasetAdapter:
         require_columns(table, list(dict.fromkeys([*self.columns, *extra])), annotation)
         return table
 
-    def find_annotation(self, root: Path, check_header: bool = False) -> Path | None:
-        for name in self.annotation_names:
-            if (root / name).is_file() and (not check_header or self.matches(root / name)):
-                return root / name
-        return None
+    def present(self, root: Path) -> list[Path]:
+        """This adapter's annotation files in `root`: alternatives for one file (a spreadsheet and its CSV export)."""
+        return [root / name for name in self.annotation_names if (root / name).is_file()]
 
     def matches(self, path: Path) -> bool:
-        """True when the file's header has this adapter's columns (always, for adapters without a header)."""
-        return self.names is not None or not self.columns or set(self.columns) <= set(read_header(path))
+        """True when the file's header has this adapter's columns (headerless adapters: as many columns as names)."""
+        if self.names is not None:
+            return len(read_header(path)) == len(self.names)
+        return not self.columns or set(self.columns) <= set(read_header(path))
 
 
 _ADAPTERS: dict[str, DatasetAdapter] = {}
@@ -75,26 +76,52 @@ def get_adapter(name: str) -> DatasetAdapter:
     return _ADAPTERS[name]
 
 
+def annotation_candidates(root: Path) -> list[tuple[Path, DatasetAdapter]]:
+    """The files detection could load as `root`'s annotation, each with its adapter. Files with an adapter's name
+    and header (with that adapter's other names present: they are one file's alternatives); else any table whose
+    header fits an adapter; else the first adapter's name present, loaded to say which columns it lacks. So a
+    database's other tables (a train/test split, a prompt list) are no candidates beside its named file."""
+    root = Path(root)
+    adapters = list(_ADAPTERS.values())
+    owners = [a for a in adapters if any(a.matches(p) for p in a.present(root))]
+    if owners:
+        return [(p, a) for a in owners for p in a.present(root)]
+    tables = sorted(p for p in root.iterdir() if p.suffix.lower() in (".csv", ".xlsx", ".xls") and p.is_file())
+    fitting = [(p, next((a for a in adapters if a.columns and a.matches(p)), None)) for p in tables]
+    if any(a for _, a in fitting):
+        return [(p, a) for p, a in fitting if a is not None]
+    return next(([(p, a)] for a in adapters for p in a.present(root)), [])
+
+
+def _one(root: Path, candidates: list[tuple[Path, DatasetAdapter]], hint: str) -> tuple[DatasetAdapter, Path]:
+    """The only candidate; several are refused, since picking one silently ignores edits to the others."""
+    if len(candidates) > 1:
+        listing = ", ".join(f"{p.name}: {a.name}" for p, a in sorted(candidates, key=lambda c: c[0].name))
+        raise FeatcacheError(f"{os.path.abspath(root)}: several annotation files match ({listing}); {hint}")
+    path, adapter = candidates[0]
+    return adapter, path
+
+
 def detect_dataset(root: Path) -> tuple[DatasetAdapter, Path]:
-    """Find which database lives in `root`: a known annotation file name, else any table whose header fits."""
-    for adapter in _ADAPTERS.values():
-        found = adapter.find_annotation(root, check_header=True)
-        if found is not None:
-            return adapter, found
-    tables = sorted(p for p in Path(root).iterdir() if p.suffix.lower() in (".csv", ".xlsx", ".xls"))
-    for path in tables:
-        for adapter in _ADAPTERS.values():
-            if adapter.columns and adapter.matches(path):
-                return adapter, path
-    for adapter in _ADAPTERS.values():  # a known name with a broken header: its adapter says what is missing
-        found = adapter.find_annotation(root)
-        if found is not None:
-            return adapter, found
-    expected = ", ".join(f"{n} ({a.name})" for a in _ADAPTERS.values() for n in a.annotation_names)
-    raise FeatcacheError(
-        f"no annotation file found in {root}: expected one of {expected}; "
-        "pass --dataset and --annotation, or write a featcache.toml"
-    )
+    """Find which database lives in `root` and its annotation file; several candidates are refused."""
+    candidates = annotation_candidates(root)
+    if not candidates:
+        expected = ", ".join(f"{n} ({a.name})" for a in _ADAPTERS.values() for n in a.annotation_names)
+        raise FeatcacheError(
+            f"no annotation file found in {root}: expected one of {expected}; "
+            "pass --dataset and --annotation, or write a featcache.toml"
+        )
+    return _one(root, candidates, "pass --annotation FILE (and --dataset NAME)")
+
+
+def _adapter_for(annotation: Path, root: Path) -> DatasetAdapter:
+    """--annotation without --dataset: the database its name and header say, else the one the folder says."""
+    adapters = list(_ADAPTERS.values())
+    named = [a for a in adapters if annotation.name in a.annotation_names]
+    for adapter in [*named, *(a for a in adapters if a.columns)]:
+        if adapter.matches(annotation):
+            return adapter
+    return named[0] if named else detect_dataset(root)[0]
 
 
 def load_dataset(name: str | None, root: str | Path, annotation: str | Path | None = None,
@@ -103,20 +130,25 @@ def load_dataset(name: str | None, root: str | Path, annotation: str | Path | No
     root = Path(root)
     if not root.is_dir():
         raise FeatcacheError(f"{root}: dataset root is not a folder")
-    if name is None:
-        adapter, found = detect_dataset(root)
-    else:
-        adapter = get_adapter(name)
-        found = adapter.find_annotation(root)
+    adapter = get_adapter(name) if name is not None else None
     if annotation is not None:
         found = Path(annotation)
         if not found.is_absolute() and not found.exists():
             found = root / found
-    if found is None:
-        raise FeatcacheError(
-            f"{root}: no annotation for {adapter.name} (looked for {', '.join(adapter.annotation_names)}); "
-            "pass --annotation FILE"
-        )
+        if adapter is None:
+            if not found.is_file():
+                raise FeatcacheError(f"{found}: annotation file not found")
+            adapter = _adapter_for(found, root)
+    elif adapter is None:
+        adapter, found = detect_dataset(root)
+    else:
+        present = adapter.present(root)
+        if not present:
+            raise FeatcacheError(
+                f"{root}: no annotation for {adapter.name} (looked for {', '.join(adapter.annotation_names)}); "
+                "pass --annotation FILE"
+            )
+        _, found = _one(root, [(p, adapter) for p in present], "pass --annotation FILE")
     options = dict(options or {})
     table = adapter.read(Path(found), options)
     samples = adapter.loader(root, table, Path(found), options)
