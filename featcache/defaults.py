@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -64,6 +65,10 @@ def _type_problem(key: str, value) -> str | None:
         return f"empty column name for {', '.join(empty)}" if empty else None
     if not isinstance(value, str):
         return "expected a string (in quotes)"
+    if key == "device":  # checked here, so the message names this file (torch would only say --device)
+        from featcache.devices import DEVICE_HELP
+
+        return None if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.strip().lower()) else f"expected {DEVICE_HELP}"
     choices = _choices(key)
     if choices and value not in choices:
         return f"expected one of {', '.join(choices)}"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featcache.grouping import content_groups
 from featcache.store import open_read, read_config, read_provenance, read_samples, walk_backbones
 
 
@@ -23,7 +24,8 @@ def cache_info(path: str | Path) -> dict:
             "with_image_prompt": int((samples.prompt_image >= 0).sum()),
             "subsets": dict(Counter(samples.subset.tolist())),
             "generators": dict(Counter(samples.generator.tolist())),
-            "groups": int(len(set(samples.group.tolist()))),
+            "groups": int(len(np.unique(content_groups(samples)))),  # what a prompt-disjoint split keeps apart
+            "prompt_groups": int(len(set(samples.group.tolist()))),
             "targets": {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "min": float(np.min(v)),
                             "max": float(np.max(v))} for k, v in samples.targets.items()},
             "backbones": {},
@@ -47,7 +49,9 @@ def format_info(info: dict) -> str:
         f"cache      {info['path']}",
         f"dataset    {info['dataset']} ({Path(info['annotation']).name})",
         f"samples    {info['samples']} ({info['with_image_prompt']} with an image prompt); "
-        f"distinct images {info['images']}; groups {info['groups']}",
+        f"distinct images {info['images']}; groups {info['groups']}" + (
+            f" ({info['prompt_groups']} prompt ids and image prompts, those with the same text prompt joined)"
+            if info["prompt_groups"] != info["groups"] else ""),
         "subsets    " + ", ".join(f"{k} {v}" for k, v in sorted(info["subsets"].items())),
         "generators " + ", ".join(f"{k} {v}" for k, v in sorted(info["generators"].items())),
         "targets    " + ", ".join(f"{k} (mean {v['mean']:.3g}, std {v['std']:.3g})" for k, v in info["targets"].items()),

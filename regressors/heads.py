@@ -101,6 +101,11 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
         raise FeatcacheError(f"{head} was trained for --mode {meta['mode']}, not {mode}")
     has = np.array([bool(p) for p in prompts])
     if get_mode(meta["mode"]).needs_prompt_image and not has.all():
+        if len(images) > 1:  # a database or folder: say how many and what to score instead
+            first = images[int(np.argmin(has))]
+            raise FeatcacheError(f"{head} is a {meta['mode']} head: {int((~has).sum())} of {len(images)} images have "
+                                 f"no image prompt (first: {first}); score only those with one (e.g. --dataset "
+                                 "pku-i2iqa, or their files with --prompt-image), or use a pr head, which takes both")
         raise FeatcacheError(f"{head} is a {meta['mode']} head: every image needs --prompt-image "
                              "(a pr head accepts images with or without one)")
     distinct = sorted(set(images) | {p for p in prompts if p})

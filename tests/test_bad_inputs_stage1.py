@@ -197,6 +197,8 @@ BAD_INPUTS = [
      lambda r, t: _write("featcache.toml", '[columns]\nimage = "file"\ntarget = "mos"\ngrup = "prompt"')(r, t) or
      ["extract"], "featcache.toml: columns = {'image': 'file', 'target': 'mos', 'grup': 'prompt'}: unknown role(s) "
                   "grup (roles: image, prompt_image, text, group, generator, target, image_dir, prompt_dir)"),
+    ("featcache.toml unknown device", lambda r, t: _write("featcache.toml", 'device = "foo"')(r, t) or ["extract"],
+     'featcache.toml: device = "foo": expected auto, cpu, cuda or cuda:N'),
     ("featcache.toml unknown choice", lambda r, t: _write("featcache.toml", 'decode = "nvjpeg"')(r, t) or ["extract"],
      'featcache.toml: decode = "nvjpeg": expected one of auto, cpu, gpu'),
     ("merge --out onto HDF5 not a cache", lambda r, t: _cache_with_nan_row(r, t) and _hdf5_not_a_cache(r, t) or

@@ -397,3 +397,15 @@ def test_info_walks_the_backbones_once_and_shows_the_decoding(pku_root, tmp_path
     info = info_module.cache_info(tmp_path / "c.h5")
     assert len(walks) == 1 and list(info["backbones"]) == [_small().id] and info["half_created"] == []
     assert "decode pil, JPEG draft" in info_module.format_info(info)
+
+
+def test_info_counts_the_groups_a_prompt_disjoint_split_keeps_apart(pku_root, tmp_path):
+    """Two prompt ids with the same text are one group for `fit` (PKU-AIGIQA-4K's 1099 and 1196); `info` said 3
+    groups where fit used 2 on such a database. Here: 2 image prompts + 2 prompt ids of one text = 3, not 4."""
+    from featcache.info import cache_info, format_info
+    from featcache.store import create_cache
+
+    create_cache(tmp_path / "c.h5", load_dataset(None, pku_root), pku_root)
+    info = cache_info(tmp_path / "c.h5")
+    assert (info["groups"], info["prompt_groups"]) == (3, 4)
+    assert "groups 3 (4 prompt ids and image prompts, those with the same text prompt joined)" in format_info(info)

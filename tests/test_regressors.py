@@ -223,6 +223,9 @@ def test_fit_and_predict_from_the_command_line(tmp_path, pku_root, monkeypatch):
     assert refused.exit_code == 2 and "needs --prompt-image" in refused.output
     wrong = runner.invoke(cli.main, ["predict", "--head", "fr.safetensors", "--mode", "nr", "All/MJ_0_00.jpg"])
     assert wrong.exit_code == 2 and "trained for --mode fr, not nr" in wrong.output
+    mixed = runner.invoke(cli.main, ["predict", "--head", "fr.safetensors", "--root", ".", "--out", "fr.csv"])
+    assert mixed.exit_code == 2 and "fr head: 12 of 20 images have no image prompt (first: All/SD_1000_00.jpg); " \
+                                    "score only those with one (e.g. --dataset pku-i2iqa" in mixed.output
     assert runner.invoke(cli.main, ["fit", "--mode", "pr", "--target", "MOS_a", "--regressor", "svr", "--folds", "2",
                                     "--save-head", "pr.safetensors", "--out", "res3"]).exit_code == 0
     whole = runner.invoke(cli.main, ["predict", "--head", "pr.safetensors", "--root", ".", "--out", "all.csv"])
