@@ -221,8 +221,7 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
     fold_list = make_folds(request, split, repeats)
     usable = {mode: mode_rows(data, mode, selection) for mode in modes}
     for mode in modes:  # every fold of every mode is fitted: a fold a mode cannot fill is refused, not reported
-        if get_mode(mode).needs_prompt_image:
-            check_mode_folds(request, split, fold_list, usable[mode], mode, "an image prompt")
+        _check_fills(request, split, fold_list, usable[mode], mode)
     needs_features = any(get_regressor(r).reads_features for r in regressors)
     tasks: list[_Task] = []
     for mode in modes:
@@ -250,6 +249,34 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
                 task.cost = _cost(reg, task)
                 tasks.append(task)
     return fold_list, tasks
+
+
+def _check_fills(request: SplitRequest, split: str, fold_list: list, usable: np.ndarray, mode: str) -> None:
+    if get_mode(mode).needs_prompt_image:
+        check_mode_folds(request, split, fold_list, usable, mode, "an image prompt")
+
+
+def modes_that_fill_the_folds(data: CacheData, modes: list[str], *, split: str = "group", folds: int = 5,
+                              repeats: int = 1, seed: int = 0, subset: str = "all", train_on: str | None = None,
+                              test_on: str | None = None, hold_out_prompts: bool = False,
+                              **_) -> tuple[list[str], list[str]]:
+    """(the modes whose samples fill every fold, why each other one does not): for default modes, which leave out
+    with a warning what an explicit --mode refuses (`featcache fit` as typed on a database with few image-prompt
+    groups fitted NR and PR, not an error about FR)."""
+    s = data.samples
+    selection = selection_rows(data, subset)
+    request = SplitRequest(selection, content_groups(data), s.subset, s.generator, folds, seed, train_on, test_on,
+                           hold_out_prompts, what=f"--subset {subset}")
+    fold_list = make_folds(request, split, repeats)
+    kept, reasons = [], []
+    for mode in modes:
+        try:
+            _check_fills(request, split, fold_list, mode_rows(data, mode, selection), mode)
+        except FeatcacheError as exc:
+            reasons.append(str(exc))
+            continue
+        kept.append(mode)
+    return kept, reasons
 
 
 def _cost(reg, task: _Task) -> float:

@@ -534,12 +534,24 @@ def test_a_mode_with_fewer_groups_than_folds_is_refused_before_any_fitting(tmp_p
     monkeypatch.chdir(tmp_path)
     fitted = []
     monkeypatch.setattr("regressors.cv.fit_members", lambda *a: fitted.append(a))
-    out = CliRunner().invoke(cli.main, ["fit", "--cache", "c.h5", "--quiet", "--no-figures", "--out", "o"])
+    out = CliRunner().invoke(cli.main, ["fit", "--cache", "c.h5", "--mode", "nr,fr", "--quiet", "--no-figures",
+                                        "--out", "o"])
     lines = [line for line in out.output.splitlines() if line.strip()]
     assert out.exit_code == 2 and lines == [
         "error: --mode fr: only 4 prompt groups have an image prompt, too few for 5 prompt-disjoint folds; "
         "lower --folds to 4 or leave fr out of --mode"], out.output
     assert not fitted and not (tmp_path / "o").exists()
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)  # as typed, with the default modes: FR left out with a warning, NR and PR fitted
+    typed = CliRunner().invoke(cli.main, ["fit", "--cache", "c.h5", "--regressor", "ridge", "--quiet",
+                                          "--no-figures", "--out", "typed"])
+    assert typed.exit_code == 0, typed.output
+    assert typed.output.splitlines()[0] == (
+        "warning: fr left out of the default modes: only 4 prompt groups have an image prompt, too few for 5 "
+        "prompt-disjoint folds; lower --folds to 4 to include it")
+    results = json.loads((tmp_path / "typed" / "results.json").read_text())
+    assert {row["mode"] for row in results["summary"]} == {"nr", "pr"}
+    assert not any(row["failed"] for row in results["folds"])
     progress = []
     with pytest.raises(FeatcacheError, match="^--mode fr: only 4 prompt groups"):  # bench too, per backbone
         bench("c.h5", modes=["nr", "fr"], targets=["MOS_q"], regressors=["ridge"],
