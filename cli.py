@@ -414,14 +414,14 @@ def fit(cache, backbone, mode, target, regressor, save_head, **cv):
     cv, output = _split_options(cv)
     cache = pick(cache, config, "cache", DEFAULT_CACHE)
     folder = run_folder(output["out"], output["overwrite"])
-    inside = save_head is not None and Path(save_head).absolute().parent == folder.absolute()
+    inside = save_head is not None and Path(save_head).resolve().parent == folder.resolve()  # any spelling
     if inside and output_name(Path(save_head).name):
         raise FeatcacheError(f"--save-head {save_head}: the run writes a file of that name in {folder}; choose "
                              "another name")
     if save_head is not None and (not inside or folder.is_dir()):
-        from featcache.outputs import check_output_file
+        from featcache.outputs import check_output_file, config_file, read_by_a_cache
 
-        check_output_file(save_head, "--save-head", output["overwrite"], (cache,))
+        check_output_file(save_head, "--save-head", output["overwrite"], (*read_by_a_cache(cache), config_file()))
     made = missing_folders(folder) if inside else []
     if made:  # --save-head into the run's own (new) folder: it must exist before the head is saved
         folder.mkdir(parents=True)
@@ -532,10 +532,10 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
     from regressors.heads import images_in_folder, predict_paths, score_column, write_scores
     from regressors.metrics import quality_metrics
 
-    from featcache.outputs import check_output_file
+    from featcache.outputs import check_output_file, config_file, read_by_a_cache, read_by_a_head
 
     config = load_config()
-    check_output_file(out, "--out", overwrite, (head, prompt_image))
+    check_output_file(out, "--out", overwrite, (head, prompt_image, weights, config_file()))
     labels = None
     if len(images) == 1 and Path(images[0]).is_dir():
         base = images[0]
@@ -554,7 +554,8 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
     cache = pick(cache, config, "cache", DEFAULT_CACHE)
     if Path(out).exists():  # with --overwrite: still never over what this run reads
         source = samples.source if labels is not None else None
-        check_output_file(out, "--out", overwrite, (cache, source, *(Path(base) / p for p in paths),
+        check_output_file(out, "--out", overwrite, (*read_by_a_cache(cache), source, *read_by_a_head(head),
+                                                    *(Path(base) / p for p in paths),
                                                     *(Path(base) / p for p in prompts if p)))
     scores, meta = predict_paths(head, base, paths, prompts, backbone=backbone, weights=weights, mode=mode,
                                  device=device, batch_size=batch_size, cache=cache)

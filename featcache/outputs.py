@@ -41,6 +41,44 @@ def check_output_file(path: str | Path, option: str, overwrite: bool = False,
     return path
 
 
+def read_by_a_cache(cache: str | Path | None) -> list[Path]:
+    """The cache and the annotation it was made from (what `fit` compares the labels with), when present."""
+    if cache is None or not Path(cache).is_file():
+        return []
+    out = [Path(cache)]
+    try:
+        import h5py
+
+        with h5py.File(cache, "r") as f:
+            annotation = str(f.attrs.get("annotation", ""))
+    except (OSError, ValueError):
+        return out
+    return out + ([Path(annotation)] if annotation else [])
+
+
+def read_by_a_head(head: str | Path | None) -> list[Path]:
+    """The weights file a saved head's backbone was built from (predict loads it when --weights is not given)."""
+    if head is None or not Path(head).is_file():
+        return []
+    try:
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(str(head), framework="numpy") as handle:
+            meta = json.loads((handle.metadata() or {}).get("featcache", "{}"))
+        weights = meta["backbone_config"]["weights"].get("file")
+    except Exception:  # not a head: predict reports that itself
+        return []
+    return [Path(weights)] if weights else []
+
+
+def config_file() -> Path:
+    from featcache.defaults import CONFIG_NAME
+
+    return Path.cwd() / CONFIG_NAME
+
+
 def write_text_atomically(path: str | Path, text: str) -> None:
     """Write through a temporary file beside it, so an interrupted write never leaves half a file."""
     path = Path(path)

@@ -20,6 +20,7 @@ def workdir(tmp_path_factory):
                                     "--regressor", "ridge", "--folds", "3", "--quiet", "--no-figures",
                                     "--out", str(root / "run"), "--save-head", str(root / "h.safetensors")])
     assert made.exit_code == 0, made.output
+    (root / "w.pth").write_bytes(b"weights")  # stands in for a --weights file
     return root
 
 
@@ -104,6 +105,14 @@ def cases(root):
                                                  str(root / "run" / "results.csv")]),
         ("predict --out onto its head", ["predict", "--head", str(root / "h.safetensors"), "x.jpg", "--out",
                                          str(root / "h.safetensors"), "--overwrite"]),
+        ("save-head onto the annotation", ["fit", *c, "--mode", "nr", "--target", "MOS_q", "--regressor", "ridge",
+                                           "--save-head", str(root / "annotation.csv"), "--overwrite", "--out",
+                                           str(root / "o19")]),
+        ("save-head over a file of its own run", ["fit", *c, "--mode", "nr", "--target", "MOS_q", "--regressor",
+                                                  "ridge", "--save-head", str(root / "o20" / ".." / "o20" / "report.md"),
+                                                  "--out", str(root / "o20")]),
+        ("predict --out onto its weights", ["predict", "--head", str(root / "h.safetensors"), "x.jpg", "--weights",
+                                            str(root / "w.pth"), "--out", str(root / "w.pth"), "--overwrite"]),
         ("table --out onto an existing file", ["table", str(root / "run"), "--out", str(root / "run" / "report.md")]),
         ("table --out onto the results it reads", ["table", str(root / "run"), "--out",
                                                    str(root / "run" / "results.json"), "--overwrite"]),
@@ -124,7 +133,7 @@ def test_every_bad_stage2_input_is_one_line_and_exit_2(workdir):
         assert "Traceback" not in result.output and lines and (lines[-1].startswith("error:") or
                                                                  lines[-1].startswith("Error:")), (name, lines)
         seen.append(name)
-    assert len(seen) >= 37
+    assert len(seen) >= 40
 
 
 def markdown_table(root) -> str:
@@ -153,4 +162,5 @@ if __name__ == "__main__":
         CliRunner().invoke(cli.main, ["fit", "--cache", str(root / "c.h5"), "--mode", "nr", "--target", "MOS_q",
                                       "--regressor", "ridge", "--folds", "3", "--quiet", "--no-figures", "--out",
                                       str(root / "run"), "--save-head", str(root / "h.safetensors")])
+        (root / "w.pth").write_bytes(b"weights")
         print(markdown_table(root))
