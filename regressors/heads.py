@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from featcache.errors import FeatcacheError
-from featcache.store import image_hashes, image_stats, open_read, read_config, read_provenance
+from featcache.store import image_hashes, image_stats, open_read, read_config, read_provenance, \
+    with_config_defaults
 from regressors.cache_data import CacheData
 from regressors.design import content_groups, design_matrix
 from regressors.fitting import fit_estimator
@@ -51,18 +52,24 @@ def images_in_folder(folder: str | Path) -> list[str]:
     return found
 
 
-def cached_features(cache: str | Path | None, backbone_id: str, root: str | Path, paths: list[str]
-                    ) -> dict[str, np.ndarray]:
+DECODING_KEYS = ("decode", "jpeg_draft", "jpeg_draft_rule", "torch_resize", "precision")
+
+
+def cached_features(cache: str | Path | None, backbone_id: str, root: str | Path, paths: list[str],
+                    decoded_as: dict | None = None) -> dict[str, np.ndarray]:
     """Rows of `backbone_id` already in `cache` for these paths (matched by absolute path), so predict does not
     decode and forward them again; only while the image is the one extracted: the same size and modification
     time as recorded, or the same sha256 where `extract --verify` recorded one (an image replaced on disk was
-    scored from its old features). Missing cache, backbone or rows, or a cache without image records (version
-    1): nothing is reused."""
+    scored from its old features). Missing cache, backbone or rows, a cache without image records (version
+    1), or one whose rows were decoded otherwise than `decoded_as` (the head's backbone config: decode path, JPEG
+    draft and its rule, precision): nothing is reused."""
     if cache is None or not Path(cache).is_file():
         return {}
     try:
         with open_read(cache) as f:
             if f"features/{backbone_id}/emb" not in f or "images/size" not in f or "images/mtime_ns" not in f:
+                return {}
+            if decoded_as is not None and _decoding(read_config(f, backbone_id)) != _decoding(decoded_as):
                 return {}
             cache_root = Path(str(f.attrs.get("root", "")))
             stored = f["images/path"].asstr()[()]
@@ -81,6 +88,11 @@ def cached_features(cache: str | Path | None, backbone_id: str, root: str | Path
     record = {r: k for k, r in enumerate(rows)}
     unchanged = {p: i for p, i in wanted.items() if i in by_row and _unchanged(Path(root) / p, recorded, record[i])}
     return {p: by_row[i] for p, i in unchanged.items()}
+
+
+def _decoding(config: dict) -> dict:
+    config = with_config_defaults(config)
+    return {key: config.get(key) for key in DECODING_KEYS}
 
 
 def _unchanged(path: Path, recorded: dict, k: int) -> bool:
@@ -109,7 +121,8 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
         raise FeatcacheError(f"{head} is a {meta['mode']} head: every image needs --prompt-image "
                              "(a pr head accepts images with or without one)")
     distinct = sorted(set(images) | {p for p in prompts if p})
-    known = cached_features(cache, meta["backbone_id"], root, distinct) if backbone is None else {}
+    known = cached_features(cache, meta["backbone_id"], root, distinct, meta["backbone_config"]) \
+        if backbone is None else {}
     todo = [p for p in distinct if p not in known]
     features = dict(known)
     if todo:
