@@ -363,3 +363,20 @@ def test_synth_writes_one_annotation_candidate(tmp_path):
     synth(tmp_path / "photos", tmp_path / "out", views=1, size=16)
     assert [(p.name, a.name) for p, a in annotation_candidates(tmp_path / "out")] == [("annotation.csv",
                                                                                       "pku-aigiqa-4k")]
+
+
+def test_a_spreadsheet_with_blank_rows_above_its_header_is_still_the_named_file(tmp_path):
+    """Detection read its header as pandas' first row (blank), so a split beside it became the annotation."""
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append([])
+    sheet.append([])
+    sheet.append(HEADER.split(","))
+    sheet.append(["", "t", "SD_1_00.jpg", 1, 2, 3])
+    sheet.append(["", "t", "SD_1_01.jpg", 1.5, 2, 3])
+    book.save(tmp_path / "annotation.xlsx")
+    (tmp_path / "train.csv").write_text(_lines(HEADER, GOOD.format(0)))
+    s = load_dataset(None, tmp_path)
+    assert Path(s.source).name == "annotation.xlsx" and len(s.key) == 2 and s.rows == [4, 5]

@@ -99,11 +99,18 @@ def _unique(columns: list[str]) -> list[str]:
     return out
 
 
+HEADER_SEARCH_ROWS = 100  # blank rows above a spreadsheet's header that detection looks past
+
+
 def read_header(path: Path) -> list[str]:
     """Column names only (cheap), [] for an unreadable file."""
     try:
-        if Path(path).suffix.lower() in SPREADSHEET_SUFFIXES:
-            frame = pd.read_excel(path, nrows=0)
+        if Path(path).suffix.lower() in SPREADSHEET_SUFFIXES:  # the first non-blank row, as read_table takes it
+            grid = pd.read_excel(path, dtype=str, header=None, nrows=HEADER_SEARCH_ROWS).fillna("")
+            for values in grid.itertuples(index=False):
+                if any(str(v).strip() for v in values):
+                    return [str(v).strip() for v in values if str(v).strip()]
+            return []
         else:
             frame = pd.read_csv(path, nrows=0, encoding="utf-8-sig")
     except Exception:
