@@ -147,40 +147,59 @@ def check_mode_folds(request: SplitRequest, split: str, folds: list[Fold], usabl
     """Refuse, before any fitting, a mode whose usable samples (those with `needs`: FR's an image prompt) cannot
     fill every fold: such a fold would be reported as failed though no regressor failed, and its 0 would sink the
     mode's mean. The group split spreads each subset's groups over the folds (stratified by T2I/I2I), so there a
-    fold goes short only with fewer groups (or samples) than folds; the fold-by-fold count catches the rest."""
+    fold goes short only with fewer groups (or samples) than folds; the fold-by-fold count catches the rest. The
+    advice names the most folds that do fill (searched, so following it is never refused in turn)."""
     spec = get_split(split)
+    repeats = len({fold.repeat for fold in folds})
     if not spec.single:
-        most = len(usable) // MIN_TEST  # the most folds the mode could fill
         if spec.grouped:
             n_groups = len(np.unique(request.groups[usable]))
-            most = min(most, n_groups)
             if n_groups < request.folds:
                 raise FeatcacheError(f"--mode {mode}: only {_counted(n_groups, 'prompt group')} {needs}, too few "
-                                     f"for {request.folds} prompt-disjoint folds; {_fewer_folds(most, mode)}")
+                                     f"for {request.folds} prompt-disjoint folds; "
+                                     f"{_fewer_folds(request, split, repeats, usable, mode)}")
         if len(usable) < MIN_TEST * request.folds:
             raise FeatcacheError(f"--mode {mode}: only {_counted(len(usable), 'sample')} {needs}, too few for "
                                  f"{request.folds} folds of at least {MIN_TEST} test samples; "
-                                 f"{_fewer_folds(most, mode)}")
-    is_usable = np.zeros(len(request.groups), dtype=bool)
+                                 f"{_fewer_folds(request, split, repeats, usable, mode)}")
+    short = _short_fold(folds, usable, len(request.groups))
+    if short is not None:
+        fold, n_train, n_test = short
+        where = f"the {split} split" if spec.single else f"fold {fold.fold + 1}" + (
+            f" of repeat {fold.repeat + 1}" if repeats > 1 else "") + f" of the {split} split"
+        advice = _fewer_folds(request, split, repeats, usable, mode) if "folds" in spec.options \
+            else f"leave {mode} out of --mode"
+        raise FeatcacheError(f"--mode {mode}: {where} leaves {n_train} training and {n_test} test samples with "
+                             f"{needs}; too few (at least 3 and {MIN_TEST}); {advice}")
+
+
+def _short_fold(folds: list[Fold], usable: np.ndarray, n_samples: int) -> tuple[Fold, int, int] | None:
+    """The first fold whose usable training or test samples are too few, with both counts."""
+    is_usable = np.zeros(n_samples, dtype=bool)
     is_usable[usable] = True
-    repeats = len({fold.repeat for fold in folds})
     for fold in folds:
         n_train, n_test = int(is_usable[fold.train].sum()), int(is_usable[fold.test].sum())
         if n_train < 3 or n_test < MIN_TEST:
-            where = f"the {split} split" if spec.single else f"fold {fold.fold + 1}" + (
-                f" of repeat {fold.repeat + 1}" if repeats > 1 else "") + f" of the {split} split"
-            advice = f"lower --folds or leave {mode} out of --mode" if "folds" in spec.options \
-                else f"leave {mode} out of --mode"
-            raise FeatcacheError(f"--mode {mode}: {where} leaves {n_train} training and {n_test} test samples with "
-                                 f"{needs}; too few (at least 3 and {MIN_TEST}); {advice}")
+            return fold, n_train, n_test
+    return None
+
+
+def _fewer_folds(request: SplitRequest, split: str, repeats: int, usable: np.ndarray, mode: str) -> str:
+    """'lower --folds to K', K the most folds below the asked number whose every fold the mode fills."""
+    from dataclasses import replace
+
+    for k in range(request.folds - 1, 1, -1):
+        try:
+            folds = make_folds(replace(request, folds=k), split, repeats)
+        except FeatcacheError:
+            continue
+        if _short_fold(folds, usable, len(request.groups)) is None:
+            return f"lower --folds to {k} or leave {mode} out of --mode"
+    return f"leave {mode} out of --mode"
 
 
 def _counted(n: int, noun: str) -> str:
     return f"{n} {noun} has" if n == 1 else f"{n} {noun}s have"
-
-
-def _fewer_folds(most: int, mode: str) -> str:
-    return f"lower --folds to {most} or leave {mode} out of --mode" if most >= 2 else f"leave {mode} out of --mode"
 
 
 def _enough_for_folds(req: SplitRequest) -> None:
