@@ -307,10 +307,11 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FeatcacheError(f"{name}: cannot create the folder {target.parent} ({exc.strerror})") from None
-    with lock_cache(name):
+    with lock_cache(name), _removed_unless_used(target) as created:
         remove_stale_temporaries(target)
         if not target.exists():
             create_cache(target, samples, root, command, samples.options)
+            created.append(target)
         else:
             check_is_cache_file(name)  # a damaged or foreign file is refused before anything else
             unchanged = precheck.file_identity is not None and precheck.file_identity == _file_identity(target)
@@ -333,6 +334,7 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
             attrs = {"shard": f"{shard[0]}/{shard[1]}"} if shard is not None else {}
             add_backbones(target, [NewBackbone(config, extractor.output_dim(backbone.spec.input_size),
                                                _provenance(backbone, torch_device, precision, command), attrs)])
+        created.clear()  # a backbone is in it: kept whatever happens next (the rows written so far resume)
         try:  # torch reports a dead worker from a SIGCHLD handler: at any moment while the loader lives
             with open_write(target) as f:
                 refresh_image_stats(f, root, todo, verify)
@@ -541,6 +543,19 @@ def _write_rows(dataset, rows: list[int], values: np.ndarray) -> None:
 
 
 DRAFT_GAP = 2  # JPEG draft decoding keeps at least this many times the resize size (as Pillow's reducing_gap)
+
+
+@contextlib.contextmanager
+def _removed_unless_used(target: Path):
+    """A cache this run created is removed again when the run fails before a backbone is in it (weights that do
+    not load, images missing): it held only the annotation's tables, and a failed first command left it behind."""
+    created: list[Path] = []
+    try:
+        yield created
+    except BaseException:
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def draft_short_side(backbone: Backbone) -> int:

@@ -409,3 +409,21 @@ def test_info_counts_the_groups_a_prompt_disjoint_split_keeps_apart(pku_root, tm
     info = cache_info(tmp_path / "c.h5")
     assert (info["groups"], info["prompt_groups"]) == (3, 4)
     assert "groups 3 (4 prompt ids and image prompts, those with the same text prompt joined)" in format_info(info)
+
+
+def test_a_first_run_that_fails_before_any_backbone_leaves_no_cache(pku_root, tmp_path):
+    """Weights that do not load: the new cache held only the annotation's tables and stayed behind. A cache that
+    existed before is kept as it was."""
+    from safetensors.torch import save_file
+
+    save_file({"conv1.weight": torch.zeros(64, 3, 5, 5)}, str(tmp_path / "other.safetensors"))
+    samples = load_dataset(None, pku_root)
+    wrong = load_backbone("resnet18", weights_file=tmp_path / "other.safetensors")
+    with pytest.raises(FeatcacheError, match="weights do not fit resnet18"):
+        extract(samples, pku_root, wrong, tmp_path / "new.h5", workers=0, progress=False)
+    assert not (tmp_path / "new.h5").exists()
+    extract(samples, pku_root, _small(), tmp_path / "old.h5", workers=0, progress=False)
+    before = (tmp_path / "old.h5").read_bytes()
+    with pytest.raises(FeatcacheError, match="weights do not fit resnet18"):
+        extract(samples, pku_root, wrong, tmp_path / "old.h5", workers=0, progress=False)
+    assert (tmp_path / "old.h5").read_bytes() == before
