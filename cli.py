@@ -429,22 +429,26 @@ def fit(cache, backbone, mode, target, regressor, save_head, **cv):
     try:
         from regressors.cache_data import backbone_query
 
-        outcome = run_fit(cache, backbone_query(pick(backbone, config, "backbone"), config.get("pool")),
-                          _names(mode), _names(target),
-                          _names(regressor), save_head=save_head, on_progress=update, **cv)
+        try:
+            outcome = run_fit(cache, backbone_query(pick(backbone, config, "backbone"), config.get("pool")),
+                              _names(mode), _names(target),
+                              _names(regressor), save_head=save_head, on_progress=update, **cv)
+        finally:
+            close()
+        results = outcome.results
+        for note in outcome.notes:
+            click.echo(f"warning: cached labels kept although the annotation differs: {note}", err=True)
+        click.echo(f"{results.config['backbone'] or 'labels only'}: {cv['split']} split, subset {cv['subset']}, "
+                   f"{len(results.folds)} fitted folds")
+        click.echo(format_table(results.summary))
+        paths = write_results(results, folder,
+                              title=f"featcache fit: {results.config['backbone'] or 'labels only'}",
+                              plot=output["plot"], run_info=_run_info(cache), figures=not output["no_figures"])
     except BaseException:
+        if made:  # the run's own new folder: a head saved before the results is removed with it (a Ctrl-C there
+            Path(save_head).unlink(missing_ok=True)  # left a folder holding only the head, refused as not empty)
         remove_if_empty(made)
         raise
-    finally:
-        close()
-    results = outcome.results
-    for note in outcome.notes:
-        click.echo(f"warning: cached labels kept although the annotation differs: {note}", err=True)
-    click.echo(f"{results.config['backbone'] or 'labels only'}: {cv['split']} split, subset {cv['subset']}, "
-               f"{len(results.folds)} fitted folds")
-    click.echo(format_table(results.summary))
-    paths = write_results(results, folder, title=f"featcache fit: {results.config['backbone'] or 'labels only'}",
-                          plot=output["plot"], run_info=_run_info(cache), figures=not output["no_figures"])
     if outcome.head:
         meta = outcome.head
         click.echo(f"saved {meta['regressor'] if 'regressor' in meta else ''} head for {meta['mode']}/"

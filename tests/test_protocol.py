@@ -973,3 +973,32 @@ def _terminal_ctrl_c() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_an_interrupted_fit_leaves_no_run_folder_holding_only_its_head(tmp_path, monkeypatch):
+    """--save-head into the run's own new folder: Ctrl-C after the head was saved, before the results were
+    written, left the folder with the head alone, and the same command then refused it as not empty."""
+    import signal
+
+    import regressors.report
+
+    cache = make_cache(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(regressors.report, "write_results", interrupted)
+    command = ["fit", "--cache", str(cache), "--mode", "nr", "--target", "MOS_q", "--regressor", "ridge", "--folds",
+               "3", "--quiet", "--no-figures", "--out", str(tmp_path / "run"), "--save-head",
+               str(tmp_path / "run" / "h.safetensors")]
+    runner_handler = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert CliRunner().invoke(cli.main, command).exit_code == 130
+    finally:
+        signal.signal(signal.SIGINT, runner_handler)
+    assert not (tmp_path / "run").exists()
+    monkeypatch.undo()
+    done = CliRunner().invoke(cli.main, command)
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "run" / "h.safetensors").is_file() and (tmp_path / "run" / "results.json").is_file()
