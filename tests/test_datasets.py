@@ -334,6 +334,13 @@ def test_annotation_option_alone_says_the_database(tmp_path):
     assert load_dataset(None, tmp_path, "annotation.csv").dataset == "pku-aigiqa-4k"
     with pytest.raises(FeatcacheError, match="nope.csv: annotation file not found"):
         load_dataset(None, tmp_path, "nope.csv")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "labels.csv").write_text("a.png,a cat,3\nb.png,a dog,4\n")  # headerless, under a name of its own
+    with pytest.raises(FeatcacheError, match=r"labels.csv: its name and header fit no known database; pass "
+                                             r"--dataset NAME \(a headerless file: --dataset aigiqa-20k"):
+        load_dataset(None, alone, "labels.csv")
+    assert load_dataset("aigiqa-20k", alone, "labels.csv").dataset == "aigiqa-20k"
 
 
 def test_featcache_toml_naming_the_annotation_settles_it(tmp_path, monkeypatch):

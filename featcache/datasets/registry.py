@@ -121,7 +121,13 @@ def _adapter_for(annotation: Path, root: Path) -> DatasetAdapter:
     for adapter in [*named, *(a for a in adapters if a.columns)]:
         if adapter.matches(annotation):
             return adapter
-    return named[0] if named else detect_dataset(root)[0]
+    if named:
+        return named[0]
+    try:
+        return detect_dataset(root)[0]
+    except FeatcacheError:  # "no annotation file found in ." although the user named one
+        raise FeatcacheError(f"{annotation}: its name and header fit no known database; pass --dataset NAME (a "
+                             "headerless file: --dataset aigiqa-20k; any table: --dataset csv with --col)") from None
 
 
 def load_dataset(name: str | None, root: str | Path, annotation: str | Path | None = None,
