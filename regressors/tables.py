@@ -180,8 +180,10 @@ def paper_table(rows: list[dict], metrics: list[str]) -> tuple[list[str], list[l
         for t in targets:
             row = floor_index.get((mode, regressor, t))
             cells += [_value(row, m) if row else float("nan") for m in metrics]
+        failures = {t: int((floor_index.get((mode, regressor, t)) or {}).get("n_failed") or 0) for t in targets}
         label = "floor (samples with an image prompt)" if prompted else "floor (all samples)"
-        body.append([label, "none (labels only)", regressor] + cells)
+        # a floor that is constant in a fold (generator-mean with one generator) fails it, as a model would
+        body.append([label, "none (labels only)", regressor + _failed_note(failures)] + cells)
         bold.append([False] * len(header))
     protocols = sorted({r["_protocol"] for r in rows})
     caption = ("; ".join(protocols) + ". Fold means; a failed fold counts as 0. Bold: best per column among "

@@ -606,6 +606,18 @@ def test_floor_rows_follow_the_run_order(order):
     assert floors == order + order  # all samples (NR), then samples with an image prompt (FR)
 
 
+def test_a_floor_row_says_its_failed_folds_as_a_model_row_does():
+    """A floor whose folds all failed showed 0.000 with no note (generator-mean with one generator per side)."""
+    from regressors.tables import render_table
+
+    rows = [{"mode": "nr", "backbone": "b", "regressor": r, "target": t, "srcc_mean": 0.0 if r != "ridge" else 0.5,
+             "n_failed": 5 if r == "generator-mean" else 0, "_protocol": "p"}
+            for r in ("ridge", "generator-mean", "prompt-mean") for t in ("MOS_q", "MOS_a")]
+    floors = [line.split("|")[3].strip() for line in render_table(rows, ["srcc"], "md").splitlines()
+              if line.startswith("| floor")]
+    assert floors == ["generator-mean (5 failed folds per target)", "prompt-mean"]
+
+
 def _table_runs(tmp_path, monkeypatch, runs: dict[str, list[str]], **cache) -> CliRunner:
     """Small `featcache fit` runs (NR, MOS_q) into folders named by `runs`' keys, from tmp_path."""
     make_cache(tmp_path, **cache)
