@@ -90,29 +90,20 @@ def test_demo_refuses_bad_fitting_options_before_any_work(tmp_path, options, mes
     assert not (tmp_path / "demo").exists()
 
 
-def test_demo_refuses_too_many_folds_before_the_extractions(tmp_path, monkeypatch):
-    """`--folds 50` on a small synth benchmark: the bench's own fold rules, applied before the extractions
-    (they used to be refused only after both)."""
+@pytest.mark.parametrize("views, folds, message", [
+    # the sample count is known only after synth: refused before both extractions (they used to run first)
+    (1, 50, r"the synth benchmark has \d+ samples.*too few for 50 .*; lower --folds or raise --views$"),
+    # 6 photos give 4 image-prompt groups: 5 folds would leave FR an empty fold, which bench refuses
+    (3, 5, r"^--mode fr: only 4 prompt groups have an image prompt, too few for 5 prompt-disjoint folds; lower "
+           r"--folds to 4 or leave fr out of --mode$"),
+])
+def test_demo_refuses_folds_it_cannot_fill_before_the_extractions(tmp_path, monkeypatch, views, folds, message):
     import featcache.backbones
     from regressors.demo import run_demo
 
     monkeypatch.setattr(featcache.backbones, "load_backbone", lambda *a, **k: pytest.fail("extraction started"))
     photos = _photos(tmp_path / "photos", n=6)
-    with pytest.raises(FeatcacheError, match=r"the synth benchmark has \d+ samples.*too few for 50 .*; lower --folds "
-                                             r"or raise --views$"):
-        run_demo(tmp_path / "demo", photos=photos, views=1, folds=50, jobs=1, progress=False, echo=lambda line: None)
-    assert not (tmp_path / "demo" / "synth" / "featcache.h5").exists()
-
-
-def test_demo_refuses_a_mode_that_cannot_fill_its_folds_before_the_extractions(tmp_path, monkeypatch):
-    """6 photos give 4 image-prompt groups: 5 folds would leave FR an empty fold, which bench refuses; the demo
-    refuses it before the extractions, as it does too many folds."""
-    import featcache.backbones
-    from regressors.demo import run_demo
-
-    monkeypatch.setattr(featcache.backbones, "load_backbone", lambda *a, **k: pytest.fail("extraction started"))
-    photos = _photos(tmp_path / "photos", n=6)
-    with pytest.raises(FeatcacheError, match=r"^--mode fr: only 4 prompt groups have an image prompt, too few for 5 "
-                                             r"prompt-disjoint folds; lower --folds to 4 or leave fr out of --mode$"):
-        run_demo(tmp_path / "demo", photos=photos, views=3, folds=5, jobs=1, progress=False, echo=lambda line: None)
+    with pytest.raises(FeatcacheError, match=message):
+        run_demo(tmp_path / "demo", photos=photos, views=views, folds=folds, jobs=1, progress=False,
+                 echo=lambda line: None)
     assert not (tmp_path / "demo" / "synth" / "featcache.h5").exists()
