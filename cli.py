@@ -155,8 +155,9 @@ def load_samples_from_options(config: dict, dataset, root, annotation, columns):
 @click.option("--shard", metavar="I/N", help="Extract only share I of N (contiguous rows); merge afterwards.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local checkpoint (.safetensors, .pth, .npz).")
 @click.option("--random-weights", is_flag=True, help="Random weights, for mechanics tests only.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Refuse images with more pixels, or more once resized for the backbone (a 12000x1 "
-                   "strip becomes 3072000x256) [100 megapixels].")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Refuse images with more pixels, or more once resized for the backbone (a 12000x1 strip becomes "
+                   "3072000x256) [100 megapixels].")
 @click.option("--verify", is_flag=True, help="Hash the images' contents (sha256) and compare them by content, not by "
                                              "size and modification time (e.g. a copied dataset).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -622,8 +623,9 @@ def demo(out, views, folds, jobs, photos, modes, regressors, quiet):
 
 
 def run() -> None:
-    """The `featcache` command (through featcache.console) and `python -m cli`: the process ends with the command, so a Ctrl-C's exit keeps
-    further signals ignored until the interpreter is gone. `main` is what in-process callers (CliRunner) invoke."""
+    """The `featcache` command (through featcache.console) and `python -m cli`: the process ends with the
+    command, so a Ctrl-C's exit keeps further signals ignored until the interpreter is gone. `main` is what
+    in-process callers (CliRunner) invoke."""
     global _EXITS_THE_PROCESS
     _EXITS_THE_PROCESS = True
     main()

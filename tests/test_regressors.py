@@ -255,8 +255,9 @@ def test_fit_and_predict_from_the_command_line(tmp_path, pku_root, monkeypatch):
         (decode_option(recorded["decode"]), recorded["jpeg_draft"], recorded["precision"])]  # as the cache recorded
     again = np.array([float(line.split(",")[2]) for line in (pku_root / "fresh.csv").read_text().splitlines()[1:]])
     np.testing.assert_allclose(again, scored, atol=1e-4)  # images re-read give the cached features
-    assert runner.invoke(cli.main, ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "64",
-                                    "--workers", "0", "--quiet", "--no-jpeg-draft", "--cache", "plain.h5"]).exit_code == 0
+    plain = runner.invoke(cli.main, ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "64",
+                                     "--workers", "0", "--quiet", "--no-jpeg-draft", "--cache", "plain.h5"])
+    assert plain.exit_code == 0, plain.output
     other = runner.invoke(cli.main, ["predict", "--head", "pr.safetensors", "--root", ".", "--cache", "plain.h5",
                                      "--out", "other.csv"])  # rows decoded otherwise than the head's: not reused
     assert other.exit_code == 0 and "from the cache" not in other.output, other.output
