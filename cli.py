@@ -426,6 +426,7 @@ def fit(cache, backbone, mode, target, regressor, save_head, **cv):
     made = missing_folders(folder) if inside else []
     if made:  # --save-head into the run's own (new) folder: it must exist before the head is saved
         folder.mkdir(parents=True)
+    own_head = inside and (bool(made) or not any(folder.iterdir()))  # in a folder new or empty before this run
     update, close = _progress(output["quiet"], "fit")
     try:
         from regressors.cache_data import backbone_query
@@ -446,8 +447,8 @@ def fit(cache, backbone, mode, target, regressor, save_head, **cv):
                               title=f"featcache fit: {results.config['backbone'] or 'labels only'}",
                               plot=output["plot"], run_info=_run_info(cache), figures=not output["no_figures"])
     except BaseException:
-        if made:  # the run's own new folder: a head saved before the results is removed with it (a Ctrl-C there
-            Path(save_head).unlink(missing_ok=True)  # left a folder holding only the head, refused as not empty)
+        if own_head:  # the run's own folder: a head saved before the results is removed (a Ctrl-C there left a
+            Path(save_head).unlink(missing_ok=True)  # folder holding only the head, refused as not empty)
         remove_if_empty(made)
         raise
     if outcome.head:

@@ -303,11 +303,12 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     precheck = _already_complete(target, name, samples, root, config, in_shard, verify)
     if precheck.rows_done is not None:
         return ExtractResult(str(name), bid, len(paths), len(in_shard), precheck.rows_done, 0)
+    new_folders = [p for p in [target.parent, *target.parent.parents] if not p.exists()]  # deepest first
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FeatcacheError(f"{name}: cannot create the folder {target.parent} ({exc.strerror})") from None
-    with lock_cache(name), _removed_unless_used(target) as created:
+    with _folders_removed_unless_used(target, new_folders), lock_cache(name), _removed_unless_used(target) as created:
         remove_stale_temporaries(target)
         if not target.exists():
             create_cache(target, samples, root, command, samples.options)
@@ -555,6 +556,21 @@ def _removed_unless_used(target: Path):
     except BaseException:
         for path in created:
             path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _folders_removed_unless_used(target: Path, folders: list[Path]):
+    """The folders made for a new cache go again, once the lock is released, when the run left no cache there."""
+    try:
+        yield
+    except BaseException:
+        if not target.exists():
+            for folder in folders:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (the user's files, another cache), or gone
+                    break
         raise
 
 

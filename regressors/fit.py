@@ -162,13 +162,16 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
         raise FeatcacheError(f"{cache} holds no features yet; run `featcache extract --backbone NAME` first")
     merged: CVResults | None = None
     done_before = 0
+    defaults = None  # every backbone of a cache has the same samples: the default modes (and warnings) once
     for bid in chosen:
         data = load_cache(cache, bid)
         current_labels(data, labels)
         chosen_targets = data.targets if targets is None else check_names("target", targets)
         for target in chosen_targets:
             data.target(target)
-        chosen_modes = check_names("mode", modes) if modes is not None else default_modes_that_fill(data, options)
+        if modes is None and defaults is None:
+            defaults = default_modes_that_fill(data, options)
+        chosen_modes = check_names("mode", modes) if modes is not None else defaults
 
         def progress(done, total, offset=done_before, backbones=len(chosen)):
             if on_progress and (offset == 0 or done > 0):  # every backbone fits as many heads as the first

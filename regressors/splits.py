@@ -188,7 +188,10 @@ def _fewer_folds(request: SplitRequest, split: str, repeats: int, usable: np.nda
     """'lower --folds to K', K the most folds below the asked number whose every fold the mode fills."""
     from dataclasses import replace
 
-    for k in range(request.folds - 1, 1, -1):
+    most = len(usable) // MIN_TEST  # no more folds than the mode's samples (and groups) can fill, so the search,
+    if get_split(split).grouped:  # which builds the folds for each candidate, starts where one can work
+        most = min(most, len(np.unique(request.groups[usable])))
+    for k in range(min(request.folds - 1, most), 1, -1):
         try:
             folds = make_folds(replace(request, folds=k), split, repeats)
         except FeatcacheError:

@@ -420,8 +420,8 @@ def test_a_first_run_that_fails_before_any_backbone_leaves_no_cache(pku_root, tm
     samples = load_dataset(None, pku_root)
     wrong = load_backbone("resnet18", weights_file=tmp_path / "other.safetensors")
     with pytest.raises(FeatcacheError, match="weights do not fit resnet18"):
-        extract(samples, pku_root, wrong, tmp_path / "new.h5", workers=0, progress=False)
-    assert not (tmp_path / "new.h5").exists()
+        extract(samples, pku_root, wrong, tmp_path / "new" / "deep" / "new.h5", workers=0, progress=False)
+    assert not (tmp_path / "new").exists()  # nor the folders made for it
     extract(samples, pku_root, _small(), tmp_path / "old.h5", workers=0, progress=False)
     before = (tmp_path / "old.h5").read_bytes()
     with pytest.raises(FeatcacheError, match="weights do not fit resnet18"):

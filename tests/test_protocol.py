@@ -553,6 +553,12 @@ def test_a_mode_with_fewer_groups_than_folds_is_refused_before_any_fitting(tmp_p
     results = json.loads((tmp_path / "typed" / "results.json").read_text())
     assert {row["mode"] for row in results["summary"]} == {"nr", "pr"}
     assert not any(row["failed"] for row in results["folds"])
+    (tmp_path / "two").mkdir()
+    make_cache(tmp_path / "two", i2i_prompts=4, t2i_prompts=4, backbones=("a.random/paper/4", "b.random/paper/4"))
+    both = CliRunner().invoke(cli.main, ["bench", "--cache", str(tmp_path / "two" / "c.h5"), "--regressors", "ridge",
+                                         "--quiet", "--no-figures", "--out", "b"])
+    assert both.exit_code == 0, both.output
+    assert sum(line.startswith("warning: fr left out") for line in both.output.splitlines()) == 1  # not per backbone
     progress = []
     with pytest.raises(FeatcacheError, match="^--mode fr: only 4 prompt groups"):  # bench too, per backbone
         bench("c.h5", modes=["nr", "fr"], targets=["MOS_q"], regressors=["ridge"],
@@ -1010,6 +1016,13 @@ def test_an_interrupted_fit_leaves_no_run_folder_holding_only_its_head(tmp_path,
     finally:
         signal.signal(signal.SIGINT, runner_handler)
     assert not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()  # an empty folder made beforehand is the run's own too
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert CliRunner().invoke(cli.main, command).exit_code == 130
+    finally:
+        signal.signal(signal.SIGINT, runner_handler)
+    assert not any((tmp_path / "run").iterdir())
     monkeypatch.undo()
     done = CliRunner().invoke(cli.main, command)
     assert done.exit_code == 0, done.output
