@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import numbers
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, FeatcacheWarning
 from regressors.cache_data import CacheData
 from regressors.design import content_groups, design_matrix, label_codes, mode_rows
 from regressors.fitting import Member, fit_members
@@ -66,7 +67,6 @@ DASK_CONNECT_SECONDS = 20  # DASK_SCHEDULER_ADDRESS unreachable: a one-line erro
 
 def backend_context(backend: str | None):
     """joblib's own backends reach a cluster; the optional extras bring them."""
-    import warnings
 
     # loky replaces a worker that grew or idled and resubmits its jobs; its warning says nothing the user can act on
     warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor")
@@ -202,7 +202,7 @@ def resolve_jobs(jobs: int | str, backend: str | None, tasks: list) -> int:
 def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list[str], *, split: str = "group",
          folds: int = 5, repeats: int = 1, seed: int = 0, subset: str = "all", train_on: str | None = None,
          test_on: str | None = None, hold_out_prompts: bool = False, groups: np.ndarray | None = None,
-         spread: bool = False):
+         spread: bool = False, leave_out_unfillable: bool = False):
     """The folds and the fitting tasks of a run, without fitting anything (so the caller can count them).
     `groups`: the content groups of `design.content_groups`, when the caller has them already. `spread`: the
     device-trained regressors train on the CPU, so their cells are split by fold: CPU workers then share a cell
@@ -220,8 +220,7 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
                            hold_out_prompts, what=f"--subset {subset}")
     fold_list = make_folds(request, split, repeats)
     usable = {mode: mode_rows(data, mode, selection) for mode in modes}
-    for mode in modes:  # every fold of every mode is fitted: a fold a mode cannot fill is refused, not reported
-        _check_fills(request, split, fold_list, usable[mode], mode)
+    modes = _modes_that_fill(request, split, fold_list, usable, modes, leave_out_unfillable)
     needs_features = any(get_regressor(r).reads_features for r in regressors)
     tasks: list[_Task] = []
     for mode in modes:
@@ -251,32 +250,29 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
     return fold_list, tasks
 
 
-def _check_fills(request: SplitRequest, split: str, fold_list: list, usable: np.ndarray, mode: str) -> None:
-    if get_mode(mode).needs_prompt_image:
-        check_mode_folds(request, split, fold_list, usable, mode, "an image prompt")
-
-
-def modes_that_fill_the_folds(data: CacheData, modes: list[str], *, split: str = "group", folds: int = 5,
-                              repeats: int = 1, seed: int = 0, subset: str = "all", train_on: str | None = None,
-                              test_on: str | None = None, hold_out_prompts: bool = False,
-                              **_) -> tuple[list[str], list[str]]:
-    """(the modes whose samples fill every fold, why each other one does not): for default modes, which leave out
-    with a warning what an explicit --mode refuses (`featcache fit` as typed on a database with few image-prompt
-    groups fitted NR and PR, not an error about FR)."""
-    s = data.samples
-    selection = selection_rows(data, subset)
-    request = SplitRequest(selection, content_groups(data), s.subset, s.generator, folds, seed, train_on, test_on,
-                           hold_out_prompts, what=f"--subset {subset}")
-    fold_list = make_folds(request, split, repeats)
+def _modes_that_fill(request: SplitRequest, split: str, fold_list: list, usable: dict, modes: list[str],
+                     leave_out: bool) -> list[str]:
+    """Every fold of every mode is fitted, so a mode that cannot fill one (FR with fewer image-prompt groups than
+    folds) is refused, not reported as failed; `leave_out` (the default modes, `featcache fit` as typed): left out
+    with a one-line warning instead, the others kept."""
     kept, reasons = [], []
     for mode in modes:
         try:
-            _check_fills(request, split, fold_list, mode_rows(data, mode, selection), mode)
+            if get_mode(mode).needs_prompt_image:
+                check_mode_folds(request, split, fold_list, usable[mode], mode, "an image prompt")
         except FeatcacheError as exc:
-            reasons.append(str(exc))
+            if not leave_out:
+                raise
+            reasons.append((mode, str(exc)))
             continue
         kept.append(mode)
-    return kept, reasons
+    for mode, reason in reasons:
+        why = reason.split(": ", 1)[1].replace(f" or leave {mode} out of --mode", " to include it")
+        why = why.replace(f"; leave {mode} out of --mode", "")
+        warnings.warn(f"{mode} left out of the default modes: {why}", FeatcacheWarning, stacklevel=2)
+    if not kept:
+        raise FeatcacheError(reasons[0][1])
+    return kept
 
 
 def _cost(reg, task: _Task) -> float:
@@ -367,15 +363,19 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
                    split: str = "group", folds: int = 5, repeats: int = 1, seed: int = 0, subset: str = "all",
                    train_on: str | None = None, test_on: str | None = None, hold_out_prompts: bool = False,
                    jobs: int | str = "auto", backend: str | None = None, device: str = "cpu",
-                   on_progress: Callable[[int, int], None] | None = None) -> CVResults:
-    """Fit every regressor x mode x target on every fold; `on_progress(done, total)` after each fitted member."""
+                   on_progress: Callable[[int, int], None] | None = None,
+                   leave_out_unfillable: bool = False) -> CVResults:
+    """Fit every regressor x mode x target on every fold; `on_progress(done, total)` after each fitted member.
+    `leave_out_unfillable`: `modes` are defaults, and one that cannot fill every fold is left out with a warning
+    (config['modes'] says which were fitted) instead of refused."""
     check_jobs(jobs)
     groups = content_groups(data)
     trained_on = _trained_on(device, regressors)
     spread = trained_on is None or trained_on.partition(":")[0] == "cpu"  # only device-trained regressors spread
     _, tasks = plan(data, modes, targets, regressors, split=split, folds=folds, repeats=repeats, seed=seed,
                              subset=subset, train_on=train_on, test_on=test_on, hold_out_prompts=hold_out_prompts,
-                             groups=groups, spread=spread)
+                             groups=groups, spread=spread, leave_out_unfillable=leave_out_unfillable)
+    modes = [mode for mode in modes if any(task.mode == mode for task in tasks)]  # less any left out
     spec = get_split(split)
     config = {"cache": data.path, "backbone": data.backbone_id, "modes": modes, "targets": targets,
               "regressors": regressors, "split": split, "split_doc": spec.doc, "folds": folds,

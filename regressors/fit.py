@@ -39,26 +39,6 @@ def modes_for(data: CacheData, subset: str = "all", split: str = "group", train_
     return default_modes(bool(has[rows].any()), bool(has[rows].any()), extras)
 
 
-def default_modes_that_fill(data: CacheData, options: dict) -> list[str]:
-    """`modes_for`, less the modes that cannot fill every fold, each left out with a one-line warning (an
-    explicit --mode is refused instead, by cross_validate)."""
-    import warnings
-
-    from featcache.errors import FeatcacheWarning
-    from regressors.cv import modes_that_fill_the_folds
-
-    modes = modes_for(data, options["subset"], options["split"], options["train_on"], options["test_on"])
-    kept, reasons = modes_that_fill_the_folds(data, modes, **options)
-    for reason in reasons:
-        mode = reason.split(":", 1)[0].removeprefix("--mode ")
-        why = reason.split(": ", 1)[1].replace(f" or leave {mode} out of --mode", " to include it")
-        why = why.replace(f"; leave {mode} out of --mode", "")
-        warnings.warn(f"{mode} left out of the default modes: {why}", FeatcacheWarning, stacklevel=2)
-    if not kept:
-        raise FeatcacheError(reasons[0])
-    return kept
-
-
 def current_labels(data: CacheData, labels: str = "check") -> list[str]:
     """Compare the cached labels with the annotation file (when it is on this machine) before anything is fitted.
 
@@ -132,15 +112,16 @@ def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None,
     data = load_cache(cache, backbone, labels_only=labels_only(regressors))
     notes = current_labels(data, labels)
     targets = data.targets if targets is None else check_names("target", targets)
-    for target in targets:  # an unknown target is named before the modes' folds are checked
-        data.target(target)
-    modes = default_modes_that_fill(data, options) if modes is None else check_names("mode", modes)
+    defaults = modes is None
+    modes = modes_for(data, options["subset"], options["split"], options["train_on"], options["test_on"]) \
+        if defaults else check_names("mode", modes)
     if save_head:
         if len(modes) != 1 or len(targets) != 1 or len(regressors) != 1:
             raise FeatcacheError("--save-head needs exactly one --mode, one --target and one --regressor")
         check_savable(regressors[0])
         check_head_path(save_head)
-    results = cross_validate(data, modes, targets, regressors, on_progress=on_progress, **options)
+    results = cross_validate(data, modes, targets, regressors, on_progress=on_progress,
+                             leave_out_unfillable=defaults, **options)
     outcome = FitOutcome(results, data, notes=notes)
     if save_head:
         outcome.head = fit_and_save_head(data, modes[0], targets[0], regressors[0], save_head,
@@ -167,17 +148,17 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
         data = load_cache(cache, bid)
         current_labels(data, labels)
         chosen_targets = data.targets if targets is None else check_names("target", targets)
-        for target in chosen_targets:
-            data.target(target)
-        if modes is None and defaults is None:
-            defaults = default_modes_that_fill(data, options)
-        chosen_modes = check_names("mode", modes) if modes is not None else defaults
+        chosen_modes = check_names("mode", modes) if modes is not None else defaults or modes_for(
+            data, options["subset"], options["split"], options["train_on"], options["test_on"])
 
         def progress(done, total, offset=done_before, backbones=len(chosen)):
             if on_progress and (offset == 0 or done > 0):  # every backbone fits as many heads as the first
                 on_progress(offset + done, total * backbones if offset == 0 else None)
 
-        result = cross_validate(data, chosen_modes, chosen_targets, regressors, on_progress=progress, **options)
+        result = cross_validate(data, chosen_modes, chosen_targets, regressors, on_progress=progress,
+                                leave_out_unfillable=modes is None and defaults is None, **options)
+        if modes is None:
+            defaults = result.config["modes"]  # as left for the first backbone: the later ones get no warning
         done_before += len(result.predictions)  # fitted members, as counted by progress
         for collection in (result.folds, result.summary, result.comparisons, result.breakdown):
             for row in collection:
