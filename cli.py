@@ -538,7 +538,8 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
     from regressors.heads import images_in_folder, predict_paths, score_column, write_scores
     from regressors.metrics import quality_metrics
 
-    from featcache.outputs import check_output_file, config_file, read_by_a_cache, read_by_a_head
+    from featcache.outputs import check_output_file, config_file, read_by_a_cache
+    from regressors.heads_io import weights_files_read
 
     config = load_config()
     check_output_file(out, "--out", overwrite, (head, prompt_image, weights, config_file()))
@@ -560,7 +561,7 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
     cache = pick(cache, config, "cache", DEFAULT_CACHE)
     if Path(out).exists():  # with --overwrite: still never over what this run reads
         source = samples.source if labels is not None else None
-        check_output_file(out, "--out", overwrite, (*read_by_a_cache(cache), source, *read_by_a_head(head),
+        check_output_file(out, "--out", overwrite, (*read_by_a_cache(cache), source, *weights_files_read(head),
                                                     *(Path(base) / p for p in paths),
                                                     *(Path(base) / p for p in prompts if p)))
     scores, meta = predict_paths(head, base, paths, prompts, backbone=backbone, weights=weights, mode=mode,

@@ -13,9 +13,6 @@ from pathlib import Path
 
 from featcache.errors import FeatcacheError
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
 def check_output_file(path: str | Path, option: str, overwrite: bool = False,
                       reads: tuple[str | Path | None, ...] = ()) -> Path:
     """Refuse, with one line, a target the command must not write: a folder, a file the command `reads`, an HDF5
@@ -56,23 +53,6 @@ def read_by_a_cache(cache: str | Path | None) -> list[Path]:
     return out + ([Path(annotation)] if annotation else [])
 
 
-def read_by_a_head(head: str | Path | None) -> list[Path]:
-    """The weights file a saved head's backbone was built from (predict loads it when --weights is not given)."""
-    if head is None or not Path(head).is_file():
-        return []
-    try:
-        import json
-
-        from safetensors import safe_open
-
-        with safe_open(str(head), framework="numpy") as handle:
-            meta = json.loads((handle.metadata() or {}).get("featcache", "{}"))
-        weights = meta["backbone_config"]["weights"].get("file")
-    except Exception:  # not a head: predict reports that itself
-        return []
-    return [Path(weights)] if weights else []
-
-
 def config_file() -> Path:
     from featcache.defaults import CONFIG_NAME
 
@@ -98,9 +78,9 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _is_hdf5(path: Path) -> bool:
-    """HDF5's signature at offset 0 (featcache's caches; a user block would move it, which h5py does not write)."""
+    import h5py
+
     try:
-        with open(path, "rb") as handle:
-            return handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+        return h5py.is_hdf5(path)  # as store.check_is_cache_file tells a cache from other files
     except OSError:
         return False

@@ -86,8 +86,9 @@ def cached_features(cache: str | Path | None, backbone_id: str, root: str | Path
         return {}
     by_row = {r: e for r, e, d in zip(rows, emb, done) if d and np.isfinite(e).all()}
     record = {r: k for k, r in enumerate(rows)}
-    unchanged = {p: i for p, i in wanted.items() if i in by_row and _unchanged(Path(root) / p, recorded, record[i])}
-    return {p: by_row[i] for p, i in unchanged.items()}
+    found = {p: i for p, i in wanted.items() if i in by_row}
+    same = _unchanged(root, list(found), recorded, [record[i] for i in found.values()])
+    return {p: by_row[i] for (p, i), keep in zip(found.items(), same) if keep}
 
 
 def _decoding(config: dict) -> dict:
@@ -95,11 +96,15 @@ def _decoding(config: dict) -> dict:
     return {key: config.get(key) for key in DECODING_KEYS}
 
 
-def _unchanged(path: Path, recorded: dict, k: int) -> bool:
-    if recorded["sha256"][k] != b"":
-        return image_hashes(path.parent, [path.name])[0] == recorded["sha256"][k]
-    size, mtime = image_stats(path.parent, [path.name])
-    return size[0] == recorded["size"][k] and mtime[0] == recorded["mtime"][k] and size[0] > 0
+def _unchanged(root: str | Path, paths: list[str], recorded: dict, ks: list[int]) -> np.ndarray:
+    """Per path: its sha256 equals the recorded one where one was recorded, else its size and mtime do."""
+    ks = np.asarray(ks, dtype=np.int64)
+    size, mtime = image_stats(root, paths)
+    same = (size == recorded["size"][ks]) & (mtime == recorded["mtime"][ks]) & (size > 0)
+    hashed = np.flatnonzero(recorded["sha256"][ks] != b"")
+    if len(hashed):
+        same[hashed] = image_hashes(root, [paths[i] for i in hashed]) == recorded["sha256"][ks[hashed]]
+    return same
 
 
 def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts: list[str], *,

@@ -49,17 +49,33 @@ def save_head(model, regressor: str, path: str | Path, metadata: dict) -> None:
     tmp.replace(path)
 
 
+def read_metadata(path: str | Path) -> dict:
+    """A head's JSON metadata, without reading its arrays."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        return json.loads((handle.metadata() or {}).get("featcache", "{}"))
+
+
+def weights_files_read(path: str | Path) -> list[Path]:
+    """The weights file a head's backbone was built from (predict loads it when --weights is not given); none
+    for a file that is not a head (predict reports that itself)."""
+    try:
+        weights = read_metadata(path)["backbone_config"]["weights"].get("file")
+    except Exception:
+        return []
+    return [Path(weights)] if weights else []
+
+
 def load_head(path: str | Path) -> tuple[object, dict]:
     """A fitted estimator and its metadata; any malformed head is a one-line error naming the file."""
-    from safetensors import safe_open
     from safetensors.numpy import load_file
 
     path = Path(path)
     if not path.is_file():
         raise FeatcacheError(f"{path}: head file not found")
     try:
-        with safe_open(str(path), framework="numpy") as handle:
-            meta = json.loads((handle.metadata() or {}).get("featcache", "{}"))
+        meta = read_metadata(path)
         arrays = load_file(str(path))
     except Exception as exc:
         raise FeatcacheError(f"{path}: not a featcache head ({type(exc).__name__}: {exc})") from exc
