@@ -29,12 +29,26 @@ class CacheData:
         if name not in self.samples.targets:
             raise unknown_name("target", name, self.targets, f" in {self.path}")
         values = self.samples.targets[name]
+        check_finite_labels(self.path, {name: values}, self.samples.key)
         peak = float(np.max(np.abs(values))) if len(values) else 0.0
         if peak > MAX_LABEL:
             row = int(np.argmax(np.abs(values)))
             raise FeatcacheError(f"{self.path}: target {name} reaches {peak:.3g} (sample {self.samples.key[row]}); "
                                  f"squares of labels above {MAX_LABEL:.0e} overflow: rescale the column")
         return values
+
+
+def check_finite_labels(path: str, targets: dict, keys: np.ndarray) -> None:
+    """Labels that are NaN or infinite (a cache edited by hand, or written by another program) are refused on load:
+    every head fails on them (the SVR with a traceback) and the floors report garbage as failed folds."""
+    for name, values in targets.items():
+        bad = np.flatnonzero(~np.isfinite(np.asarray(values, dtype=np.float64)))
+        if len(bad):
+            i = int(bad[0])
+            more = f" ({len(bad)} samples in all)" if len(bad) > 1 else ""
+            raise FeatcacheError(f"{path}: sample {keys[i]}: target {name} is {float(values[i])}, not a finite "
+                                 f"number{more}; the cache's labels were edited: pass --labels annotation to fit the "
+                                 "annotation's labels")
 
 
 def _short_forms(bid: str) -> set[str]:
@@ -84,15 +98,22 @@ def cached_backbone_ids(path: str) -> list[str]:
         return backbone_ids(f)
 
 
-def load_cache(path: str, backbone: str | None = None, labels_only: bool = False) -> CacheData:
-    """Samples, labels and one backbone's rows. `labels_only` (floors only) reads no features at all."""
+def load_cache(path: str, backbone: str | None = None, labels_only: bool = False,
+               check_labels: bool = True) -> CacheData:
+    """Samples, labels and one backbone's rows. `labels_only` (floors only) reads no features at all.
+    `check_labels`: refuse labels that are not finite (False: the caller replaces them with the annotation's)."""
     with open_read(path) as f:
         ids = backbone_ids(f)
         if labels_only:
             samples = read_samples(f)
+            if check_labels:
+                check_finite_labels(str(path), samples.targets, samples.key)
             bid = resolve_backbone_id(ids, backbone, path) if ids and (backbone or len(ids) == 1) else ""
             m = len(samples.image_keys)
             return CacheData(str(path), bid, samples, np.zeros((m, 0), np.float32), np.zeros(m, bool))
         bid = resolve_backbone_id(ids, backbone, path)
         group = f[f"features/{bid}"]
-        return CacheData(str(path), bid, read_samples(f), group["emb"][()], group["done"][()])
+        samples = read_samples(f)
+        if check_labels:
+            check_finite_labels(str(path), samples.targets, samples.key)
+        return CacheData(str(path), bid, samples, group["emb"][()], group["done"][()])

@@ -11,7 +11,8 @@ from typing import Callable
 import numpy as np
 
 from featcache.errors import FeatcacheError
-from regressors.cache_data import CacheData, cached_backbone_ids, load_cache, resolve_backbone_id
+from regressors.cache_data import CacheData, cached_backbone_ids, check_finite_labels, load_cache, \
+    resolve_backbone_id
 from regressors.cv import CVResults, check_jobs, cross_validate, selection_rows
 from regressors.heads import fit_and_save_head
 from regressors.heads_io import check_savable
@@ -50,9 +51,11 @@ def current_labels(data: CacheData, labels: str = "check") -> list[str]:
         from featcache.errors import unknown_name
 
         raise unknown_name("label source", labels, LABEL_SOURCES)
-    if annotation_unchanged(data.path):
+    if labels != "annotation" and annotation_unchanged(data.path):
         return []
     fresh = read_labels_from_annotation(data.path)
+    if fresh is None and labels == "annotation":  # loaded unchecked, for the annotation's labels: none here
+        check_finite_labels(data.path, data.samples.targets, data.samples.key)
     changes = labels_changed(data.path, fresh, data.samples) if fresh is not None else []
     if not changes or labels == "cache":
         return changes
@@ -109,7 +112,7 @@ def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None,
     options = {**CV_DEFAULTS, **cv}
     regressors = check_regressors(default_regressors() if regressors is None else regressors)
     check_options(options, regressors)
-    data = load_cache(cache, backbone, labels_only=labels_only(regressors))
+    data = load_cache(cache, backbone, labels_only=labels_only(regressors), check_labels=labels != "annotation")
     notes = current_labels(data, labels)
     targets = data.targets if targets is None else check_names("target", targets)
     defaults = modes is None
@@ -145,7 +148,7 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
     done_before = 0
     defaults = None  # every backbone of a cache has the same samples: the default modes (and warnings) once
     for bid in chosen:
-        data = load_cache(cache, bid)
+        data = load_cache(cache, bid, check_labels=labels != "annotation")
         current_labels(data, labels)
         chosen_targets = data.targets if targets is None else check_names("target", targets)
         chosen_modes = check_names("mode", modes) if modes is not None else defaults or modes_for(

@@ -50,6 +50,25 @@ def _damaged_heads(root):
     return out
 
 
+def _damaged_cache(root, name, edit):
+    """A copy of c.h5 whose labels were edited by hand (h5py), as a hostile user would."""
+    import shutil
+
+    import h5py
+
+    path = root / name
+    shutil.copyfile(root / "c.h5", path)
+    with h5py.File(path, "r+") as f:
+        edit(f["targets"])
+    return str(path)
+
+
+def _set(dataset, rows, value):
+    values = dataset[()]
+    values[rows] = value
+    dataset[...] = values
+
+
 def _has_cuda() -> bool:
     import torch
 
@@ -117,6 +136,14 @@ def cases(root):
         ("table --out onto the results it reads", ["table", str(root / "run"), "--out",
                                                    str(root / "run" / "results.json"), "--overwrite"]),
     ]
+    nan = _damaged_cache(root, "nan.h5", lambda t: _set(t["MOS_q"], 3, np.nan))
+    q = ["--quiet", "--no-figures"]
+    listed += [
+        ("NaN label in the cache", ["fit", "--cache", nan, *q, "--mode", "nr", "--target", "MOS_q", "--regressor",
+                                    "svr", "--folds", "4", "--out", str(root / "o21")]),
+        ("NaN label in the cache, bench", ["bench", "--cache", nan, *q, "--regressors", "prompt-mean", "--out",
+                                           str(root / "o22")]),
+    ]
     for head in _damaged_heads(root):
         listed.append((f"damaged head {head.name}", ["predict", "--head", str(head), str(root / "x.jpg"),
                                                      "--out", str(root / "s.csv")]))
@@ -133,7 +160,7 @@ def test_every_bad_stage2_input_is_one_line_and_exit_2(workdir):
         assert "Traceback" not in result.output and lines and (lines[-1].startswith("error:") or
                                                                  lines[-1].startswith("Error:")), (name, lines)
         seen.append(name)
-    assert len(seen) >= 40
+    assert len(seen) >= 42
 
 
 def markdown_table(root) -> str:

@@ -166,6 +166,31 @@ def test_labels_that_overflow_are_a_one_line_error(tmp_path):
         cross_validate(data, ["nr"], ["MOS_a"], ["ridge"], folds=3)
 
 
+def test_labels_that_are_not_finite_are_refused_on_load(tmp_path, monkeypatch):
+    """A NaN written into the cache's labels was a traceback from the SVR (`y contains NaN`) and garbage reported as
+    failed folds by ridge and the floors: now one line naming the sample and the target, for fit and bench."""
+    path = make_cache(tmp_path)
+    with h5py.File(path, "r+") as f:
+        key = f["samples/key"][7].decode()
+        values = f["targets/MOS_q"][()]
+        values[7], values[9] = np.nan, np.inf
+        f["targets/MOS_q"][...] = values
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)
+    base = ["--cache", "c.h5", "--quiet", "--no-figures"]
+    for args in (["fit", *base, "--mode", "nr", "--target", "MOS_q", "--regressor", "svr", "--folds", "4"],
+                 ["fit", *base, "--regressor", "ridge", "--folds", "3"],
+                 ["bench", *base, "--regressors", "prompt-mean", "--folds", "3"]):
+        result = runner.invoke(cli.main, args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert result.output.strip().splitlines() == [
+            f"error: c.h5: sample {key}: target MOS_q is nan, not a finite number (2 samples in all); the cache's "
+            "labels were edited: pass --labels annotation to fit the annotation's labels"]
+    assert not list(tmp_path.glob("featcache-*/*/results.json"))  # nothing was fitted or written
+    fixed = fit(str(path), modes=["nr"], targets=["MOS_q"], regressors=["svr"], folds=4, labels="annotation")
+    assert np.isfinite(fixed.data.samples.targets["MOS_q"]).all() and fixed.results.summary[0]["n_failed"] == 0
+
+
 def test_default_modes_follow_the_selection_and_the_cache(tmp_path):
     mixed = load_cache(make_cache(tmp_path))
     assert modes_for(mixed) == ["nr", "fr", "pr"]
