@@ -202,12 +202,14 @@ def resolve_jobs(jobs: int | str, backend: str | None, tasks: list) -> int:
 def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list[str], *, split: str = "group",
          folds: int = 5, repeats: int = 1, seed: int = 0, subset: str = "all", train_on: str | None = None,
          test_on: str | None = None, hold_out_prompts: bool = False, groups: np.ndarray | None = None,
-         spread: bool = False, leave_out_unfillable: bool = False):
+         spread: bool = False, leave_out_unfillable: bool = False, leave_out_constant: bool = False):
     """The folds and the fitting tasks of a run, without fitting anything (so the caller can count them).
     `groups`: the content groups of `design.content_groups`, when the caller has them already. `spread`: the
     device-trained regressors train on the CPU, so their cells are split by fold: CPU workers then share a cell
     (one worker's thread would otherwise train a whole cell while the other cores wait), and the stacks are the
-    same whatever --jobs (a stack's make-up moves float32 sums in the last bits)."""
+    same whatever --jobs (a stack's make-up moves float32 sums in the last bits). `leave_out_unfillable` and
+    `leave_out_constant`: the modes, or the targets, are defaults, and one that cannot be fitted is left out with a
+    warning instead of refused."""
     check_regressors(regressors)
     for mode in modes:
         get_mode(mode)
@@ -215,6 +217,7 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
     spec = get_split(split)
     s = data.samples
     selection = selection_rows(data, subset)
+    targets = _targets_that_vary(labels, selection, targets, subset, leave_out_constant)
     groups = content_groups(data) if groups is None else groups
     request = SplitRequest(selection, groups, s.subset, s.generator, folds, seed, train_on, test_on,
                            hold_out_prompts, what=f"--subset {subset}")
@@ -272,6 +275,31 @@ def _modes_that_fill(request: SplitRequest, split: str, fold_list: list, usable:
         warnings.warn(f"{mode} left out of the default modes: {why}", FeatcacheWarning, stacklevel=2)
     if not kept:
         raise FeatcacheError(reasons[0][1])
+    return kept
+
+
+def _targets_that_vary(labels: dict, selection: np.ndarray, targets: list[str], subset: str,
+                       leave_out: bool) -> list[str]:
+    """A target with one value over the selected samples cannot be fitted or ranked: every fold would fail and
+    the table show 0.000 +- 0.000 with an RMSE of 0. Refused when asked for by --target; `leave_out` (the
+    default targets, every one in the cache): left out with a one-line warning, the others kept. A target constant
+    only within some training folds is fitted: those folds fail and are counted."""
+    kept, reasons = [], []
+    for target in targets:
+        values = labels[target][selection]
+        if len(values) and np.all(values == values[0]):
+            reasons.append((target, f"is {values[0]:g} for all {len(values)} samples of --subset {subset}; a "
+                                    "constant target cannot be fitted or ranked"))
+            continue
+        kept.append(target)
+    if reasons and not leave_out:
+        raise FeatcacheError(f"--target {reasons[0][0]} {reasons[0][1]}; leave it out of --target")
+    if not kept:
+        others = ", ".join(target for target, _ in reasons[1:])
+        raise FeatcacheError(f"target {reasons[0][0]} {reasons[0][1]}" + (f" (so are {others}: no target in the "
+                                                                            "cache varies)" if others else ""))
+    for target, reason in reasons:
+        warnings.warn(f"{target} left out of the default targets: it {reason}", FeatcacheWarning, stacklevel=3)
     return kept
 
 
@@ -364,18 +392,21 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
                    train_on: str | None = None, test_on: str | None = None, hold_out_prompts: bool = False,
                    jobs: int | str = "auto", backend: str | None = None, device: str = "cpu",
                    on_progress: Callable[[int, int], None] | None = None,
-                   leave_out_unfillable: bool = False) -> CVResults:
+                   leave_out_unfillable: bool = False, leave_out_constant: bool = False) -> CVResults:
     """Fit every regressor x mode x target on every fold; `on_progress(done, total)` after each fitted member.
     `leave_out_unfillable`: `modes` are defaults, and one that cannot fill every fold is left out with a warning
-    (config['modes'] says which were fitted) instead of refused."""
+    (config['modes'] says which were fitted) instead of refused; `leave_out_constant`: likewise for `targets`, a
+    target with one value over the selection (config['targets'])."""
     check_jobs(jobs)
     groups = content_groups(data)
     trained_on = _trained_on(device, regressors)
     spread = trained_on is None or trained_on.partition(":")[0] == "cpu"  # only device-trained regressors spread
     _, tasks = plan(data, modes, targets, regressors, split=split, folds=folds, repeats=repeats, seed=seed,
                              subset=subset, train_on=train_on, test_on=test_on, hold_out_prompts=hold_out_prompts,
-                             groups=groups, spread=spread, leave_out_unfillable=leave_out_unfillable)
+                             groups=groups, spread=spread, leave_out_unfillable=leave_out_unfillable,
+                             leave_out_constant=leave_out_constant)
     modes = [mode for mode in modes if any(task.mode == mode for task in tasks)]  # less any left out
+    targets = [target for target in targets if any(m[0] == target for task in tasks for m in task.meta)]
     spec = get_split(split)
     config = {"cache": data.path, "backbone": data.backbone_id, "modes": modes, "targets": targets,
               "regressors": regressors, "split": split, "split_doc": spec.doc, "folds": folds,

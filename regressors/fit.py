@@ -114,7 +114,8 @@ def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None,
     check_options(options, regressors)
     data = load_cache(cache, backbone, labels_only=labels_only(regressors), check_labels=labels != "annotation")
     notes = current_labels(data, labels)
-    targets = data.targets if targets is None else check_names("target", targets)
+    default_targets = targets is None
+    targets = data.targets if default_targets else check_names("target", targets)
     defaults = modes is None
     modes = modes_for(data, options["subset"], options["split"], options["train_on"], options["test_on"]) \
         if defaults else check_names("mode", modes)
@@ -124,7 +125,7 @@ def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None,
         check_savable(regressors[0])
         check_head_path(save_head)
     results = cross_validate(data, modes, targets, regressors, on_progress=on_progress,
-                             leave_out_unfillable=defaults, **options)
+                             leave_out_unfillable=defaults, leave_out_constant=default_targets, **options)
     outcome = FitOutcome(results, data, notes=notes)
     if save_head:
         outcome.head = fit_and_save_head(data, modes[0], targets[0], regressors[0], save_head,
@@ -147,10 +148,11 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
     merged: CVResults | None = None
     done_before = 0
     defaults = None  # every backbone of a cache has the same samples: the default modes (and warnings) once
+    default_targets = None  # likewise the default targets
     for bid in chosen:
         data = load_cache(cache, bid, check_labels=labels != "annotation")
         current_labels(data, labels)
-        chosen_targets = data.targets if targets is None else check_names("target", targets)
+        chosen_targets = check_names("target", targets) if targets is not None else default_targets or data.targets
         chosen_modes = check_names("mode", modes) if modes is not None else defaults or modes_for(
             data, options["subset"], options["split"], options["train_on"], options["test_on"])
 
@@ -159,9 +161,12 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
                 on_progress(offset + done, total * backbones if offset == 0 else None)
 
         result = cross_validate(data, chosen_modes, chosen_targets, regressors, on_progress=progress,
-                                leave_out_unfillable=modes is None and defaults is None, **options)
+                                leave_out_unfillable=modes is None and defaults is None,
+                                leave_out_constant=targets is None and default_targets is None, **options)
         if modes is None:
             defaults = result.config["modes"]  # as left for the first backbone: the later ones get no warning
+        if targets is None:
+            default_targets = result.config["targets"]
         done_before += len(result.predictions)  # fitted members, as counted by progress
         for collection in (result.folds, result.summary, result.comparisons, result.breakdown):
             for row in collection:

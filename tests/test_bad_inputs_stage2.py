@@ -143,6 +143,10 @@ def cases(root):
                                     "svr", "--folds", "4", "--out", str(root / "o21")]),
         ("NaN label in the cache, bench", ["bench", "--cache", nan, *q, "--regressors", "prompt-mean", "--out",
                                            str(root / "o22")]),
+        ("constant target", ["fit", "--cache", _damaged_cache(root, "const.h5", lambda t: _set(t["MOS_q"], ..., 3.0)),
+                             *q, "--target", "MOS_q", "--out", str(root / "o23")]),
+        ("every target constant", ["fit", "--cache", _damaged_cache(root, "flat.h5", lambda t: [
+            _set(t[name], ..., 3.0) for name in ("MOS_q", "MOS_a", "MOS_c")]), *q, "--out", str(root / "o24")]),
     ]
     for head in _damaged_heads(root):
         listed.append((f"damaged head {head.name}", ["predict", "--head", str(head), str(root / "x.jpg"),
@@ -160,7 +164,7 @@ def test_every_bad_stage2_input_is_one_line_and_exit_2(workdir):
         assert "Traceback" not in result.output and lines and (lines[-1].startswith("error:") or
                                                                  lines[-1].startswith("Error:")), (name, lines)
         seen.append(name)
-    assert len(seen) >= 42
+    assert len(seen) >= 44
 
 
 def markdown_table(root) -> str:

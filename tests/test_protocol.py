@@ -191,6 +191,53 @@ def test_labels_that_are_not_finite_are_refused_on_load(tmp_path, monkeypatch):
     assert np.isfinite(fixed.data.samples.targets["MOS_q"]).all() and fixed.results.summary[0]["n_failed"] == 0
 
 
+def test_a_constant_target_is_refused_when_asked_for_and_left_out_of_the_defaults(tmp_path, monkeypatch):
+    """MOS_q 3.0 everywhere was fitted and reported with exit 0: 0.000 +- 0.000, RMSE 0.000, every fold failed."""
+    path = make_cache(tmp_path, backbones=("toy.random/paper/4", "toy.random/multilevel/4"))
+    with h5py.File(path, "r+") as f:
+        f["targets/MOS_q"][...] = np.full(len(f["targets/MOS_q"]), 3.0)
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)
+    base = ["--cache", "c.h5", "--quiet", "--no-figures", "--labels", "cache", "--backbone", "toy.random/paper/4"]
+    refused = runner.invoke(cli.main, ["fit", *base, "--target", "MOS_q,MOS_a", "--regressor", "ridge"])
+    assert refused.exit_code == 2 and refused.output.strip().splitlines()[-1] == (
+        "error: --target MOS_q is 3 for all 128 samples of --subset all; a constant target cannot be fitted or "
+        "ranked; leave it out of --target"), refused.output
+    kept = runner.invoke(cli.main, ["fit", *base, "--regressor", "ridge", "--mode", "nr", "--out", "kept"])
+    assert kept.exit_code == 0, kept.output
+    warned = [line for line in kept.output.splitlines() if "default targets" in line]
+    assert warned == ["warning: MOS_q left out of the default targets: it is 3 for all 128 samples of --subset all; "
+                      "a constant target cannot be fitted or ranked"]
+    results = json.loads((tmp_path / "kept" / "results.json").read_text())
+    assert results["config"]["targets"] == ["MOS_a", "MOS_c"]
+    assert {row["target"] for row in results["summary"]} == {"MOS_a", "MOS_c"}
+    assert all(row["n_failed"] == 0 for row in results["summary"])
+    with pytest.warns(UserWarning, match="MOS_q left out of the default targets"):
+        both = bench(str(path), regressors=["ridge"], modes=["nr"], folds=3, labels="cache")  # once, 2 backbones
+    assert both.config["targets"] == ["MOS_a", "MOS_c"] and len(both.summary) == 4
+    with h5py.File(path, "r+") as f:
+        for name in ("MOS_a", "MOS_c"):
+            f[f"targets/{name}"][...] = np.full(len(f[f"targets/{name}"]), 2.5)
+    none_left = runner.invoke(cli.main, ["fit", *base, "--regressor", "ridge", "--out", "none"])
+    assert none_left.exit_code == 2 and none_left.output.strip().splitlines()[-1] == (
+        "error: target MOS_q is 3 for all 128 samples of --subset all; a constant target cannot be fitted or ranked "
+        "(so are MOS_a, MOS_c: no target in the cache varies)"), none_left.output
+
+
+def test_a_target_constant_only_in_training_is_fitted_and_its_folds_counted_as_failed(tmp_path):
+    path = make_cache(tmp_path)
+    with h5py.File(path, "r+") as f:
+        values = f["targets/MOS_q"][()]
+        t2i = f["samples/subset"][()].astype(str) == "t2i"
+        values[t2i] = 3.0
+        f["targets/MOS_q"][...] = values
+    data = load_cache(path)
+    result = cross_validate(data, ["nr"], ["MOS_q"], ["ridge", "prompt-mean"], split="cross", train_on="t2i",
+                            test_on="i2i")
+    assert result.config["targets"] == ["MOS_q"]
+    assert all(row["n_failed"] == row["n_folds"] >= 1 for row in result.summary), result.summary
+
+
 def test_default_modes_follow_the_selection_and_the_cache(tmp_path):
     mixed = load_cache(make_cache(tmp_path))
     assert modes_for(mixed) == ["nr", "fr", "pr"]
