@@ -387,6 +387,19 @@ def _run_info(cache: str) -> dict:
     return info
 
 
+def _annotation_from(config: dict, dataset, root, annotation, columns) -> dict:
+    """The annotation fit and bench compare the cached labels with, named as for `extract` (options, then
+    featcache.toml); what is not named is detected in the current folder or taken from the cache."""
+    cols = None
+    if columns:
+        from featcache.datasets.generic_csv import parse_columns
+
+        cols = parse_columns(list(columns))
+    cols = cols or config.get("columns")
+    return {"root": pick(root, config, "root"), "annotation": pick(annotation, config, "annotation"),
+            "dataset": pick(dataset, config, "dataset"), "options": {"columns": cols} if cols else None}
+
+
 def _split_options(cv: dict) -> tuple[dict, dict]:
     """CV options for the API, and the output options for the report."""
     output = {k: cv.pop(k) for k in ("out", "overwrite", "plot", "quiet", "no_figures")}
@@ -402,7 +415,8 @@ def _split_options(cv: dict) -> tuple[dict, dict]:
 @_cv_options
 @click.option("--save-head", type=click.Path(dir_okay=False),
               help="Also train on every selected sample and save the head (one mode, target, regressor).")
-def fit(cache, backbone, mode, target, regressor, save_head, **cv):
+@_dataset_options
+def fit(cache, backbone, mode, target, regressor, save_head, dataset, root, annotation, columns, **cv):
     """Cross-validate heads on cached features; write results.json, predictions.csv, report.md and figures."""
     import time
 
@@ -434,12 +448,11 @@ def fit(cache, backbone, mode, target, regressor, save_head, **cv):
         try:
             outcome = run_fit(cache, backbone_query(pick(backbone, config, "backbone"), config.get("pool")),
                               _names(mode), _names(target),
-                              _names(regressor), save_head=save_head, on_progress=update, **cv)
+                              _names(regressor), save_head=save_head, on_progress=update,
+                              annotation_from=_annotation_from(config, dataset, root, annotation, columns), **cv)
         finally:
             close()
         results = outcome.results
-        for note in outcome.notes:
-            click.echo(f"warning: cached labels kept although the annotation differs: {note}", err=True)
         click.echo(f"{results.config['backbone'] or 'labels only'}: {cv['split']} split, subset {cv['subset']}, "
                    f"{len(results.folds)} fitted folds")
         click.echo(format_table(results.summary))
@@ -466,7 +479,8 @@ def fit(cache, backbone, mode, target, regressor, save_head, **cv):
 @click.option("--targets", help="Comma list [all].")
 @click.option("--regressors", help=f"Comma list [{_HELP['default_regressors']}].")
 @_cv_options
-def bench(cache, backbones, modes, targets, regressors, **cv):
+@_dataset_options
+def bench(cache, backbones, modes, targets, regressors, dataset, root, annotation, columns, **cv):
     """Run a grid (backbones x modes x targets x regressors) over one cache into one table."""
     import time
 
@@ -475,12 +489,14 @@ def bench(cache, backbones, modes, targets, regressors, **cv):
 
     start = time.perf_counter()
     cv, output = _split_options(cv)
-    cache = pick(cache, load_config(), "cache", DEFAULT_CACHE)
+    config = load_config()
+    cache = pick(cache, config, "cache", DEFAULT_CACHE)
     folder = run_folder(output["out"], output["overwrite"], root="featcache-bench")
     update, close = _progress(output["quiet"], "bench")
     try:
         results = run_bench(cache, _names(backbones), _names(modes), _names(targets), _names(regressors),
-                            on_progress=update, **cv)
+                            on_progress=update,
+                            annotation_from=_annotation_from(config, dataset, root, annotation, columns), **cv)
     finally:
         close()
     click.echo(format_table(results.summary))

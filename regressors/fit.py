@@ -11,8 +11,7 @@ from typing import Callable
 import numpy as np
 
 from featcache.errors import FeatcacheError
-from regressors.cache_data import CacheData, cached_backbone_ids, check_finite_labels, load_cache, \
-    resolve_backbone_id
+from regressors.cache_data import CacheData, cached_backbone_ids, load_cache, resolve_backbone_id
 from regressors.cv import CVResults, check_jobs, cross_validate, selection_rows
 from regressors.heads import fit_and_save_head
 from regressors.heads_io import check_savable
@@ -40,35 +39,73 @@ def modes_for(data: CacheData, subset: str = "all", split: str = "group", train_
     return default_modes(bool(has[rows].any()), bool(has[rows].any()), extras)
 
 
-def current_labels(data: CacheData, labels: str = "check") -> list[str]:
-    """Compare the cached labels with the annotation file (when it is on this machine) before anything is fitted.
+def current_labels(data: CacheData, labels: str = "check", root: str | None = None, annotation: str | None = None,
+                   dataset: str | None = None, options: dict | None = None) -> list[str]:
+    """Compare the cached labels with the annotation file this invocation would use before anything is fitted:
+    `root`/`annotation`/`dataset` (command line or featcache.toml), else the one in the current folder, else the
+    one the cache recorded (`featcache.store.locate_annotation`); none found: a warning that nothing was checked.
 
-    check: a difference is a one-line error; cache: keep the cached labels (the differences are returned as notes);
-    annotation: fit on the annotation's labels (same samples required)."""
-    from featcache.store import annotation_unchanged, labels_changed, read_labels_from_annotation
+    check: a difference is a one-line error; cache: keep the cached labels (differences, or an annotation that
+    cannot be read, are warnings: the annotation is not needed); annotation: fit on the annotation's labels (same
+    samples required). Returns the warnings' lines."""
+    from featcache.store import annotation_unchanged, labels_changed, locate_annotation, read_labels_from_annotation, \
+        recorded_annotation
 
     if labels not in LABEL_SOURCES:
         from featcache.errors import unknown_name
 
         raise unknown_name("label source", labels, LABEL_SOURCES)
-    if labels != "annotation" and annotation_unchanged(data.path):
+    try:
+        source = locate_annotation(data.path, root, annotation, dataset, options)
+        if source is None:
+            stored = recorded_annotation(data.path)
+            where = "none beside the cache or in the current folder, and " + (
+                f"{stored}, which the cache was made from, is not there" if stored else "the cache recorded none")
+            if labels == "annotation":
+                raise FeatcacheError(f"--labels annotation: no annotation file found for {data.path} ({where}); "
+                                     "pass --root or --annotation")
+            return _notes([f"{data.path}: labels not checked against any annotation file ({where}); pass --root "
+                           "or --annotation to check them"] if labels == "check" else [])
+        if labels != "annotation" and annotation_unchanged(data.path, source):
+            return []
+        fresh = read_labels_from_annotation(data.path, source)
+    except FeatcacheError as exc:
+        if labels != "cache":
+            raise
+        return _notes([f"cached labels kept without comparing them with the annotation ({exc})"])
+    shown = source.shown()
+    changes = labels_changed(data.path, fresh, data.samples)
+    same_samples = list(fresh.key) == list(data.samples.key)
+    if labels == "annotation":
+        if not same_samples:
+            raise FeatcacheError(f"{data.path}: {changes[0]}; --labels annotation needs the same samples: run "
+                                 "`featcache extract` again to rebuild the cache (its rows are kept)")
+        data.samples.targets = {name: np.asarray(v, dtype=np.float64) for name, v in fresh.targets.items()}
+        return _notes([f"fitting the labels of {shown}, not the cache's: {change}" for change in changes])
+    if not changes:
         return []
-    fresh = read_labels_from_annotation(data.path)
-    if fresh is None and labels == "annotation":  # loaded unchecked, for the annotation's labels: none here
-        check_finite_labels(data.path, data.samples.targets, data.samples.key)
-    changes = labels_changed(data.path, fresh, data.samples) if fresh is not None else []
-    if not changes or labels == "cache":
-        return changes
-    if labels == "check":
-        raise FeatcacheError(f"{data.path}: the labels in {Path(fresh.source).name} changed since the cache was "
-                             f"written ({'; '.join(changes[:2])}); pass --labels annotation to fit the new labels, "
-                             "--labels cache to keep the cached ones, or run `featcache extract` again to rebuild "
+    if labels == "cache":
+        return _notes([f"cached labels kept although {shown} differs: {change}" for change in changes])
+    if not same_samples:
+        raise FeatcacheError(f"{data.path}: {shown} lists other samples than the cache ({changes[0]}); is it "
+                             "another database's annotation? pass --root or --annotation to name this cache's, "
+                             "--labels cache to keep the cached labels, or run `featcache extract` again to rebuild "
                              "the cache (its rows are kept)")
-    if list(fresh.key) != list(data.samples.key):
-        raise FeatcacheError(f"{data.path}: {changes[0]}; --labels annotation needs the same samples: run "
-                             "`featcache extract` again to rebuild the cache (its rows are kept)")
-    data.samples.targets = {name: np.asarray(v, dtype=np.float64) for name, v in fresh.targets.items()}
-    return changes
+    raise FeatcacheError(f"{data.path}: the labels in {shown} changed since the cache was written "
+                         f"({'; '.join(changes[:2])}); pass --labels annotation to fit the new labels, --labels cache "
+                         "to keep the cached ones, or run `featcache extract` again to rebuild the cache (its rows "
+                         "are kept)")
+
+
+def _notes(lines: list[str]) -> list[str]:
+    """Each line is a one-line warning (the CLI prints `warning: ...`), and is returned too."""
+    import warnings
+
+    from featcache.errors import FeatcacheWarning
+
+    for line in lines:
+        warnings.warn(line, FeatcacheWarning, stacklevel=3)
+    return lines
 
 
 def check_names(kind: str, names: list[str]) -> list[str]:
@@ -107,13 +144,16 @@ def check_head_path(path: str | Path) -> None:
 
 def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None, targets: list[str] | None = None,
         regressors: list[str] | None = None, *, save_head: str | None = None, labels: str = "check",
-        on_progress: Callable[[int, int], None] | None = None, **cv) -> FitOutcome:
-    """Cross-validate heads on one backbone of a cache (and optionally save one head trained on everything)."""
+        annotation_from: dict | None = None, on_progress: Callable[[int, int], None] | None = None,
+        **cv) -> FitOutcome:
+    """Cross-validate heads on one backbone of a cache (and optionally save one head trained on everything).
+    `annotation_from`: root, annotation, dataset, options of the annotation the labels are compared with
+    (`current_labels`; by default the one in the current folder, else the cache's)."""
     options = {**CV_DEFAULTS, **cv}
     regressors = check_regressors(default_regressors() if regressors is None else regressors)
     check_options(options, regressors)
     data = load_cache(cache, backbone, labels_only=labels_only(regressors), check_labels=labels != "annotation")
-    notes = current_labels(data, labels)
+    notes = current_labels(data, labels, **(annotation_from or {}))
     default_targets = targets is None
     targets = data.targets if default_targets else check_names("target", targets)
     defaults = modes is None
@@ -136,7 +176,8 @@ def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None,
 
 def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | None = None,
           targets: list[str] | None = None, regressors: list[str] | None = None, *, labels: str = "check",
-          on_progress: Callable[[int, int], None] | None = None, **cv) -> CVResults:
+          annotation_from: dict | None = None, on_progress: Callable[[int, int], None] | None = None,
+          **cv) -> CVResults:
     """Every backbone in `backbones` (all in the cache by default) into one result; rows gain a `backbone`."""
     options = {**CV_DEFAULTS, **cv}
     regressors = check_regressors(default_regressors() if regressors is None else regressors)
@@ -149,9 +190,13 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
     done_before = 0
     defaults = None  # every backbone of a cache has the same samples: the default modes (and warnings) once
     default_targets = None  # likewise the default targets
+    checked = None  # the labels, compared with the annotation once: every backbone has the same samples
     for bid in chosen:
         data = load_cache(cache, bid, check_labels=labels != "annotation")
-        current_labels(data, labels)
+        if checked is None:
+            current_labels(data, labels, **(annotation_from or {}))
+            checked = data.samples.targets
+        data.samples.targets = checked  # the annotation's, with --labels annotation
         chosen_targets = check_names("target", targets) if targets is not None else default_targets or data.targets
         chosen_modes = check_names("mode", modes) if modes is not None else defaults or modes_for(
             data, options["subset"], options["split"], options["train_on"], options["test_on"])

@@ -63,6 +63,22 @@ def _damaged_cache(root, name, edit):
     return str(path)
 
 
+def _copied_database(root):
+    """The database copied to copy/ (cache and annotation), then one label edited in the copy's annotation: the
+    labels are compared with the copy's annotation, not with the original's that the cache recorded."""
+    import shutil
+
+    copy = root / "copy"
+    copy.mkdir(exist_ok=True)
+    shutil.copyfile(root / "c.h5", copy / "c.h5")
+    lines = (root / "annotation.csv").read_text().splitlines()
+    fields = lines[1].split(",")
+    fields[3] = "4.9999"
+    lines[1] = ",".join(fields)
+    (copy / "annotation.csv").write_text("\n".join(lines) + "\n")
+    return str(copy / "c.h5")
+
+
 def _set(dataset, rows, value):
     values = dataset[()]
     values[rows] = value
@@ -145,6 +161,8 @@ def cases(root):
                                            str(root / "o22")]),
         ("constant target", ["fit", "--cache", _damaged_cache(root, "const.h5", lambda t: _set(t["MOS_q"], ..., 3.0)),
                              *q, "--target", "MOS_q", "--out", str(root / "o23")]),
+        ("labels edited in a copied database", ["fit", "--cache", _copied_database(root), *q, "--regressor",
+                                                "prompt-mean", "--out", str(root / "o25")]),
         ("every target constant", ["fit", "--cache", _damaged_cache(root, "flat.h5", lambda t: [
             _set(t[name], ..., 3.0) for name in ("MOS_q", "MOS_a", "MOS_c")]), *q, "--out", str(root / "o24")]),
     ]
@@ -164,7 +182,7 @@ def test_every_bad_stage2_input_is_one_line_and_exit_2(workdir):
         assert "Traceback" not in result.output and lines and (lines[-1].startswith("error:") or
                                                                  lines[-1].startswith("Error:")), (name, lines)
         seen.append(name)
-    assert len(seen) >= 44
+    assert len(seen) >= 45
 
 
 def markdown_table(root) -> str:

@@ -529,6 +529,58 @@ def test_edited_labels_are_refused_or_chosen(tmp_path, monkeypatch):
     assert new.data.samples.targets["MOS_q"][row] == pytest.approx(4.9999)
 
 
+def test_labels_are_compared_with_the_annotation_this_invocation_finds(tmp_path, monkeypatch):
+    """A copied database whose annotation was edited was fitted on the old labels (the check read the original's
+    file, by the absolute path in the cache), and with the original gone the check was skipped without a word."""
+    import shutil
+
+    db, copy, alone = tmp_path / "db", tmp_path / "copy", tmp_path / "alone"
+    db.mkdir()
+    make_cache(db)
+    shutil.copytree(db, copy)
+    lines = (copy / "annotation.csv").read_text().splitlines()
+    fields = lines[5].split(",")
+    fields[3] = "4.9999"
+    lines[5] = ",".join(fields)
+    (copy / "annotation.csv").write_text("\n".join(lines) + "\n")
+    runner = CliRunner()
+    base = ["--regressor", "prompt-mean", "--folds", "3", "--quiet", "--no-figures"]
+
+    def run(folder, *args):
+        monkeypatch.chdir(folder)
+        return runner.invoke(cli.main, ["fit", *base, *args])
+
+    changed = "the labels in {} changed since the cache was written (target MOS_q: 1 values differ"
+    inside = run(copy, "--cache", "c.h5")  # the copy's own annotation, found in the current folder (the cache's)
+    assert inside.exit_code == 2 and changed.format("annotation.csv") in inside.output, inside.output
+    beside = run(db, "--cache", "../copy/c.h5")  # the one beside the cache, before the current folder's
+    assert beside.exit_code == 2 and changed.format(copy / "annotation.csv") in beside.output, beside.output
+    named = run(tmp_path, "--cache", "copy/c.h5", "--root", "db", "--out", "named")  # the original, by name
+    assert named.exit_code == 0 and "warning" not in named.output, named.output
+    alone.mkdir()
+    shutil.copyfile(copy / "c.h5", alone / "c.h5")
+    stored = run(alone, "--cache", "c.h5", "--out", "stored")  # nothing here: the path the cache recorded
+    assert stored.exit_code == 0 and "warning" not in stored.output, stored.output
+    shutil.rmtree(db)
+    unchecked = run(alone, "--cache", "c.h5", "--out", "unchecked")
+    assert unchecked.exit_code == 0 and unchecked.output.splitlines()[0] == (
+        f"warning: c.h5: labels not checked against any annotation file (none beside the cache or in the current "
+        f"folder, and {db / 'annotation.csv'}, which the cache was made from, is not there); pass --root or "
+        "--annotation to check them"), unchecked.output
+    wanted = run(alone, "--cache", "c.h5", "--labels", "annotation", "--out", "wanted")
+    assert wanted.exit_code == 2 and wanted.output.startswith("error: --labels annotation: no annotation file "
+                                                              "found for c.h5"), wanted.output
+    fields[3] = ""  # an empty cell: --labels cache asked for the cached labels, so the annotation is not needed
+    lines[5] = ",".join(fields)
+    (copy / "annotation.csv").write_text("\n".join(lines) + "\n")
+    refused = run(copy, "--cache", "c.h5", "--out", "refused")
+    assert refused.exit_code == 2 and "annotation.csv row 6: target MOS_q is empty" in refused.output, refused.output
+    kept = run(copy, "--cache", "c.h5", "--labels", "cache", "--out", "kept")
+    assert kept.exit_code == 0 and kept.output.splitlines()[0] == (
+        "warning: cached labels kept without comparing them with the annotation (annotation.csv row 6: target "
+        "MOS_q is empty, not a finite number)"), kept.output
+
+
 def test_the_readme_featcache_toml_example_resolves_as_documented(tmp_path, monkeypatch):
     """root absolute (or relative to the toml), annotation relative to the root, cache next to the toml; backbone
     and pool together choose for fit."""
