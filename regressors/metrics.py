@@ -32,34 +32,59 @@ def logistic4(x, b1, b2, b3, b4):
 
 
 def fit_logistic(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray | None:
-    """Parameters of logistic4 mapping predictions onto MOS, or None when the fit does not converge."""
+    """Parameters of logistic4 mapping predictions onto MOS, or None when the fit does not converge or finds no
+    increasing relation. The mapping is constrained increasing (b1 >= b2), as VQEG requires: left free, the fit
+    turns anti-correlated predictions into a positive PLCC by mapping them through a decreasing curve. Its width
+    |b4| is at least 1/1000 of the predictions' SD, to keep exp finite; cv fits it on a whole repeat's out-of-fold
+    predictions, not on one small fold, where it settles on a step (noise scored a PLCC of 0.37 that way)."""
     from scipy import optimize  # here: 0.4 s of import that only the logistic needs
 
-    p0 = [float(np.max(y_true)), float(np.min(y_true)), float(np.mean(y_pred)), float(np.std(y_pred)) or 1.0]
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    if len(y_true) < 4 or not np.isfinite(y_pred).all() or np.ptp(y_pred) == 0 or np.ptp(y_true) == 0:
+        return None
+    spread = float(np.std(y_pred))
+    scale = float(np.std(y_true))
+
+    def increasing(x, low, rise, middle, width):
+        return logistic4(x, low + rise, low, middle, width)
+
+    p0 = [float(np.min(y_true)), float(np.ptp(y_true)), float(np.mean(y_pred)), spread]
+    bounds = ([-np.inf, 0.0, -np.inf, 1e-3 * spread], np.inf)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return optimize.curve_fit(logistic4, y_pred, y_true, p0=p0, maxfev=5000)[0]
+            low, rise, middle, width = optimize.curve_fit(increasing, y_pred, y_true, p0=p0, bounds=bounds,
+                                                          maxfev=5000)[0]
     except (RuntimeError, ValueError, TypeError, optimize.OptimizeWarning):
         return None
+    if not rise > 1e-6 * scale:  # flat: no increasing mapping fits better than a constant
+        return None
+    return np.array([low + rise, low, middle, width])
 
 
-def plcc_after_logistic(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """PLCC after fitting logistic4 from predictions to MOS; plain PLCC when the fit does not converge."""
+FIT_HERE = "fit here"  # plcc_after_logistic: fit the mapping on the samples it scores
+
+
+def plcc_after_logistic(y_true: np.ndarray, y_pred: np.ndarray, params=FIT_HERE) -> float:
+    """PLCC after mapping predictions through logistic4 with `params` (fitted on these samples by default); plain
+    PLCC when there is no mapping (the fit did not converge or found no increasing relation)."""
     plain = pearson(y_true, y_pred)
-    params = fit_logistic(y_true, y_pred)
+    if isinstance(params, str):
+        params = fit_logistic(y_true, y_pred)
     if params is None:
         return plain
     with np.errstate(over="ignore"):
-        mapped = logistic4(y_pred, *params)
+        mapped = logistic4(np.asarray(y_pred, dtype=np.float64), *params)
     if not np.isfinite(mapped).all() or np.ptp(mapped) == 0:
         return plain
     return pearson(y_true, mapped)
 
 
-def quality_metrics(y_true, y_pred, train_sd: float | None = None) -> dict:
+def quality_metrics(y_true, y_pred, train_sd: float | None = None, logistic=FIT_HERE) -> dict:
     """SRCC, PLCC (plain and after the logistic), KRCC, RMSE and `failed`. Correlations of a failed fold are NaN
-    here (the raw truth); summaries count them as 0."""
+    here (the raw truth); summaries count them as 0. `logistic`: the mapping's parameters when it was fitted on
+    more samples than these (cv: the repeat's out-of-fold predictions), None for none."""
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
     sd = float(np.std(y_true)) if train_sd is None else train_sd
@@ -71,7 +96,7 @@ def quality_metrics(y_true, y_pred, train_sd: float | None = None) -> dict:
     if failed:
         return out
     out.update(srcc=spearman(y_true, y_pred), plcc=pearson(y_true, y_pred),
-               plcc_logistic=plcc_after_logistic(y_true, y_pred), krcc=kendall_tau_b(y_true, y_pred))
+               plcc_logistic=plcc_after_logistic(y_true, y_pred, logistic), krcc=kendall_tau_b(y_true, y_pred))
     return out
 
 

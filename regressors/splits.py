@@ -123,6 +123,15 @@ SPLITS: dict[str, SplitSpec] = {spec.name: spec for spec in [
 ]}
 
 
+
+def prompt_disjoint(split: str, hold_out_prompts: bool = False) -> bool:
+    """Whether the split keeps every content group on one side (a grouped split, or `cross` with
+    --hold-out-prompts): inner selection must then hold out groups too, or it would choose hyper-parameters on
+    siblings of its own training samples while the test fold has none."""
+    spec = get_split(split)
+    return spec.grouped or (hold_out_prompts and "hold_out_prompts" in spec.options)
+
+
 def get_split(name: str) -> SplitSpec:
     if name not in SPLITS:
         raise unknown_name("split", name, SPLITS)

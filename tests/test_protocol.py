@@ -157,6 +157,47 @@ def test_metrics_logistic_and_failed():
     assert plcc_after_logistic(y, x) == pytest.approx(m["plcc_logistic"])
 
 
+def test_the_logistic_mapping_is_increasing_so_it_never_flips_a_sign():
+    """Left free, the 4-parameter fit maps anti-correlated predictions through a decreasing curve and reports a
+    positive PLCC; constrained increasing it finds no mapping better than a constant, and PLCC stays the plain one."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=80)
+    y = 3 - np.tanh(x) + rng.normal(0, 0.3, 80)
+    plain = quality_metrics(y, x)["plcc"]
+    assert plain < -0.5
+    assert quality_metrics(y, x)["plcc_logistic"] == pytest.approx(plain)
+    assert quality_metrics(-y, x)["plcc_logistic"] >= -plain - 1e-9  # the mirror image is mapped as before
+
+
+def test_the_logistic_is_fitted_on_the_whole_repeat_not_on_one_fold(tmp_path):
+    """generator-mean predicts two values per fold (one per generator). Any increasing map of two values is affine,
+    so each fold's PLCC after a mapping fitted across the repeat is its plain PLCC, sign included: fitted on one
+    fold, the logistic made a negative PLCC positive, and scored label noise at about 0.37."""
+    data = load_cache(make_cache(tmp_path, i2i_prompts=8, t2i_prompts=12))
+    result = cross_validate(data, ["nr"], ["MOS_q"], ["generator-mean"], folds=5)
+    folds = [r for r in result.folds if not r["failed"]]
+    assert len(folds) >= 4 and any(r["plcc"] < 0 for r in folds)
+    for r in folds:
+        assert r["plcc_logistic"] == pytest.approx(r["plcc"], abs=1e-9)
+    # and a regressor whose predictions vary: the mapping reads every fold's predictions, so one fold's
+    # mapping is the same function as its neighbour's
+    ridge = cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=5)
+    assert all(np.isfinite(r["plcc_logistic"]) for r in ridge.folds)
+
+
+def test_inner_selection_holds_out_prompts_when_the_cross_split_does(tmp_path):
+    """--split cross --hold-out-prompts keeps every prompt on one side, so hyper-parameters must be chosen on
+    held-out prompt groups too (plain leave-one-out would choose on siblings of the training samples)."""
+    from regressors.cv import plan
+
+    data = load_cache(make_cache(tmp_path))
+    for hold_out, grouped in ((True, True), (False, False)):
+        _, tasks = plan(data, ["nr"], ["MOS_q"], ["ridge"], split="cross", train_on="t2i", test_on="i2i",
+                        hold_out_prompts=hold_out)
+        members = [m for task in tasks for m in task.members]
+        assert members and all((m.groups is not None) == grouped for m in members)
+
+
 def test_labels_that_overflow_are_a_one_line_error(tmp_path):
     path = make_cache(tmp_path)
     with h5py.File(path, "r+") as f:
