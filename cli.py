@@ -333,6 +333,10 @@ def _cv_options(f):
                      help="Replace an earlier run's files in a non-empty --out (and an existing --save-head file)."),
         click.option("--plot", "plot", metavar="REGRESSOR",
                      help="Regressor whose out-of-fold predictions are drawn [the first feature-reading one]."),
+        click.option("--no-floors", "no_floors", is_flag=True,
+                     help="Fit only the regressors named: leave out the label-only floors (generator-mean, "
+                          "sibling-mean, prompt-mean) that every table otherwise shows beside them; the table and "
+                          "report then say that the run has no floors."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
         click.option("--no-figures", "no_figures", is_flag=True, help="Skip the PNG figures (faster)."),
         click.option("--labels", type=click.Choice(["check", "cache", "annotation"]), default="check",
@@ -403,6 +407,7 @@ def _annotation_from(config: dict, dataset, root, annotation, columns) -> dict:
 def _split_options(cv: dict) -> tuple[dict, dict]:
     """CV options for the API, and the output options for the report."""
     output = {k: cv.pop(k) for k in ("out", "overwrite", "plot", "quiet", "no_figures")}
+    cv["floors"] = not cv.pop("no_floors")
     return cv, output
 
 
@@ -411,7 +416,8 @@ def _split_options(cv: dict) -> tuple[dict, dict]:
 @click.option("--backbone", help="Backbone id, name (vgg19, lite0/multilevel) or prefix [the only one present].")
 @click.option("--mode", help=f"Comma list of {_HELP['modes']} [the paper's nr,fr,pr that the selection can feed].")
 @click.option("--target", help="Comma list of targets [all in the cache].")
-@click.option("--regressor", help=f"Comma list of {_HELP['regressors']} [{_HELP['default_regressors']}].")
+@click.option("--regressor", help=f"Comma list of {_HELP['regressors']} [{_HELP['default_regressors']}]; the "
+                                  "label-only floors are fitted beside any list unless --no-floors.")
 @_cv_options
 @click.option("--save-head", type=click.Path(dir_okay=False),
               help="Also train on every selected sample and save the head (one mode, target, regressor).")
@@ -477,7 +483,8 @@ def fit(cache, backbone, mode, target, regressor, save_head, dataset, root, anno
 @click.option("--backbones", help="Comma list of ids or names [every backbone in the cache].")
 @click.option("--modes", help=f"Comma list of {_HELP['modes']} [the paper's that the selection can feed].")
 @click.option("--targets", help="Comma list [all].")
-@click.option("--regressors", help=f"Comma list [{_HELP['default_regressors']}].")
+@click.option("--regressors", help=f"Comma list [{_HELP['default_regressors']}]; the label-only floors are fitted "
+                                   "beside any list unless --no-floors.")
 @_cv_options
 @_dataset_options
 def bench(cache, backbones, modes, targets, regressors, dataset, root, annotation, columns, **cv):

@@ -16,7 +16,7 @@ from regressors.cv import CVResults, check_jobs, cross_validate, selection_rows
 from regressors.heads import fit_and_save_head
 from regressors.heads_io import check_savable
 from regressors.modes import default_modes
-from regressors.registry import check_regressors, default_regressors, get_regressor, labels_only
+from regressors.registry import check_regressors, default_regressors, get_regressor, labels_only, with_floors
 from regressors.splits import get_split, subset_mask
 
 LABEL_SOURCES = ("check", "cache", "annotation")
@@ -142,15 +142,26 @@ def check_head_path(path: str | Path) -> None:
         raise FeatcacheError(f"--save-head {path}: folder {folder} is not writable")
 
 
+def run_regressors(regressors: list[str] | None, floors: bool = True) -> tuple[list[str], list[str]]:
+    """(the regressors asked for, the regressors fitted): the default grid when none are named, and the three
+    label-only floors added to any list unless `floors` is False (`--no-floors`; the default grid then keeps
+    only its feature-reading regressors)."""
+    if regressors is None:
+        regressors = [r for r in default_regressors() if floors or get_regressor(r).reads_features]
+    asked = check_regressors(regressors)
+    return asked, with_floors(asked, floors)
+
+
 def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None, targets: list[str] | None = None,
         regressors: list[str] | None = None, *, save_head: str | None = None, labels: str = "check",
-        annotation_from: dict | None = None, on_progress: Callable[[int, int], None] | None = None,
-        **cv) -> FitOutcome:
+        annotation_from: dict | None = None, floors: bool = True,
+        on_progress: Callable[[int, int], None] | None = None, **cv) -> FitOutcome:
     """Cross-validate heads on one backbone of a cache (and optionally save one head trained on everything).
     `annotation_from`: root, annotation, dataset, options of the annotation the labels are compared with
-    (`current_labels`; by default the one in the current folder, else the cache's)."""
+    (`current_labels`; by default the one in the current folder, else the cache's). The label-only floors are
+    fitted beside whatever `regressors` names unless `floors=False`; `save_head` saves the one regressor named."""
     options = {**CV_DEFAULTS, **cv}
-    regressors = check_regressors(default_regressors() if regressors is None else regressors)
+    asked, regressors = run_regressors(regressors, floors)
     check_options(options, regressors)
     data = load_cache(cache, backbone, labels_only=labels_only(regressors), check_labels=labels != "annotation")
     notes = current_labels(data, labels, **(annotation_from or {}))
@@ -160,15 +171,15 @@ def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None,
     modes = modes_for(data, options["subset"], options["split"], options["train_on"], options["test_on"]) \
         if defaults else check_names("mode", modes)
     if save_head:
-        if len(modes) != 1 or len(targets) != 1 or len(regressors) != 1:
+        if len(modes) != 1 or len(targets) != 1 or len(asked) != 1:
             raise FeatcacheError("--save-head needs exactly one --mode, one --target and one --regressor")
-        check_savable(regressors[0])
+        check_savable(asked[0])
         check_head_path(save_head)
     results = cross_validate(data, modes, targets, regressors, on_progress=on_progress,
                              leave_out_unfillable=defaults, leave_out_constant=default_targets, **options)
     outcome = FitOutcome(results, data, notes=notes)
     if save_head:
-        outcome.head = fit_and_save_head(data, modes[0], targets[0], regressors[0], save_head,
+        outcome.head = fit_and_save_head(data, modes[0], targets[0], asked[0], save_head,
                                          subset=options["subset"], seed=options["seed"], device=options["device"])
         outcome.head_path = str(save_head)
     return outcome
@@ -176,11 +187,12 @@ def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None,
 
 def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | None = None,
           targets: list[str] | None = None, regressors: list[str] | None = None, *, labels: str = "check",
-          annotation_from: dict | None = None, on_progress: Callable[[int, int], None] | None = None,
-          **cv) -> CVResults:
-    """Every backbone in `backbones` (all in the cache by default) into one result; rows gain a `backbone`."""
+          annotation_from: dict | None = None, floors: bool = True,
+          on_progress: Callable[[int, int], None] | None = None, **cv) -> CVResults:
+    """Every backbone in `backbones` (all in the cache by default) into one result; rows gain a `backbone`. The
+    label-only floors are fitted beside whatever `regressors` names unless `floors=False`."""
     options = {**CV_DEFAULTS, **cv}
-    regressors = check_regressors(default_regressors() if regressors is None else regressors)
+    regressors = run_regressors(regressors, floors)[1]
     check_options(options, regressors)
     ids = cached_backbone_ids(cache)
     chosen = list(dict.fromkeys(resolve_backbone_id(ids, b, cache) for b in backbones)) if backbones else ids

@@ -133,6 +133,20 @@ def floor_names() -> list[str]:
     return [r.name for r in REGRESSORS.values() if not r.reads_features]
 
 
+def with_floors(names: list[str], floors: bool = True) -> list[str]:
+    """The regressors a `fit` or `bench` run fits: those named, then every label-only floor not named (they cost
+    milliseconds, and a table without them cannot show what the split alone scores). `floors=False`
+    (`--no-floors`): only those named, which must then name no floor."""
+    check_regressors(names)
+    if not floors:
+        named = [n for n in names if not get_regressor(n).reads_features]
+        if named:
+            raise FeatcacheError(f"--no-floors: --regressor names the floor {named[0]}; drop --no-floors or the "
+                                 "floor")
+        return list(names)
+    return list(dict.fromkeys([*names, *floor_names()]))
+
+
 def check_regressors(names: list[str]) -> list[str]:
     if not names:
         raise FeatcacheError("--regressor: give at least one (choose from " + ", ".join(REGRESSORS) + ")")

@@ -74,16 +74,26 @@ def _render(header: list[str], rows: list[list[str]], markdown: bool) -> str:
 
 def highest_on_test(summary: list[dict]) -> list[dict]:
     """Per target (and backbone): the feature-reading row with the highest mean test SRCC among those with no
-    failed fold, and the best label-only floor. Chosen on the test folds: for orientation, not a result."""
+    failed fold, and the best label-only floor of the same mode (the same test samples: an FR floor scores the
+    image-prompt samples only), or of any mode when no model qualifies. Chosen on the test folds: for
+    orientation, not a result. `floors_fitted` False: the run had no floor at all (--no-floors)."""
     out: dict[tuple, dict] = {}
+    valid: dict[tuple, list[dict]] = {}
     for row in summary:
         key = (row.get("backbone", ""), row["target"])
-        kind = "model" if get_regressor(row["regressor"]).reads_features else "floor"
-        if row.get("n_failed") or not math.isfinite(row["srcc_mean"]):
+        floor = not get_regressor(row["regressor"]).reads_features
+        entry = out.setdefault(key, {"backbone": key[0], "target": key[1], "model": None, "floor": None,
+                                     "floors_fitted": False})
+        entry["floors_fitted"] |= floor
+        if row.get("n_failed") or row["srcc_mean"] is None or not math.isfinite(row["srcc_mean"]):
             continue
-        entry = out.setdefault(key, {"backbone": key[0], "target": key[1], "model": None, "floor": None})
-        if entry[kind] is None or row["srcc_mean"] > entry[kind]["srcc_mean"]:
-            entry[kind] = row
+        if floor:
+            valid.setdefault(key, []).append(row)
+        elif entry["model"] is None or row["srcc_mean"] > entry["model"]["srcc_mean"]:
+            entry["model"] = row
+    for key, entry in out.items():
+        floors = [r for r in valid.get(key, []) if entry["model"] is None or r["mode"] == entry["model"]["mode"]]
+        entry["floor"] = max(floors, key=lambda r: r["srcc_mean"], default=None)  # the first of equals
     return list(out.values())
 
 
@@ -389,7 +399,12 @@ def report_markdown(results: CVResults, title: str, figure_lines: list[str], tab
             text += (f"{model['regressor']} {model['mode']} SRCC {model['srcc_mean']:.3f}" if model
                      else "no feature-reading configuration without failed folds")
             if floor:
-                text += f"; best label-only floor {floor['regressor']} SRCC {floor['srcc_mean']:.3f}"
+                text += (f"; best label-only floor {floor['regressor']} {floor['mode']} SRCC "
+                         f"{floor['srcc_mean']:.3f}")
+            elif entry.get("floors_fitted"):
+                text += "; no label-only floor of that mode without failed folds"
+            else:
+                text += "; no label-only floor beside it (run made with --no-floors)"
             lines.append(text)
         lines.append("")
     if figure_lines:

@@ -172,7 +172,7 @@ def paper_table(rows: list[dict], metrics: list[str]) -> tuple[list[str], list[l
                     bold[i][column] = True
     shown = set()
     for mode, regressor in floor_keys:  # floors depend only on the samples: once per sample set
-        prompted = bool(MODES.get(mode) and MODES[mode].needs_prompt_image)
+        prompted = _prompted(mode)
         if (prompted, regressor) in shown:
             continue
         shown.add((prompted, regressor))
@@ -187,8 +187,26 @@ def paper_table(rows: list[dict], metrics: list[str]) -> tuple[list[str], list[l
         bold.append([False] * len(header))
     protocols = sorted({r["_protocol"] for r in rows})
     caption = ("; ".join(protocols) + ". Fold means; a failed fold counts as 0. Bold: best per column among "
-               "feature-reading rows without failed folds. Floors read no pixel.")
+               "feature-reading rows without failed folds. " + _floors_note(models, shown))
     return header, body, bold, caption
+
+
+def _prompted(mode: str) -> bool:
+    return bool(MODES.get(mode) and MODES[mode].needs_prompt_image)
+
+
+def _floors_note(models: list[tuple], floors_shown: set) -> str:
+    """The caption's word on the floors: said plainly when a run left them out (--no-floors), for all of the table
+    or for the samples of some of its rows, since a table without them cannot show what the labels alone score."""
+    if not floors_shown:
+        return ("No label-only floors (made with --no-floors): no row shows what the labels alone score on these "
+                "folds.")
+    missing = {_prompted(mode) for mode, _, _ in models} - {prompted for prompted, _ in floors_shown}
+    if not missing:
+        return "Floors read no pixel."
+    which = " and ".join("the samples with an image prompt" if prompted else "all samples"
+                         for prompted in sorted(missing, reverse=True))
+    return f"Floors read no pixel; none for {which} (made with --no-floors)."
 
 
 def _failed_note(failures: dict[str, int]) -> str:

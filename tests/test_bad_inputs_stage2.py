@@ -113,6 +113,8 @@ def cases(root):
         ("save-head into a missing folder", ["fit", *c, "--mode", "nr", "--target", "MOS_q", "--regressor", "ridge",
                                              "--save-head", str(root / "nodir" / "h.safetensors"), "--out",
                                              str(root / "o12")]),
+        ("--no-floors naming a floor", ["fit", *c, "--regressor", "ridge,prompt-mean", "--no-floors", "--out",
+                                        str(root / "o21")]),
         ("save-head of a floor", ["fit", *c, "--mode", "nr", "--target", "MOS_q", "--regressor", "prompt-mean",
                                   "--save-head", str(root / "f.safetensors"), "--out", str(root / "o13")]),
         ("save-head with two modes", ["fit", *c, "--mode", "nr,pr", "--target", "MOS_q", "--regressor", "ridge",

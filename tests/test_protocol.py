@@ -537,7 +537,8 @@ def test_a_new_mode_and_regressor_are_one_table_entry_each(tmp_path, monkeypatch
                   folds=3)
     rows = {(r["mode"], r["regressor"]): r for r in outcome.results.summary}
     assert rows[("fr-prod", "knn")]["n_test"] < rows[("nr", "knn")]["n_test"]  # needs an image prompt
-    assert [c["mode"] for c in outcome.results.comparisons] == ["fr-prod", "fr-prod"]
+    assert [(c["mode"], c["regressor"]) for c in outcome.results.comparisons] == [  # the floors come with any list
+        ("fr-prod", r) for r in ["knn", "ridge", *registry.floor_names()]]
     with pytest.raises(FeatcacheError, match="knn cannot be saved"):
         fit(str(tmp_path / "c.h5"), modes=["nr"], targets=["MOS_q"], regressors=["knn"], folds=3,
             save_head=str(tmp_path / "k.safetensors"))
@@ -808,7 +809,8 @@ def test_table_refuses_runs_made_on_other_folds(tmp_path, monkeypatch):
     runner = _table_runs(tmp_path, monkeypatch, {"f4": [*regs, "--folds", "4"], "f5": regs,
                                                  "seed1": [*regs, "--folds", "4", "--seed", "1"],
                                                  "paper0": [*regs, "--split", "paper"],
-                                                 "paper1": ["--regressor", "svr", "--split", "paper", "--seed", "1"]})
+                                                 "paper1": ["--regressor", "svr", "--split", "paper", "--seed", "1",
+                                                            "--no-floors"]})  # a single split's interval reads --seed
     out = runner.invoke(cli.main, ["bench", "--cache", "c.h5", "--modes", "nr", "--targets", "MOS_q", "--regressors",
                                    "ridge,prompt-mean", "--folds", "4", "--out", "bench", "--quiet", "--no-figures"])
     assert out.exit_code == 0, out.output
@@ -848,7 +850,8 @@ def test_table_keeps_a_cell_two_runs_share_once_and_refuses_two_values(tmp_path,
     lines = {runs: sorted(t.output.splitlines()) for runs, t in tables.items()}  # rows follow the run order
     assert lines["a", "b"] == lines["both",] == lines["both", "a", "b"]
     assert tables["a", "a"].output == tables["a",].output
-    assert tables["a", "b"].output.count("| floor (all samples) |") == 1
+    assert [tables["a", "b"].output.count(f"| floor (all samples) | none (labels only) | {floor} |")
+            for floor in registry.floor_names()] == [1, 1, 1]
     assert len([line for line in tables["a", "b"].output.splitlines() if line.startswith("| NR |")]) == 2
     payload = json.loads((tmp_path / "a" / "results.json").read_text())
     ridge = next(r for r in payload["summary"] if r["regressor"] == "ridge")
@@ -1192,3 +1195,58 @@ def test_an_interrupted_fit_leaves_no_run_folder_holding_only_its_head(tmp_path,
     done = CliRunner().invoke(cli.main, command)
     assert done.exit_code == 0, done.output
     assert (tmp_path / "run" / "h.safetensors").is_file() and (tmp_path / "run" / "results.json").is_file()
+
+
+def test_floors_come_with_any_regressor_list_unless_no_floors(tmp_path, monkeypatch):
+    """`fit --regressor ridge` had no floor in any table, yet the caption still said "Floors read no pixel" and the
+    report's highest-test-scores line showed ridge alone. The three floors now come with any list (a saved head
+    is still the one regressor named); `--no-floors` leaves them out, and the table and the report say so."""
+    make_cache(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    base = ["fit", "--cache", "c.h5", "--target", "MOS_q", "--folds", "3", "--quiet", "--no-figures"]
+    run = runner.invoke(cli.main, [*base, "--mode", "nr", "--regressor", "ridge", "--out", "with",
+                                   "--save-head", "h.safetensors"])
+    assert run.exit_code == 0 and "saved ridge head for nr/MOS_q" in run.output, run.output
+    floors = registry.floor_names()
+    payload = json.loads((tmp_path / "with" / "results.json").read_text())
+    assert payload["config"]["regressors"] == ["ridge", *floors]
+    assert [r["regressor"] for r in payload["summary"]] == ["ridge", *floors]
+    table = (tmp_path / "with" / "table.md").read_text()
+    assert all(f"| floor (all samples) | none (labels only) | {floor} |" in table for floor in floors)
+    assert table.rstrip().endswith("Floors read no pixel.")
+    best = next(line for line in (tmp_path / "with" / "report.md").read_text().splitlines()
+                if line.startswith("- MOS_q: ridge nr SRCC"))
+    assert "; best label-only floor " in best and " nr SRCC " in best.split("floor", 1)[1], best
+
+    run = runner.invoke(cli.main, [*base, "--mode", "nr,fr", "--regressor", "ridge", "--out", "without",
+                                   "--no-floors"])
+    assert run.exit_code == 0, run.output
+    payload = json.loads((tmp_path / "without" / "results.json").read_text())
+    assert {r["regressor"] for r in payload["summary"]} == {"ridge"}
+    table = (tmp_path / "without" / "table.md").read_text()
+    assert "| floor" not in table and "Floors read no pixel" not in table
+    assert "No label-only floors (made with --no-floors)" in table
+    report = (tmp_path / "without" / "report.md").read_text()
+    assert "; no label-only floor beside it (run made with --no-floors)" in report
+    mixed = runner.invoke(cli.main, ["table", "with", "without"])  # the first run's floors cover NR, not FR
+    assert mixed.exit_code == 0 and "| floor (all samples) | none (labels only) | prompt-mean |" in mixed.output
+    assert "Floors read no pixel; none for the samples with an image prompt (made with --no-floors)." \
+        in mixed.output, mixed.output
+
+    refused = runner.invoke(cli.main, [*base, "--regressor", "ridge,prompt-mean", "--no-floors", "--out", "x"])
+    assert refused.exit_code == 2 and refused.output.splitlines() == [
+        "error: --no-floors: --regressor names the floor prompt-mean; drop --no-floors or the floor"]
+    from regressors.fit import run_regressors
+
+    assert run_regressors(None, floors=False) == (["mlp", "svr", "ridge"], ["mlp", "svr", "ridge"])
+    assert run_regressors(["prompt-mean"]) == (["prompt-mean"], ["prompt-mean", "generator-mean", "sibling-mean"])
+    grid = {"modes": ["nr"], "targets": ["MOS_q"], "regressors": ["ridge"], "folds": 3}
+    assert {r["regressor"] for r in bench("c.h5", **grid).summary} == {"ridge", *floors}
+    assert {r["regressor"] for r in bench("c.h5", floors=False, **grid).summary} == {"ridge"}
+    # a floor that cannot score a split (generator-mean trained on MJ alone, tested on SD) fails its fold; the
+    # feature regressor the user asked for runs as before
+    cross = fit("c.h5", regressors=["ridge"], modes=["nr"], targets=["MOS_q"], split="cross", train_on="MJ",
+                test_on="SD").results.summary
+    rows = {r["regressor"]: r for r in cross}
+    assert rows["ridge"]["n_failed"] == 0 and rows["generator-mean"]["n_failed"] == 1

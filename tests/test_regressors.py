@@ -208,7 +208,7 @@ def test_fit_and_predict_from_the_command_line(tmp_path, pku_root, monkeypatch):
     assert out.exit_code == 0, out.output
     results = json.loads((pku_root / "res" / "results.json").read_text())
     assert {"config", "folds", "summary"} <= set(results)
-    assert len(results["summary"]) == 2 * 3 and len(results["folds"]) == 2 * 3 * 2
+    assert len(results["summary"]) == 4 * 3 and len(results["folds"]) == 4 * 3 * 2  # the other two floors too
     assert {"srcc_mean", "srcc_std", "plcc_mean", "plcc_std", "krcc_mean", "rmse_mean", "n_folds"} <= set(
         results["summary"][0])
     assert (pku_root / "res" / "results.csv").is_file() and "| regressor |" in (pku_root / "res" / "report.md").read_text()
@@ -332,7 +332,7 @@ def test_bench_runs_every_backbone_into_one_table(tmp_path, pku_root, monkeypatc
     assert out.exit_code == 0, out.output
     summary = json.loads((pku_root / "b" / "results.json").read_text())["summary"]
     assert {r["backbone"] for r in summary} == {"resnet18.random/paper/64", "resnet18.random/paper/96"}
-    assert len(summary) == 2 * 2 * 1 * 2
+    assert len(summary) == 2 * 2 * 1 * 4  # backbones x modes x targets x (ridge and the three floors)
 
 
 def test_cluster_backends_need_their_extras(tmp_path, pku_root):
