@@ -31,7 +31,8 @@ def method_label(mode: str) -> str:
 def load_results(paths: list[str | Path]) -> list[dict]:
     """Summary rows of every file, each with its backbone and the file's protocol. Runs made on other folds are
     refused (their rows beside each other would compare splits, not heads), and so is a cell two runs both give
-    with different values (keeping either would hide the other); a cell both give identically is kept once."""
+    with different values (keeping either would hide the other); a cell both give with the same values, every
+    number to SAME_CELL_TOLERANCE (`--jobs 1` and loky's workers differ in the last bits), is kept once."""
     rows, runs, seen = [], [], {}
     for run, given in enumerate(paths):
         path = Path(given)
@@ -53,7 +54,7 @@ def load_results(paths: list[str | Path]) -> list[dict]:
             row = dict(row, backbone=backbone, _protocol=protocol(config))
             key = _cell(row)
             if key in seen and seen[key][0] != run:
-                if _values(seen[key][2]) != _values(row):
+                if not _same_values(seen[key][2], row):
                     raise FeatcacheError(f"{seen[key][1]} and {name} both give {_cell_name(key)} with different "
                                          f"values ({_differs(seen[key][2], row)}); render them separately or leave "
                                          "one out")
@@ -112,10 +113,33 @@ def _values(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("seconds", "backbone") and not k.startswith("_")}
 
 
+# Two runs' values of one cell count as the same when they differ by at most this much, absolutely or relative to
+# the larger (math.isclose with both tolerances): results through loky differ from `--jobs 1` in the last bits
+# (predictions 2e-15 apart, the logistic PLCC's MINPACK fit up to 2e-11), while any difference a table could show
+# (3 decimals) is 1e-4 or more.
+SAME_CELL_TOLERANCE = 1e-9
+
+
+def _same_value(a, b) -> bool:
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return a == b or math.isclose(a, b, rel_tol=SAME_CELL_TOLERANCE, abs_tol=SAME_CELL_TOLERANCE)
+    return a == b  # text, None (JSON's undefined number), booleans: exactly
+
+
+def _same_values(a: dict, b: dict) -> bool:
+    va, vb = _values(a), _values(b)
+    return va.keys() == vb.keys() and all(_same_value(va[k], vb[k]) for k in va)
+
+
 def _differs(a: dict, b: dict) -> str:
     va, vb = _values(a), _values(b)
-    key = next(k for k in [*(f"{m}_mean" for m in METRICS), *va, *vb] if va.get(k) != vb.get(k))
-    return f"{key} {_fmt(va.get(key))} vs {_fmt(vb.get(key))}"
+    key = next(k for k in [*(f"{m}_mean" for m in METRICS), *va, *vb]
+               if (k in va) != (k in vb) or (k in va and not _same_value(va[k], vb[k])))
+    shown = [_fmt(va.get(key)), _fmt(vb.get(key))]
+    if shown[0] == shown[1]:  # apart by more than the tolerance, less than the 3 decimals show
+        shown = [repr(va.get(key)), repr(vb.get(key))]
+    return f"{key} {shown[0]} vs {shown[1]}"
 
 
 def protocol(config: dict) -> str:

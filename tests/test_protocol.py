@@ -1250,3 +1250,40 @@ def test_floors_come_with_any_regressor_list_unless_no_floors(tmp_path, monkeypa
                 test_on="SD").results.summary
     rows = {r["regressor"]: r for r in cross}
     assert rows["ridge"]["n_failed"] == 0 and rows["generator-mean"]["n_failed"] == 1
+
+
+def test_table_takes_a_cell_equal_to_the_last_bits_as_one_and_refuses_a_real_difference(tmp_path, monkeypatch):
+    """`fit --jobs 1` and `--jobs 2` (loky) give every number equal up to the last bits; `table` compared every
+    summary value exactly and refused the two runs over a difference no table shows. Cells now count as the
+    same within 1e-9 (absolute, or relative to the larger); a difference beyond it is still refused."""
+    runner = _table_runs(tmp_path, monkeypatch, {"a": ["--regressor", "ridge", "--folds", "3"]})
+    payload = json.loads((tmp_path / "a" / "results.json").read_text())
+    ridge = next(r for r in payload["summary"] if r["regressor"] == "ridge")
+    numbers = [k for k, v in ridge.items() if isinstance(v, float) and k != "seconds"]
+    assert "plcc_logistic_mean" in numbers and "srcc_mean" in numbers
+
+    def variant(name: str, **changed) -> None:
+        edited = json.loads(json.dumps(payload))
+        row = next(r for r in edited["summary"] if r["regressor"] == "ridge")
+        row.update(changed)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(edited))
+
+    last_bits = {k: float(np.nextafter(np.nextafter(ridge[k], np.inf), np.inf)) for k in numbers}  # 2 ulps
+    last_bits["plcc_logistic_mean"] = ridge["plcc_logistic_mean"] + 2e-11  # MINPACK's measured spread
+    assert all(last_bits[k] != ridge[k] for k in numbers)
+    variant("jobs2", **last_bits)
+    same = runner.invoke(cli.main, ["table", "a", "jobs2", "--metric", "srcc,plcc,plcc_logistic,krcc,rmse"])
+    alone = runner.invoke(cli.main, ["table", "a", "--metric", "srcc,plcc,plcc_logistic,krcc,rmse"])
+    assert same.exit_code == 0 and same.output == alone.output, same.output
+    variant("small", plcc_logistic_mean=ridge["plcc_logistic_mean"] + 1e-6)  # not shown at 3 decimals: named
+    variant("large", plcc_logistic_mean=ridge["plcc_logistic_mean"] + 0.03)
+    for other, shown in (("small", f"{ridge['plcc_logistic_mean']!r} vs {ridge['plcc_logistic_mean'] + 1e-6!r}"),
+                         ("large", f"{ridge['plcc_logistic_mean']:.3f} vs {ridge['plcc_logistic_mean'] + 0.03:.3f}")):
+        out = runner.invoke(cli.main, ["table", "a", other, "--metric", "srcc"])  # a metric the table hides, too
+        assert out.exit_code == 2 and out.output.splitlines() == [
+            f"error: a and {other} both give cell NR, toy.random/paper/4, ridge, MOS_q with different values "
+            f"(plcc_logistic_mean {shown}); render them separately or leave one out"], out.output
+    from regressors.tables import SAME_CELL_TOLERANCE
+
+    assert SAME_CELL_TOLERANCE == 1e-9  # as the README states
