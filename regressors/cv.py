@@ -29,7 +29,8 @@ from regressors.fitting import Member, fit_members
 from regressors.metrics import fit_logistic, prediction_failed, quality_metrics
 from regressors.modes import get_mode
 from regressors.registry import check_regressors, get_regressor
-from regressors.splits import SplitRequest, check_mode_folds, get_split, make_folds, prompt_disjoint, subset_mask
+from regressors.splits import SplitRequest, check_mode_folds, folds_missing_a_subset, get_split, make_folds, \
+    prompt_disjoint, subset_mask
 from regressors.summaries import breakdown, paired_comparisons, summarize
 
 
@@ -226,6 +227,9 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
     fold_list = make_folds(request, split, repeats)
     usable = {mode: mode_rows(data, mode, selection) for mode in modes}
     modes = _modes_that_fill(request, split, fold_list, usable, modes, leave_out_unfillable)
+    if split == "group":  # stratified by T2I/I2I, which reaches every fold only with enough groups of each
+        for note in folds_missing_a_subset(request, fold_list):
+            warnings.warn(note, FeatcacheWarning, stacklevel=3)
     needs_features = any(get_regressor(r).reads_features for r in regressors)
     tasks: list[_Task] = []
     for mode in modes:

@@ -4,13 +4,14 @@ regressors for the selection and the cache, labels-only runs, save-head checks) 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, FeatcacheWarning
 from regressors.cache_data import CacheData, cached_backbone_ids, load_cache, resolve_backbone_id
 from regressors.cv import CVResults, check_jobs, cross_validate, selection_rows
 from regressors.heads import fit_and_save_head
@@ -217,9 +218,12 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
             if on_progress and (offset == 0 or done > 0):  # every backbone fits as many heads as the first
                 on_progress(offset + done, total * backbones if offset == 0 else None)
 
-        result = cross_validate(data, chosen_modes, chosen_targets, regressors, on_progress=progress,
-                                leave_out_unfillable=modes is None and defaults is None,
-                                leave_out_constant=targets is None and default_targets is None, **options)
+        with warnings.catch_warnings():  # the same samples, so the same folds: their warning once, not per backbone
+            if bid != chosen[0]:
+                warnings.filterwarnings("ignore", message="--split group: ", category=FeatcacheWarning)
+            result = cross_validate(data, chosen_modes, chosen_targets, regressors, on_progress=progress,
+                                    leave_out_unfillable=modes is None and defaults is None,
+                                    leave_out_constant=targets is None and default_targets is None, **options)
         if modes is None:
             defaults = result.config["modes"]  # as left for the first backbone: the later ones get no warning
         if targets is None:

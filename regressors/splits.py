@@ -7,6 +7,7 @@ samples it can use, so modes are compared on the same samples.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -84,9 +85,40 @@ def _group(req: SplitRequest, repeat: int):
     if n_groups < req.folds:
         raise FeatcacheError(f"{req.what} has {len(req.rows)} samples in {n_groups} prompt groups: too few for "
                              f"{req.folds} prompt-disjoint folds; {req.advice}")
-    strata = req.subsets[req.rows]  # every fold gets its share of T2I and I2I, so every mode has test samples
-    tests = stratified_group_kfold_test_sets(strata, groups, req.folds, req.seed + repeat)
+    strata = req.subsets[req.rows]  # every fold gets its share of T2I and I2I where each has a group per fold
+    with warnings.catch_warnings():  # scikit-learn's "least populated class in y": folds_missing_a_subset says
+        warnings.filterwarnings("ignore", message="The least populated class")  # which folds, in words of ours
+        tests = stratified_group_kfold_test_sets(strata, groups, req.folds, req.seed + repeat)
     return [_train_test(req.rows, test) for test in tests]
+
+
+def folds_missing_a_subset(request: SplitRequest, folds: list[Fold]) -> list[str]:
+    """The group split's stratification puts every subset (T2I, I2I) of the selection into every test fold only
+    when the subset has at least as many prompt groups as folds (each fold needs a whole group of it); one line
+    per subset that some test folds lack, naming them and the way out. Empty when every fold tests both."""
+    rows = request.rows
+    subsets = request.subsets
+    present = list(dict.fromkeys(np.asarray(subsets[rows]).tolist()))
+    if len(present) < 2:
+        return []
+    repeats = len({fold.repeat for fold in folds})
+    notes = []
+    for name in sorted(present):
+        lacking = [fold for fold in folds if not np.any(subsets[fold.test] == name)]
+        if not lacking:
+            continue
+        label = str(name).upper()
+        n_groups = len(np.unique(request.groups[rows[subsets[rows] == name]]))
+        where = [f"{fold.fold + 1}" + (f" of repeat {fold.repeat + 1}" if repeats > 1 else "") for fold in lacking]
+        where = ("fold " if len(where) == 1 else "folds ") + (", ".join(where[:-1]) + " and " if len(where) > 1
+                                                              else "") + where[-1]
+        why = f"has only {n_groups} prompt group{'s' if n_groups != 1 else ''} for {request.folds} folds, so" \
+            if n_groups < request.folds else "is spread unevenly (prompt groups holding both subsets):"
+        notes.append(f"--split group: {label} {why} {where} test{'s' if len(lacking) == 1 else ''} no {label} "
+                     f"sample (scores there come from {', '.join(str(p).upper() for p in present if p != name)} "
+                     "alone)" + (f"; lower --folds to {n_groups} for every fold to test both"
+                                 if 2 <= n_groups < request.folds else ""))
+    return notes
 
 
 def _train_test(rows: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,7 @@
 """The folds are the tool's own (numpy), and must equal scikit-learn's on the inputs the tool feeds them."""
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold
@@ -108,3 +110,26 @@ def test_groups_never_straddle_folds():
     for a in range(4):
         for b in range(a + 1, 4):
             assert not set(groups[tests[a]]) & set(groups[tests[b]])
+
+
+def test_each_subset_reaches_every_fold_when_it_has_a_group_per_fold():
+    """What the README promises of the group split: with prompt groups each T2I or I2I (as the tool's content
+    groups are), a subset with at least as many groups as folds is in every test fold, whatever the group sizes
+    and the seed; with fewer groups, as many folds as it has groups hold it."""
+    rng = np.random.default_rng(11)
+    for case in range(200):
+        folds = int(rng.integers(2, 8))
+        counts = {"t2i": int(rng.integers(1, 12)), "i2i": int(rng.integers(1, 12))}
+        strata, groups = [], []
+        for name, n_groups in counts.items():
+            for g in range(n_groups):
+                size = int(rng.integers(1, 9))
+                strata += [name] * size
+                groups += [f"{name}{g}"] * size
+        strata, groups = np.array(strata), np.array(groups)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scikit-learn's small-stratum warning
+            tests = stratified_group_kfold_test_sets(strata, groups, folds, int(rng.integers(0, 1000)))
+        for name, n_groups in counts.items():
+            holding = sum(bool(np.any(strata[test] == name)) for test in tests)
+            assert holding == min(folds, n_groups), (case, name, n_groups, folds)

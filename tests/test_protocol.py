@@ -1287,3 +1287,51 @@ def test_table_takes_a_cell_equal_to_the_last_bits_as_one_and_refuses_a_real_dif
     from regressors.tables import SAME_CELL_TOLERANCE
 
     assert SAME_CELL_TOLERANCE == 1e-9  # as the README states
+
+
+def test_a_subset_with_fewer_prompt_groups_than_folds_is_warned_about_and_fr_refused(tmp_path, monkeypatch):
+    """The README said the group split puts T2I and I2I in every fold; with 4 T2I prompt groups for 5 folds one
+    fold tested I2I alone, unsaid. Now a warning names the subset and the folds (once, also in a bench); with a
+    group per fold for each subset every fold tests both, silently. FR, which reads I2I alone, is refused (or
+    left out of the default modes) when a fold would test no I2I sample."""
+    import warnings
+
+    from featcache.errors import FeatcacheWarning
+
+    def predicted_subsets(outcome):
+        subsets = outcome.data.samples.subset
+        out: dict[int, set] = {}
+        for p in outcome.results.predictions:
+            if (p.regressor, p.mode, p.target) == ("ridge", "nr", "MOS_q"):
+                out.setdefault(p.fold, set()).update(subsets[p.rows].tolist())
+        return out
+
+    short_t2i = make_cache(tmp_path, i2i_prompts=6, t2i_prompts=3)  # 3 T2I groups for 4 folds
+    with pytest.warns(FeatcacheWarning) as caught:
+        outcome = fit(str(short_t2i), modes=["nr"], targets=["MOS_q"], regressors=["ridge"], folds=4)
+    notes = [str(w.message) for w in caught if str(w.message).startswith("--split group")]
+    lacking = [fold for fold, held in predicted_subsets(outcome).items() if held == {"i2i"}]
+    assert len(lacking) == 1 and notes == [
+        f"--split group: T2I has only 3 prompt groups for 4 folds, so fold {lacking[0] + 1} tests no T2I sample "
+        "(scores there come from I2I alone); lower --folds to 3 for every fold to test both"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FeatcacheWarning)  # a group per fold for each subset: no warning
+        outcome = fit(str(short_t2i), modes=["nr"], targets=["MOS_q"], regressors=["ridge"], folds=3)
+    assert all(held == {"i2i", "t2i"} for held in predicted_subsets(outcome).values())
+
+    (tmp_path / "i").mkdir()
+    short_i2i = make_cache(tmp_path / "i", i2i_prompts=3, t2i_prompts=6, backbones=("a.random/paper/4",
+                                                                                    "b.random/paper/4"))
+    with pytest.raises(FeatcacheError, match="^--mode fr: only 3 prompt groups have an image prompt, too few for "
+                                             "4 prompt-disjoint folds; lower --folds to 3"):
+        fit(str(short_i2i), backbone="a.random/paper/4", modes=["nr", "fr"], regressors=["ridge"], folds=4)
+    monkeypatch.chdir(tmp_path / "i")
+    out = CliRunner().invoke(cli.main, ["bench", "--cache", "c.h5", "--regressors", "ridge", "--folds", "4",
+                                        "--quiet", "--no-figures", "--out", "b"])
+    assert out.exit_code == 0, out.output
+    warned = [line for line in out.output.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 2 and warned[0].startswith("warning: fr left out of the default modes: only 3 prompt "
+                                                     "groups have an image prompt")
+    assert warned[1].startswith("warning: --split group: I2I has only 3 prompt groups for 4 folds, so fold ")
+    modes = {r["mode"] for r in json.loads((tmp_path / "i" / "b" / "results.json").read_text())["summary"]}
+    assert modes == {"nr", "pr"}
