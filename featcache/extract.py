@@ -225,6 +225,32 @@ def _done_flags(f, bid: str, config: dict, name) -> np.ndarray | None:
     return f[f"features/{bid}/done"][()]
 
 
+def _built(backbone: Backbone, torch_device):
+    """The backbone's frozen extractor on the device (the CUDA context started first, in a thread)."""
+    start_cuda(torch_device)
+    return to_channels_last(backbone.extractor().to(torch_device), torch_device)
+
+
+def _checked_before_update(target: Path, name, state: CacheComparison, bid: str, config: dict, root: Path,
+                           paths: list[str], in_shard, backbone: Backbone, torch_device):
+    """Everything that could refuse this command, checked before the cache follows a changed image list: that
+    update drops the rows of removed or changed images for every backbone, so a refusal after it (a missing image,
+    weights that cannot load, another decoding configuration) lost them for a wrong --col or --annotation. Returns
+    the built extractor when there is something to extract, else None."""
+    with open_read(target) as f:
+        old_done = _done_flags(f, bid, config, name)  # another configuration of this backbone: refused here
+    row_map = state.row_map
+    cached = np.zeros(len(paths), dtype=bool)
+    if old_done is not None:
+        known = row_map >= 0
+        cached[known] = old_done[row_map[known]]
+    needed = [paths[i] for i in in_shard if not cached[i]]
+    if not needed:
+        return None
+    check_files_present(root, needed)
+    return _built(backbone, torch_device)
+
+
 @dataclass
 class _Precheck:
     """What the look at the cache without the lock found: rows done when nothing is left to do, and the comparison
@@ -308,6 +334,7 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FeatcacheError(f"{name}: cannot create the folder {target.parent} ({exc.strerror})") from None
+    extractor = None
     with _folders_removed_unless_used(target, new_folders), lock_cache(name), _removed_unless_used(target) as created:
         remove_stale_temporaries(target)
         if not target.exists():
@@ -316,8 +343,14 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
         else:
             check_is_cache_file(name)  # a damaged or foreign file is refused before anything else
             unchanged = precheck.file_identity is not None and precheck.file_identity == _file_identity(target)
-            bring_up_to_date(target, samples, root, command, samples.options, verify,
-                             precheck.comparison if unchanged else None)
+            state = precheck.comparison if unchanged else None
+            if state is None:
+                with open_read(target) as f:
+                    state = compare_with_cache(f, samples, root, verify)
+            if not state.same and state.has_features:  # the update drops rows: refuse this command first, if at all
+                extractor = _checked_before_update(target, name, state, bid, config, root, paths, in_shard,
+                                                   backbone, torch_device)
+            bring_up_to_date(target, samples, root, command, samples.options, verify, state)
         with open_read(target) as f:
             done = _done_flags(f, bid, config, name)
         exists = done is not None
@@ -329,8 +362,8 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
             return result
         check_files_present(root, [paths[i] for i in todo])
         workers = loader_workers(workers, len(todo), batch_size)
-        start_cuda(torch_device)
-        extractor = to_channels_last(backbone.extractor().to(torch_device), torch_device)
+        if extractor is None:
+            extractor = _built(backbone, torch_device)
         if not exists:
             attrs = {"shard": f"{shard[0]}/{shard[1]}"} if shard is not None else {}
             add_backbones(target, [NewBackbone(config, extractor.output_dim(backbone.spec.input_size),

@@ -161,6 +161,36 @@ def test_missing_images_stop_before_writing_and_keep_the_cache(pku_root, tmp_pat
     assert done.all() and np.isfinite(emb).all()
 
 
+def test_a_refused_extract_leaves_a_cache_whose_image_list_it_would_change_as_it_was(pku_root, tmp_path):
+    """Following a changed image list drops the rows of removed images for every backbone; a command refused after
+    that (a wrong --col or --annotation naming missing files, another configuration) lost them, exit 2 or not."""
+    cache = tmp_path / "c.h5"
+    samples = load_dataset(None, pku_root)
+    first = extract(samples, pku_root, _small(), cache, workers=0, progress=False)
+    other = load_backbone("resnet18", random_weights=True, image_size=96)
+    second = extract(samples, pku_root, other, cache, workers=0, progress=False)
+    with h5py.File(cache, "r") as f:
+        keys_before = f["images/key"].asstr()[()].tolist()
+    annotation = next(pku_root.glob("annotation.*"))
+    text = annotation.read_text()
+    annotation.write_text(text.replace("SD_1000_00.jpg", "SD_1000_99.jpg"))  # a misspelt name: missing
+    changed = load_dataset(None, pku_root)
+    with pytest.raises(FeatcacheError, match=r"1 of 1 image files are missing or empty .*SD_1000_99.jpg"):
+        extract(changed, pku_root, other, cache, workers=0, progress=False)
+    with pytest.raises(FeatcacheError, match=r"written with another configuration \(precision differ"):
+        extract(changed, pku_root, _small(), cache, workers=0, precision="bf16", progress=False)
+    with h5py.File(cache, "r") as f:
+        assert f["images/key"].asstr()[()].tolist() == keys_before
+    for bid in (first.backbone_id, second.backbone_id):
+        emb, done = _features(cache, bid)
+        assert done.all() and np.isfinite(emb).all()
+    annotation.write_text(text.replace("SD_1000_00.jpg", "SD_1000_99.jpg").replace("SD_1000_00", "SD_1000_99"))
+    (pku_root / "All" / "SD_1000_00.jpg").rename(pku_root / "All" / "SD_1000_99.jpg")  # the fix: now it follows
+    with pytest.warns(UserWarning, match=r"the image list changed \(1 added, 1 removed\)"):
+        result = extract(load_dataset(None, pku_root), pku_root, other, cache, workers=0, progress=False)
+    assert result.rows_written == 1
+
+
 def test_overflowed_features_are_not_written_and_are_named(pku_root, tmp_path, monkeypatch):
     """fp16 can overflow (random-weight ViT-L and ResNet-50 did on an H200): such rows must not be stored as done."""
     import featcache.extract as extract_module

@@ -255,7 +255,8 @@ def test_a_constant_target_is_refused_when_asked_for_and_left_out_of_the_default
     assert all(row["n_failed"] == 0 for row in results["summary"])
     with pytest.warns(UserWarning, match="MOS_q left out of the default targets"):
         both = bench(str(path), regressors=["ridge"], modes=["nr"], folds=3, labels="cache")  # once, 2 backbones
-    assert both.config["targets"] == ["MOS_a", "MOS_c"] and len(both.summary) == 4
+    assert both.config["targets"] == ["MOS_a", "MOS_c"]
+    assert len([row for row in both.summary if row["regressor"] == "ridge"]) == 4  # 2 backbones x 2 targets
     with h5py.File(path, "r+") as f:
         for name in ("MOS_a", "MOS_c"):
             f[f"targets/{name}"][...] = np.full(len(f[f"targets/{name}"]), 2.5)
