@@ -15,6 +15,7 @@ from regressors.rankstats import kendall_tau_b, pearson, spearman, wilcoxon_p
 
 FAILED_RANGE = 1e-6
 CORRELATIONS = ("srcc", "plcc", "plcc_logistic", "krcc")
+LOGISTIC_WIDTHS = (0.1, 100.0)  # the logistic's width |b4|, in SDs of the predictions it maps: no step, no line
 
 
 def prediction_failed(y_pred: np.ndarray, train_sd: float) -> bool:
@@ -32,35 +33,71 @@ def logistic4(x, b1, b2, b3, b4):
 
 
 def fit_logistic(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray | None:
-    """Parameters of logistic4 mapping predictions onto MOS, or None when the fit does not converge or finds no
-    increasing relation. The mapping is constrained increasing (b1 >= b2), as VQEG requires: left free, the fit
-    turns anti-correlated predictions into a positive PLCC by mapping them through a decreasing curve. Its width
-    |b4| is at least 1/1000 of the predictions' SD, to keep exp finite; cv fits it on a whole repeat's out-of-fold
-    predictions, not on one small fold, where it settles on a step (noise scored a PLCC of 0.37 that way)."""
+    """Parameters of logistic4 mapping predictions onto MOS by least squares, or None when no increasing curve fits
+    better than a constant.
+
+    Constrained as VQEG requires, increasing (b1 >= b2): left free, the fit turns anti-correlated predictions into a
+    positive PLCC through a decreasing curve. Its width |b4| is kept between LOGISTIC_WIDTHS x the predictions' SD:
+    narrower, the curve becomes a step between two neighbouring predictions, whose place jumps with their last bits
+    (cv also fits it on a whole repeat's out-of-fold predictions, not on one fold's 16-20 samples, where steps scored
+    label noise at a PLCC of 0.37); wider, it is a straight line, which the plain PLCC already measures, and the
+    solver would walk towards an infinite width. For a given midpoint and width the best b1, b2 are a linear fit, so
+    a grid over the two (widths log-spaced, midpoints at quantiles) finds the start, and a bounded least-squares
+    refinement the optimum: the same predictions up to their last bits give the same curve."""
     from scipy import optimize  # here: 0.4 s of import that only the logistic needs
 
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
     if len(y_true) < 4 or not np.isfinite(y_pred).all() or np.ptp(y_pred) == 0 or np.ptp(y_true) == 0:
         return None
-    spread = float(np.std(y_pred))
-    scale = float(np.std(y_true))
+    centre, spread = float(np.mean(y_pred)), float(np.std(y_pred))
+    z = (y_pred - centre) / spread
+    y = y_true - np.mean(y_true)
+    narrowest, widest = LOGISTIC_WIDTHS
+    best = (0.0, 0.0, 1.0)  # (explained sum of squares, midpoint, width), in SD units
+    middles = np.quantile(z, np.linspace(0.02, 0.98, 49))
+    for width in np.geomspace(narrowest, widest, 31):
+        with np.errstate(over="ignore"):
+            s = 1.0 / (1.0 + np.exp(-(z[:, None] - middles[None, :]) / width))
+        s -= s.mean(axis=0)
+        cov, var = y @ s, np.einsum("ij,ij->j", s, s)
+        gain = np.where((cov > 0) & (var > 0), cov ** 2 / np.where(var > 0, var, 1.0), 0.0)
+        k = int(np.argmax(gain))
+        if gain[k] > best[0]:
+            best = (float(gain[k]), float(middles[k]), float(width))
+    if best[0] <= 0:
+        return None  # no increasing curve explains any of the labels' variance
+    _, middle, width = best
 
-    def increasing(x, low, rise, middle, width):
-        return logistic4(x, low + rise, low, middle, width)
+    def curve(q):
+        with np.errstate(over="ignore"):
+            return q[0] + q[1] / (1.0 + np.exp(-(z - q[2]) / q[3]))
 
-    p0 = [float(np.min(y_true)), float(np.ptp(y_true)), float(np.mean(y_pred)), spread]
-    bounds = ([-np.inf, 0.0, -np.inf, 1e-3 * spread], np.inf)
+    def jacobian(q):
+        with np.errstate(over="ignore"):
+            s = 1.0 / (1.0 + np.exp(-(z - q[2]) / q[3]))
+        slope = q[1] * s * (1.0 - s) / q[3]
+        return np.stack([np.ones_like(z), s, -slope, -slope * (z - q[2]) / q[3]], axis=1)
+
+    with np.errstate(over="ignore"):
+        s = 1.0 / (1.0 + np.exp(-(z - middle) / width))
+    rise = float((y @ (s - s.mean())) / ((s - s.mean()) @ (s - s.mean())))
+    start = [float(np.mean(y_true) - rise * s.mean()), rise, middle, width]
+    scale = float(np.ptp(y_true))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            low, rise, middle, width = optimize.curve_fit(increasing, y_pred, y_true, p0=p0, bounds=bounds,
-                                                          maxfev=5000)[0]
-    except (RuntimeError, ValueError, TypeError, optimize.OptimizeWarning):
+            fitted = optimize.least_squares(lambda q: curve(q) - y_true, start, jac=jacobian,
+                                            bounds=([-np.inf, 0.0, float(z.min()), narrowest],
+                                                    [np.inf, 1e3 * scale, float(z.max()), widest]),
+                                            ftol=1e-12, xtol=1e-12, gtol=1e-12, max_nfev=500)
+    except (ValueError, np.linalg.LinAlgError):
         return None
-    if not rise > 1e-6 * scale:  # flat: no increasing mapping fits better than a constant
+    low, rise, middle, width = (fitted.x if fitted.cost <= 0.5 * float(np.sum((curve(start) - y_true) ** 2))
+                                else start)
+    if not rise > 1e-9 * scale:
         return None
-    return np.array([low + rise, low, middle, width])
+    return np.array([low + rise, low, centre + middle * spread, width * spread])
 
 
 FIT_HERE = "fit here"  # plcc_after_logistic: fit the mapping on the samples it scores

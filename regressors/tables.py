@@ -115,8 +115,8 @@ def _values(row: dict) -> dict:
 
 # Two runs' values of one cell count as the same when they differ by at most this much, absolutely or relative to
 # the larger (math.isclose with both tolerances): results through loky differ from `--jobs 1` in the last bits
-# (predictions 2e-15 apart, the logistic PLCC's MINPACK fit up to 2e-11), while any difference a table could show
-# (3 decimals) is 1e-4 or more.
+# (predictions 2e-15 apart; the logistic PLCC within 1e-13 since its fit is bounded), while any difference a
+# table could show (3 decimals) is 1e-4 or more.
 SAME_CELL_TOLERANCE = 1e-9
 
 

@@ -169,6 +169,24 @@ def test_the_logistic_mapping_is_increasing_so_it_never_flips_a_sign():
     assert quality_metrics(-y, x)["plcc_logistic"] >= -plain - 1e-9  # the mirror image is mapped as before
 
 
+def test_the_logistic_cannot_become_a_step_so_last_bits_do_not_move_it():
+    """A width down to zero lets the curve become a step between two neighbouring predictions of a weak predictor,
+    and the step jumps with the predictions' last bits (`--jobs 1` against 2 moved a cell by 0.03). Bounded, the
+    same predictions up to their last bits give the same PLCC."""
+    from regressors.metrics import LOGISTIC_WIDTHS, fit_logistic
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        y = np.clip(np.round(3 + rng.normal(size=90)), 1, 5)  # labels unrelated to the predictions
+        p = np.concatenate([rng.normal(0, 0.05, 60), rng.normal(1, 0.05, 30)])  # two clusters
+        nudged = p * (1 + 4e-15) + 1e-15
+        params = fit_logistic(y, p)
+        if params is not None:
+            assert abs(params[3]) >= LOGISTIC_WIDTHS[0] * np.std(p) * (1 - 1e-9)
+        assert plcc_after_logistic(y, p, params) == pytest.approx(
+            plcc_after_logistic(y, nudged, fit_logistic(y, nudged)), abs=1e-12)
+
+
 def test_the_logistic_is_fitted_on_the_whole_repeat_not_on_one_fold(tmp_path):
     """generator-mean predicts two values per fold (one per generator). Any increasing map of two values is affine,
     so each fold's PLCC after a mapping fitted across the repeat is its plain PLCC, sign included: fitted on one
