@@ -15,6 +15,17 @@ class FeatcacheWarning(UserWarning):
     """Something worth telling the user that does not stop the run (printed as one 'warning:' line)."""
 
 
+NAMED_AT_MOST = 20
+
+
+def named(items: Iterable[str], separator: str = ", ", most: int = NAMED_AT_MOST) -> str:
+    """The items of an error line, in order: all of them up to `most`, then "and N more", so that fixing what one
+    line names does not take one run per three files."""
+    items = list(items)
+    shown = separator.join(items[:most])
+    return shown if len(items) <= most else f"{shown}{separator}and {len(items) - most} more"
+
+
 def unknown_name(kind: str, name: str, choices: Iterable[str], where: str = "",
                  aliases: dict[str, str] | None = None) -> FeatcacheError:
     """'unknown mode 'fr2'; did you mean 'fr'? (modes: ...)': the one shape of every unknown-name error.

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from featcache import __version__, interrupts
 from featcache.backbones import Backbone
 from featcache.devices import resolve_device, to_channels_last, usable_cores
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, named
 from featcache.images import DEFAULT_MAX_PIXELS, DRAFT_RULE, Draft, check_files_present, load_rgb, read_jpeg_bytes
 from featcache.samples import SampleTable
 from featcache.store import (
@@ -381,12 +381,12 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     problems = []
     if result.errors:
         problems.append((f"{len(result.errors)} images could not be read", "fix these files, or remove their rows from "
-                         "the annotation, and run the same command again", "; ".join(sorted(result.errors)[:3])))
+                         "the annotation, and run the same command again", named(sorted(result.errors), "; ")))
     if result.non_finite:
         advice = "extract into a new --cache with --precision fp32 or bf16" if precision == "fp16" else \
             "check the weights"
         problems.append((_non_finite(len(result.non_finite), precision), advice + "; the cache keeps no row for them",
-                         ", ".join(sorted(result.non_finite)[:3])))
+                         named(sorted(result.non_finite))))
     if problems:  # one line; the rows kept said once
         first, *more = problems
         message = f"{first[0]} ({result.rows_written} other rows were written and kept; {first[1]}): {first[2]}"
@@ -733,7 +733,7 @@ def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, 
                 advice = ("features extracted in fp32 or bf16 avoid it; for a saved head, extract its cache so "
                           "and refit") if precision == "fp16" else "check the weights"
                 raise FeatcacheError(f"{_non_finite(len(bad), precision, option=False)} ({advice}): "
-                                     f"{', '.join(bad[:3])}")
+                                     f"{named(bad)}")
             if out is None:
                 out = np.zeros((len(paths), features.shape[1]), dtype=np.float32)
             out[rows] = features

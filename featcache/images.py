@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, named
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; AIGC images are at most a few megapixels
 
@@ -80,10 +80,8 @@ def find_missing(root: Path, paths: list[str]) -> list[str]:
 def check_files_present(root: Path, paths: list[str]) -> None:
     missing = find_missing(root, paths)
     if missing:
-        shown = ", ".join(missing[:3])
-        raise FeatcacheError(
-            f"{len(missing)} of {len(paths)} image files are missing or empty under {root} (first: {shown})"
-        )
+        raise FeatcacheError(f"{len(missing)} of {len(paths)} image files are missing or empty under {root}: "
+                             f"{named(missing)}")
 
 
 def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, draft: Draft | None = None,

@@ -61,7 +61,7 @@ def test_decompression_bomb_is_refused(tmp_path):
 def test_missing_and_empty_files_are_counted(tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     Image.new("RGB", (2, 2)).save(tmp_path / "ok.png")
-    with pytest.raises(FeatcacheError, match=r"2 of 3 image files are missing or empty .*first: empty.jpg, gone.jpg"):
+    with pytest.raises(FeatcacheError, match=r"2 of 3 image files are missing or empty .*: empty.jpg, gone.jpg"):
         check_files_present(tmp_path, ["empty.jpg", "ok.png", "gone.jpg"])
 
 
@@ -81,3 +81,11 @@ def test_an_image_the_resize_would_blow_up_is_refused_before_decoding(tmp_path):
     assert read_jpeg_bytes(tmp_path / "tall.jpg") is not None
     assert load_rgb(tmp_path / "wide.png").size == (12000, 1)  # no resize given: nothing to check
     assert load_rgb(tmp_path / "wide.png", max_pixels=10**9, resize=256).size == (12000, 1)  # a raised limit
+
+
+def test_an_error_line_names_twenty_items_then_counts_the_rest():
+    from featcache.errors import named
+
+    assert named(["a", "b"]) == "a, b"
+    many = [f"{k}.jpg" for k in range(25)]
+    assert named(many, "; ") == "; ".join(many[:20]) + "; and 5 more"
