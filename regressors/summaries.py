@@ -47,7 +47,10 @@ def summarize(folds: list[dict], predictions: list, samples: dict, *, single: bo
             else:
                 entry[f"{metric}_std"], over = float("nan"), "none"
         entry["std_over"] = over
-        pooled = [_pooled(by_prediction.get((name, mode, target), []), rep) for rep in repeats]
+        # a repeat whose every fold failed (constant predictions) pools to 0 too: each fold's constant sits at
+        # its own training mean, and those offsets alone correlated with the labels (-0.076 over 5 failed folds)
+        pooled = [{"srcc": 0.0, "plcc": 0.0} if all(r["failed"] for r in rows if r["repeat"] == rep)
+                  else _pooled(by_prediction.get((name, mode, target), []), rep) for rep in repeats]
         for metric in ("srcc", "plcc"):
             entry[f"{metric}_pooled"] = float(np.mean([p[metric] for p in pooled])) if pooled else float("nan")
         entry["srcc_ci_low"] = entry["srcc_ci_high"] = float("nan")

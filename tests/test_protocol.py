@@ -203,6 +203,15 @@ def test_the_logistic_is_fitted_on_the_whole_repeat_not_on_one_fold(tmp_path):
     assert all(np.isfinite(r["plcc_logistic"]) for r in ridge.folds)
 
 
+def test_a_repeat_whose_every_fold_failed_pools_to_zero(tmp_path):
+    """prompt-mean over one prompt's samples predicts each test fold's constant training mean: every fold fails,
+    and the pooled correlation of those constants is an artefact of the fold offsets, not a score."""
+    data = load_cache(make_cache(tmp_path, i2i_prompts=1, per=8))
+    (row,) = cross_validate(data, ["nr"], ["MOS_q"], ["prompt-mean"], split="kfold", subset="i2i", folds=4).summary
+    assert row["n_failed"] == row["n_folds"] == 4
+    assert row["srcc_pooled"] == 0.0 and row["plcc_pooled"] == 0.0 and row["srcc_mean"] == 0.0
+
+
 def test_inner_selection_holds_out_prompts_when_the_cross_split_does(tmp_path):
     """--split cross --hold-out-prompts keeps every prompt on one side, so hyper-parameters must be chosen on
     held-out prompt groups too (plain leave-one-out would choose on siblings of the training samples)."""
