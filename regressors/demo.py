@@ -95,7 +95,7 @@ def _check_folds(samples, folds: int, seed: int, modes: list[str]) -> None:
                                   prompt_image=np.array([0 if p else -1 for p in samples.prompt_image]))
     groups = content_groups(SimpleNamespace(samples=cached_like))
     request = SplitRequest(np.arange(len(groups)), groups, np.asarray(samples.subset), np.asarray(samples.generator),
-                           folds, seed, what="the synth benchmark", advice="lower --folds or raise --views")
+                           folds, seed, what="the synth benchmark", more_data="raise --views")
     fold_list = make_folds(request, "group")
     for mode in modes:
         if get_mode(mode).needs_prompt_image:

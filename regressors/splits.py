@@ -41,7 +41,11 @@ class SplitRequest:
     test_on: str | None = None
     hold_out_prompts: bool = False
     what: str = "this selection"
-    advice: str = "lower --folds or widen --subset"  # what the refusal of too few samples or groups suggests
+    more_data: str = "widen --subset"  # how to get more samples or groups, in a refusal of too few
+
+    def advice(self, fewer_folds_help: bool) -> str:
+        """What a refusal of too few samples or groups suggests: fewer folds only where fewer can work."""
+        return f"lower --folds or {self.more_data}" if fewer_folds_help else self.more_data
 
 
 FoldFunction = Callable[[SplitRequest, int], list[tuple[np.ndarray, np.ndarray]]]  # (request, repeat) -> folds
@@ -83,8 +87,11 @@ def _group(req: SplitRequest, repeat: int):
     groups = req.groups[req.rows]
     n_groups = len(np.unique(groups))
     if n_groups < req.folds:
-        raise FeatcacheError(f"{req.what} has {len(req.rows)} samples in {n_groups} prompt groups: too few for "
-                             f"{req.folds} prompt-disjoint folds; {req.advice}")
+        advice = req.advice(fewer_folds_help=True) if n_groups >= 2 else \
+            f"{req.more_data}, or use --split kfold (which does not hold prompts out)"
+        raise FeatcacheError(f"{req.what} has {len(req.rows)} samples in {n_groups} prompt "
+                             f"group{'s' if n_groups != 1 else ''}: too few for "
+                             f"{req.folds} prompt-disjoint folds; {advice}")
     strata = req.subsets[req.rows]  # every fold gets its share of T2I and I2I where each has a group per fold
     with warnings.catch_warnings():  # scikit-learn's "least populated class in y": folds_missing_a_subset says
         warnings.filterwarnings("ignore", message="The least populated class")  # which folds, in words of ours
@@ -251,7 +258,7 @@ def _enough_for_folds(req: SplitRequest) -> None:
         raise FeatcacheError("--folds must be at least 2")
     if len(req.rows) < MIN_TEST * req.folds:
         raise FeatcacheError(f"{req.what} has {len(req.rows)} samples: too few for {req.folds} folds of at least "
-                             f"{MIN_TEST} test samples; {req.advice}")
+                             f"{MIN_TEST} test samples; {req.advice(len(req.rows) >= 2 * MIN_TEST)}")
 
 
 def _enough(n_train: int, n_test: int, what: str, how: str) -> None:

@@ -203,6 +203,21 @@ def test_the_logistic_is_fitted_on_the_whole_repeat_not_on_one_fold(tmp_path):
     assert all(np.isfinite(r["plcc_logistic"]) for r in ridge.folds)
 
 
+def test_too_few_groups_or_samples_advise_fewer_folds_only_where_fewer_can_work(tmp_path):
+    data = load_cache(make_cache(tmp_path, i2i_prompts=1, per=8))
+    with pytest.raises(FeatcacheError) as one_group:
+        cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], subset="i2i", folds=2)
+    assert str(one_group.value).endswith("16 samples in 1 prompt group: too few for 2 prompt-disjoint folds; "
+                                         "widen --subset, or use --split kfold (which does not hold prompts out)")
+    with pytest.raises(FeatcacheError, match=r"too few for 12 prompt-disjoint folds; lower --folds or widen"):
+        cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=12, subset="t2i", split="group")
+    (tmp_path / "tiny").mkdir()
+    tiny = load_cache(make_cache(tmp_path / "tiny", i2i_prompts=1, t2i_prompts=1, per=1))
+    with pytest.raises(FeatcacheError) as few:
+        cross_validate(tiny, ["nr"], ["MOS_q"], ["ridge"], split="kfold", folds=2)
+    assert str(few.value).endswith("too few for 2 folds of at least 4 test samples; widen --subset"), few.value
+
+
 def test_a_repeat_whose_every_fold_failed_pools_to_zero(tmp_path):
     """prompt-mean over one prompt's samples predicts each test fold's constant training mean: every fold fails,
     and the pooled correlation of those constants is an artefact of the fold offsets, not a score."""
