@@ -210,16 +210,22 @@ def merge(shards, out):
 @click.argument("cache", required=False, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--check", is_flag=True, help="Verify the cache: every backbone complete, every done row finite, "
-                                            "tables and attributes complete (exit 2 on a problem).")
+                                            "tables and attributes complete, no image changed on disk since its "
+                                            "features were extracted (exit 2 on a problem).")
 def info(cache, as_json, check):
     """Show the samples, subsets, targets and backbones of a cache."""
     from featcache.info import cache_info, format_info
-    from featcache.store import check_cache
+    from featcache.store import check_cache, images_on_disk
 
     cache = cache or load_config().get("cache", DEFAULT_CACHE)
     result = cache_info(cache)
     if check:
         result["problems"] = check_cache(cache, require_complete=True)
+        disk = images_on_disk(cache)  # one stat per image with features, no read
+        if disk is not None:
+            result["problems"] += [line for line in (disk.changed_line(),) if line]
+            result["notes"] = [line for line in (disk.missing_line(), disk.root_missing_line()) if line]
+            result["images_compared"] = not disk.root_missing
     click.echo(json.dumps(result, indent=2) if as_json else format_info(result))
     if check and result["problems"]:
         raise FeatcacheError(f"{cache}: {len(result['problems'])} problem(s): {'; '.join(result['problems'])}")

@@ -77,7 +77,9 @@ def format_info(info: dict) -> str:
             lines.append(f"           command {p['command']}")
         if p.get("merged_from"):
             lines.append(f"           merged from {', '.join(p['merged_from'])}")
+    lines += [f"note       {n}" for n in info.get("notes", [])]
     if "problems" in info:
+        disk = ", images unchanged on disk" if info.get("images_compared") else ""
         lines += [f"problem    {p}" for p in info["problems"]] or ["check      ok: every done row finite, tables and "
-                                                                    "attributes complete"]
+                                                                    f"attributes complete{disk}"]
     return "\n".join(lines)

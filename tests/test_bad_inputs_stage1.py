@@ -57,6 +57,17 @@ def _incomplete_cache(root, tmp):
     return ["info", "--check"]
 
 
+def _image_changed_on_disk(root, tmp):
+    """An image edited after its features were extracted (its modification time moved on)."""
+    _cache_with_nan_row(root, tmp)
+    with h5py.File(root / "featcache.h5", "r+") as f:
+        f["features/x.random/paper/8/emb"][5] = 1.0
+    image = root / "All" / "SD_1000_00.jpg"
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    return ["info", "--check"]
+
+
 def _with_annotation(body):
     def setup(root, tmp):
         (root / "annotation.csv").write_text("Image_prompt,Text_prompt,Generated_image,MOS_q,MOS_a,MOS_c\n" + body)
@@ -215,6 +226,9 @@ BAD_INPUTS = [
     ("info --check: rows missing (a shard not merged)", _incomplete_cache,
      "backbone x.random/paper/8: 11 of 22 rows not extracted yet (run the same `featcache extract` again, or merge "
      "the missing shards)"),
+    ("info --check: an image changed on disk", _image_changed_on_disk,
+     "1 images changed on disk since their features were extracted (size or modification time; first: "
+     "All/SD_1000_00.jpg); run featcache extract to update their features"),
     ("repair: no cache", lambda r, t: ["repair", "missing.h5"], "cache not found"),
     ("synth --views 0", lambda r, t: ["synth", "--photos", str(_photos(r, t)), "--out", "s", "--views", "0"],
      "Invalid value for '--views'"),

@@ -319,6 +319,56 @@ def test_readers_see_the_old_cache_while_a_backbone_is_added(pku_root, tmp_path,
 
 # ------------------------------------------------------------------------------------------ provenance compared
 
+def test_info_check_fit_and_bench_notice_images_changed_on_disk(pku_root, tmp_path, monkeypatch):
+    """An image rotated in place after extraction: `info --check` said "ok" and `fit` ran on the old features without
+    a word; only the next `extract` noticed. Now info --check fails naming it, fit and bench warn once and run, by a
+    stat per image (no read); a missing image is a note; a moved cache (its root gone) one short note."""
+    from regressors.fit import bench, fit
+
+    samples = load_dataset(None, pku_root)
+    cache = tmp_path / "c.h5"
+    _extract(samples, pku_root, cache)
+    runner = CliRunner()
+    ok = runner.invoke(cli.main, ["info", "--check", str(cache)])
+    assert ok.exit_code == 0 and ok.output.splitlines()[-1].endswith("images unchanged on disk"), ok.output
+    target = pku_root / "All" / "SD_1000_00.jpg"
+    shutil.copyfile(pku_root / "All" / "MJ_1001_10.jpg", target)  # other pixels under the same name
+    line = ("1 images changed on disk since their features were extracted (size or modification time; first: "
+            "All/SD_1000_00.jpg); run featcache extract to update their features")
+    checked = runner.invoke(cli.main, ["info", "--check", str(cache)])
+    assert checked.exit_code == 2 and f"problem    {line}" in checked.output, checked.output
+    assert checked.output.splitlines()[-1] == f"error: {cache}: 1 problem(s): {line}"
+    reads = []
+    monkeypatch.setattr(store, "image_hashes", lambda *a: reads.append(a))  # only stat calls
+
+    def about_the_cache(caught):  # not the default modes' warnings
+        return [str(w.message) for w in caught if str(w.message).startswith(f"{cache}: ")]
+
+    with pytest.warns(FeatcacheWarning) as caught:
+        outcome = fit(str(cache), regressors=["ridge"], floors=False, folds=3, labels="cache")
+    assert about_the_cache(caught) == [f"{cache}: {line}"] and f"{cache}: {line}" in outcome.notes
+    with pytest.warns(FeatcacheWarning) as caught:
+        bench(str(cache), regressors=["ridge"], floors=False, folds=3, labels="cache")
+    assert about_the_cache(caught) == [f"{cache}: {line}"] and not reads
+    (pku_root / "All" / "MJ_1000_00.jpg").unlink()  # missing: a note for info --check, nothing for fit
+    checked = runner.invoke(cli.main, ["info", "--check", str(cache)])
+    assert checked.exit_code == 2 and f"note       1 images with features are missing or empty under " \
+        f"{pku_root.resolve()} (first: All/MJ_1000_00.jpg); their features are kept" in checked.output
+    with pytest.warns(FeatcacheWarning) as caught:
+        fit(str(cache), regressors=["ridge"], floors=False, folds=3, labels="cache")
+    assert about_the_cache(caught) == [f"{cache}: {line}"]
+    moved = tmp_path / "moved"
+    pku_root.rename(moved)  # the images' folder gone: nothing to compare with, one short note
+    note = f"images not compared with their files ({pku_root.resolve()}, where they were extracted, is not there)"
+    checked = runner.invoke(cli.main, ["info", "--check", str(cache)])
+    assert checked.exit_code == 0 and f"note       {note}" in checked.output, checked.output
+    assert checked.output.splitlines()[-1] == "check      ok: every done row finite, tables and attributes complete"
+    with pytest.warns(FeatcacheWarning) as caught:
+        fit(str(cache), regressors=["ridge"], floors=False, folds=3, labels="cache")
+    assert about_the_cache(caught) == [f"{cache}: {note}"]
+    moved.rename(pku_root)
+
+
 def test_other_pixels_under_the_same_names_are_detected(pku_root, tmp_path):
     samples = load_dataset(None, pku_root)
     cache = tmp_path / "c.h5"
