@@ -564,7 +564,9 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
     from featcache.fastimport import import_timm_without_dynamo
 
     import_timm_without_dynamo()
-    from regressors.heads import images_in_folder, predict_paths, score_column, write_scores
+    from featcache.errors import FeatcacheWarning
+    from regressors.heads import images_in_folder, predict_paths, score_column, unpaired_warning, write_scores
+    from regressors.modes import get_mode
     from regressors.metrics import quality_metrics
 
     from featcache.outputs import check_output_file, config_file, read_by_a_cache
@@ -595,6 +597,10 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
                                                     *(Path(base) / p for p in prompts if p)))
     scores, meta = predict_paths(head, base, paths, prompts, backbone=backbone, weights=weights, mode=mode,
                                  device=device, batch_size=batch_size, cache=cache)
+    unpaired = sum(not p for p in prompts)
+    if labels is None and unpaired and get_mode(meta["mode"]).uses_prompt_image:  # never silent: see README
+        folders = [base] if base != "." else sorted({str(Path(p).parent) for p in paths})
+        warnings.warn(unpaired_warning(head, meta["mode"], unpaired, folders), FeatcacheWarning)
     truth = labels.get(meta["target"]) if labels else None
     write_scores(out, paths, prompts, scores, meta["target"], truth)
     for path, score in list(zip(paths, scores))[:10]:

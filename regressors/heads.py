@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,42 @@ def _unchanged(root: str | Path, paths: list[str], recorded: dict, ks: list[int]
     if len(hashed):
         same[hashed] = image_hashes(root, [paths[i] for i in hashed]) == recorded["sha256"][ks[hashed]]
     return same
+
+
+def database_above(folders: list[str | Path], levels: int = 3) -> tuple[Path, Path] | None:
+    """The nearest folder at or up to `levels` above `folders` whose annotation file detection would read (its
+    folder, its file), or None: where images given by path could be paired with their image prompts."""
+    from featcache.datasets.registry import annotation_candidates
+
+    seen = set()
+    for folder in folders:
+        here = Path(folder).resolve()
+        for place in [here, *here.parents][:levels + 1]:
+            if place in seen:
+                continue
+            seen.add(place)
+            try:
+                found = annotation_candidates(place)
+            except (OSError, ValueError, FeatcacheError):
+                continue
+            if found:
+                return place, found[0][0]
+    return None
+
+
+def unpaired_warning(head: str | Path, mode: str, unpaired: int, folders: list[str | Path]) -> str:
+    """The one line predict prints when a head that reads image prompts (pr) scores images given by path or
+    folder without --prompt-image: they may have prompts that only their database's annotation pairs them with."""
+    found = database_above(folders)
+    if found is None:
+        how = "--root DIR of their database (its annotation pairs each image with its prompt)"
+    else:
+        place, annotation = found
+        shown = os.path.relpath(place) if place == Path.cwd() or Path.cwd() in place.parents else str(place)
+        how = f"--root {shown} (its {annotation.name} pairs each image with its prompt)"
+    images = "1 image was" if unpaired == 1 else f"{unpaired} images were"
+    return (f"{head} is a {mode} head: {images} scored without an image prompt; if they have one, pair them "
+            f"with {how}, or --prompt-image FILE for one image")
 
 
 def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts: list[str], *,

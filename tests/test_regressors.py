@@ -275,6 +275,15 @@ def test_fit_and_predict_from_the_command_line(tmp_path, pku_root, monkeypatch):
     folder = runner.invoke(cli.main, ["predict", "--head", "pr.safetensors", "All", "--out", "folder.csv"])
     assert folder.exit_code == 0, folder.output
     assert len((pku_root / "folder.csv").read_text().splitlines()) == 1 + 20
+    # a pr head given a folder scores its I2I images without their prompts: one line says so and how to pair them
+    assert "warning: pr.safetensors is a pr head: 20 images were scored without an image prompt; if they have " \
+           "one, pair them with --root . (its" in folder.output and folder.output.count("warning:") == 1
+    one = runner.invoke(cli.main, ["predict", "--head", "pr.safetensors", "All/MJ_0_00.jpg", "--out", "one.csv"])
+    assert one.exit_code == 0 and "1 image was scored without an image prompt" in one.output, one.output
+    paired = runner.invoke(cli.main, ["predict", "--head", "pr.safetensors", "All/MJ_0_00.jpg", "--prompt-image",
+                                      "I2I/Image_prompt/0.jpg", "--out", "paired.csv"])
+    assert paired.exit_code == 0 and "warning" not in paired.output, paired.output
+    assert "warning" not in changed.output  # --root: the annotation pairs them; its T2I rows have no prompt
     missing = runner.invoke(cli.main, ["fit", "--backbone", "resnet19"])
     assert missing.exit_code == 2 and "did you mean 'resnet18.random/paper/64'" in missing.output
     target = runner.invoke(cli.main, ["fit", "--target", "MOS_x"])
@@ -384,3 +393,17 @@ def test_fit_without_the_mlp_or_figures_imports_neither_torch_nor_matplotlib(tmp
                          env=env)
     assert "LOADED [] EXIT 0" in run.stdout, run.stdout + run.stderr
     assert (tmp_path / "out" / "results.json").is_file()
+
+
+def test_unpaired_warning_names_the_database_that_could_pair_the_images(tmp_path, monkeypatch):
+    from regressors.heads import unpaired_warning
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "copied").mkdir()  # images copied out of their database: nothing to name, still one line
+    assert unpaired_warning("h.safetensors", "pr", 3, ["copied"]) == (
+        "h.safetensors is a pr head: 3 images were scored without an image prompt; if they have one, pair them "
+        "with --root DIR of their database (its annotation pairs each image with its prompt), or --prompt-image "
+        "FILE for one image")
+    (tmp_path / "db" / "I2I" / "Generated").mkdir(parents=True)
+    (tmp_path / "db" / "annotation.csv").write_text("name,prompt,MOS_q\n")
+    assert "with --root db (its annotation.csv pairs" in unpaired_warning("h", "pr", 1, ["db/I2I/Generated"])
