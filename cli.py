@@ -550,7 +550,8 @@ def table(results, fmt, metric, out, overwrite):
 @_dataset_options
 @click.option("--cache", type=click.Path(dir_okay=False),
               help=f"Reuse features of images already in this cache [./{DEFAULT_CACHE} if present].")
-@click.option("--backbone", help="Override the backbone name (must give the head's backbone id).")
+@click.option("--backbone", help="The backbone that extracts new images, as fit takes it (id, name, lite0/multilevel, "
+                                 "prefix); it must name the head's backbone [the head's own].")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local weights, if the head's came from a file.")
 @click.option("--mode", help="Refuse unless the head was trained for this mode.")
 @click.option("--device", default="auto", show_default=True)

@@ -51,7 +51,7 @@ def check_finite_labels(path: str, targets: dict, keys: np.ndarray) -> None:
                                  "annotation's labels")
 
 
-def _short_forms(bid: str) -> set[str]:
+def short_forms(bid: str) -> set[str]:
     """`tf_efficientnet_lite0.in1k/multilevel/224` answers to its arch, arch.tag, and either with the pooling."""
     full_arch, pool, _size = (bid.split("/") + ["", ""])[:3]
     arch = full_arch.split(".")[0]
@@ -74,7 +74,7 @@ def resolve_backbone_id(ids: list[str], wanted: str | None, path: str) -> str:
     name, _, pool = wanted.partition("/")
     arch = BACKBONES[name].arch if name in BACKBONES else name
     wanted_forms = {f"{arch}/{pool}" if pool else arch, wanted}
-    matches = [i for i in ids if _short_forms(i) & wanted_forms]
+    matches = [i for i in ids if short_forms(i) & wanted_forms]
     if not matches:
         matches = [i for i in ids if i.startswith(wanted)]
     if len(matches) == 1:
@@ -83,7 +83,7 @@ def resolve_backbone_id(ids: list[str], wanted: str | None, path: str) -> str:
         raise FeatcacheError(f"--backbone {wanted!r} matches several ids in {path}: {', '.join(matches)}; "
                              "add the pooling (e.g. lite0/multilevel) or pass the full id")
     raise unknown_name("backbone", wanted, ids, f" in {path}",
-                       aliases={form: i for i in ids for form in _short_forms(i)})
+                       aliases={form: i for i in ids for form in short_forms(i)})
 
 
 def backbone_query(name: str | None, pool: str | None) -> str | None:

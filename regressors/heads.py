@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, unknown_name
 from featcache.store import image_hashes, image_stats, open_read, read_config, read_provenance, \
     with_config_defaults
-from regressors.cache_data import CacheData
+from regressors.cache_data import CacheData, resolve_backbone_id, short_forms
 from regressors.design import content_groups, design_matrix
 from regressors.fitting import fit_estimator
 from regressors.heads_io import check_savable, load_head, save_head
@@ -144,6 +144,31 @@ def unpaired_warning(head: str | Path, mode: str, unpaired: int, folders: list[s
             f"with {how}, or --prompt-image FILE for one image")
 
 
+def backbone_to_load(head: str | Path, meta: dict, wanted: str | None) -> str:
+    """`predict --backbone`: the forms `fit --backbone` takes (the full id, a registry name, either with the
+    pooling, a unique prefix), as long as they name the head's own backbone id (else one line, with "did you
+    mean"). Returns the name to build it by: a registry name as given, an explicit timm `arch` or `arch.tag` for
+    a head trained on a timm name (its default tag may have moved since), else the head's own recorded name."""
+    own = meta["backbone_name"]
+    if wanted is None:
+        return own
+    from featcache.backbones import BACKBONES
+
+    bid = meta["backbone_id"]
+    full_arch, pool = bid.split("/")[:2]
+    try:
+        resolve_backbone_id([bid], wanted, str(head))
+    except FeatcacheError:  # the hint also knows the registry's names for it (lite0/paper -> lite0/multilevel)
+        names = [n for n, spec in BACKBONES.items() if spec.arch == full_arch.split(".")[0]]
+        forms = {*short_forms(bid), *names, *(f"{n}/{pool}" for n in names)}
+        raise unknown_name("backbone", wanted, [bid], f" of the head {head}", aliases=dict.fromkeys(forms, bid)) \
+            from None
+    name = wanted.partition("/")[0]
+    if name in BACKBONES or (own not in BACKBONES and name in {full_arch, full_arch.split(".")[0]}):
+        return name
+    return own
+
+
 def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts: list[str], *,
                   backbone: str | None = None, weights: str | None = None, mode: str | None = None,
                   device: str = "auto", batch_size: int = 32, workers: int = 0,
@@ -162,16 +187,15 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
                                  "pku-i2iqa, or their files with --prompt-image), or use a pr head, which takes both")
         raise FeatcacheError(f"{head} is a {meta['mode']} head: every image needs --prompt-image "
                              "(a pr head accepts images with or without one)")
+    name = backbone_to_load(head, meta, backbone)
     distinct = sorted(set(images) | {p for p in prompts if p})
-    known = cached_features(cache, meta["backbone_id"], root, distinct, meta["backbone_config"]) \
-        if backbone is None else {}
+    known = cached_features(cache, meta["backbone_id"], root, distinct, meta["backbone_config"])
     todo = [p for p in distinct if p not in known]
     features = dict(known)
     if todo:
         from featcache.backbones import load_backbone
         from featcache.extract import compute_features
 
-        name = backbone or meta["backbone_name"]
         source = meta["backbone_config"]["weights"]
         if weights is None and source["source"] == "file":
             weights = source.get("file")

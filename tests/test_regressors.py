@@ -284,6 +284,18 @@ def test_fit_and_predict_from_the_command_line(tmp_path, pku_root, monkeypatch):
                                       "I2I/Image_prompt/0.jpg", "--out", "paired.csv"])
     assert paired.exit_code == 0 and "warning" not in paired.output, paired.output
     assert "warning" not in changed.output  # --root: the annotation pairs them; its T2I rows have no prompt
+    # --backbone takes the forms fit --backbone takes, where they name the head's backbone
+    for form in ["resnet18.random/paper/64", "resnet18/paper", "resnet18", "resnet18.random", "resnet18.r"]:
+        same = runner.invoke(cli.main, ["predict", "--head", "pr.safetensors", "--root", ".", "--cache", "none.h5",
+                                        "--backbone", form, "--out", "same.csv", "--overwrite"])
+        assert same.exit_code == 0, (form, same.output)
+        got = [float(line.split(",")[2]) for line in (pku_root / "same.csv").read_text().splitlines()[1:]]
+        assert got == pytest.approx(rescored, abs=1e-4)  # extracted again by the head's own backbone
+    for form, hint in [("resnet18/multilevel", "; did you mean 'resnet18.random/paper/64'?"), ("vgg19", "")]:
+        other = runner.invoke(cli.main, ["predict", "--head", "pr.safetensors", "--root", ".", "--backbone", form])
+        assert other.exit_code == 2 and other.output == (
+            f"error: unknown backbone {form!r}{hint} (backbones of the head pr.safetensors: "
+            "resnet18.random/paper/64)\n"), other.output
     missing = runner.invoke(cli.main, ["fit", "--backbone", "resnet19"])
     assert missing.exit_code == 2 and "did you mean 'resnet18.random/paper/64'" in missing.output
     target = runner.invoke(cli.main, ["fit", "--target", "MOS_x"])
