@@ -2,7 +2,8 @@
 
 Rows: method (NR / FR / PR, then the extra modes) x backbone x regressor, the label-only floors as reference rows;
 columns: target x metric (SRCC, PLCC by default). The best value per column is bold, chosen among feature-reading
-rows without a failed fold (the floors and failed configurations never win). The caption states the protocol: one,
+rows without a failed fold scored on the same samples (the floors and failed configurations never win; the modes
+that read an image prompt, scored on those samples only, have a best of their own). The caption states the protocol: one,
 since runs made on other folds are refused.
 """
 
@@ -188,12 +189,14 @@ def paper_table(rows: list[dict], metrics: list[str]) -> tuple[list[str], list[l
     bold = [[False] * len(header) for _ in body]
     for column in range(3, len(header)):
         metric = metrics[(column - 3) % len(metrics)]
-        candidates = [(r[column], i) for i, r in enumerate(body) if not failed[i] and math.isfinite(r[column])]
-        if candidates:
-            best = min(candidates)[0] if metric == "rmse" else max(candidates)[0]
-            for value, i in candidates:
-                if value == best:
-                    bold[i][column] = True
+        for prompted in (False, True):  # NR scores all samples, FR only those with a prompt: never one contest
+            candidates = [(r[column], i) for i, r in enumerate(body) if not failed[i] and math.isfinite(r[column])
+                          and _prompted(models[i][0]) == prompted]
+            if candidates:
+                best = min(candidates)[0] if metric == "rmse" else max(candidates)[0]
+                for value, i in candidates:
+                    if value == best:
+                        bold[i][column] = True
     shown = set()
     for mode, regressor in floor_keys:  # floors depend only on the samples: once per sample set
         prompted = _prompted(mode)
@@ -210,8 +213,11 @@ def paper_table(rows: list[dict], metrics: list[str]) -> tuple[list[str], list[l
         body.append([label, "none (labels only)", regressor + _failed_note(failures)] + cells)
         bold.append([False] * len(header))
     protocols = sorted({r["_protocol"] for r in rows})
+    both = len({_prompted(mode) for mode, _, _ in models}) > 1
     caption = ("; ".join(protocols) + ". Fold means; a failed fold counts as 0. Bold: best per column among "
-               "feature-reading rows without failed folds. " + _floors_note(models, shown))
+               "feature-reading rows without failed folds" + (" scored on the same samples (all samples; the "
+                                                              "samples with an image prompt)" if both else "")
+               + ", as picked on the test folds. " + _floors_note(models, shown))
     return header, body, bold, caption
 
 

@@ -218,6 +218,24 @@ def test_too_few_groups_or_samples_advise_fewer_folds_only_where_fewer_can_work(
     assert str(few.value).endswith("too few for 2 folds of at least 4 test samples; widen --subset"), few.value
 
 
+def test_bold_is_a_best_among_rows_scored_on_the_same_samples():
+    """NR is scored on every sample, FR on those with an image prompt: one bold per column across both compared
+    numbers on different test sets. Each sample set gets its own best, and the caption says so."""
+    from regressors.tables import paper_table
+
+    def row(mode, regressor, srcc):
+        return {"mode": mode, "backbone": "b", "regressor": regressor, "target": "MOS_q", "srcc_mean": srcc,
+                "plcc_mean": srcc, "n_failed": 0, "_protocol": "p"}
+
+    rows = [row("nr", "ridge", 0.5), row("nr", "svr", 0.4), row("fr", "ridge", 0.3), row("fr", "svr", 0.45)]
+    header, body, bold, caption = paper_table(rows, ["srcc"])
+    best = {(line[0], line[2]) for line, flags in zip(body, bold) if flags[3]}
+    assert best == {("NR", "ridge"), ("FR", "svr")}
+    assert "scored on the same samples" in caption and "picked on the test folds" in caption
+    header, body, bold, caption = paper_table(rows[:2], ["srcc"])
+    assert "scored on the same samples" not in caption
+
+
 def test_a_repeat_whose_every_fold_failed_pools_to_zero(tmp_path):
     """prompt-mean over one prompt's samples predicts each test fold's constant training mean: every fold fails,
     and the pooled correlation of those constants is an artefact of the fold offsets, not a score."""
