@@ -237,6 +237,8 @@ def _checked_before_update(target: Path, name, state: CacheComparison, bid: str,
     update drops the rows of removed or changed images for every backbone, so a refusal after it (a missing image,
     weights that cannot load, another decoding configuration) lost them for a wrong --col or --annotation. Returns
     the built extractor when there is something to extract, else None."""
+    if state.root_changed and state.images_changed:
+        return None  # another dataset: bring_up_to_date refuses it, before any write and any model
     with open_read(target) as f:
         old_done = _done_flags(f, bid, config, name)  # another configuration of this backbone: refused here
     row_map = state.row_map
