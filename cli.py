@@ -215,13 +215,13 @@ def merge(shards, out):
 def info(cache, as_json, check):
     """Show the samples, subsets, targets and backbones of a cache."""
     from featcache.info import cache_info, format_info
-    from featcache.store import check_cache, images_on_disk
+    from featcache.store import check_cache, dataset_root, images_on_disk
 
     cache = cache or load_config().get("cache", DEFAULT_CACHE)
     result = cache_info(cache)
     if check:
         result["problems"] = check_cache(cache, require_complete=True)
-        disk = images_on_disk(cache)  # one stat per image with features, no read
+        disk = images_on_disk(cache, dataset_root(cache))  # one stat per image with features, no read
         if disk is not None:
             result["problems"] += [line for line in (disk.changed_line(),) if line]
             result["notes"] = [line for line in (disk.missing_line(), disk.root_missing_line()) if line]

@@ -537,14 +537,15 @@ class ImagesOnDisk:
             if self.root_missing else ""
 
 
-def images_on_disk(path: str | Path) -> ImagesOnDisk | None:
-    """Compare the images that have features with their files under the cache's recorded root by size and
-    modification time: one stat per image, no image read (sha256 is compared only by `extract --verify`). None for a
-    version 1 cache (nothing recorded)."""
+def images_on_disk(path: str | Path, root: str | Path | None = None) -> ImagesOnDisk | None:
+    """Compare the images that have features with their files under `root` (the dataset root this invocation found,
+    as the labels check finds its annotation; by default the cache's recorded root) by size and modification time:
+    one stat per image, no image read (sha256 is compared only by `extract --verify`). None for a version 1 cache
+    (nothing recorded)."""
     with open_read(path) as f:
         if "images/size" not in f or "images/mtime_ns" not in f:
             return None
-        result = ImagesOnDisk(str(f.attrs.get("root", "")))
+        result = ImagesOnDisk(str(Path(root).resolve()) if root is not None else str(f.attrs.get("root", "")))
         if not result.root or not Path(result.root).is_dir():
             result.root_missing = True
             return result
@@ -754,6 +755,16 @@ def _stored_annotation(f: h5py.File) -> tuple[str | None, str, str, dict]:
 
 
 TABLE_SUFFIXES = (".csv", ".xlsx", ".xls")  # every annotation file detection can find ends so
+
+
+def dataset_root(path: str | Path, **given) -> str | None:
+    """The root of the annotation `locate_annotation` finds for this cache (a copied database is its own root), or
+    None when it finds none or refuses (the caller then keeps the recorded root)."""
+    try:
+        source = locate_annotation(path, **given)
+    except FeatcacheError:
+        return None
+    return None if source is None else source.root
 
 
 def locate_annotation(path: str | Path, root: str | Path | None = None, annotation: str | Path | None = None,

@@ -98,14 +98,15 @@ def current_labels(data: CacheData, labels: str = "check", root: str | None = No
                          "are kept)")
 
 
-def current_images(data: CacheData) -> list[str]:
+def current_images(data: CacheData, annotation_from: dict | None = None) -> list[str]:
     """One warning when images that have features changed on disk since their extraction (size or modification
     time: one stat per image, no read; the fit still runs on the cached features), one short note when the folder
     they were extracted from is not there (a moved cache: nothing compared); missing images say nothing (the
-    features are there). Returns the warnings' lines."""
-    from featcache.store import images_on_disk
+    features are there). The images are those under the root of the annotation the labels check reads (a copied
+    database's own, not the original's). Returns the warnings' lines."""
+    from featcache.store import dataset_root, images_on_disk
 
-    disk = images_on_disk(data.path)
+    disk = images_on_disk(data.path, dataset_root(data.path, **(annotation_from or {})))
     if disk is None:  # a version 1 cache recorded nothing to compare with
         return []
     line = disk.changed_line() or disk.root_missing_line()
@@ -180,7 +181,7 @@ def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None,
     check_options(options, regressors)
     data = load_cache(cache, backbone, labels_only=labels_only(regressors), check_labels=labels != "annotation")
     notes = current_labels(data, labels, **(annotation_from or {}))
-    notes += current_images(data) if not labels_only(regressors) else []  # only features can be stale
+    notes += current_images(data, annotation_from) if not labels_only(regressors) else []  # only features go stale
     default_targets = targets is None
     targets = data.targets if default_targets else check_names("target", targets)
     defaults = modes is None
@@ -224,7 +225,7 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
         if checked is None:
             current_labels(data, labels, **(annotation_from or {}))
             if not labels_only(regressors):
-                current_images(data)
+                current_images(data, annotation_from)
             checked = data.samples.targets
         data.samples.targets = checked  # the annotation's, with --labels annotation
         chosen_targets = check_names("target", targets) if targets is not None else default_targets or data.targets

@@ -583,3 +583,26 @@ def test_merge_keeps_every_shards_image_hashes_and_refuses_before_writing(pku_ro
     with pytest.raises(FeatcacheError, match=r"another configuration \(decode.*differ\); use another --cache$"):
         merge([torch_path], merged)
     assert sorted(_state(merged)) == sorted(before)
+
+
+def test_a_copied_database_is_compared_with_its_own_images(pku_root, tmp_path, monkeypatch):
+    """The cache records the absolute root it was extracted from. In a copy of the database (cache and annotation
+    beside each other), an image replaced in the copy went unnoticed: the original's files were compared. The
+    images are now those under the root of the annotation the labels check finds."""
+    from regressors.fit import fit
+
+    samples = load_dataset(None, pku_root)
+    _extract(samples, pku_root, pku_root / "featcache.h5")
+    copy = tmp_path / "copy"
+    shutil.copytree(pku_root, copy)  # copy2: the files keep their modification times
+    monkeypatch.chdir(copy)
+    runner = CliRunner()
+    ok = runner.invoke(cli.main, ["info", "--check"])
+    assert ok.exit_code == 0 and ok.output.splitlines()[-1].endswith("images unchanged on disk"), ok.output
+    shutil.copyfile(copy / "All" / "MJ_1001_10.jpg", copy / "All" / "SD_1000_00.jpg")
+    checked = runner.invoke(cli.main, ["info", "--check"])
+    assert checked.exit_code == 2 and "1 images changed on disk" in checked.output, checked.output
+    with pytest.warns(FeatcacheWarning, match=r"1 images changed on disk .*first: All/SD_1000_00.jpg"):
+        fit("featcache.h5", regressors=["ridge"], floors=False, folds=3)
+    original = runner.invoke(cli.main, ["info", "--check", str(pku_root / "featcache.h5")])
+    assert original.exit_code == 0, original.output  # the original's cache: the annotation beside it, its images
