@@ -52,7 +52,8 @@ def fit_logistic(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray | None:
         return None
     centre, spread = float(np.mean(y_pred)), float(np.std(y_pred))
     z = (y_pred - centre) / spread
-    y = y_true - np.mean(y_true)
+    level, scale = float(np.mean(y_true)), float(np.std(y_true))  # both sides standardised: the solver's absolute
+    y = (y_true - level) / scale                                    # tolerances then mean the same at any scale
     narrowest, widest = LOGISTIC_WIDTHS
     best = (0.0, 0.0, 1.0)  # (explained sum of squares, midpoint, width), in SD units
     middles = np.quantile(z, np.linspace(0.02, 0.98, 49))
@@ -82,22 +83,21 @@ def fit_logistic(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray | None:
     with np.errstate(over="ignore"):
         s = 1.0 / (1.0 + np.exp(-(z - middle) / width))
     rise = float((y @ (s - s.mean())) / ((s - s.mean()) @ (s - s.mean())))
-    start = [float(np.mean(y_true) - rise * s.mean()), rise, middle, width]
-    scale = float(np.ptp(y_true))
+    start = [float(-rise * s.mean()), rise, middle, width]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fitted = optimize.least_squares(lambda q: curve(q) - y_true, start, jac=jacobian,
+            fitted = optimize.least_squares(lambda q: curve(q) - y, start, jac=jacobian,
                                             bounds=([-np.inf, 0.0, float(z.min()), narrowest],
-                                                    [np.inf, 1e3 * scale, float(z.max()), widest]),
+                                                    [np.inf, 1e3, float(z.max()), widest]),
                                             ftol=1e-12, xtol=1e-12, gtol=1e-12, max_nfev=500)
     except (ValueError, np.linalg.LinAlgError):
         return None
-    low, rise, middle, width = (fitted.x if fitted.cost <= 0.5 * float(np.sum((curve(start) - y_true) ** 2))
+    low, rise, middle, width = (fitted.x if fitted.cost <= 0.5 * float(np.sum((curve(start) - y) ** 2))
                                 else start)
-    if not rise > 1e-9 * scale:
+    if not rise > 1e-9:
         return None
-    return np.array([low + rise, low, centre + middle * spread, width * spread])
+    return np.array([level + (low + rise) * scale, level + low * scale, centre + middle * spread, width * spread])
 
 
 FIT_HERE = "fit here"  # plcc_after_logistic: fit the mapping on the samples it scores

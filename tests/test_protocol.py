@@ -187,6 +187,17 @@ def test_the_logistic_cannot_become_a_step_so_last_bits_do_not_move_it():
             plcc_after_logistic(y, nudged, fit_logistic(y, nudged)), abs=1e-12)
 
 
+def test_the_logistic_does_not_depend_on_the_labels_scale():
+    """The solver's tolerances are absolute: on labels of about 1e-6 it stopped at its start (another curve, PLCC
+    5.5e-6 off), so one database rated 0-1 and 0-100 gave other logistic PLCCs. It fits standardised labels."""
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=40)
+    p = y + rng.normal(size=40)
+    base = plcc_after_logistic(y, p)
+    for scaled in (y * 1e-6, y * 1e-4 + 3, y * 100, y * 1e6):
+        assert plcc_after_logistic(scaled, p) == pytest.approx(base, abs=1e-12)
+
+
 def test_the_logistic_is_fitted_on_the_whole_repeat_not_on_one_fold(tmp_path):
     """generator-mean predicts two values per fold (one per generator). Any increasing map of two values is affine,
     so each fold's PLCC after a mapping fitted across the repeat is its plain PLCC, sign included: fitted on one
