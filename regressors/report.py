@@ -73,17 +73,22 @@ def _render(header: list[str], rows: list[list[str]], markdown: bool) -> str:
 
 
 def highest_on_test(summary: list[dict]) -> list[dict]:
-    """Per target (and backbone): the feature-reading row with the highest mean test SRCC among those with no
-    failed fold, and the best label-only floor of the same mode (the same test samples: an FR floor scores the
-    image-prompt samples only), or of any mode when no model qualifies. Chosen on the test folds: for
-    orientation, not a result. `floors_fitted` False: the run had no floor at all (--no-floors)."""
+    """Per target, sample set (all samples; those with an image prompt, which FR scores alone) and backbone: the
+    feature-reading row with the highest mean test SRCC among those with no failed fold, and the best label-only
+    floor of the same mode (the same test samples), or of any mode of the set when no model qualifies. An NR and an
+    FR score are never compared: they come from other test samples. Chosen on the test folds: for orientation, not a
+    result. `floors_fitted` False: the run had no floor at all (--no-floors)."""
+    from regressors.modes import MODES
+
     out: dict[tuple, dict] = {}
     valid: dict[tuple, list[dict]] = {}
     for row in summary:
-        key = (row.get("backbone", ""), row["target"])
+        mode = MODES.get(row["mode"])
+        prompted = bool(mode and mode.needs_prompt_image)
+        key = (row.get("backbone", ""), row["target"], prompted)
         floor = not get_regressor(row["regressor"]).reads_features
-        entry = out.setdefault(key, {"backbone": key[0], "target": key[1], "model": None, "floor": None,
-                                     "floors_fitted": False})
+        entry = out.setdefault(key, {"backbone": key[0], "target": key[1], "prompted": prompted, "model": None,
+                                     "floor": None, "floors_fitted": False})
         entry["floors_fitted"] |= floor
         if row.get("n_failed") or row["srcc_mean"] is None or not math.isfinite(row["srcc_mean"]):
             continue
@@ -395,7 +400,8 @@ def report_markdown(results: CVResults, title: str, figure_lines: list[str], tab
         for entry in best:
             model, floor = entry["model"], entry["floor"]
             where = f"{entry['backbone']} " if entry["backbone"] else ""
-            text = f"- {where}{entry['target']}: "
+            samples = " (samples with an image prompt)" if entry.get("prompted") else ""
+            text = f"- {where}{entry['target']}{samples}: "
             text += (f"{model['regressor']} {model['mode']} SRCC {model['srcc_mean']:.3f}" if model
                      else "no feature-reading configuration without failed folds")
             if floor:

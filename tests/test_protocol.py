@@ -247,6 +247,18 @@ def test_bold_is_a_best_among_rows_scored_on_the_same_samples():
     assert "scored on the same samples" not in caption
 
 
+def test_the_highest_test_score_is_picked_per_sample_set():
+    """An FR score (samples with a prompt) beat an NR score (every sample) for "highest" although they come from
+    other test samples; each sample set has its own line, with the floor of the same samples beside it."""
+    def row(mode, regressor, srcc):
+        return {"mode": mode, "regressor": regressor, "target": "MOS_q", "srcc_mean": srcc, "n_failed": 0}
+
+    best = highest_on_test([row("nr", "ridge", 0.013), row("fr", "ridge", 0.026), row("nr", "prompt-mean", 0.3),
+                            row("fr", "prompt-mean", 0.5)])
+    picked = {(b["prompted"], b["model"]["mode"], b["floor"]["mode"]) for b in best}
+    assert picked == {(False, "nr", "nr"), (True, "fr", "fr")}
+
+
 def test_a_repeat_whose_every_fold_failed_pools_to_zero(tmp_path):
     """prompt-mean over one prompt's samples predicts each test fold's constant training mean: every fold fails,
     and the pooled correlation of those constants is an artefact of the fold offsets, not a score."""
