@@ -51,9 +51,11 @@ def fit_logistic(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray | None:
     if len(y_true) < 4 or not np.isfinite(y_pred).all() or np.ptp(y_pred) == 0 or np.ptp(y_true) == 0:
         return None
     centre, spread = float(np.mean(y_pred)), float(np.std(y_pred))
-    z = (y_pred - centre) / spread
     level, scale = float(np.mean(y_true)), float(np.std(y_true))  # both sides standardised: the solver's absolute
-    y = (y_true - level) / scale                                    # tolerances then mean the same at any scale
+    if not (spread > 0 and scale > 0):                             # tolerances then mean the same at any scale
+        return None  # a spread that underflows (predictions of about 1e-300): no curve to fit
+    z = (y_pred - centre) / spread
+    y = (y_true - level) / scale
     narrowest, widest = LOGISTIC_WIDTHS
     best = (0.0, 0.0, 1.0)  # (explained sum of squares, midpoint, width), in SD units
     middles = np.quantile(z, np.linspace(0.02, 0.98, 49))
