@@ -40,24 +40,39 @@ def modes_for(data: CacheData, subset: str = "all", split: str = "group", train_
     return default_modes(bool(has[rows].any()), bool(has[rows].any()), extras)
 
 
+def located_annotation(data: CacheData, annotation_from: dict | None = None) -> tuple:
+    """(the annotation `featcache.store.locate_annotation` finds for this cache or None, the error it raised or
+    None): looked up once, for both the labels check and the images check."""
+    from featcache.store import locate_annotation
+
+    try:
+        return locate_annotation(data.path, **(annotation_from or {})), None
+    except FeatcacheError as exc:
+        return None, exc
+
+
 def current_labels(data: CacheData, labels: str = "check", root: str | None = None, annotation: str | None = None,
-                   dataset: str | None = None, options: dict | None = None) -> list[str]:
+                   dataset: str | None = None, options: dict | None = None, located: tuple | None = None) -> list[str]:
     """Compare the cached labels with the annotation file this invocation would use before anything is fitted:
     `root`/`annotation`/`dataset` (command line or featcache.toml), else the one in the current folder, else the
     one the cache recorded (`featcache.store.locate_annotation`); none found: a warning that nothing was checked.
 
     check: a difference is a one-line error; cache: keep the cached labels (differences, or an annotation that
     cannot be read, are warnings: the annotation is not needed); annotation: fit on the annotation's labels (same
-    samples required). Returns the warnings' lines."""
-    from featcache.store import annotation_unchanged, labels_changed, locate_annotation, read_labels_from_annotation, \
-        recorded_annotation
+    samples required). `located`: `located_annotation`'s answer, when the caller has it. Returns the warnings'
+    lines."""
+    from featcache.store import annotation_unchanged, labels_changed, read_labels_from_annotation, recorded_annotation
 
     if labels not in LABEL_SOURCES:
         from featcache.errors import unknown_name
 
         raise unknown_name("label source", labels, LABEL_SOURCES)
+    if located is None:
+        located = located_annotation(data, dict(root=root, annotation=annotation, dataset=dataset, options=options))
+    source, error = located
     try:
-        source = locate_annotation(data.path, root, annotation, dataset, options)
+        if error is not None:
+            raise error
         if source is None:
             stored = recorded_annotation(data.path)
             where = "none beside the cache or in the current folder, and " + (
@@ -98,15 +113,16 @@ def current_labels(data: CacheData, labels: str = "check", root: str | None = No
                          "are kept)")
 
 
-def current_images(data: CacheData, annotation_from: dict | None = None) -> list[str]:
+def current_images(data: CacheData, annotation_from: dict | None = None, located: tuple | None = None) -> list[str]:
     """One warning when images that have features changed on disk since their extraction (size or modification
     time: one stat per image, no read; the fit still runs on the cached features), one short note when the folder
     they were extracted from is not there (a moved cache: nothing compared); missing images say nothing (the
     features are there). The images are those under the root of the annotation the labels check reads (a copied
-    database's own, not the original's). Returns the warnings' lines."""
-    from featcache.store import dataset_root, images_on_disk
+    database's own, not the original's; none found: the recorded root). Returns the warnings' lines."""
+    from featcache.store import images_on_disk
 
-    disk = images_on_disk(data.path, dataset_root(data.path, **(annotation_from or {})))
+    source, _ = located_annotation(data, annotation_from) if located is None else located
+    disk = images_on_disk(data.path, source.root if source is not None else None)
     if disk is None:  # a version 1 cache recorded nothing to compare with
         return []
     line = disk.changed_line() or disk.root_missing_line()
@@ -115,10 +131,6 @@ def current_images(data: CacheData, annotation_from: dict | None = None) -> list
 
 def _notes(lines: list[str]) -> list[str]:
     """Each line is a one-line warning (the CLI prints `warning: ...`), and is returned too."""
-    import warnings
-
-    from featcache.errors import FeatcacheWarning
-
     for line in lines:
         warnings.warn(line, FeatcacheWarning, stacklevel=3)
     return lines
@@ -180,8 +192,9 @@ def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None,
     asked, regressors = run_regressors(regressors, floors)
     check_options(options, regressors)
     data = load_cache(cache, backbone, labels_only=labels_only(regressors), check_labels=labels != "annotation")
-    notes = current_labels(data, labels, **(annotation_from or {}))
-    notes += current_images(data, annotation_from) if not labels_only(regressors) else []  # only features go stale
+    located = located_annotation(data, annotation_from)
+    notes = current_labels(data, labels, **(annotation_from or {}), located=located)
+    notes += current_images(data, located=located) if not labels_only(regressors) else []  # only features go stale
     default_targets = targets is None
     targets = data.targets if default_targets else check_names("target", targets)
     defaults = modes is None
@@ -223,9 +236,10 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
     for bid in chosen:
         data = load_cache(cache, bid, check_labels=labels != "annotation")
         if checked is None:
-            current_labels(data, labels, **(annotation_from or {}))
+            located = located_annotation(data, annotation_from)
+            current_labels(data, labels, **(annotation_from or {}), located=located)
             if not labels_only(regressors):
-                current_images(data, annotation_from)
+                current_images(data, located=located)
             checked = data.samples.targets
         data.samples.targets = checked  # the annotation's, with --labels annotation
         chosen_targets = check_names("target", targets) if targets is not None else default_targets or data.targets
