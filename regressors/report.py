@@ -78,13 +78,12 @@ def highest_on_test(summary: list[dict]) -> list[dict]:
     floor of the same mode (the same test samples), or of any mode of the set when no model qualifies. An NR and an
     FR score are never compared: they come from other test samples. Chosen on the test folds: for orientation, not a
     result. `floors_fitted` False: the run had no floor at all (--no-floors)."""
-    from regressors.modes import MODES
+    from regressors.modes import scores_prompted_samples
 
     out: dict[tuple, dict] = {}
     valid: dict[tuple, list[dict]] = {}
     for row in summary:
-        mode = MODES.get(row["mode"])
-        prompted = bool(mode and mode.needs_prompt_image)
+        prompted = scores_prompted_samples(row["mode"])
         key = (row.get("backbone", ""), row["target"], prompted)
         floor = not get_regressor(row["regressor"]).reads_features
         entry = out.setdefault(key, {"backbone": key[0], "target": key[1], "prompted": prompted, "model": None,

@@ -3,8 +3,8 @@
 Rows: method (NR / FR / PR, then the extra modes) x backbone x regressor, the label-only floors as reference rows;
 columns: target x metric (SRCC, PLCC by default). The best value per column is bold, chosen among feature-reading
 rows without a failed fold scored on the same samples (the floors and failed configurations never win; the modes
-that read an image prompt, scored on those samples only, have a best of their own). The caption states the protocol: one,
-since runs made on other folds are refused.
+that read an image prompt, scored on those samples only, have a best of their own). The caption states the
+protocol: one, since runs made on other folds are refused.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from featcache.errors import FeatcacheError
-from regressors.modes import MODES
+from regressors.modes import MODES, scores_prompted_samples
 from regressors.registry import REGRESSORS
 from regressors.splits import SPLITS
 
@@ -191,7 +191,7 @@ def paper_table(rows: list[dict], metrics: list[str]) -> tuple[list[str], list[l
         metric = metrics[(column - 3) % len(metrics)]
         for prompted in (False, True):  # NR scores all samples, FR only those with a prompt: never one contest
             candidates = [(r[column], i) for i, r in enumerate(body) if not failed[i] and math.isfinite(r[column])
-                          and _prompted(models[i][0]) == prompted]
+                          and scores_prompted_samples(models[i][0]) == prompted]
             if candidates:
                 best = min(candidates)[0] if metric == "rmse" else max(candidates)[0]
                 for value, i in candidates:
@@ -199,7 +199,7 @@ def paper_table(rows: list[dict], metrics: list[str]) -> tuple[list[str], list[l
                         bold[i][column] = True
     shown = set()
     for mode, regressor in floor_keys:  # floors depend only on the samples: once per sample set
-        prompted = _prompted(mode)
+        prompted = scores_prompted_samples(mode)
         if (prompted, regressor) in shown:
             continue
         shown.add((prompted, regressor))
@@ -213,16 +213,12 @@ def paper_table(rows: list[dict], metrics: list[str]) -> tuple[list[str], list[l
         body.append([label, "none (labels only)", regressor + _failed_note(failures)] + cells)
         bold.append([False] * len(header))
     protocols = sorted({r["_protocol"] for r in rows})
-    both = len({_prompted(mode) for mode, _, _ in models}) > 1
+    both = len({scores_prompted_samples(mode) for mode, _, _ in models}) > 1
     caption = ("; ".join(protocols) + ". Fold means; a failed fold counts as 0. Bold: best per column among "
                "feature-reading rows without failed folds" + (" scored on the same samples (all samples; the "
                                                               "samples with an image prompt)" if both else "")
                + ", as picked on the test folds. " + _floors_note(models, shown))
     return header, body, bold, caption
-
-
-def _prompted(mode: str) -> bool:
-    return bool(MODES.get(mode) and MODES[mode].needs_prompt_image)
 
 
 def _floors_note(models: list[tuple], floors_shown: set) -> str:
@@ -231,7 +227,7 @@ def _floors_note(models: list[tuple], floors_shown: set) -> str:
     if not floors_shown:
         return ("No label-only floors (made with --no-floors): no row shows what the labels alone score on these "
                 "folds.")
-    missing = {_prompted(mode) for mode, _, _ in models} - {prompted for prompted, _ in floors_shown}
+    missing = {scores_prompted_samples(mode) for mode, _, _ in models} - {prompted for prompted, _ in floors_shown}
     if not missing:
         return "Floors read no pixel."
     which = " and ".join("the samples with an image prompt" if prompted else "all samples"
