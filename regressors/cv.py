@@ -231,6 +231,7 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
         for note in folds_missing_a_subset(request, fold_list):
             warnings.warn(note, FeatcacheWarning, stacklevel=3)
     needs_features = any(get_regressor(r).reads_features for r in regressors)
+    inner_groups = prompt_disjoint(split, hold_out_prompts)  # the inner selection holds out groups too
     tasks: list[_Task] = []
     for mode in modes:
         rows = usable[mode]
@@ -240,7 +241,6 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
         position[rows] = np.arange(len(rows))
         y_of = {target: labels[target][rows] for target in targets}
         groups_of = groups[rows]
-        inner_groups = prompt_disjoint(split, hold_out_prompts)
         for name in regressors:
             reg = get_regressor(name)
             inputs = x if reg.reads_features else codes
