@@ -215,7 +215,9 @@ def merge(shards, out):
 def info(cache, as_json, check):
     """Show the samples, subsets, targets and backbones of a cache."""
     from featcache.info import cache_info, format_info
-    from featcache.store import check_cache, dataset_root, images_on_disk
+    from featcache.annotation_lookup import dataset_root
+    from featcache.cache_check import check_cache
+    from featcache.image_changes import images_on_disk
 
     cache = cache or load_config().get("cache", DEFAULT_CACHE)
     result = cache_info(cache)
@@ -235,7 +237,7 @@ def info(cache, as_json, check):
 @click.argument("cache", required=False, type=click.Path(dir_okay=False))
 def repair(cache):
     """Drop half-created backbones, mark non-finite rows for extraction again, delete leftover temporary files."""
-    from featcache.store import repair as run_repair
+    from featcache.cache_check import repair as run_repair
 
     cache = cache or load_config().get("cache", DEFAULT_CACHE)
     result = run_repair(cache)

@@ -68,7 +68,7 @@ def make_folder(tmp: Path, images: int, size: int, distinct_views: int = 8) -> P
 def _loader(folder: Path, paths, backbone, batch_size: int, workers: int, pin: bool):
     from torch.utils.data import DataLoader
 
-    from featcache.extract import ImageRows, collate_rows, worker_init
+    from featcache.image_rows import ImageRows, collate_rows, worker_init
 
     dataset = ImageRows(folder, paths, list(range(len(paths))), backbone.transform(), 10**9)
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_rows,
@@ -76,14 +76,14 @@ def _loader(folder: Path, paths, backbone, batch_size: int, workers: int, pin: b
 
 
 def gpu_decode(folder: Path, paths, backbone, batch_size: int, device) -> float:
-    """Images/s of what `extract` does in its decode thread on the torch path (`_pixels_on_device`): batched
+    """Images/s of what `extract` does in its decode thread on the torch path (`pixels_on_device`): batched
     JPEG decoding with torchvision on `device` (nvjpeg on CUDA), then featcache's resize, centre crop and
     normalisation there. JPEGs only: the PNG image prompts take Pillow in the workers in `extract` too."""
     import torch
     from torchvision.io import read_file
 
     from featcache.decode import EncodedJpeg, TorchPreprocess, pack_payloads
-    from featcache.extract import ImageRows, _pixels_on_device
+    from featcache.image_rows import ImageRows, pixels_on_device
 
     jpegs = [p for p in paths if p.lower().endswith((".jpg", ".jpeg"))]
     dataset = ImageRows(folder, jpegs, list(range(len(jpegs))), backbone.transform(), 10**9, jpeg_bytes=True)
@@ -96,11 +96,11 @@ def gpu_decode(folder: Path, paths, backbone, batch_size: int, device) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    _pixels_on_device(*batches[0], dataset, preprocess, device)  # warm-up: nvjpeg's handle and buffers
+    pixels_on_device(*batches[0], dataset, preprocess, device)  # warm-up: nvjpeg's handle and buffers
     sync()
     start = time.perf_counter()
     for rows, packed in batches:
-        _pixels_on_device(rows, packed, dataset, preprocess, device)
+        pixels_on_device(rows, packed, dataset, preprocess, device)
     sync()
     return len(jpegs) / (time.perf_counter() - start)
 
@@ -114,7 +114,7 @@ def decode_agreement(folder: Path, paths, device, images: int = 256) -> dict:
     `images` JPEGs: random weights in fp16, as timed above, amplify the decoders' last-bit differences chaotically
     (ResNet-50 and ViT-L gave minima of 0.85 and -0.04 on an H200 while ResNet-18 and VGG-19 gave 0.9998)."""
     from featcache.backbones import load_backbone
-    from featcache.extract import compute_features
+    from featcache.forward import compute_features
 
     jpegs = [p for p in paths if p.lower().endswith((".jpg", ".jpeg"))][:images]
     lite0 = load_backbone("lite0")

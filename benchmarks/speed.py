@@ -77,7 +77,9 @@ def extraction(args, tmp: Path) -> dict:
     from featcache.backbones import load_backbone
     from featcache.devices import resolve_device, to_channels_last
     from featcache.datasets import load_dataset
-    from featcache.extract import ImageRows, collate_rows, default_workers, extract, worker_init
+    from featcache.extract import extract
+    from featcache.forward import default_workers
+    from featcache.image_rows import ImageRows, collate_rows, worker_init
     from featcache.synth import synth
 
     photos, source = photos_folder(tmp)

@@ -1,51 +1,59 @@
-"""Stage 1: run a frozen backbone once over every distinct image and stream the rows into the cache."""
+"""`featcache extract`: run a frozen backbone once over every distinct image and stream the rows into the cache.
+
+The cache is created or brought up to date under its lock, the backbone's datasets are added whole, then rows are
+written batch by batch, each batch's rows before their `done` flags; an interrupted run resumes where it stopped
+and gives the same features it would have given in one go."""
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import platform
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from featcache import __version__, interrupts
+from featcache import __version__
+from featcache.atomic_write import disk_full_error, is_disk_full, real_path, remove_stale_temporaries
 from featcache.backbones import Backbone
-from featcache.devices import resolve_device, to_channels_last, usable_cores
+from featcache.cache_lock import lock_cache, lock_file
+from featcache.cache_rewrite import NewBackbone, add_backbones, bring_up_to_date
+from featcache.devices import resolve_device, to_channels_last
 from featcache.errors import FeatcacheError, named
-from featcache.images import DEFAULT_MAX_PIXELS, DRAFT_RULE, Draft, check_files_present, load_rgb, read_jpeg_bytes
+from featcache.forward import (
+    Forwarding,
+    finite_rows,
+    forward_batches,
+    loader_workers,
+    non_finite_message,
+    resolve_decoding,
+    resolve_precision,
+)
+from featcache.image_changes import CacheComparison, compare_with_cache, refresh_image_stats
+from featcache.image_rows import Decoding, image_rows
+from featcache.images import DEFAULT_MAX_PIXELS, DRAFT_RULE, check_files_present
 from featcache.samples import SampleTable
 from featcache.store import (
-    CacheComparison,
-    NewBackbone,
-    add_backbones,
     backbone_ids,
-    bring_up_to_date,
-    check_is_cache_file,
     check_config,
-    compare_with_cache,
+    check_is_cache_file,
     create_cache,
-    disk_full_error,
-    is_disk_full,
-    lock_cache,
     open_read,
-    read_config,
     open_write,
-    real_path,
-    refresh_image_stats,
-    remove_stale_temporaries,
+    read_config,
     with_config_defaults,
 )
 
 
 @dataclass
 class ExtractResult:
+    """What one `extract` did: rows of the cache, of this shard, already done before, and written now."""
+
     cache: str
     backbone_id: str
     rows_total: int
@@ -63,7 +71,7 @@ class ExtractResult:
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """'I/N' -> (I, N), 0 <= I < N."""
+    """'I/N' -> (I, N), 0 <= I < N; None for no sharding."""
     if not text:
         return None
     try:
@@ -76,145 +84,55 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 def shard_rows(rows: int, shard: tuple[int, int] | None) -> range:
-    """Contiguous blocks, so each shard writes whole chunks."""
+    """The rows of `shard` among `rows`: contiguous blocks, so each shard writes whole chunks."""
     if shard is None:
         return range(rows)
     index, count = shard
     return range(rows * index // count, rows * (index + 1) // count)
 
 
-def default_workers() -> int:
-    """Every core this process may run on: decoding is the CPU-bound half of extraction, so no fixed cap (a cap of
-    8 left most of a large machine idle). `--workers` or the config's `workers` lowers it when memory is short."""
-    return usable_cores()
-
-
-def loader_workers(requested: int | None, images: int, batch_size: int) -> int:
-    """By default every usable core, and none for a single batch (one worker would decode it while the main process
-    waits: starting it is pure start-up cost); never more workers than batches (`--workers 1000` started 1000
-    processes, each importing torch, for one batch)."""
-    batches = -(-images // batch_size)
-    if requested is not None:
-        return min(requested, max(1, batches))
-    return 0 if batches <= 1 else min(default_workers(), batches)
-
-
 def start_cuda(device: torch.device) -> None:
-    """Create the CUDA context in a thread (it takes about a second) while the cache is checked and the model built;
-    the first CUDA call of the main thread waits for it."""
+    """Create the CUDA context in a thread while the cache is checked and the model built; the first CUDA call of
+    the main thread waits for it."""
     if device.type != "cuda":
         return
-    import threading
-
     threading.Thread(target=lambda: torch.zeros(1, device=device), name="featcache-cuda-init", daemon=True).start()
 
 
-class ImageRows(Dataset):
-    """Decodes in worker processes; a bad file becomes an error entry instead of killing the run.
+@dataclass(kw_only=True)
+class _Request:
+    """One `extract` call's resolved inputs: the cache as named (`name`) and its real path (`target`), the samples
+    and the distinct image paths under `root`, the rows of this shard, the backbone with its full configuration
+    (decode options and precision included) and the device."""
 
-    `draft`: JPEG draft decoding (see `load_rgb`). `jpeg_bytes`: the torch decode path; 8-bit RGB/grey
-    JPEGs come back as their bytes (`EncodedJpeg`) for the main process to decode on the device, other files decoded
-    here as usual."""
+    name: Path
+    target: Path
+    samples: SampleTable
+    root: Path
+    paths: list[str]
+    in_shard: range
+    backbone: Backbone
+    config: dict
+    device: torch.device
+    verify: bool
+    command: str
 
-    def __init__(self, root: Path, paths: list[str], rows: list[int], transform, max_pixels: int,
-                 draft: Draft | None = None, jpeg_bytes: bool = False):
-        self.root, self.paths, self.rows = root, paths, rows
-        self.transform, self.max_pixels = transform, max_pixels
-        self.draft, self.jpeg_bytes = draft, jpeg_bytes
-        first = _first_resize(transform)
-        self.resize = None if first is None else _resize_size(first)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, k: int):
-        row = self.rows[k]
-        if self.jpeg_bytes:
-            from featcache.decode import EncodedJpeg
-
-            data = read_jpeg_bytes(self.root / self.paths[row], self.max_pixels, self.resize)
-            if data is not None:
-                return row, EncodedJpeg(torch.from_numpy(data)), ""
-        return (row, *self.decode_with_pil(row))
-
-    def decode_with_pil(self, row: int) -> tuple[torch.Tensor | None, str]:
-        """(pixels, "") or (None, the one-line error naming the file)."""
-        path = self.root / self.paths[row]
-        try:
-            return self.transform(load_rgb(path, self.max_pixels, self.draft, self.resize)), ""
-        except FeatcacheError as exc:
-            return None, str(exc)
-        except Exception as exc:  # a transform failing on a strange image
-            return None, f"{path}: {type(exc).__name__}: {exc}"
+    @property
+    def bid(self) -> str:
+        return self.config["id"]
 
 
-def collate_rows(items):
-    good = [(r, t) for r, t, e in items if t is not None]
-    rows = [r for r, _ in good]
-    batch = torch.stack([t for _, t in good]) if good else None
-    errors = [e for _, t, e in items if t is None]
-    return rows, batch, errors
+@dataclass(kw_only=True)
+class _Extraction:
+    """What `_run` needs to fill a backbone's rows: the built extractor, the request, the rows still to do, how
+    their images are decoded and forwarded, and whether a progress bar is shown."""
 
-
-def collate_payloads(items):
-    """The torch path: payloads (pixels or `EncodedJpeg`) packed into two tensors for the trip to the main process,
-    which decodes and stacks them."""
-    from featcache.decode import pack_payloads
-
-    good = [(r, p) for r, p, e in items if p is not None]
-    return [r for r, _ in good], pack_payloads([p for _, p in good]), [e for _, p, e in items if p is None]
-
-
-def _pixels_on_device(rows: list[int], packed, dataset: ImageRows, preprocess, device: torch.device):
-    """Decode a batch's JPEG bytes on `device` in one call and preprocess them there; a file the torch decoder
-    refuses (or any other payload failing) is decoded with Pillow instead, its error reported as on the CPU path.
-    Returns (rows, (B, 3, S, S) batch on `device` or None, errors), rows in their original order."""
-    from featcache.decode import EncodedJpeg, decode_jpegs, unpack_payloads
-
-    payloads = unpack_payloads(packed)
-    encoded = [i for i, p in enumerate(payloads) if isinstance(p, EncodedJpeg)]
-    pixels: list = list(payloads)
-    by_shape: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
-    for i, image in zip(encoded, decode_jpegs([payloads[i].data for i in encoded], device)):
-        pixels[i] = None
-        if image is not None:
-            by_shape.setdefault(tuple(image.shape), []).append((i, image))
-    for group in by_shape.values():  # one set of kernels per image size, not per image: the main thread stays ahead
-        height, width = group[0][1].shape[-2:]
-        step = max(1, STACK_PIXELS // (height * width))  # a float32 stack of large photos would not fit
-        for start in range(0, len(group), step):
-            chunk = group[start:start + step]
-            try:
-                done = preprocess(torch.stack([image for _, image in chunk]))
-            except RuntimeError:
-                continue  # left to Pillow below, one by one
-            for (i, _), tensor in zip(chunk, done):
-                pixels[i] = tensor
-    kept_rows, kept, errors = [], [], []
-    for row, tensor in zip(rows, pixels):
-        if tensor is None:
-            tensor, error = dataset.decode_with_pil(row)
-            if tensor is None:
-                errors.append(error)
-                continue
-        kept_rows.append(row)
-        kept.append(tensor.to(device, non_blocking=True))  # the loader's pinned pixels, or host memory: both safe
-    return kept_rows, torch.stack(kept) if kept else None, errors
-
-
-STACK_PIXELS = 2 ** 26  # the most pixels preprocessed as one stack: 768 MiB of float32 RGB
-
-
-def worker_init(_):
-    torch.set_num_threads(1)
-
-
-def _precision(device: torch.device, precision: str) -> str:
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise FeatcacheError(f"--precision {precision!r}: choose auto, fp32, fp16 or bf16")
-    return precision
+    extractor: torch.nn.Module
+    request: _Request
+    todo: list[int]
+    decoding: Decoding
+    forwarding: Forwarding
+    progress: bool
 
 
 def _done_flags(f, bid: str, config: dict, name) -> np.ndarray | None:
@@ -225,32 +143,31 @@ def _done_flags(f, bid: str, config: dict, name) -> np.ndarray | None:
     return f[f"features/{bid}/done"][()]
 
 
-def _built(backbone: Backbone, torch_device):
+def _built(backbone: Backbone, torch_device: torch.device):
     """The backbone's frozen extractor on the device (the CUDA context started first, in a thread)."""
     start_cuda(torch_device)
     return to_channels_last(backbone.extractor().to(torch_device), torch_device)
 
 
-def _checked_before_update(target: Path, name, state: CacheComparison, bid: str, config: dict, root: Path,
-                           paths: list[str], in_shard, backbone: Backbone, torch_device):
-    """Everything that could refuse this command, checked before the cache follows a changed image list: that
-    update drops the rows of removed or changed images for every backbone, so a refusal after it (a missing image,
-    weights that cannot load, another decoding configuration) lost them for a wrong --col or --annotation. Returns
-    the built extractor when there is something to extract, else None."""
+def _checked_before_update(request: _Request, state: CacheComparison):
+    """Everything that could refuse this command, checked before the cache follows a changed image list (that update
+    drops the rows of removed or changed images for every backbone): another configuration of this backbone, a
+    missing image, weights that do not load. Returns the built extractor when there is something to extract, else
+    None."""
     if state.root_changed and state.images_changed:
         return None  # another dataset: bring_up_to_date refuses it, before any write and any model
-    with open_read(target) as f:
-        old_done = _done_flags(f, bid, config, name)  # another configuration of this backbone: refused here
+    with open_read(request.target) as f:
+        old_done = _done_flags(f, request.bid, request.config, request.name)
     row_map = state.row_map
-    cached = np.zeros(len(paths), dtype=bool)
+    cached = np.zeros(len(request.paths), dtype=bool)
     if old_done is not None:
         known = row_map >= 0
         cached[known] = old_done[row_map[known]]
-    needed = [paths[i] for i in in_shard if not cached[i]]
+    needed = [request.paths[i] for i in request.in_shard if not cached[i]]
     if not needed:
         return None
-    check_files_present(root, needed)
-    return _built(backbone, torch_device)
+    check_files_present(request.root, needed)
+    return _built(request.backbone, request.device)
 
 
 @dataclass
@@ -272,25 +189,25 @@ def _file_identity(path: Path) -> tuple | None:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
-def _already_complete(target: Path, name, samples: SampleTable, root: Path, config: dict,
-                      in_shard: range, verify: bool) -> _Precheck:
+def _already_complete(request: _Request) -> _Precheck:
     """Whether the cache already holds every row of the shard for these images and labels (checked without the
     lock, so a read-only but complete cache is 'nothing to do')."""
-    identity = _file_identity(target)
+    identity = _file_identity(request.target)
     if identity is None:
         return _Precheck()
     try:
-        f = open_read(target)
+        f = open_read(request.target)
     except FeatcacheError:
         return _Precheck()  # the writing path gives the precise message
     with f:
-        comparison = compare_with_cache(f, samples, root, verify)
+        comparison = compare_with_cache(f, request.samples, request.root, request.verify)
         if not comparison.same:
             return _Precheck(None, comparison, identity)
-        done = _done_flags(f, config["id"], config, name)
-    if done is None or not done[in_shard.start:in_shard.stop].all():
+        done = _done_flags(f, request.bid, request.config, request.name)
+    shard = request.in_shard
+    if done is None or not done[shard.start:shard.stop].all():
         return _Precheck(None, comparison, identity)
-    return _Precheck(len(in_shard), comparison, identity)
+    return _Precheck(len(shard), comparison, identity)
 
 
 def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: str | Path, *,
@@ -298,14 +215,18 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
             shard: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
             progress: bool = True, command: str = "", verify: bool = False, decode: str | None = None,
             jpeg_draft: bool | None = None) -> ExtractResult:
-    """Extract `backbone` features for every distinct image of `samples` into `cache`; resumes what is there.
+    """Extract `backbone` features for every distinct image of `samples` under `root` into `cache`, creating it or
+    bringing it up to date with the samples first; resumes what is there.
 
     `verify`: record each extracted image's sha256 and compare images by content where a hash is stored (else by
     size and modification time). `decode`: 'cpu' (Pillow in workers), 'gpu' (torchvision on `device`) or 'auto'.
     `jpeg_draft`: let libjpeg decode large JPEGs at a reduced scale on the Pillow path. Both change pixels slightly,
     so the resolved decode path and draft flag are part of the backbone's recorded configuration. Left as None, both
-    follow what the cache recorded for this backbone (resuming needs no flags, whatever version made the cache),
-    else 'auto' and draft on."""
+    follow what the cache recorded for this backbone (resuming needs no flags), else 'auto' and draft on.
+
+    Bad input (options, images, another configuration in the cache, a full disk, a dead worker) is a one-line
+    FeatcacheError; rows written before it are kept. Images that cannot be read or give non-finite features are
+    reported after every other row is written."""
     root, name = Path(root), Path(cache)
     if batch_size < 1:
         raise FeatcacheError("--batch-size must be at least 1")
@@ -314,52 +235,39 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     if max_pixels < 1:
         raise FeatcacheError("--max-pixels must be at least 1")
     torch_device = resolve_device(device)
-    precision = _precision(torch_device, precision)
+    precision = resolve_precision(torch_device, precision)
     paths, _, _ = samples.distinct_images()
     target = real_path(name)  # a symlink and its target are one cache: one lock, one temporary file
     decode, jpeg_draft, draft_rule = _as_recorded(target, backbone.config()["id"], decode, jpeg_draft)
-    decode_path, jpeg_draft = _decoding(decode, jpeg_draft, torch_device)
+    decode_path, jpeg_draft = resolve_decoding(decode, jpeg_draft, torch_device)
     config = dict(backbone.config(), precision=precision, decode=decode_path, jpeg_draft=jpeg_draft)
     if jpeg_draft:
         config["jpeg_draft_rule"] = draft_rule
     if decode_path == "torch":
         from featcache.decode import TORCH_RESIZE
 
-        config["torch_resize"] = TORCH_RESIZE  # the previous version resized in one pass: never mixed with it
-    bid = config["id"]
-    in_shard = shard_rows(len(paths), shard)
-    precheck = _already_complete(target, name, samples, root, config, in_shard, verify)
+        config["torch_resize"] = TORCH_RESIZE  # how the torch path resizes: never mixed with another way
+    request = _Request(name=name, target=target, samples=samples, root=root, paths=paths,
+                       in_shard=shard_rows(len(paths), shard), backbone=backbone, config=config, device=torch_device,
+                       verify=verify, command=command)
+    precheck = _already_complete(request)
     if precheck.rows_done is not None:
-        return ExtractResult(str(name), bid, len(paths), len(in_shard), precheck.rows_done, 0)
+        return ExtractResult(str(name), request.bid, len(paths), len(request.in_shard), precheck.rows_done, 0)
     new_folders = [p for p in [target.parent, *target.parent.parents] if not p.exists()]  # deepest first
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FeatcacheError(f"{name}: cannot create the folder {target.parent} ({exc.strerror})") from None
-    extractor = None
     with _folders_removed_unless_used(target, new_folders), lock_cache(name), _removed_unless_used(target) as created:
-        remove_stale_temporaries(target)
-        if not target.exists():
-            create_cache(target, samples, root, command, samples.options)
-            created.append(target)
-        else:
-            check_is_cache_file(name)  # a damaged or foreign file is refused before anything else
-            unchanged = precheck.file_identity is not None and precheck.file_identity == _file_identity(target)
-            state = precheck.comparison if unchanged else None
-            if state is None:
-                with open_read(target) as f:
-                    state = compare_with_cache(f, samples, root, verify)
-            if not state.same and state.has_features:  # the update drops rows: refuse this command first, if at all
-                extractor = _checked_before_update(target, name, state, bid, config, root, paths, in_shard,
-                                                   backbone, torch_device)
-            bring_up_to_date(target, samples, root, command, samples.options, verify, state)
+        extractor = _cache_ready(request, precheck, created)
         with open_read(target) as f:
-            done = _done_flags(f, bid, config, name)
+            done = _done_flags(f, request.bid, config, name)
         exists = done is not None
         if not exists:
             done = np.zeros(len(paths), dtype=bool)
-        todo = [i for i in in_shard if not done[i]]
-        result = ExtractResult(str(name), bid, len(paths), len(in_shard), len(in_shard) - len(todo), 0)
+        todo = [i for i in request.in_shard if not done[i]]
+        result = ExtractResult(str(name), request.bid, len(paths), len(request.in_shard),
+                               len(request.in_shard) - len(todo), 0)
         if not todo:
             return result
         check_files_present(root, [paths[i] for i in todo])
@@ -368,18 +276,54 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
             extractor = _built(backbone, torch_device)
         if not exists:
             attrs = {"shard": f"{shard[0]}/{shard[1]}"} if shard is not None else {}
-            add_backbones(target, [NewBackbone(config, extractor.output_dim(backbone.spec.input_size),
-                                               _provenance(backbone, torch_device, precision, command), attrs)])
+            add_backbones(target, [NewBackbone(config=config, dim=extractor.output_dim(backbone.spec.input_size),
+                                               provenance=_provenance(backbone, torch_device, precision, command),
+                                               attrs=attrs)])
         created.clear()  # a backbone is in it: kept whatever happens next (the rows written so far resume)
+        job = _Extraction(extractor=extractor, request=request, todo=todo, progress=progress,
+                          decoding=Decoding(path=decode_path, jpeg_draft=jpeg_draft, draft_rule=draft_rule,
+                                            max_pixels=max_pixels),
+                          forwarding=Forwarding(device=torch_device, precision=precision, batch_size=batch_size,
+                                                workers=workers))
         try:  # torch reports a dead worker from a SIGCHLD handler: at any moment while the loader lives
             with open_write(target) as f:
                 refresh_image_stats(f, root, todo, verify)
-                _run(extractor, f[f"features/{bid}"], f, root, paths, todo, backbone, torch_device, precision,
-                     batch_size, workers, max_pixels, progress, result, decode_path, jpeg_draft, draft_rule)
+                _run(job, f, result)
         except (RuntimeError, ConnectionError, EOFError) as exc:
             if not _is_dead_worker(exc, workers):
                 raise
             raise _worker_died(exc, result, workers) from None
+    _raise_for_bad_images(result, precision)
+    return result
+
+
+def _cache_ready(request: _Request, precheck: _Precheck, created: list[Path]):
+    """Under the lock: remove a killed writer's temporary files, then create the cache (appending it to `created`)
+    or bring it up to date with the samples, refusing a damaged or foreign file first. Returns the extractor when it
+    had to be built before the update (see `_checked_before_update`), else None."""
+    target = request.target
+    remove_stale_temporaries(target)
+    if not target.exists():
+        create_cache(target, request.samples, request.root, request.command, request.samples.options)
+        created.append(target)
+        return None
+    check_is_cache_file(request.name)  # a damaged or foreign file is refused before anything else
+    unchanged = precheck.file_identity is not None and precheck.file_identity == _file_identity(target)
+    state = precheck.comparison if unchanged else None
+    if state is None:
+        with open_read(target) as f:
+            state = compare_with_cache(f, request.samples, request.root, request.verify)
+    extractor = None
+    if not state.same and state.has_features:  # the update drops rows: refuse this command first, if at all
+        extractor = _checked_before_update(request, state)
+    bring_up_to_date(target, request.samples, request.root, request.command, request.samples.options,
+                     request.verify, state)
+    return extractor
+
+
+def _raise_for_bad_images(result: ExtractResult, precision: str) -> None:
+    """One line for the images that could not be read and those with non-finite features, saying the other rows
+    were written and kept."""
     problems = []
     if result.errors:
         problems.append((f"{len(result.errors)} images could not be read", "fix these files, or remove their rows from "
@@ -387,144 +331,35 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     if result.non_finite:
         advice = "extract into a new --cache with --precision fp32 or bf16" if precision == "fp16" else \
             "check the weights"
-        problems.append((_non_finite(len(result.non_finite), precision), advice + "; the cache keeps no row for them",
-                         named(sorted(result.non_finite))))
-    if problems:  # one line; the rows kept said once
+        problems.append((non_finite_message(len(result.non_finite), precision),
+                         advice + "; the cache keeps no row for them", named(sorted(result.non_finite))))
+    if problems:
         first, *more = problems
         message = f"{first[0]} ({result.rows_written} other rows were written and kept; {first[1]}): {first[2]}"
-        raise FeatcacheError("; ".join([message] + [f"also {what} ({advice}): {names}" for what, advice, names in more]))
-    return result
+        also = [f"also {what} ({advice}): {names}" for what, advice, names in more]
+        raise FeatcacheError("; ".join([message] + also))
 
 
-def _non_finite(count: int, precision: str, option: bool = True) -> str:
-    """What went wrong, said the same way by extract and by compute_features (predict, which has no --precision
-    option: `option=False`). Only fp16 overflows where fp32 does not; bf16 has fp32's range."""
-    where = f"with --precision {precision}" if option else f"in {precision}"
-    cause = ": the activations overflowed" if precision == "fp16" else ""
-    return f"{count} images gave non-finite features (inf/NaN) {where}{cause}"
-
-
-def _forward_batches(extractor, dataset: ImageRows, device: torch.device, precision: str,
-                     batch_size: int, workers: int, preprocess=None):
-    """Decode in workers (or, on the torch path, read bytes there and decode on `device` with `preprocess`), forward
-    on `device`: yields (rows, features or None, errors, forward seconds)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_payloads if dataset.jpeg_bytes else collate_rows,
-                        pin_memory=device.type == "cuda", worker_init_fn=worker_init if workers else None)
-    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    batches = iter(loader)
-    source = _decoded_ahead(batches, dataset, preprocess, device) if dataset.jpeg_bytes else batches
-    pending = None  # the previous batch, its features on their way to the host
-    try:
-        for rows, batch, errors in source:
-            start = time.perf_counter()
-            if not rows:
-                yield rows, None, errors, 0.0
-                continue
-            batch = to_channels_last(batch.to(device, non_blocking=True), device)
-            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                features = extractor(batch)
-            current = _FeaturesToHost(rows, features, errors, time.perf_counter() - start)
-            if pending is not None:  # queued after this batch's forward: the device stays busy meanwhile
-                yield pending.result()
-            pending = current
-        if pending is not None:
-            yield pending.result()
-    finally:
-        if source is not batches:
-            source.close()  # waits for a decode in flight
-        # Stop the workers now, whatever happened: a loader left alive after an error (a dead worker, Ctrl-C) keeps
-        # torch's SIGCHLD handler armed, which then raises in whatever runs next in this process.
-        shutdown = getattr(batches, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-
-
-def _decoded_ahead(batches, dataset: ImageRows, preprocess, device: torch.device):
-    """The torch path: batch k+1 is decoded and preprocessed in a helper thread while the main thread runs batch k's
-    forward and writes its rows (nvjpeg and torch ops release the GIL). The loader is still read here, in the main
-    thread, so a dead worker is reported as before. Yields (rows, batch on `device` or None, errors) in the loader's
-    order; the numbers do not depend on the thread.
-
-    On CUDA the helper works on its own stream. torchvision's decoder allocates its outputs on the caller's stream and
-    writes them from a stream of its own without waiting: on the main stream it could be handed memory that batch k's
-    queued forward still reads. The helper's stream only ever holds its own finished work (it is synchronised before
-    each decode), and the main stream waits for a batch's event before using it."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    side = torch.cuda.Stream(device) if device.type == "cuda" else None
-
-    def decode(rows, packed, errors):
-        if side is None:
-            rows, batch, more = _pixels_on_device(rows, packed, dataset, preprocess, device)
-            return rows, batch, errors + more, None
-        with torch.cuda.stream(side):
-            side.synchronize()
-            rows, batch, more = _pixels_on_device(rows, packed, dataset, preprocess, device)
-            ready = torch.cuda.Event()
-            ready.record(side)
-        return rows, batch, errors + more, ready
-
-    def handed_over(decoded):
-        rows, batch, errors, ready = decoded
-        if ready is not None:
-            main = torch.cuda.current_stream(device)
-            main.wait_event(ready)
-            if batch is not None:
-                batch.record_stream(main)  # its memory is not reused on the helper's stream while main still reads it
-        return rows, batch, errors
-
-    with ThreadPoolExecutor(1, thread_name_prefix="featcache-decode") as pool:
-        ahead = None
-        for rows, packed, errors in batches:
-            submitted = pool.submit(decode, rows, packed, errors)
-            if ahead is not None:
-                yield handed_over(ahead.result())
-            ahead = submitted
-        if ahead is not None:
-            yield handed_over(ahead.result())
-
-
-class _FeaturesToHost:
-    """A batch's features copied to the host without waiting (CUDA: into pinned memory, an event marks the end), so
-    the next batch's forward is queued before this one is written: the GPU does not idle while the main process
-    writes rows and decodes. On the CPU the copy is simply done at once. Same numbers either way."""
-
-    def __init__(self, rows: list[int], features: torch.Tensor, errors: list[str], seconds: float):
-        self.rows, self.errors, self.seconds = rows, errors, seconds
-        self.ready = None
-        if features.device.type == "cuda":
-            self.host = torch.empty(features.shape, dtype=torch.float32, pin_memory=True)
-            self.host.copy_(features.float(), non_blocking=True)
-            self.ready = torch.cuda.Event()
-            self.ready.record()
-        else:
-            self.host = features.float()
-
-    def result(self) -> tuple[list[int], np.ndarray, list[str], float]:
-        start = time.perf_counter()
-        if self.ready is not None:
-            self.ready.synchronize()
-        return self.rows, self.host.numpy(), self.errors, self.seconds + time.perf_counter() - start
-
-
-def _run(extractor, group, f, root, paths, todo, backbone, device, precision, batch_size, workers, max_pixels,
-         progress, result, decode_path: str, jpeg_draft: bool, draft_rule: str) -> None:
+def _run(job: _Extraction, f, result: ExtractResult) -> None:
+    """Forward `job.todo` and write each batch's rows into backbone `job.request.bid` of the open cache `f`, rows
+    flushed before their `done` flags; unreadable and non-finite images are collected in `result`."""
     from tqdm.auto import tqdm
 
-    dataset, preprocess = _dataset(backbone, root, paths, todo, max_pixels, decode_path, jpeg_draft, device,
-                                   draft_rule)
+    request = job.request
+    dataset, preprocess = image_rows(request.backbone, request.root, request.paths, job.todo, job.decoding,
+                                     job.forwarding.device)
+    group = f[f"features/{request.bid}"]
     emb, done = group["emb"], group["done"]
     start = time.perf_counter()
-    batches = _forward_batches(extractor, dataset, device, precision, batch_size, workers, preprocess)
-    with tqdm(total=len(todo), unit="img", desc=result.backbone_id, disable=not progress, file=sys.stderr) as bar, \
-            contextlib.closing(batches):
+    batches = forward_batches(job.extractor, dataset, job.forwarding, preprocess)
+    with tqdm(total=len(job.todo), unit="img", desc=result.backbone_id, disable=not job.progress,
+              file=sys.stderr) as bar, contextlib.closing(batches):
         try:
             for rows, features, errors, seconds in batches:
                 result.errors.extend(errors)
                 handled = len(rows) + len(errors)
                 if rows:
-                    rows, features = _finite_rows(rows, features, root, paths, result.non_finite)
+                    rows, features = finite_rows(rows, features, request.root, request.paths, result.non_finite)
                 if rows:
                     result.forward_seconds += seconds
                     _write_rows(emb, rows, features)
@@ -533,28 +368,16 @@ def _run(extractor, group, f, root, paths, todo, backbone, device, precision, ba
                     f.flush()
                     result.rows_written += len(rows)
                 bar.update(handled)
-                interrupts.check()  # a Ctrl-C that Python dropped (see featcache.interrupts): the batch is kept
         except (RuntimeError, ConnectionError, EOFError) as exc:
             # converted here, before closing the loader can replace it with its own error
-            if not _is_dead_worker(exc, workers):
+            if not _is_dead_worker(exc, job.forwarding.workers):
                 raise
-            raise _worker_died(exc, result, workers) from None
+            raise _worker_died(exc, result, job.forwarding.workers) from None
         except (OSError, ValueError) as exc:
             if not is_disk_full(exc):
                 raise
             raise disk_full_error(result.cache, f"after {result.rows_written} new rows, which are kept") from None
     result.seconds = time.perf_counter() - start
-
-
-def _finite_rows(rows: list[int], features: np.ndarray, root: Path, paths: list[str],
-                 non_finite: list[str]) -> tuple[list[int], np.ndarray]:
-    """Drop the rows whose features hold inf or NaN (fp16 overflow), naming their images in `non_finite`: a cache
-    never stores them as done, where every later fit would read them."""
-    finite = np.isfinite(features).all(axis=1)
-    if finite.all():
-        return rows, features
-    non_finite.extend(str(Path(root) / paths[r]) for r, ok in zip(rows, finite) if not ok)
-    return [r for r, ok in zip(rows, finite) if ok], features[finite]
 
 
 def _is_dead_worker(exc: BaseException, workers: int) -> bool:
@@ -572,19 +395,17 @@ def _worker_died(exc: BaseException, result: ExtractResult, workers: int) -> Fea
 
 
 def _write_rows(dataset, rows: list[int], values: np.ndarray) -> None:
+    """Write `values` at `rows` (ascending) of an HDF5 dataset: one slice when the rows are contiguous."""
     if rows[-1] - rows[0] == len(rows) - 1:
         dataset[rows[0]:rows[-1] + 1] = values
     else:
         dataset[rows] = values
 
 
-DRAFT_GAP = 2  # JPEG draft decoding keeps at least this many times the resize size (as Pillow's reducing_gap)
-
-
 @contextlib.contextmanager
 def _removed_unless_used(target: Path):
-    """A cache this run created is removed again when the run fails before a backbone is in it (weights that do
-    not load, images missing): it held only the annotation's tables, and a failed first command left it behind."""
+    """Yield a list; the paths appended to it (the cache this run created) are removed when the block fails: a
+    cache that never got a backbone holds only the annotation's tables."""
     created: list[Path] = []
     try:
         yield created
@@ -596,11 +417,13 @@ def _removed_unless_used(target: Path):
 
 @contextlib.contextmanager
 def _folders_removed_unless_used(target: Path, folders: list[Path]):
-    """The folders made for a new cache go again, once the lock is released, when the run left no cache there."""
+    """The folders made for a new cache (deepest first) go again, with the lock file in them, when the block fails
+    and leaves no cache there; a folder holding anything else stays."""
     try:
         yield
     except BaseException:
-        if not target.exists():
+        if folders and not target.exists():
+            lock_file(target).unlink(missing_ok=True)  # released by now; the folder is this run's own
             for folder in folders:
                 try:
                     folder.rmdir()
@@ -609,44 +432,11 @@ def _folders_removed_unless_used(target: Path, folders: list[Path]):
         raise
 
 
-def draft_short_side(backbone: Backbone) -> int:
-    """The shortest side JPEG draft decoding may produce: DRAFT_GAP x the size the transform resizes the shorter side
-    to (timm: floor(input_size / crop_pct)). Why not 1x: libjpeg's scaled IDCT straight to the resize size aliases
-    fine texture (lite0 feature cosine 0.984 on upscaled Kodak photos and noise); leaving the last factor of 2 to
-    the antialiased resize keeps cosine >= 0.998 and still decodes 2x (1536x1024) to 3.8x (3072x2048) faster."""
-    cfg = backbone.spec.data_config()
-    return DRAFT_GAP * math.ceil(cfg["input_size"] / cfg["crop_pct"])
-
-
-def draft_for(backbone: Backbone, transform, rule: str = DRAFT_RULE) -> Draft | None:
-    """JPEG draft decoding for `transform` (timm's eval transform of `backbone`, which starts with a Resize). None,
-    i.e. full decoding, for a transform that does not start with a Resize: the draft could not keep its
-    geometry."""
-    from torchvision.transforms.functional import pil_modes_mapping
-
-    first = _first_resize(transform)
-    if first is None:
-        return None
-    return Draft(draft_short_side(backbone), _resize_size(first), pil_modes_mapping[first.interpolation], rule)
-
-
-def _first_resize(transform):
-    """The transform's leading torchvision Resize (timm's eval transforms start with one), else None."""
-    from torchvision.transforms import Resize
-
-    first = (getattr(transform, "transforms", None) or [None])[0]
-    return first if isinstance(first, Resize) and first.max_size is None else None
-
-
-def _resize_size(resize) -> int | tuple[int, int]:
-    return resize.size if isinstance(resize.size, int) else tuple(resize.size)
-
-
 def _as_recorded(target: Path, bid: str, decode: str | None,
                  jpeg_draft: bool | None) -> tuple[str, bool, str]:
     """The decode options not given (None) as the cache recorded them for `bid` (a cache from before they were
     recorded: Pillow without draft), else 'auto' and draft on; and the JPEG draft rule: the recorded one where
-    the cache drafted (an older cache resumes with its own pixels), else today's."""
+    the cache drafted (an older cache resumes with its own pixels), else DRAFT_RULE."""
     from featcache.decode import decode_option
 
     stored = None
@@ -665,29 +455,8 @@ def _as_recorded(target: Path, bid: str, decode: str | None,
     return decode, jpeg_draft, rule
 
 
-def _decoding(decode: str | None, jpeg_draft: bool, device: torch.device) -> tuple[str, bool]:
-    """(decode path 'pil' or 'torch', whether JPEG draft decoding is used): both recorded in the backbone's config.
-    Draft mode is a Pillow feature: the torch path decodes every JPEG at full size."""
-    from featcache.decode import resolve_decode
-
-    path = resolve_decode(decode, device)
-    return path, bool(jpeg_draft) and path == "pil"
-
-
-def _dataset(backbone: Backbone, root: Path, paths: list[str], rows: list[int], max_pixels: int, decode_path: str,
-             jpeg_draft: bool, device: torch.device, draft_rule: str = DRAFT_RULE):
-    """(ImageRows, the device-side preprocessing or None) for the chosen decode path."""
-    transform = backbone.transform()
-    draft = draft_for(backbone, transform, draft_rule) if jpeg_draft else None
-    dataset = ImageRows(root, paths, rows, transform, max_pixels, draft, jpeg_bytes=decode_path == "torch")
-    if decode_path != "torch":
-        return dataset, None
-    from featcache.decode import TorchPreprocess
-
-    return dataset, TorchPreprocess(backbone.spec.data_config(), device)
-
-
 def _provenance(backbone: Backbone, device: torch.device, precision: str, command: str) -> dict:
+    """Where the features come from: versions, model, weights, data config, device, precision, command, time."""
     import timm
 
     return {
@@ -706,37 +475,3 @@ def _provenance(backbone: Backbone, device: torch.device, precision: str, comman
         "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, batch_size: int = 32,
-                     workers: int = 0, device: str = "auto", precision: str = "auto",
-                     max_pixels: int = DEFAULT_MAX_PIXELS, decode: str = "auto",
-                     jpeg_draft: bool = True, jpeg_draft_rule: str = DRAFT_RULE) -> np.ndarray:
-    """Features of a few images in memory (no cache), e.g. to score new images with a saved head. `decode`,
-    `jpeg_draft` and `jpeg_draft_rule` as for `extract` (pass the values recorded with the features the head was
-    trained on: `store.with_config_defaults` fills in those of older caches)."""
-    root = Path(root)
-    check_files_present(root, paths)
-    torch_device = resolve_device(device)
-    precision = _precision(torch_device, precision)
-    extractor = to_channels_last(backbone.extractor().to(torch_device), torch_device)
-    decode_path, jpeg_draft = _decoding(decode, jpeg_draft, torch_device)
-    dataset, preprocess = _dataset(backbone, root, paths, list(range(len(paths))), max_pixels, decode_path,
-                                   jpeg_draft, torch_device, jpeg_draft_rule)
-    out = None
-    batches = _forward_batches(extractor, dataset, torch_device, precision, batch_size, workers, preprocess)
-    with contextlib.closing(batches):
-        for rows, features, errors, _ in batches:
-            if errors:
-                raise FeatcacheError(errors[0])
-            bad: list[str] = []
-            _finite_rows(rows, features, root, paths, bad)
-            if bad:
-                advice = ("features extracted in fp32 or bf16 avoid it; for a saved head, extract its cache so "
-                          "and refit") if precision == "fp16" else "check the weights"
-                raise FeatcacheError(f"{_non_finite(len(bad), precision, option=False)} ({advice}): "
-                                     f"{named(bad)}")
-            if out is None:
-                out = np.zeros((len(paths), features.shape[1]), dtype=np.float32)
-            out[rows] = features
-    return out

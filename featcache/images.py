@@ -1,12 +1,14 @@
-"""Decode any image file a database may hold into RGB, safely, inside DataLoader workers."""
+"""Decode any image file a database may hold into 8-bit RGB, refusing files over a pixel limit before decoding them.
+
+Importing this module turns Pillow's own decompression-bomb check off for the process (`Image.MAX_IMAGE_PIXELS =
+None`, once): every file featcache opens is checked against its `max_pixels` instead, with a one-line error naming
+the file."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +22,9 @@ DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k; AIGC images are at most a few meg
 # How JPEG draft mode decodes; recorded with a cache's features (`jpeg_draft_rule`), since it changes pixels.
 # "same-geometry": the largest reduction (1/8, 1/4, 1/2) that keeps the shorter side >= the limit, then the resize
 # of the backbone's transform done here, over the same source area as after a full decode (see `Draft`).
-# "pillow-request" (caches from before the key existed): a size request that Pillow turns into a scale through
-# min(W // w, H // h), which odd sizes round down (2047x1024 was decoded in full, 4095x2048 at 1/2 where 1/4 keeps
-# the limit), and the transform resizing the decoded pixels. Kept so such a cache resumes with the same pixels.
+# "pillow-request" (what a cache without the key was drafted with): a size request that Pillow turns into a scale
+# through min(W // w, H // h), which rounds odd sizes down, and the transform resizing the decoded pixels; such a
+# cache resumes with the same pixels.
 DRAFT_RULE = "same-geometry"
 DRAFT_RULES = (DRAFT_RULE, "pillow-request")
 
@@ -32,11 +34,9 @@ class Draft:
     """JPEG draft decoding for one backbone's transform.
 
     libjpeg decodes a side the scale does not divide to ceil(side / scale) pixels, the last one partly covered
-    (1535 px at 1/2: 768 pixels for 767.5), and the transform's resize computes its output size from the pixels it
-    gets: 384 x 256 there, where the full decode's 1535 x 1024 gives 383 x 256. The centre crop then moved by a
-    fraction of a pixel, and lite0's features by cosine 0.993-0.996 against a full decode (Kodak photos at
-    1535x1024; cropping the partial pixel instead only moved the problem to other sizes). So the draft-decoded
-    image is resized here to the size the full decode would get, over the box that is the whole source
+    (1535 px at 1/2: 768 pixels for 767.5), and a resize of those pixels would give another output size than the
+    full decode's (384 x 256 instead of 383 x 256), moving the centre crop. So by the "same-geometry" rule the
+    draft-decoded image is resized here to the size the full decode would get, over the box that is the whole source
     (Pillow's draft box), and the transform's own resize has nothing left to do."""
 
     short_side: int  # the decoded shorter side never goes under this
@@ -62,7 +62,12 @@ def resized_size(width: int, height: int, size: int | tuple[int, int]) -> tuple[
     return int(size * width / height), size
 
 
+# Process-wide Pillow settings, set once when this module is imported (before any decode thread or loader worker
+# exists) and never switched afterwards: a truncated file is an error, and the pixel limit is featcache's own
+# (`max_pixels`, checked from each file's header by `load_rgb` and `read_jpeg_bytes` before any pixel is decoded)
+# instead of Pillow's fixed one, so a raised --max-pixels admits a genuine image of any size.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+Image.MAX_IMAGE_PIXELS = None
 
 
 def find_missing(root: Path, paths: list[str]) -> list[str]:
@@ -89,14 +94,12 @@ def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, draft: Draf
     """Open an image as 8-bit RGB: alpha is composited on white, 16-bit is scaled (not clipped), CMYK converted.
 
     `draft`: a JPEG whose shorter side stays >= `draft.short_side` at 1/2, 1/4 or 1/8 scale is decoded by libjpeg
-    at the smallest such size (JPEG draft mode) and, by today's rule, returned already resized as the transform
-    would resize the full decode: several times faster, pixels slightly different. `resize`: the transform's
+    at the smallest such size (JPEG draft mode) and, by the "same-geometry" rule, returned already resized as the
+    transform would resize the full decode: several times faster, pixels slightly different. `resize`: the transform's
     Resize size, whose output must stay within `max_pixels` too (see `check_resized_pixels`)."""
     path = Path(path)
     try:
-        with _own_pixel_limit():
-            im = Image.open(path)
-        with im:
+        with Image.open(path) as im:  # reads the header only
             width, height = im.size
             _check_pixels(path, width, height, max_pixels)
             check_resized_pixels(path, width, height, resize if resize is not None else
@@ -125,8 +128,8 @@ def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
 
 def check_resized_pixels(path: str | Path, width: int, height: int, resize: int | tuple[int, int] | None,
                          max_pixels: int) -> None:
-    """Refuse an image that the transform's resize (shorter side to `resize`) would blow up past `max_pixels`: a
-    120-byte PNG of 12000x1 pixels became 3072000x256 before the centre crop, 3.9 GB in one worker."""
+    """Refuse an image that the transform's resize (shorter side to `resize`) would blow up past `max_pixels`, e.g. a
+    tiny PNG of 12000x1 pixels that a resize to 256 turns into 3072000x256 before the centre crop."""
     if resize is None:
         return
     new_width, new_height = resized_size(width, height, resize)
@@ -148,7 +151,7 @@ def draft_scale(width: int, height: int, short_side: int) -> int:
 
 def _draft(im: Image.Image, draft: Draft) -> tuple[float, float, float, float] | None:
     """Ask libjpeg to decode at a reduced scale. Returns the whole source's box in the decoded pixels when the
-    caller must resize (today's rule), else None."""
+    caller must resize (the "same-geometry" rule), else None."""
     width, height = im.size
     if draft.rule == "pillow-request":
         if min(width, height) < 2 * draft.short_side:
@@ -173,8 +176,7 @@ def read_jpeg_bytes(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
                     resize: int | tuple[int, int] | None = None) -> np.ndarray | None:
     """The file's bytes, for decoding with torchvision (nvjpeg on CUDA), when it is an 8-bit RGB or grey JPEG within
     `max_pixels`, also once resized to `resize`; None for anything else (other formats, CMYK, unreadable headers,
-    too many pixels): those take `load_rgb`, which converts them and reports bad files exactly as the CPU path
-    does."""
+    too many pixels): those take `load_rgb`, which converts them and reports bad files as the Pillow path does."""
     path = Path(path)
     try:
         with open(path, "rb") as handle:
@@ -184,7 +186,7 @@ def read_jpeg_bytes(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     except OSError:
         return None
     try:
-        with _own_pixel_limit(), Image.open(io.BytesIO(data)) as im:  # reads the header only
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
             if im.format != "JPEG" or im.mode not in ("RGB", "L") or im.width * im.height > max_pixels:
                 return None
             if resize is not None and math.prod(resized_size(im.width, im.height, resize)) > max_pixels:
@@ -192,29 +194,6 @@ def read_jpeg_bytes(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
     return np.frombuffer(bytearray(data), dtype=np.uint8)  # writable, so torch.from_numpy shares it
-
-
-_PIXEL_LIMIT_LOCK = threading.Lock()
-_pixel_limit_state = {"holders": 0, "saved": None}
-
-
-@contextlib.contextmanager
-def _own_pixel_limit():
-    """Pillow's own bomb check (a warning above 89 MP, an error above 179 MP) is off while opening: --max-pixels
-    decides, with our message. Counted under a lock: extract's decode thread opens files while the main thread does,
-    and two unguarded save/restore pairs can leave Pillow's limit off for good."""
-    with _PIXEL_LIMIT_LOCK:
-        if _pixel_limit_state["holders"] == 0:
-            _pixel_limit_state["saved"] = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None
-        _pixel_limit_state["holders"] += 1
-    try:
-        yield
-    finally:
-        with _PIXEL_LIMIT_LOCK:
-            _pixel_limit_state["holders"] -= 1
-            if _pixel_limit_state["holders"] == 0:
-                Image.MAX_IMAGE_PIXELS = _pixel_limit_state["saved"]
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -10,22 +10,18 @@ import h5py
 import numpy as np
 
 from featcache.errors import FeatcacheError
+from featcache.atomic_write import atomic_h5, real_path, remove_stale_temporaries
+from featcache.cache_lock import lock_cache
+from featcache.cache_rewrite import NewBackbone, add_backbones
 from featcache.store import (
     COPY_ROWS,
-    NewBackbone,
-    add_backbones,
-    atomic_h5,
     backbone_ids,
     check_config,
     check_is_cache_file,
     compare_configs,
-    lock_cache,
     open_read,
     open_write,
-    real_path,
-    remove_stale_temporaries,
 )
-
 
 
 @dataclass
@@ -37,7 +33,7 @@ class MergeResult:
 def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
     """Copy every done row of every shard into `out` (created from the first shard, or extended if present).
 
-    `out` is only changed structurally by writing a new file and renaming it in (store's crash-safety rule)."""
+    `out` is only changed structurally by writing a new file and renaming it in (`featcache.atomic_write`)."""
     if not shards:
         raise FeatcacheError("merge needs at least one shard cache")
     name = Path(out)
@@ -130,7 +126,8 @@ def _new_backbone(bid: str, names, sources) -> NewBackbone:
     group = holders[0][1][f"features/{bid}"]
     provenance = json.loads(group.attrs["provenance_json"])
     provenance["merged_from"] = [str(n) for n, _ in holders]
-    return NewBackbone(json.loads(group.attrs["config_json"]), int(group.attrs["dim"]), provenance)
+    return NewBackbone(config=json.loads(group.attrs["config_json"]), dim=int(group.attrs["dim"]),
+                       provenance=provenance)
 
 
 def _merge_backbone(bid: str, names, sources, target: h5py.File) -> tuple[int, int]:

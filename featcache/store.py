@@ -1,54 +1,39 @@
-"""The HDF5 feature cache: one row per distinct image, many backbones per file, safe against kill -9, Ctrl-C and a
-full disk.
+"""The HDF5 feature cache's format: one row per distinct image, many backbones per file.
 
-The crash-safety rule (NOTES-stage1.md, "Crash safety"):
+Layout: /images (key, path, size, mtime_ns, sha256), /samples (gen, ref, key, group, generator, subset,
+text_prompt, row), /targets/<name>, /features/<backbone id>/{emb, done} with the backbone's configuration and
+provenance in its attributes. Writes keep the cache readable after kill -9, Ctrl-C or a full disk:
 
-1. Every structural change (a new cache, a new backbone, merge adding a backbone, a changed image list, `repair`)
-   writes a complete new file next to the cache (`.NAME.tmp-PID`, same folder), fsyncs it and renames it over the
-   cache with `os.replace`. A crash, Ctrl-C or full disk at any moment leaves the old cache untouched and at worst a
-   temporary file, which the next writer (or `featcache repair`) deletes. So the existing backbones stay readable and
-   a new backbone is either absent or complete in its structure.
-2. In place, only row bytes are written: a backbone's `emb` and `done` datasets are allocated in full when created, so
-   extraction overwrites raw bytes at fixed offsets (no HDF5 metadata changes). Rows are written and flushed before
-   their `done` flags, so a killed run leaves at worst rows that are computed again.
-3. One writer per cache, keyed on the file's resolved real path (a symlink and its target share one lock), whatever
-   HDF5_USE_FILE_LOCKING says. The lock is an flock on `REALPATH.lock`: the OS drops it when its process dies (kill -9
-   leaves no stale lock) and the file is removed on exit.
+1. Every structural change (a new cache, a new backbone, a changed image list, `repair`) writes a complete new file
+   and renames it over the cache (`featcache.atomic_write.atomic_h5`, `featcache.cache_rewrite`).
+2. In place, only row bytes are written: a backbone's `emb` and `done` are allocated in full when created, so
+   extraction overwrites raw bytes at fixed offsets (no HDF5 metadata changes). Rows are flushed before their `done`
+   flags, so a killed run leaves at worst rows that are computed again.
+3. One writer per cache (`featcache.cache_lock.lock_cache`); readers open without HDF5's file locking.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import json
 import os
-import shutil
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from featcache import __version__
+from featcache.atomic_write import atomic_h5
 from featcache.decode import decode_option
-from featcache.errors import FeatcacheError, FeatcacheWarning
+from featcache.errors import FeatcacheError
 from featcache.samples import SampleTable
 
 FORMAT = "featcache-cache"
-FORMAT_VERSION = 2  # 2 adds /images/size and /images/mtime_ns (version 1 caches are read and extended as they are)
+FORMAT_VERSION = 2  # 2 adds /images/size and /images/mtime_ns; version 1 caches are read and extended as they are
 STR = h5py.string_dtype()
 CHUNK_BYTES = 1 << 20
 COPY_ROWS = 4096
 BACKBONE_ATTRS = ("config_json", "provenance_json", "dim")
-
-
-# ---------------------------------------------------------------------------------------------------------- locks
-
-def real_path(path: str | Path) -> Path:
-    """The file itself: symlinks resolved, so every name of one file gets one lock and one temporary file."""
-    return Path(os.path.realpath(path))
 
 
 def check_is_cache_file(path: str | Path) -> None:
@@ -57,105 +42,6 @@ def check_is_cache_file(path: str | Path) -> None:
         raise FeatcacheError(f"{path}: cannot open the cache for writing (not an HDF5 file); is it open in another "
                              "program, or not a featcache cache?")
     open_read(path).close()
-
-
-@contextlib.contextmanager
-def lock_cache(path: str | Path):
-    """One writer per cache file, keyed on its real path. Raises a one-line error when another process holds it or
-    when the folder does not allow a lock file (read-only)."""
-    target = real_path(path)
-    lock_path = Path(str(target) + ".lock")
-    while True:
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise FeatcacheError(f"{path}: cannot create the lock file {lock_path.name} in {lock_path.parent} "
-                                 f"({exc.strerror}); the folder must be writable") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise FeatcacheError(f"{path} is being written by another featcache process; wait for it to finish "
-                                 "or use another --cache") from None
-        try:  # the holder before us may have removed the file after we opened it: lock the file that is there
-            same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        yield target
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock_path)
-        os.close(fd)
-
-
-def remove_stale_temporaries(path: str | Path) -> list[Path]:
-    """Delete `.NAME.tmp-*` files left by a killed writer (call with the lock held: no live writer owns one)."""
-    target = real_path(path)
-    removed = []
-    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-            removed.append(tmp)
-    return removed
-
-
-# ------------------------------------------------------------------------------------------------- atomic writer
-
-def is_disk_full(exc: BaseException) -> bool:
-    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc) \
-        or "Disk quota" in str(exc)
-
-
-def disk_full_error(path: str | Path, what: str) -> FeatcacheError:
-    return FeatcacheError(f"{path}: the disk is full ({what}); free some space and run the same command again")
-
-
-def check_free_space(path: str | Path, needed: int, what: str) -> None:
-    folder = real_path(path).parent
-    free = shutil.disk_usage(folder).free
-    if free < needed + (1 << 20):
-        raise FeatcacheError(f"{path}: {what} needs about {needed / 2**20:.1f} MiB but {folder} has "
-                             f"{free / 2**20:.1f} MiB free; nothing was changed")
-
-
-def _fsync(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_h5(path: str | Path, what: str = "writing the cache"):
-    """Yield a new HDF5 file that replaces `path` only when the block ends normally (temporary file in the same
-    folder, fsync, os.replace). On any error, Ctrl-C included, the temporary file is removed and `path` is untouched;
-    a full disk becomes a one-line error."""
-    target = real_path(path)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    f = None
-    try:
-        f = h5py.File(tmp, "w")
-        yield f
-        f.close()
-        f = None
-        _fsync(tmp)
-        os.replace(tmp, target)
-        _fsync(target.parent, directory=True)
-    except (OSError, RuntimeError, ValueError) as exc:  # h5py reports a failed write as any of these
-        if is_disk_full(exc):
-            raise disk_full_error(path, what) from None
-        raise
-    finally:
-        if f is not None:
-            with contextlib.suppress(Exception):
-                f.close()
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 # ------------------------------------------------------------------------------------------------------- tables
@@ -191,7 +77,7 @@ def image_hashes(root: str | Path, paths: list[str]) -> np.ndarray:
     return out
 
 
-def _write_tables(f: h5py.File, samples: SampleTable, root: str | Path, command: str, options: dict | None) -> None:
+def write_tables(f: h5py.File, samples: SampleTable, root: str | Path, command: str, options: dict | None) -> None:
     paths, gen, prompt_image = samples.distinct_images()
     size, mtime = image_stats(root, paths)
     f.attrs.update({
@@ -199,7 +85,7 @@ def _write_tables(f: h5py.File, samples: SampleTable, root: str | Path, command:
         "dataset": samples.dataset, "annotation": str(Path(samples.source).resolve()) if samples.source else "",
         "root": str(Path(root).resolve()), "dataset_options_json": json.dumps(options or {}, sort_keys=True),
         "manifest_sha256": samples.manifest_hash(), "samples_sha256": samples.samples_hash(),
-        "annotation_sha256": _annotation_sha256(samples.source), "command": command,
+        "annotation_sha256": annotation_sha256(samples.source), "command": command,
     })
     images = f.create_group("images")
     images.create_dataset("key", data=_strings(paths), dtype=STR)
@@ -225,7 +111,7 @@ def create_cache(path: str | Path, samples: SampleTable, root: str | Path, comma
                  options: dict | None = None) -> None:
     """Write the image and sample tables to a new cache, atomically."""
     with atomic_h5(path, "creating the cache") as f:
-        _write_tables(f, samples, root, command, options)
+        write_tables(f, samples, root, command, options)
 
 
 # ---------------------------------------------------------------------------------------------------- backbones
@@ -270,7 +156,7 @@ def feature_bytes(rows: int, dim: int) -> int:
     return rows * dim * 4 + rows
 
 
-def _create_feature_datasets(f: h5py.File, config: dict, dim: int, provenance: dict,
+def create_feature_datasets(f: h5py.File, config: dict, dim: int, provenance: dict,
                              attrs: dict | None = None) -> h5py.Group:
     bid = config["id"]
     rows = len(f["images/key"])
@@ -295,8 +181,8 @@ def _create_feature_datasets(f: h5py.File, config: dict, dim: int, provenance: d
 def ensure_features(f: h5py.File, config: dict, dim: int | None, provenance: dict, path: str | Path) -> h5py.Group:
     """The group of one backbone id: checked against `config` if present, else created at full size in place.
 
-    In-place creation is for building test fixtures and benchmarks; stage 1 adds backbones with `add_backbones`,
-    which never changes the existing file's structure."""
+    In-place creation is for building test fixtures and benchmarks; `extract` and `merge` add backbones with
+    `featcache.cache_rewrite.add_backbones`, which never changes the existing file's structure."""
     bid = config["id"]
     name = f"features/{bid}"
     if name in f and "emb" in f[name]:
@@ -304,7 +190,7 @@ def ensure_features(f: h5py.File, config: dict, dim: int | None, provenance: dic
         return f[name]
     if dim is None:
         raise FeatcacheError(f"internal: dimension needed to create {bid}")
-    group = _create_feature_datasets(f, config, dim, provenance)
+    group = create_feature_datasets(f, config, dim, provenance)
     f.flush()
     return group
 
@@ -341,8 +227,8 @@ def check_config(f: h5py.File, bid: str, config: dict, path: str | Path, advise_
 def walk_backbones(f: h5py.File) -> tuple[list[str], list[str]]:
     """(complete backbone ids, half-created or unreadable group names) under /features.
 
-    Walked group by group, each step guarded, so one damaged object (e.g. left by a full disk under an older
-    version) is reported as such while every readable backbone stays listed, and `repair` can keep those."""
+    Walked group by group, each step guarded, so one damaged object is reported as such while every readable
+    backbone stays listed, and `repair` can keep those."""
     complete: list[str] = []
     half: list[str] = []
     errors = (RuntimeError, KeyError, OSError, ValueError)
@@ -388,259 +274,6 @@ def backbone_ids(f: h5py.File) -> list[str]:
 
 def half_created_backbones(f: h5py.File) -> list[str]:
     return walk_backbones(f)[1]
-
-
-@dataclass
-class NewBackbone:
-    config: dict
-    dim: int
-    provenance: dict
-    attrs: dict = field(default_factory=dict)
-
-
-def rewrite_cache(path: str | Path, *, add: list[NewBackbone] = (),
-                  samples: SampleTable | None = None, root: str | Path | None = None,
-                  row_map: np.ndarray | None = None, command: str = "", options: dict | None = None,
-                  what: str = "adding a backbone") -> None:
-    """Write a new cache next to `path` and rename it in (call with the lock held).
-
-    It holds every complete backbone of `path` (half-created ones are left out), plus the new, fully allocated backbones `add`. With
-    `samples`, the tables are rebuilt from them and backbone rows are carried over through `row_map` (new image
-    index -> old index or -1); rows not carried over are extracted again."""
-    path = real_path(path)
-    with h5py.File(path, "r", locking=False) as src:
-        keep = backbone_ids(src)
-        rows = len(samples.distinct_images()[0]) if samples is not None else len(src["images/key"])
-        needed = sum(feature_bytes(rows, int(src[f"features/{b}"].attrs["dim"])) for b in keep)
-        needed += sum(feature_bytes(rows, n.dim) for n in add) + (1 << 20)
-        check_free_space(path, needed, what)
-        with atomic_h5(path, what) as dst:
-            if samples is None:
-                for key, value in src.attrs.items():
-                    dst.attrs[key] = value
-                for name in ("images", "samples", "targets"):
-                    src.copy(src[name], dst, name=name)
-                dst.create_group("features")
-            else:
-                _write_tables(dst, samples, root, command, options)
-                if "images/sha256" in src:  # the content hashes of the images kept
-                    kept = np.flatnonzero(row_map >= 0)
-                    hashes = dst["images/sha256"][()]
-                    hashes[kept] = src["images/sha256"][()][row_map[kept]]
-                    dst["images/sha256"][...] = hashes
-            for bid in keep:
-                parent, _, leaf = f"features/{bid}".rpartition("/")
-                if samples is None:
-                    src.copy(src[f"features/{bid}"], dst.require_group(parent), name=leaf)
-                else:
-                    _carry_rows(src, dst, bid, row_map)
-            for new in add:
-                _create_feature_datasets(dst, new.config, new.dim, new.provenance, new.attrs)
-
-
-def _carry_rows(src: h5py.File, dst: h5py.File, bid: str, row_map: np.ndarray) -> None:
-    old = src[f"features/{bid}"]
-    config = json.loads(old.attrs["config_json"])
-    extra = {k: v for k, v in old.attrs.items() if k == "shard"}
-    group = _create_feature_datasets(dst, config, int(old.attrs["dim"]), json.loads(old.attrs["provenance_json"]),
-                                     extra)
-    old_done = old["done"][()]
-    for start in range(0, len(row_map), COPY_ROWS):
-        new_rows = np.arange(start, min(start + COPY_ROWS, len(row_map)))
-        sources = row_map[new_rows]
-        usable = sources >= 0
-        usable[usable] = old_done[sources[usable]]
-        if not usable.any():
-            continue
-        dst_rows, src_rows = new_rows[usable], sources[usable]
-        uniq, inverse = np.unique(src_rows, return_inverse=True)
-        block = old["emb"][int(uniq[0]):int(uniq[-1]) + 1]  # one contiguous read
-        group["emb"][dst_rows] = block[uniq - uniq[0]][inverse]
-        group["done"][dst_rows] = True
-
-
-def add_backbones(path: str | Path, new: list[NewBackbone]) -> None:
-    """Add backbones to an existing cache without touching its structure in place (see the module rule)."""
-    rewrite_cache(path, add=new, what=f"adding {', '.join(n.config['id'] for n in new)}")
-
-
-# ------------------------------------------------------------------------------------- comparing with the input
-
-@dataclass
-class CacheComparison:
-    """How the current annotation and image files relate to a cache."""
-
-    same: bool
-    reasons: list[str]
-    row_map: np.ndarray  # new image index -> old image index whose features stay valid, or -1
-    has_features: bool
-    root_changed: bool
-    images_changed: int  # images under the same name whose size or modification time differ
-
-
-def rows_with_features(f: h5py.File) -> np.ndarray:
-    """(images,) bool: rows marked done in at least one backbone."""
-    any_done = np.zeros(len(f["images/key"]), dtype=bool)
-    for bid in backbone_ids(f):
-        any_done |= f[f"features/{bid}/done"][()]
-    return any_done
-
-
-def _compared_by(verify: bool) -> str:
-    return "content or, where no hash is stored, size or modification time" if verify else \
-        "size or modification time; --verify compares contents"
-
-
-def changed_on_disk(f: h5py.File, root: str | Path, paths: list[str], row_map: np.ndarray, used: np.ndarray,
-                    verify: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(changed, missing), both (len(paths),) bool, for the `used` paths (`paths[i]` is row `row_map[i]` of the
-    cache, which must hold /images/size and /images/mtime_ns): changed, its size or modification time differ from
-    the recorded ones (with `verify`, its sha256 where one is recorded: a full read); missing, the file is missing or
-    empty (not a change: extract refuses it if its row is needed). Without `verify`, one stat per path, no read."""
-    old_size, old_mtime = f["images/size"][()], f["images/mtime_ns"][()]
-    size, mtime = image_stats(root, paths)
-    differs = np.zeros(len(paths), dtype=bool)
-    differs[used] = ((size[used] != old_size[row_map[used]]) | (mtime[used] != old_mtime[row_map[used]])) \
-        & (size[used] > 0)
-    if verify and "images/sha256" in f:
-        stored = f["images/sha256"][()]
-        hashed = used & (stored[np.maximum(row_map, 0)] != b"") & (size > 0)
-        if hashed.any():
-            rows = np.flatnonzero(hashed)
-            now = image_hashes(root, [paths[i] for i in rows])
-            differs[rows] = now != stored[row_map[rows]]
-    return differs, used & (size <= 0)
-
-
-@dataclass
-class ImagesOnDisk:
-    """How the images that have features compare with their files under the cache's root (`images_on_disk`)."""
-
-    root: str
-    root_missing: bool = False
-    changed: int = 0
-    first_changed: str = ""
-    missing: int = 0
-    first_missing: str = ""
-
-    def changed_line(self) -> str:
-        return (f"{self.changed} images changed on disk since their features were extracted (size or modification "
-                f"time; first: {self.first_changed}); run featcache extract to update their features") \
-            if self.changed else ""
-
-    def missing_line(self) -> str:
-        return (f"{self.missing} images with features are missing or empty under {self.root} (first: "
-                f"{self.first_missing}); their features are kept") if self.missing else ""
-
-    def root_missing_line(self) -> str:
-        return f"images not compared with their files ({self.root}, where they were extracted, is not there)" \
-            if self.root_missing else ""
-
-
-def images_on_disk(path: str | Path, root: str | Path | None = None) -> ImagesOnDisk | None:
-    """Compare the images that have features with their files under `root` (the dataset root this invocation found,
-    as the labels check finds its annotation; by default the cache's recorded root) by size and modification time:
-    one stat per image, no image read (sha256 is compared only by `extract --verify`). None for a version 1 cache
-    (nothing recorded)."""
-    with open_read(path) as f:
-        if "images/size" not in f or "images/mtime_ns" not in f:
-            return None
-        result = ImagesOnDisk(str(Path(root).resolve()) if root is not None else str(f.attrs.get("root", "")))
-        if not result.root or not Path(result.root).is_dir():
-            result.root_missing = True
-            return result
-        paths = f["images/path"].asstr()[()].tolist()
-        used = rows_with_features(f)
-        changed, missing = changed_on_disk(f, result.root, paths, np.arange(len(paths)), used)
-    if changed.any():
-        result.changed, result.first_changed = int(changed.sum()), paths[int(np.flatnonzero(changed)[0])]
-    if missing.any():
-        result.missing, result.first_missing = int(missing.sum()), paths[int(np.flatnonzero(missing)[0])]
-    return result
-
-
-def compare_with_cache(f: h5py.File, samples: SampleTable, root: str | Path, verify: bool = False) -> CacheComparison:
-    """With `verify`, images whose content hash is stored are compared by content (sha256) instead of size and
-    modification time, so a copy of the dataset elsewhere (new times, same bytes) is recognised."""
-    paths, _, _ = samples.distinct_images()
-    old_paths = f["images/key"].asstr()[()].tolist()
-    index = {p: i for i, p in enumerate(old_paths)}
-    row_map = np.array([index.get(p, -1) for p in paths], dtype=np.int64)
-    reasons = []
-    root_changed = str(Path(root).resolve()) != str(f.attrs.get("root", ""))
-    any_done = rows_with_features(f)
-    has_features = bool(any_done.any())
-    changed = 0
-    known = row_map >= 0
-    used = np.zeros(len(paths), dtype=bool)
-    used[known] = any_done[row_map[known]]  # only images with features can go stale
-    if "images/size" in f and "images/mtime_ns" in f:
-        differs, _ = changed_on_disk(f, root, paths, row_map, used, verify)
-        changed = int(differs.sum())
-        if changed:
-            first = paths[int(np.flatnonzero(differs)[0])]
-            reasons.append(f"{changed} images changed on disk since their features were written "
-                           f"({_compared_by(verify)}; first: {first})")
-            row_map[differs] = -1
-    elif root_changed and used.any():  # a version 1 cache: pixels cannot be compared; another root is other images
-        changed = int(used.sum())
-        row_map[:] = -1
-    if root_changed and changed:
-        reasons.insert(0, f"the images are under {Path(root).resolve()}, not {f.attrs.get('root', '')}")
-    added, removed = int((np.array([p not in index for p in paths])).sum()), len(set(old_paths) - set(paths))
-    if added or removed:
-        reasons.append(f"the image list changed ({added} added, {removed} removed)")
-    if f.attrs.get("samples_sha256") != samples.samples_hash() and not (added or removed):
-        reasons.append(f"the labels or rows of {Path(samples.source).name} changed")
-    same = not reasons and f.attrs.get("manifest_sha256") == samples.manifest_hash()
-    return CacheComparison(same, reasons, row_map, has_features, root_changed, changed)
-
-
-def refresh_image_stats(f: h5py.File, root: str | Path, rows: list[int], verify: bool = False) -> None:
-    """Record the current size and mtime (and with `verify` the sha256) of the images about to be extracted
-    (in place: fixed-size datasets)."""
-    if "images/size" not in f or not rows:
-        return
-    paths = f["images/key"].asstr()[()]
-    chosen = [paths[i] for i in rows]
-    size, mtime = image_stats(root, chosen)
-    index = np.asarray(rows)
-    order = np.argsort(index)
-    f["images/size"][index[order]] = size[order]
-    f["images/mtime_ns"][index[order]] = mtime[order]
-    if verify and "images/sha256" in f:
-        f["images/sha256"][index[order]] = image_hashes(root, chosen)[order]
-    f.flush()
-
-
-def bring_up_to_date(path: str | Path, samples: SampleTable, root: str | Path, command: str = "",
-                     options: dict | None = None, verify: bool = False,
-                     state: CacheComparison | None = None) -> None:
-    """Make the cache at `path` describe `samples` (call with the lock held).
-
-    Same images and labels: nothing to do. A cache without features yet: replaced. Images under another root whose
-    files differ: refused (another dataset). Otherwise (rows added or removed, images changed, labels edited): the
-    cache is rebuilt with the new tables, keeping the rows of every unchanged image. `state`: the comparison of this
-    very file (unchanged since) with `samples`, when the caller already made it; else it is made here."""
-    if state is None:
-        with open_read(path) as f:
-            state = compare_with_cache(f, samples, root, verify)
-    if state.same:
-        return
-    why = "; ".join(state.reasons)
-    if not state.has_features:
-        warnings.warn(f"{path}: {why}; the cache held no features yet, so it is replaced", FeatcacheWarning,
-                      stacklevel=2)
-        create_cache(path, samples, root, command, options)
-        return
-    if state.root_changed and state.images_changed:
-        raise FeatcacheError(f"{path} was built from another list of images than {Path(samples.source).name} "
-                             f"({why}); use another --cache")
-    kept = int((state.row_map >= 0).sum())
-    warnings.warn(f"{path}: {why}; the cache now follows {Path(samples.source).name}, keeping the features of "
-                  f"{kept} unchanged images", FeatcacheWarning, stacklevel=2)
-    rewrite_cache(path, samples=samples, root=root, row_map=state.row_map, command=command, options=options,
-                  what="updating the image list")
 
 
 # ---------------------------------------------------------------------------------------------------- open/read
@@ -718,243 +351,11 @@ def read_provenance(f: h5py.File, bid: str) -> dict:
     return json.loads(f[f"features/{bid}"].attrs["provenance_json"])
 
 
-# ------------------------------------------------------------------------------------------------------- labels
-
-def _annotation_sha256(source: str | None) -> str:
+def annotation_sha256(source: str | None) -> str:
+    """sha256 of the annotation file's bytes; '' when there is none or it cannot be read."""
     from featcache.backbones.weights import sha256_file
 
     try:
         return sha256_file(source) if source and Path(source).is_file() else ""
     except OSError:
         return ""
-
-
-@dataclass
-class AnnotationSource:
-    """The annotation file a labels check reads: `how` is given (--root, --annotation or featcache.toml), detected
-    (in the current folder, as `extract` would find it) or stored (the path the cache recorded)."""
-
-    dataset: str | None
-    root: str
-    annotation: str
-    options: dict
-    how: str
-
-    def shown(self) -> str:
-        """The file as the user would name it: relative to the current folder when inside it."""
-        path = Path(self.annotation).resolve()
-        try:
-            return str(path.relative_to(Path.cwd().resolve()))
-        except ValueError:
-            return str(path)
-
-
-def _stored_annotation(f: h5py.File) -> tuple[str | None, str, str, dict]:
-    return (str(f.attrs.get("dataset", "")) or None, str(f.attrs.get("annotation", "")), str(f.attrs.get("root", "")),
-            json.loads(f.attrs.get("dataset_options_json", "{}")))
-
-
-TABLE_SUFFIXES = (".csv", ".xlsx", ".xls")  # every annotation file detection can find ends so
-
-
-def dataset_root(path: str | Path, **given) -> str | None:
-    """The root of the annotation `locate_annotation` finds for this cache (a copied database is its own root), or
-    None when it finds none or refuses (the caller then keeps the recorded root)."""
-    try:
-        source = locate_annotation(path, **given)
-    except FeatcacheError:
-        return None
-    return None if source is None else source.root
-
-
-def locate_annotation(path: str | Path, root: str | Path | None = None, annotation: str | Path | None = None,
-                      dataset: str | None = None, options: dict | None = None) -> AnnotationSource | None:
-    """The annotation this invocation would use, found as `extract` finds it: `root`/`annotation`/`dataset` (from
-    the command line or featcache.toml), else the annotation file beside the cache, else the one in the current
-    folder (the same folder when the cache is the default ./featcache.h5), else (nothing detected) the path stored in
-    the cache; None when none of them is there. A copied or moved database is so compared with its own annotation,
-    not with the original's. The dataset adapter and its options default to the cache's. A folder holding a file of
-    the stored annotation's name gives that file at once (no dataset adapter is imported)."""
-    with open_read(path) as f:
-        stored_dataset, stored_file, stored_root, stored_options = _stored_annotation(f)
-    name = Path(stored_file).name if stored_file else ""
-    dataset = dataset or stored_dataset
-    options = stored_options if options is None else options
-    if root is not None or annotation is not None:
-        folder = Path(root if root is not None else ".")
-        if not folder.is_dir():
-            raise FeatcacheError(f"{folder}: dataset root is not a folder")
-        if annotation is not None:
-            found = Path(annotation)
-            if not found.is_absolute() and not found.exists():
-                found = folder / found
-            if not found.is_file():
-                raise FeatcacheError(f"{found}: annotation file not found")
-            return AnnotationSource(dataset, str(folder), str(found), options, "given")
-        return _annotation_in(folder, name, dataset, stored_dataset, options, "given", required=True)
-    folders = dict.fromkeys([Path(path).resolve().parent, Path.cwd().resolve()])
-    for folder in folders:
-        source = _annotation_in(folder, name, dataset, stored_dataset, options, "detected")
-        if source is not None:
-            return source
-    if stored_file and Path(stored_file).is_file() and Path(stored_root).is_dir():
-        return AnnotationSource(dataset, stored_root, stored_file, options, "stored")
-    return None
-
-
-def _annotation_in(folder: Path, name: str, dataset: str | None, stored_dataset: str | None, options: dict, how: str,
-                   required: bool = False) -> AnnotationSource | None:
-    """The annotation file in `folder`: the stored annotation's name, else what detection finds (several: refused,
-    as extract refuses them); None when there is none, unless `required` (then detection's one-line error)."""
-    if name and (folder / name).is_file():
-        return AnnotationSource(dataset, str(folder), str(folder / name), options, how)
-    if not required and not any(p.suffix.lower() in TABLE_SUFFIXES and p.is_file() for p in folder.iterdir()):
-        return None
-    from featcache.datasets.registry import annotation_candidates, detect_dataset
-
-    if not required and not annotation_candidates(folder):
-        return None
-    adapter, found = detect_dataset(folder)
-    return AnnotationSource(adapter.name, str(folder), str(found), options if adapter.name == stored_dataset else {},
-                            how)
-
-
-def recorded_annotation(path: str | Path) -> str:
-    """The annotation path the cache recorded when it was written ('' for an older cache)."""
-    with open_read(path) as f:
-        return _stored_annotation(f)[1]
-
-
-def annotation_unchanged(path: str | Path, source: AnnotationSource | None = None) -> bool:
-    """True when the annotation file (`source`'s, else the one the cache recorded) has the very bytes the cache's
-    tables were made from: its labels cannot differ, so nothing needs parsing (no dataset adapter runs). False when
-    unknown (an older cache, the file missing or changed)."""
-    with open_read(path) as f:
-        annotation = str(f.attrs.get("annotation", ""))
-        stored = str(f.attrs.get("annotation_sha256", ""))
-    return bool(stored) and stored == _annotation_sha256(source.annotation if source else annotation)
-
-
-def read_labels_from_annotation(path: str | Path, source: AnnotationSource | None = None) -> SampleTable | None:
-    """The samples as the annotation file says now: `source`'s file, else the dataset, annotation, root and options
-    stored in the cache; None when that file is not there (another machine)."""
-    from featcache.datasets import load_dataset
-
-    if source is None:
-        with open_read(path) as f:
-            dataset, annotation, root, options = _stored_annotation(f)
-        if not annotation or not Path(annotation).is_file() or not Path(root).is_dir():
-            return None
-        source = AnnotationSource(dataset, root, annotation, options, "stored")
-    return load_dataset(source.dataset, source.root, source.annotation, source.options)
-
-
-def labels_changed(path: str | Path, samples: SampleTable | None = None,
-                   cached: CachedSamples | None = None) -> list[str]:
-    """What differs between the cache's labels (`cached`, else read from `path`) and the annotation's (`samples`,
-    else re-read from the annotation file): one line per target or per structural change; [] when equal or when
-    the annotation is not there."""
-    if samples is None:
-        samples = read_labels_from_annotation(path)
-        if samples is None:
-            return []
-    if cached is None:
-        with open_read(path) as f:
-            cached = read_samples(f)
-    if list(cached.key) != list(samples.key):
-        return [f"the samples differ ({len(cached)} in the cache, {len(samples)} in {Path(samples.source).name})"]
-    changes = []
-    for name in sorted(set(cached.targets) | set(samples.targets)):
-        if name not in cached.targets or name not in samples.targets:
-            changes.append(f"target {name} is only in the {'annotation' if name in samples.targets else 'cache'}")
-            continue
-        differ = np.flatnonzero(cached.targets[name] != samples.targets[name])
-        if len(differ):
-            i = int(differ[0])
-            changes.append(f"target {name}: {len(differ)} values differ (first: {cached.key[i]} "
-                           f"{cached.targets[name][i]:g} in the cache, {samples.targets[name][i]:g} now)")
-    return changes
-
-
-# ------------------------------------------------------------------------------------------------ check, repair
-
-def check_cache(path: str | Path, require_complete: bool = False) -> list[str]:
-    """Problems of a cache: half-created backbones, missing attributes, wrong shapes, `done` rows not finite, and
-    with `require_complete` (`info --check`) rows not extracted yet (an interrupted run, a shard not merged)."""
-    problems = []
-    with open_read(path) as f:
-        try:
-            images = len(f["images/key"])
-            samples = len(f["samples/key"])
-            gen, prompt_image = f["samples/gen"][()], f["samples/ref"][()]
-        except KeyError as exc:
-            return [f"table missing ({exc})"]
-        if len(gen) != samples or gen.min(initial=0) < 0 or gen.max(initial=0) >= images or \
-                prompt_image.max(initial=-1) >= images:
-            problems.append("samples/gen or samples/ref (image prompts) points outside /images")
-        for name in ("format_version", "manifest_sha256", "samples_sha256", "root"):
-            if name not in f.attrs:
-                problems.append(f"attribute {name} missing")
-        complete, half = walk_backbones(f)
-        problems += [f"backbone {b} is half created (run `featcache repair`)" for b in half]
-        for bid in complete:
-            group = f[f"features/{bid}"]
-            dim = int(group.attrs["dim"])
-            emb, done = group["emb"], group["done"]
-            if emb.shape != (images, dim) or done.shape != (images,):
-                problems.append(f"backbone {bid}: shape {emb.shape}/{done.shape}, expected ({images}, {dim})")
-                continue
-            try:
-                json.loads(group.attrs["config_json"])
-                json.loads(group.attrs["provenance_json"])
-            except ValueError:
-                problems.append(f"backbone {bid}: unreadable config or provenance")
-            bad = int(nonfinite_done_rows(group).sum())
-            if bad:
-                problems.append(f"backbone {bid}: {bad} rows marked done are not finite (`featcache repair` marks "
-                                "them to be extracted again)")
-            missing = images - int(done[()].sum()) if require_complete else 0
-            if missing:
-                problems.append(f"backbone {bid}: {missing} of {images} rows not extracted yet (run the same "
-                                "`featcache extract` again, or merge the missing shards)")
-    return problems
-
-
-def nonfinite_done_rows(group: h5py.Group) -> np.ndarray:
-    """(M,) bool: rows marked done whose features are not finite, read in blocks of COPY_ROWS rows."""
-    done = group["done"][()]
-    bad = np.zeros_like(done)
-    for start in range(0, len(done), COPY_ROWS):
-        flags = done[start:start + COPY_ROWS]
-        if flags.any():
-            rows = group["emb"][start:start + COPY_ROWS]
-            bad[start:start + COPY_ROWS] = flags & ~np.isfinite(rows).all(axis=1)
-    return bad
-
-
-@dataclass
-class RepairResult:
-    dropped: list[str]
-    rows_reset: dict[str, int]
-    temporaries: list[str]
-
-
-def repair(path: str | Path) -> RepairResult:
-    """Drop half-created backbones (by rewriting the cache), mark non-finite `done` rows for extraction again, and
-    delete temporary files left by killed writers."""
-    with lock_cache(path) as target:
-        temporaries = [str(p) for p in remove_stale_temporaries(target)]
-        with open_read(path) as f:
-            complete, half = walk_backbones(f)
-        if half:
-            rewrite_cache(target, what="dropping half-created backbones")
-        reset = {}
-        if complete:
-            with open_write(target) as f:
-                for bid in complete:
-                    group = f[f"features/{bid}"]
-                    bad = nonfinite_done_rows(group)
-                    if bad.any():
-                        group["done"][np.flatnonzero(bad)] = False
-                        reset[bid] = int(bad.sum())
-    return RepairResult(half, reset, temporaries)

@@ -41,9 +41,9 @@ def modes_for(data: CacheData, subset: str = "all", split: str = "group", train_
 
 
 def located_annotation(data: CacheData, annotation_from: dict | None = None) -> tuple:
-    """(the annotation `featcache.store.locate_annotation` finds for this cache or None, the error it raised or
-    None): looked up once, for both the labels check and the images check."""
-    from featcache.store import locate_annotation
+    """(the annotation `featcache.annotation_lookup.locate_annotation` finds for this cache or None, the error it
+    raised or None): looked up once, for both the labels check and the images check."""
+    from featcache.annotation_lookup import locate_annotation
 
     try:
         return locate_annotation(data.path, **(annotation_from or {})), None
@@ -55,13 +55,15 @@ def current_labels(data: CacheData, labels: str = "check", root: str | None = No
                    dataset: str | None = None, options: dict | None = None, located: tuple | None = None) -> list[str]:
     """Compare the cached labels with the annotation file this invocation would use before anything is fitted:
     `root`/`annotation`/`dataset` (command line or featcache.toml), else the one in the current folder, else the
-    one the cache recorded (`featcache.store.locate_annotation`); none found: a warning that nothing was checked.
+    one the cache recorded (`featcache.annotation_lookup.locate_annotation`); none found: a warning that nothing was
+    checked.
 
     check: a difference is a one-line error; cache: keep the cached labels (differences, or an annotation that
     cannot be read, are warnings: the annotation is not needed); annotation: fit on the annotation's labels (same
     samples required). `located`: `located_annotation`'s answer, when the caller has it. Returns the warnings'
     lines."""
-    from featcache.store import annotation_unchanged, labels_changed, read_labels_from_annotation, recorded_annotation
+    from featcache.annotation_lookup import (annotation_unchanged, labels_changed, read_labels_from_annotation,
+                                             recorded_annotation)
 
     if labels not in LABEL_SOURCES:
         from featcache.errors import unknown_name
@@ -119,7 +121,7 @@ def current_images(data: CacheData, annotation_from: dict | None = None, located
     they were extracted from is not there (a moved cache: nothing compared); missing images say nothing (the
     features are there). The images are those under the root of the annotation the labels check reads (a copied
     database's own, not the original's; none found: the recorded root). Returns the warnings' lines."""
-    from featcache.store import images_on_disk
+    from featcache.image_changes import images_on_disk
 
     source, _ = located_annotation(data, annotation_from) if located is None else located
     disk = images_on_disk(data.path, source.root if source is not None else None)

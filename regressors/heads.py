@@ -194,7 +194,7 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
     features = dict(known)
     if todo:
         from featcache.backbones import load_backbone
-        from featcache.extract import compute_features
+        from featcache.forward import compute_features
 
         source = meta["backbone_config"]["weights"]
         if weights is None and source["source"] == "file":

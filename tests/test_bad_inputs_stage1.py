@@ -282,19 +282,19 @@ def test_a_genuine_huge_image_passes_with_max_pixels(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_decoding_worker_is_a_one_line_error_and_keeps_rows(tmp_path, monkeypatch):
-    import featcache.extract as extract_module
+    import featcache.image_rows as image_rows_module
 
     root = tmp_path / "data"
     make_pku(root)
     monkeypatch.chdir(root)
-    parent, real = os.getpid(), extract_module.load_rgb
+    parent, real = os.getpid(), image_rows_module.load_rgb
 
     def oom_killer(path, max_pixels, *args):
         if os.getpid() != parent and Path(path).name == "DALLE_1001_10.jpg":
             os.kill(os.getpid(), signal.SIGKILL)
         return real(path, max_pixels, *args)
 
-    monkeypatch.setattr(extract_module, "load_rgb", oom_killer)
+    monkeypatch.setattr(image_rows_module, "load_rgb", oom_killer)
     args = ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "32", "--workers", "1",
             "--batch-size", "2", "--quiet"]
     result = CliRunner().invoke(cli.main, args)
@@ -303,7 +303,7 @@ def test_a_killed_decoding_worker_is_a_one_line_error_and_keeps_rows(tmp_path, m
     with h5py.File(root / "featcache.h5", "r") as f:
         kept = int(f["features/resnet18.random/paper/32/done"][()].sum())
     assert 0 < kept < 22
-    monkeypatch.setattr(extract_module, "load_rgb", real)
+    monkeypatch.setattr(image_rows_module, "load_rgb", real)
     again = CliRunner().invoke(cli.main, args)
     assert again.exit_code == 0 and f"wrote {22 - kept} rows" in again.output, again.output
 
@@ -367,7 +367,7 @@ def test_a_worker_killed_while_handing_over_a_batch_is_a_one_line_error(tmp_path
 
     root = tmp_path / "data"
     make_pku(root)
-    real = extract_module._forward_batches
+    real = extract_module.forward_batches
 
     def killed_after_one_batch(*args, **kwargs):
         batches = real(*args, **kwargs)
@@ -375,7 +375,7 @@ def test_a_worker_killed_while_handing_over_a_batch_is_a_one_line_error(tmp_path
         batches.close()
         raise ConnectionResetError(104, "Connection reset by peer")
 
-    monkeypatch.setattr(extract_module, "_forward_batches", killed_after_one_batch)
+    monkeypatch.setattr(extract_module, "forward_batches", killed_after_one_batch)
     backbone = load_backbone("resnet18", random_weights=True, image_size=32)
     with pytest.raises(FeatcacheError, match=r"^a decoding worker process died \(\[Errno 104\] Connection reset by "
                                              r"peer\); the 2 rows written so far are kept.*\(1 were running\)"):

@@ -1,4 +1,4 @@
-"""Nothing lost, nothing stale (issue 11): full disk, Ctrl-C and kill -9 while a backbone is created, one writer per
+"""Nothing lost, nothing stale: full disk, Ctrl-C and kill -9 while a backbone is created, one writer per
 file, provenance compared, `info --check` and `repair`."""
 
 import contextlib
@@ -18,13 +18,15 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from featcache import store
+from featcache import atomic_write, cache_rewrite, image_changes, store
 from featcache.backbones import load_backbone
 from featcache.datasets import load_dataset
 from featcache.errors import FeatcacheError, FeatcacheWarning
 from featcache.extract import extract
 from featcache.info import cache_info
-from featcache.store import check_cache, labels_changed, lock_cache, read_labels_from_annotation, repair
+from featcache.annotation_lookup import labels_changed, read_labels_from_annotation
+from featcache.cache_check import check_cache, repair
+from featcache.cache_lock import lock_cache
 from tests.fakedata import make_pku
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,13 +74,13 @@ def test_full_disk_while_adding_a_backbone_keeps_the_cache(pku_root, tmp_path, m
     cache = tmp_path / "c.h5"
     first = _extract(samples, pku_root, cache)
     before = _state(cache)
-    real = store._create_feature_datasets
+    real = cache_rewrite.create_feature_datasets
 
     def full(f, config, dim, provenance, attrs=None):
         real(f, config, dim, provenance, attrs)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store, "_create_feature_datasets", full)
+    monkeypatch.setattr(cache_rewrite, "create_feature_datasets", full)
     with pytest.raises(FeatcacheError, match=r"the disk is full \(adding .*multilevel.*\); free some space"):
         _extract(samples, pku_root, cache, _small("multilevel"))
     assert _temporaries(cache) == []
@@ -86,7 +88,7 @@ def test_full_disk_while_adding_a_backbone_keeps_the_cache(pku_root, tmp_path, m
     assert list(after) == [first.backbone_id]
     np.testing.assert_array_equal(after[first.backbone_id][0], before[first.backbone_id][0])
     assert cache_info(cache)["backbones"][first.backbone_id]["rows_done"] == 22
-    monkeypatch.setattr(store, "_create_feature_datasets", real)
+    monkeypatch.setattr(cache_rewrite, "create_feature_datasets", real)
     assert _extract(samples, pku_root, cache, _small("multilevel")).rows_written == 22
 
 
@@ -114,8 +116,8 @@ def test_full_disk_during_row_writes_keeps_the_rows(pku_root, tmp_path, monkeypa
 
 _FILL = textwrap.dedent("""
     import sys
-    from featcache import store
-    store.check_free_space = lambda *a, **k: None  # reach the real ENOSPC, not the early refusal
+    from featcache import cache_rewrite
+    cache_rewrite.check_free_space = lambda *a, **k: None  # reach the real ENOSPC, not the early refusal
     sys.argv = ["featcache", *sys.argv[1:]]
     import cli
     cli.main()
@@ -160,7 +162,7 @@ def test_not_enough_free_space_is_refused_before_writing(pku_root, tmp_path, mon
     cache = tmp_path / "c.h5"
     _extract(samples, pku_root, cache)
     stamp = cache.stat().st_mtime_ns
-    monkeypatch.setattr(store.shutil, "disk_usage", lambda folder: type("U", (), {"free": 1000})())
+    monkeypatch.setattr(atomic_write.shutil, "disk_usage", lambda folder: type("U", (), {"free": 1000})())
     with pytest.raises(FeatcacheError, match=r"needs about .* MiB but .* has 0.0 MiB free; nothing was changed"):
         _extract(samples, pku_root, cache, _small("multilevel"))
     assert cache.stat().st_mtime_ns == stamp
@@ -172,33 +174,33 @@ def test_ctrl_c_while_the_datasets_are_allocated(pku_root, tmp_path, monkeypatch
     samples = load_dataset(None, pku_root)
     cache = tmp_path / "c.h5"
     first = _extract(samples, pku_root, cache)
-    real = store._create_feature_datasets
+    real = cache_rewrite.create_feature_datasets
 
     def interrupted(f, config, dim, provenance, attrs=None):
         f.require_group(f"features/{config['id']}").create_dataset("emb", shape=(22, dim), dtype="f4")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store, "_create_feature_datasets", interrupted)
+    monkeypatch.setattr(cache_rewrite, "create_feature_datasets", interrupted)
     monkeypatch.chdir(pku_root)
     out = CliRunner().invoke(cli.main, ["extract", "--backbone", "resnet18", "--random-weights", "--image-size", "32",
                                         "--pool", "multilevel", "--workers", "0", "--quiet", "--cache", str(cache)])
     assert out.exit_code == 130 and "every row written so far is kept" in out.output
     assert _temporaries(cache) == [] and list(_state(cache)) == [first.backbone_id]
-    monkeypatch.setattr(store, "_create_feature_datasets", real)
+    monkeypatch.setattr(cache_rewrite, "create_feature_datasets", real)
     assert _extract(samples, pku_root, cache, _small("multilevel")).rows_written == 22
     assert check_cache(cache) == []
 
 
 _KILL_AT_CREATION = textwrap.dedent("""
     import os, signal, sys
-    from featcache import store
-    real = store._create_feature_datasets
+    from featcache import cache_rewrite
+    real = cache_rewrite.create_feature_datasets
     def killed(f, config, dim, provenance, attrs=None):
         group = f.require_group("features/" + config["id"])
         group.create_dataset("emb", shape=(len(f["images/key"]), dim), dtype="f4")
         f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
-    store._create_feature_datasets = killed
+    cache_rewrite.create_feature_datasets = killed
     sys.argv = ["featcache", *sys.argv[1:]]
     import cli
     cli.main()
@@ -264,7 +266,7 @@ def test_check_finds_non_finite_done_rows_and_repair_has_them_extracted_again(pk
 
 _HOLD = textwrap.dedent("""
     import sys, time
-    from featcache.store import lock_cache
+    from featcache.cache_lock import lock_cache
     with lock_cache(sys.argv[1]):
         print("held", flush=True)
         time.sleep(30)
@@ -286,10 +288,11 @@ def test_a_symlink_and_its_target_share_one_writer(pku_root, tmp_path):
         holder.wait()
     assert _extract(load_dataset(None, pku_root), pku_root, link).rows_written == 22
     assert link.is_symlink() and h5py.is_hdf5(cache)  # the symlink still points at the cache, now complete
-    assert not Path(str(cache) + ".lock").exists()  # removed on exit
+    with lock_cache(link):  # released on exit: the lock file left beside the cache holds nothing
+        pass
 
 
-def test_a_stale_lock_file_does_not_block_and_is_removed(tmp_path):
+def test_a_lock_file_nobody_holds_does_not_block(tmp_path):
     lock = Path(str(tmp_path / "c.h5") + ".lock")
     lock.write_text("")  # left by a process killed with -9: nobody holds it
     with lock_cache(tmp_path / "c.h5"):
@@ -297,14 +300,15 @@ def test_a_stale_lock_file_does_not_block_and_is_removed(tmp_path):
         with pytest.raises(FeatcacheError, match="being written by another featcache process"):
             with lock_cache(tmp_path / "c.h5"):
                 pass
-    assert not lock.exists()
+    with lock_cache(tmp_path / "c.h5"):  # released again
+        pass
 
 
 def test_readers_see_the_old_cache_while_a_backbone_is_added(pku_root, tmp_path, monkeypatch):
     samples = load_dataset(None, pku_root)
     cache = tmp_path / "c.h5"
     first = _extract(samples, pku_root, cache)
-    real = store._create_feature_datasets
+    real = cache_rewrite.create_feature_datasets
     seen = []
 
     def look(f, config, dim, provenance, attrs=None):
@@ -312,7 +316,7 @@ def test_readers_see_the_old_cache_while_a_backbone_is_added(pku_root, tmp_path,
         seen.append(sorted(cache_info(cache)["backbones"]))  # `info` during the creation of the new backbone
         return group
 
-    monkeypatch.setattr(store, "_create_feature_datasets", look)
+    monkeypatch.setattr(cache_rewrite, "create_feature_datasets", look)
     _extract(samples, pku_root, cache, _small("multilevel"))
     assert seen == [[first.backbone_id]]
 
@@ -339,7 +343,7 @@ def test_info_check_fit_and_bench_notice_images_changed_on_disk(pku_root, tmp_pa
     assert checked.exit_code == 2 and f"problem    {line}" in checked.output, checked.output
     assert checked.output.splitlines()[-1] == f"error: {cache}: 1 problem(s): {line}"
     reads = []
-    monkeypatch.setattr(store, "image_hashes", lambda *a: reads.append(a))  # only stat calls
+    monkeypatch.setattr(image_changes, "image_hashes", lambda *a: reads.append(a))  # only stat calls
 
     def about_the_cache(caught):  # not the default modes' warnings
         return [str(w.message) for w in caught if str(w.message).startswith(f"{cache}: ")]
@@ -506,7 +510,7 @@ def test_merge_interrupted_while_allocating_leaves_the_target_as_it_was(pku_root
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store, "_create_feature_datasets", interrupted)
+    monkeypatch.setattr(cache_rewrite, "create_feature_datasets", interrupted)
     result = CliRunner().invoke(cli.main, ["merge", str(other), "--out", str(target)])
     assert result.exit_code == 130 and "every row merged so far is kept" in result.output
     assert _temporaries(target) == [] and sorted(_state(target)) == sorted(before)

@@ -16,7 +16,9 @@ from PIL import Image
 from featcache.backbones import load_backbone
 from featcache.datasets import load_dataset
 from featcache.errors import FeatcacheError
-from featcache.extract import ImageRows, compute_features, draft_for, draft_short_side, extract
+from featcache.extract import extract
+from featcache.forward import compute_features
+from featcache.image_rows import ImageRows, draft_for, draft_short_side
 from featcache.images import Draft, draft_scale, load_rgb, resized_size
 from tests.fakedata import noisy_image
 
@@ -174,10 +176,10 @@ def test_same_sized_images_are_preprocessed_as_one_stack_with_the_same_numbers(t
     alone = compute_features(_lite0(), tmp_path, names, device="cpu", decode="gpu", batch_size=1)
     assert len(calls) == 4
     np.testing.assert_allclose(alone, stacked, atol=1e-5)
-    import featcache.extract
+    import featcache.image_rows
 
     calls.clear()  # large images: stacks hold at most STACK_PIXELS pixels
-    monkeypatch.setattr(featcache.extract, "STACK_PIXELS", 2 * 300 * 420)
+    monkeypatch.setattr(featcache.image_rows, "STACK_PIXELS", 2 * 300 * 420)
     capped = compute_features(_lite0(), tmp_path, names, device="cpu", decode="gpu", batch_size=4)
     assert sorted(calls) == [(1, 3, 260, 300), (1, 3, 300, 420), (2, 3, 300, 420)]
     np.testing.assert_allclose(capped, stacked, atol=1e-5)
@@ -296,7 +298,7 @@ def test_resuming_without_flags_follows_the_recorded_decode_options(tmp_path):
 
 def test_a_batch_crosses_between_processes_as_two_tensors_and_unpacks_to_the_same_payloads(tmp_path):
     from featcache.decode import EncodedJpeg, unpack_payloads
-    from featcache.extract import collate_payloads
+    from featcache.image_rows import collate_payloads
 
     names = _jpegs(tmp_path, [(40, 50), (60, 30)])
     noisy_image(np.random.default_rng(5), (30, 30)).save(tmp_path / "c.png")
@@ -314,31 +316,38 @@ def test_a_batch_crosses_between_processes_as_two_tensors_and_unpacks_to_the_sam
             assert torch.equal(back, original)
 
 
-def test_pillows_own_pixel_limit_survives_threads_opening_files_at_once():
-    """extract's decode thread opens files while the main thread does: the limit must come back afterwards."""
+def test_the_pixel_limit_is_featcaches_own_in_every_thread(tmp_path):
+    """Pillow's own limit is off from the import of featcache.images on and never switched back and forth; each
+    thread's files are checked against the `max_pixels` it passes."""
     import threading
-    import time
 
     from PIL import Image
 
-    from featcache.images import _own_pixel_limit
+    from featcache.images import load_rgb
 
-    before = Image.MAX_IMAGE_PIXELS
-    seen = []
+    Image.new("RGB", (40, 30)).save(tmp_path / "small.png")
+    assert Image.MAX_IMAGE_PIXELS is None
+    outcomes = []
 
-    def open_many(k):
-        for i in range(200):
-            with _own_pixel_limit():
-                seen.append(Image.MAX_IMAGE_PIXELS)
-                time.sleep(0.0001 * ((i + k) % 3))
+    def open_many(limit):
+        for _ in range(50):
+            try:
+                outcomes.append((limit, load_rgb(tmp_path / "small.png", max_pixels=limit).size))
+            except FeatcacheError as exc:
+                outcomes.append((limit, str(exc)))
 
-    threads = [threading.Thread(target=open_many, args=(k,)) for k in range(4)]
+    threads = [threading.Thread(target=open_many, args=(limit,)) for limit in (1000, 1199, 1200, 10**9)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert Image.MAX_IMAGE_PIXELS == before and before is not None
-    assert set(seen) == {None}  # off while any holder is inside
+    assert Image.MAX_IMAGE_PIXELS is None and len(outcomes) == 200
+    for limit, outcome in outcomes:
+        if limit >= 40 * 30:
+            assert outcome == (40, 30)
+        else:
+            assert outcome.endswith(f"small.png: 40x30 pixels exceeds the limit of {limit} (decompression bomb?); "
+                                    "raise --max-pixels if it is genuine")
 
 
 def test_the_torch_path_resizes_as_pillow_does_and_older_torch_caches_are_not_mixed(tmp_path):

@@ -20,7 +20,7 @@ from featcache.datasets import load_dataset
 from featcache.errors import FeatcacheError
 from featcache.extract import extract
 from featcache.merge import merge
-from featcache.store import lock_cache
+from featcache.cache_lock import lock_cache
 from tests.fakedata import make_pku
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,11 +193,11 @@ def test_a_refused_extract_leaves_a_cache_whose_image_list_it_would_change_as_it
 
 def test_overflowed_features_are_not_written_and_are_named(pku_root, tmp_path, monkeypatch):
     """fp16 can overflow (random-weight ViT-L and ResNet-50 did on an H200): such rows must not be stored as done."""
-    import featcache.extract as extract_module
+    import featcache.forward as forward_module
 
     samples = load_dataset(None, pku_root)
     paths, _, _ = samples.distinct_images()
-    real = extract_module._FeaturesToHost
+    real = forward_module._FeaturesToHost
 
     class Overflowing(real):  # the third and fourth image of every batch overflow
         def __init__(self, rows, features, errors, seconds):
@@ -205,7 +205,7 @@ def test_overflowed_features_are_not_written_and_are_named(pku_root, tmp_path, m
             features[2:4, 0] = torch.tensor([float("inf"), float("nan")])
             super().__init__(rows, features, errors, seconds)
 
-    monkeypatch.setattr(extract_module, "_FeaturesToHost", Overflowing)
+    monkeypatch.setattr(forward_module, "_FeaturesToHost", Overflowing)
     first = sorted(str(pku_root / paths[i]) for i in (2, 3, 10, 11, 18, 19))[0]  # named in name order
     with pytest.raises(FeatcacheError, match=r"^6 images gave non-finite features \(inf/NaN\) with --precision fp32 "
                                              r"\(16 other rows were written and kept; check the weights; the cache "
@@ -270,7 +270,7 @@ def test_cli_extract_info_and_one_line_errors(pku_root, monkeypatch):
 @pytest.mark.slow
 def test_a_writer_in_another_process_is_refused(pku_root, tmp_path):
     cache = tmp_path / "c.h5"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from featcache.store import lock_cache\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from featcache.cache_lock import lock_cache\n"
                                f"with lock_cache({str(cache)!r}):\n    print('held', flush=True); time.sleep(30)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -348,7 +348,7 @@ def test_csv_dataset_with_col_lists(pku_root, monkeypatch):
     assert out.exit_code == 0 and "wrote 22 rows to csv.h5" in out.output, out.output
     info = json.loads(runner.invoke(cli.main, ["info", "csv.h5", "--json"]).output)
     assert list(info["targets"]) == ["MOS_q", "MOS_a", "MOS_c"] and info["with_image_prompt"] == 8
-    from featcache.store import read_labels_from_annotation
+    from featcache.annotation_lookup import read_labels_from_annotation
 
     again = read_labels_from_annotation(pku_root / "csv.h5")  # the --col options are kept in the cache
     assert again is not None and list(again.targets) == ["MOS_q", "MOS_a", "MOS_c"]
@@ -373,17 +373,17 @@ def test_backbones_and_datasets_commands_list_the_tables():
 
 
 def test_default_workers_are_every_usable_core(monkeypatch):
-    from featcache import extract as extract_module
+    from featcache import forward
 
-    monkeypatch.setattr(extract_module.os, "sched_getaffinity", lambda pid: set(range(48)), raising=False)
-    assert extract_module.default_workers() == 48  # no cap at 8 any more
-    monkeypatch.delattr(extract_module.os, "sched_getaffinity", raising=False)
-    monkeypatch.setattr(extract_module.os, "cpu_count", lambda: 3)
-    assert extract_module.default_workers() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(48)), raising=False)
+    assert forward.default_workers() == 48  # no fixed cap
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert forward.default_workers() == 3
 
 
 def test_default_workers_never_outnumber_the_batches(monkeypatch):
-    from featcache import extract as extract_module
+    from featcache import forward as extract_module
 
     monkeypatch.setattr(extract_module, "default_workers", lambda: 16)
     assert extract_module.loader_workers(None, 12, 32) == 0  # one batch: decoded in the main process
@@ -395,20 +395,22 @@ def test_default_workers_never_outnumber_the_batches(monkeypatch):
 
 
 def test_extract_compares_and_hashes_each_image_once(pku_root, tmp_path, monkeypatch):
+    import featcache.cache_rewrite as cache_rewrite
     import featcache.extract as extract_module
-    import featcache.store as store
+    import featcache.image_changes as image_changes
 
     samples = load_dataset(None, pku_root)
     extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False, verify=True, shard=(0, 2))
     hashed, comparisons = [], []
-    real_hashes, real_compare = store.image_hashes, store.compare_with_cache
+    real_hashes, real_compare = image_changes.image_hashes, image_changes.compare_with_cache
 
     def counting_compare(*args, **kwargs):
         comparisons.append(1)
         return real_compare(*args, **kwargs)
 
-    monkeypatch.setattr(store, "image_hashes", lambda root, paths: hashed.extend(paths) or real_hashes(root, paths))
-    monkeypatch.setattr(store, "compare_with_cache", counting_compare)
+    monkeypatch.setattr(image_changes, "image_hashes",
+                        lambda root, paths: hashed.extend(paths) or real_hashes(root, paths))
+    monkeypatch.setattr(cache_rewrite, "compare_with_cache", counting_compare)
     monkeypatch.setattr(extract_module, "compare_with_cache", counting_compare)
     result = extract(samples, pku_root, _small(), tmp_path / "c.h5", workers=0, progress=False, verify=True)
     assert result.rows_done_before == 11 and result.rows_written == 11

@@ -629,7 +629,7 @@ def test_a_new_mode_and_regressor_are_one_table_entry_each(tmp_path, monkeypatch
 
 
 def test_edited_labels_are_refused_or_chosen(tmp_path, monkeypatch):
-    from featcache.store import annotation_unchanged
+    from featcache.annotation_lookup import annotation_unchanged
 
     path = make_cache(tmp_path)
     annotation = tmp_path / "annotation.csv"

@@ -239,10 +239,10 @@ def test_fit_and_predict_from_the_command_line(tmp_path, pku_root, monkeypatch):
     x, rows = design_matrix(load_cache(str(pku_root / "featcache.h5")), "pr")
     scored = np.array([float(line.split(",")[2]) for line in lines[1:]])
     np.testing.assert_allclose(scored, head.predict(x), atol=1e-4)  # cached features, the head's numbers
-    import featcache.extract
+    import featcache.forward
 
-    calls, real = [], featcache.extract.compute_features
-    monkeypatch.setattr(featcache.extract, "compute_features", lambda *a, **k: calls.append(k) or real(*a, **k))
+    calls, real = [], featcache.forward.compute_features
+    monkeypatch.setattr(featcache.forward, "compute_features", lambda *a, **k: calls.append(k) or real(*a, **k))
     fresh = runner.invoke(cli.main, ["predict", "--head", "pr.safetensors", "--root", ".", "--cache", "none.h5",
                                      "--out", "fresh.csv"])
     assert fresh.exit_code == 0 and "from the cache" not in fresh.output
