@@ -111,8 +111,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def decode_agreement(folder: Path, paths, device, images: int = 256) -> dict:
     """Cosine between the features of the two decode paths with real ImageNet weights (lite0, fp32), on the first
-    `images` JPEGs: random weights in fp16, as timed above, amplify the decoders' last-bit differences chaotically
-    (ResNet-50 and ViT-L gave minima of 0.85 and -0.04 on an H200 while ResNet-18 and VGG-19 gave 0.9998)."""
+    `images` JPEGs: random weights in fp16, as timed above, can amplify the decoders' last-bit differences
+    chaotically, so they would not measure the decoders."""
     from featcache.backbones import load_backbone
     from featcache.forward import compute_features
 

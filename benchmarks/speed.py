@@ -47,8 +47,8 @@ def _median_seconds(command: list[str], repeats: int, before=None, cwd: Path = R
 
 def startup(args, tmp: Path) -> dict:
     """Wall time of `featcache extract` over 12 images into a fresh cache (start-up: imports, weights, model build,
-    worker start, one batch) against `python -c "import torch"`; medians of `repeats` runs each. Goal (issue 10):
-    at most 2.2x."""
+    worker start, one batch) against `python -c "import torch"`; medians of `repeats` runs each, and
+    their ratio against the goal of at most 2.2x."""
     data = tmp / "startup"
     _twelve_images(data)
     cache = tmp / "startup.h5"

@@ -46,8 +46,8 @@ class EncodedJpeg(NamedTuple):
 
 
 class PackedPayloads(NamedTuple):
-    """A batch's payloads as two tensors: torch hands each tensor between processes through its own shared-memory
-    file and socket round trip, which at one per image capped `extract` at about 2000 images/s on an H200."""
+    """A batch's payloads as two tensors, so a batch crosses from a worker to the main process in two shared-memory
+    hand-overs (torch hands each tensor over separately), not one per image."""
 
     spans: list[tuple[int, int, int]]  # per image: (0, start, end) into `jpegs`, or (1, k, 0) for pixels[k]
     jpegs: torch.Tensor  # every JPEG's bytes, end to end (1-d uint8)
@@ -108,9 +108,8 @@ class TorchPreprocess:
     """timm's eval transform as tensor ops: shorter side to floor(input_size / crop_pct) (antialiased, the data
     config's interpolation), centre crop, scale to [0, 1], normalise.
 
-    The resize is done as Pillow does it: the width first, then the height, each pass rounded to 8 bits. One float
-    pass left up to 6 levels of difference from the Pillow path (lite0 cosine down to 0.9990 on the synth images);
-    two passes leave at most 1 (0.9997)."""
+    The resize is done as Pillow does it: the width first, then the height, each pass rounded to 8 bits, so the
+    pixels stay within 1 level of the Pillow path's."""
 
     def __init__(self, data_config: dict, device: torch.device):
         import torch

@@ -41,8 +41,8 @@ def load_config(folder: str | Path | None = None) -> dict:
 
 
 def _type_problem(key: str, value) -> str | None:
-    """What is wrong with a config value, checked as the command line checks its options (the file bypasses click:
-    `jpeg_draft = "false"` was true, `workers = "2"` a traceback)."""
+    """What is wrong with a config value, checked as the command line checks its options (the file bypasses click),
+    or None: e.g. `jpeg_draft = "false"` (a string, not a boolean) or `workers = "2"` is refused."""
     if key == "jpeg_draft":
         return None if isinstance(value, bool) else "expected true or false (no quotes)"
     if key in ("batch_size", "workers"):

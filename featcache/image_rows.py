@@ -160,7 +160,8 @@ def draft_for(backbone: Backbone, transform, rule: str = DRAFT_RULE) -> Draft | 
     first = first_resize(transform)
     if first is None:
         return None
-    return Draft(draft_short_side(backbone), resize_size(first), pil_modes_mapping[first.interpolation], rule)
+    return Draft(short_side=draft_short_side(backbone), resize=resize_size(first),
+                 resample=pil_modes_mapping[first.interpolation], rule=rule)
 
 
 def first_resize(transform):

@@ -29,7 +29,7 @@ DRAFT_RULE = "same-geometry"
 DRAFT_RULES = (DRAFT_RULE, "pillow-request")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Draft:
     """JPEG draft decoding for one backbone's transform.
 

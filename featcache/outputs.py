@@ -1,9 +1,8 @@
 """Files a command writes under a name the user gave (`predict --out`, `table --out`, `fit --save-head`).
 
-Checked before any work: such a file used to replace whatever had that name, the feature cache and the annotation
-included (`fit --save-head featcache.h5` turned the cache into a head file), and a read-only folder was reported
-only after the work, with a traceback. An existing file is replaced only with `--overwrite`, and never when it is
-the cache or the annotation the command reads, or any HDF5 file (a feature cache of another run).
+Checked before any work, so a refusal costs nothing: an existing file is replaced only with `--overwrite`, and never
+when it is the cache or the annotation the command reads, or any HDF5 file (a feature cache of another run); a
+folder that cannot be written is a one-line error.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Every bad stage-1 input through the command line: exit code 2, no traceback, a message that says what to do.
 
-BAD_INPUTS is the list counted in NOTES-stage1.md ("Bad input" table); each entry is (name, setup, expected text).
+BAD_INPUTS lists the cases; each entry is (name, setup, expected text).
 `setup(root, tmp)` prepares the case in a fresh dataset folder (the working directory) and returns the arguments.
 """
 
@@ -359,8 +359,8 @@ def test_read_only_folder_for_extract_and_merge(tmp_path, monkeypatch):
 
 
 def test_a_worker_killed_while_handing_over_a_batch_is_a_one_line_error(tmp_path, monkeypatch):
-    """The race the slow kill test sometimes hits: the main process reads a batch's shared memory from a worker that
-    was just killed, and gets a reset connection instead of torch's dead-worker error."""
+    """A worker killed while the main process reads a batch's shared memory from it shows as a reset connection
+    instead of torch's dead-worker error: the same one-line error, the rows written kept."""
     import featcache.extract as extract_module
     from featcache.backbones import load_backbone
     from featcache.errors import FeatcacheError

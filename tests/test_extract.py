@@ -192,7 +192,7 @@ def test_a_refused_extract_leaves_a_cache_whose_image_list_it_would_change_as_it
 
 
 def test_overflowed_features_are_not_written_and_are_named(pku_root, tmp_path, monkeypatch):
-    """fp16 can overflow (random-weight ViT-L and ResNet-50 did on an H200): such rows must not be stored as done."""
+    """fp16 can overflow (e.g. random-weight ViT-L and ResNet-50): such rows must not be stored as done."""
     import featcache.forward as forward_module
 
     samples = load_dataset(None, pku_root)
@@ -444,8 +444,8 @@ def test_info_counts_the_groups_a_prompt_disjoint_split_keeps_apart(pku_root, tm
 
 
 def test_a_first_run_that_fails_before_any_backbone_leaves_no_cache(pku_root, tmp_path):
-    """Weights that do not load: the new cache held only the annotation's tables and stayed behind. A cache that
-    existed before is kept as it was."""
+    """Weights that do not load: the new cache, which would hold only the annotation's tables, goes again with the
+    folders made for it. A cache that existed before is kept as it was."""
     from safetensors.torch import save_file
 
     save_file({"conv1.weight": torch.zeros(64, 3, 5, 5)}, str(tmp_path / "other.safetensors"))

@@ -21,8 +21,11 @@ if TYPE_CHECKING:
 Loader = Callable[[Path, "pd.DataFrame", Path, dict], SampleTable]  # (root, table, annotation, options)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DatasetAdapter:
+    """One database's adapter: its name, the annotation file names detection looks for, a line for `datasets`, the
+    loader, and the columns every load checks."""
+
     name: str
     annotation_names: tuple[str, ...]
     description: str
@@ -59,8 +62,9 @@ def register_dataset(name: str, annotation_names: tuple[str, ...], description: 
     def decorate(loader: Loader) -> Loader:
         if name in _ADAPTERS:
             raise FeatcacheError(f"internal: dataset adapter {name!r} registered twice")
-        _ADAPTERS[name] = DatasetAdapter(name, tuple(annotation_names), description, loader, tuple(columns),
-                                         tuple(names) if names else None, required)
+        _ADAPTERS[name] = DatasetAdapter(name=name, annotation_names=tuple(annotation_names),
+                                         description=description, loader=loader, columns=tuple(columns),
+                                         names=tuple(names) if names else None, required=required)
         return loader
 
     return decorate
