@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,8 +34,9 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     target = real_path(path)
     removed = []
     for tmp in target.parent.glob(temporary_prefix(target) + "*"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
             removed.append(tmp)
     return removed
 
@@ -60,6 +61,19 @@ def check_free_space(path: str | Path, needed: int, what: str) -> None:
                              f"{free / 2**20:.1f} MiB free; nothing was changed")
 
 
+def _new_temporary(target: Path) -> Path:
+    """A new, empty file beside `target` named `.NAME.tmp-<random>`, created exclusively with the mode any new file
+    gets (0o666 less the umask; `tempfile.mkstemp` would make it, and so the cache, private to its owner)."""
+    while True:
+        tmp = target.with_name(temporary_prefix(target) + secrets.token_hex(8))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+
+
 def _fsync(path: Path, directory: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
@@ -75,11 +89,9 @@ def atomic_h5(path: str | Path, what: str = "writing the cache") -> Iterator[h5p
     complete new one. On any error, Ctrl-C included, the temporary file is removed and `path` is untouched; a full
     disk becomes a one-line error naming `what`."""
     target = real_path(path)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=temporary_prefix(target))
-    os.close(fd)
-    tmp = Path(name)
-    f = None
+    tmp = f = None
     try:
+        tmp = _new_temporary(target)
         f = h5py.File(tmp, "w")
         yield f
         f.close()

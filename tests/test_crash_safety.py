@@ -304,6 +304,15 @@ def test_a_lock_file_nobody_holds_does_not_block(tmp_path):
         pass
 
 
+def test_a_rewritten_cache_has_the_mode_of_any_new_file(pku_root, tmp_path):
+    """The temporary file renamed over the cache is created as any new file is (0o666 less the umask), not private."""
+    cache = tmp_path / "c.h5"
+    store.create_cache(cache, load_dataset(None, pku_root), pku_root)
+    (tmp_path / "plain").touch()
+    assert cache.stat().st_mode == (tmp_path / "plain").stat().st_mode
+    assert _temporaries(cache) == []
+
+
 def test_readers_see_the_old_cache_while_a_backbone_is_added(pku_root, tmp_path, monkeypatch):
     samples = load_dataset(None, pku_root)
     cache = tmp_path / "c.h5"
