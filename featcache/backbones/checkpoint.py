@@ -34,7 +34,7 @@ from torch import nn
 from featcache.errors import FeatcacheError
 
 
-@dataclass
+@dataclass(eq=False)
 class Misfit(Exception):
     """What keeps a state dict from loading: tensors of another shape (name, in the file, in the model), names the
     model has and the file lacks, and names the file has and the model lacks (or that hold no tensor)."""
