@@ -84,6 +84,9 @@ def __getattr__(name: str):
 
 def load_backbone(name: str, pool: str = "paper", weights_file=None, random_weights: bool = False,
                   image_size: int | None = None) -> Backbone:
+    """A backbone by registered or timm name, with its pooling and weights chosen and the weights file (if any)
+    hashed, but the network not built (`Backbone.extractor()` builds it). Unknown names, poolings and missing or
+    misnamed weights files are a one-line `FeatcacheError` here."""
     get_pooling(pool)  # an unknown name is an error before anything is built
     spec = resolve_backbone(name, image_size)
     return Backbone(spec, pool, choose_weights(spec, weights_file, random_weights))

