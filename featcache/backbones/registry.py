@@ -107,7 +107,7 @@ def _timm_spec(name: str) -> BackboneSpec:
     if not timm.is_model(arch):
         raise unknown_backbone(name, timm.list_models())
     tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")]
-    if tag and tags and tag not in tags:  # timm raised "Invalid pretrained tag" from deep inside the build
+    if tag and tags and tag not in tags:  # refused here, with the tags there are
         raise unknown_name("pretrained tag", tag, tags, where=f" of {arch}")
     cfg = get_pretrained_cfg(name if tag else arch)
     if cfg is None:

