@@ -1,4 +1,8 @@
-"""The `featcache` command: a thin layer that parses, calls the Python API of the same names, and prints."""
+"""The `featcache` command: a thin layer that parses, calls the Python API of the same names, and prints.
+
+`main` is the console script (`featcache = cli:main`, also `python -m cli`) and what in-process callers (click's
+CliRunner) invoke. Every command that reads or writes a cache names it with `--cache` (default ./featcache.h5, or
+featcache.toml's `cache`); an option that takes a comma list is named in the singular (`--mode nr,fr`)."""
 
 from __future__ import annotations
 
@@ -7,13 +11,12 @@ import os
 import shlex
 import signal
 import sys
-import threading
 import warnings
 from pathlib import Path
 
 import click
 
-from featcache import __version__
+from featcache import __version__, interrupts
 from featcache.backbones.pooling import POOLINGS, pooling_help
 from featcache.decode import DECODE_CHOICES, DECODE_HELP
 from featcache.defaults import DEFAULT_CACHE, load_config, pick
@@ -32,55 +35,65 @@ INTERRUPTED = {
 }
 
 
-def _local_dask_cluster() -> bool:
-    """Whether `--backend dask` started (or is starting) a cluster inside this process."""
-    cv = sys.modules.get("regressors.cv")
-    return cv is not None and cv.in_process_cluster()
+def _runs_a_local_cluster(command: click.Command | None) -> bool:
+    """Whether `command` (one with a --backend option) started a dask cluster whose workers are threads of this
+    process."""
+    if command is None or not any(p.name == "backend" for p in command.params):
+        return False
+    from regressors.cv import in_process_cluster
+
+    return in_process_cluster()
 
 
 def _exit_now(code: int) -> None:
-    """With `--backend dask` and no scheduler address, the cluster's workers are threads of this process, and one
-    may be inside a torch fit that Ctrl-C cannot stop: finalising the interpreter under it aborted (exit 134,
-    "terminate called without an active exception", after screens of dask warnings). Every `with` and `finally`
-    has run by now (caches closed, locks removed) and a fit writes its results only at the end, so the process
-    closes the cluster briefly, removes its scratch folders and exits at once."""
-    sys.modules["regressors.cv"].close_in_process_clusters()
+    """Exit with `code` at once, the in-process dask cluster closed. Its worker threads may be inside a torch fit
+    that Ctrl-C cannot stop, and finalising the interpreter under them aborts the process. Every `with` and
+    `finally` of the command has run by now (caches closed, locks released), and a fit writes its results only at
+    its end, so nothing written is lost."""
+    from regressors.cv import close_in_process_clusters
+
+    close_in_process_clusters()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
 class _Group(click.Group):
-    """Prints a FeatcacheError as one line on stderr and exits 2; Ctrl-C (exit 130) and SIGTERM (exit 143) print one
-    line that fits the command."""
+    """The `featcache` group. A FeatcacheError prints one line on stderr and exits 2; Ctrl-C exits 130 and SIGTERM
+    143 after one line that fits the command. Signal handlers, the warning format and the recorded signal are the
+    caller's again when an in-process call returns; a run from the process's own command line (the console script,
+    `python -m cli`) keeps further signals ignored after an interruption, so its exit cannot be cut short."""
+
+    ends_process = False
+
+    def main(self, args=None, prog_name=None, **kwargs):
+        self.ends_process = args is None  # click parses sys.argv: this process's own command line
+        return super().main(args, prog_name, **kwargs)
 
     def invoke(self, ctx):
-        from featcache import interrupts
-
-        warnings.showwarning = _one_line_warning
-        handlers = {}  # the caller's, put back when the command ends in-process
+        ends_process = self.ends_process
+        showwarning, warnings.showwarning = warnings.showwarning, _one_line_warning
         interrupts.reset()
-        if threading.current_thread() is threading.main_thread():
-            handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, interrupts.on_signal)
-            if interrupts.takes_over_from(signal.getsignal(signal.SIGINT)):  # not where Ctrl-C is ignored (nohup)
-                handlers[signal.SIGINT] = signal.signal(signal.SIGINT, interrupts.on_signal)
+        handlers = interrupts.install()  # the caller's, put back when the command ends
         try:
             return super().invoke(ctx)
         except FeatcacheError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         except KeyboardInterrupt as exc:
-            if handlers:  # from here on the command is ending: later signals must not break its exit
+            if handlers:  # the command is ending: a later signal must not break its exit
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     handlers.setdefault(signum, signal.getsignal(signum))
                     signal.signal(signum, signal.SIG_IGN)
-            if _EXITS_THE_PROCESS:
-                handlers = {}  # ignored until the interpreter is gone (a second Ctrl-C there ended it by the signal)
-            local_cluster = _local_dask_cluster()
-            if local_cluster:  # its log lines, at once: screens of them while it stops under the one line
-                sys.modules["regressors.cv"].silence_in_process_clusters()
-            command = ctx.invoked_subcommand or ""
-            click.echo(INTERRUPTED.get(command, "interrupted"), err=True)
+                if ends_process:
+                    handlers = {}  # ignored until the process is gone
+            name = ctx.invoked_subcommand
+            local_cluster = _runs_a_local_cluster(self.get_command(ctx, name) if name else None)
+            if local_cluster:  # its log lines would follow the one line while it stops
+                from regressors.cv import silence_in_process_clusters
+
+                silence_in_process_clusters()
+            click.echo(INTERRUPTED.get(name or "", "interrupted"), err=True)
             code = 143 if isinstance(exc, interrupts.Terminated) else 130
             if local_cluster:
                 _exit_now(code)
@@ -88,20 +101,20 @@ class _Group(click.Group):
         finally:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
-            if not _EXITS_THE_PROCESS:
-                interrupts.reset()  # an in-process caller's next call starts clean
-
-
-_EXITS_THE_PROCESS = False  # set by run(): the process ends with the command
+            interrupts.reset()
+            if not ends_process:
+                warnings.showwarning = showwarning
 
 
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="featcache")
 def main():
     """Perceptual quality of AI-generated images: extract frozen-backbone features once, fit heads many times."""
-    from featcache.fastimport import defer_sklearn_extras
 
-    defer_sklearn_extras()  # about 1.2 s of an SVR fit's start-up on 2 cores
+
+def _cache_option(text: str = f"HDF5 cache [./{DEFAULT_CACHE}, or featcache.toml's cache]."):
+    """--cache: the one name of the cache file in every command that reads or writes one."""
+    return click.option("--cache", type=click.Path(dir_okay=False), help=text)
 
 
 def _command_line() -> str:
@@ -138,7 +151,7 @@ def load_samples_from_options(config: dict, dataset, root, annotation, columns):
 @click.option("--backbone", help="Registered name or any timm model (see `featcache backbones`).")
 @click.option("--pool", type=click.Choice(list(POOLINGS)), default=None,
               help=f"Feature definition [{next(iter(POOLINGS))}]: {pooling_help()}.")
-@click.option("--cache", type=click.Path(dir_okay=False), help=f"HDF5 cache [./{DEFAULT_CACHE}].")
+@_cache_option()
 @click.option("--image-size", type=click.IntRange(min=1), help="Crop size, overriding the backbone's.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward [32].")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
@@ -164,9 +177,6 @@ def load_samples_from_options(config: dict, dataset, root, annotation, columns):
 def extract(dataset, root, annotation, columns, backbone, pool, cache, image_size, batch_size, workers, device,
             decode, jpeg_draft, precision, shard, weights, random_weights, max_pixels, verify, quiet):
     """Run a frozen backbone once over every distinct image into the HDF5 cache (resumable)."""
-    from featcache.fastimport import import_timm_without_dynamo
-
-    import_timm_without_dynamo()  # about 1.4 s of start-up; this process never compiles
     from featcache.backbones import load_backbone
     from featcache.extract import extract as run_extract, parse_shard
     from featcache.images import DEFAULT_MAX_PIXELS
@@ -195,19 +205,19 @@ def extract(dataset, root, annotation, columns, backbone, pool, cache, image_siz
 
 @main.command()
 @click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Merged cache (created or extended).")
-def merge(shards, out):
+@_cache_option(f"The merged cache, created or extended [./{DEFAULT_CACHE}, or featcache.toml's cache].")
+def merge(shards, cache):
     """Merge shard caches into one, equal to an unsharded extraction."""
     from featcache.merge import merge as run_merge
 
-    result = run_merge(list(shards), out)
+    result = run_merge(list(shards), pick(cache, load_config(), "cache", DEFAULT_CACHE))
     for bid, (done, total) in result.rows.items():
         note = "" if done == total else f"  ({total - done} rows still missing: run the missing shards)"
         click.echo(f"{bid}: {done}/{total} rows{note}")
 
 
 @main.command()
-@click.argument("cache", required=False, type=click.Path(dir_okay=False))
+@_cache_option()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--check", is_flag=True, help="Verify the cache: every backbone complete, every done row finite, "
                                             "tables and attributes complete, no image changed on disk since its "
@@ -219,7 +229,7 @@ def info(cache, as_json, check):
     from featcache.cache_check import check_cache
     from featcache.image_changes import images_on_disk
 
-    cache = cache or load_config().get("cache", DEFAULT_CACHE)
+    cache = pick(cache, load_config(), "cache", DEFAULT_CACHE)
     result = cache_info(cache)
     if check:
         result["problems"] = check_cache(cache, require_complete=True)
@@ -234,12 +244,12 @@ def info(cache, as_json, check):
 
 
 @main.command()
-@click.argument("cache", required=False, type=click.Path(dir_okay=False))
+@_cache_option()
 def repair(cache):
     """Drop half-created backbones, mark non-finite rows for extraction again, delete leftover temporary files."""
     from featcache.cache_check import repair as run_repair
 
-    cache = cache or load_config().get("cache", DEFAULT_CACHE)
+    cache = pick(cache, load_config(), "cache", DEFAULT_CACHE)
     result = run_repair(cache)
     for bid in result.dropped:
         click.echo(f"dropped half-created backbone {bid}")
@@ -280,7 +290,7 @@ def _names(value: str | None) -> list[str] | None:
 
 
 def _stage2_help():
-    """Choices and help of the stage-2 options, read from the spec tables (imported only for help or a run)."""
+    """Choices and help of the stage-2 options, read from the spec tables."""
     from regressors.modes import MODES
     from regressors.registry import REGRESSORS, default_regressors
     from regressors.splits import SPLITS
@@ -385,10 +395,8 @@ def _run_info(cache: str) -> dict:
     import numpy
 
     info = {"command": _command_line(), "featcache": __version__, "python": platform.python_version(),
-            "numpy": numpy.__version__, "scikit-learn": version("scikit-learn"),  # the version, not a 1.5 s import
+            "numpy": numpy.__version__, "scikit-learn": version("scikit-learn"), "torch": version("torch"),
             "cache": str(Path(cache).resolve())}
-    if "torch" in sys.modules:
-        info["torch"] = sys.modules["torch"].__version__
     try:
         from featcache.store import open_read
 
@@ -420,7 +428,7 @@ def _split_options(cv: dict) -> tuple[dict, dict]:
 
 
 @main.command()
-@click.option("--cache", type=click.Path(dir_okay=False), help=f"HDF5 cache [./{DEFAULT_CACHE}].")
+@_cache_option()
 @click.option("--backbone", help="Backbone id, name (vgg19, lite0/multilevel) or prefix [the only one present].")
 @click.option("--mode", help=f"Comma list of {_HELP['modes']} [the paper's nr,fr,pr that the selection can feed].")
 @click.option("--target", help="Comma list of targets [all in the cache].")
@@ -474,8 +482,8 @@ def fit(cache, backbone, mode, target, regressor, save_head, dataset, root, anno
                               title=f"featcache fit: {results.config['backbone'] or 'labels only'}",
                               plot=output["plot"], run_info=_run_info(cache), figures=not output["no_figures"])
     except BaseException:
-        if own_head:  # the run's own folder: a head saved before the results is removed (a Ctrl-C there left a
-            Path(save_head).unlink(missing_ok=True)  # folder holding only the head, refused as not empty)
+        if own_head:  # the run's own folder: a head saved before the results goes, so the same command runs again
+            Path(save_head).unlink(missing_ok=True)
         remove_if_empty(made)
         raise
     if outcome.head:
@@ -487,12 +495,13 @@ def fit(cache, backbone, mode, target, regressor, save_head, dataset, root, anno
 
 
 @main.command()
-@click.option("--cache", type=click.Path(dir_okay=False), help=f"HDF5 cache [./{DEFAULT_CACHE}].")
-@click.option("--backbones", help="Comma list of ids or names [every backbone in the cache].")
-@click.option("--modes", help=f"Comma list of {_HELP['modes']} [the paper's that the selection can feed].")
-@click.option("--targets", help="Comma list [all].")
-@click.option("--regressors", help=f"Comma list [{_HELP['default_regressors']}]; the label-only floors are fitted "
-                                   "beside any list unless --no-floors.")
+@_cache_option()
+@click.option("--backbone", "backbones", help="Comma list of ids or names [every backbone in the cache].")
+@click.option("--mode", "modes", help=f"Comma list of {_HELP['modes']} [the paper's that the selection can feed].")
+@click.option("--target", "targets", help="Comma list of targets [all in the cache].")
+@click.option("--regressor", "regressors", help=f"Comma list of {_HELP['regressors']} "
+                                                f"[{_HELP['default_regressors']}]; the label-only floors are fitted "
+                                                "beside any list unless --no-floors.")
 @_cv_options
 @_dataset_options
 def bench(cache, backbones, modes, targets, regressors, dataset, root, annotation, columns, **cv):
@@ -550,8 +559,8 @@ def table(results, fmt, metric, out, overwrite):
 @click.option("--head", required=True, type=click.Path(dir_okay=False), help="A head saved by fit --save-head.")
 @click.option("--prompt-image", type=click.Path(dir_okay=False), help="The image prompt of IMAGES (FR/PR heads).")
 @_dataset_options
-@click.option("--cache", type=click.Path(dir_okay=False),
-              help=f"Reuse features of images already in this cache [./{DEFAULT_CACHE} if present].")
+@_cache_option(f"Reuse features of images already in this cache [./{DEFAULT_CACHE} if present, or "
+               "featcache.toml's cache].")
 @click.option("--backbone", help="The backbone that extracts new images, as fit takes it (id, name, lite0/multilevel, "
                                  "prefix); it must name the head's backbone [the head's own].")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local weights, if the head's came from a file.")
@@ -564,9 +573,6 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
             batch_size, out, overwrite):
     """Score images with a saved head: IMAGE files, a FOLDER of images (no annotation needed), or a whole
     database (--root/--dataset: SRCC and PLCC against its labels are printed). Cached features are reused."""
-    from featcache.fastimport import import_timm_without_dynamo
-
-    import_timm_without_dynamo()
     from featcache.errors import FeatcacheWarning
     from regressors.heads import images_in_folder, predict_paths, score_column, unpaired_warning, write_scores
     from regressors.modes import get_mode
@@ -651,8 +657,8 @@ def synth(photos, out, views, size, seed, overwrite):
 @click.option("--jobs", type=_JOBS, default=2, show_default=True, help="Parallel fitting processes, or auto.")
 @click.option("--photos", type=click.Path(exists=True, file_okay=False),
               help="Your own photos instead of scikit-image's.")
-@click.option("--modes", help="Comma list [every mode].")
-@click.option("--regressors", help="Comma list [the default grid].")
+@click.option("--mode", "modes", help=f"Comma list of {_HELP['modes']} [every mode].")
+@click.option("--regressor", "regressors", help=f"Comma list of {_HELP['regressors']} [the default grid].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo(out, views, folds, jobs, photos, modes, regressors, quiet):
     """The whole pipeline offline: synth benchmark, lite0 extraction in both poolings, NR/FR/PR fits, report."""
@@ -662,14 +668,5 @@ def demo(out, views, folds, jobs, photos, modes, regressors, quiet):
              regressors=_names(regressors), progress=not quiet, echo=click.echo)
 
 
-def run() -> None:
-    """The `featcache` command (through featcache.console) and `python -m cli`: the process ends with the
-    command, so a Ctrl-C's exit keeps further signals ignored until the interpreter is gone. `main` is what
-    in-process callers (CliRunner) invoke."""
-    global _EXITS_THE_PROCESS
-    _EXITS_THE_PROCESS = True
-    main()
-
-
 if __name__ == "__main__":
-    run()
+    main()

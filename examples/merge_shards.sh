@@ -6,6 +6,6 @@ SHARD_DIR=${SHARD_DIR:-shards}
 OUT=${OUT:-featcache.h5}
 FEATCACHE=${FEATCACHE:-featcache}
 # shellcheck disable=SC2086
-$FEATCACHE merge "$SHARD_DIR"/shard*.h5 --out "$OUT"
+$FEATCACHE merge "$SHARD_DIR"/shard*.h5 --cache "$OUT"
 # merge keeps a partial result (merge the missing shards later); the check fails the job until every row is there
 $FEATCACHE info --check --cache "$OUT" > /dev/null

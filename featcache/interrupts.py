@@ -1,17 +1,18 @@
-"""Ctrl-C and SIGTERM as the CLI receives them: remembered, and taken once.
+"""Ctrl-C and SIGTERM while a command runs: raised once, remembered, and checked between the steps of long loops.
 
-Remembered: Python drops a KeyboardInterrupt raised while a garbage-collection callback runs in the main thread (it
-prints "Exception ignored in: ..." and carries on): with a dask cluster waiting on futures, 1 interrupt in 6 timed
-into its start was lost that way and the run went on to its end. The handler also records the signal, and the long
-loops (fitting tasks, extraction batches) `check()` between steps, so a lost interrupt stops the run at the next
-one. Taken once: a second signal within SECOND_SIGNAL_SECONDS of the first (a double press, SLURM's SIGTERM after a
-Ctrl-C) is the same request, and raising again would cut the first one's clean-up short (joblib's printed a
-resource_tracker warning under the one line). Only the CLI installs these handlers; `reset()` when a command ends.
+`install()` puts `on_signal` in place (the CLI does, for the duration of a command). The handler raises
+KeyboardInterrupt for SIGINT and `Terminated` for SIGTERM, so every `with` and `finally` on the way out runs (the
+cache lock released, temporary files removed, rows written so far kept). It also records the signal: Python drops
+an exception raised while a garbage-collection callback runs ("Exception ignored in ..."), so the long loops call
+`check()` between steps and stop there instead. A second signal within SECOND_SIGNAL_SECONDS of the first (a double
+press, a scheduler's SIGTERM after a Ctrl-C) is the same request and raises nothing: raising again would cut the
+first one's clean-up short. Without `install()` (a library caller), `check()` never raises.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 SECOND_SIGNAL_SECONDS = 2.0
@@ -19,13 +20,12 @@ _received: dict = {"signum": None, "at": 0.0}
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, SLURM's time limit, a Kubernetes eviction) ends a command as Ctrl-C does: rows kept, the
-    lock and temporary files removed, worker processes stopped (without a handler the process died at once and a
-    `fit --jobs N` left its worker processes computing on)."""
+    """SIGTERM (`kill`, a batch scheduler's time limit, a Kubernetes eviction): ends a command as Ctrl-C does."""
 
 
-def on_signal(signum, frame) -> None:
-    """The CLI's SIGINT and SIGTERM handler: remember, then interrupt as Python's default handler does."""
+def on_signal(signum: int, frame) -> None:
+    """SIGINT and SIGTERM handler: record the signal, then raise its interruption (unless it repeats one just
+    received)."""
     now = time.monotonic()
     if _received["signum"] is not None and now - _received["at"] < SECOND_SIGNAL_SECONDS:
         return
@@ -34,30 +34,27 @@ def on_signal(signum, frame) -> None:
 
 
 def check() -> None:
-    """Raise the interruption again if a signal was received (and possibly dropped) since the command started."""
+    """Raise the interruption again if a signal was received since the last `reset()`."""
     if _received["signum"] is not None:
         raise _interruption(_received["signum"])
 
 
 def reset() -> None:
+    """Forget a received signal (a new command starts)."""
     _received.update(signum=None, at=0.0)
 
 
-def _interruption(signum) -> KeyboardInterrupt:
+def install() -> dict:
+    """Make `on_signal` the handler of SIGTERM, and of SIGINT unless the process was started with Ctrl-C ignored or
+    handled by its caller (nohup, a background job, an embedding program). Returns the handlers it replaced, for
+    the caller to put back; outside the main thread (where Python cannot set handlers) nothing, and {}."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    replaced = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_signal)}
+    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_DFL):
+        replaced[signal.SIGINT] = signal.signal(signal.SIGINT, on_signal)
+    return replaced
+
+
+def _interruption(signum: int) -> KeyboardInterrupt:
     return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-
-def while_starting(signum, frame) -> None:
-    """The console script's handler until the CLI installs `on_signal`: a signal during the imports (about 0.3 s)
-    printed a Python traceback and exited -2. Nothing is written yet, so the process ends at once with the code and
-    line a later signal gets."""
-    import os
-
-    os.write(2, b"interrupted\n")
-    os._exit(143 if signum == signal.SIGTERM else 130)
-
-
-def takes_over_from(handler) -> bool:
-    """Whether the CLI may install its own handler where `handler` is: Python's default or the start-up one, not
-    where the caller chose to ignore the signal (nohup, a background job) or handles it itself."""
-    return handler in (signal.default_int_handler, signal.SIG_DFL, while_starting)

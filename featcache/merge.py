@@ -39,7 +39,7 @@ def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
     name = Path(out)
     out = real_path(out)
     if any(real_path(s) == out for s in shards):
-        raise FeatcacheError(f"{name}: --out must not be one of the shards")
+        raise FeatcacheError(f"{name}: --cache must not be one of the shards")
     if out.exists():
         check_is_cache_file(name)  # not HDF5, or HDF5 but not a cache: a one-line error before anything is written
     sources = [open_read(s) for s in shards]

@@ -32,11 +32,11 @@ def run_demo(out: str | Path = "demo-out", *, views: int = 6, folds: int = 4, se
 
     check_jobs(jobs)  # the fitting options before minutes of synth and extraction
     if regressors is not None and not regressors:
-        raise FeatcacheError("--regressors: give at least one name, or leave the option out for the default grid")
+        raise FeatcacheError("--regressor: give at least one name, or leave the option out for the default grid")
     if regressors is not None:
         check_regressors(regressors)
     if modes is not None and not modes:
-        raise FeatcacheError("--modes: give at least one name, or leave the option out for every mode")
+        raise FeatcacheError("--mode: give at least one name, or leave the option out for every mode")
     for mode in modes or []:
         get_mode(mode)
     out = Path(out)

@@ -213,15 +213,15 @@ BAD_INPUTS = [
     ("featcache.toml unknown choice", lambda r, t: _write("featcache.toml", 'decode = "nvjpeg"')(r, t) or ["extract"],
      'featcache.toml: decode = "nvjpeg": expected one of auto, cpu, gpu'),
     ("merge --out onto HDF5 not a cache", lambda r, t: _cache_with_nan_row(r, t) and _hdf5_not_a_cache(r, t) or
-     ["merge", "featcache.h5", "--out", "plain.h5"], "plain.h5: not a featcache cache"),
+     ["merge", "featcache.h5", "--cache", "plain.h5"], "plain.h5: not a featcache cache"),
     ("merge --out onto a text file", lambda r, t: _cache_with_nan_row(r, t) and _write("out.h5", "text")(r, t) or
-     ["merge", "featcache.h5", "--out", "out.h5"], "cannot open the cache for writing"),
+     ["merge", "featcache.h5", "--cache", "out.h5"], "cannot open the cache for writing"),
     ("merge a shard that is not a cache", lambda r, t: _write("s.h5", "text")(r, t) or
-     ["merge", "s.h5", "--out", "m.h5"], "not a readable HDF5 cache"),
+     ["merge", "s.h5", "--cache", "m.h5"], "not a readable HDF5 cache"),
     ("merge --out is a shard", lambda r, t: _cache_with_nan_row(r, t) and
-     ["merge", "featcache.h5", "--out", "./featcache.h5"], "must not be one of the shards"),
-    ("info: no cache", lambda r, t: ["info", "missing.h5"], "cache not found"),
-    ("info: not HDF5", lambda r, t: _write("x.h5", "text")(r, t) or ["info", "x.h5"], "not a readable HDF5 cache"),
+     ["merge", "featcache.h5", "--cache", "./featcache.h5"], "must not be one of the shards"),
+    ("info: no cache", lambda r, t: ["info", "--cache", "missing.h5"], "cache not found"),
+    ("info: not HDF5", lambda r, t: _write("x.h5", "text")(r, t) or ["info", "--cache", "x.h5"], "not a readable HDF5 cache"),
     ("info --check: NaN in a done row", _cache_with_nan_row, "1 rows marked done are not finite"),
     ("info --check: rows missing (a shard not merged)", _incomplete_cache,
      "backbone x.random/paper/8: 11 of 22 rows not extracted yet (run the same `featcache extract` again, or merge "
@@ -229,7 +229,7 @@ BAD_INPUTS = [
     ("info --check: an image changed on disk", _image_changed_on_disk,
      "1 images changed on disk since their features were extracted (size or modification time; first: "
      "All/SD_1000_00.jpg); run featcache extract to update their features"),
-    ("repair: no cache", lambda r, t: ["repair", "missing.h5"], "cache not found"),
+    ("repair: no cache", lambda r, t: ["repair", "--cache", "missing.h5"], "cache not found"),
     ("synth --views 0", lambda r, t: ["synth", "--photos", str(_photos(r, t)), "--out", "s", "--views", "0"],
      "Invalid value for '--views'"),
     ("synth --size 0", lambda r, t: ["synth", "--photos", str(_photos(r, t)), "--out", "s", "--size", "0"],
@@ -315,7 +315,7 @@ def test_ctrl_c_outside_extract_does_not_promise_a_resume(tmp_path, monkeypatch)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(info_module, "cache_info", interrupted)
-    result = CliRunner().invoke(cli.main, ["info", str(tmp_path / "c.h5")])
+    result = CliRunner().invoke(cli.main, ["info", "--cache", str(tmp_path / "c.h5")])
     assert result.exit_code == 130 and result.output.strip() == "interrupted"
     assert "resume" not in result.output
 
@@ -332,7 +332,7 @@ def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path, monkeypatch):
 
     before = signal.getsignal(signal.SIGTERM)
     monkeypatch.setattr(info_module, "cache_info", terminated)
-    result = CliRunner().invoke(cli.main, ["info", str(tmp_path / "c.h5")])
+    result = CliRunner().invoke(cli.main, ["info", "--cache", str(tmp_path / "c.h5")])
     assert result.exit_code == 143 and result.output.strip() == "interrupted"
     assert signal.getsignal(signal.SIGTERM) is before
 
@@ -352,7 +352,7 @@ def test_read_only_folder_for_extract_and_merge(tmp_path, monkeypatch):
         assert out.exit_code == 2 and "Traceback" not in out.output
         assert "cannot create the lock file c.h5.lock" in out.output and "must be writable" in out.output
         assert runner.invoke(cli.main, EXTRACT).exit_code == 0
-        merged = runner.invoke(cli.main, ["merge", "featcache.h5", "--out", str(folder / "m.h5")])
+        merged = runner.invoke(cli.main, ["merge", "featcache.h5", "--cache", str(folder / "m.h5")])
         assert merged.exit_code == 2 and "cannot create the lock file m.h5.lock" in merged.output
     finally:
         subprocess.run(["umount", "-l", str(folder)])

@@ -123,7 +123,7 @@ def cases(root):
         ("used --out without --overwrite", ["fit", *c, "--regressor", "ridge", "--out", str(root / "run")]),
         ("missing cache", ["fit", "--cache", str(root / "none.h5")]),
         ("backbone not in the cache", ["fit", *c, "--backbone", "vgg19", "--out", str(root / "o15")]),
-        ("bench unknown backbone", ["bench", *c, "--backbones", "vgg19", "--out", str(root / "o16")]),
+        ("bench unknown backbone", ["bench", *c, "--backbone", "vgg19", "--out", str(root / "o16")]),
         ("predict --out into a missing folder", ["predict", "--head", str(root / "h.safetensors"), "x.jpg", "--out",
                                                  str(root / "missing" / "s.csv")]),
         ("predict without images", ["predict", "--head", str(root / "h.safetensors")]),
@@ -159,7 +159,7 @@ def cases(root):
     listed += [
         ("NaN label in the cache", ["fit", "--cache", nan, *q, "--mode", "nr", "--target", "MOS_q", "--regressor",
                                     "svr", "--folds", "4", "--out", str(root / "o21")]),
-        ("NaN label in the cache, bench", ["bench", "--cache", nan, *q, "--regressors", "prompt-mean", "--out",
+        ("NaN label in the cache, bench", ["bench", "--cache", nan, *q, "--regressor", "prompt-mean", "--out",
                                            str(root / "o22")]),
         ("constant target", ["fit", "--cache", _damaged_cache(root, "const.h5", lambda t: _set(t["MOS_q"], ..., 3.0)),
                              *q, "--target", "MOS_q", "--out", str(root / "o23")]),

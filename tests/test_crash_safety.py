@@ -144,7 +144,7 @@ def test_a_real_full_tmpfs_never_segfaults_nor_damages_the_cache(pku_root, tmp_p
         assert full.returncode == 2, full.stderr
         assert "error:" in full.stderr and "disk is full" in full.stderr and "Traceback" not in full.stderr
         assert _temporaries(cache) == []
-        check = CliRunner().invoke(cli.main, ["info", "--check", str(cache)])
+        check = CliRunner().invoke(cli.main, ["info", "--check", "--cache", str(cache)])
         assert check.exit_code == 0 and "22/22 rows complete" in check.output, check.output
         with contextlib.suppress(OSError):  # now not even a new cache fits
             with open(tmp_path / "disk" / "filler2", "wb") as filler:
@@ -232,12 +232,12 @@ def test_a_half_created_backbone_of_an_older_version_is_listed_dropped_and_redon
     with h5py.File(cache, "r+") as f:  # what an interrupted 0.1.0 left: datasets, no attributes
         f.require_group(f"features/{bid}").create_dataset("emb", shape=(22, 1920), dtype="f4")
     runner = CliRunner()
-    shown = runner.invoke(cli.main, ["info", str(cache)])
+    shown = runner.invoke(cli.main, ["info", "--cache", str(cache)])
     assert shown.exit_code == 0 and f"{bid}: HALF CREATED" in shown.output
-    checked = runner.invoke(cli.main, ["info", "--check", str(cache)])
+    checked = runner.invoke(cli.main, ["info", "--check", "--cache", str(cache)])
     assert checked.exit_code == 2 and f"backbone {bid} is half created" in checked.output
     assert "Traceback" not in checked.output
-    repaired = runner.invoke(cli.main, ["repair", str(cache)])
+    repaired = runner.invoke(cli.main, ["repair", "--cache", str(cache)])
     assert repaired.exit_code == 0 and f"dropped half-created backbone {bid}" in repaired.output
     assert check_cache(cache) == [] and list(_state(cache)) == [first.backbone_id]
     with h5py.File(cache, "r+") as f:
@@ -342,13 +342,13 @@ def test_info_check_fit_and_bench_notice_images_changed_on_disk(pku_root, tmp_pa
     cache = tmp_path / "c.h5"
     _extract(samples, pku_root, cache)
     runner = CliRunner()
-    ok = runner.invoke(cli.main, ["info", "--check", str(cache)])
+    ok = runner.invoke(cli.main, ["info", "--check", "--cache", str(cache)])
     assert ok.exit_code == 0 and ok.output.splitlines()[-1].endswith("images unchanged on disk"), ok.output
     target = pku_root / "All" / "SD_1000_00.jpg"
     shutil.copyfile(pku_root / "All" / "MJ_1001_10.jpg", target)  # other pixels under the same name
     line = ("1 images changed on disk since their features were extracted (size or modification time; first: "
             "All/SD_1000_00.jpg); run featcache extract to update their features")
-    checked = runner.invoke(cli.main, ["info", "--check", str(cache)])
+    checked = runner.invoke(cli.main, ["info", "--check", "--cache", str(cache)])
     assert checked.exit_code == 2 and f"problem    {line}" in checked.output, checked.output
     assert checked.output.splitlines()[-1] == f"error: {cache}: 1 problem(s): {line}"
     reads = []
@@ -364,7 +364,7 @@ def test_info_check_fit_and_bench_notice_images_changed_on_disk(pku_root, tmp_pa
         bench(str(cache), regressors=["ridge"], floors=False, folds=3, labels="cache")
     assert about_the_cache(caught) == [f"{cache}: {line}"] and not reads
     (pku_root / "All" / "MJ_1000_00.jpg").unlink()  # missing: a note for info --check, nothing for fit
-    checked = runner.invoke(cli.main, ["info", "--check", str(cache)])
+    checked = runner.invoke(cli.main, ["info", "--check", "--cache", str(cache)])
     assert checked.exit_code == 2 and f"note       1 images with features are missing or empty under " \
         f"{pku_root.resolve()} (first: All/MJ_1000_00.jpg); their features are kept" in checked.output
     with pytest.warns(FeatcacheWarning) as caught:
@@ -373,7 +373,7 @@ def test_info_check_fit_and_bench_notice_images_changed_on_disk(pku_root, tmp_pa
     moved = tmp_path / "moved"
     pku_root.rename(moved)  # the images' folder gone: nothing to compare with, one short note
     note = f"images not compared with their files ({pku_root.resolve()}, where they were extracted, is not there)"
-    checked = runner.invoke(cli.main, ["info", "--check", str(cache)])
+    checked = runner.invoke(cli.main, ["info", "--check", "--cache", str(cache)])
     assert checked.exit_code == 0 and f"note       {note}" in checked.output, checked.output
     assert checked.output.splitlines()[-1] == "check      ok: every done row finite, tables and attributes complete"
     with pytest.warns(FeatcacheWarning) as caught:
@@ -520,7 +520,7 @@ def test_merge_interrupted_while_allocating_leaves_the_target_as_it_was(pku_root
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cache_rewrite, "create_feature_datasets", interrupted)
-    result = CliRunner().invoke(cli.main, ["merge", str(other), "--out", str(target)])
+    result = CliRunner().invoke(cli.main, ["merge", str(other), "--cache", str(target)])
     assert result.exit_code == 130 and "every row merged so far is kept" in result.output
     assert _temporaries(target) == [] and sorted(_state(target)) == sorted(before)
     monkeypatch.undo()
@@ -617,5 +617,5 @@ def test_a_copied_database_is_compared_with_its_own_images(pku_root, tmp_path, m
     assert checked.exit_code == 2 and "1 images changed on disk" in checked.output, checked.output
     with pytest.warns(FeatcacheWarning, match=r"1 images changed on disk .*first: All/SD_1000_00.jpg"):
         fit("featcache.h5", regressors=["ridge"], floors=False, folds=3)
-    original = runner.invoke(cli.main, ["info", "--check", str(pku_root / "featcache.h5")])
+    original = runner.invoke(cli.main, ["info", "--check", "--cache", str(pku_root / "featcache.h5")])
     assert original.exit_code == 0, original.output  # the original's cache: the annotation beside it, its images

@@ -299,11 +299,11 @@ def test_cli_shards_and_merge(pku_root, monkeypatch):
     for i in range(2):
         out = runner.invoke(cli.main, base + ["--shard", f"{i}/2", "--cache", f"s{i}.h5"])
         assert out.exit_code == 0 and "wrote 11 rows" in out.output, out.output
-    info = runner.invoke(cli.main, ["info", "s0.h5"])
+    info = runner.invoke(cli.main, ["info", "--cache", "s0.h5"])
     assert "11/22 rows INCOMPLETE" in info.output
-    merged = runner.invoke(cli.main, ["merge", "s0.h5", "s1.h5", "--out", "all.h5"])
+    merged = runner.invoke(cli.main, ["merge", "s0.h5", "s1.h5", "--cache", "all.h5"])
     assert merged.exit_code == 0 and "resnet18.random/paper/64: 22/22 rows" in merged.output
-    assert "merged from s0.h5, s1.h5" in runner.invoke(cli.main, ["info", "all.h5"]).output
+    assert "merged from s0.h5, s1.h5" in runner.invoke(cli.main, ["info", "--cache", "all.h5"]).output
     bad = runner.invoke(cli.main, base + ["--shard", "2/2"])
     assert bad.exit_code == 2 and "need 0 <= I < N" in bad.output
 
@@ -330,7 +330,7 @@ def test_featcache_toml_gives_the_defaults(pku_root, tmp_path, monkeypatch):
     override = runner.invoke(cli.main, ["extract", "--random-weights", "--image-size", "32", "--quiet", "--pool",
                                         "paper", "--cache", "other.h5", "--decode", "cpu", "--jpeg-draft"])
     assert override.exit_code == 0 and "resnet18.random/paper/32: wrote 22 rows to other.h5" in override.output
-    config = json.loads(runner.invoke(cli.main, ["info", "other.h5", "--json"]).output)["backbones"][
+    config = json.loads(runner.invoke(cli.main, ["info", "--cache", "other.h5", "--json"]).output)["backbones"][
         "resnet18.random/paper/32"]["config"]
     assert config["decode"] == "pil" and config["jpeg_draft"] is True
 
@@ -346,7 +346,7 @@ def test_csv_dataset_with_col_lists(pku_root, monkeypatch):
                                    "prompt_dir=I2I/Image_prompt", "--cache", "csv.h5", "--backbone", "resnet18",
                                    "--random-weights", "--image-size", "32", "--workers", "0", "--quiet"])
     assert out.exit_code == 0 and "wrote 22 rows to csv.h5" in out.output, out.output
-    info = json.loads(runner.invoke(cli.main, ["info", "csv.h5", "--json"]).output)
+    info = json.loads(runner.invoke(cli.main, ["info", "--cache", "csv.h5", "--json"]).output)
     assert list(info["targets"]) == ["MOS_q", "MOS_a", "MOS_c"] and info["with_image_prompt"] == 8
     from featcache.annotation_lookup import read_labels_from_annotation
 

@@ -304,7 +304,7 @@ def test_labels_that_are_not_finite_are_refused_on_load(tmp_path, monkeypatch):
     base = ["--cache", "c.h5", "--quiet", "--no-figures"]
     for args in (["fit", *base, "--mode", "nr", "--target", "MOS_q", "--regressor", "svr", "--folds", "4"],
                  ["fit", *base, "--regressor", "ridge", "--folds", "3"],
-                 ["bench", *base, "--regressors", "prompt-mean", "--folds", "3"]):
+                 ["bench", *base, "--regressor", "prompt-mean", "--folds", "3"]):
         result = runner.invoke(cli.main, args)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert result.output.strip().splitlines() == [
@@ -499,8 +499,8 @@ def test_table_in_the_paper_layout(tmp_path, monkeypatch):
     make_cache(tmp_path, backbones=("toy.random/paper/4", "toy.random/multilevel/4"))
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
-    out = runner.invoke(cli.main, ["bench", "--cache", "c.h5", "--regressors", "ridge,svr,prompt-mean", "--folds", "3",
-                                   "--modes", "nr,fr", "--out", "b", "--quiet", "--plot", "svr"])
+    out = runner.invoke(cli.main, ["bench", "--cache", "c.h5", "--regressor", "ridge,svr,prompt-mean", "--folds", "3",
+                                   "--mode", "nr,fr", "--out", "b", "--quiet", "--plot", "svr"])
     assert out.exit_code == 0, out.output
     report = (tmp_path / "b" / "report.md").read_text()
     assert report.splitlines()[2].startswith("| method | backbone | regressor | MOS_q SRCC | MOS_q PLCC")
@@ -805,7 +805,7 @@ def test_a_mode_with_fewer_groups_than_folds_is_refused_before_any_fitting(tmp_p
     assert not any(row["failed"] for row in results["folds"])
     (tmp_path / "two").mkdir()
     make_cache(tmp_path / "two", i2i_prompts=4, t2i_prompts=4, backbones=("a.random/paper/4", "b.random/paper/4"))
-    both = CliRunner().invoke(cli.main, ["bench", "--cache", str(tmp_path / "two" / "c.h5"), "--regressors", "ridge",
+    both = CliRunner().invoke(cli.main, ["bench", "--cache", str(tmp_path / "two" / "c.h5"), "--regressor", "ridge",
                                          "--quiet", "--no-figures", "--out", "b"])
     assert both.exit_code == 0, both.output
     assert sum(line.startswith("warning: fr left out") for line in both.output.splitlines()) == 1  # not per backbone
@@ -895,7 +895,7 @@ def test_table_refuses_runs_made_on_other_folds(tmp_path, monkeypatch):
                                                  "paper0": [*regs, "--split", "paper"],
                                                  "paper1": ["--regressor", "svr", "--split", "paper", "--seed", "1",
                                                             "--no-floors"]})  # a single split's interval reads --seed
-    out = runner.invoke(cli.main, ["bench", "--cache", "c.h5", "--modes", "nr", "--targets", "MOS_q", "--regressors",
+    out = runner.invoke(cli.main, ["bench", "--cache", "c.h5", "--mode", "nr", "--target", "MOS_q", "--regressor",
                                    "ridge,prompt-mean", "--folds", "4", "--out", "bench", "--quiet", "--no-figures"])
     assert out.exit_code == 0, out.output
     for runs, differs in ((["bench", "f5"], "--folds 4 vs 5"), (["f5", "bench"], "--folds 5 vs 4"),
@@ -925,7 +925,7 @@ def test_table_keeps_a_cell_two_runs_share_once_and_refuses_two_values(tmp_path,
     runner = _table_runs(tmp_path, monkeypatch, {"a": [*regs, "--backbone", "toy.random/paper/4"],
                                                  "b": [*regs, "--backbone", "toy.random/multilevel/4"]},
                          backbones=("toy.random/paper/4", "toy.random/multilevel/4"))
-    out = runner.invoke(cli.main, ["bench", "--cache", "c.h5", "--modes", "nr", "--targets", "MOS_q", "--regressors",
+    out = runner.invoke(cli.main, ["bench", "--cache", "c.h5", "--mode", "nr", "--target", "MOS_q", "--regressor",
                                    "ridge,prompt-mean", "--folds", "3", "--out", "both", "--quiet", "--no-figures"])
     assert out.exit_code == 0, out.output
     tables = {tuple(runs): runner.invoke(cli.main, ["table", *runs]) for runs in (["a", "b"], ["both"], ["a", "a"],
@@ -1213,9 +1213,11 @@ def test_a_second_signal_soon_after_the_first_is_the_same_request(monkeypatch):
 
 
 def test_the_command_line_keeps_signals_ignored_while_its_process_ends(tmp_path, monkeypatch):
-    """`featcache` (cli.run) exits with the command: after a Ctrl-C, a second one during the interpreter's
-    shutdown ended the process by the signal (exit -2, not 130). In-process callers get their handlers back."""
+    """Run from the process's own command line (click parses sys.argv), the command ends the process: after a
+    Ctrl-C, signals stay ignored until it is gone (a second one must not change the exit 130). In-process callers
+    get their handlers back."""
     import signal
+    import sys
 
     from regressors import cv
 
@@ -1229,8 +1231,10 @@ def test_the_command_line_keeps_signals_ignored_while_its_process_ends(tmp_path,
     try:
         assert CliRunner().invoke(cli.main, command).exit_code == 130
         assert {s: signal.getsignal(s) for s in before} == before
-        monkeypatch.setattr(cli, "_EXITS_THE_PROCESS", True)
-        assert CliRunner().invoke(cli.main, command).exit_code == 130
+        monkeypatch.setattr(sys, "argv", ["featcache", *command])
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+        assert exited.value.code == 130
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
         for s, handler in runner.items():
@@ -1410,7 +1414,7 @@ def test_a_subset_with_fewer_prompt_groups_than_folds_is_warned_about_and_fr_ref
                                              "4 prompt-disjoint folds; lower --folds to 3"):
         fit(str(short_i2i), backbone="a.random/paper/4", modes=["nr", "fr"], regressors=["ridge"], folds=4)
     monkeypatch.chdir(tmp_path / "i")
-    out = CliRunner().invoke(cli.main, ["bench", "--cache", "c.h5", "--regressors", "ridge", "--folds", "4",
+    out = CliRunner().invoke(cli.main, ["bench", "--cache", "c.h5", "--regressor", "ridge", "--folds", "4",
                                         "--quiet", "--no-figures", "--out", "b"])
     assert out.exit_code == 0, out.output
     warned = [line for line in out.output.splitlines() if line.startswith("warning:")]

@@ -348,7 +348,7 @@ def test_bench_runs_every_backbone_into_one_table(tmp_path, pku_root, monkeypatc
     for size in ("64", "96"):
         assert runner.invoke(cli.main, ["extract", "--backbone", "resnet18", "--random-weights", "--image-size",
                                         size, "--workers", "0", "--quiet"]).exit_code == 0
-    out = runner.invoke(cli.main, ["bench", "--modes", "nr,pr", "--targets", "MOS_q", "--regressors",
+    out = runner.invoke(cli.main, ["bench", "--mode", "nr,pr", "--target", "MOS_q", "--regressor",
                                    "ridge,generator-mean", "--folds", "2", "--out", "b"])
     assert out.exit_code == 0, out.output
     summary = json.loads((pku_root / "b" / "results.json").read_text())["summary"]
@@ -372,7 +372,7 @@ def test_cluster_backends_need_their_extras(tmp_path, pku_root):
 
 
 NO_SKLEARN = ("sklearn", "scipy.stats", "pandas", "joblib")
-SKLEARN_BASE_ONLY = ("scipy.stats", "pandas", "sklearn.svm", "sklearn.model_selection", "sklearn.metrics")
+SKLEARN_BASE_ONLY = ("sklearn.svm", "sklearn.model_selection", "sklearn.metrics")
 
 
 @pytest.mark.parametrize("regressor, also_absent", [("ridge", NO_SKLEARN), ("svr", SKLEARN_BASE_ONLY),
@@ -380,8 +380,7 @@ SKLEARN_BASE_ONLY = ("scipy.stats", "pandas", "sklearn.svm", "sklearn.model_sele
 def test_fit_without_the_mlp_or_figures_imports_neither_torch_nor_matplotlib(tmp_path, regressor, also_absent):
     """Start-up: ridge, SVR and the floors need neither torch (about 3 s to import) nor matplotlib; ridge and the
     floors not even scikit-learn (whose import brings scipy.stats and pandas: 1.5 s) nor joblib with --jobs 1;
-    SVR imports scikit-learn's base with scipy.stats and pandas deferred (featcache.fastimport) and libsvm's
-    binding without sklearn.svm (regressors.libsvm_fit), which would import them through sklearn.metrics.
+    SVR imports scikit-learn's base and libsvm's binding without sklearn.svm (regressors.libsvm_fit).
     With the annotation unchanged since extraction (same bytes), the labels check does not parse it again (no
     dataset adapter is loaded; a large spreadsheet took seconds). Two modes, so the paired comparisons run too."""
     import subprocess

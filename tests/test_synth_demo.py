@@ -59,8 +59,8 @@ def test_distortions_grow_with_level(kind):
 def test_short_demo_writes_its_report(tmp_path):
     photos = _photos(tmp_path / "photos", n=6)
     result = CliRunner().invoke(cli.main, ["demo", "--out", str(tmp_path / "demo"), "--photos", str(photos),
-                                           "--views", "2", "--folds", "2", "--jobs", "1", "--modes", "nr,fr-diff",
-                                           "--regressors", "ridge,sibling-mean", "--quiet"])
+                                           "--views", "2", "--folds", "2", "--jobs", "1", "--mode", "nr,fr-diff",
+                                           "--regressor", "ridge,sibling-mean", "--quiet"])
     assert result.exit_code == 0, result.output
     report = (tmp_path / "demo" / "report.md").read_text()
     first_table = report.split("\n\n")[1].splitlines()
@@ -80,7 +80,7 @@ def test_short_demo_writes_its_report(tmp_path):
 @pytest.mark.parametrize("options, message", [({"jobs": 0}, "--jobs 0"),
                                               ({"regressors": ["ridg"]}, "did you mean 'ridge'"),
                                               ({"modes": ["nx"]}, "unknown mode 'nx'"),
-                                              ({"regressors": []}, "--regressors: give at least one")])
+                                              ({"regressors": []}, "--regressor: give at least one")])
 def test_demo_refuses_bad_fitting_options_before_any_work(tmp_path, options, message):
     """They used to be checked after the synth benchmark and both extractions (a minute or more)."""
     from regressors.demo import run_demo
