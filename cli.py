@@ -117,6 +117,18 @@ def _cache_option(text: str = f"HDF5 cache [./{DEFAULT_CACHE}, or featcache.toml
     return click.option("--cache", type=click.Path(dir_okay=False), help=text)
 
 
+def _admit_pixels(max_pixels: int) -> None:
+    """A command that decodes images applies featcache's own pixel limit (checked per file from its header): Pillow's
+    limit is raised to it for this process, before any decode thread or worker starts, and Pillow's warning for files
+    between its limit and twice it is left out, since featcache refuses every file over `max_pixels` itself."""
+    from PIL import Image
+
+    from featcache.images import raise_pillow_limit
+
+    raise_pillow_limit(max_pixels)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def _command_line() -> str:
     return "featcache " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -181,6 +193,7 @@ def extract(dataset, root, annotation, columns, backbone, pool, cache, image_siz
     from featcache.extract import extract as run_extract, parse_shard
     from featcache.images import DEFAULT_MAX_PIXELS
 
+    _admit_pixels(max_pixels or DEFAULT_MAX_PIXELS)
     config = load_config()
     backbone = pick(backbone, config, "backbone")
     if not backbone:
@@ -581,6 +594,9 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
     from featcache.outputs import check_output_file, config_file, read_by_a_cache
     from regressors.heads_io import weights_files_read
 
+    from featcache.images import DEFAULT_MAX_PIXELS
+
+    _admit_pixels(DEFAULT_MAX_PIXELS)
     config = load_config()
     check_output_file(out, "--out", overwrite, (head, prompt_image, weights, config_file()))
     labels = None

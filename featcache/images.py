@@ -1,8 +1,9 @@
 """Decode any image file a database may hold into 8-bit RGB, refusing files over a pixel limit before decoding them.
 
-Importing this module turns Pillow's own decompression-bomb check off for the process (`Image.MAX_IMAGE_PIXELS =
-None`, once): every file featcache opens is checked against its `max_pixels` instead, with a one-line error naming
-the file."""
+Every file is checked against the caller's `max_pixels` from its header, before any pixel is decoded, with a one-line
+error naming the file. Importing this module changes no Pillow setting: Pillow's own decompression-bomb limit
+(`PIL.Image.MAX_IMAGE_PIXELS`) still applies on top, and a process that admits larger genuine files raises it once
+with `raise_pillow_limit` (the featcache command does, for --max-pixels)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
 from featcache.errors import FeatcacheError, named
 
@@ -62,12 +63,15 @@ def resized_size(width: int, height: int, size: int | tuple[int, int]) -> tuple[
     return int(size * width / height), size
 
 
-# Process-wide Pillow settings, set once when this module is imported (before any decode thread or loader worker
-# exists) and never switched afterwards: a truncated file is an error, and the pixel limit is featcache's own
-# (`max_pixels`, checked from each file's header by `load_rgb` and `read_jpeg_bytes` before any pixel is decoded)
-# instead of Pillow's fixed one, so a raised --max-pixels admits a genuine image of any size.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-Image.MAX_IMAGE_PIXELS = None
+def raise_pillow_limit(max_pixels: int) -> None:
+    """Let Pillow open genuine files of up to `max_pixels` in this process; it never lowers Pillow's limit.
+
+    Pillow refuses a file over twice `PIL.Image.MAX_IMAGE_PIXELS` when it opens it, whatever `max_pixels` says. This
+    process-wide setting is meant to be made once, at a process's start before it runs threads: the featcache command
+    calls it, and decode worker processes inherit it. Library callers keep their own Pillow setting, and a file that
+    Pillow refuses is a FeatcacheError naming it."""
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def find_missing(root: Path, paths: list[str]) -> list[str]:
@@ -113,7 +117,8 @@ def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, draft: Draf
     except FeatcacheError:
         raise
     except Image.DecompressionBombError as exc:
-        raise FeatcacheError(f"{path}: {exc}") from exc
+        raise FeatcacheError(f"{path}: Pillow refuses it ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine "
+                             "(the featcache command raises it to --max-pixels)") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise FeatcacheError(f"{path}: cannot decode image ({exc})") from exc
 

@@ -267,16 +267,23 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, template, name,
 
 
 def test_a_genuine_huge_image_passes_with_max_pixels(tmp_path):
-    """--max-pixels 500000000 really allows a 182 MP image (Pillow's own limit is not in the way): the file then
-    fails only because this test file holds no pixel data."""
-    from featcache.images import load_rgb
+    """--max-pixels 500000000 really allows a 182 MP image once the process raised Pillow's limit, as the command
+    does: the file then fails only because this test file holds no pixel data."""
+    from PIL import Image
+
+    from featcache.images import load_rgb, raise_pillow_limit
     from featcache.errors import FeatcacheError
 
     _png_header(tmp_path / "big.png", 13500, 13500)
     with pytest.raises(FeatcacheError, match="exceeds the limit of 100000000"):
         load_rgb(tmp_path / "big.png")
-    with pytest.raises(FeatcacheError) as error:
-        load_rgb(tmp_path / "big.png", max_pixels=500_000_000)
+    before = Image.MAX_IMAGE_PIXELS
+    try:
+        raise_pillow_limit(500_000_000)
+        with pytest.raises(FeatcacheError) as error:
+            load_rgb(tmp_path / "big.png", max_pixels=500_000_000)
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
     assert "cannot decode image" in str(error.value) and "limit" not in str(error.value)
 
 

@@ -317,17 +317,22 @@ def test_a_batch_crosses_between_processes_as_two_tensors_and_unpacks_to_the_sam
             assert torch.equal(back, original)
 
 
-def test_the_pixel_limit_is_featcaches_own_in_every_thread(tmp_path):
-    """Pillow's own limit is off from the import of featcache.images on and never switched back and forth; each
-    thread's files are checked against the `max_pixels` it passes."""
+def test_importing_featcache_leaves_pillows_limit_and_each_call_checks_its_own(tmp_path):
+    """No Pillow setting changes on import; each call (in any thread) is checked against the `max_pixels` it passes,
+    and a file over Pillow's own limit is a FeatcacheError naming it, until the process raises that limit."""
+    import subprocess
+    import sys
     import threading
 
     from PIL import Image
 
-    from featcache.images import load_rgb
+    from featcache.images import load_rgb, raise_pillow_limit
 
+    out = subprocess.run([sys.executable, "-c", "from PIL import Image; before = Image.MAX_IMAGE_PIXELS\n"
+                          "import featcache.images, featcache.extract, cli\nprint(before == Image.MAX_IMAGE_PIXELS)"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]
     Image.new("RGB", (40, 30)).save(tmp_path / "small.png")
-    assert Image.MAX_IMAGE_PIXELS is None
     outcomes = []
 
     def open_many(limit):
@@ -342,13 +347,24 @@ def test_the_pixel_limit_is_featcaches_own_in_every_thread(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert Image.MAX_IMAGE_PIXELS is None and len(outcomes) == 200
+    assert len(outcomes) == 200
     for limit, outcome in outcomes:
         if limit >= 40 * 30:
             assert outcome == (40, 30)
         else:
             assert outcome.endswith(f"small.png: 40x30 pixels exceeds the limit of {limit} (decompression bomb?); "
                                     "raise --max-pixels if it is genuine")
+    before = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = 500  # Pillow refuses over twice this: 1200 pixels
+        with pytest.raises(FeatcacheError, match=r"small.png: Pillow refuses it .*MAX_IMAGE_PIXELS"):
+            load_rgb(tmp_path / "small.png", max_pixels=10**9)
+        raise_pillow_limit(10**6)
+        assert Image.MAX_IMAGE_PIXELS == 10**6 and load_rgb(tmp_path / "small.png", max_pixels=10**9).size == (40, 30)
+        raise_pillow_limit(10)  # never lowered
+        assert Image.MAX_IMAGE_PIXELS == 10**6
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
 
 
 def test_the_torch_path_resizes_as_pillow_does_and_older_torch_caches_are_not_mixed(tmp_path):
