@@ -132,7 +132,11 @@ FIT_HERE = "fit here"  # plcc_after_logistic: fit the mapping on the samples it 
 
 def plcc_after_logistic(y_true: np.ndarray, y_pred: np.ndarray, params=FIT_HERE) -> float:
     """PLCC after mapping predictions through logistic4 with `params` (fitted on these samples by default); plain
-    PLCC when there is no mapping (the fit did not converge or found no increasing relation)."""
+    PLCC when there is no mapping (the fit did not converge or found no increasing relation).
+
+    A fold whose predictions sit on a flat end of a curve fitted on the whole repeat maps to values that differ
+    only in their last bits; it is scored as it is, without scipy's near-constant warning (which would otherwise
+    reach the command line once per such fold)."""
     plain = pearson(y_true, y_pred)
     if isinstance(params, str):
         params = fit_logistic(y_true, y_pred)
@@ -142,7 +146,9 @@ def plcc_after_logistic(y_true: np.ndarray, y_pred: np.ndarray, params=FIT_HERE)
         mapped = logistic4(np.asarray(y_pred, dtype=np.float64), *params)
     if not np.isfinite(mapped).all() or np.ptp(mapped) == 0:
         return plain
-    return pearson(y_true, mapped)
+    with warnings.catch_warnings():  # called after the fits, in the caller's thread
+        warnings.simplefilter("ignore", stats.NearConstantInputWarning)
+        return pearson(y_true, mapped)
 
 
 def quality_metrics(y_true, y_pred, train_sd: float | None = None, logistic=FIT_HERE) -> dict:

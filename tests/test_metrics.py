@@ -235,3 +235,24 @@ def test_paired_p_is_scipys_wilcoxon_with_last_bit_ties():
     assert out["wilcoxon_p"] == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-12) and out["n_folds"] == 10
     assert np.isnan(wilcoxon_p(np.zeros(4))) and np.isnan(wilcoxon_p([1e-14, -1e-13]))
     assert np.isnan(wilcoxon_p([0.3])) and np.isnan(paired_comparison([0.5, 0.5], [0.5, 0.5])["wilcoxon_p"])
+
+
+def test_a_fold_on_the_flat_end_of_the_repeats_logistic_is_scored_without_a_warning():
+    """The logistic is fitted on the whole repeat; a fold whose predictions all sit far below its midpoint maps to
+    values equal but for their last bits: PLCC of those values as scipy computes it, and no warning."""
+    import warnings
+
+    from regressors.metrics import logistic4
+
+    rng = np.random.default_rng(0)
+    y, pred = rng.normal(size=40), rng.normal(size=40) * 0.1 - 30.0
+    params = np.array([5.0, 1.3, 0.0, 1.0])
+    mapped = logistic4(pred, *params)
+    assert 0 < np.ptp(mapped) < 1e-12
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        expected = stats.pearsonr(y, mapped).statistic
+        assert any(issubclass(w.category, stats.NearConstantInputWarning) for w in seen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plcc_after_logistic(y, pred, params) == expected
