@@ -52,13 +52,9 @@ class MLPHead(RegressorMixin, BaseEstimator):
     groups, about `validation_fraction` of the distinct groups are held out for early stopping; without, that
     fraction of the samples at random (seeded).
 
-    lr 1e-4 (what lr='auto' gives for D >= 1000) with batch 64 was chosen because it had the best SRCC of the
-    settings measured by benchmarks/mlp_lr.py on the demo cache (2 lite0 backbones x NR, FR-diff x 3 targets,
-    GroupKFold(4), 3 seeds): SRCC 0.078 below ridge on average with RMSE equal to ridge's (worst cell 1.31x),
-    while the old lr 1e-3 fell 0.097 below ridge (one cell 0.53 below) with RMSE up to 4x ridge's, and
-    full-batch or lr 3e-5 lost more SRCC. Too large an Adam step on 1000-4000 inputs moves every hidden unit a
-    lot at once (with lr 1e-3 the validation MSE on an FR-diff fold reached 111x the target variance in
-    epoch 2).
+    Defaults: lr 1e-4 (what lr='auto' gives for D >= 1000) with batch 64, the setting with the best SRCC among
+    those benchmarks/mlp_lr.py compares (lr 3e-5 to 3e-3; batch 64, 256 or full). A larger Adam step on
+    1000-4000 inputs moves every hidden unit a lot at once and the validation error diverges in the first epochs.
     `precision='bfloat16'` runs the matmuls in bfloat16 (weights and Adam stay float32).
     """
 
@@ -110,7 +106,7 @@ def predict_state(z: np.ndarray, state: dict) -> np.ndarray:
 
 
 def auto_lr(lr: float | str, dim: int) -> float:
-    """'auto': 1e-4 for backbone-width inputs (D >= 1000; measured best, see MLPHead), 0.1 / D (at most 1e-2)
+    """'auto': 1e-4 for backbone-width inputs (D >= 1000; see MLPHead), 0.1 / D (at most 1e-2)
     for narrower ones. Adam moves every weight by about lr per step, so a hidden unit's input moves by about
     lr * D * |z|: with a few dozen inputs 1e-4 would barely move in max_epochs."""
     if lr == "auto":
