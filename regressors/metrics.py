@@ -212,10 +212,11 @@ def bootstrap_srcc_interval(y_true: np.ndarray, y_pred: np.ndarray, groups: np.n
 
 
 def wilcoxon_p(differences) -> float:
-    """Two-sided p of scipy.stats.wilcoxon on paired differences (its defaults: zeros dropped, method 'auto', no
-    continuity correction), after rounding them to TIE_DECIMALS so that differences equal but for their last bits
-    (the same ranks summed in another order) are ties; NaN with fewer than 2 differences or when every rounded
-    difference is 0."""
+    """Two-sided p of scipy.stats.wilcoxon on paired differences (its defaults: zeros dropped, no continuity
+    correction, method 'auto', which from scipy 1.15 is the exact null without ties or zeros up to 50 differences,
+    all sign flips with ties or zeros up to 13, else the normal approximation), after rounding them to TIE_DECIMALS
+    so that differences equal but for their last bits (the same ranks summed in another order) are ties; NaN with
+    fewer than 2 differences or when every rounded difference is 0."""
     d = np.round(np.asarray(differences, dtype=np.float64).ravel(), TIE_DECIMALS)
     if len(d) < 2 or not np.any(d != 0):
         return float("nan")
