@@ -1,6 +1,5 @@
-"""The label-only floors' arithmetic (mean training target per code), without scikit-learn: the CV harness fits
-floors through `*_members` here (a floor run then imports no scikit-learn, about 1.5 s of start-up), and the
-estimators in regressors/floors.py wrap the same two functions.
+"""The label-only floors' arithmetic (mean training target per code) in numpy: the CV harness fits floors through
+`*_members` here, and the estimators in regressors/floors.py wrap the same two functions.
 
 Codes are the columns of `design.label_codes`: generator, sibling (content group x generator), prompt (content
 group).

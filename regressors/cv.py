@@ -186,8 +186,7 @@ def check_jobs(jobs: int | str) -> None:
 def resolve_jobs(jobs: int | str, backend: str | None, tasks: list) -> int:
     """'auto' (the default): one process when the run's estimated single-core fitting time is under
     AUTO_PARALLEL_SECONDS (each worker process imports numpy, scikit-learn or torch anew: seconds that a small
-    run does not win back, and a fit that should start faster than `import torch`), else every usable core. -1:
-    every usable core. Never more processes than tasks (`--jobs 50` started 50 workers for 5 tasks). With a
+    run does not win back), else every usable core. -1: every usable core. Never more processes than tasks. With a
     cluster backend (dask, ray), 'auto' and -1 mean every worker the cluster has."""
     from featcache.devices import usable_cores
 
@@ -348,8 +347,7 @@ def _trained_on(device: str, regressors: list[str]) -> str | None:
 def _fitted(tasks: list[_Task], jobs: int | str, backend: str | None, device: str):
     """(task index, fitted members) as tasks finish. Several jobs or a backend: through joblib, the costliest
     tasks dispatched first (the longest-processing-time rule: no worker starts a long task while the others run
-    out of work). Else a plain loop in order, without importing joblib (0.2 s of a fit that should start faster
-    than `import torch`)."""
+    out of work). Else a plain loop in order, in this thread."""
     from featcache import interrupts
 
     jobs = resolve_jobs(jobs, backend, tasks)

@@ -1,8 +1,9 @@
 """The numbers IQA papers report, computed the same way everywhere, with failed folds made explicit.
 
-A fold *fails* when its predictions are (numerically) constant: range below FAILED_RANGE x the SD of the training
-labels. Its correlations are undefined; summaries count them as 0, never drop them (a dropped fold lets a
-configuration that mostly fails look best).
+Correlations and tests come from scipy.stats (`spearmanr`, `pearsonr`, `kendalltau` tau-b, `wilcoxon`). A fold
+*fails* when its predictions are (numerically) constant: range below FAILED_RANGE x the SD of the training labels.
+Its correlations are undefined; summaries count them as 0, never drop them (a dropped fold lets a configuration that
+mostly fails look best).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-
-from regressors.rankstats import kendall_tau_b, pearson, spearman, wilcoxon_p
+from scipy import optimize, stats
 
 FAILED_RANGE = 1e-6
+TIE_DECIMALS = 12  # paired differences equal to this many decimals are ties for the Wilcoxon test (zeros below it)
 CORRELATIONS = ("srcc", "plcc", "plcc_logistic", "krcc")
 LOGISTIC_WIDTHS = (0.1, 100.0)  # the logistic's width |b4|, in SDs of the predictions it maps: no step, no line
 
@@ -44,8 +45,6 @@ def fit_logistic(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray | None:
     solver would walk towards an infinite width. For a given midpoint and width the best b1, b2 are a linear fit, so
     a grid over the two (widths log-spaced, midpoints at quantiles) finds the start, and a bounded least-squares
     refinement the optimum: the same predictions up to their last bits give the same curve."""
-    from scipy import optimize  # here: 0.4 s of import that only the logistic needs
-
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
     if len(y_true) < 4 or not np.isfinite(y_pred).all() or np.ptp(y_pred) == 0 or np.ptp(y_true) == 0:
@@ -102,12 +101,42 @@ def fit_logistic(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray | None:
     return np.array([level + (low + rise) * scale, level + low * scale, centre + middle * spread, width * spread])
 
 
+def pearson(x, y) -> float:
+    """Pearson's r by scipy.stats.pearsonr; NaN (no warning) when fewer than 2 values or either side is constant."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(stats.pearsonr(x, y).statistic)
+
+
+def spearman(x, y) -> float:
+    """Spearman's rho by scipy.stats.spearmanr (average ranks for ties); NaN (no warning) when fewer than 2 values
+    or either side is constant."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def kendall(x, y) -> float:
+    """Kendall's tau-b by scipy.stats.kendalltau; NaN (no warning) when fewer than 2 values or either side is
+    constant."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(stats.kendalltau(x, y).statistic)
+
+
 FIT_HERE = "fit here"  # plcc_after_logistic: fit the mapping on the samples it scores
 
 
 def plcc_after_logistic(y_true: np.ndarray, y_pred: np.ndarray, params=FIT_HERE) -> float:
     """PLCC after mapping predictions through logistic4 with `params` (fitted on these samples by default); plain
-    PLCC when there is no mapping (the fit did not converge or found no increasing relation)."""
+    PLCC when there is no mapping (the fit did not converge or found no increasing relation).
+
+    A fold whose predictions sit on a flat end of a curve fitted on the whole repeat maps to values that differ
+    only in their last bits; it is scored as it is, without scipy's near-constant warning (which would otherwise
+    reach the command line once per such fold)."""
     plain = pearson(y_true, y_pred)
     if isinstance(params, str):
         params = fit_logistic(y_true, y_pred)
@@ -117,7 +146,9 @@ def plcc_after_logistic(y_true: np.ndarray, y_pred: np.ndarray, params=FIT_HERE)
         mapped = logistic4(np.asarray(y_pred, dtype=np.float64), *params)
     if not np.isfinite(mapped).all() or np.ptp(mapped) == 0:
         return plain
-    return pearson(y_true, mapped)
+    with warnings.catch_warnings():  # called after the fits, in the caller's thread
+        warnings.simplefilter("ignore", stats.NearConstantInputWarning)
+        return pearson(y_true, mapped)
 
 
 def quality_metrics(y_true, y_pred, train_sd: float | None = None, logistic=FIT_HERE) -> dict:
@@ -135,7 +166,7 @@ def quality_metrics(y_true, y_pred, train_sd: float | None = None, logistic=FIT_
     if failed:
         return out
     out.update(srcc=spearman(y_true, y_pred), plcc=pearson(y_true, y_pred),
-               plcc_logistic=plcc_after_logistic(y_true, y_pred, logistic), krcc=kendall_tau_b(y_true, y_pred))
+               plcc_logistic=plcc_after_logistic(y_true, y_pred, logistic), krcc=kendall(y_true, y_pred))
     return out
 
 
@@ -180,10 +211,21 @@ def bootstrap_srcc_interval(y_true: np.ndarray, y_pred: np.ndarray, groups: np.n
     return float(low), float(high)
 
 
+def wilcoxon_p(differences) -> float:
+    """Two-sided p of scipy.stats.wilcoxon on paired differences (its defaults: zeros dropped, no continuity
+    correction, method 'auto', which from scipy 1.15 is the exact null without ties or zeros up to 50 differences,
+    all sign flips with ties or zeros up to 13, else the normal approximation), after rounding them to TIE_DECIMALS
+    so that differences equal but for their last bits (the same ranks summed in another order) are ties; NaN with
+    fewer than 2 differences or when every rounded difference is 0."""
+    d = np.round(np.asarray(differences, dtype=np.float64).ravel(), TIE_DECIMALS)
+    if len(d) < 2 or not np.any(d != 0):
+        return float("nan")
+    return float(stats.wilcoxon(d).pvalue)
+
+
 def paired_comparison(a: np.ndarray, b: np.ndarray) -> dict:
-    """Per-fold differences a - b: mean, SD and the Wilcoxon signed-rank p (NaN with fewer than 2 differences
-    or when every difference is 0)."""
+    """Per-fold differences a - b: mean, SD and the Wilcoxon signed-rank p (`wilcoxon_p`)."""
     diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    p = wilcoxon_p(diff) if len(diff) >= 2 and np.any(diff != 0) else float("nan")
+    p = wilcoxon_p(diff)
     return {"diff_mean": float(diff.mean()) if len(diff) else float("nan"),
             "diff_std": float(diff.std()) if len(diff) else float("nan"), "wilcoxon_p": p, "n_folds": len(diff)}

@@ -52,13 +52,9 @@ class MLPHead(RegressorMixin, BaseEstimator):
     groups, about `validation_fraction` of the distinct groups are held out for early stopping; without, that
     fraction of the samples at random (seeded).
 
-    lr 1e-4 (what lr='auto' gives for D >= 1000) with batch 64 was chosen because it had the best SRCC of the
-    settings measured by benchmarks/mlp_lr.py on the demo cache (2 lite0 backbones x NR, FR-diff x 3 targets,
-    GroupKFold(4), 3 seeds): SRCC 0.078 below ridge on average with RMSE equal to ridge's (worst cell 1.31x),
-    while the old lr 1e-3 fell 0.097 below ridge (one cell 0.53 below) with RMSE up to 4x ridge's, and
-    full-batch or lr 3e-5 lost more SRCC. Too large an Adam step on 1000-4000 inputs moves every hidden unit a
-    lot at once (with lr 1e-3 the validation MSE on an FR-diff fold reached 111x the target variance in
-    epoch 2).
+    Defaults: lr 1e-4 (what lr='auto' gives for D >= 1000) with batch 64, the setting with the best SRCC among
+    those benchmarks/mlp_lr.py compares (lr 3e-5 to 3e-3; batch 64, 256 or full). A larger Adam step on
+    1000-4000 inputs moves every hidden unit a lot at once and the validation error diverges in the first epochs.
     `precision='bfloat16'` runs the matmuls in bfloat16 (weights and Adam stay float32).
     """
 
@@ -110,7 +106,7 @@ def predict_state(z: np.ndarray, state: dict) -> np.ndarray:
 
 
 def auto_lr(lr: float | str, dim: int) -> float:
-    """'auto': 1e-4 for backbone-width inputs (D >= 1000; measured best, see MLPHead), 0.1 / D (at most 1e-2)
+    """'auto': 1e-4 for backbone-width inputs (D >= 1000; see MLPHead), 0.1 / D (at most 1e-2)
     for narrower ones. Adam moves every weight by about lr per step, so a hidden unit's input moves by about
     lr * D * |z|: with a few dozen inputs 1e-4 would barely move in max_epochs."""
     if lr == "auto":
@@ -240,13 +236,15 @@ class _Stack:
         self.weights = [torch.stack([w[k] for w in inits]).to(device) for k in range(4)]
         self.grads = [torch.zeros_like(w) for w in self.weights]
         self.moments = [torch.zeros_like(w) for w in self.weights for _ in range(2)]
-        self.steps = torch.zeros(len(jobs), device=device)
+        self.steps = torch.zeros(len(jobs), len(self.weights), device=device)  # Adam's step count per tensor
         to = {"dtype": torch.float32, "device": device}
         self.mean = torch.stack([torch.as_tensor(j.head.x_mean_, **to) for j in jobs])[:, None, :]
         self.inv = torch.stack([torch.as_tensor(j.head.x_keep_ / j.head.x_scale_, **to) for j in jobs])[:, None, :]
         self.clip = params["clip"]
         self.lr = jobs[0].head.lr_
+        self.weight_decay = params["weight_decay"]
         self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[params["precision"]]
+        self._optimizer()
 
     def keep(self, index: list[int]) -> None:
         idx = torch.as_tensor(index, dtype=torch.long, device=self.steps.device)
@@ -254,6 +252,24 @@ class _Stack:
         self.grads = [g[idx] for g in self.grads]
         self.moments = [m[idx] for m in self.moments]
         self.steps, self.mean, self.inv = self.steps[idx], self.mean[idx], self.inv[idx]
+        self._optimizer()
+
+    def _optimizer(self) -> None:
+        """A fused `torch.optim.Adam` over per-member views of the stacked weights, its state views of the stacked
+        moments and step counts, so that each member keeps its own step count and the stacked tensors stay what
+        the batched matmuls read. `active` lists the members whose gradient views are attached."""
+        self.members = [[w[i] for w in self.weights] for i in range(len(self.steps))]
+        self.active: list[int] = []
+        self.optimizer = None
+        if not self.members:
+            return
+        self.optimizer = torch.optim.Adam([p for views in self.members for p in views], lr=self.lr,
+                                          betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=self.weight_decay,
+                                          fused=True)
+        for i, views in enumerate(self.members):
+            for k, view in enumerate(views):
+                self.optimizer.state[view] = {"step": self.steps[i, k], "exp_avg": self.moments[2 * k][i],
+                                              "exp_avg_sq": self.moments[2 * k + 1][i]}
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         """x: (M, B, D) raw rows -> each member's FoldScaler transform, done here on the fly."""
@@ -291,23 +307,18 @@ class _Stack:
         _store(g_b2, d_out.sum(1, keepdim=True), first)
 
     @torch.no_grad()
-    def adam(self, active: torch.Tensor, lr: float, weight_decay: float) -> None:
-        """Adam (L2 weight decay added to the gradient, as torch.optim.Adam) with one step count per member, as
-        torch's fused kernel on per-member views (3x less memory traffic than unfused ops). A member without
-        rows in this step (the last minibatch of a shorter member) is left out: weights and moments unchanged."""
+    def adam(self, active: torch.Tensor) -> None:
+        """One step of `torch.optim.Adam(fused=True)` (L2 weight decay added to the gradient) on every member with
+        rows in this step; a member without (the last minibatch of a shorter member) is left out: weights, moments
+        and step count unchanged. The next step's first chunk overwrites the gradient buffers."""
         members = active.nonzero()[:, 0].tolist()
-        self.steps[members] += 1
-        views = [[], [], [], [], []]
-        for i in members:
-            for k, w in enumerate(self.weights):
-                views[0].append(w[i])
-                views[1].append(self.grads[k][i])
-                views[2].append(self.moments[2 * k][i])
-                views[3].append(self.moments[2 * k + 1][i])
-                views[4].append(self.steps[i])
-        torch._fused_adam_(views[0], views[1], views[2], views[3], [], views[4], lr=lr, beta1=ADAM_BETAS[0],
-                           beta2=ADAM_BETAS[1], weight_decay=weight_decay, eps=ADAM_EPS, amsgrad=False,
-                           maximize=False)  # the next step's first chunk overwrites the gradients
+        if members != self.active:
+            chosen = set(members)
+            for i, views in enumerate(self.members):
+                for k, view in enumerate(views):
+                    view.grad = self.grads[k][i] if i in chosen else None
+            self.active = members
+        self.optimizer.step()
 
     def state(self, i: int) -> dict[str, torch.Tensor]:
         w1, b1, w2, b2 = (w[i].float().cpu() for w in self.weights)
@@ -398,7 +409,7 @@ def _step(xt, stack: _Stack, rows, ys, pos, mask, params: dict) -> None:
         p = pos[:, start:start + CHUNK_ROWS]
         weight = mask[:, start:start + CHUNK_ROWS] * scale[:, None]
         stack.accumulate(xt[torch.gather(rows, 1, p)], torch.gather(ys, 1, p), weight, first=start == 0)
-    stack.adam((counts > 0).float(), stack.lr, params["weight_decay"])
+    stack.adam(counts > 0)
 
 
 @torch.no_grad()

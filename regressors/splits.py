@@ -2,7 +2,9 @@
 
 A fold function gets the selected sample indices and per-sample groups/subsets/generators and returns the folds of
 one repeat. Folds are made once per selection and repeat; every mode then uses the same folds, restricted to the
-samples it can use, so modes are compared on the same samples.
+samples it can use, so modes are compared on the same samples. The random splits are scikit-learn's
+(`KFold(shuffle=True)`, `StratifiedGroupKFold(shuffle=True)`) seeded with seed + repeat; the fold of every sample is
+written to folds.csv, so a run can be reproduced whatever a later scikit-learn does.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+from sklearn.model_selection import KFold, StratifiedGroupKFold
 
 from featcache.errors import FeatcacheError, unknown_name
-from regressors.fold_assignment import kfold_test_sets, stratified_group_kfold_test_sets
 
 MIN_TEST = 4  # a test fold smaller than this gives correlations of no meaning ("1.000 +- 0.000" on 2 samples)
 
@@ -78,8 +80,8 @@ def _paper(req: SplitRequest, repeat: int):
 
 def _kfold(req: SplitRequest, repeat: int):
     _enough_for_folds(req)
-    tests = kfold_test_sets(len(req.rows), req.folds, req.seed + repeat)
-    return [_train_test(req.rows, test) for test in tests]
+    splitter = KFold(req.folds, shuffle=True, random_state=req.seed + repeat)
+    return [_train_test(req.rows, test) for _, test in splitter.split(req.rows)]
 
 
 def _group(req: SplitRequest, repeat: int):
@@ -95,7 +97,8 @@ def _group(req: SplitRequest, repeat: int):
     strata = req.subsets[req.rows]  # every fold gets its share of T2I and I2I where each has a group per fold
     with warnings.catch_warnings():  # scikit-learn's "least populated class in y": folds_missing_a_subset says
         warnings.filterwarnings("ignore", message="The least populated class")  # which folds, in words of ours
-        tests = stratified_group_kfold_test_sets(strata, groups, req.folds, req.seed + repeat)
+        splitter = StratifiedGroupKFold(req.folds, shuffle=True, random_state=req.seed + repeat)
+        tests = [test for _, test in splitter.split(req.rows, strata, groups)]
     return [_train_test(req.rows, test) for test in tests]
 
 

@@ -128,3 +128,87 @@ def test_constant_training_column_is_ignored():
     moved = x.copy()
     moved[:, 3] = 50.0
     np.testing.assert_allclose(head.predict(moved), head.predict(x))
+
+
+def _stack_of_three(d=6, seed=0):
+    """A _Stack of three members (seeds 0, 1, 2) with per-member scalers, its raw rows and targets."""
+    from regressors.mlp import _prepare, _Stack
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(40, d))
+    params = MLPHead(**FAST).get_params()
+    jobs = [_prepare(x, MLPMember(np.arange(40), rng.normal(size=40), None, s), params) for s in range(3)]
+    return _Stack(jobs, d, params, torch.device("cpu")), torch.tensor(x, dtype=torch.float32), params
+
+
+def test_hand_written_gradients_equal_autograd():
+    """`_Stack.accumulate` (the two-layer backward pass written out) gives autograd's gradient of
+    sum(weight * (prediction - y)^2) for every member, and adds to the buffers unless `first`."""
+    stack, x, _ = _stack_of_three()
+    rows = x[None].expand(3, -1, -1)[:, :17]
+    y = torch.randn(3, 17, generator=torch.Generator().manual_seed(3))
+    weight = torch.rand(3, 17, generator=torch.Generator().manual_seed(4))
+    leaves = [w.clone().requires_grad_(True) for w in stack.weights]
+    w1, b1, w2, b2 = leaves
+    pred = torch.baddbmm(b2, torch.relu(torch.baddbmm(b1, stack.standardise(rows), w1)), w2)[..., 0]
+    (weight * (pred - y) ** 2).sum().backward()
+    stack.accumulate(rows, y, weight, first=True)
+    for mine, leaf in zip(stack.grads, leaves):
+        torch.testing.assert_close(mine, leaf.grad, rtol=1e-5, atol=1e-6)
+    stack.accumulate(rows, y, weight)  # not first: added
+    for mine, leaf in zip(stack.grads, leaves):
+        torch.testing.assert_close(mine, 2 * leaf.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_one_optimizer_step_equals_torch_adam_per_member():
+    """Two steps of the stacked Adam, member 1 left out of the second (no rows): each member's weights and
+    moments equal those of its own `torch.optim.Adam` (same lr, betas, eps, L2 weight decay), and a left-out
+    member is unchanged."""
+    from regressors.mlp import ADAM_BETAS, ADAM_EPS
+
+    stack, x, params = _stack_of_three()
+    rows = x[None].expand(3, -1, -1)
+    y = torch.randn(3, 40, generator=torch.Generator().manual_seed(5))
+    weight = torch.full((3, 40), 1.0 / 40)
+    references = []
+    for i in range(3):
+        own = [w[i].clone() for w in stack.weights]
+        references.append((own, torch.optim.Adam(own, lr=stack.lr, betas=ADAM_BETAS, eps=ADAM_EPS,
+                                                 weight_decay=params["weight_decay"])))
+    for active in (torch.tensor([True, True, True]), torch.tensor([True, False, True])):
+        stack.accumulate(rows, y, weight, first=True)
+        before = [w[1].clone() for w in stack.weights]
+        for i, (own, optimizer) in enumerate(references):
+            if active[i]:
+                for p, g in zip(own, stack.grads):
+                    p.grad = g[i].clone()
+                optimizer.step()
+        stack.adam(active)
+        for i, (own, optimizer) in enumerate(references):
+            for k, (p, w) in enumerate(zip(own, stack.weights)):
+                torch.testing.assert_close(w[i], p, rtol=1e-6, atol=1e-7)
+                torch.testing.assert_close(stack.moments[2 * k][i], optimizer.state[p]["exp_avg"])
+                torch.testing.assert_close(stack.moments[2 * k + 1][i], optimizer.state[p]["exp_avg_sq"])
+    for w, old in zip(stack.weights, before):
+        assert torch.equal(w[1], old)
+    assert stack.steps[:, 0].tolist() == [2.0, 1.0, 2.0]
+
+
+def test_members_leaving_the_stack_keep_their_own_adam_state():
+    """After `keep`, the remaining members' next step is what it would have been in the full stack."""
+    full, x, _ = _stack_of_three()
+    part, _, _ = _stack_of_three()
+    rows = x[None].expand(3, -1, -1)
+    y = torch.randn(3, 40, generator=torch.Generator().manual_seed(6))
+    weight = torch.full((3, 40), 1.0 / 40)
+    for stack in (full, part):
+        stack.accumulate(rows, y, weight, first=True)
+        stack.adam(torch.tensor([True, True, True]))
+    part.keep([0, 2])
+    full.accumulate(rows, y, weight, first=True)
+    full.adam(torch.tensor([True, True, True]))
+    part.accumulate(rows[[0, 2]], y[[0, 2]], weight[[0, 2]], first=True)
+    part.adam(torch.tensor([True, True]))
+    for a, b in zip(full.weights, part.weights):
+        assert torch.equal(a[[0, 2]], b)
+    assert part.steps[:, 0].tolist() == [2.0, 2.0]

@@ -371,18 +371,11 @@ def test_cluster_backends_need_their_extras(tmp_path, pku_root):
             cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=2, backend=backend)
 
 
-NO_SKLEARN = ("sklearn", "scipy.stats", "pandas", "joblib")
-SKLEARN_BASE_ONLY = ("sklearn.svm", "sklearn.model_selection", "sklearn.metrics")
-
-
-@pytest.mark.parametrize("regressor, also_absent", [("ridge", NO_SKLEARN), ("svr", SKLEARN_BASE_ONLY),
-                                                    ("generator-mean,sibling-mean,prompt-mean", NO_SKLEARN)])
-def test_fit_without_the_mlp_or_figures_imports_neither_torch_nor_matplotlib(tmp_path, regressor, also_absent):
-    """Start-up: ridge, SVR and the floors need neither torch (about 3 s to import) nor matplotlib; ridge and the
-    floors not even scikit-learn (whose import brings scipy.stats and pandas: 1.5 s) nor joblib with --jobs 1;
-    SVR imports scikit-learn's base and libsvm's binding without sklearn.svm (regressors.libsvm_fit).
-    With the annotation unchanged since extraction (same bytes), the labels check does not parse it again (no
-    dataset adapter is loaded; a large spreadsheet took seconds). Two modes, so the paired comparisons run too."""
+@pytest.mark.parametrize("regressor", ["ridge", "svr", "generator-mean,sibling-mean,prompt-mean"])
+def test_fit_without_the_mlp_or_figures_imports_neither_torch_nor_matplotlib(tmp_path, regressor):
+    """Ridge, SVR and the floors need neither torch nor matplotlib. With the annotation unchanged since extraction
+    (same bytes), the labels check does not parse it again (no dataset adapter is loaded). Two modes, so the paired
+    comparisons run too."""
     import subprocess
     import sys
 
@@ -393,7 +386,7 @@ def test_fit_without_the_mlp_or_figures_imports_neither_torch_nor_matplotlib(tmp
              f"sys.argv = ['featcache', 'fit', '--cache', {str(cache)!r}, '--mode', 'nr,pr', '--regressor', "
              f"{regressor!r}, '--folds', '3', '--no-figures', '--quiet', '--out', {str(tmp_path / 'out')!r}]\n"
              "try:\n    runpy.run_module('cli', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
-             f"heavy = ('torch', 'matplotlib', 'featcache.datasets', *{also_absent!r})\n"
+             "heavy = ('torch', 'matplotlib', 'featcache.datasets')\n"
              "print('LOADED', [m for m in heavy if m in sys.modules], 'EXIT', code)\n")
     import os
     from pathlib import Path
@@ -418,3 +411,26 @@ def test_unpaired_warning_names_the_database_that_could_pair_the_images(tmp_path
     (tmp_path / "db" / "I2I" / "Generated").mkdir(parents=True)
     (tmp_path / "db" / "annotation.csv").write_text("name,prompt,MOS_q\n")
     assert "with --root db (its annotation.csv pairs" in unpaired_warning("h", "pr", 1, ["db/I2I/Generated"])
+
+
+@pytest.mark.parametrize("C, epsilon", [(0.01, 0.1), (1.0, 0.1), (100.0, 0.3)])
+def test_the_precomputed_kernel_svr_is_libsvms_rbf_svr(C, epsilon):
+    """The BLAS kernel handed to SVR(kernel="precomputed") fits the model SVR(kernel="rbf") fits: the same support
+    vectors and, to rounding of the kernel, the same coefficients and predictions."""
+    from sklearn.svm import SVR
+
+    from regressors.standardized import fit_precomputed, rbf_kernel
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(70, 4))
+    y = np.sin(x[:, 0]) + x[:, 1] * 0.5 + rng.normal(0, 0.2, 70)
+    y = (y - y.mean()) / y.std()
+    support, dual_coef, intercept = fit_precomputed(rbf_kernel(x, x, 0.3), y, C, epsilon)
+    model = SVR(kernel="rbf", gamma=0.3, C=C, epsilon=epsilon).fit(x, y)
+    assert support.tolist() == model.support_.tolist()
+    np.testing.assert_allclose(dual_coef, model.dual_coef_[0], atol=1e-8)
+    rows = rng.normal(size=(9, 4))
+    np.testing.assert_allclose(rbf_kernel(rows, x[support], 0.3) @ dual_coef + intercept, model.predict(rows),
+                               atol=1e-8)
+    with pytest.raises(ValueError, match="square"):
+        fit_precomputed(rbf_kernel(x, x[:-1], 0.3), y, C, epsilon)
