@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from featcache import __version__
+from featcache import __version__, interrupts
 from featcache.atomic_write import disk_full_error, is_disk_full, real_path, remove_stale_temporaries
 from featcache.backbones import Backbone
 from featcache.cache_lock import lock_cache, lock_file
@@ -368,6 +368,7 @@ def _run(job: _Extraction, f, result: ExtractResult) -> None:
                     f.flush()
                     result.rows_written += len(rows)
                 bar.update(handled)
+                interrupts.check()  # a signal the handler recorded while a C call ran: the batch is kept
         except (RuntimeError, ConnectionError, EOFError) as exc:
             # converted here, before closing the loader can replace it with its own error
             if not _is_dead_worker(exc, job.forwarding.workers):
