@@ -48,7 +48,7 @@ def _median_seconds(command: list[str], repeats: int, before=None, cwd: Path = R
 def startup(args, tmp: Path) -> dict:
     """Wall time of `featcache extract` over 12 images into a fresh cache (start-up: imports, weights, model build,
     worker start, one batch) against `python -c "import torch"`; medians of `repeats` runs each, and
-    their ratio against the goal of at most 2.2x."""
+    their ratio."""
     data = tmp / "startup"
     _twelve_images(data)
     cache = tmp / "startup.h5"
@@ -60,14 +60,14 @@ def startup(args, tmp: Path) -> dict:
     torch_s, torch_runs = _median_seconds([sys.executable, "-c", "import torch"], args.repeats)
     extract_s, extract_runs = _median_seconds(extract, args.repeats, before=fresh, cwd=args.repo)
     return {"import_torch_seconds": torch_s, "extract_12_images_seconds": extract_s,
-            "ratio": extract_s / torch_s, "goal_ratio": 2.2, "repeats": args.repeats,
+            "ratio": extract_s / torch_s, "repeats": args.repeats,
             "import_torch_runs": torch_runs, "extract_runs": extract_runs}
 
 
 def print_startup(result: dict) -> None:
     print(f"start-up (median of {result['repeats']}): python -c 'import torch' {result['import_torch_seconds']:.2f} s; "
           f"featcache extract over 12 images {result['extract_12_images_seconds']:.2f} s = "
-          f"{result['ratio']:.2f} x (goal <= {result['goal_ratio']} x)")
+          f"{result['ratio']:.2f} x")
 
 
 def extraction(args, tmp: Path) -> dict:
