@@ -158,7 +158,7 @@ def finetune_step(backbone, device, batch_size: int, precision: str) -> float:
 
 def startup_seconds(name: str, device: str) -> dict:
     """Wall time of `featcache extract` over 12 images in a fresh process, minus its extraction loop: with
-    --random-weights (initialised at random, as the earlier runs measured), and with a weights file as a user runs
+    --random-weights (initialised at random), and with a weights file as a user runs
     it (random tensors saved as safetensors: built on meta and loaded, no random initialisation), the first time
     (the file is hashed) and again (its hashes remembered). Top-level keys: the file, again."""
     import timm

@@ -57,7 +57,7 @@ def format_info(info: dict) -> str:
         "targets    " + ", ".join(f"{k} (mean {v['mean']:.3g}, std {v['std']:.3g})" for k, v in info["targets"].items()),
     ]
     for bid in info.get("half_created", []):
-        lines.append(f"backbone   {bid}: HALF CREATED by an interrupted older version (run `featcache repair`)")
+        lines.append(f"backbone   {bid}: HALF CREATED by an interrupted extraction (run `featcache repair`)")
     if not info["backbones"]:
         lines.append("backbones  none yet (run `featcache extract`)")
     for bid, b in info["backbones"].items():

@@ -1,4 +1,4 @@
-"""Every bad stage-2 input is one 'error:' line and exit code 2, never a traceback (issue 11's list)."""
+"""Every bad stage-2 input is one 'error:' line and exit code 2, never a traceback (docs/errors.md)."""
 
 import json
 

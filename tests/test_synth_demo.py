@@ -82,7 +82,7 @@ def test_short_demo_writes_its_report(tmp_path):
                                               ({"modes": ["nx"]}, "unknown mode 'nx'"),
                                               ({"regressors": []}, "--regressor: give at least one")])
 def test_demo_refuses_bad_fitting_options_before_any_work(tmp_path, options, message):
-    """They used to be checked after the synth benchmark and both extractions (a minute or more)."""
+    """Bad fitting options are refused before the synth benchmark and both extractions run (a minute or more)."""
     from regressors.demo import run_demo
 
     with pytest.raises(FeatcacheError, match=message):
@@ -91,7 +91,7 @@ def test_demo_refuses_bad_fitting_options_before_any_work(tmp_path, options, mes
 
 
 @pytest.mark.parametrize("views, folds, message", [
-    # the sample count is known only after synth: refused before both extractions (they used to run first)
+    # the sample count is known only after synth: refused before both extractions
     (1, 50, r"the synth benchmark has \d+ samples.*too few for 50 .*; lower --folds or raise --views$"),
     # 6 photos give 4 image-prompt groups: 5 folds would leave FR an empty fold, which bench refuses
     (3, 5, r"^--mode fr: only 4 prompt groups have an image prompt, too few for 5 prompt-disjoint folds; lower "
