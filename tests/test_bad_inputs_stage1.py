@@ -184,7 +184,7 @@ BAD_INPUTS = [
      "are the same image"),
     ("path escapes root", _with_annotation(",t,../../x.jpg,1,2,3\n"), "escapes the dataset root"),
     ("NUL byte in a name", _with_annotation(",t,SD_1000_00.jpg\0x,1,2,3\n"),
-     "annotation.csv row 2: image path 'All/SD_1000_00.jpg\\x00x' holds a control character"),
+     "annotation.csv row 2: holds a NUL byte (\\x00), which no annotation field may hold"),
     ("image missing", lambda r, t: (r / "All" / "SD_1000_00.jpg").unlink() or EXTRACT, "missing or empty"),
     ("image undecodable", _truncate("MJ_1000_00.jpg"), "could not be read"),
     ("image over 179 MP", _bomb, "exceeds the limit of 100000000"),

@@ -3,6 +3,7 @@
 import ast
 import configparser
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,15 @@ def test_the_console_script_is_the_click_group():
     scripts = [line for line in config["options.entry_points"]["console_scripts"].splitlines() if line.strip()]
     assert [s.replace(" ", "") for s in scripts] == ["featcache=cli:main"]
     assert isinstance(cli.main, click.Group)
+
+
+def test_every_dependency_states_a_lower_bound_and_no_upper_one():
+    """make test-min pins each `>=` bound with `==`; an upper bound would trip a user's newer environment."""
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    requirements = config["options"]["install_requires"].split()
+    assert len(requirements) > 10
+    assert [r for r in requirements if not re.fullmatch(r"[A-Za-z0-9_.-]+>=[0-9][0-9.]*", r)] == []
 
 
 def test_stage_1_imports_neither_the_command_line_nor_stage_2():

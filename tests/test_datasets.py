@@ -230,6 +230,24 @@ def test_rows_of_a_duplicate_after_blank_lines_and_leading_blank_lines(tmp_path)
         load_dataset(None, tmp_path)
 
 
+@pytest.mark.parametrize("lines, row", [
+    ([HEADER, GOOD.format(0), ',"t",SD_1_01.jpg\0x,1,2,3'], 3),  # a name that would read as SD_1_01.jpg if cut there
+    ([HEADER, "", ',"two', 'lines",SD_1_01.jpg,1,2\0,3'], 4),  # the line a person sees, inside a quoted record
+    ([HEADER + "\0", GOOD.format(0)], 1),
+])
+def test_a_nul_byte_is_refused_with_its_line(tmp_path, lines, row):
+    (tmp_path / "annotation.csv").write_bytes(_lines(*lines).encode())
+    with pytest.raises(FeatcacheError, match=rf"annotation.csv row {row}: holds a NUL byte \(\\x00\)"):
+        load_dataset("pku-aigiqa-4k", tmp_path)
+
+
+def test_other_control_characters_in_a_name_are_refused_by_the_cell_check(tmp_path):
+    (tmp_path / "annotation.csv").write_text(_lines(HEADER, GOOD.format(0), ',"t",SD_1_01.jpg\x01x,1,2,3'))
+    with pytest.raises(FeatcacheError, match=r"annotation.csv row 3: image path 'All/SD_1_01.jpg\\x01x' holds a "
+                                             r"control character"):
+        load_dataset("pku-aigiqa-4k", tmp_path)
+
+
 def test_rows_of_a_headerless_file_start_at_line_1(tmp_path):
     (tmp_path / "info_train.csv").write_text(_lines("A_1.png,a cat,3", "", "A_2.png,a dog,x"))
     with pytest.raises(FeatcacheError, match=r"info_train.csv row 3: target mos is 'x'"):

@@ -131,8 +131,8 @@ def test_the_logistic_does_not_depend_on_the_labels_scale():
     y = rng.normal(size=40)
     p = y + rng.normal(size=40)
     base = plcc_after_logistic(y, p)
-    for scaled in (y * 1e-6, y * 1e-4 + 3, y * 100, y * 1e6):
-        assert plcc_after_logistic(scaled, p) == pytest.approx(base, abs=1e-12)
+    for scaled in (y * 1e-6, y * 1e-4 + 3, y * 100, y * 1e6):  # y * 1e-4 + 3 keeps about 11 of y's 16 digits
+        assert plcc_after_logistic(scaled, p) == pytest.approx(base, abs=1e-10)
 
 
 def test_the_logistic_is_fitted_on_the_whole_repeat_not_on_one_fold(tmp_path):

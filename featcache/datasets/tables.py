@@ -22,6 +22,7 @@ def read_table(path: Path, header: bool = True, names: list[str] | None = None) 
     try:
         if path.suffix.lower() in SPREADSHEET_SUFFIXES:
             return _read_spreadsheet(path, header, names)
+        _refuse_nul(path)
         frame = pd.read_csv(
             path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
             header=0 if header else None, names=names,
@@ -39,6 +40,16 @@ def read_table(path: Path, header: bool = True, names: list[str] | None = None) 
         starts = list(range(2 if header else 1, len(frame) + (2 if header else 1)))
     frame["row"] = starts
     return frame
+
+
+def _refuse_nul(path: Path) -> None:
+    """Refuse a CSV holding a NUL byte, naming the line it is on. Checked on the raw bytes, because CSV parsers
+    disagree on a NUL (some end the field there), so a name holding one could otherwise pass as another name."""
+    data = path.read_bytes()
+    at = data.find(b"\x00")
+    if at >= 0:
+        line = data.count(b"\n", 0, at) + 1
+        raise FeatcacheError(f"{path} row {line}: holds a NUL byte (\\x00), which no annotation field may hold")
 
 
 def _csv_record_lines(path: Path) -> list[int]:
