@@ -78,14 +78,14 @@ class RepairResult:
 
 
 def repair(path: str | Path) -> RepairResult:
-    """Drop half-created backbones (by rewriting the cache), mark non-finite `done` rows for extraction again, and
+    """Drop half-created backbones and links under /features (by rewriting the cache, never following a link), mark non-finite `done` rows for extraction again, and
     delete temporary files left by killed writers."""
     with lock_cache(path) as target:
         temporaries = [str(p) for p in remove_stale_temporaries(target)]
-        with open_read(path) as f:
+        with open_read(path, repairing=True) as f:
             complete, half = walk_backbones(f)
         if half:
-            rewrite_cache(target, what="dropping half-created backbones")
+            rewrite_cache(target, what="dropping half-created backbones", repairing=True)
         reset = {}
         if complete:
             with open_write(target) as f:
