@@ -66,11 +66,15 @@ def image_stats(root: str | Path, paths: list[str]) -> tuple[np.ndarray, np.ndar
 
 
 def image_hashes(root: str | Path, paths: list[str]) -> np.ndarray:
-    """sha256 of each image's bytes (`--verify`); b'' where the file is missing."""
+    """sha256 of each image's bytes (`--verify`); b'' where the file is missing or its real path leaves the real
+    root (never read: `extract` refuses it, `featcache.untrusted.check_inside_root`)."""
     from featcache.backbones.weights import sha256_file
 
     out = np.zeros(len(paths), dtype="S64")
+    inside = os.path.realpath(root).rstrip(os.sep) + os.sep
     for i, rel in enumerate(paths):
+        if not os.path.realpath(os.path.join(root, rel)).startswith(inside):
+            continue
         try:
             out[i] = sha256_file(Path(root) / rel).encode()
         except OSError:
