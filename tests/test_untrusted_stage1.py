@@ -94,6 +94,14 @@ def test_external_storage_is_refused_and_never_written(data, command):
     assert not (data / "merged.h5").exists()
 
 
+def test_fit_reads_no_external_storage(data):
+    text = data.parent / "outside" / "notes.txt"
+    text.write_bytes(b"0123456789abcdef" * 22)
+    _replace_emb(data / "featcache.h5", shape=(22, 4), external=[(str(text), 0, h5py.h5f.UNLIMITED)])
+    assert "is stored in another file" in _run(["fit", "--cache", "featcache.h5", "--mode", "nr", "--out", "run"])
+    assert not (data / "run").exists()
+
+
 def test_extract_never_writes_through_external_storage(data):
     victim = data.parent / "outside" / "x.bin"
     _replace_emb(data / "featcache.h5", shape=(22, 4), external=[(str(victim), 0, h5py.h5f.UNLIMITED)])
