@@ -2,6 +2,7 @@
 someone else. Each case is built here (small, no network) and must end in one line and exit 2 through the command
 line, with nothing written or read outside the folders the user named (docs/security.md)."""
 
+import csv
 import os
 import shutil
 import stat
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 
 import cli
 from featcache import untrusted
+from featcache.annotation_lookup import read_labels_from_annotation
 from featcache.atomic_write import real_path
 from featcache.cache_check import check_cache, repair
 from featcache.cache_lock import lock_cache, lock_file
@@ -211,17 +213,18 @@ def test_a_planted_temporary_symlink_is_not_followed(tmp_path):
 # ---------------------------------------------------------------------------------------------- annotations
 
 def _xlsx(path, far_cell=None):
+    """The CSV annotation beside `path` as an xlsx (the CSV removed), with one more cell at `far_cell`."""
     from openpyxl import Workbook
 
     book = Workbook()
     sheet = book.active
-    for line in (data_csv := (path.parent / "annotation.csv").read_text().splitlines()):
-        sheet.append(next(__import__("csv").reader([line])))
+    with open(path.parent / "annotation.csv", newline="") as handle:
+        for record in csv.reader(handle):
+            sheet.append(record)
     if far_cell:
         sheet[far_cell] = "x"
     book.save(path)
     (path.parent / "annotation.csv").unlink()
-    return len(data_csv)
 
 
 def test_an_xlsx_declaring_a_huge_sheet_is_refused_before_parsing(data):
@@ -279,8 +282,6 @@ def test_a_recorded_system_file_is_never_read(data):
             f.attrs["annotation"] = recorded
         assert annotation_sha256(recorded) == ""
         assert not untrusted.is_regular_file(recorded)
-        from featcache.annotation_lookup import read_labels_from_annotation
-
         (data / "annotation.csv").rename(data / "moved.csv")  # nothing beside the cache: the recorded path is asked
         try:
             assert read_labels_from_annotation(data / "featcache.h5") is None
