@@ -12,6 +12,7 @@ import numpy as np
 from featcache.errors import FeatcacheError
 from featcache.samples import SampleTable
 from featcache.store import CachedSamples, annotation_sha256, open_read, read_samples
+from featcache.untrusted import is_regular_file
 
 
 @dataclass
@@ -58,7 +59,8 @@ def locate_annotation(path: str | Path, root: str | Path | None = None, annotati
     the command line or featcache.toml), else the annotation file beside the cache, else the one in the current
     folder (the same folder when the cache is the default ./featcache.h5), else (nothing detected) the path stored in
     the cache; None when none of them is there. A copied or moved database is so compared with its own annotation,
-    not with the original's. The dataset adapter and its options default to the cache's. A folder holding a file of
+    not with the original's. A stored path that is not a regular file (a FIFO, a device, /proc) counts as not
+    there. The dataset adapter and its options default to the cache's. A folder holding a file of
     the stored annotation's name gives that file at once (no dataset adapter is imported)."""
     with open_read(path) as f:
         stored_dataset, stored_file, stored_root, stored_options = _stored_annotation(f)
@@ -82,7 +84,7 @@ def locate_annotation(path: str | Path, root: str | Path | None = None, annotati
         source = _annotation_in(folder, name, dataset, stored_dataset, options, "detected")
         if source is not None:
             return source
-    if stored_file and Path(stored_file).is_file() and Path(stored_root).is_dir():
+    if stored_file and is_regular_file(stored_file) and Path(stored_root).is_dir():
         return AnnotationSource(dataset, stored_root, stored_file, options, "stored")
     return None
 
@@ -128,7 +130,7 @@ def read_labels_from_annotation(path: str | Path, source: AnnotationSource | Non
     if source is None:
         with open_read(path) as f:
             dataset, annotation, root, options = _stored_annotation(f)
-        if not annotation or not Path(annotation).is_file() or not Path(root).is_dir():
+        if not annotation or not is_regular_file(annotation) or not Path(root).is_dir():
             return None
         source = AnnotationSource(dataset, root, annotation, options, "stored")
     return load_dataset(source.dataset, source.root, source.annotation, source.options)

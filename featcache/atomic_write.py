@@ -67,7 +67,7 @@ def _new_temporary(target: Path) -> Path:
     while True:
         tmp = target.with_name(temporary_prefix(target) + secrets.token_hex(8))
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
         except FileExistsError:
             continue
         os.close(fd)

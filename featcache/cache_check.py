@@ -13,12 +13,23 @@ import numpy as np
 from featcache.atomic_write import remove_stale_temporaries
 from featcache.cache_lock import lock_cache
 from featcache.cache_rewrite import rewrite_cache
+from featcache.errors import FeatcacheError
 from featcache.store import COPY_ROWS, open_read, open_write, walk_backbones
+from featcache.untrusted import printable
 
 
 def check_cache(path: str | Path, require_complete: bool = False) -> list[str]:
     """Problems of a cache: half-created backbones, missing attributes, wrong shapes, `done` rows not finite, and
-    with `require_complete` (`info --check`) rows not extracted yet (an interrupted run, a shard not merged)."""
+    with `require_complete` (`info --check`) rows not extracted yet (an interrupted run, a shard not merged). A
+    cache that is not self-contained, or whose attributes cannot be read at all, is a one-line FeatcacheError."""
+    try:
+        return _problems(path, require_complete)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise FeatcacheError(f"{path}: the cache is damaged ({type(exc).__name__}: "
+                             f"{printable(str(exc).splitlines()[0] if str(exc) else '')}); it cannot be read") from None
+
+
+def _problems(path: str | Path, require_complete: bool) -> list[str]:
     problems = []
     with open_read(path) as f:
         try:
@@ -78,14 +89,14 @@ class RepairResult:
 
 
 def repair(path: str | Path) -> RepairResult:
-    """Drop half-created backbones (by rewriting the cache), mark non-finite `done` rows for extraction again, and
+    """Drop half-created backbones and links under /features (by rewriting the cache, never following a link), mark non-finite `done` rows for extraction again, and
     delete temporary files left by killed writers."""
     with lock_cache(path) as target:
         temporaries = [str(p) for p in remove_stale_temporaries(target)]
-        with open_read(path) as f:
+        with open_read(path, repairing=True) as f:
             complete, half = walk_backbones(f)
         if half:
-            rewrite_cache(target, what="dropping half-created backbones")
+            rewrite_cache(target, what="dropping half-created backbones", repairing=True)
         reset = {}
         if complete:
             with open_write(target) as f:

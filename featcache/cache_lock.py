@@ -3,11 +3,14 @@
 The lock is keyed on the cache's real path (a symlink and its target share one lock), whatever
 HDF5_USE_FILE_LOCKING says. On Unix it is an flock, which the kernel releases when its process dies: a writer killed
 with -9 leaves no held lock. The lock file itself stays after release (deleting it could let two processes lock two
-different files of one name); its presence means nothing."""
+different files of one name); its presence means nothing. A lock file that is a symlink is refused, never followed:
+a planted link must not make the tool create or truncate a file elsewhere."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +31,7 @@ def lock_cache(path: str | Path) -> Iterator[Path]:
     from filelock import FileLock, Timeout
 
     target = real_path(path)
+    _create_without_following(path, lock_file(target))
     lock = FileLock(lock_file(target), timeout=0)
     try:
         lock.acquire()
@@ -41,3 +45,17 @@ def lock_cache(path: str | Path) -> Iterator[Path]:
         yield target
     finally:
         lock.release()
+
+
+def _create_without_following(path: str | Path, lock: Path) -> None:
+    """Create `lock` if missing (mode 0o666 less the umask), refusing a symlink in its place, so that filelock then
+    opens this very file."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FeatcacheError(f"{path}: the lock file {lock} is a symlink; it is not followed (delete it if you "
+                                 "did not make it)") from None
+        raise FeatcacheError(f"{path}: cannot create the lock file {lock.name} in {lock.parent} ({exc.strerror}); "
+                             "the folder must be writable") from None
+    os.close(fd)

@@ -41,15 +41,16 @@ class NewBackbone:
 def rewrite_cache(path: str | Path, *, add: list[NewBackbone] = (),
                   samples: SampleTable | None = None, root: str | Path | None = None,
                   row_map: np.ndarray | None = None, command: str = "", options: dict | None = None,
-                  what: str = "adding a backbone") -> None:
+                  what: str = "adding a backbone", repairing: bool = False) -> None:
     """Write a new cache next to `path` and rename it in (call with the lock held); `what` names the change in a
     refusal for lack of space (checked first) or a full-disk error.
 
     The new file holds every complete backbone of `path` (half-created ones are left out) plus the backbones `add`.
     With `samples`, the tables are rebuilt from them and backbone rows are carried over through `row_map` (new image
-    index -> old index or -1); rows not carried over are extracted again."""
+    index -> old index or -1); rows not carried over are extracted again. `repairing`: `path` may hold links
+    under /features (`featcache.store.open_read`); they are left out like half-created backbones."""
     path = real_path(path)
-    with h5py.File(path, "r", locking=False) as src:
+    with open_read(path, repairing) as src:  # a self-contained cache: only its own data is copied
         keep = backbone_ids(src)
         rows = len(samples.distinct_images()[0]) if samples is not None else len(src["images/key"])
         needed = sum(feature_bytes(rows, int(src[f"features/{b}"].attrs["dim"])) for b in keep)

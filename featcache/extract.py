@@ -37,6 +37,7 @@ from featcache.forward import (
 from featcache.image_changes import CacheComparison, compare_with_cache, refresh_image_stats
 from featcache.image_rows import Decoding, image_rows
 from featcache.images import DEFAULT_MAX_PIXELS, DRAFT_RULE, check_files_present
+from featcache.untrusted import check_inside_root
 from featcache.samples import SampleTable
 from featcache.store import (
     backbone_ids,
@@ -167,6 +168,7 @@ def _checked_before_update(request: _Request, state: CacheComparison):
     if not needed:
         return None
     check_files_present(request.root, needed)
+    check_inside_root(request.root, needed)
     return _built(request.backbone, request.device)
 
 
@@ -271,6 +273,7 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
         if not todo:
             return result
         check_files_present(root, [paths[i] for i in todo])
+        check_inside_root(root, [paths[i] for i in todo])
         workers = loader_workers(workers, len(todo), batch_size)
         if extractor is None:
             extractor = _built(backbone, torch_device)

@@ -7,11 +7,22 @@ from pathlib import Path
 
 import numpy as np
 
+from featcache.errors import FeatcacheError
 from featcache.grouping import content_groups
 from featcache.store import open_read, read_config, read_provenance, read_samples, walk_backbones
+from featcache.untrusted import printable
 
 
 def cache_info(path: str | Path) -> dict:
+    """What `info` shows of the cache at `path`; a damaged table or attribute is a one-line FeatcacheError."""
+    try:
+        return _cache_info(path)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise FeatcacheError(f"{path}: the cache is damaged ({type(exc).__name__}: "
+                             f"{printable(str(exc).splitlines()[0] if str(exc) else '')}); it cannot be read") from None
+
+
+def _cache_info(path: str | Path) -> dict:
     with open_read(path) as f:
         samples = read_samples(f)
         complete, half_created = walk_backbones(f)  # one walk of /features for both lists
@@ -45,6 +56,7 @@ def cache_info(path: str | Path) -> dict:
 
 
 def format_info(info: dict) -> str:
+    """The lines `featcache info` prints; control characters from the cache are shown escaped (e.g. \\x1b)."""
     lines = [
         f"cache      {info['path']}",
         f"dataset    {info['dataset']} ({Path(info['annotation']).name})",
@@ -82,4 +94,4 @@ def format_info(info: dict) -> str:
         disk = ", images unchanged on disk" if info.get("images_compared") else ""
         lines += [f"problem    {p}" for p in info["problems"]] or ["check      ok: every done row finite, tables and "
                                                                     f"attributes complete{disk}"]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # a cache's text never reaches the terminal raw

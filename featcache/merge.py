@@ -47,7 +47,7 @@ def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
         first = sources[0]
         for path, f in zip(shards, sources):
             for attr in ("manifest_sha256", "samples_sha256"):
-                if f.attrs[attr] != first.attrs[attr]:
+                if f.attrs.get(attr) is None or f.attrs.get(attr) != first.attrs.get(attr):
                     raise FeatcacheError(f"{path} was built from other images or labels than {shards[0]}")
         wanted = sorted({b for f in sources for b in backbone_ids(f)})
         configs = {bid: _agreed_config(bid, shards, sources) for bid in wanted}  # shards that disagree: refused
@@ -60,7 +60,7 @@ def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
             present: set[str] = set()
             if out.exists():
                 with open_read(out) as target:
-                    if target.attrs["manifest_sha256"] != first.attrs["manifest_sha256"]:
+                    if target.attrs.get("manifest_sha256") != first.attrs.get("manifest_sha256"):
                         raise FeatcacheError(f"{name} exists and was built from other images than the shards")
                     present = set(backbone_ids(target))
                     for bid in sorted(present & set(wanted)):

@@ -45,7 +45,7 @@ def read_by_a_cache(cache: str | Path | None) -> list[Path]:
     try:
         import h5py
 
-        with h5py.File(cache, "r") as f:
+        with h5py.File(cache, "r", locking=False) as f:
             annotation = str(f.attrs.get("annotation", ""))
     except (OSError, ValueError):
         return out
@@ -59,14 +59,33 @@ def config_file() -> Path:
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:
-    """Write through a temporary file beside it, so an interrupted write never leaves half a file."""
+    """Write through a new temporary file beside it, created exclusively (`tempfile.mkstemp`: never an existing file
+    or a planted symlink), then renamed over `path`, so an interrupted write never leaves half a file. The file gets
+    the mode any new file gets (0o666 less the umask), not mkstemp's private 0o600."""
+    import tempfile
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    fd, name = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
-        tmp.write_text(text)
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask, read from /proc where it can be (os.umask would change it while other threads run)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -27,6 +27,7 @@ from featcache.atomic_write import atomic_h5
 from featcache.decode import decode_option
 from featcache.errors import FeatcacheError
 from featcache.samples import SampleTable
+from featcache.untrusted import check_self_contained
 
 FORMAT = "featcache-cache"
 FORMAT_VERSION = 2  # 2 adds /images/size and /images/mtime_ns; version 1 caches are read and extended as they are
@@ -65,11 +66,15 @@ def image_stats(root: str | Path, paths: list[str]) -> tuple[np.ndarray, np.ndar
 
 
 def image_hashes(root: str | Path, paths: list[str]) -> np.ndarray:
-    """sha256 of each image's bytes (`--verify`); b'' where the file is missing."""
+    """sha256 of each image's bytes (`--verify`); b'' where the file is missing or its real path leaves the real
+    root (never read: `extract` refuses it, `featcache.untrusted.check_inside_root`)."""
     from featcache.backbones.weights import sha256_file
 
     out = np.zeros(len(paths), dtype="S64")
+    inside = os.path.realpath(root).rstrip(os.sep) + os.sep
     for i, rel in enumerate(paths):
+        if not os.path.realpath(os.path.join(root, rel)).startswith(inside):
+            continue
         try:
             out[i] = sha256_file(Path(root) / rel).encode()
         except OSError:
@@ -228,7 +233,8 @@ def walk_backbones(f: h5py.File) -> tuple[list[str], list[str]]:
     """(complete backbone ids, half-created or unreadable group names) under /features.
 
     Walked group by group, each step guarded, so one damaged object is reported as such while every readable
-    backbone stays listed, and `repair` can keep those."""
+    backbone stays listed, and `repair` can keep those. Soft and external links are listed as damaged, never
+    followed."""
     complete: list[str] = []
     half: list[str] = []
     errors = (RuntimeError, KeyError, OSError, ValueError)
@@ -248,6 +254,9 @@ def walk_backbones(f: h5py.File) -> tuple[list[str], list[str]]:
         for name in names:
             path = f"{prefix}/{name}" if prefix else name
             try:
+                if not isinstance(group.get(name, getlink=True), h5py.HardLink):
+                    half.append(path)  # never followed: it could lead into another file
+                    continue
                 obj = group[name]
                 if not isinstance(obj, h5py.Group):
                     continue
@@ -287,14 +296,26 @@ def open_write(path: str | Path) -> h5py.File:
             raise FeatcacheError(f"{path}: the cache is read-only; cannot write to it") from exc
         raise FeatcacheError(f"{path}: cannot open the cache for writing ({str(exc).splitlines()[0]}); is it open "
                              "in another program, or not a featcache cache?") from exc
-    if f.attrs.get("format") != FORMAT:
+    return _checked(f, path)
+
+
+def _checked(f: h5py.File, path: str | Path, repairing: bool = False) -> h5py.File:
+    """`f` when it is a featcache cache in one self-contained file (`featcache.untrusted.check_self_contained`);
+    else closed and refused with one line."""
+    try:
+        if f.attrs.get("format") != FORMAT:
+            raise FeatcacheError(f"{path}: not a featcache cache")
+        check_self_contained(f, path, repairing)
+    except BaseException:
         f.close()
-        raise FeatcacheError(f"{path}: not a featcache cache")
+        raise
     return f
 
 
-def open_read(path: str | Path) -> h5py.File:
-    """Open for reading, also while an extraction writes it (rows not yet `done` are simply not used)."""
+def open_read(path: str | Path, repairing: bool = False) -> h5py.File:
+    """Open for reading, also while an extraction writes it (rows not yet `done` are simply not used). Refused with
+    one line unless the file is self-contained (`featcache.untrusted.check_self_contained`; `repairing`: links
+    under /features are let through for `repair` to drop)."""
     path = Path(path)
     if not path.is_file():
         raise FeatcacheError(f"{path}: cache not found (run `featcache extract` first)")
@@ -302,10 +323,7 @@ def open_read(path: str | Path) -> h5py.File:
         f = h5py.File(path, "r", locking=False)
     except OSError as exc:
         raise FeatcacheError(f"{path}: not a readable HDF5 cache ({str(exc).splitlines()[0]})") from exc
-    if f.attrs.get("format") != FORMAT:
-        f.close()
-        raise FeatcacheError(f"{path}: not a featcache cache")
-    return f
+    return _checked(f, path, repairing)
 
 
 @dataclass
@@ -331,6 +349,15 @@ class CachedSamples:
 
 
 def read_samples(f: h5py.File) -> CachedSamples:
+    """The sample table; a table missing or of the wrong kind is a one-line error naming the cache."""
+    try:
+        return _read_samples(f)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise FeatcacheError(f"{f.filename}: the cache's sample tables are damaged ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}); it cannot be read") from None
+
+
+def _read_samples(f: h5py.File) -> CachedSamples:
     s = f["samples"]
     return CachedSamples(
         key=s["key"].asstr()[()], group=s["group"].asstr()[()], generator=s["generator"].asstr()[()],
@@ -352,10 +379,12 @@ def read_provenance(f: h5py.File, bid: str) -> dict:
 
 
 def annotation_sha256(source: str | None) -> str:
-    """sha256 of the annotation file's bytes; '' when there is none or it cannot be read."""
+    """sha256 of the annotation file's bytes; '' when there is none, it cannot be read or is not a regular file."""
     from featcache.backbones.weights import sha256_file
 
+    from featcache.untrusted import is_regular_file
+
     try:
-        return sha256_file(source) if source and Path(source).is_file() else ""
+        return sha256_file(source) if source and is_regular_file(source) else ""
     except OSError:
         return ""

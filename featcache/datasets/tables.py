@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from featcache.errors import FeatcacheError
+from featcache.untrusted import check_annotation_file
 
 SPREADSHEET_SUFFIXES = (".xlsx", ".xlsm", ".xls")
 
@@ -19,6 +20,7 @@ def read_table(path: Path, header: bool = True, names: list[str] | None = None) 
     path = Path(path)
     if not path.is_file():
         raise FeatcacheError(f"{path}: annotation file not found")
+    check_annotation_file(path)  # a regular file, a spreadsheet within the limits: featcache.untrusted
     try:
         if path.suffix.lower() in SPREADSHEET_SUFFIXES:
             return _read_spreadsheet(path, header, names)
