@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from featcache import __version__, interrupts
+from featcache.untrusted import printable
 from featcache.backbones.pooling import POOLINGS, pooling_help
 from featcache.decode import DECODE_CHOICES, DECODE_HELP
 from featcache.defaults import DEFAULT_CACHE, load_config, pick
@@ -24,7 +25,7 @@ from featcache.errors import FeatcacheError
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    click.echo(f"warning: {message}", err=True)
+    click.echo(f"warning: {printable(message, newlines=True)}", err=True)
 
 
 # What Ctrl-C means, per command: only the writers of a cache keep work and resume.
@@ -78,7 +79,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except FeatcacheError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {printable(exc, newlines=True)}", err=True)  # names from files, escaped
             sys.exit(2)
         except KeyboardInterrupt as exc:
             if handlers:  # the command is ending: a later signal must not break its exit

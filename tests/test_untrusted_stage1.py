@@ -357,3 +357,14 @@ def test_verify_never_hashes_an_image_outside_the_root(tmp_path):
     (root / "out.jpg").symlink_to(tmp_path / "secret.jpg")
     hashes = image_hashes(root, ["in.jpg", "out.jpg"])
     assert len(hashes[0]) == 64 and hashes[1] == b""
+
+
+def test_error_lines_show_escape_sequences_from_files_escaped(tmp_path):
+    """A name read from a file reaches an error line escaped: no terminal escape sequence is printed raw."""
+    import cli
+
+    (tmp_path / "annotation.csv").write_text("Generated_image,MOS_q,\x1b]0;pwned\x07\na.jpg,1,2\n")
+    result = CliRunner().invoke(cli.main, ["extract", "--root", str(tmp_path), "--backbone", "resnet18",
+                                           "--random-weights", "--cache", str(tmp_path / "c.h5")])
+    assert result.exit_code == 2 and "\x1b" not in result.output and "\x07" not in result.output, result.output
+    assert "\\x1b]0;pwned\\x07" in result.output  # named, escaped
