@@ -7,6 +7,7 @@ folder that cannot be written is a one-line error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -67,6 +68,33 @@ def write_text_atomically(path: str | Path, text: str) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomically(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a new temporary file `.NAME.<random>.tmp` in the same folder, created
+    exclusively and without following links (`O_CREAT | O_EXCL | O_NOFOLLOW`, as `tempfile.mkstemp` opens its
+    files, so a planted file or symbolic link is never written through) with the mode any new file gets (0o666
+    less the umask), then renamed over `path` (`os.replace`: a link at `path` is replaced, not followed). A failed
+    or interrupted write leaves `path` as it was and removes the temporary file."""
+    import secrets
+
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    while True:
+        tmp = path.absolute().parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -1,0 +1,49 @@
+"""Text from files, made safe to open in a spreadsheet (CSV cells) and to print (control characters).
+
+Names in the outputs (image paths, keys, generators, targets, backbones) come from files other people made. A
+spreadsheet runs a cell that starts with `=`, `+`, `-` or `@` as a formula (and some read a leading tab or carriage
+return the same way), so every such text cell is written with a leading `'`, which spreadsheets show as text.
+Numbers are written as numbers: only `str` cells are escaped, so a score of -0.5 stays -0.5.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import unicodedata
+from collections.abc import Iterable
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value):
+    """`value` with a leading `'` when it is text (not a `Number`) that starts like a formula; else unchanged."""
+    if isinstance(value, str) and not isinstance(value, Number) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_text(header: Iterable, rows: Iterable[Iterable]) -> str:
+    """A whole CSV file (csv module's default dialect, `\\r\\n` line ends) with every cell through
+    `spreadsheet_cell`: text cells get the escape where they need it; numbers, and numbers formatted as text and
+    passed as `Number`, never do."""
+    handle = io.StringIO()
+    writer = csv.writer(handle)
+    writer.writerow([spreadsheet_cell(v) for v in header])
+    writer.writerows([[spreadsheet_cell(v) for v in row] for row in rows])
+    return handle.getvalue()
+
+
+class Number(str):
+    """A number already formatted as text (`f"{score:.6f}"`): written as it is, never escaped."""
+
+
+def printable(text) -> str:
+    """`text` for a terminal: control and format characters (escape sequences, carriage returns, bidirectional
+    overrides) shown escaped as `\\x1b` or `\\u202e`, so text from a file cannot move the cursor, clear the screen
+    or disguise itself."""
+    text = str(text)
+    if all(unicodedata.category(c) not in ("Cc", "Cf") for c in text):
+        return text
+    return "".join(c if unicodedata.category(c) not in ("Cc", "Cf") else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
