@@ -58,8 +58,8 @@ def format_table(summary: list[dict], markdown: bool = False) -> str:
         "regressor", "mode", "target", "SRCC", "PLCC", "PLCC logistic", "KRCC", "RMSE", "SRCC pooled", "folds",
         "train/test"]
     rows = [([printable(r.get("backbone", ""))] if with_backbone else []) + [
-        printable(r["regressor"]), printable(r["mode"]), printable(r["target"]), _cell(r, "srcc"), _cell(r, "plcc"), _cell(r, "plcc_logistic"),
-        _cell(r, "krcc"), _cell(r, "rmse"), _number(r.get("srcc_pooled")), _folds_cell(r),
+        printable(r["regressor"]), printable(r["mode"]), printable(r["target"]), _cell(r, "srcc"), _cell(r, "plcc"),
+        _cell(r, "plcc_logistic"), _cell(r, "krcc"), _cell(r, "rmse"), _number(r.get("srcc_pooled")), _folds_cell(r),
         f"{r['n_train']}/{r['n_test']}"] for r in summary]
     return _render(header, rows, markdown)
 
