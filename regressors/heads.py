@@ -179,7 +179,7 @@ def check_predict_metadata(head: str | Path, meta: dict) -> None:
     one this version knows."""
     for key, kind in PREDICT_METADATA.items():
         if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
-            raise FeatcacheError(f"{head}: damaged featcache head (metadata {key} missing or not a {kind.__name__})")
+            raise FeatcacheError(f"{head}: damaged featcache head (metadata {key} missing or not of type {kind.__name__})")
     if not isinstance(meta["backbone_config"].get("weights"), dict):
         raise FeatcacheError(f"{head}: damaged featcache head (metadata backbone_config.weights missing)")
     get_mode(meta["mode"])

@@ -263,6 +263,18 @@ def test_a_head_declaring_more_features_than_its_arrays_is_refused_before_alloca
     _one_line_refusal(result, "damaged featcache head", "n_features_in")
 
 
+@pytest.mark.parametrize("changes, needle", [
+    ({"backbone_config": "resnet18"}, "metadata backbone_config missing or not of type dict"),
+    ({"feature_dim": 1e13}, "metadata feature_dim missing or not of type int"),
+    ({"mode": "os:system"}, "unknown mode 'os:system'"),
+    ({"target": ["MOS_q"]}, "metadata target missing or not of type str")])
+def test_a_head_with_metadata_of_the_wrong_kind_is_refused(workdir, changes, needle):
+    head = _crafted_head(workdir, "kinds.safetensors", **changes)
+    result = CliRunner().invoke(cli.main, ["predict", "--head", str(head), str(workdir / "x.jpg"), "--out",
+                                           str(workdir / "kinds.csv")])
+    _one_line_refusal(result, needle)
+
+
 def test_a_head_that_is_a_device_or_a_pipe_is_refused(workdir, tmp_path):
     (tmp_path / "zero.safetensors").symlink_to("/dev/zero")
     os.mkfifo(tmp_path / "pipe.safetensors")
