@@ -75,7 +75,8 @@ def load_head(path: str | Path) -> tuple[object, dict]:
         raise FeatcacheError(f"{path}: not a featcache head")
     try:
         model = _rebuild(meta, arrays)
-    except (KeyError, TypeError, ValueError) as exc:
+        model.predict(np.zeros((1, model.n_features_in_)))  # arrays whose shapes disagree fail here, not in predict
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
         raise FeatcacheError(f"{path}: damaged featcache head ({type(exc).__name__}: {exc})") from exc
     return model, meta
 

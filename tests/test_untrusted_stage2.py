@@ -275,6 +275,16 @@ def test_a_head_with_metadata_of_the_wrong_kind_is_refused(workdir, changes, nee
     _one_line_refusal(result, needle)
 
 
+def test_a_head_whose_arrays_disagree_with_each_other_is_refused_on_loading(workdir):
+    from featcache.errors import FeatcacheError
+    from regressors.heads_io import load_head
+
+    arrays, _ = _head_parts(workdir)
+    head = _crafted_head(workdir, "coef.safetensors", arrays=dict(arrays, **{"est.coef_": arrays["est.coef_"][:2]}))
+    with pytest.raises(FeatcacheError, match="damaged featcache head"):
+        load_head(head)
+
+
 def test_a_head_that_is_a_device_or_a_pipe_is_refused(workdir, tmp_path):
     (tmp_path / "zero.safetensors").symlink_to("/dev/zero")
     os.mkfifo(tmp_path / "pipe.safetensors")
