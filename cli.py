@@ -554,7 +554,7 @@ def bench(cache, backbones, modes, targets, regressors, dataset, root, annotatio
 def table(results, fmt, metric, out, overwrite):
     """Pivot results.json files (or run folders) into the paper's layout: method x backbone x regressor rows,
     target x metric columns, floors as reference rows, best per column in bold."""
-    from featcache.outputs import check_output_file, write_text_atomically
+    from featcache.outputs import check_output_file, write_bytes_atomically
     from regressors.tables import load_results, render_table
 
     if out:
@@ -562,7 +562,7 @@ def table(results, fmt, metric, out, overwrite):
         check_output_file(out, "--out", overwrite, reads)
     text = render_table(load_results(list(results)), _names(metric), fmt)
     if out:
-        write_text_atomically(out, text)
+        write_bytes_atomically(out, text.encode("utf-8"))
         click.echo(f"wrote {out}")
     else:
         click.echo(text, nl=False)
@@ -593,7 +593,9 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
     from regressors.metrics import quality_metrics
 
     from featcache.outputs import check_output_file, config_file, read_by_a_cache
-    from regressors.heads_io import weights_files_read
+    from regressors.heads import recorded_weights
+    from regressors.heads_io import read_metadata
+    from featcache.untrusted import printable
 
     from featcache.images import DEFAULT_MAX_PIXELS
 
@@ -618,7 +620,11 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
     cache = pick(cache, config, "cache", DEFAULT_CACHE)
     if Path(out).exists():  # with --overwrite: still never over what this run reads
         source = samples.source if labels is not None else None
-        check_output_file(out, "--out", overwrite, (*read_by_a_cache(cache), source, *weights_files_read(head),
+        try:
+            weights_read = weights or recorded_weights(read_metadata(head), cache)
+        except Exception:  # not a head: predict_paths says so
+            weights_read = None
+        check_output_file(out, "--out", overwrite, (*read_by_a_cache(cache), source, weights_read,
                                                     *(Path(base) / p for p in paths),
                                                     *(Path(base) / p for p in prompts if p)))
     scores, meta = predict_paths(head, base, paths, prompts, backbone=backbone, weights=weights, mode=mode,
@@ -630,15 +636,15 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
     truth = labels.get(meta["target"]) if labels else None
     write_scores(out, paths, prompts, scores, meta["target"], truth)
     for path, score in list(zip(paths, scores))[:10]:
-        click.echo(f"{score:8.4f}  {path}")
+        click.echo(f"{score:8.4f}  {printable(path)}")
     if len(paths) > 10:
         click.echo(f"... {len(paths) - 10} more")
     reused = f"; {meta['reused']} images from the cache, {meta['extracted']} extracted" if meta["reused"] else ""
-    click.echo(f"wrote {len(paths)} scores ({score_column(meta['target'])}, {meta['regressor']} {meta['mode']} "
-               f"head) to {out}{reused}")
+    click.echo(f"wrote {len(paths)} scores ({printable(score_column(meta['target']))}, {meta['regressor']} "
+               f"{meta['mode']} head) to {out}{reused}")
     if truth is not None:
         metrics = quality_metrics(truth, scores)
-        click.echo(f"against {meta['target']} of the annotation: SRCC {metrics['srcc']:.3f}, PLCC "
+        click.echo(f"against {printable(meta['target'])} of the annotation: SRCC {metrics['srcc']:.3f}, PLCC "
                    f"{metrics['plcc']:.3f}, RMSE {metrics['rmse']:.3f} ({len(paths)} images; in-sample if the "
                    "head was trained on them)")
 

@@ -7,6 +7,7 @@ folder that cannot be written is a one-line error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -59,33 +60,35 @@ def config_file() -> Path:
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:
-    """Write through a new temporary file beside it, created exclusively (`tempfile.mkstemp`: never an existing file
-    or a planted symlink), then renamed over `path`, so an interrupted write never leaves half a file. The file gets
-    the mode any new file gets (0o666 less the umask), not mkstemp's private 0o600."""
-    import tempfile
+    """`write_bytes_atomically` of `text` encoded as UTF-8."""
+    write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def write_bytes_atomically(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a new temporary file `.NAME.<random>.tmp` in the same folder, created
+    exclusively and without following links (`O_CREAT | O_EXCL | O_NOFOLLOW`, as `tempfile.mkstemp` opens its
+    files, so a planted file or symbolic link is never written through) with the mode any new file gets (0o666
+    less the umask), then renamed over `path` (`os.replace`: a link at `path` is replaced, not followed). A failed
+    or interrupted write leaves `path` as it was and removes the temporary file."""
+    import secrets
 
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    while True:
+        tmp = path.absolute().parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    """The process's umask, read from /proc where it can be (os.umask would change it while other threads run)."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import unicodedata
 import zipfile
 from pathlib import Path
 
@@ -139,21 +140,18 @@ def check_inside_root(root: str | Path, paths: list[str]) -> None:
 
 # ------------------------------------------------------------------------------------------------- printed text
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
 def printable(text: object, newlines: bool = False) -> str:
-    """`text` with control characters (terminal escape sequences included) shown escaped, e.g. ESC as \\x1b; tabs
-    and, with `newlines`, line breaks are kept."""
+    """`text` for a terminal: control and format characters (Unicode categories Cc and Cf: escape sequences, carriage
+    returns, bidirectional overrides) shown escaped as `\\x1b` or `\\u202e`, so text from a file cannot move the
+    cursor, clear the screen or disguise itself. Tabs are kept, and line breaks too with `newlines`."""
     text = str(text)
 
-    def escape(match: re.Match) -> str:
-        c = match.group()
-        if newlines and c == "\n":
+    def shown(c: str) -> str:
+        if c == "\t" or (newlines and c == "\n") or unicodedata.category(c) not in ("Cc", "Cf"):
             return c
-        return repr(c)[1:-1] if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+        return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
 
-    return _CONTROL.sub(escape, text.replace("\n", "\\n") if not newlines else text)
+    return "".join(shown(c) for c in text)
 
 
 # ------------------------------------------------------------------------------------------------- HDF5 caches

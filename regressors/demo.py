@@ -71,10 +71,13 @@ def run_demo(out: str | Path = "demo-out", *, views: int = 6, folds: int = 4, se
     seconds = time.perf_counter() - start
     echo(f"[4/4] fitted {len(results.folds)} heads on both poolings; report {paths['report']}")
     report = paths["report"]
-    report.write_text(report.read_text() + "\nLabels are synthetic and exact: quality from the distortion level, "
-                      "correspondence from the drift of the framing (see `featcache synth --help`); they test what "
-                      "a method can see, not how people judge images.\n\n"
-                      f"Total time: {seconds:.0f} s.\n")
+    from featcache.outputs import write_bytes_atomically
+
+    text = report.read_text(encoding="utf-8") + (
+        "\nLabels are synthetic and exact: quality from the distortion level, correspondence from the drift of the "
+        "framing (see `featcache synth --help`); they test what a method can see, not how people judge images.\n\n"
+        f"Total time: {seconds:.0f} s.\n")
+    write_bytes_atomically(report, text.encode("utf-8"))
     echo(f"done in {seconds:.0f} s: {report}")
     return report
 

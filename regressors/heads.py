@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from regressors.fitting import fit_estimator
 from regressors.heads_io import check_savable, load_head, save_head
 from regressors.modes import features_for_mode, get_mode
 from regressors.registry import get_regressor
+from featcache.untrusted import printable
 from regressors.splits import subset_mask
 
 
@@ -161,12 +161,69 @@ def backbone_to_load(head: str | Path, meta: dict, wanted: str | None) -> str:
     except FeatcacheError:  # the hint also knows the registry's names for it (lite0/paper -> lite0/multilevel)
         names = [n for n, spec in BACKBONES.items() if spec.arch == full_arch.split(".")[0]]
         forms = {*short_forms(bid), *names, *(f"{n}/{pool}" for n in names)}
-        raise unknown_name("backbone", wanted, [bid], f" of the head {head}", aliases=dict.fromkeys(forms, bid)) \
+        raise unknown_name("backbone", wanted, [printable(bid)], f" of the head {head}",
+                           aliases=dict.fromkeys(forms, printable(bid))) \
             from None
     name = wanted.partition("/")[0]
     if name in BACKBONES or (own not in BACKBONES and name in {full_arch, full_arch.split(".")[0]}):
         return name
     return own
+
+
+PREDICT_METADATA = {"mode": str, "target": str, "regressor": str, "backbone_id": str, "backbone_name": str,
+                    "pool": str, "backbone_config": dict, "feature_dim": int}
+
+
+def check_predict_metadata(head: str | Path, meta: dict) -> None:
+    """The metadata predict reads, each of its type (a one-line error naming the first that is not), the mode
+    one this version knows."""
+    for key, kind in PREDICT_METADATA.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise FeatcacheError(f"{head}: damaged featcache head (metadata {key} missing or not of type {kind.__name__})")
+    if not isinstance(meta["backbone_config"].get("weights"), dict):
+        raise FeatcacheError(f"{head}: damaged featcache head (metadata backbone_config.weights missing)")
+    get_mode(meta["mode"])
+
+
+def recorded_weights(meta: dict, cache: str | Path | None) -> Path | None:
+    """The weights file `cache` recorded for the head's backbone id, when its sha256 is the one the head names and
+    the file there still has it; else None. A head names its weights by hash only: the path in its metadata is
+    never opened."""
+    from featcache.backbones.weights import weights_sha256
+
+    wanted = str(meta.get("backbone_config", {}).get("weights", {}).get("file_sha256") or "")
+    if len(wanted) != 64 or cache is None or not Path(cache).is_file():
+        return None
+    try:
+        with open_read(cache) as f:
+            recorded = read_config(f, meta["backbone_id"]).get("weights", {})
+    except (FeatcacheError, KeyError, TypeError, ValueError, OSError):
+        return None
+    if not isinstance(recorded, dict) or recorded.get("file_sha256") != wanted or not recorded.get("file"):
+        return None
+    path = Path(str(recorded["file"]))
+    try:
+        return path if path.is_file() and weights_sha256(path) == wanted else None
+    except OSError:
+        return None
+
+
+def weights_to_load(head: str | Path, meta: dict, weights: str | None, cache: str | Path | None) -> str | None:
+    """The weights file predict builds the head's backbone from: `weights` when the user gives one; for a head
+    whose backbone came from a file, the one `cache` recorded with the sha256 the head names
+    (`recorded_weights`); else a one-line error asking for --weights. None for hub, package or random weights."""
+    if weights is not None:
+        return weights
+    source = meta["backbone_config"]["weights"]
+    if source.get("source") != "file":
+        return None
+    found = recorded_weights(meta, cache)
+    if found is None:
+        sha = printable(str(source.get("file_sha256") or "unknown"))[:64]
+        raise FeatcacheError(f"{head}: its backbone {printable(meta['backbone_id'])} was built from a local weights "
+                             f"file (sha256 {sha}) that the cache {cache} does not hold; pass that file with "
+                             "--weights FILE (a head names its weights by hash; a path in it is not opened)")
+    return str(found)
 
 
 def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts: list[str], *,
@@ -176,12 +233,13 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
     """Scores of `images` (paths relative to root; prompts '' where none) with a saved head. Features already in
     `cache` under the head's backbone id are reused; only the others are extracted (`meta['reused']` counts)."""
     model, meta = load_head(head)
+    check_predict_metadata(head, meta)
     if mode is not None and mode != meta["mode"]:
         raise FeatcacheError(f"{head} was trained for --mode {meta['mode']}, not {mode}")
     has = np.array([bool(p) for p in prompts])
     if get_mode(meta["mode"]).needs_prompt_image and not has.all():
         if len(images) > 1:  # a database or folder: say how many and what to score instead
-            first = images[int(np.argmin(has))]
+            first = printable(images[int(np.argmin(has))])
             raise FeatcacheError(f"{head} is a {meta['mode']} head: {int((~has).sum())} of {len(images)} images have "
                                  f"no image prompt (first: {first}); score only those with one (e.g. --dataset "
                                  "pku-i2iqa, or their files with --prompt-image), or use a pr head, which takes both")
@@ -197,12 +255,11 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
         from featcache.forward import compute_features
 
         source = meta["backbone_config"]["weights"]
-        if weights is None and source["source"] == "file":
-            weights = source.get("file")
+        weights = weights_to_load(head, meta, weights, cache)
         model_backbone = load_backbone(name, meta["pool"], weights, source["source"] == "random",
                                        meta["image_size"])
         if model_backbone.id != meta["backbone_id"]:
-            raise FeatcacheError(f"{head} was trained on backbone {meta['backbone_id']}; {name} gives "
+            raise FeatcacheError(f"{head} was trained on backbone {printable(meta['backbone_id'])}; {name} gives "
                                  f"{model_backbone.id}. Use the head's own backbone")
         from featcache.decode import decode_option
         from featcache.devices import resolve_device
@@ -237,12 +294,13 @@ def score_column(target: str) -> str:
 
 def write_scores(path: str | Path, images: list[str], prompts: list[str], scores: np.ndarray, target: str,
                  labels: np.ndarray | None = None) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "prompt_image", score_column(target)] + ([target] if labels is not None else []))
-        for k, (image, prompt, score) in enumerate(zip(images, prompts, scores)):
-            writer.writerow([image, prompt, f"{score:.6f}"] + ([repr(float(labels[k]))] if labels is not None
-                                                               else []))
-    tmp.replace(path)
+    """`predict`'s CSV (image, prompt_image, pred_<target>[, <target>]), written atomically through a temporary
+    file created exclusively; image names that start like a spreadsheet formula get a leading `'`."""
+    from featcache.outputs import write_bytes_atomically
+    from regressors.safe_text import Number, csv_text
+
+    header = ["image", "prompt_image", score_column(target)] + ([target] if labels is not None else [])
+    rows = ([image, prompt, Number(f"{score:.6f}")] + ([Number(repr(float(labels[k])))] if labels is not None
+                                                       else [])
+            for k, (image, prompt, score) in enumerate(zip(images, prompts, scores)))
+    write_bytes_atomically(path, csv_text(header, rows).encode("utf-8"))

@@ -29,7 +29,9 @@ def check_savable(regressor: str) -> None:
 
 
 def save_head(model, regressor: str, path: str | Path, metadata: dict) -> None:
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
+
+    from featcache.outputs import write_bytes_atomically
 
     check_savable(regressor)
     spec = get_regressor(regressor)
@@ -44,9 +46,7 @@ def save_head(model, regressor: str, path: str | Path, metadata: dict) -> None:
     meta = dict(metadata, format=FORMAT, format_version=FORMAT_VERSION, regressor=regressor,
                 params=model.get_params(), scalars={name: float(getattr(model, name)) for name in spec.saved_scalars},
                 n_features_in=int(model.n_features_in_))
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    save_file(tensors, str(tmp), metadata={"featcache": json.dumps(meta, default=str)})
-    tmp.replace(path)
+    write_bytes_atomically(path, save(tensors, metadata={"featcache": json.dumps(meta, default=str)}))
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -57,23 +57,15 @@ def read_metadata(path: str | Path) -> dict:
         return json.loads((handle.metadata() or {}).get("featcache", "{}"))
 
 
-def weights_files_read(path: str | Path) -> list[Path]:
-    """The weights file a head's backbone was built from (predict loads it when --weights is not given); none
-    for a file that is not a head (predict reports that itself)."""
-    try:
-        weights = read_metadata(path)["backbone_config"]["weights"].get("file")
-    except Exception:
-        return []
-    return [Path(weights)] if weights else []
-
-
 def load_head(path: str | Path) -> tuple[object, dict]:
     """A fitted estimator and its metadata; any malformed head is a one-line error naming the file."""
     from safetensors.numpy import load_file
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FeatcacheError(f"{path}: head file not found")
+    if not path.is_file():  # a folder, a device (/dev/zero) or a pipe: nothing a head is
+        raise FeatcacheError(f"{path}: not a regular file; a head is a .safetensors file saved by fit --save-head")
     try:
         meta = read_metadata(path)
         arrays = load_file(str(path))
@@ -83,7 +75,8 @@ def load_head(path: str | Path) -> tuple[object, dict]:
         raise FeatcacheError(f"{path}: not a featcache head")
     try:
         model = _rebuild(meta, arrays)
-    except (KeyError, TypeError, ValueError) as exc:
+        model.predict(np.zeros((1, model.n_features_in_)))  # arrays whose shapes disagree fail here, not in predict
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
         raise FeatcacheError(f"{path}: damaged featcache head ({type(exc).__name__}: {exc})") from exc
     return model, meta
 
@@ -95,7 +88,7 @@ def _rebuild(meta: dict, arrays: dict):
     params = {k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["params"].items() if k in known}
     model = cls(**params)
     version = int(meta.get("format_version", 1))
-    n_features = int(meta["n_features_in"])
+    n_features = _declared_features(meta, arrays)
     for name in spec.saved_arrays:
         if name == "x_keep_" and version < 2:
             value = np.ones(n_features)
@@ -125,3 +118,16 @@ def _rebuild(meta: dict, arrays: dict):
         model.state_ = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}
     model.n_features_in_ = n_features
     return model
+
+
+def _declared_features(meta: dict, arrays: dict) -> int:
+    """The head's `n_features_in`, checked against the length of its saved column means before anything of that
+    size is made: a head's dimensions are declared by its file and believed only where its arrays agree."""
+    n_features = meta["n_features_in"]
+    if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
+        raise ValueError(f"n_features_in {n_features!r} is not a positive whole number")
+    means = arrays.get("est.x_mean_")
+    if means is None or means.shape != (n_features,):
+        shape = None if means is None else tuple(means.shape)
+        raise ValueError(f"n_features_in {n_features} does not match its x_mean_ array (shape {shape})")
+    return n_features

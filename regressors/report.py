@@ -7,13 +7,13 @@ highest test score, beside the best label-only floor, with failed configurations
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +23,7 @@ import numpy as np
 from featcache.errors import FeatcacheError
 from regressors.cv import CVResults
 from regressors.registry import get_regressor
+from featcache.untrusted import printable
 
 MANIFEST = ".featcache-run"
 STAGING = ".featcache-new-"  # a run's outputs are written into such a folder inside --out, then moved in
@@ -56,9 +57,9 @@ def format_table(summary: list[dict], markdown: bool = False) -> str:
     header = (["backbone"] if with_backbone else []) + [
         "regressor", "mode", "target", "SRCC", "PLCC", "PLCC logistic", "KRCC", "RMSE", "SRCC pooled", "folds",
         "train/test"]
-    rows = [([r.get("backbone", "")] if with_backbone else []) + [
-        r["regressor"], r["mode"], r["target"], _cell(r, "srcc"), _cell(r, "plcc"), _cell(r, "plcc_logistic"),
-        _cell(r, "krcc"), _cell(r, "rmse"), _number(r.get("srcc_pooled")), _folds_cell(r),
+    rows = [([printable(r.get("backbone", ""))] if with_backbone else []) + [
+        printable(r["regressor"]), printable(r["mode"]), printable(r["target"]), _cell(r, "srcc"), _cell(r, "plcc"),
+        _cell(r, "plcc_logistic"), _cell(r, "krcc"), _cell(r, "rmse"), _number(r.get("srcc_pooled")), _folds_cell(r),
         f"{r['n_train']}/{r['n_test']}"] for r in summary]
     return _render(header, rows, markdown)
 
@@ -105,8 +106,8 @@ def format_comparisons(comparisons: list[dict], markdown: bool = True) -> str:
     header = (["backbone"] if any("backbone" in c for c in comparisons) else []) + [
         "regressor", "target", "comparison", "SRCC", "difference (mean ± SD over folds)", "Wilcoxon p",
         "folds", "shared test samples"]
-    rows = [([c["backbone"]] if "backbone" in c else []) + [
-        c["regressor"], c["target"], f"{c['mode']} vs {c['reference']}",
+    rows = [([printable(c["backbone"])] if "backbone" in c else []) + [
+        printable(c["regressor"]), printable(c["target"]), printable(f"{c['mode']} vs {c['reference']}"),
         f"{c['srcc_mode']:.3f} vs {c['srcc_reference']:.3f}", f"{c['diff_mean']:+.3f} ± {c['diff_std']:.3f}",
         _number(c["wilcoxon_p"]), _paired_folds_cell(c), str(c["n_shared_test"])] for c in comparisons]
     return _render(header, rows, markdown)
@@ -155,22 +156,51 @@ def _check_creatable(folder: Path, message: str) -> None:
         raise FeatcacheError(message.format(folder=folder, reason=f"{parent} is not writable"))
 
 
+MANIFEST_MAX_BYTES = 1 << 20
+
+
 def _replace_run(out: Path, staged: Path) -> None:
-    """Move the files written into `staged` into `out`, after removing what an earlier run listed in its manifest
-    (nothing else). The new manifest is written in the staging folder first (a full disk fails there, before
-    anything moves) and renamed in last, so an interruption in between leaves a manifest that a later --overwrite
-    can trust (files named like this run's are replaced in place)."""
+    """Move the files written into `staged` into `out`, after removing those an earlier run listed in its manifest
+    that this run does not write, as long as each is one of the names a run writes (`removable_output`) and a file
+    directly in `out`: a manifest is read as a list of candidates, never as permission to delete anything else. A
+    manifest that is not a regular file of at most MANIFEST_MAX_BYTES lists nothing. The new manifest is written in
+    the staging folder first (a full disk fails there, before anything moves) and renamed in last, so an
+    interruption in between leaves a manifest that a later --overwrite can use (files named like this run's are
+    replaced in place)."""
+    from featcache.outputs import write_bytes_atomically
+
     manifest = out / MANIFEST
-    earlier = manifest.read_text().split("\n") if manifest.is_file() else []
+    earlier = _read_manifest(manifest)
     names = sorted(p.name for p in staged.iterdir())
-    (staged / MANIFEST).write_text("\n".join(names) + "\n")
+    write_bytes_atomically(staged / MANIFEST, ("\n".join(names) + "\n").encode("utf-8"))
     for name in earlier:
         target = out / name
-        if name and name not in names and target.resolve().parent == out.resolve() and target.is_file():
+        if removable_output(name) and name not in names and target.resolve().parent == out.resolve() \
+                and target.is_file():
             target.unlink()
     for name in names:
         os.replace(staged / name, out / name)
     os.replace(staged / MANIFEST, manifest)  # a rename needs no space
+
+
+def _read_manifest(manifest: Path) -> list[str]:
+    """The names an earlier run's manifest lists; none when it is missing, not a regular file, or too large."""
+    try:
+        info = os.stat(manifest)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MANIFEST_MAX_BYTES:
+            return []
+        with open(manifest, "rb") as handle:
+            return handle.read(MANIFEST_MAX_BYTES).decode("utf-8", "replace").split("\n")
+    except OSError:
+        return []
+
+
+def removable_output(name: str) -> bool:
+    """Whether `--overwrite` may remove a file of this name from a run folder: one of the fixed outputs
+    (OUTPUT_FILES) or a figure a run draws (`scatter_*.png`, `backbones_*.png`), a bare name (no folder)."""
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        return False
+    return name in OUTPUT_FILES.values() or (name.startswith(("scatter_", "backbones_")) and name.endswith(".png"))
 
 
 def safe_name(*parts: str) -> str:
@@ -216,7 +246,7 @@ def configuration_figure(y_true, y_pred, generators, parts: list[dict], title: s
     fig.suptitle(title, fontsize=8)
     # fixed margins: tight_layout draws the figure an extra time (about 40% of the figure's cost)
     fig.subplots_adjust(left=0.09 if parts else 0.15, right=0.98, bottom=0.2, top=0.87, wspace=0.3)
-    fig.savefig(path)
+    _save_figure(fig, path)
 
 
 def backbone_plot(summary: list[dict], regressor: str, target: str, path: Path) -> None:
@@ -238,7 +268,7 @@ def backbone_plot(summary: list[dict], regressor: str, target: str, path: Path) 
     ax.set_title(f"{regressor}: SRCC by backbone and mode", fontsize=8)
     ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path)
+    _save_figure(fig, path)
 
 
 def plot_configurations(results: CVResults, plot: str | None) -> list[tuple]:
@@ -330,17 +360,36 @@ def _write_outputs(results: CVResults, out: Path, title: str, plot: str | None, 
     payload = results.to_dict()
     if run_info:
         payload["run"] = run_info
-    paths["json"].write_text(json.dumps(_finite_or_null(payload), indent=2, default=_jsonable) + "\n")
+    _write_text(paths["json"], json.dumps(_finite_or_null(payload), indent=2, default=_jsonable) + "\n")
     _write_csv(paths["csv"], results.summary)
     _write_csv(paths["folds"], [{**r, "chosen": json.dumps(r.get("chosen", {}))} for r in results.folds])
     write_predictions(paths["predictions"], results)
     rows = [dict(r, backbone=r.get("backbone") or results.config.get("backbone") or "labels only",
                  _protocol=_protocol_line(results.config)) for r in results.summary]
-    paths["table"].write_text(render_table(rows, fmt="md"))
-    paths["latex"].write_text(render_table(rows, fmt="latex"))
+    table = render_table(rows, fmt="md")
+    _write_text(paths["table"], table)
+    _write_text(paths["latex"], render_table(rows, fmt="latex"))
     figure_lines = _figures(results, out, plot, paths, figure_list) if figures else []
-    paths["report"].write_text(report_markdown(results, title, figure_lines, paths["table"].read_text()))
+    _write_text(paths["report"], report_markdown(results, title, figure_lines, table))
     return paths
+
+
+def _write_text(path: Path, text: str) -> None:
+    """A text output, UTF-8, through an exclusively created temporary file (`write_bytes_atomically`)."""
+    from featcache.outputs import write_bytes_atomically
+
+    write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def _save_figure(fig, path: Path) -> None:
+    """A figure as PNG, rendered in memory and written like every other output."""
+    import io
+
+    from featcache.outputs import write_bytes_atomically
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    write_bytes_atomically(path, buffer.getvalue())
 
 
 def _protocol_line(config: dict) -> str:
@@ -428,28 +477,31 @@ def report_markdown(results: CVResults, title: str, figure_lines: list[str], tab
 
 
 def write_predictions(path: Path, results: CVResults) -> None:
+    """Every out-of-fold prediction, one row each; text cells escaped for spreadsheets (`safe_text.csv_text`)."""
+    from regressors.safe_text import Number, csv_text
+
     s = results.samples
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["key", "group", "generator", "subset", "backbone", "repeat", "fold", "mode", "regressor",
-                         "target", "mos", "prediction"])
-        for p in results.predictions:
-            backbone = getattr(p, "backbone", results.config.get("backbone", ""))
-            for row, y, pred in zip(p.rows.tolist(), p.y_true.tolist(), p.y_pred.tolist()):
-                writer.writerow([s["key"][row], s["group"][row], s["generator"][row], s["subset"][row], backbone,
-                                 p.repeat, p.fold, p.mode, p.regressor, p.target, repr(float(y)),
-                                 repr(float(pred))])
+    header = ["key", "group", "generator", "subset", "backbone", "repeat", "fold", "mode", "regressor", "target",
+              "mos", "prediction"]
+    rows = []
+    for p in results.predictions:
+        backbone = getattr(p, "backbone", results.config.get("backbone", ""))
+        for row, y, pred in zip(p.rows.tolist(), p.y_true.tolist(), p.y_pred.tolist()):
+            rows.append([s["key"][row], s["group"][row], s["generator"][row], s["subset"][row], backbone, p.repeat,
+                         p.fold, p.mode, p.regressor, p.target, Number(repr(float(y))), Number(repr(float(pred)))])
+    _write_text(path, csv_text(header, rows))
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows as CSV, one column per key in order of appearance (empty where a row lacks it); text cells escaped
+    for spreadsheets."""
+    from regressors.safe_text import csv_text
+
     if not rows:
-        path.write_text("")
+        _write_text(path, "")
         return
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_text(path, csv_text(fields, ([r.get(k, "") for k in fields] for r in rows)))
 
 
 def _jsonable(value):

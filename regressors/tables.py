@@ -9,15 +9,16 @@ protocol: one, since runs made on other folds are refused.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 from featcache.errors import FeatcacheError
 from regressors.modes import MODES, scores_prompted_samples
 from regressors.registry import REGRESSORS
+from featcache.untrusted import printable
 from regressors.splits import SPLITS
 
 METRICS = {"srcc": "SRCC", "plcc": "PLCC", "plcc_logistic": "PLCC (logistic)", "krcc": "KRCC", "rmse": "RMSE",
@@ -40,12 +41,14 @@ def load_results(paths: list[str | Path]) -> list[dict]:
         if path.is_dir():
             path = path / "results.json"
         try:
-            payload = json.loads(path.read_text())
+            payload = json.loads(read_results_text(path))
             config, summary = payload["config"], payload["summary"]
-        except FileNotFoundError:
-            raise FeatcacheError(f"{path}: results file not found") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise FeatcacheError(f"{path}: not a featcache results.json ({type(exc).__name__}: {exc})") from None
+        if not isinstance(config, dict) or not isinstance(summary, list) or not all(
+                isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("mode", "regressor", "target"))
+                for r in summary):
+            raise FeatcacheError(f"{path}: not a featcache results.json (its config or summary rows are malformed)")
         name = str(given)
         if runs:
             _same_folds(runs[0], (name, payload))
@@ -56,15 +59,42 @@ def load_results(paths: list[str | Path]) -> list[dict]:
             key = _cell(row)
             if key in seen and seen[key][0] != run:
                 if not _same_values(seen[key][2], row):
-                    raise FeatcacheError(f"{seen[key][1]} and {name} both give {_cell_name(key)} with different "
-                                         f"values ({_differs(seen[key][2], row)}); render them separately or leave "
-                                         "one out")
+                    raise FeatcacheError(printable(
+                        f"{seen[key][1]} and {name} both give {_cell_name(key)} with different values "
+                        f"({_differs(seen[key][2], row)}); render them separately or leave one out"))
                 continue  # the same cell computed twice on the same folds: shown once
             seen.setdefault(key, (run, name, row))
             rows.append(row)
     if not rows:
         raise FeatcacheError("no summary rows in " + ", ".join(str(p) for p in paths))
     return rows
+
+
+RESULTS_MAX_BYTES = 256 << 20  # far above any run's results.json (a large bench writes a few MB)
+
+
+def read_results_text(path: Path) -> str:
+    """The text of a results.json: a regular file (not a device, pipe or folder) of at most RESULTS_MAX_BYTES,
+    read no further than that; else a one-line error naming the limit."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FeatcacheError(f"{path}: results file not found") from None
+    except OSError as exc:
+        raise FeatcacheError(f"{path}: cannot read the results file ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise FeatcacheError(f"{path}: not a regular file; give a results.json that fit or bench wrote")
+    if info.st_size > RESULTS_MAX_BYTES:
+        raise FeatcacheError(f"{path}: {info.st_size} bytes, more than a results.json may have "
+                             f"({RESULTS_MAX_BYTES >> 20} MiB); is it a results.json that fit or bench wrote?")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(RESULTS_MAX_BYTES + 1)
+    except OSError as exc:
+        raise FeatcacheError(f"{path}: cannot read the results file ({exc.strerror or exc})") from None
+    if len(data) > RESULTS_MAX_BYTES:
+        raise FeatcacheError(f"{path}: more than a results.json may have ({RESULTS_MAX_BYTES >> 20} MiB)")
+    return data.decode("utf-8", errors="replace")
 
 
 def fold_protocol(payload: dict) -> dict:
@@ -89,8 +119,8 @@ def _same_folds(first: tuple[str, dict], other: tuple[str, dict]) -> None:
         return
     shown = ", ".join(f"samples (cache samples_sha256 {a['samples'][:12]} vs {b['samples'][:12]})" if k == "samples"
                       else f"--{k.replace('_', '-')} {a.get(k)} vs {b.get(k)}" for k in keys)
-    raise FeatcacheError(f"{first[0]} and {other[0]} were made on different folds ({shown}): a table compares one "
-                         "protocol; render them separately")
+    raise FeatcacheError(printable(f"{first[0]} and {other[0]} were made on different folds ({shown}): a table "
+                                   "compares one protocol; render them separately"))
 
 
 def _floors() -> set[str]:
@@ -263,12 +293,12 @@ def render_table(rows: list[dict], metrics: list[str] | None = None, fmt: str = 
 
         raise unknown_name("format", fmt, FORMATS)
     header, body, bold, caption = paper_table(rows, metrics)
+    header, caption = [printable(h) for h in header], printable(caption)  # names from files: never raw controls
+    body = [[printable(v) if isinstance(v, str) else v for v in r] for r in body]
     if fmt == "csv":
-        handle = io.StringIO()
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows([[_fmt(v) for v in r] for r in body])
-        return handle.getvalue()
+        from regressors.safe_text import Number, csv_text
+
+        return csv_text(header, [[v if isinstance(v, str) else Number(_fmt(v)) for v in r] for r in body])
     if fmt == "md":
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         for r, b in zip(body, bold):
