@@ -595,7 +595,6 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
     from featcache.outputs import check_output_file, config_file, read_by_a_cache
     from regressors.heads import recorded_weights
     from regressors.heads_io import read_metadata
-    from featcache.untrusted import printable
 
     from featcache.images import DEFAULT_MAX_PIXELS
 

@@ -149,6 +149,8 @@ def printable(text: object, newlines: bool = False) -> str:
     def shown(c: str) -> str:
         if c == "\t" or (newlines and c == "\n") or unicodedata.category(c) not in ("Cc", "Cf"):
             return c
+        if c in "\n\r":
+            return repr(c)[1:-1]
         return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
 
     return "".join(shown(c) for c in text)

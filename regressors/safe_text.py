@@ -1,4 +1,4 @@
-"""Text from files, made safe to open in a spreadsheet (CSV cells); printed text goes through featcache.untrusted.printable.
+"""Text from files, made safe to open in a spreadsheet: CSV cells that start like a formula get a leading `'`.
 
 Names in the outputs (image paths, keys, generators, targets, backbones) come from files other people made. A
 spreadsheet runs a cell that starts with `=`, `+`, `-` or `@` as a formula (and some read a leading tab or carriage
@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable
-
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 

@@ -305,6 +305,8 @@ def test_info_shows_escape_sequences_escaped(data):
 def test_printable_keeps_text_and_escapes_controls():
     assert untrusted.printable("a b\tc é 文") == "a b\tc é 文"
     assert untrusted.printable("a\nb\x00\x9b\u202e") == "a\\nb\\x00\\x9b\\u202e"
+    assert untrusted.printable("a\x1b[2J\r\u200bb") == "a\\x1b[2J\\r\\u200bb"  # format characters too
+    assert untrusted.printable("a\nb", newlines=True) == "a\nb"
 
 
 # ---------------------------------------------------------------------------------------------- image folders

@@ -360,10 +360,3 @@ def test_names_from_a_head_are_printed_with_control_characters_escaped(workdir, 
                                            "t.csv"])
     line = _one_line_refusal(result, "resnet18\\x1b]0;owned\\x07/paper/64")
     assert "\x1b" not in result.output and "\x07" not in line
-
-
-def test_printable_escapes_controls_and_format_characters_only():
-    from regressors.safe_text import printable
-
-    assert printable("MOS_q é 画") == "MOS_q é 画"
-    assert printable("a\x1b[2J\r\n\x9b\u202eb") == "a\\x1b[2J\\x0d\\x0a\\x9b\\u202eb"
