@@ -24,8 +24,14 @@ from featcache.defaults import DEFAULT_CACHE, load_config, pick
 from featcache.errors import FeatcacheError
 
 
+def echo(message: object = "", **kwargs) -> None:
+    """click.echo with control characters and escape sequences escaped: every line a command prints may hold names
+    from other people's files (tabs and line breaks kept)."""
+    click.echo(printable(message, newlines=True), **kwargs)
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    click.echo(f"warning: {printable(message, newlines=True)}", err=True)
+    echo(f"warning: {message}", err=True)
 
 
 # What Ctrl-C means, per command: only the writers of a cache keep work and resume.
@@ -79,7 +85,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except FeatcacheError as exc:
-            click.echo(f"error: {printable(exc, newlines=True)}", err=True)  # names from files, escaped
+            echo(f"error: {exc}", err=True)
             sys.exit(2)
         except KeyboardInterrupt as exc:
             if handlers:  # the command is ending: a later signal must not break its exit
@@ -94,7 +100,7 @@ class _Group(click.Group):
                 from regressors.cv import silence_in_process_clusters
 
                 silence_in_process_clusters()
-            click.echo(INTERRUPTED.get(name or "", "interrupted"), err=True)
+            echo(INTERRUPTED.get(name or "", "interrupted"), err=True)
             code = 143 if isinstance(exc, interrupts.Terminated) else 130
             if local_cluster:
                 _exit_now(code)
@@ -210,10 +216,10 @@ def extract(dataset, root, annotation, columns, backbone, pool, cache, image_siz
                          decode=pick(decode, config, "decode", None),
                          jpeg_draft=pick(jpeg_draft, config, "jpeg_draft", None))
     if result.rows_written == 0:
-        click.echo(f"{result.backbone_id}: {result.rows_done_before}/{result.rows_in_shard} rows already in "
+        echo(f"{result.backbone_id}: {result.rows_done_before}/{result.rows_in_shard} rows already in "
                    f"{cache}; nothing to do")
     else:
-        click.echo(f"{result.backbone_id}: wrote {result.rows_written} rows to {cache} in {result.seconds:.1f} s "
+        echo(f"{result.backbone_id}: wrote {result.rows_written} rows to {cache} in {result.seconds:.1f} s "
                    f"({result.images_per_second:.1f} images/s; {result.rows_done_before} were already there)")
 
 
@@ -227,7 +233,7 @@ def merge(shards, cache):
     result = run_merge(list(shards), pick(cache, load_config(), "cache", DEFAULT_CACHE))
     for bid, (done, total) in result.rows.items():
         note = "" if done == total else f"  ({total - done} rows still missing: run the missing shards)"
-        click.echo(f"{bid}: {done}/{total} rows{note}")
+        echo(f"{bid}: {done}/{total} rows{note}")
 
 
 @main.command()
@@ -252,7 +258,7 @@ def info(cache, as_json, check):
             result["problems"] += [line for line in (disk.changed_line(),) if line]
             result["notes"] = [line for line in (disk.missing_line(), disk.root_missing_line()) if line]
             result["images_compared"] = not disk.root_missing
-    click.echo(json.dumps(result, indent=2) if as_json else format_info(result))
+    echo(json.dumps(result, indent=2) if as_json else format_info(result))
     if check and result["problems"]:
         raise FeatcacheError(f"{cache}: {len(result['problems'])} problem(s): {'; '.join(result['problems'])}")
 
@@ -266,13 +272,13 @@ def repair(cache):
     cache = pick(cache, load_config(), "cache", DEFAULT_CACHE)
     result = run_repair(cache)
     for bid in result.dropped:
-        click.echo(f"dropped half-created backbone {bid}")
+        echo(f"dropped half-created backbone {bid}")
     for bid, rows in result.rows_reset.items():
-        click.echo(f"{bid}: {rows} non-finite rows will be extracted again")
+        echo(f"{bid}: {rows} non-finite rows will be extracted again")
     for tmp in result.temporaries:
-        click.echo(f"deleted leftover temporary file {tmp}")
+        echo(f"deleted leftover temporary file {tmp}")
     if not (result.dropped or result.rows_reset or result.temporaries):
-        click.echo(f"{cache}: nothing to repair")
+        echo(f"{cache}: nothing to repair")
 
 
 @main.command()
@@ -280,12 +286,12 @@ def backbones():
     """List the registered backbones (any other timm model name works too)."""
     from featcache.backbones import list_backbones
 
-    click.echo(f"{'name':<24}{'timm weights':<46}{'size':>5}{'dim':>6}  source: feature")
+    echo(f"{'name':<24}{'timm weights':<46}{'size':>5}{'dim':>6}  source: feature")
     for spec in list_backbones():
-        click.echo(f"{spec.name:<24}{spec.timm_name:<46}{spec.input_size:>5}{spec.dim:>6}  {spec.source}: {spec.note}")
-    click.echo("any other timm model name: its pre-logits features with timm's data config")
+        echo(f"{spec.name:<24}{spec.timm_name:<46}{spec.input_size:>5}{spec.dim:>6}  {spec.source}: {spec.note}")
+    echo("any other timm model name: its pre-logits features with timm's data config")
     for spec in POOLINGS.values():
-        click.echo(f"--pool {spec.name}: {spec.doc}")
+        echo(f"--pool {spec.name}: {spec.doc}")
 
 
 @main.command()
@@ -295,7 +301,7 @@ def datasets():
 
     for adapter in list_datasets():
         files = ", ".join(adapter.annotation_names) or "--annotation FILE"
-        click.echo(f"{adapter.name:<15}{files:<42}{adapter.description}")
+        echo(f"{adapter.name:<15}{files:<42}{adapter.description}")
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -384,7 +390,7 @@ def _progress(quiet: bool, total_hint: str):
     if quiet or not sys.stderr.isatty():
         def announce(done, total):
             if done == 0 and total and not quiet:
-                click.echo(f"{total_hint}: {total} heads to fit", err=True)
+                echo(f"{total_hint}: {total} heads to fit", err=True)
 
         return announce, (lambda: None)
     from tqdm.auto import tqdm
@@ -489,9 +495,9 @@ def fit(cache, backbone, mode, target, regressor, save_head, dataset, root, anno
         finally:
             close()
         results = outcome.results
-        click.echo(f"{results.config['backbone'] or 'labels only'}: {cv['split']} split, subset {cv['subset']}, "
+        echo(f"{results.config['backbone'] or 'labels only'}: {cv['split']} split, subset {cv['subset']}, "
                    f"{len(results.folds)} fitted folds")
-        click.echo(format_table(results.summary))
+        echo(format_table(results.summary))
         paths = write_results(results, folder,
                               title=f"featcache fit: {results.config['backbone'] or 'labels only'}",
                               plot=output["plot"], run_info=_run_info(cache), figures=not output["no_figures"])
@@ -502,9 +508,9 @@ def fit(cache, backbone, mode, target, regressor, save_head, dataset, root, anno
         raise
     if outcome.head:
         meta = outcome.head
-        click.echo(f"saved {meta['regressor'] if 'regressor' in meta else ''} head for {meta['mode']}/"
+        echo(f"saved {meta['regressor'] if 'regressor' in meta else ''} head for {meta['mode']}/"
                    f"{meta['target']} on {meta['n_train']} samples to {outcome.head_path}")
-    click.echo(f"done in {time.perf_counter() - start:.1f} s; results in {folder}/ ({paths['report'].name}, "
+    echo(f"done in {time.perf_counter() - start:.1f} s; results in {folder}/ ({paths['report'].name}, "
                f"{paths['json'].name}, {paths['predictions'].name})")
 
 
@@ -537,10 +543,10 @@ def bench(cache, backbones, modes, targets, regressors, dataset, root, annotatio
                             annotation_from=_annotation_from(config, dataset, root, annotation, columns), **cv)
     finally:
         close()
-    click.echo(format_table(results.summary))
+    echo(format_table(results.summary))
     paths = write_results(results, folder, title="featcache bench", plot=output["plot"], run_info=_run_info(cache),
                           figures=not output["no_figures"])
-    click.echo(f"done in {time.perf_counter() - start:.1f} s; results in {folder}/ ({paths['report'].name}, "
+    echo(f"done in {time.perf_counter() - start:.1f} s; results in {folder}/ ({paths['report'].name}, "
                f"{paths['json'].name})")
 
 
@@ -563,9 +569,9 @@ def table(results, fmt, metric, out, overwrite):
     text = render_table(load_results(list(results)), _names(metric), fmt)
     if out:
         write_bytes_atomically(out, text.encode("utf-8"))
-        click.echo(f"wrote {out}")
+        echo(f"wrote {out}")
     else:
-        click.echo(text, nl=False)
+        echo(text, nl=False)
 
 
 @main.command()
@@ -635,15 +641,15 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
     truth = labels.get(meta["target"]) if labels else None
     write_scores(out, paths, prompts, scores, meta["target"], truth)
     for path, score in list(zip(paths, scores))[:10]:
-        click.echo(f"{score:8.4f}  {printable(path)}")
+        echo(f"{score:8.4f}  {printable(path)}")
     if len(paths) > 10:
-        click.echo(f"... {len(paths) - 10} more")
+        echo(f"... {len(paths) - 10} more")
     reused = f"; {meta['reused']} images from the cache, {meta['extracted']} extracted" if meta["reused"] else ""
-    click.echo(f"wrote {len(paths)} scores ({printable(score_column(meta['target']))}, {meta['regressor']} "
+    echo(f"wrote {len(paths)} scores ({printable(score_column(meta['target']))}, {meta['regressor']} "
                f"{meta['mode']} head) to {out}{reused}")
     if truth is not None:
         metrics = quality_metrics(truth, scores)
-        click.echo(f"against {printable(meta['target'])} of the annotation: SRCC {metrics['srcc']:.3f}, PLCC "
+        echo(f"against {printable(meta['target'])} of the annotation: SRCC {metrics['srcc']:.3f}, PLCC "
                    f"{metrics['plcc']:.3f}, RMSE {metrics['rmse']:.3f} ({len(paths)} images; in-sample if the "
                    "head was trained on them)")
 
@@ -668,7 +674,7 @@ def synth(photos, out, views, size, seed, overwrite):
     with tempfile.TemporaryDirectory() as tmp:
         photos = photos or bundled_photos(Path(tmp) / "photos")
         made = run_synth(photos, out, views=views, size=size, seed=seed, overwrite=overwrite)
-    click.echo(f"{made.samples} rated images from {made.photos} photos ({made.i2i_samples} with an image prompt) "
+    echo(f"{made.samples} rated images from {made.photos} photos ({made.i2i_samples} with an image prompt) "
                f"in {made.out}; labels in {made.annotation}")
 
 
@@ -687,7 +693,7 @@ def demo(out, views, folds, jobs, photos, modes, regressors, quiet):
     from regressors.demo import run_demo
 
     run_demo(out, views=views, folds=folds, jobs=jobs, photos=photos, modes=_names(modes),
-             regressors=_names(regressors), progress=not quiet, echo=click.echo)
+             regressors=_names(regressors), progress=not quiet, echo=echo)
 
 
 if __name__ == "__main__":

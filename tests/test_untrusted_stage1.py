@@ -370,3 +370,15 @@ def test_error_lines_show_escape_sequences_from_files_escaped(tmp_path):
                                            "--random-weights", "--cache", str(tmp_path / "c.h5")])
     assert result.exit_code == 2 and "\x1b" not in result.output and "\x07" not in result.output, result.output
     assert "\\x1b]0;pwned\\x07" in result.output  # named, escaped
+
+
+def test_every_line_the_cli_prints_goes_through_printable(capsys):
+    """cli.echo is the only printer of cli.py: escape sequences escaped, tabs and line breaks kept."""
+    import inspect
+
+    import cli
+
+    cli.echo("a\x1b]0;t\x07\tb\nc")
+    assert capsys.readouterr().out == "a\\x1b]0;t\\x07\tb\nc\n"
+    source = inspect.getsource(cli)
+    assert source.count("click.echo(") == 1  # inside cli.echo
