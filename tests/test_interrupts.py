@@ -1,9 +1,6 @@
 """Ctrl-C during a fit: exit 130 without aborting, workers leave the signal to the parent, a dropped signal
 still stops the run, and an interrupted run leaves no half-written folder."""
 
-import os
-from pathlib import Path
-
 import pytest
 from click.testing import CliRunner
 
