@@ -617,8 +617,11 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
         paths = [str(Path(i)) for i in images]
         prompts = [str(Path(prompt_image)) if prompt_image else ""] * len(paths)
     elif dataset or root or annotation:
+        from featcache.untrusted import check_inside_root
+
         samples, base = load_samples_from_options(config, dataset, root, annotation, columns)
         paths, prompts = samples.image, samples.prompt_image
+        check_inside_root(base, sorted(set(paths) | {p for p in prompts if p}))  # as extract refuses them
         labels = samples.targets
     else:
         raise FeatcacheError("give IMAGE paths, a FOLDER of images, or --dataset/--root for a whole database")
