@@ -682,7 +682,9 @@ def synth(photos, out, views, size, seed, overwrite):
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False), default="demo-out", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="demo-out", show_default=True,
+              help="Output folder; a rerun into it writes only the demo's own files (photos/, synth/, the report and "
+                   "its figures); a symbolic link planted at photos/ or synth/ is refused.")
 @click.option("--views", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option("--folds", type=click.IntRange(min=2), default=4, show_default=True)
 @click.option("--jobs", type=_JOBS, default=2, show_default=True, help="Parallel fitting processes, or auto.")
