@@ -617,8 +617,11 @@ def predict(images, head, prompt_image, dataset, root, annotation, columns, cach
         paths = [str(Path(i)) for i in images]
         prompts = [str(Path(prompt_image)) if prompt_image else ""] * len(paths)
     elif dataset or root or annotation:
+        from featcache.untrusted import check_inside_root
+
         samples, base = load_samples_from_options(config, dataset, root, annotation, columns)
         paths, prompts = samples.image, samples.prompt_image
+        check_inside_root(base, sorted(set(paths) | {p for p in prompts if p}))  # as extract refuses them
         labels = samples.targets
     else:
         raise FeatcacheError("give IMAGE paths, a FOLDER of images, or --dataset/--root for a whole database")
@@ -679,7 +682,9 @@ def synth(photos, out, views, size, seed, overwrite):
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False), default="demo-out", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="demo-out", show_default=True,
+              help="Output folder; a rerun into it writes only the demo's own files (photos/, synth/, the report and "
+                   "its figures); a symbolic link planted at photos/ or synth/ is refused.")
 @click.option("--views", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option("--folds", type=click.IntRange(min=2), default=4, show_default=True)
 @click.option("--jobs", type=_JOBS, default=2, show_default=True, help="Parallel fitting processes, or auto.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from featcache.errors import FeatcacheError
 from featcache.images import load_rgb
+from featcache.outputs import write_bytes_atomically
 
 DISTORTIONS = {  # name -> authenticity weight per level
     "blur": 0.5, "noise": 0.7, "jpeg": 0.6, "pixelate": 0.9, "contrast": 0.4, "colour": 0.9,
@@ -91,12 +93,57 @@ def find_photos(folder: str | Path) -> list[Path]:
     return photos
 
 
+def own_folder(out: str | Path, *parts: str) -> Path:
+    """The folder `out/parts...`, created where missing. Refused with one line when `out` or any folder on the way is
+    not a folder, when a folder under `out` is a symbolic link, or when the result lies outside `out` once links are
+    followed: files are written there, and a planted link must not send them elsewhere. `out` itself may be a link
+    (the caller's own choice)."""
+    out = Path(out)
+    folder = out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for part in parts:
+            folder = folder / part
+            if folder.is_symlink():
+                raise FeatcacheError(f"{folder} is a symbolic link; nothing is written through it (remove it, or "
+                                     "choose another --out)")
+            folder.mkdir(exist_ok=True)
+    except FileExistsError:
+        raise FeatcacheError(f"{folder} is a file, not a folder") from None
+    except OSError as exc:
+        raise FeatcacheError(f"{folder}: cannot create the folder ({exc.strerror})") from None
+    if not folder.is_dir():
+        raise FeatcacheError(f"{folder} is a file, not a folder")
+    real_out = os.path.realpath(out).rstrip(os.sep) + os.sep
+    if parts and not os.path.realpath(folder).startswith(real_out):
+        raise FeatcacheError(f"{folder} lies outside {out}; nothing is written there")
+    return folder
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """`write_bytes_atomically`, with a folder at `path` or an unwritable folder as one line."""
+    if path.is_dir() and not path.is_symlink():
+        raise FeatcacheError(f"{path} is a folder; it is not replaced (remove it, or choose another --out)")
+    try:
+        write_bytes_atomically(path, data)
+    except OSError as exc:
+        raise FeatcacheError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def _write_image(path: Path, image: Image.Image, fmt: str, **options) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    _write_file(path, buffer.getvalue())
+
+
 def synth(photos: str | Path, out: str | Path, *, views: int = 4, size: int = 256, seed: int = 0,
           overwrite: bool = True) -> SynthResult:
     """Write out/All, out/I2I/Image_prompt and out/annotation.csv (with the recipe's columns).
 
     `overwrite=False` (the CLI's default) refuses a folder that already holds files, so an existing database is never
-    replaced by accident."""
+    replaced by accident. Every file is written with `featcache.outputs.write_bytes_atomically` (a symbolic link at
+    its name is replaced, never written through), and every folder under `out` it writes into is refused, with one
+    line, when it is a symbolic link or lies outside `out` (`own_folder`). `out` itself is the caller's choice."""
     if views < 1 or size < 8:
         raise FeatcacheError(f"synth needs views >= 1 and size >= 8 (got views {views}, size {size})")
     paths = find_photos(photos)
@@ -105,8 +152,8 @@ def synth(photos: str | Path, out: str | Path, *, views: int = 4, size: int = 25
         raise FeatcacheError(f"{out} already holds files; choose an empty or new --out, or pass --overwrite")
     if out.exists() and not out.is_dir():
         raise FeatcacheError(f"{out} is a file, not a folder")
-    (out / "All").mkdir(parents=True, exist_ok=True)
-    (out / "I2I" / "Image_prompt").mkdir(parents=True, exist_ok=True)
+    all_folder = own_folder(out, "All")
+    prompt_folder = own_folder(out, "I2I", "Image_prompt")
     kinds = list(DISTORTIONS)
     rows = []
     for index, path in enumerate(paths):
@@ -116,7 +163,7 @@ def synth(photos: str | Path, out: str | Path, *, views: int = 4, size: int = 25
         pid = index if is_i2i else 1000 + index
         if is_i2i:
             prompt = photo.crop(_window(*photo.size, 0.0, np.random.default_rng([seed, index])))
-            prompt.resize((size, size), Image.BICUBIC).save(out / "I2I" / "Image_prompt" / prompt_name)
+            _write_image(prompt_folder / prompt_name, prompt.resize((size, size), Image.BICUBIC), "PNG")
         for generator in I2I_GENERATORS if is_i2i else T2I_GENERATORS:
             for k in range(views):
                 rng = np.random.default_rng([seed, index, int(generator[-1]), k])
@@ -125,7 +172,7 @@ def synth(photos: str | Path, out: str | Path, *, views: int = 4, size: int = 25
                 kind = kinds[int(rng.integers(len(kinds)))]
                 view = photo.crop(_window(*photo.size, drift, rng)).resize((size, size), Image.BICUBIC)
                 name = f"{generator}_{pid}_{k}0.jpg"
-                distort(view, kind, level, rng).save(out / "All" / name, quality=95)
+                _write_image(all_folder / name, distort(view, kind, level, rng), "JPEG", quality=95)
                 rows.append({
                     "Image_prompt": prompt_name, "Text_prompt": f"a photo like {path.stem}",
                     "Generated_image": name, "MOS_q": 5.0 - level,
@@ -135,10 +182,11 @@ def synth(photos: str | Path, out: str | Path, *, views: int = 4, size: int = 25
                 })
     rows = [r for r in rows if r["Image_prompt"]] + [r for r in rows if not r["Image_prompt"]]  # I2I first, as PKU
     annotation = out / "annotation.csv"
-    with open(annotation, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_file(annotation, text.getvalue().encode("utf-8"))
     n_i2i = sum(1 for r in rows if r["Image_prompt"])
     return SynthResult(out, annotation, len(paths), len(rows), n_i2i)
 
@@ -149,18 +197,22 @@ SKIMAGE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "co
 
 
 def bundled_photos(dest: str | Path) -> Path:
-    """Copy the natural photos that ship inside scikit-image (no network) into `dest`."""
+    """Copy the natural photos that ship inside scikit-image (no network) into `dest`, which is created where
+    missing and refused when it is a symbolic link. Each file is written with `write_bytes_atomically`: a link at
+    its name is replaced, never written through."""
     try:
         import skimage.data
     except ImportError:
         raise FeatcacheError("the demo's photos ship in scikit-image: pip install 'featcache[demo]'") from None
     source = Path(skimage.data.__file__).parent
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    if dest.is_symlink():
+        raise FeatcacheError(f"{dest} is a symbolic link; the photos are not written through it")
+    own_folder(dest)
     found = 0
     for name in SKIMAGE_PHOTOS:
         if (source / name).is_file():
-            (dest / name).write_bytes((source / name).read_bytes())
+            _write_file(dest / name, (source / name).read_bytes())
             found += 1
     if found < 3:
         raise FeatcacheError(f"{source}: scikit-image ships too few sample photos ({found})")

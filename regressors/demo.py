@@ -19,11 +19,16 @@ DEMO_PLOT_MODES = ("nr", "fr-diff")
 def run_demo(out: str | Path = "demo-out", *, views: int = 6, folds: int = 4, seed: int = 0, jobs: int | str = 2,
              photos: str | Path | None = None, modes: list[str] | None = None, regressors: list[str] | None = None,
              progress: bool = True, echo: Callable[[str], None] = print) -> Path:
-    """Synth benchmark -> lite0 extraction (paper and multilevel pooling) -> prompt-disjoint CV -> report.md."""
+    """Synth benchmark -> lite0 extraction (paper and multilevel pooling) -> prompt-disjoint CV -> report.md.
+
+    A non-empty `out` is not refused, so a rerun into the same folder (`make demo`) works: only the demo's own names
+    under it (photos/, synth/, the report and its figures) are written, and out/photos and out/synth are refused with
+    one line when they are symbolic links or lie outside `out`; synth and the photos replace a link at a file's name
+    instead of writing through it (`featcache.synth.own_folder`, `featcache.outputs.write_bytes_atomically`)."""
     from featcache.backbones import load_backbone
     from featcache.datasets import load_dataset
     from featcache.extract import extract
-    from featcache.synth import bundled_photos, synth
+    from featcache.synth import bundled_photos, own_folder, synth
     from regressors.cv import check_jobs
     from regressors.fit import bench
     from regressors.modes import get_mode
@@ -41,12 +46,12 @@ def run_demo(out: str | Path = "demo-out", *, views: int = 6, folds: int = 4, se
         get_mode(mode)
     out = Path(out)
     start = time.perf_counter()
+    data_root = own_folder(out, "synth")  # before any write: a planted link is refused first
     if photos is None:
-        photos = bundled_photos(out / "photos")
+        photos = bundled_photos(own_folder(out, "photos"))
         echo(f"[1/4] {len(list(Path(photos).iterdir()))} photos from scikit-image in {photos}")
     else:
         echo(f"[1/4] photos from {photos}")
-    data_root = out / "synth"
     made = synth(photos, data_root, views=views, seed=seed)
     echo(f"[2/4] synth benchmark: {made.samples} rated images ({made.i2i_samples} with an image prompt) "
          f"in {data_root}")
