@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -16,7 +17,10 @@ CONFIG_KEYS = {"dataset", "root", "annotation", "cache", "columns", "backbone", 
 
 def load_config(folder: str | Path | None = None) -> dict:
     """Read featcache.toml from `folder` (cwd by default). One rule for its paths: `root` and `cache` are relative to
-    the file's folder, `annotation` to the root (as --annotation is)."""
+    the file's folder, `annotation` to the root (as --annotation is). `root` and `annotation` are only read and may
+    be anywhere; `cache` is written, so it must stay inside the file's folder (`_cache_problem`): a toml that came with
+    a downloaded database cannot make featcache write elsewhere. A `cache` that does not is kept as a refusal that
+    `pick` raises only when the command has no --cache of its own."""
     folder = Path(folder or Path.cwd())
     path = folder / CONFIG_NAME
     if not path.is_file():
@@ -32,12 +36,35 @@ def load_config(folder: str | Path | None = None) -> dict:
         problem = _type_problem(key, value)
         if problem:
             raise FeatcacheError(f"{path}: {key} = {_toml_repr(value)}: {problem}")
-    for key in ("root", "cache"):
-        if key in config and not Path(config[key]).is_absolute():
-            config[key] = str(folder / config[key])
+    if "cache" in config:
+        problem = _cache_problem(folder, config["cache"])
+        config["cache"] = str(folder / os.path.normpath(config["cache"])) if problem is None else _Refused(
+            f"{path}: cache = {_toml_repr(config['cache'])} {problem}; a {CONFIG_NAME} may only name a cache inside "
+            "its own folder: pass --cache on the command line instead")
+    if "root" in config and not Path(config["root"]).is_absolute():
+        config["root"] = str(folder / config["root"])
     if "annotation" in config and not Path(config["annotation"]).is_absolute():
         config["annotation"] = str(Path(config.get("root", folder)) / config["annotation"])
     return config
+
+
+class _Refused(str):
+    """A config value that must not be used: `pick` raises its text as the error."""
+
+
+def _cache_problem(folder: Path, cache: str) -> str | None:
+    """Why `cache` from the featcache.toml in `folder` would be written outside that folder, or None: an absolute
+    path, one that climbs out with `..` after normalisation, or one whose real path (symlinks of its folders and of
+    the file itself followed) lies outside the folder's real path."""
+    if os.path.isabs(cache):
+        return "is an absolute path"
+    normal = os.path.normpath(cache)
+    if normal == os.curdir or normal == os.pardir or normal.startswith(os.pardir + os.sep):
+        return "leaves the folder of the file" if normal != os.curdir else "names the folder itself"
+    real_folder = os.path.realpath(folder)
+    if not os.path.realpath(os.path.join(real_folder, normal)).startswith(real_folder.rstrip(os.sep) + os.sep):
+        return "leads through a symbolic link outside the folder of the file"
+    return None
 
 
 def _type_problem(key: str, value) -> str | None:
@@ -97,7 +124,11 @@ def _toml_repr(value) -> str:
 
 
 def pick(value, config: dict, key: str, default=None):
-    """The command-line value, else the config file's, else the default."""
+    """The command-line value, else the config file's, else the default. A config value that `load_config` refused
+    (a `cache` outside the toml's folder) raises its one-line error here, where it would be used."""
     if value is not None and value != ():
         return value
-    return config.get(key, default)
+    chosen = config.get(key, default)
+    if isinstance(chosen, _Refused):
+        raise FeatcacheError(str(chosen))
+    return chosen

@@ -12,7 +12,9 @@ import re
 import stat
 import unicodedata
 import zipfile
+import zlib
 from pathlib import Path
+from xml.parsers import expat
 
 import h5py
 import numpy as np
@@ -73,20 +75,42 @@ def check_annotation_file(path: str | Path) -> None:
 
 # ------------------------------------------------------------------------------------------------- spreadsheets
 
-_DIMENSION = re.compile(rb'<(?:\w+:)?dimension\s+ref="([A-Z]*)(\d*)(?::([A-Z]*)(\d*))?"')
+_CELL_REF = re.compile(r"\$?([A-Za-z]*)\$?([0-9]*)")
+_HUGE = 10**18  # stands for a row or column number too long to be real: over any limit
+_XML_START = (b"<", b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")  # XML, possibly after a byte-order mark
 
 
-def _column_number(letters: bytes) -> int:
+def _column_number(letters: str) -> int:
+    if len(letters) > 8:
+        return _HUGE
     number = 0
-    for c in letters.decode():
+    for c in letters.upper():
         number = number * 26 + ord(c) - 64
     return number
 
 
+def _cell(ref: str | None) -> tuple[int, int]:
+    """(column, row) of a cell reference such as `XFD1048576`; 0 for a part that is missing or unreadable."""
+    match = _CELL_REF.fullmatch((ref or "").strip())
+    if not match:
+        return 0, 0
+    letters, digits = match.groups()
+    return _column_number(letters), _row_number(digits)
+
+
+def _row_number(digits: str) -> int:
+    """The row number written as ASCII `digits`; 0 for none or others."""
+    if not digits.isascii() or not digits.isdigit():
+        return 0
+    return int(digits) if len(digits) <= 18 else _HUGE
+
+
 def check_spreadsheet(path: str | Path) -> None:
     """Refuse an xlsx/xlsm annotation before it is parsed when its zip members would decompress to more than
-    FEATCACHE_MAX_SHEET_BYTES, or a sheet declares (or holds a cell that implies) more than FEATCACHE_MAX_SHEET_CELLS
-    cells. An old .xls (not a zip) is left to its reader."""
+    FEATCACHE_MAX_SHEET_BYTES, or a sheet spans more than FEATCACHE_MAX_SHEET_CELLS cells: the rows times the
+    columns that its `<dimension>` declares or its cells' positions imply, whichever is larger (the grid a reader
+    allocates). Every XML member of the zip is parsed as a stream, whatever its name, so no sheet is missed; the
+    XML parser refuses entity expansion. An old .xls (not a zip) is left to its reader."""
     path = Path(path)
     if not zipfile.is_zipfile(path):
         return
@@ -100,29 +124,75 @@ def check_spreadsheet(path: str | Path) -> None:
                 raise FeatcacheError(f"{path}: the spreadsheet unpacks to {total} bytes, over the limit of "
                                      f"{max_bytes}; set {MAX_SHEET_BYTES_ENV} to read it")
             for member in members:
-                if not re.fullmatch(r"xl/worksheets/[^/]+\.xml", member.filename):
+                if member.is_dir():
                     continue
-                with archive.open(member) as handle:
-                    head = handle.read(1 << 16)
-                cells = _declared_cells(head)
+                cells = _declared_cells(archive, member, max_cells)
                 if cells > max_cells:
-                    raise FeatcacheError(f"{path}: sheet {Path(member.filename).stem} declares {cells} cells, over "
-                                         f"the limit of {max_cells}; set {MAX_SHEET_CELLS_ENV} to read it")
-    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
-        raise FeatcacheError(f"{path}: cannot read the spreadsheet ({exc})") from None
+                    raise FeatcacheError(f"{path}: sheet {printable(Path(member.filename).stem)} declares {cells} "
+                                         f"cells, over the limit of {max_cells}; set {MAX_SHEET_CELLS_ENV} to read "
+                                         "it")
+    except _NotXML as exc:
+        raise FeatcacheError(f"{path}: {exc}; it is not read") from None
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError, zlib.error) as exc:
+        raise FeatcacheError(f"{path}: cannot read the spreadsheet ({printable(exc)})") from None
 
 
-def _declared_cells(head: bytes) -> int:
-    """Cells the `<dimension ref="A1:XFD1048576">` of a worksheet's first bytes spans (0 without one): the grid a
-    reader allocates, whatever the cells really hold."""
-    match = _DIMENSION.search(head)
-    if not match:
-        return 0
-    col1, row1, col2, row2 = match.groups()
-    col2, row2 = (col2 or col1), (row2 or row1)
-    if not row2:
-        return 0
-    return _column_number(col2 or b"A") * int(row2)
+def _declared_cells(archive: zipfile.ZipFile, member: zipfile.ZipInfo, max_cells: int) -> int:
+    """Cells a worksheet member spans: the largest row times the largest column of its `<dimension ref>` and of its
+    cells, where a `<row>` without `r` follows the previous row and a `<c>` without `r` the previous cell. 0 for a
+    member that is not XML or holds no sheet. The member is fed to expat in 1 MiB pieces, keeping no tree, and
+    parsing stops as soon as the span passes `max_cells`. A worksheet member (xl/worksheets/*.xml) that expat refuses
+    (not well-formed, or an entity expansion bomb) is refused; any other member it refuses is skipped (a reader that
+    took it for a sheet would fail on it too)."""
+    worksheet = re.fullmatch(r"xl/worksheets/[^/]+\.xml", member.filename) is not None
+    state = {"row": 0, "col": 0, "max_row": 0, "max_col": 0}
+    path: list[str] = []  # local names of the open elements
+
+    def start(tag: str, attrs: dict) -> None:
+        name = tag.rpartition(":")[2]
+        parent = path[-1] if path else ""
+        path.append(name)
+        if name == "row" and parent == "sheetData":
+            state["row"] = _row_number(attrs.get("r", "").strip()) or state["row"] + 1
+            state["col"] = 0
+        elif name == "c" and parent == "row":
+            col, row = _cell(attrs.get("r"))
+            state["col"] = col or state["col"] + 1
+            state["row"] = max(state["row"], row)
+        elif name == "dimension" and parent == "worksheet":
+            col, row = _cell((attrs.get("ref") or "").rpartition(":")[2])
+            state["max_col"], state["max_row"] = max(state["max_col"], col), max(state["max_row"], row)
+        else:
+            return
+        state["max_col"], state["max_row"] = max(state["max_col"], state["col"]), max(state["max_row"], state["row"])
+        if state["max_col"] * state["max_row"] > max_cells:
+            raise _OverLimit
+
+    parser = expat.ParserCreate(namespace_separator=":")
+    parser.StartElementHandler = start
+    parser.EndElementHandler = lambda tag: path.pop()
+    with archive.open(member) as handle:
+        if not worksheet and not handle.peek(4)[:4].lstrip().startswith(_XML_START):
+            return 0
+        try:
+            while chunk := handle.read(1 << 20):
+                parser.Parse(chunk, False)
+            parser.Parse(b"", True)
+        except _OverLimit:
+            pass
+        except expat.ExpatError as exc:
+            if worksheet:
+                raise _NotXML(f"sheet {printable(Path(member.filename).stem)} cannot be read as XML "
+                              f"({printable(exc)})") from None
+    return state["max_col"] * state["max_row"]
+
+
+class _OverLimit(Exception):
+    """Raised from the parser's callback to stop reading a sheet already known to be over the limit."""
+
+
+class _NotXML(ValueError):
+    """A worksheet member that the XML parser refuses (malformed, or an entity expansion bomb)."""
 
 
 # ------------------------------------------------------------------------------------------------- image folders
