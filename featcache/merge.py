@@ -65,6 +65,9 @@ def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
                     if read_attr(target, "manifest_sha256", str, name, None) != \
                             read_attr(first, "manifest_sha256", str, shards[0], None):
                         raise FeatcacheError(f"{name} exists and was built from other images than the shards")
+                    if target["images/key"].shape != first["images/key"].shape:
+                        raise FeatcacheError(f"{name} exists and holds {len(target['images/key'])} images, "
+                                             f"{shards[0]} {len(first['images/key'])}")
                     present = set(backbone_ids(target))
                     for bid in sorted(present & set(wanted)):
                         check_config(target, bid, configs[bid], name, advise_options=False)
@@ -95,7 +98,11 @@ def _copy_tables(source: h5py.File, out: Path) -> None:
 def _holders(bid: str, names, sources) -> list:
     holders = [(n, f) for n, f in zip(names, sources) if bid in backbone_ids(f)]
     config = _config(holders[0][1], bid)
+    shape = holders[0][1][f"features/{bid}/emb"].shape
     for name, f in holders[1:]:
+        if f[f"features/{bid}/emb"].shape != shape:  # open_read checked each against its own /images
+            raise FeatcacheError(f"{name}: /features/{bid}/emb has shape {f[f'features/{bid}/emb'].shape}, expected "
+                                 f"{shape} as in {holders[0][0]}; the shards do not hold the same images")
         differing = compare_configs(_config(f, bid), config)
         if differing:
             raise FeatcacheError(f"{name}: backbone {bid} was extracted with another configuration "

@@ -122,3 +122,21 @@ def test_an_images_table_shorter_than_the_keys_is_one_line(data):
         f.create_dataset("images/path", data=np.array(["a.jpg"] * 5, dtype=object), dtype=h5py.string_dtype())
     for args in (["info"], FIT, MERGE):
         assert "/images/path does not have the 22 rows of /images/key" in _run(args), args
+
+
+def test_a_shard_with_another_number_of_images_is_one_line_in_merge(data):
+    """Each shard is consistent in itself (and claims the same images), but holds 21 rows, not 22."""
+    shard = data / "shard.h5"
+    with h5py.File(data / "featcache.h5", "r") as src, h5py.File(shard, "w") as f:
+        f.attrs.update(dict(src.attrs))
+        for name in ("samples", "targets"):
+            src.copy(src[name], f, name=name)
+        for name, table in src["images"].items():
+            f.create_dataset(f"images/{name}", data=table[:21], dtype=table.dtype)
+        group = f.create_group(GROUP)
+        group.attrs.update(dict(src[GROUP].attrs))
+        group.create_dataset("emb", data=np.ones((21, 4), "f4"))
+        group.create_dataset("done", data=np.ones(21, bool))
+    line = _run(["merge", "featcache.h5", "shard.h5", "--cache", "merged.h5"])
+    assert f"shard.h5: /features/{BID}/emb has shape (21, 4), expected (22, 4) as in featcache.h5" in line
+    assert not (data / "merged.h5").exists()
