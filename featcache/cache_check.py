@@ -89,8 +89,9 @@ class RepairResult:
 
 
 def repair(path: str | Path) -> RepairResult:
-    """Drop half-created backbones and links under /features (by rewriting the cache, never following a link), mark non-finite `done` rows for extraction again, and
-    delete temporary files left by killed writers."""
+    """Drop half-created or damaged backbones (`featcache.store.backbone_problem`: their datasets never read) and
+    links under /features, by rewriting the cache, never following a link; mark non-finite `done` rows for
+    extraction again, and delete temporary files left by killed writers."""
     with lock_cache(path) as target:
         temporaries = [str(p) for p in remove_stale_temporaries(target)]
         with open_read(path, repairing=True) as f:
