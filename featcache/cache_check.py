@@ -14,7 +14,7 @@ from featcache.atomic_write import remove_stale_temporaries
 from featcache.cache_lock import lock_cache
 from featcache.cache_rewrite import rewrite_cache
 from featcache.errors import FeatcacheError
-from featcache.store import COPY_ROWS, open_read, open_write, walk_backbones
+from featcache.store import COPY_ROWS, open_read, open_write, read_attr, walk_backbones
 from featcache.untrusted import printable
 
 
@@ -48,14 +48,14 @@ def _problems(path: str | Path, require_complete: bool) -> list[str]:
         problems += [f"backbone {b} is half created (run `featcache repair`)" for b in half]
         for bid in complete:
             group = f[f"features/{bid}"]
-            dim = int(group.attrs["dim"])
+            dim = read_attr(group, "dim", int, path)
             emb, done = group["emb"], group["done"]
             if emb.shape != (images, dim) or done.shape != (images,):
                 problems.append(f"backbone {bid}: shape {emb.shape}/{done.shape}, expected ({images}, {dim})")
                 continue
             try:
-                json.loads(group.attrs["config_json"])
-                json.loads(group.attrs["provenance_json"])
+                json.loads(read_attr(group, "config_json", str, path))
+                json.loads(read_attr(group, "provenance_json", str, path))
             except ValueError:
                 problems.append(f"backbone {bid}: unreadable config or provenance")
             bad = int(nonfinite_done_rows(group).sum())
@@ -89,8 +89,9 @@ class RepairResult:
 
 
 def repair(path: str | Path) -> RepairResult:
-    """Drop half-created backbones and links under /features (by rewriting the cache, never following a link), mark non-finite `done` rows for extraction again, and
-    delete temporary files left by killed writers."""
+    """Drop half-created or damaged backbones (`featcache.store.backbone_problem`: their datasets never read) and
+    links under /features, by rewriting the cache, never following a link; mark non-finite `done` rows for
+    extraction again, and delete temporary files left by killed writers."""
     with lock_cache(path) as target:
         temporaries = [str(p) for p in remove_stale_temporaries(target)]
         with open_read(path, repairing=True) as f:

@@ -23,6 +23,7 @@ from featcache.store import (
     create_feature_datasets,
     feature_bytes,
     open_read,
+    read_attr,
     write_tables,
 )
 
@@ -53,7 +54,7 @@ def rewrite_cache(path: str | Path, *, add: list[NewBackbone] = (),
     with open_read(path, repairing) as src:  # a self-contained cache: only its own data is copied
         keep = backbone_ids(src)
         rows = len(samples.distinct_images()[0]) if samples is not None else len(src["images/key"])
-        needed = sum(feature_bytes(rows, int(src[f"features/{b}"].attrs["dim"])) for b in keep)
+        needed = sum(feature_bytes(rows, read_attr(src[f"features/{b}"], "dim", int, path)) for b in keep)
         needed += sum(feature_bytes(rows, n.dim) for n in add) + (1 << 20)
         check_free_space(path, needed, what)
         with atomic_h5(path, what) as dst:
@@ -82,10 +83,10 @@ def rewrite_cache(path: str | Path, *, add: list[NewBackbone] = (),
 
 def _carry_rows(src: h5py.File, dst: h5py.File, bid: str, row_map: np.ndarray) -> None:
     old = src[f"features/{bid}"]
-    config = json.loads(old.attrs["config_json"])
-    extra = {k: v for k, v in old.attrs.items() if k == "shard"}
-    group = create_feature_datasets(dst, config, int(old.attrs["dim"]), json.loads(old.attrs["provenance_json"]),
-                                     extra)
+    config = json.loads(read_attr(old, "config_json", str, src.filename))
+    extra = {k: read_attr(old, k, str, src.filename) for k in old.attrs if k == "shard"}
+    group = create_feature_datasets(dst, config, read_attr(old, "dim", int, src.filename),
+                                     json.loads(read_attr(old, "provenance_json", str, src.filename)), extra)
     old_done = old["done"][()]
     for start in range(0, len(row_map), COPY_ROWS):
         new_rows = np.arange(start, min(start + COPY_ROWS, len(row_map)))

@@ -21,6 +21,7 @@ from featcache.store import (
     compare_configs,
     open_read,
     open_write,
+    read_attr,
 )
 
 
@@ -47,7 +48,8 @@ def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
         first = sources[0]
         for path, f in zip(shards, sources):
             for attr in ("manifest_sha256", "samples_sha256"):
-                if f.attrs.get(attr) is None or f.attrs.get(attr) != first.attrs.get(attr):
+                value = read_attr(f, attr, str, path, None)
+                if value is None or value != read_attr(first, attr, str, shards[0], None):
                     raise FeatcacheError(f"{path} was built from other images or labels than {shards[0]}")
         wanted = sorted({b for f in sources for b in backbone_ids(f)})
         configs = {bid: _agreed_config(bid, shards, sources) for bid in wanted}  # shards that disagree: refused
@@ -60,8 +62,12 @@ def merge(shards: list[str | Path], out: str | Path) -> MergeResult:
             present: set[str] = set()
             if out.exists():
                 with open_read(out) as target:
-                    if target.attrs.get("manifest_sha256") != first.attrs.get("manifest_sha256"):
+                    if read_attr(target, "manifest_sha256", str, name, None) != \
+                            read_attr(first, "manifest_sha256", str, shards[0], None):
                         raise FeatcacheError(f"{name} exists and was built from other images than the shards")
+                    if target["images/key"].shape != first["images/key"].shape:
+                        raise FeatcacheError(f"{name} exists and holds {len(target['images/key'])} images, "
+                                             f"{shards[0]} {len(first['images/key'])}")
                     present = set(backbone_ids(target))
                     for bid in sorted(present & set(wanted)):
                         check_config(target, bid, configs[bid], name, advise_options=False)
@@ -91,9 +97,13 @@ def _copy_tables(source: h5py.File, out: Path) -> None:
 
 def _holders(bid: str, names, sources) -> list:
     holders = [(n, f) for n, f in zip(names, sources) if bid in backbone_ids(f)]
-    config = json.loads(holders[0][1][f"features/{bid}"].attrs["config_json"])
+    config = _config(holders[0][1], bid)
+    shape = holders[0][1][f"features/{bid}/emb"].shape
     for name, f in holders[1:]:
-        differing = compare_configs(json.loads(f[f"features/{bid}"].attrs["config_json"]), config)
+        if f[f"features/{bid}/emb"].shape != shape:  # open_read checked each against its own /images
+            raise FeatcacheError(f"{name}: /features/{bid}/emb has shape {f[f'features/{bid}/emb'].shape}, expected "
+                                 f"{shape} as in {holders[0][0]}; the shards do not hold the same images")
+        differing = compare_configs(_config(f, bid), config)
         if differing:
             raise FeatcacheError(f"{name}: backbone {bid} was extracted with another configuration "
                                  f"({', '.join(differing)} differ) than in {holders[0][0]}")
@@ -103,7 +113,13 @@ def _holders(bid: str, names, sources) -> list:
 def _agreed_config(bid: str, names, sources) -> dict:
     """The configuration of `bid`, which every shard holding it must share."""
     holders = _holders(bid, names, sources)
-    return json.loads(holders[0][1][f"features/{bid}"].attrs["config_json"])
+    return _config(holders[0][1], bid)
+
+
+def _config(f: h5py.File, bid: str) -> dict:
+    """The configuration `bid` was extracted with, as recorded (a cache open_read accepted holds it as a JSON
+    object)."""
+    return json.loads(read_attr(f[f"features/{bid}"], "config_json", str, f.filename))
 
 
 def _merge_image_hashes(sources, target: h5py.File) -> None:
@@ -124,9 +140,9 @@ def _merge_image_hashes(sources, target: h5py.File) -> None:
 def _new_backbone(bid: str, names, sources) -> NewBackbone:
     holders = _holders(bid, names, sources)
     group = holders[0][1][f"features/{bid}"]
-    provenance = json.loads(group.attrs["provenance_json"])
+    provenance = json.loads(read_attr(group, "provenance_json", str, holders[0][0]))
     provenance["merged_from"] = [str(n) for n, _ in holders]
-    return NewBackbone(config=json.loads(group.attrs["config_json"]), dim=int(group.attrs["dim"]),
+    return NewBackbone(config=_config(holders[0][1], bid), dim=read_attr(group, "dim", int, holders[0][0]),
                        provenance=provenance)
 
 
@@ -134,9 +150,12 @@ def _merge_backbone(bid: str, names, sources, target: h5py.File) -> tuple[int, i
     holders = _holders(bid, names, sources)
     group = target[f"features/{bid}"]
     done = group["done"][()]
-    for _, f in holders:
-        shard_done = f[f"features/{bid}/done"][()]
+    for name, f in holders:
         emb = f[f"features/{bid}/emb"]
+        if emb.shape != group["emb"].shape:  # open_read checked each against its own /images
+            raise FeatcacheError(f"{name}: /features/{bid}/emb has shape {emb.shape}, expected "
+                                 f"{group['emb'].shape} as in the merged cache; re-extract this shard")
+        shard_done = f[f"features/{bid}/done"][()]
         for start in range(0, len(done), COPY_ROWS):
             stop = min(start + COPY_ROWS, len(done))
             new = shard_done[start:stop] & ~done[start:stop]

@@ -27,7 +27,7 @@ from featcache.atomic_write import atomic_h5
 from featcache.decode import decode_option
 from featcache.errors import FeatcacheError
 from featcache.samples import SampleTable
-from featcache.untrusted import check_self_contained
+from featcache.untrusted import check_self_contained, printable
 
 FORMAT = "featcache-cache"
 FORMAT_VERSION = 2  # 2 adds /images/size and /images/mtime_ns; version 1 caches are read and extended as they are
@@ -35,6 +35,33 @@ STR = h5py.string_dtype()
 CHUNK_BYTES = 1 << 20
 COPY_ROWS = 4096
 BACKBONE_ATTRS = ("config_json", "provenance_json", "dim")
+# The type of every attribute featcache writes at the root and on a backbone group (checked on open).
+ROOT_ATTR_TYPES = {"format": str, "format_version": int, "tool_version": str, "dataset": str, "annotation": str,
+                   "root": str, "dataset_options_json": str, "manifest_sha256": str, "samples_sha256": str,
+                   "annotation_sha256": str, "command": str}
+BACKBONE_ATTR_TYPES = {"config_json": str, "provenance_json": str, "dim": int, "shard": str}
+_MISSING = object()
+
+
+def read_attr(obj, name: str, kind: type, path: str | Path, default=_MISSING):
+    """Attribute `name` of a group or file as a `kind` (str or int), `default` when it is absent (absent without a
+    default: KeyError). Any other type (an array, bytes, a float) is a one-line FeatcacheError naming it."""
+    try:
+        value = obj.attrs.get(name, _MISSING)
+    except (OSError, RuntimeError, TypeError, ValueError) as exc:
+        raise FeatcacheError(f"{path}: attribute {name} of {obj.name} cannot be read ({exc}); the cache is "
+                             "damaged") from None
+    if value is _MISSING:
+        if default is _MISSING:
+            raise KeyError(f"attribute {name} of {obj.name} missing")
+        return default
+    if kind is str and isinstance(value, str):
+        return value
+    if kind is int and isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    shown = f"an array of shape {value.shape}" if isinstance(value, np.ndarray) else f"of type {type(value).__name__}"
+    raise FeatcacheError(f"{path}: attribute {name} of {obj.name} is {shown}, not {kind.__name__}; the cache is "
+                         "damaged or was not written by featcache")
 
 
 def check_is_cache_file(path: str | Path) -> None:
@@ -229,14 +256,48 @@ def check_config(f: h5py.File, bid: str, config: dict, path: str | Path, advise_
                              f"({', '.join(differing)} differ); use another --cache{how}")
 
 
-def walk_backbones(f: h5py.File) -> tuple[list[str], list[str]]:
+def backbone_problem(f: h5py.File, bid: str) -> str | None:
+    """What makes backbone `bid` (its datasets and attributes all present) unreadable, or None: an attribute of the
+    wrong type or JSON that is not an object, `emb` not of shape (rows of /images, dim) and floating point, `done`
+    not of shape (rows of /images,) and boolean. Checked before any read of `emb`, which could otherwise allocate
+    a declared shape the file does not hold."""
+    group = f[f"features/{bid}"]
+    for name, kind in BACKBONE_ATTR_TYPES.items():
+        try:
+            value = read_attr(group, name, kind, f.filename, None)
+            if name.endswith("_json") and not isinstance(json.loads(value), dict):
+                raise ValueError("not an object")
+        except FeatcacheError as exc:
+            return str(exc).removeprefix(f"{f.filename}: ").split(";")[0]
+        except ValueError as exc:
+            return f"attribute {name} of /features/{bid} is not JSON ({str(exc).splitlines()[0]})"
+    extra = sorted(set(group) - {"emb", "done"})
+    if extra:
+        return f"/features/{bid} holds {extra[0]} besides emb and done"
+    rows, dim = len(f["images/key"]), read_attr(group, "dim", int, f.filename)
+    for name, shape, kinds, what in (("emb", (rows, dim), "f", "floating point"), ("done", (rows,), "b", "boolean")):
+        dataset = group[name]
+        if not isinstance(dataset, h5py.Dataset) or dataset.shape != shape or dataset.dtype.kind not in kinds:
+            got = f"has shape {dataset.shape} of {dataset.dtype}" if isinstance(dataset, h5py.Dataset) \
+                else "is a group"
+            return (f"/features/{bid}/{name} {got}, expected shape {shape} ({what}: the {rows} rows of /images"
+                    + (f", dim {dim} as recorded)" if name == "emb" else ")"))
+        declared, stored = dataset.size * dataset.dtype.itemsize, dataset.id.get_storage_size()
+        if stored < declared:  # featcache allocates both in full on creation
+            return f"/features/{bid}/{name} stores {stored} of its {declared} bytes"
+    return None
+
+
+def walk_backbones(f: h5py.File, broken: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
     """(complete backbone ids, half-created or unreadable group names) under /features.
 
     Walked group by group, each step guarded, so one damaged object is reported as such while every readable
     backbone stays listed, and `repair` can keep those. Soft and external links are listed as damaged, never
-    followed."""
+    followed. A backbone with all its datasets and attributes but one of them unreadable (`backbone_problem`) is
+    listed as damaged, and its problem put in `broken` (id -> problem) when given."""
     complete: list[str] = []
     half: list[str] = []
+    broken = {} if broken is None else broken
     errors = (RuntimeError, KeyError, OSError, ValueError)
     try:
         features = f["features"] if "features" in f else None
@@ -264,10 +325,12 @@ def walk_backbones(f: h5py.File) -> tuple[list[str], list[str]]:
                 marked = any(a in obj.attrs for a in BACKBONE_ATTRS)
                 if has or marked:
                     ok = len(has) == 2 and all(a in obj.attrs for a in BACKBONE_ATTRS)
-                    ok = ok and len(obj["emb"].shape) == 2 and len(obj["done"].shape) == 1
-                    (complete if ok else half).append(path)
+                    problem = backbone_problem(f, path) if ok else None
+                    if problem:
+                        broken[path] = problem
+                    (complete if ok and not problem else half).append(path)
                     continue
-            except errors:
+            except (FeatcacheError, *errors):
                 half.append(path)
                 continue
             walk(obj, path)
@@ -303,13 +366,36 @@ def _checked(f: h5py.File, path: str | Path, repairing: bool = False) -> h5py.Fi
     """`f` when it is a featcache cache in one self-contained file (`featcache.untrusted.check_self_contained`);
     else closed and refused with one line."""
     try:
-        if f.attrs.get("format") != FORMAT:
+        if read_attr(f, "format", str, path, "") != FORMAT:
             raise FeatcacheError(f"{path}: not a featcache cache")
         check_self_contained(f, path, repairing)
+        for name, kind in ROOT_ATTR_TYPES.items():
+            read_attr(f, name, kind, path, None)
+        _check_tables(f, path)
+        broken: dict[str, str] = {}
+        walk_backbones(f, broken)
+        if broken and not repairing:
+            bid, problem = sorted(broken.items())[0]
+            raise FeatcacheError(f"{path}: the cache is damaged: {printable(problem)}; run `featcache repair` to "
+                                 f"drop backbone {printable(bid)}, then extract it again")
     except BaseException:
         f.close()
         raise
     return f
+
+
+def _check_tables(f: h5py.File, path: str | Path) -> None:
+    """/images/key one-dimensional, and every other /images table as long (their rows index the features)."""
+    try:
+        key = f["images/key"]
+        if not isinstance(key, h5py.Dataset) or len(key.shape) != 1:
+            raise ValueError("/images/key is not a one-dimensional table")
+        for name, table in f["images"].items():
+            if not isinstance(table, h5py.Dataset) or table.shape != key.shape:
+                raise ValueError(f"/images/{name} does not have the {key.shape[0]} rows of /images/key")
+    except (KeyError, ValueError) as exc:
+        raise FeatcacheError(f"{path}: the cache's image table is damaged ({printable(str(exc).strip(chr(39)))}); "
+                             "it cannot be read") from None
 
 
 def open_read(path: str | Path, repairing: bool = False) -> h5py.File:
@@ -371,11 +457,11 @@ def _read_samples(f: h5py.File) -> CachedSamples:
 
 def read_config(f: h5py.File, bid: str) -> dict:
     """The backbone's recorded configuration; keys an older version did not record read as it worked then."""
-    return with_config_defaults(json.loads(f[f"features/{bid}"].attrs["config_json"]))
+    return with_config_defaults(json.loads(read_attr(f[f"features/{bid}"], "config_json", str, f.filename)))
 
 
 def read_provenance(f: h5py.File, bid: str) -> dict:
-    return json.loads(f[f"features/{bid}"].attrs["provenance_json"])
+    return json.loads(read_attr(f[f"features/{bid}"], "provenance_json", str, f.filename))
 
 
 def annotation_sha256(source: str | None) -> str:

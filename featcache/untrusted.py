@@ -29,6 +29,9 @@ MAX_SHEET_BYTES = 1 << 30  # the uncompressed size of all members of an xlsx (a 
 # How much larger than the file a dataset of a cache may declare itself: a featcache cache stores its data
 # uncompressed, and gzip, the strongest filter HDF5 ships, compresses at most about 1030:1.
 MAX_DECLARED_RATIO = 1100
+# featcache allocates every dataset of a cache in full when it creates it, uncompressed: a dataset that declares
+# more bytes than it stores (by more than this margin) would be filled in memory from a fill value.
+MAX_UNSTORED_BYTES = 64 << 20
 
 
 def _limit(env: str, default: int) -> int:
@@ -231,10 +234,12 @@ def printable(text: object, newlines: bool = False) -> str:
 def check_self_contained(f: h5py.File, path: str | Path, repairing: bool = False) -> None:
     """Refuse a cache that is not one self-contained HDF5 file: soft or external links, datasets stored in other
     files (external storage) or assembled from them (virtual datasets), objects of other kinds, and datasets that
-    declare more than MAX_DECLARED_RATIO times the file's size (reading one would allocate memory the file cannot
-    back), and objects linked from more than one place (a cycle of groups). Every link is visited once.
-    `repairing` (`featcache repair`, which drops them): soft and external links under /features are let through;
-    the caller must never follow them."""
+    declare more than MAX_DECLARED_RATIO times the file's size or more than MAX_UNSTORED_BYTES beyond what they
+    store (reading one would allocate memory the file does not back), and objects linked from more than one place
+    (a cycle of groups). Every link is visited once.
+    `repairing` (`featcache repair`, which drops them): soft and external links under /features are let through,
+    and the declared sizes of datasets there are not checked; the caller must never follow those links, and reads
+    only backbones that `featcache.store.backbone_problem` accepts."""
     try:
         size = os.path.getsize(f.filename)
     except OSError:
@@ -259,7 +264,8 @@ def check_self_contained(f: h5py.File, path: str | Path, repairing: bool = False
     try:
         f.visititems_links(visit)
         if not problems:
-            f.visititems(lambda name, obj: _check_object(name, obj, limit, problems) if not problems else None)
+            f.visititems(lambda name, obj: _check_object(name, obj, limit, problems, repairing) if not problems
+                         else None)
     except (RuntimeError, KeyError, OSError, ValueError, TypeError) as exc:
         problems.append(f"its structure cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
     if problems:
@@ -267,7 +273,7 @@ def check_self_contained(f: h5py.File, path: str | Path, repairing: bool = False
                              "read")
 
 
-def _check_object(name: str, obj, limit: int, problems: list[str]) -> None:
+def _check_object(name: str, obj, limit: int, problems: list[str], repairing: bool = False) -> None:
     if h5py.h5o.get_info(obj.id).rc > 1:  # featcache links every object once; more makes aliases and cycles
         problems.append(f"/{name} is linked from more than one place")
         return
@@ -280,7 +286,12 @@ def _check_object(name: str, obj, limit: int, problems: list[str]) -> None:
         problems.append(f"/{name} is a virtual dataset (its data lives in other files)")
     elif obj.external:
         problems.append(f"/{name} is stored in another file ({printable(obj.external[0][0])})")
-    elif obj.shape is not None:
+    elif obj.shape is not None and not (repairing and name.startswith("features/")):
         declared = int(np.prod(obj.shape, dtype=object)) * obj.dtype.itemsize
         if declared > limit:
             problems.append(f"/{name} declares shape {obj.shape} ({declared} bytes), more than the file can hold")
+        elif declared > obj.id.get_storage_size() + MAX_UNSTORED_BYTES:
+            problems.append(f"/{name} declares shape {obj.shape} ({declared} bytes) but stores only "
+                            f"{obj.id.get_storage_size()} bytes (featcache writes its datasets in full)")
+        if problems and name.startswith("features/"):
+            problems[-1] += " (`featcache repair` drops its backbone; then extract it again)"

@@ -112,8 +112,28 @@ def load_cache(path: str, backbone: str | None = None, labels_only: bool = False
             m = len(samples.image_keys)
             return CacheData(str(path), bid, samples, np.zeros((m, 0), np.float32), np.zeros(m, bool))
         bid = resolve_backbone_id(ids, backbone, path)
-        group = f[f"features/{bid}"]
+        group = f[f"features/{bid}"]  # open_read checked its shapes: (images, dim) and (images,)
         samples = read_samples(f)
+        check_sample_rows(str(path), samples)
         if check_labels:
             check_finite_labels(str(path), samples.targets, samples.key)
         return CacheData(str(path), bid, samples, group["emb"][()], group["done"][()])
+
+
+def check_sample_rows(path: str, samples: CachedSamples) -> None:
+    """Every sample table as long as /samples/key, and every image index (gen, ref) a row of /images (ref -1: no
+    image prompt); else one line, before any row of the features is indexed."""
+    n, images = len(samples.key), len(samples.image_keys)
+    columns = {"group": samples.group, "generator": samples.generator, "subset": samples.subset,
+               "text_prompt": samples.text_prompt, "gen": samples.gen, "ref": samples.ref, **samples.targets}
+    for name, values in columns.items():
+        if np.shape(values) != (n,):
+            raise FeatcacheError(f"{path}: the cache's table {name} has shape {np.shape(values)}, expected ({n},) "
+                                 "like /samples/key; the cache is damaged: extract it again")
+    for name, values, low in (("gen", samples.gen, 0), ("ref", samples.ref, -1)):
+        if not np.issubdtype(np.asarray(values).dtype, np.integer):
+            raise FeatcacheError(f"{path}: /samples/{name} holds {np.asarray(values).dtype}, not image indices; the "
+                                 "cache is damaged: extract it again")
+        if n and (values.min() < low or values.max() >= images):
+            raise FeatcacheError(f"{path}: /samples/{name} points outside the {images} rows of /images; the cache is "
+                                 "damaged: extract it again")
