@@ -204,8 +204,8 @@ def test_labels_are_compared_with_the_annotation_this_invocation_finds(tmp_path,
 
 
 def test_the_readme_featcache_toml_example_resolves_as_documented(tmp_path, monkeypatch):
-    """root absolute (or relative to the toml), annotation relative to the root, cache next to the toml; backbone
-    and pool together choose for fit."""
+    """root absolute (or relative to the toml), annotation relative to the root, cache next to the toml (only
+    there); backbone and pool together choose for fit."""
     from featcache.defaults import load_config
 
     db = tmp_path / "data" / "my-aigc-db"
@@ -223,8 +223,10 @@ def test_the_readme_featcache_toml_example_resolves_as_documented(tmp_path, monk
     assert Path(config["root"]).resolve() == db and config["cache"] == str(project / "mine.h5")
     (project / "featcache.toml").write_text(f'cache = "{db}/c.h5"\nbackbone = "toy"\npool = "multilevel"\n')
     monkeypatch.chdir(project)
-    out = CliRunner().invoke(cli.main, ["fit", "--regressor", "ridge", "--folds", "3", "--quiet", "--no-figures",
-                                        "--labels", "cache"])
+    fit = ["fit", "--regressor", "ridge", "--folds", "3", "--quiet", "--no-figures", "--labels", "cache"]
+    out = CliRunner().invoke(cli.main, fit)  # a toml names a cache inside its own folder only
+    assert out.exit_code == 2 and "may only name a cache inside its own folder" in out.output, out.output
+    out = CliRunner().invoke(cli.main, [*fit, "--cache", str(db / "c.h5")])
     assert out.exit_code == 0 and out.output.startswith("toy.random/multilevel/4:"), out.output
 
 
