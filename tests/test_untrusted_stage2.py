@@ -360,3 +360,30 @@ def test_names_from_a_head_are_printed_with_control_characters_escaped(workdir, 
                                            "t.csv"])
     line = _one_line_refusal(result, "resnet18\\x1b]0;owned\\x07/paper/64")
     assert "\x1b" not in result.output and "\x07" not in line
+
+
+# 7. Metadata and results of the wrong types --------------------------------------------------------------------
+
+def _raw_head(root, name, text):
+    arrays, _ = _head_parts(root)
+    save_file(arrays, str(root / name), metadata={"featcache": text})
+    return root / name
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"params": [1, 2]}, "params is list"),
+    ({"scalars": [1]}, "scalars is list"),
+    ({"params": {"alpha": {"a": 1}}}, "params.alpha"),
+    ({"format_version": "x"}, "format_version"),
+    ({"format_version": {}}, "format_version"),
+    ("fv_inf", "format_version")])
+def test_a_head_whose_params_scalars_or_version_have_the_wrong_type_is_refused(workdir, change, needle):
+    _, meta = _head_parts(workdir)
+    if change == "fv_inf":
+        text = json.dumps(dict(meta, format_version=2)).replace('"format_version": 2', '"format_version": 1e400')
+    else:
+        text = json.dumps(dict(meta, **change))
+    head = _raw_head(workdir, "types.safetensors", text)
+    result = CliRunner().invoke(cli.main, ["predict", "--head", str(head), str(workdir / "x.jpg"), "--out",
+                                           str(workdir / "types.csv")])
+    _one_line_refusal(result, "damaged featcache head", needle)
