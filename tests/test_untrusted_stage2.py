@@ -387,3 +387,26 @@ def test_a_head_whose_params_scalars_or_version_have_the_wrong_type_is_refused(w
     result = CliRunner().invoke(cli.main, ["predict", "--head", str(head), str(workdir / "x.jpg"), "--out",
                                            str(workdir / "types.csv")])
     _one_line_refusal(result, "damaged featcache head", needle)
+
+
+def _crafted_results(workdir, tmp_path, text=None, **row_changes):
+    payload = json.loads((workdir / "run" / "results.json").read_text())
+    payload["summary"][0].update(row_changes)
+    path = tmp_path / "results.json"
+    path.write_text(text if text is not None else json.dumps(payload))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv"])
+@pytest.mark.parametrize("text, changes, needle", [
+    ("[" * 200000 + "]" * 200000, {}, "RecursionError"),
+    (None, {"srcc_mean": "x"}, "srcc_mean 'x'"),
+    (None, {"srcc_mean": 10 ** 400}, "srcc_mean"),
+    (None, {"plcc_mean": [1]}, "plcc_mean"),
+    (None, {"n_failed": "2"}, "n_failed"),
+    (None, {"backbone": {"a": 1}}, "backbone")])
+def test_results_whose_numbers_have_the_wrong_type_are_refused_in_one_line(workdir, tmp_path, fmt, text, changes,
+                                                                           needle):
+    path = _crafted_results(workdir, tmp_path, text, **changes)
+    result = CliRunner().invoke(cli.main, ["table", str(path), "--format", fmt])
+    _one_line_refusal(result, str(path), "not a featcache results.json", needle)
