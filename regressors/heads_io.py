@@ -90,8 +90,9 @@ PARAM_TYPES = (str, int, float, bool, type(None), list)  # what get_params() of 
 
 def _metadata_problem(meta: dict) -> str | None:
     """What is wrong with the types of a head's metadata, in words naming the key; None when nothing is.
-    `params` is a dict of JSON scalars or lists of numbers, `scalars` a dict of finite-or-not floats (their
-    finiteness is checked when rebuilding), `format_version` a whole number from 1 to FORMAT_VERSION (a newer head may mean its arrays differently)."""
+    `params` is a dict of JSON scalars or lists of numbers, `scalars` a dict of numbers or nulls (finiteness is
+    checked when rebuilding), `format_version` a whole number from 1 to FORMAT_VERSION (a newer head may mean its
+    arrays differently)."""
     if not isinstance(meta.get("regressor"), str):
         return "regressor is not a name"
     params = meta.get("params")

@@ -93,7 +93,8 @@ def _summary_problem(config: dict, summary: list[dict]) -> str | None:
                     isinstance(value, int) and abs(value) > 2 ** 53) or not math.isfinite(value):
                 return f"summary {key} {str(value)[:40]!r} is not a finite number or null"
         failed = row.get("n_failed")
-        if failed is not None and (isinstance(failed, bool) or not isinstance(failed, int) or not 0 <= failed < 2 ** 53):
+        if failed is not None and (isinstance(failed, bool) or not isinstance(failed, int)
+                                   or not 0 <= failed < 2 ** 53):
             return f"summary n_failed {str(failed)[:40]!r} is not a whole number from 0 or null"
     return None
 
@@ -328,11 +329,18 @@ def render_table(rows: list[dict], metrics: list[str] | None = None, fmt: str = 
 
         return csv_text(header, [[v if isinstance(v, str) else Number(_fmt(v)) for v in r] for r in body])
     if fmt == "md":
+        header = [_md(h) for h in header]
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         for r, b in zip(body, bold):
-            lines.append("| " + " | ".join(f"**{_fmt(v)}**" if flag else _fmt(v) for v, flag in zip(r, b)) + " |")
+            lines.append("| " + " | ".join(f"**{_md(_fmt(v))}**" if flag else _md(_fmt(v)) for v, flag in zip(r, b))
+                         + " |")
         return "\n".join(lines) + f"\n\n{caption}\n"
     return _latex(header, body, bold, caption)
+
+
+def _md(text: str) -> str:
+    """A markdown table cell: a `|` (which would end the cell) written `\\|`."""
+    return text.replace("|", "\\|")
 
 
 def _tex(text: str) -> str:
