@@ -117,6 +117,10 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="featcache")
 def main():
     """Perceptual quality of AI-generated images: extract frozen-backbone features once, fit heads many times."""
+    # process-wide, once, before any thread starts: loky replaces a worker that grew or idled and resubmits its
+    # jobs, and its warning of that says nothing the user can act on
+    warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor",
+                            category=UserWarning)
 
 
 def _cache_option(text: str = f"HDF5 cache [./{DEFAULT_CACHE}, or featcache.toml's cache]."):
