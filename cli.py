@@ -117,6 +117,10 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="featcache")
 def main():
     """Perceptual quality of AI-generated images: extract frozen-backbone features once, fit heads many times."""
+    # process-wide, once, before any thread starts: loky replaces a worker that grew or idled and resubmits its
+    # jobs, and its warning of that says nothing the user can act on
+    warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor",
+                            category=UserWarning)
 
 
 def _cache_option(text: str = f"HDF5 cache [./{DEFAULT_CACHE}, or featcache.toml's cache]."):
@@ -127,13 +131,17 @@ def _cache_option(text: str = f"HDF5 cache [./{DEFAULT_CACHE}, or featcache.toml
 def _admit_pixels(max_pixels: int) -> None:
     """A command that decodes images applies featcache's own pixel limit (checked per file from its header): Pillow's
     limit is raised to it for this process, before any decode thread or worker starts, and Pillow's warning for files
-    between its limit and twice it is left out, since featcache refuses every file over `max_pixels` itself."""
+    between its limit and twice it is left out, since featcache refuses every file over `max_pixels` itself.
+    torchvision's notice that its JPEG decoder (used by `--decode torch`) moves to TorchCodec is left out too: the
+    decoder works as documented, and the notice says nothing a user of featcache can act on."""
     from PIL import Image
 
     from featcache.images import raise_pillow_limit
 
     raise_pillow_limit(max_pixels)
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
 
 
 def _command_line() -> str:

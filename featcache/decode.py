@@ -10,7 +10,6 @@ reported exactly as on the CPU path.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import TYPE_CHECKING, NamedTuple
 
 from featcache.errors import FeatcacheError
@@ -85,20 +84,18 @@ def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torc
 
     if not encoded:
         return []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec; same decoder
-        try:
-            return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError:
-            if device.type == "cuda":  # nvjpeg may still be writing into the failed call's buffers
-                torch.cuda.synchronize(device)
-            out: list[torch.Tensor | None] = []
-            for data in encoded:
-                try:
-                    out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
-                except RuntimeError:
-                    out.append(None)
-            return out
+    try:
+        return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        if device.type == "cuda":  # nvjpeg may still be writing into the failed call's buffers
+            torch.cuda.synchronize(device)
+        out: list[torch.Tensor | None] = []
+        for data in encoded:
+            try:
+                out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                out.append(None)
+        return out
 
 
 TORCH_RESIZE = "pillow-two-pass"  # recorded with the torch path's features: how its resize is done

@@ -71,9 +71,6 @@ DASK_CONNECT_SECONDS = 20  # DASK_SCHEDULER_ADDRESS unreachable: a one-line erro
 
 def backend_context(backend: str | None):
     """joblib's own backends reach a cluster; the optional extras bring them."""
-
-    # loky replaces a worker that grew or idled and resubmits its jobs; its warning says nothing the user can act on
-    warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor")
     from joblib import parallel_config
 
     if backend in (None, "", "loky", "threading", "multiprocessing"):  # multiprocessing: refused by _fitted
@@ -205,14 +202,16 @@ def resolve_jobs(jobs: int | str, backend: str | None, tasks: list) -> int:
 def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list[str], *, split: str = "group",
          folds: int = 5, repeats: int = 1, seed: int = 0, subset: str = "all", train_on: str | None = None,
          test_on: str | None = None, hold_out_prompts: bool = False, groups: np.ndarray | None = None,
-         spread: bool = False, leave_out_unfillable: bool = False, leave_out_constant: bool = False):
+         spread: bool = False, leave_out_unfillable: bool = False, leave_out_constant: bool = False,
+         warn_folds: bool = True):
     """The folds and the fitting tasks of a run, without fitting anything (so the caller can count them).
     `groups`: the content groups of `design.content_groups`, when the caller has them already. `spread`: the
     device-trained regressors train on the CPU, so their cells are split by fold: CPU workers then share a cell
     (one worker's thread would otherwise train a whole cell while the other cores wait), and the stacks are the
     same whatever --jobs (a stack's make-up moves float32 sums in the last bits). `leave_out_unfillable` and
     `leave_out_constant`: the modes, or the targets, are defaults, and one that cannot be fitted is left out with a
-    warning instead of refused."""
+    warning instead of refused. `warn_folds`: warn of `--split group` folds that test no sample of a subset (a
+    caller fitting several backbones on the same samples, hence the same folds, warns for the first only)."""
     check_regressors(regressors)
     for mode in modes:
         get_mode(mode)
@@ -226,7 +225,8 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
     fold_list = make_folds(request, split, repeats)
     usable = {mode: mode_rows(data, mode, selection) for mode in modes}
     modes = _modes_that_fill(request, split, fold_list, usable, modes, leave_out_unfillable)
-    if split == "group":  # stratified by T2I/I2I, which reaches every fold only with enough groups of each
+    # --split group stratifies by T2I/I2I, which reaches every fold only with enough groups of each
+    if split == "group" and warn_folds:
         for note in folds_missing_a_subset(request, fold_list):
             warnings.warn(note, FeatcacheWarning, stacklevel=3)
     needs_features = any(get_regressor(r).reads_features for r in regressors)
@@ -412,11 +412,12 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
                    train_on: str | None = None, test_on: str | None = None, hold_out_prompts: bool = False,
                    jobs: int | str = "auto", backend: str | None = None, device: str = "cpu",
                    on_progress: Callable[[int, int], None] | None = None,
-                   leave_out_unfillable: bool = False, leave_out_constant: bool = False) -> CVResults:
+                   leave_out_unfillable: bool = False, leave_out_constant: bool = False,
+                   warn_folds: bool = True) -> CVResults:
     """Fit every regressor x mode x target on every fold; `on_progress(done, total)` after each fitted member.
     `leave_out_unfillable`: `modes` are defaults, and one that cannot fill every fold is left out with a warning
     (config['modes'] says which were fitted) instead of refused; `leave_out_constant`: likewise for `targets`, a
-    target with one value over the selection (config['targets'])."""
+    target with one value over the selection (config['targets']). `warn_folds`: as in `plan`."""
     check_jobs(jobs)
     groups = content_groups(data)
     trained_on = _trained_on(device, regressors)
@@ -424,7 +425,7 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
     _, tasks = plan(data, modes, targets, regressors, split=split, folds=folds, repeats=repeats, seed=seed,
                              subset=subset, train_on=train_on, test_on=test_on, hold_out_prompts=hold_out_prompts,
                              groups=groups, spread=spread, leave_out_unfillable=leave_out_unfillable,
-                             leave_out_constant=leave_out_constant)
+                             leave_out_constant=leave_out_constant, warn_folds=warn_folds)
     modes = [mode for mode in modes if any(task.mode == mode for task in tasks)]  # less any left out
     targets = [target for target in targets if any(m[0] == target for task in tasks for m in task.meta)]
     spec = get_split(split)

@@ -252,12 +252,11 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
             if on_progress and (offset == 0 or done > 0):  # every backbone fits as many heads as the first
                 on_progress(offset + done, total * backbones if offset == 0 else None)
 
-        with warnings.catch_warnings():  # the same samples, so the same folds: their warning once, not per backbone
-            if bid != chosen[0]:
-                warnings.filterwarnings("ignore", message="--split group: ", category=FeatcacheWarning)
-            result = cross_validate(data, chosen_modes, chosen_targets, regressors, on_progress=progress,
-                                    leave_out_unfillable=modes is None and defaults is None,
-                                    leave_out_constant=targets is None and default_targets is None, **options)
+        # the same samples, so the same folds: their warning once, not per backbone
+        result = cross_validate(data, chosen_modes, chosen_targets, regressors, on_progress=progress,
+                                leave_out_unfillable=modes is None and defaults is None,
+                                leave_out_constant=targets is None and default_targets is None,
+                                warn_folds=bid == chosen[0], **options)
         if modes is None:
             defaults = result.config["modes"]  # as left for the first backbone: the later ones get no warning
         if targets is None:

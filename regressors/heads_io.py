@@ -7,6 +7,7 @@ weights) is saved as `state.<name>` arrays.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +74,49 @@ def load_head(path: str | Path) -> tuple[object, dict]:
         raise FeatcacheError(f"{path}: not a featcache head ({type(exc).__name__}: {exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise FeatcacheError(f"{path}: not a featcache head")
+    problem = _metadata_problem(meta)
+    if problem:
+        raise FeatcacheError(f"{path}: damaged featcache head ({problem})")
     try:
         model = _rebuild(meta, arrays)
         model.predict(np.zeros((1, model.n_features_in_)))  # arrays whose shapes disagree fail here, not in predict
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
         raise FeatcacheError(f"{path}: damaged featcache head ({type(exc).__name__}: {exc})") from exc
     return model, meta
+
+
+PARAM_TYPES = (str, int, float, bool, type(None), list)  # what get_params() of a saved head holds, through JSON
+
+
+def _metadata_problem(meta: dict) -> str | None:
+    """What is wrong with the types of a head's metadata, in words naming the key; None when nothing is.
+    `params` is a dict of JSON scalars or lists of numbers, `scalars` a dict of numbers or nulls (finiteness is
+    checked when rebuilding), `format_version` a whole number from 1 to FORMAT_VERSION (a newer head may mean its
+    arrays differently)."""
+    if not isinstance(meta.get("regressor"), str):
+        return "regressor is not a name"
+    params = meta.get("params")
+    if not isinstance(params, dict):
+        return f"params is {type(params).__name__}, not an object"
+    for key, value in params.items():
+        if not isinstance(value, PARAM_TYPES) or (isinstance(value, list) and not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            return f"params.{key} is {type(value).__name__}, not a number, text or list of numbers"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"params.{key} is not finite"
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+            return f"params.{key} is too large"
+    scalars = meta.get("scalars", {})
+    if not isinstance(scalars, dict):
+        return f"scalars is {type(scalars).__name__}, not an object"
+    for key, value in scalars.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, type(None))) or (
+                isinstance(value, int) and abs(value) > 2**53):
+            return f"scalars.{key} is not a number"
+    version = meta.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        return f"format_version {str(version)[:40]!r} is not a whole number from 1 to {FORMAT_VERSION}"
+    return None
 
 
 def _rebuild(meta: dict, arrays: dict):

@@ -8,7 +8,6 @@ mostly fails look best).
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 from scipy import optimize, stats
@@ -86,12 +85,10 @@ def fit_logistic(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray | None:
     rise = float((y @ (s - s.mean())) / ((s - s.mean()) @ (s - s.mean())))
     start = [float(-rise * s.mean()), rise, middle, width]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fitted = optimize.least_squares(lambda q: curve(q) - y, start, jac=jacobian,
-                                            bounds=([-np.inf, 0.0, float(z.min()), narrowest],
-                                                    [np.inf, 1e3, float(z.max()), widest]),
-                                            ftol=1e-12, xtol=1e-12, gtol=1e-12, max_nfev=500)
+        fitted = optimize.least_squares(lambda q: curve(q) - y, start, jac=jacobian,
+                                        bounds=([-np.inf, 0.0, float(z.min()), narrowest],
+                                                [np.inf, 1e3, float(z.max()), widest]),
+                                        ftol=1e-12, xtol=1e-12, gtol=1e-12, max_nfev=500)
     except (ValueError, np.linalg.LinAlgError):
         return None
     low, rise, middle, width = (fitted.x if fitted.cost <= 0.5 * float(np.sum((curve(start) - y) ** 2))
@@ -127,6 +124,7 @@ def kendall(x, y) -> float:
     return float(stats.kendalltau(x, y).statistic)
 
 
+NEARLY_CONSTANT = np.finfo(np.float64).eps ** 0.75  # scipy.stats.pearsonr warns of a spread below this times the mean
 FIT_HERE = "fit here"  # plcc_after_logistic: fit the mapping on the samples it scores
 
 
@@ -135,8 +133,9 @@ def plcc_after_logistic(y_true: np.ndarray, y_pred: np.ndarray, params=FIT_HERE)
     PLCC when there is no mapping (the fit did not converge or found no increasing relation).
 
     A fold whose predictions sit on a flat end of a curve fitted on the whole repeat maps to values that differ
-    only in their last bits; it is scored as it is, without scipy's near-constant warning (which would otherwise
-    reach the command line once per such fold)."""
+    only in their last bits; those values are centred before scipy scores them (r is the same but for rounding), so
+    scipy's near-constant warning, which would otherwise reach the command line once per such fold, does not arise
+    and no warning filter is changed (another thread may be running). Other folds are scored as they are."""
     plain = pearson(y_true, y_pred)
     if isinstance(params, str):
         params = fit_logistic(y_true, y_pred)
@@ -146,9 +145,10 @@ def plcc_after_logistic(y_true: np.ndarray, y_pred: np.ndarray, params=FIT_HERE)
         mapped = logistic4(np.asarray(y_pred, dtype=np.float64), *params)
     if not np.isfinite(mapped).all() or np.ptp(mapped) == 0:
         return plain
-    with warnings.catch_warnings():  # called after the fits, in the caller's thread
-        warnings.simplefilter("ignore", stats.NearConstantInputWarning)
-        return pearson(y_true, mapped)
+    centre = float(mapped.mean())
+    if np.linalg.norm(mapped - centre) < NEARLY_CONSTANT * abs(centre):  # scipy would warn: spread vs mean
+        mapped = mapped - centre  # r does not move; the spread is then far above the mean, so scipy does not warn
+    return pearson(y_true, mapped)
 
 
 def quality_metrics(y_true, y_pred, train_sd: float | None = None, logistic=FIT_HERE) -> dict:

@@ -3,6 +3,9 @@
 Names in the outputs (image paths, keys, generators, targets, backbones) come from files other people made. A
 spreadsheet runs a cell that starts with `=`, `+`, `-` or `@` as a formula (and some read a leading tab or carriage
 return the same way), so every such text cell is written with a leading `'`, which spreadsheets show as text.
+Control and format characters (escape sequences, carriage returns, bidirectional overrides) in a text cell are
+written escaped, as `featcache.untrusted.printable` shows them, so a file viewed in a terminal or a spreadsheet
+cannot be disguised.
 Numbers are written as numbers: only `str` cells are escaped, so a score of -0.5 stays -0.5.
 """
 
@@ -16,9 +19,13 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def spreadsheet_cell(value):
-    """`value` with a leading `'` when it is text (not a `Number`) that starts like a formula; else unchanged."""
-    if isinstance(value, str) and not isinstance(value, Number) and value.startswith(FORMULA_STARTS):
-        return "'" + value
+    """Text (a `str`, not a `Number`) with its control and format characters escaped (`printable`; tabs kept) and a
+    leading `'` when it then starts like a formula; anything else unchanged."""
+    if isinstance(value, str) and not isinstance(value, Number):
+        from featcache.untrusted import printable
+
+        value = printable(value)
+        return "'" + value if value.startswith(FORMULA_STARTS) else value
     return value
 
 

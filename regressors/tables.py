@@ -43,12 +43,16 @@ def load_results(paths: list[str | Path]) -> list[dict]:
         try:
             payload = json.loads(read_results_text(path))
             config, summary = payload["config"], payload["summary"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise FeatcacheError(f"{path}: not a featcache results.json ({type(exc).__name__}: {exc})") from None
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nested past the parser
+            raise FeatcacheError(f"{path}: not a featcache results.json ({type(exc).__name__}: "
+                                 f"{str(exc)[:200]})") from None
         if not isinstance(config, dict) or not isinstance(summary, list) or not all(
                 isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("mode", "regressor", "target"))
                 for r in summary):
             raise FeatcacheError(f"{path}: not a featcache results.json (its config or summary rows are malformed)")
+        problem = _summary_problem(config, summary)
+        if problem:
+            raise FeatcacheError(printable(f"{path}: not a featcache results.json ({problem})"))
         name = str(given)
         if runs:
             _same_folds(runs[0], (name, payload))
@@ -68,6 +72,31 @@ def load_results(paths: list[str | Path]) -> list[dict]:
     if not rows:
         raise FeatcacheError("no summary rows in " + ", ".join(str(p) for p in paths))
     return rows
+
+
+ROW_NUMBERS = [f"{m}_mean" for m in METRICS if not m.endswith("_pooled")] + [
+    m for m in METRICS if m.endswith("_pooled")]
+
+
+def _summary_problem(config: dict, summary: list[dict]) -> str | None:
+    """What is wrong with the values a table reads, in words naming the key; None when nothing is. Every metric a
+    row may show is a finite number or null (what fit and bench write), `n_failed` a whole number from 0 or null,
+    and a row's backbone (its own, else the config's) text or null."""
+    for row in summary:
+        if not isinstance(row.get("backbone") or config.get("backbone"), (str, type(None))):
+            return "a summary row's backbone is not text"
+        for key in ROW_NUMBERS:
+            value = row.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    isinstance(value, int) and abs(value) > 2 ** 53) or not math.isfinite(value):
+                return f"summary {key} {str(value)[:40]!r} is not a finite number or null"
+        failed = row.get("n_failed")
+        if failed is not None and (isinstance(failed, bool) or not isinstance(failed, int)
+                                   or not 0 <= failed < 2 ** 53):
+            return f"summary n_failed {str(failed)[:40]!r} is not a whole number from 0 or null"
+    return None
 
 
 RESULTS_MAX_BYTES = 256 << 20  # far above any run's results.json (a large bench writes a few MB)
@@ -300,11 +329,18 @@ def render_table(rows: list[dict], metrics: list[str] | None = None, fmt: str = 
 
         return csv_text(header, [[v if isinstance(v, str) else Number(_fmt(v)) for v in r] for r in body])
     if fmt == "md":
+        header = [_md(h) for h in header]
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         for r, b in zip(body, bold):
-            lines.append("| " + " | ".join(f"**{_fmt(v)}**" if flag else _fmt(v) for v, flag in zip(r, b)) + " |")
+            lines.append("| " + " | ".join(f"**{_md(_fmt(v))}**" if flag else _md(_fmt(v)) for v, flag in zip(r, b))
+                         + " |")
         return "\n".join(lines) + f"\n\n{caption}\n"
     return _latex(header, body, bold, caption)
+
+
+def _md(text: str) -> str:
+    """A markdown table cell: a `|` (which would end the cell) written `\\|`."""
+    return text.replace("|", "\\|")
 
 
 def _tex(text: str) -> str:

@@ -22,6 +22,11 @@ from featcache.image_rows import ImageRows, draft_for, draft_short_side
 from featcache.images import Draft, draft_scale, load_rgb, resized_size
 from tests.fakedata import noisy_image
 
+# torchvision's notice that its decoder moves to TorchCodec: the CLI leaves it out once at its start (cli.py); these
+# tests call the library directly
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
+
 
 @functools.lru_cache(maxsize=None)
 def _lite0():

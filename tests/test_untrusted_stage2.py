@@ -22,6 +22,7 @@ from tests.fakedata import make_cache
 
 FORMULAS = ['=HYPERLINK("http://example.invalid","x")', "+cmd|' /C calc'!A0"]
 TARGET = "@SUM(1+1)\x1b[2J"  # a spreadsheet formula and a screen clear in one label name
+ESCAPED_TARGET = "'@SUM(1+1)\\x1b[2J"  # as every CSV writes it: the formula behind a quote, the control escaped
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +189,9 @@ def test_the_atomic_writer_creates_its_file_with_the_umask_and_leaves_nothing_on
 def test_text_cells_that_start_like_a_formula_are_escaped_and_numbers_are_not():
     from regressors.safe_text import Number, csv_text, spreadsheet_cell
 
-    for text in ["=1+1", "+1", "-x", "@SUM(1)", "\tx", "\rx"]:
+    for text in ["=1+1", "+1", "-x", "@SUM(1)", "\tx"]:
         assert spreadsheet_cell(text) == "'" + text
+    assert spreadsheet_cell("\rx") == "\\rx"  # a carriage return is written escaped, so no longer a formula
     assert [spreadsheet_cell(v) for v in ["MJ", -0.5, -3, None, Number("-0.500000")]] == [
         "MJ", -0.5, -3, None, "-0.500000"]
     assert csv_text(["a", "=b"], [[-0.5, "-c"]]) == "a,'=b\r\n-0.5,'-c\r\n"
@@ -228,10 +230,10 @@ def test_formula_names_land_escaped_in_every_csv_and_are_printed_without_control
 
     predictions = rows("predictions.csv")
     assert {r["generator"] for r in predictions} == {"'" + f for f in FORMULAS}
-    assert {r["target"] for r in predictions} == {"'" + TARGET}
+    assert {r["target"] for r in predictions} == {ESCAPED_TARGET}
     assert all(float(r["prediction"]) == float(r["prediction"]) for r in predictions)  # numbers stay numbers
-    assert {r["target"] for r in rows("results.csv")} == {"'" + TARGET}
-    assert {r["target"] for r in rows("folds.csv")} == {"'" + TARGET}
+    assert {r["target"] for r in rows("results.csv")} == {ESCAPED_TARGET}
+    assert {r["target"] for r in rows("folds.csv")} == {ESCAPED_TARGET}
     table = CliRunner().invoke(cli.main, ["table", str(root / "run"), "--format", "csv"])
     assert table.exit_code == 0, table.output
     assert "\x1b" not in table.output and table.output.splitlines()[0].split(",")[3].startswith("'@SUM(1+1)\\x1b")
@@ -360,3 +362,82 @@ def test_names_from_a_head_are_printed_with_control_characters_escaped(workdir, 
                                            "t.csv"])
     line = _one_line_refusal(result, "resnet18\\x1b]0;owned\\x07/paper/64")
     assert "\x1b" not in result.output and "\x07" not in line
+
+
+# 7. Metadata and results of the wrong types --------------------------------------------------------------------
+
+def _raw_head(root, name, text):
+    arrays, _ = _head_parts(root)
+    save_file(arrays, str(root / name), metadata={"featcache": text})
+    return root / name
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"params": [1, 2]}, "params is list"),
+    ({"scalars": [1]}, "scalars is list"),
+    ({"params": {"alpha": {"a": 1}}}, "params.alpha"),
+    ({"format_version": "x"}, "format_version"),
+    ({"format_version": {}}, "format_version"),
+    ("fv_inf", "format_version")])
+def test_a_head_whose_params_scalars_or_version_have_the_wrong_type_is_refused(workdir, change, needle):
+    _, meta = _head_parts(workdir)
+    if change == "fv_inf":
+        text = json.dumps(dict(meta, format_version=2)).replace('"format_version": 2', '"format_version": 1e400')
+    else:
+        text = json.dumps(dict(meta, **change))
+    head = _raw_head(workdir, "types.safetensors", text)
+    result = CliRunner().invoke(cli.main, ["predict", "--head", str(head), str(workdir / "x.jpg"), "--out",
+                                           str(workdir / "types.csv")])
+    _one_line_refusal(result, "damaged featcache head", needle)
+
+
+def _crafted_results(workdir, tmp_path, text=None, **row_changes):
+    payload = json.loads((workdir / "run" / "results.json").read_text())
+    payload["summary"][0].update(row_changes)
+    path = tmp_path / "results.json"
+    path.write_text(text if text is not None else json.dumps(payload))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv"])
+@pytest.mark.parametrize("text, changes, needle", [
+    ("[" * 200000 + "]" * 200000, {}, "RecursionError"),
+    (None, {"srcc_mean": "x"}, "srcc_mean 'x'"),
+    (None, {"srcc_mean": 10 ** 400}, "srcc_mean"),
+    (None, {"plcc_mean": [1]}, "plcc_mean"),
+    (None, {"n_failed": "2"}, "n_failed"),
+    (None, {"backbone": {"a": 1}}, "backbone")])
+def test_results_whose_numbers_have_the_wrong_type_are_refused_in_one_line(workdir, tmp_path, fmt, text, changes,
+                                                                           needle):
+    path = _crafted_results(workdir, tmp_path, text, **changes)
+    result = CliRunner().invoke(cli.main, ["table", str(path), "--format", fmt])
+    _one_line_refusal(result, str(path), "not a featcache results.json", needle)
+
+
+def test_csv_text_cells_have_control_characters_escaped_and_numbers_kept():
+    from regressors.safe_text import Number, csv_text, spreadsheet_cell
+
+    assert spreadsheet_cell("a\x1b]0;PWN\x07b\u202e") == "a\\x1b]0;PWN\\x07b\\u202e"
+    assert spreadsheet_cell("\x1b[2J=cmd") == "\\x1b[2J=cmd" and spreadsheet_cell("=\x07") == "'=\\x07"
+    assert spreadsheet_cell("\ttab") == "'\ttab" and spreadsheet_cell(-0.5) == -0.5
+    assert spreadsheet_cell(Number("-0.500000")) == "-0.500000"
+    assert "\x1b" not in csv_text(["h\x1b"], [["\x9b1m", Number("1.0")]])
+
+
+def test_predicts_scores_csv_escapes_a_target_name_from_a_head(tmp_path):
+    from regressors.heads import write_scores
+
+    write_scores(tmp_path / "s.csv", ["a.jpg"], [""], np.array([0.5]), "\x1b]0;PWN\x07\x1b[2J=cmd")
+    text = (tmp_path / "s.csv").read_text()
+    assert text.splitlines()[0] == "image,prompt_image,pred_\\x1b]0;PWN\\x07\\x1b[2J=cmd"
+    assert "\x1b" not in text and "\x07" not in text
+
+
+def test_a_bar_in_a_name_is_escaped_in_a_markdown_table(workdir, tmp_path):
+    path = _crafted_results(workdir, tmp_path, backbone="evil|backbone")
+    result = CliRunner().invoke(cli.main, ["table", str(path), "--format", "md"])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "evil" in line)
+    header = next(line for line in result.output.splitlines() if line.startswith("| method"))
+    assert "evil\\|backbone" in row
+    assert len(row.replace("\\|", "").split("|")) == len(header.split("|"))
