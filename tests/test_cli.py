@@ -96,6 +96,7 @@ _SLOW_FIT = textwrap.dedent("""
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130,
                                                                              marks=pytest.mark.slow)])
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_a_signal_during_a_command_ends_it_with_one_line(tmp_path, signum, code):
     cache = make_cache(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

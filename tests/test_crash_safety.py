@@ -332,6 +332,7 @@ def test_readers_see_the_old_cache_while_a_backbone_is_added(pku_root, tmp_path,
 
 # ------------------------------------------------------------------------------------------ provenance compared
 
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_info_check_fit_and_bench_notice_images_changed_on_disk(pku_root, tmp_path, monkeypatch):
     """An image rotated in place after extraction: `info --check` said "ok" and `fit` ran on the old features without
     a word; only the next `extract` noticed. Now info --check fails naming it, fit and bench warn once and run, by a

@@ -127,6 +127,7 @@ def test_svr_inner_selection_matches_sklearn_predict():
     assert (model.C_, model.epsilon_) == min(errors, key=errors.get)
 
 
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_cpu_workers_get_the_mlp_by_fold_and_the_costliest_tasks_first(tmp_path, monkeypatch):
     """On the CPU a cell of the MLP is split by fold (so CPU workers share it, and the stacks are the same whatever
     --jobs); parallel tasks are dispatched costliest first, and the results come out in the plan's order whatever

@@ -135,6 +135,7 @@ def test_a_cache_drafted_by_the_earlier_rule_resumes_with_it(tmp_path):
         np.testing.assert_allclose(group["emb"][0], by_rule["pillow-request"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_draft_features_agree_with_full_decoding_but_are_not_identical(tmp_path):
     # decoded at 1/2, 1/2 (1/4 would go under 512) and 1/2 (odd sides: 768 x 512 pixels for 767.5 x 511.5)
     names = _jpegs(tmp_path, [(1024, 1024), (2048, 1536), (1023, 1535)])
@@ -322,6 +323,7 @@ def test_a_batch_crosses_between_processes_as_two_tensors_and_unpacks_to_the_sam
             assert torch.equal(back, original)
 
 
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_importing_featcache_leaves_pillows_limit_and_each_call_checks_its_own(tmp_path):
     """No Pillow setting changes on import; each call (in any thread) is checked against the `max_pixels` it passes,
     and a file over Pillow's own limit is a FeatcacheError naming it, until the process raises that limit."""

@@ -161,6 +161,7 @@ def test_missing_images_stop_before_writing_and_keep_the_cache(pku_root, tmp_pat
     assert done.all() and np.isfinite(emb).all()
 
 
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_a_refused_extract_leaves_a_cache_whose_image_list_it_would_change_as_it_was(pku_root, tmp_path):
     """Following a changed image list drops the rows of removed images for every backbone; a command refused after
     that (a wrong --col or --annotation naming missing files, another configuration) lost them, exit 2 or not."""

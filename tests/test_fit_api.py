@@ -53,6 +53,7 @@ def test_labels_that_are_not_finite_are_refused_on_load(tmp_path, monkeypatch):
     assert np.isfinite(fixed.data.samples.targets["MOS_q"]).all() and fixed.results.summary[0]["n_failed"] == 0
 
 
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_a_constant_target_is_refused_when_asked_for_and_left_out_of_the_defaults(tmp_path, monkeypatch):
     """MOS_q 3.0 everywhere was fitted and reported with exit 0: 0.000 +- 0.000, RMSE 0.000, every fold failed."""
     path = make_cache(tmp_path, backbones=("toy.random/paper/4", "toy.random/multilevel/4"))
@@ -124,6 +125,7 @@ def test_a_new_mode_and_regressor_are_one_table_entry_each(tmp_path, monkeypatch
             save_head=str(tmp_path / "k.safetensors"))
 
 
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_edited_labels_are_refused_or_chosen(tmp_path, monkeypatch):
     from featcache.annotation_lookup import annotation_unchanged
 
@@ -151,6 +153,7 @@ def test_edited_labels_are_refused_or_chosen(tmp_path, monkeypatch):
     assert new.data.samples.targets["MOS_q"][row] == pytest.approx(4.9999)
 
 
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_labels_are_compared_with_the_annotation_this_invocation_finds(tmp_path, monkeypatch):
     """A copied database whose annotation was edited was fitted on the old labels (the check read the original's
     file, by the absolute path in the cache), and with the original gone the check was skipped without a word."""
@@ -230,6 +233,7 @@ def test_the_readme_featcache_toml_example_resolves_as_documented(tmp_path, monk
     assert out.exit_code == 0 and out.output.startswith("toy.random/multilevel/4:"), out.output
 
 
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_floors_come_with_any_regressor_list_unless_no_floors(tmp_path, monkeypatch):
     """`fit --regressor ridge` had no floor in any table, yet the caption still said "Floors read no pixel" and the
     report's highest-test-scores line showed ridge alone. The three floors now come with any list (a saved head

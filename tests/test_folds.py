@@ -66,6 +66,7 @@ def test_group_aware_selection_is_recorded_per_fold(tmp_path):
         assert key in row["chosen"]
 
 
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_a_mode_with_fewer_groups_than_folds_is_refused_before_any_fitting(tmp_path, monkeypatch):
     """8 prompt groups, 4 with an image prompt, 5 folds: FR had an empty fold, reported as failed (0 in its mean,
     "4 failed folds" in the table, left out of `comparisons`). Now one line and exit 2, before any fitting."""
@@ -104,6 +105,7 @@ def test_a_mode_with_fewer_groups_than_folds_is_refused_before_any_fitting(tmp_p
     assert not progress and not fitted
 
 
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_the_way_out_of_the_refusal_fills_every_fold_of_every_mode(tmp_path):
     """With as many image-prompt groups as folds the group split gives each fold one (it is stratified by
     T2I/I2I): no fold fails, and the comparisons pair all of them."""
@@ -136,6 +138,7 @@ def test_every_split_refuses_a_mode_that_cannot_fill_its_folds(tmp_path, options
         assert not any(f["failed"] for f in result.folds)
 
 
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_a_subset_with_fewer_prompt_groups_than_folds_is_warned_about_and_fr_refused(tmp_path, monkeypatch):
     """The README said the group split puts T2I and I2I in every fold; with 4 T2I prompt groups for 5 folds one
     fold tested I2I alone, unsaid. Now a warning names the subset and the folds (once, also in a bench); with a

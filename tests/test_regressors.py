@@ -156,6 +156,7 @@ def test_identical_prompt_texts_are_one_group(tmp_path):
 
 
 @pytest.mark.parametrize("name", [n for n in REGRESSORS if n != "mlp"])  # mlp: tests/test_mlp.py
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_every_regressor_honours_the_estimator_contract(name):
     estimator = REGRESSORS[name].factory(0, "cpu")
     failed = [r for r in check_estimator(estimator, on_fail=None) if r["status"] == "failed"]
@@ -177,6 +178,7 @@ def test_saved_head_predicts_the_same_numbers(tmp_path, name):
 
 
 @pytest.mark.skipif(not ANNOTATIONS.is_dir(), reason="../shared/data/annotations absent")
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_sibling_floor_reproduces_the_leak_of_the_paper_split(tmp_path):
     samples = load_dataset("pku-aigiqa-4k", tmp_path, ANNOTATIONS / "pku-aigiqa-4k_t2i_annotation.csv")
     create_cache(tmp_path / "t2i.h5", samples, tmp_path)  # the floors read no pixel: no image is needed
@@ -198,6 +200,7 @@ def test_sibling_floor_reproduces_the_leak_of_the_paper_split(tmp_path):
     assert generator_mean["n_failed"] == 1 and generator_mean["srcc_mean"] == 0.0  # one constant: failed
 
 
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_fit_and_predict_from_the_command_line(tmp_path, pku_root, monkeypatch):
     monkeypatch.chdir(pku_root)
     runner = CliRunner()
@@ -342,6 +345,7 @@ def test_leave_one_group_out_ridge_is_exact():
     assert chosen[0] == alphas[np.argmin(errors[:, 0])]
 
 
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_bench_runs_every_backbone_into_one_table(tmp_path, pku_root, monkeypatch):
     monkeypatch.chdir(pku_root)
     runner = CliRunner()
@@ -372,6 +376,7 @@ def test_cluster_backends_need_their_extras(tmp_path, pku_root):
 
 
 @pytest.mark.parametrize("regressor", ["ridge", "svr", "generator-mean,sibling-mean,prompt-mean"])
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_fit_without_the_mlp_or_figures_imports_neither_torch_nor_matplotlib(tmp_path, regressor):
     """Ridge, SVR and the floors need neither torch nor matplotlib. With the annotation unchanged since extraction
     (same bytes), the labels check does not parse it again (no dataset adapter is loaded). Two modes, so the paired

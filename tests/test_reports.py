@@ -233,6 +233,7 @@ def _table_runs(tmp_path, monkeypatch, runs: dict[str, list[str]], **cache) -> C
     return runner
 
 
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_table_refuses_runs_made_on_other_folds(tmp_path, monkeypatch):
     """A 4-fold bench beside a 5-fold fit showed one run's ridge cell (the other's vanished, which one by argument
     order) and one run's floors beside both runs' rows: runs whose folds differ are refused, naming both."""

@@ -105,6 +105,7 @@ def test_half_precision_weights_become_the_models_dtype(tmp_path):
     _assert_same(model, reference.eval())
 
 
+@pytest.mark.slow  # over 0.7 s: run by CI and make test-all
 def test_non_persistent_buffers_take_the_cpu_build(tmp_path):
     """efficientvit_m0 computes attention-bias indices in __init__ that no checkpoint holds."""
     path = _checkpoint("efficientvit_m0", tmp_path / "w.safetensors")
