@@ -175,7 +175,8 @@ def load_samples_from_options(config: dict, dataset, root, annotation, columns):
 
 @main.command()
 @_dataset_options
-@click.option("--backbone", help="Registered name or any timm model (see `featcache backbones`).")
+@click.option("--backbone", help="Registered name or any timm model (see `featcache backbones`), optionally "
+                                 "with its pooling (lite0/multilevel, as fit takes it).")
 @click.option("--pool", type=click.Choice(list(POOLINGS)), default=None,
               help=f"Feature definition [{next(iter(POOLINGS))}]: {pooling_help()}.")
 @_cache_option()
@@ -213,9 +214,9 @@ def extract(dataset, root, annotation, columns, backbone, pool, cache, image_siz
     backbone = pick(backbone, config, "backbone")
     if not backbone:
         raise FeatcacheError("--backbone is required (e.g. --backbone lite0; see `featcache backbones`)")
+    backbone, pool = _name_and_pool(backbone, pick(pool, config, "pool"))
     samples, root = load_samples_from_options(config, dataset, root, annotation, columns)
-    model = load_backbone(backbone, pick(pool, config, "pool", next(iter(POOLINGS))), weights, random_weights,
-                          image_size)
+    model = load_backbone(backbone, pool or next(iter(POOLINGS)), weights, random_weights, image_size)
     cache = pick(cache, config, "cache", DEFAULT_CACHE)
     result = run_extract(samples, root, model, cache, batch_size=pick(batch_size, config, "batch_size", 32),
                          workers=pick(workers, config, "workers"), device=pick(device, config, "device", "auto"),
@@ -229,6 +230,17 @@ def extract(dataset, root, annotation, columns, backbone, pool, cache, image_siz
     else:
         echo(f"{result.backbone_id}: wrote {result.rows_written} rows to {cache} in {result.seconds:.1f} s "
                    f"({result.images_per_second:.1f} images/s; {result.rows_done_before} were already there)")
+
+
+def _name_and_pool(backbone: str, pool: str | None) -> tuple[str, str | None]:
+    """`--backbone NAME/POOL` (the form fit and predict take, e.g. lite0/multilevel) as NAME and POOL; a pooling
+    given both ways must agree. A name whose last part is no pooling (a hub id such as hf-hub:org/model) is kept."""
+    name, _, last = backbone.rpartition("/")
+    if not name or last not in POOLINGS:
+        return backbone, pool
+    if pool is not None and pool != last:
+        raise FeatcacheError(f"--backbone {backbone} names pooling {last!r} but --pool is {pool!r}; give it once")
+    return name, last
 
 
 @main.command()

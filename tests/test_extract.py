@@ -460,3 +460,20 @@ def test_a_first_run_that_fails_before_any_backbone_leaves_no_cache(pku_root, tm
     with pytest.raises(FeatcacheError, match="weights do not fit resnet18"):
         extract(samples, pku_root, wrong, tmp_path / "old.h5", workers=0, progress=False)
     assert (tmp_path / "old.h5").read_bytes() == before
+
+
+@pytest.mark.slow  # an extraction
+def test_extract_takes_the_backbone_with_its_pooling_as_fit_does(pku_root, monkeypatch):
+    """`extract --backbone resnet18/multilevel` is `--backbone resnet18 --pool multilevel`; the two ways must agree;
+    a name whose last part is no pooling stays a name."""
+    assert cli._name_and_pool("resnet18/multilevel", None) == ("resnet18", "multilevel")
+    assert cli._name_and_pool("hf-hub:org/model", "paper") == ("hf-hub:org/model", "paper")
+    assert cli._name_and_pool("resnet18", None) == ("resnet18", None)
+    monkeypatch.chdir(pku_root)
+    base = ["extract", "--random-weights", "--image-size", "32", "--workers", "0", "--quiet"]
+    out = CliRunner().invoke(cli.main, [*base, "--backbone", "resnet18/multilevel", "--pool", "paper"])
+    assert out.exit_code == 2 and "names pooling 'multilevel' but --pool is 'paper'" in out.output, out.output
+    assert not (pku_root / "featcache.h5").exists()
+    out = CliRunner().invoke(cli.main, [*base, "--backbone", "resnet18/multilevel"])
+    assert out.exit_code == 0, out.output
+    assert "/multilevel/" in out.output.split(":")[0], out.output  # the id it wrote
