@@ -580,7 +580,7 @@ def bench(cache, backbones, modes, targets, regressors, dataset, root, annotatio
 def table(results, fmt, metric, out, overwrite):
     """Pivot results.json files (or run folders) into the paper's layout: method x backbone x regressor rows,
     target x metric columns, floors as reference rows, best per column in bold."""
-    from featcache.outputs import check_output_file, write_bytes_atomically
+    from featcache.outputs import check_output_file, write_text_atomically
     from regressors.tables import load_results, render_table
 
     if out:
@@ -588,7 +588,7 @@ def table(results, fmt, metric, out, overwrite):
         check_output_file(out, "--out", overwrite, reads)
     text = render_table(load_results(list(results)), _names(metric), fmt)
     if out:
-        write_bytes_atomically(out, text.encode("utf-8"))
+        write_text_atomically(out, text)
         echo(f"wrote {out}")
     else:
         echo(text, nl=False)

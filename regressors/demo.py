@@ -24,7 +24,7 @@ def run_demo(out: str | Path = "demo-out", *, views: int = 6, folds: int = 4, se
     A non-empty `out` is not refused, so a rerun into the same folder (`make demo`) works: only the demo's own names
     under it (photos/, synth/, the report and its figures) are written, and out/photos and out/synth are refused with
     one line when they are symbolic links or lie outside `out`; synth and the photos replace a link at a file's name
-    instead of writing through it (`featcache.synth.own_folder`, `featcache.outputs.write_bytes_atomically`)."""
+    instead of writing through it (`featcache.synth.own_folder`, `featcache.outputs.write_text_atomically`)."""
     from featcache.backbones import load_backbone
     from featcache.datasets import load_dataset
     from featcache.extract import extract
@@ -76,13 +76,13 @@ def run_demo(out: str | Path = "demo-out", *, views: int = 6, folds: int = 4, se
     seconds = time.perf_counter() - start
     echo(f"[4/4] fitted {len(results.folds)} heads on both poolings; report {paths['report']}")
     report = paths["report"]
-    from featcache.outputs import write_bytes_atomically
+    from featcache.outputs import write_text_atomically
 
     text = report.read_text(encoding="utf-8") + (
         "\nLabels are synthetic and exact: quality from the distortion level, correspondence from the drift of the "
         "framing (see `featcache synth --help`); they test what a method can see, not how people judge images.\n\n"
         f"Total time: {seconds:.0f} s.\n")
-    write_bytes_atomically(report, text.encode("utf-8"))
+    write_text_atomically(report, text)
     echo(f"done in {seconds:.0f} s: {report}")
     return report
 

@@ -296,11 +296,11 @@ def write_scores(path: str | Path, images: list[str], prompts: list[str], scores
                  labels: np.ndarray | None = None) -> None:
     """`predict`'s CSV (image, prompt_image, pred_<target>[, <target>]), written atomically through a temporary
     file created exclusively; image names that start like a spreadsheet formula get a leading `'`."""
-    from featcache.outputs import write_bytes_atomically
+    from featcache.outputs import write_text_atomically
     from regressors.safe_text import Number, csv_text
 
     header = ["image", "prompt_image", score_column(target)] + ([target] if labels is not None else [])
     rows = ([image, prompt, Number(f"{score:.6f}")] + ([Number(repr(float(labels[k])))] if labels is not None
                                                        else [])
             for k, (image, prompt, score) in enumerate(zip(images, prompts, scores)))
-    write_bytes_atomically(path, csv_text(header, rows).encode("utf-8"))
+    write_text_atomically(path, csv_text(header, rows))

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from featcache.errors import FeatcacheError
+from featcache.outputs import write_text_atomically
 from regressors.cv import CVResults
 from regressors.registry import get_regressor
 from featcache.untrusted import printable
@@ -168,12 +169,11 @@ def _replace_run(out: Path, staged: Path) -> None:
     the staging folder first (a full disk fails there, before anything moves) and renamed in last, so an
     interruption in between leaves a manifest that a later --overwrite can use (files named like this run's are
     replaced in place)."""
-    from featcache.outputs import write_bytes_atomically
 
     manifest = out / MANIFEST
     earlier = _read_manifest(manifest)
     names = sorted(p.name for p in staged.iterdir())
-    write_bytes_atomically(staged / MANIFEST, ("\n".join(names) + "\n").encode("utf-8"))
+    write_text_atomically(staged / MANIFEST, "\n".join(names) + "\n")
     for name in earlier:
         target = out / name
         if removable_output(name) and name not in names and target.resolve().parent == out.resolve() \
@@ -282,25 +282,18 @@ def _write_outputs(results: CVResults, out: Path, title: str, plot: str | None, 
     payload = results.to_dict()
     if run_info:
         payload["run"] = run_info
-    _write_text(paths["json"], json.dumps(_finite_or_null(payload), indent=2, default=_jsonable) + "\n")
+    write_text_atomically(paths["json"], json.dumps(_finite_or_null(payload), indent=2, default=_jsonable) + "\n")
     _write_csv(paths["csv"], results.summary)
     _write_csv(paths["folds"], [{**r, "chosen": json.dumps(r.get("chosen", {}))} for r in results.folds])
     write_predictions(paths["predictions"], results)
     rows = [dict(r, backbone=r.get("backbone") or results.config.get("backbone") or "labels only",
                  _protocol=_protocol_line(results.config)) for r in results.summary]
     table = render_table(rows, fmt="md")
-    _write_text(paths["table"], table)
-    _write_text(paths["latex"], render_table(rows, fmt="latex"))
+    write_text_atomically(paths["table"], table)
+    write_text_atomically(paths["latex"], render_table(rows, fmt="latex"))
     figure_lines = draw_figures(results, out, plot, paths, figure_list) if figures else []
-    _write_text(paths["report"], report_markdown(results, title, figure_lines, table))
+    write_text_atomically(paths["report"], report_markdown(results, title, figure_lines, table))
     return paths
-
-
-def _write_text(path: Path, text: str) -> None:
-    """A text output, UTF-8, through an exclusively created temporary file (`write_bytes_atomically`)."""
-    from featcache.outputs import write_bytes_atomically
-
-    write_bytes_atomically(path, text.encode("utf-8"))
 
 
 def _protocol_line(config: dict) -> str:
@@ -361,7 +354,7 @@ def write_predictions(path: Path, results: CVResults) -> None:
         for row, y, pred in zip(p.rows.tolist(), p.y_true.tolist(), p.y_pred.tolist()):
             rows.append([s["key"][row], s["group"][row], s["generator"][row], s["subset"][row], backbone, p.repeat,
                          p.fold, p.mode, p.regressor, p.target, Number(repr(float(y))), Number(repr(float(pred)))])
-    _write_text(path, csv_text(header, rows))
+    write_text_atomically(path, csv_text(header, rows))
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -370,10 +363,10 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     from regressors.safe_text import csv_text
 
     if not rows:
-        _write_text(path, "")
+        write_text_atomically(path, "")
         return
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    _write_text(path, csv_text(fields, ([r.get(k, "") for k in fields] for r in rows)))
+    write_text_atomically(path, csv_text(fields, ([r.get(k, "") for k in fields] for r in rows)))
 
 
 def _jsonable(value):
