@@ -344,10 +344,6 @@ def backbone_ids(f: h5py.File) -> list[str]:
     return walk_backbones(f)[0]
 
 
-def half_created_backbones(f: h5py.File) -> list[str]:
-    return walk_backbones(f)[1]
-
-
 # ---------------------------------------------------------------------------------------------------- open/read
 
 def open_write(path: str | Path) -> h5py.File:

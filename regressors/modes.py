@@ -78,10 +78,6 @@ def features_for_mode(g: np.ndarray, p: np.ndarray, has_prompt_image: np.ndarray
     return get_mode(mode).build(g, p, has)
 
 
-def modes_help() -> str:
-    return "; ".join(f"{m.name}: {m.doc}" for m in MODES.values())
-
-
 def scores_prompted_samples(mode: str) -> bool:
     """Whether a mode of this name reads the image prompt, so is scored on the samples that have one only (FR):
     its numbers compare with other such modes', not with NR's. An unknown name (an older run's) reads none."""
