@@ -58,10 +58,12 @@ class CVResults:
     breakdown: list[dict] = field(default_factory=list)
     predictions: list[OutOfFold] = field(default_factory=list)
     samples: dict = field(default_factory=dict)  # key, group, generator, subset arrays for predictions.csv
+    selection: list[dict] | None = None  # regressors.selection's entries, when the run asked for --select
 
     def to_dict(self) -> dict:
         return {"config": self.config, "folds": self.folds, "summary": self.summary,
-                "comparisons": self.comparisons, "breakdown": self.breakdown}
+                "comparisons": self.comparisons, "breakdown": self.breakdown,
+                **({"selection": self.selection} if self.selection is not None else {})}
 
 
 MULTIPROCESSING_REFUSED = ("backend 'multiprocessing' can hang once torch or BLAS threads ran in this process; "
