@@ -467,6 +467,14 @@ def _split_options(cv: dict) -> tuple[dict, dict]:
     return cv, output
 
 
+def _echo_selection(results) -> None:
+    """Under the table: the nested selection's outer score per target and sample set (--select)."""
+    from regressors.selection import selection_line
+
+    for entry in results.selection or []:
+        echo(selection_line(entry))
+
+
 @main.command()
 @_cache_option()
 @click.option("--backbone", help="Backbone id, name (vgg19, lite0/multilevel) or prefix [the only one present].")
@@ -475,6 +483,11 @@ def _split_options(cv: dict) -> tuple[dict, dict]:
 @click.option("--regressor", help=f"Comma list of {_HELP['regressors']} [{_HELP['default_regressors']}]; the "
                                   "label-only floors are fitted beside any list unless --no-floors.")
 @_cv_options
+@click.option("--select", is_flag=True, help="Also score the nested selection: per target and sample set, the "
+              "configuration (mode x regressor) chosen inside each outer training fold by inner cross-validation (same "
+              "grouping), scored on the outer folds; the number to quote (results.json `selection`).")
+@click.option("--inner-folds", type=click.IntRange(min=2), default=3, show_default=True,
+              help="Inner folds of --select (each multiplies the fits of the selection).")
 @click.option("--save-head", type=click.Path(dir_okay=False),
               help="Also train on every selected sample and save the head (one mode, target, regressor).")
 @_dataset_options
@@ -518,6 +531,7 @@ def fit(cache, backbone, mode, target, regressor, save_head, dataset, root, anno
         echo(f"{results.config['backbone'] or 'labels only'}: {cv['split']} split, subset {cv['subset']}, "
                    f"{len(results.folds)} fitted folds")
         echo(format_table(results.summary))
+        _echo_selection(results)
         paths = write_results(results, folder,
                               title=f"featcache fit: {results.config['backbone'] or 'labels only'}",
                               plot=output["plot"], run_info=_run_info(cache), figures=not output["no_figures"])
@@ -543,6 +557,11 @@ def fit(cache, backbone, mode, target, regressor, save_head, dataset, root, anno
                                                 f"[{_HELP['default_regressors']}]; the label-only floors are fitted "
                                                 "beside any list unless --no-floors.")
 @_cv_options
+@click.option("--select", is_flag=True, help="Also score the nested selection: per target and sample set, the "
+              "configuration (backbone x mode x regressor) chosen inside each outer training fold by inner cross-validation (same "
+              "grouping), scored on the outer folds; the number to quote (results.json `selection`).")
+@click.option("--inner-folds", type=click.IntRange(min=2), default=3, show_default=True,
+              help="Inner folds of --select (each multiplies the fits of the selection).")
 @_dataset_options
 def bench(cache, backbones, modes, targets, regressors, dataset, root, annotation, columns, **cv):
     """Run a grid (backbones x modes x targets x regressors) over one cache into one table."""
@@ -564,6 +583,7 @@ def bench(cache, backbones, modes, targets, regressors, dataset, root, annotatio
     finally:
         close()
     echo(format_table(results.summary))
+    _echo_selection(results)
     paths = write_results(results, folder, title="featcache bench", plot=output["plot"], run_info=_run_info(cache),
                           figures=not output["no_figures"])
     echo(f"done in {time.perf_counter() - start:.1f} s; results in {folder}/ ({paths['report'].name}, "

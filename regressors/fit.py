@@ -18,6 +18,7 @@ from regressors.heads import fit_and_save_head
 from regressors.heads_io import check_savable
 from regressors.modes import default_modes
 from regressors.registry import check_regressors, default_regressors, get_regressor, labels_only, with_floors
+from regressors.selection import INNER_FOLDS, check_inner_folds, check_selectable, nested_selection
 from regressors.splits import get_split, subset_mask
 
 LABEL_SOURCES = ("check", "cache", "annotation")
@@ -184,15 +185,20 @@ def run_regressors(regressors: list[str] | None, floors: bool = True) -> tuple[l
 
 def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None, targets: list[str] | None = None,
         regressors: list[str] | None = None, *, save_head: str | None = None, labels: str = "check",
-        annotation_from: dict | None = None, floors: bool = True,
-        on_progress: Callable[[int, int], None] | None = None, **cv) -> FitOutcome:
+        annotation_from: dict | None = None, floors: bool = True, select: bool = False,
+        inner_folds: int = INNER_FOLDS, on_progress: Callable[[int, int], None] | None = None, **cv) -> FitOutcome:
     """Cross-validate heads on one backbone of a cache (and optionally save one head trained on everything).
     `annotation_from`: root, annotation, dataset, options of the annotation the labels are compared with
     (`current_labels`; by default the one in the current folder, else the cache's). The label-only floors are
-    fitted beside whatever `regressors` names unless `floors=False`; `save_head` saves the one regressor named."""
+    fitted beside whatever `regressors` names unless `floors=False`; `save_head` saves the one regressor named.
+    `select`: also score the nested selection of mode x regressor per target (`selection.nested_selection`, with
+    `inner_folds` inner folds) into `results.selection`."""
     options = {**CV_DEFAULTS, **cv}
     asked, regressors = run_regressors(regressors, floors)
     check_options(options, regressors)
+    if select:
+        check_inner_folds(inner_folds)
+        check_selectable(regressors)
     data = load_cache(cache, backbone, labels_only=labels_only(regressors), check_labels=labels != "annotation")
     located = located_annotation(data, annotation_from)
     notes = current_labels(data, labels, **(annotation_from or {}), located=located)
@@ -209,6 +215,8 @@ def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None,
         check_head_path(save_head)
     results = cross_validate(data, modes, targets, regressors, on_progress=on_progress,
                              leave_out_unfillable=defaults, leave_out_constant=default_targets, **options)
+    if select:
+        results.selection = _selected({data.backbone_id: data}, results, inner_folds, options, on_progress)
     outcome = FitOutcome(results, data, notes=notes)
     if save_head:
         outcome.head = fit_and_save_head(data, modes[0], targets[0], asked[0], save_head,
@@ -219,13 +227,19 @@ def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None,
 
 def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | None = None,
           targets: list[str] | None = None, regressors: list[str] | None = None, *, labels: str = "check",
-          annotation_from: dict | None = None, floors: bool = True,
-          on_progress: Callable[[int, int], None] | None = None, **cv) -> CVResults:
+          annotation_from: dict | None = None, floors: bool = True, select: bool = False,
+          inner_folds: int = INNER_FOLDS, on_progress: Callable[[int, int], None] | None = None,
+          **cv) -> CVResults:
     """Every backbone in `backbones` (all in the cache by default) into one result; rows gain a `backbone`. The
-    label-only floors are fitted beside whatever `regressors` names unless `floors=False`."""
+    label-only floors are fitted beside whatever `regressors` names unless `floors=False`. `select`: also score
+    the nested selection of backbone x mode x regressor per target (`selection.nested_selection`) into
+    `selection`."""
     options = {**CV_DEFAULTS, **cv}
     regressors = run_regressors(regressors, floors)[1]
     check_options(options, regressors)
+    if select:
+        check_inner_folds(inner_folds)
+        check_selectable(regressors)
     ids = cached_backbone_ids(cache)
     chosen = list(dict.fromkeys(resolve_backbone_id(ids, b, cache) for b in backbones)) if backbones else ids
     if not chosen:
@@ -235,8 +249,11 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
     defaults = None  # every backbone of a cache has the same samples: the default modes (and warnings) once
     default_targets = None  # likewise the default targets
     checked = None  # the labels, compared with the annotation once: every backbone has the same samples
+    loaded: dict[str, CacheData] = {}  # kept for --select, which fits every backbone again on inner folds
     for bid in chosen:
         data = load_cache(cache, bid, check_labels=labels != "annotation")
+        if select:
+            loaded[bid] = data
         if checked is None:
             located = located_annotation(data, annotation_from)
             current_labels(data, labels, **(annotation_from or {}), located=located)
@@ -276,5 +293,20 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
             merged.comparisons += result.comparisons
             merged.breakdown += result.breakdown
             merged.predictions += result.predictions
+    if select:
+        merged.selection = _selected(loaded, merged, inner_folds, options, on_progress)
     return merged
+
+
+def _selected(datas: dict[str, CacheData], results: CVResults, inner_folds: int, options: dict,
+              on_progress: Callable[[int, int], None] | None) -> list[dict]:
+    """The nested selection of a finished run; its inner fits continue the run's progress count."""
+    offset = sum(1 for _ in results.predictions)  # members fitted so far, as the progress counted them
+
+    def progress(done, total):
+        if on_progress and done > 0:
+            on_progress(offset + done, offset + total)
+
+    return nested_selection(datas, results, inner_folds=inner_folds, jobs=options["jobs"],
+                            backend=options["backend"], device=options["device"], on_progress=progress)
 

@@ -307,6 +307,7 @@ def report_markdown(results: CVResults, title: str, figure_lines: list[str], tab
     the paired mode comparisons and the full per-cell table."""
     c = results.config
     lines = [f"# {title}", "", table, ""]
+    lines += selection_markdown(results.selection)
     best = highest_on_test(results.summary)
     if best:
         lines += ["## Highest test scores (picked on the test folds: orientation, not a result)", ""]
@@ -339,6 +340,41 @@ def report_markdown(results: CVResults, title: str, figure_lines: list[str], tab
               "Per-generator and per-subset figures: `breakdown` in results.json; every prediction: "
               "predictions.csv.", ""]
     return "\n".join(lines)
+
+
+def selection_markdown(selection: list[dict] | None) -> list[str]:
+    """report.md's section on the nested selection (`regressors.selection`): empty without --select; with it, the
+    protocol in words and one row per target and sample set (outer score, interval, what was chosen)."""
+    if selection is None:
+        return []
+    from regressors.selection import CRITERION, INTERVAL, chosen_text
+
+    lines = ["## Nested selection: the score of choosing and fitting the configuration (quote this)", ""]
+    if not selection:
+        return lines + ["No sample set could be selected (warnings above say why).", ""]
+    first = selection[0]
+    lines += [f"In each outer training fold the configuration of each target and sample set was chosen by "
+              f"{first['inner_folds']}-fold inner cross-validation on that fold's training rows alone "
+              f"({first['inner_grouping']} held out), by {CRITERION}; label-only floors do not compete, and modes "
+              "scored on the samples with an image prompt compete only among themselves. The outer folds then score "
+              "the chosen configuration: no number below was picked on the test folds (the highest cell of the "
+              "table was). SRCC, PLCC, KRCC and RMSE are fold means (failed folds count 0"
+              + (f"; ± is the population SD over {first['std_over']}" if first["std_over"] != "none" else "")
+              + f"); the interval is the {INTERVAL}.", "",
+              "| target | samples | SRCC | pooled SRCC [95% CI] | PLCC | KRCC | RMSE | folds | chosen |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    def mean_sd(entry: dict, metric: str) -> str:
+        sd = entry[f"{metric}_std"]
+        return number_cell(entry[f"{metric}_mean"]) + (f" ± {sd:.3f}" if sd is not None and math.isfinite(sd)
+                                                       else "")
+
+    for e in selection:
+        folds = f"{e['n_folds']}" + (f" ({e['n_failed']} failed)" if e["n_failed"] else "")
+        lines.append(f"| {e['target']} | {e['sample_set_doc']} | {mean_sd(e, 'srcc')} | "
+                     f"{number_cell(e['srcc_pooled'])} [{number_cell(e['srcc_ci_low'])}, "
+                     f"{number_cell(e['srcc_ci_high'])}] | {mean_sd(e, 'plcc')} | {mean_sd(e, 'krcc')} | "
+                     f"{mean_sd(e, 'rmse')} | {folds} | {chosen_text(e)} |")
+    return lines + ["", "Per outer fold, every candidate's inner SRCC and the choice: `selection` in results.json.", ""]
 
 
 def write_predictions(path: Path, results: CVResults) -> None:

@@ -39,8 +39,7 @@ INNER_FOLDS = 3  # the default inner K: every inner fit multiplies the run's fit
 TIE_DECIMALS = 12  # inner scores equal to this many decimals are ties
 BOOTSTRAP_DRAWS = 1000
 SAMPLE_SETS = {False: "all", True: "prompted"}  # scores_prompted_samples(mode) -> the sample set's name
-SET_DOC = {"all": "every sample (modes that never drop a sample)",
-           "prompted": "samples with an image prompt (modes that need one)"}
+SET_DOC = {"all": "every sample", "prompted": "samples with an image prompt"}
 CRITERION = (f"mean inner-fold SRCC (a failed inner fold counts 0); scores equal to {TIE_DECIMALS} decimals go to "
              "the earlier candidate in `candidates` order")
 INTERVAL = (f"95% percentile interval of the pooled out-of-fold SRCC (mean over repeats), {BOOTSTRAP_DRAWS} "
@@ -278,3 +277,25 @@ def _srcc(t: np.ndarray, p: np.ndarray) -> float:
     """Spearman's rho as scipy.stats.spearmanr computes it (Pearson's r of average ranks), without its per-call
     checks: a bootstrap calls it thousands of times on arrays known to vary."""
     return float(np.corrcoef(stats.rankdata(t), stats.rankdata(p))[0, 1])
+
+
+def chosen_text(entry: dict) -> str:
+    """How often each configuration was chosen, most often first (ties in `candidates` order): 'nr ridge 4/5, pr
+    ridge 1/5'; the backbone named when candidates span several."""
+    several = len({c["backbone"] for c in entry["candidates"]}) > 1
+    picked = sorted((c for c in entry["counts"] if c["count"]), key=lambda c: -c["count"])  # stable: order kept
+    total = sum(c["count"] for c in entry["counts"])
+    return ", ".join(f"{c['backbone'] + ' ' if several else ''}{c['mode']} {c['regressor']} {c['count']}/{total}"
+                     for c in picked)
+
+
+def selection_line(entry: dict) -> str:
+    """One line per entry, for the command line: the outer score of the procedure and what it chose."""
+    failed = f", {entry['n_failed']} failed" if entry["n_failed"] else ""
+    return (f"nested selection, {entry['target']} ({SET_DOC[entry['sample_set']]}): SRCC {_number(entry['srcc_mean'])}"
+            f" over {entry['n_folds']} outer folds{failed}; pooled {_number(entry['srcc_pooled'])} "
+            f"[{_number(entry['srcc_ci_low'])}, {_number(entry['srcc_ci_high'])}]; chose {chosen_text(entry)}")
+
+
+def _number(value) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
