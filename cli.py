@@ -467,6 +467,18 @@ def _split_options(cv: dict) -> tuple[dict, dict]:
     return cv, output
 
 
+def _select_options(what: str):
+    """--select and --inner-folds, for fit and bench (which also chooses the backbone)."""
+    def decorate(f):
+        f = click.option("--inner-folds", type=click.IntRange(min=2), default=3, show_default=True,
+                         help="Inner folds of --select; the selection's fits grow with them.")(f)
+        return click.option("--select", is_flag=True,
+                            help=f"Also score the nested selection: per target and sample set, the {what} chosen "
+                                 "inside each outer training fold by inner cross-validation (same grouping), scored "
+                                 "on the outer folds; the number to quote (results.json `selection`).")(f)
+    return decorate
+
+
 def _echo_selection(results) -> None:
     """Under the table: the nested selection's outer score per target and sample set (--select)."""
     from regressors.selection import selection_line
@@ -483,11 +495,7 @@ def _echo_selection(results) -> None:
 @click.option("--regressor", help=f"Comma list of {_HELP['regressors']} [{_HELP['default_regressors']}]; the "
                                   "label-only floors are fitted beside any list unless --no-floors.")
 @_cv_options
-@click.option("--select", is_flag=True, help="Also score the nested selection: per target and sample set, the "
-              "configuration (mode x regressor) chosen inside each outer training fold by inner cross-validation (same "
-              "grouping), scored on the outer folds; the number to quote (results.json `selection`).")
-@click.option("--inner-folds", type=click.IntRange(min=2), default=3, show_default=True,
-              help="Inner folds of --select (each multiplies the fits of the selection).")
+@_select_options("mode x regressor")
 @click.option("--save-head", type=click.Path(dir_okay=False),
               help="Also train on every selected sample and save the head (one mode, target, regressor).")
 @_dataset_options
@@ -557,11 +565,7 @@ def fit(cache, backbone, mode, target, regressor, save_head, dataset, root, anno
                                                 f"[{_HELP['default_regressors']}]; the label-only floors are fitted "
                                                 "beside any list unless --no-floors.")
 @_cv_options
-@click.option("--select", is_flag=True, help="Also score the nested selection: per target and sample set, the "
-              "configuration (backbone x mode x regressor) chosen inside each outer training fold by inner cross-validation (same "
-              "grouping), scored on the outer folds; the number to quote (results.json `selection`).")
-@click.option("--inner-folds", type=click.IntRange(min=2), default=3, show_default=True,
-              help="Inner folds of --select (each multiplies the fits of the selection).")
+@_select_options("backbone x mode x regressor")
 @_dataset_options
 def bench(cache, backbones, modes, targets, regressors, dataset, root, annotation, columns, **cv):
     """Run a grid (backbones x modes x targets x regressors) over one cache into one table."""

@@ -79,10 +79,10 @@ def nested_selection(datas: dict[str, CacheData], results: CVResults, *, inner_f
     sample set whose outer training rows cannot fill `inner_folds` group folds is left out with a warning."""
     check_inner_folds(inner_folds)
     config = results.config
+    check_selectable(config["regressors"])
     backbones = list(datas)
     first = datas[backbones[0]]
     regressors = [r for r in config["regressors"] if get_regressor(r).reads_features]
-    check_selectable(config["regressors"])
     modes, targets, seed = config["modes"], config["targets"], config["seed"]
     split, hold_out = config["split"], config["hold_out_prompts"]
     outer = _outer_folds(first, config)
@@ -105,8 +105,8 @@ def nested_selection(datas: dict[str, CacheData], results: CVResults, *, inner_f
         plans.append((name, candidates, inner))
     if not plans:
         return []
-    scores, fits = _inner_scores(datas, config, outer, plans, labels, groups if disjoint else None, jobs, backend, device,
-                                 on_progress)
+    scores, fits = _inner_scores(datas, config, outer, plans, labels, groups if disjoint else None, jobs, backend,
+                                 device, on_progress)
     entries = []
     for name, candidates, inner in plans:
         for target in targets:
@@ -130,19 +130,20 @@ def _outer_folds(data: CacheData, config: dict) -> list[Fold]:
 def _inner_folds(data: CacheData, mode: str, outer: list[Fold], inner_groups: np.ndarray, k: int, seed: int,
                  name: str) -> tuple[list[list[Fold]] | None, str]:
     """Per outer fold, the inner group folds over its training rows that the set's modes can use (every mode of a
-    set uses the same rows); (None, why) when some outer fold has too few rows or groups."""
+    set uses the same rows; seeded with the outer repeat's seed); (None, why) when some outer fold's training
+    rows cannot fill k group folds."""
     s = data.samples
     out = []
-    for index, fold in enumerate(outer):
-        rows = mode_rows(data, mode, fold.train) if len(fold.train) else fold.train
-        where = f"repeat {fold.repeat + 1} fold {fold.fold + 1}"
-        request = SplitRequest(rows, inner_groups, s.subset, s.generator, k, seed + fold.repeat,
-                               what=f"the training rows of outer {where} ({name} samples)",
-                               more_data="lower --inner-folds")
+    for fold in outer:
         try:
-            out.append(make_folds(request, "group", 1))
-        except FeatcacheError as exc:
-            return None, str(exc)
+            rows = mode_rows(data, mode, fold.train)
+            out.append(make_folds(SplitRequest(rows, inner_groups, s.subset, s.generator, k, seed + fold.repeat),
+                                  "group", 1))
+        except FeatcacheError:
+            rows = mode_rows(data, mode, fold.train) if (s.prompt_image[fold.train] >= 0).any() else fold.train[:0]
+            where = f"fold {fold.fold + 1}" + (f" of repeat {fold.repeat + 1}" if fold.repeat else "")
+            return None, (f"outer {where} trains on {len(rows)} such samples in {len(np.unique(inner_groups[rows]))}"
+                          f" groups, too few for {k} inner folds of at least 4 test samples; lower --inner-folds")
     return out, ""
 
 
@@ -154,15 +155,18 @@ def _inner_scores(datas: dict[str, CacheData], config: dict, outer: list[Fold], 
     trained_on = _trained_on(device, [c.regressor for _, cands, _ in plans for c in cands])
     spread = trained_on is None or trained_on.partition(":")[0] == "cpu"
     tasks: list[_Task] = []
+    inputs: dict[tuple, tuple] = {}
     for name, candidates, inner in plans:
         if len(candidates) < 2:
             continue
         for cand in candidates:
-            data = datas[cand.backbone]
-            rows = mode_rows(data, cand.mode, selection_rows(data, config["subset"]))
-            x = design_matrix(data, cand.mode, rows)[0]
-            position = np.full(len(data.samples), -1)
-            position[rows] = np.arange(len(rows))
+            if (cand.backbone, cand.mode) not in inputs:  # one design matrix per backbone and mode
+                data = datas[cand.backbone]
+                rows = mode_rows(data, cand.mode, selection_rows(data, config["subset"]))
+                position = np.full(len(data.samples), -1)
+                position[rows] = np.arange(len(rows))
+                inputs[(cand.backbone, cand.mode)] = design_matrix(data, cand.mode, rows)[0], position
+            x, position = inputs[(cand.backbone, cand.mode)]
             members, meta = [], []
             for index, folds in enumerate(inner):
                 for fold in folds:
@@ -215,6 +219,10 @@ def _entry(results: CVResults, config: dict, name: str, target: str, candidates:
     counts = [0] * len(candidates)
     chosen_rows, chosen_preds, per_fold = [], [], []
     for index, fold in enumerate(outer):
+        first = preds[(candidates[0].backbone, candidates[0].regressor, candidates[0].mode, fold.repeat, fold.fold)]
+        if not np.isin(first.rows, fold.test).all():
+            raise FeatcacheError(f"--select: the folds rebuilt from the run's options differ from the run's own "
+                                 f"(repeat {fold.repeat + 1}, fold {fold.fold + 1}); the selection cannot be scored")
         inner = [scores[(name, target, index, c)] for c in candidates] if len(candidates) > 1 else None
         pick = choose(inner) if inner else 0
         counts[pick] += 1
