@@ -12,7 +12,8 @@ a failed inner fold counting 0; scores equal to TIE_DECIMALS decimals go to the 
 `candidates` order (backbones as the run lists them, then modes, then regressors). The chosen configuration's outer
 test predictions (fitted on the whole outer training rows by the run itself) are that fold's predictions of the
 procedure; its outer score is summarised as every cell is (`summaries.summarize`: failed folds count 0), with a
-95% interval by bootstrap over prompt groups of its pooled out-of-fold predictions, all repeats.
+95% interval by bootstrap over prompt groups of its pooled out-of-fold predictions, all repeats
+(`inference.group_bootstrap_interval`).
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from scipy import stats
 
 from featcache.errors import FeatcacheError, FeatcacheWarning
 from regressors.cache_data import CacheData
 from regressors.cv import CVResults, OutOfFold, _chunks, _cost, _fitted, _Task, _trained_on, plan, selection_rows
 from regressors.design import content_groups, design_matrix, label_codes, mode_rows
 from regressors.fitting import Member
+from regressors.inference import BOOTSTRAP_SAMPLES, group_bootstrap_interval, pooled_predictions
 from regressors.metrics import CORRELATIONS, counted, prediction_failed, spearman
 from regressors.modes import scores_prompted_samples
 from regressors.registry import floor_names, get_regressor
@@ -37,13 +38,13 @@ from regressors.summaries import summarize
 
 INNER_FOLDS = 3  # the default inner K: every inner fit multiplies the run's fits by about this much
 TIE_DECIMALS = 12  # inner scores equal to this many decimals are ties
-BOOTSTRAP_DRAWS = 1000
 SAMPLE_SETS = {False: "all", True: "prompted"}  # scores_prompted_samples(mode) -> the sample set's name
 SET_DOC = {"all": "every sample", "prompted": "samples with an image prompt"}
 CRITERION = (f"mean inner-fold SRCC (a failed inner fold counts 0); scores equal to {TIE_DECIMALS} decimals go to "
              "the earlier candidate in `candidates` order")
-INTERVAL = (f"95% percentile interval of the pooled out-of-fold SRCC (mean over repeats), {BOOTSTRAP_DRAWS} "
-            "bootstrap draws of whole prompt groups")
+INTERVAL = (f"95% percentile interval of the pooled out-of-fold SRCC (mean over repeats), {BOOTSTRAP_SAMPLES} "
+            "bootstrap draws of whole prompt groups, each with its predictions of every repeat "
+            "(`inference.group_bootstrap_interval`)")
 
 
 @dataclass(frozen=True)
@@ -237,12 +238,13 @@ def _entry(results: CVResults, config: dict, name: str, target: str, candidates:
                          "srcc": counted(row["srcc"], row["failed"]), "failed": bool(row["failed"])})
     summary = summarize(chosen_rows, chosen_preds, results.samples, single=get_split(config["split"]).single,
                         seed=seed)[0]
-    group = np.asarray(results.samples["group"])
-    low, high = group_bootstrap_srcc(np.concatenate([p.y_true for p in chosen_preds]),
-                                     np.concatenate([p.y_pred for p in chosen_preds]),
-                                     group[np.concatenate([p.rows for p in chosen_preds])],
-                                     np.concatenate([np.full(len(p.rows), p.repeat) for p in chosen_preds]),
-                                     seed=seed)
+    repeats = sorted({p.repeat for p in chosen_preds})
+    of_repeat = [[p for p in chosen_preds if p.repeat == r] for r in repeats]
+    pooled = pooled_predictions([np.concatenate([p.rows for p in ps]) for ps in of_repeat],
+                                [np.concatenate([p.y_true for p in ps]) for ps in of_repeat],
+                                [np.concatenate([p.y_pred for p in ps]) for ps in of_repeat],
+                                np.asarray(results.samples["group"]))
+    low, high = group_bootstrap_interval(pooled, "srcc", seed=seed)
     n_fits, seconds = fits.get((name, target), [0, 0.0])
     metrics = {key: summary[key] for metric in (*CORRELATIONS, "rmse") for key in (f"{metric}_mean",
                                                                                     f"{metric}_std")}
@@ -254,37 +256,6 @@ def _entry(results: CVResults, config: dict, name: str, target: str, candidates:
             "plcc_pooled": summary["plcc_pooled"], "srcc_ci_low": low, "srcc_ci_high": high, "interval": INTERVAL,
             "n_folds": summary["n_folds"], "n_failed": summary["n_failed"], "n_test": summary["n_test"],
             "inner_fits": n_fits, "inner_seconds": round(seconds, 3)}
-
-
-def group_bootstrap_srcc(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, repeats: np.ndarray, *,
-                         draws: int = BOOTSTRAP_DRAWS, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of the pooled SRCC averaged over repeats, resampling whole prompt groups (a drawn
-    group brings its samples of every repeat). Pooled predictions of the folds of each repeat are given together,
-    `repeats` naming each one's repeat; a draw whose pool is constant scores 0. (NaN, NaN) under 3 groups."""
-    y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
-    names, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    if len(names) < 3:
-        return float("nan"), float("nan")
-    of_repeat = [np.flatnonzero(repeats == r) for r in np.unique(repeats)]
-    rng = np.random.default_rng(seed)
-    values = np.empty(draws)
-    for d in range(draws):
-        times = np.bincount(rng.integers(0, len(names), len(names)), minlength=len(names))  # each group's copies
-        per_repeat = []
-        for rows in of_repeat:
-            rows = np.repeat(rows, times[inverse[rows]])
-            t, p = y_true[rows], y_pred[rows]
-            per_repeat.append(0.0 if len(rows) < 3 or np.ptp(t) == 0 or np.ptp(p) == 0 else _srcc(t, p))
-        values[d] = np.mean(per_repeat)
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(values, [tail, 100.0 - tail])
-    return float(low), float(high)
-
-
-def _srcc(t: np.ndarray, p: np.ndarray) -> float:
-    """Spearman's rho as scipy.stats.spearmanr computes it (Pearson's r of average ranks), without its per-call
-    checks: a bootstrap calls it thousands of times on arrays known to vary."""
-    return float(np.corrcoef(stats.rankdata(t), stats.rankdata(p))[0, 1])
 
 
 def chosen_text(entry: dict) -> str:

@@ -15,7 +15,7 @@ from featcache.errors import FeatcacheError
 from regressors.cache_data import load_cache
 from regressors.cv import cross_validate
 from regressors.fit import bench, fit
-from regressors.selection import _outer_folds, choose, group_bootstrap_srcc, nested_selection
+from regressors.selection import _outer_folds, choose, nested_selection
 from tests.fakedata import make_cache
 
 
@@ -162,12 +162,3 @@ def test_bench_select_chooses_among_backbones(tmp_path):
     counts = {c["backbone"]: c["count"] for c in entry["counts"]}
     assert counts["toy.random/paper/4"] >= 7 and sum(counts.values()) == 8
     assert "selection" in results.to_dict()
-
-
-def test_the_interval_resamples_groups():
-    rng = np.random.default_rng(0)
-    truth = rng.normal(size=200)
-    groups = np.repeat(np.arange(40), 5)
-    low, high = group_bootstrap_srcc(truth, truth + rng.normal(0, 0.5, 200), groups, np.zeros(200, int))
-    assert 0.7 < low < high < 1.0
-    assert np.isnan(group_bootstrap_srcc(truth[:10], truth[:10], groups[:10], np.zeros(10, int))[0])
