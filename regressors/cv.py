@@ -6,9 +6,10 @@ cannot fill every fold (fewer image-prompt groups than folds) is refused before 
 are chosen inside each training fold, on held-out prompt groups when the split is prompt-disjoint (`group`, and
 `cross` with --hold-out-prompts). Every fold is reported; a fold whose predictions are constant is failed and
 counts as 0 in every correlation mean. PLCC after the logistic: the 4-parameter logistic, constrained increasing,
-is fitted on all out-of-fold predictions of a repeat together (the whole test set, as VQEG fits it), and each
-fold's PLCC is taken on its mapped predictions. Out-of-fold predictions are kept, so pooled, per-generator and
-paired figures come from the same numbers.
+is fitted in each fold on the training data only (the fitted model's predictions of its own training rows
+against their labels) and applied to that fold's test predictions, so no test label shapes the mapping; a fold
+whose training predictions admit no increasing curve reports its plain PLCC. Out-of-fold predictions are kept,
+so pooled, per-generator and paired figures come from the same numbers.
 """
 
 from __future__ import annotations
@@ -392,19 +393,20 @@ def _leave_ctrl_c_to_the_parent() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _logistic_per_repeat(tasks: list[_Task], fitted: list) -> dict:
-    """The logistic mapping of every (regressor, mode, target, repeat), fitted on all of that repeat's out-of-fold
-    predictions at once, as VQEG fits it on the whole test set: on one fold's 16-20 samples it settles on a step
-    that scores noise at a PLCC of 0.37. Failed folds (constant predictions) stay out of the fit."""
-    pools: dict = {}
+LOGISTIC_FITTED_ON = "training predictions of each fold"  # config key: where the logistic mapping was fitted
+
+
+def _logistic_per_fold(tasks: list[_Task], fitted: list) -> list[list]:
+    """The logistic mapping of every fitted member (one regressor, mode, target and fold), in `fitted`'s layout:
+    fitted on the member's predictions of its own training rows against their labels, so the test labels its
+    PLCC is scored on never shape it. None (the fold reports its plain PLCC) where the training predictions are
+    constant or admit no increasing curve."""
+    out = []
     for task, members in zip(tasks, fitted):
-        for (target, fold, _, y_test, train_sd, _), (pred, _, _) in zip(task.meta, members):
-            pool = pools.setdefault((task.regressor, task.mode, target, fold.repeat), ([], []))
-            if not prediction_failed(pred, train_sd):
-                pool[0].append(np.asarray(y_test, dtype=np.float64))
-                pool[1].append(np.asarray(pred, dtype=np.float64))
-    return {key: fit_logistic(np.concatenate(truth), np.concatenate(pred)) if truth else None
-            for key, (truth, pred) in pools.items()}
+        out.append([None if prediction_failed(result.train_pred, train_sd)
+                    else fit_logistic(member.y_train, result.train_pred)
+                    for member, (_, _, _, _, train_sd, _), result in zip(task.members, task.meta, members)])
+    return out
 
 
 def cross_validate(data: CacheData, modes: list[str], targets: list[str], regressors: list[str], *,
@@ -432,7 +434,7 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
     config = {"cache": data.path, "backbone": data.backbone_id, "modes": modes, "targets": targets,
               "regressors": regressors, "split": split, "split_doc": spec.doc, "folds": folds,
               "repeats": repeats, "seed": seed, "subset": subset, "train_on": train_on, "test_on": test_on,
-              "hold_out_prompts": hold_out_prompts,
+              "hold_out_prompts": hold_out_prompts, "logistic_fitted_on": LOGISTIC_FITTED_ON,
               "device": trained_on, "protocol": __doc__.split("\n\n", 1)[1].strip()}
     results = CVResults(config)
     s = data.samples
@@ -448,11 +450,11 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
             done += len(tasks[index].members)
             if on_progress:
                 on_progress(done, total)
-    logistic = _logistic_per_repeat(tasks, fitted)
-    for task, members in zip(tasks, fitted):  # in plan order, whatever order the tasks finished in
-        for (target, fold, test_rows, y_test, train_sd, n_train), (pred, chosen, seconds) in zip(task.meta, members):
-            metrics = quality_metrics(y_test, pred, train_sd,
-                                      logistic[(task.regressor, task.mode, target, fold.repeat)])
+    logistic = _logistic_per_fold(tasks, fitted)
+    for task, members, mappings in zip(tasks, fitted, logistic):  # in plan order, whatever order they finished in
+        for (target, fold, test_rows, y_test, train_sd, n_train), (pred, chosen, seconds, _), mapping in zip(
+                task.meta, members, mappings):
+            metrics = quality_metrics(y_test, pred, train_sd, mapping)
             results.folds.append({"regressor": task.regressor, "mode": task.mode, "target": target,
                                   "repeat": fold.repeat, "fold": fold.fold, **metrics, "n_train": n_train,
                                   "n_test": int(len(test_rows)), "chosen": chosen, "seconds": round(seconds, 4)})

@@ -39,8 +39,7 @@ def fit_logistic(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray | None:
     Constrained as VQEG requires, increasing (b1 >= b2): left free, the fit turns anti-correlated predictions into a
     positive PLCC through a decreasing curve. Its width |b4| is kept between LOGISTIC_WIDTHS x the predictions' SD:
     narrower, the curve becomes a step between two neighbouring predictions, whose place jumps with their last bits
-    (cv also fits it on a whole repeat's out-of-fold predictions, not on one fold's 16-20 samples, where steps scored
-    label noise at a PLCC of 0.37); wider, it is a straight line, which the plain PLCC already measures, and the
+    and which scores label noise on the samples it was fitted on; wider, it is a straight line, which the plain PLCC already measures, and the
     solver would walk towards an infinite width. For a given midpoint and width the best b1, b2 are a linear fit, so
     a grid over the two (widths log-spaced, midpoints at quantiles) finds the start, and a bounded least-squares
     refinement the optimum: the same predictions up to their last bits give the same curve."""
@@ -132,10 +131,11 @@ def plcc_after_logistic(y_true: np.ndarray, y_pred: np.ndarray, params=FIT_HERE)
     """PLCC after mapping predictions through logistic4 with `params` (fitted on these samples by default); plain
     PLCC when there is no mapping (the fit did not converge or found no increasing relation).
 
-    A fold whose predictions sit on a flat end of a curve fitted on the whole repeat maps to values that differ
-    only in their last bits; those values are centred before scipy scores them (r is the same but for rounding), so
-    scipy's near-constant warning, which would otherwise reach the command line once per such fold, does not arise
-    and no warning filter is changed (another thread may be running). Other folds are scored as they are."""
+    A fold whose predictions sit on a flat end of a curve fitted elsewhere (cv: on the fold's training predictions)
+    maps to values that differ only in their last bits; those values are centred before scipy scores them (r is
+    the same but for rounding), so scipy's near-constant warning, which would otherwise reach the command line
+    once per such fold, does not arise and no warning filter is changed (another thread may be running). Other
+    folds are scored as they are."""
     plain = pearson(y_true, y_pred)
     if isinstance(params, str):
         params = fit_logistic(y_true, y_pred)
@@ -154,7 +154,8 @@ def plcc_after_logistic(y_true: np.ndarray, y_pred: np.ndarray, params=FIT_HERE)
 def quality_metrics(y_true, y_pred, train_sd: float | None = None, logistic=FIT_HERE) -> dict:
     """SRCC, PLCC (plain and after the logistic), KRCC, RMSE and `failed`. Correlations of a failed fold are NaN
     here (the raw truth); summaries count them as 0. `logistic`: the mapping's parameters when it was fitted on
-    more samples than these (cv: the repeat's out-of-fold predictions), None for none."""
+    other samples than these (cv: the fold's training predictions against the training labels), None for none;
+    by default it is fitted on these very samples (an optimistic PLCC, for a look at one set only)."""
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
     sd = float(np.std(y_true)) if train_sd is None else train_sd
