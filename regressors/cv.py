@@ -4,7 +4,8 @@ Protocol (what results.json calls `protocol`): one fold assignment per selection
 mode; each mode uses the samples of those folds it can use (FR: samples with an image prompt), and a mode that
 cannot fill every fold (fewer image-prompt groups than folds) is refused before any fitting. Hyper-parameters
 are chosen inside each training fold, on held-out prompt groups when the split is prompt-disjoint (`group`, and
-`cross` with --hold-out-prompts). Every fold is reported; a fold whose predictions are constant is failed and
+`cross` with --hold-out-prompts), on held-out prompt x generator groups under `cross` without it (siblings never
+split across inner folds). Every fold is reported; a fold whose predictions are constant is failed and
 counts as 0 in every correlation mean. PLCC after the logistic: the 4-parameter logistic, constrained increasing,
 is fitted in each fold on the training data only (the fitted model's predictions of its own training rows
 against their labels) and applied to that fold's test predictions, so no test label shapes the mapping; a fold
@@ -250,7 +251,8 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
                 test = position[fold.test][position[fold.test] >= 0]
                 for target in targets:
                     y = y_of[target]
-                    member_groups = groups_of[train] if inner_groups else None
+                    member_groups = groups_of[train] if inner_groups else (  # cross: siblings held out together
+                        codes[train, 1] if split == "cross" else None)
                     members.append(Member(train, y[train], test, member_groups, seed + fold.repeat))
                     meta.append((target, fold, rows[test], y[test], float(np.std(y[train])), int(len(train))))
             for chunk in _chunks(reg, meta, spread):
