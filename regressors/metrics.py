@@ -191,25 +191,68 @@ def pooled_correlations(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
 
 
 def bootstrap_srcc_interval(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, *, samples: int = 1000,
-                            seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of SRCC, resampling whole prompt groups (siblings move together)."""
+                            seed: int = 0, level: float = 0.95,
+                            repeats: np.ndarray | None = None) -> tuple[float, float]:
+    """Percentile interval of SRCC, resampling whole prompt groups (siblings move together). With `repeats` (the
+    repeat of each prediction; rows of several repeats concatenated), every resampled group brings its rows of
+    every repeat and the statistic is the mean over repeats of each repeat's SRCC on its resampled rows, as the
+    point estimate averages repeats. A resample whose labels or predictions are constant in a repeat scores 0
+    there. NaN, NaN with fewer than 3 groups or constant predictions."""
     y_true, y_pred, groups = (np.asarray(a) for a in (y_true, y_pred, groups))
+    repeats = np.zeros(len(y_true), dtype=int) if repeats is None else np.asarray(repeats)
     names, inverse = np.unique(groups, return_inverse=True)
     if len(names) < 3 or np.ptp(y_pred) == 0:
         return float("nan"), float("nan")
-    members = [np.flatnonzero(inverse == g) for g in range(len(names))]
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(samples):
-        picked = np.concatenate([members[g] for g in rng.integers(0, len(names), len(names))])
-        t, p = y_true[picked], y_pred[picked]
-        if np.ptp(t) == 0 or np.ptp(p) == 0:
-            values.append(0.0)
-            continue
-        values.append(spearman(t, p))
+    draws = np.stack([np.bincount(rng.integers(0, len(names), len(names)), minlength=len(names))
+                      for _ in range(samples)])  # how often each group is drawn, per resample
+    values = np.zeros(samples)
+    kept = np.unique(repeats)
+    for rep in kept:
+        rows = repeats == rep
+        values += _resampled_spearman(y_true[rows].astype(np.float64), y_pred[rows].astype(np.float64),
+                                      draws[:, inverse[rows]])
+    values /= len(kept)
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(values, [tail, 100.0 - tail])
     return float(low), float(high)
+
+
+BOOTSTRAP_CHUNK = 128  # resamples scored at once (memory: chunk x samples floats per array)
+
+
+def _resampled_spearman(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Spearman's rho of x and y with each sample repeated weights[b, i] times, for every row b of `weights`: the
+    Pearson correlation of their average ranks (ties share the mean of their ranks, as scipy.stats.spearmanr),
+    computed from weights instead of copies. 0 where either side is constant among the samples drawn."""
+    out = np.zeros(len(weights))
+    ranked = [_tie_blocks(v) for v in (x, y)]
+    for start in range(0, len(weights), BOOTSTRAP_CHUNK):
+        w = weights[start:start + BOOTSTRAP_CHUNK].astype(np.float64)
+        ranks = []
+        for order, starts, block in ranked:
+            per_block = np.add.reduceat(w[:, order], starts, axis=1)  # weight of each tied value
+            below = np.cumsum(per_block, axis=1) - per_block
+            ranks.append((below + (per_block + 1.0) / 2.0)[:, block])  # average rank, back in sample order
+        total = w.sum(axis=1, keepdims=True)
+        centred = [r - (w * r).sum(axis=1, keepdims=True) / total for r in ranks]
+        cov = (w * centred[0] * centred[1]).sum(axis=1)
+        var = [(w * c * c).sum(axis=1) for c in centred]
+        spread = np.sqrt(var[0] * var[1])
+        constant = (var[0] <= 1e-12 * total[:, 0] ** 2) | (var[1] <= 1e-12 * total[:, 0] ** 2)
+        out[start:start + len(w)] = np.where(constant, 0.0, cov / np.where(constant, 1.0, spread))
+    return np.clip(out, -1.0, 1.0)
+
+
+def _tie_blocks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sorting order, start of each run of equal values in sorted order, the run of each sample)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    new = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+    starts = np.flatnonzero(new)
+    block = np.empty(len(values), dtype=np.intp)
+    block[order] = np.cumsum(new) - 1
+    return order, starts, block
 
 
 def wilcoxon_p(differences) -> float:
