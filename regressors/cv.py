@@ -28,7 +28,7 @@ from featcache.errors import FeatcacheError, FeatcacheWarning
 from regressors.cache_data import CacheData
 from regressors.design import content_groups, design_matrix, label_codes, mode_rows
 from regressors.fitting import Member, fit_members
-from regressors.metrics import fit_logistic, prediction_failed, quality_metrics
+from regressors.metrics import quality_metrics
 from regressors.modes import get_mode
 from regressors.registry import check_regressors, get_regressor
 from regressors.splits import SplitRequest, check_mode_folds, folds_missing_a_subset, get_split, make_folds, \
@@ -395,20 +395,7 @@ def _leave_ctrl_c_to_the_parent() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-LOGISTIC_FITTED_ON = "training predictions of each fold"  # config key: where the logistic mapping was fitted
-
-
-def _logistic_per_fold(tasks: list[_Task], fitted: list) -> list[list]:
-    """The logistic mapping of every fitted member (one regressor, mode, target and fold), in `fitted`'s layout:
-    fitted on the member's predictions of its own training rows against their labels, so the test labels its
-    PLCC is scored on never shape it. None (the fold reports its plain PLCC) where the training predictions are
-    constant or admit no increasing curve."""
-    out = []
-    for task, members in zip(tasks, fitted):
-        out.append([None if prediction_failed(result.train_pred, train_sd)
-                    else fit_logistic(member.y_train, result.train_pred)
-                    for member, (_, _, _, _, train_sd, _), result in zip(task.members, task.meta, members)])
-    return out
+LOGISTIC_FITTED_ON = "training predictions of each fold"  # config key: fitting.training_logistic, per member
 
 
 def cross_validate(data: CacheData, modes: list[str], targets: list[str], regressors: list[str], *,
@@ -452,11 +439,10 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
             done += len(tasks[index].members)
             if on_progress:
                 on_progress(done, total)
-    logistic = _logistic_per_fold(tasks, fitted)
-    for task, members, mappings in zip(tasks, fitted, logistic):  # in plan order, whatever order they finished in
-        for (target, fold, test_rows, y_test, train_sd, n_train), (pred, chosen, seconds, _), mapping in zip(
-                task.meta, members, mappings):
-            metrics = quality_metrics(y_test, pred, train_sd, mapping)
+    for task, members in zip(tasks, fitted):  # in plan order, whatever order the tasks finished in
+        for (target, fold, test_rows, y_test, train_sd, n_train), (pred, chosen, seconds, _, logistic) in zip(
+                task.meta, members):
+            metrics = quality_metrics(y_test, pred, train_sd, logistic)
             results.folds.append({"regressor": task.regressor, "mode": task.mode, "target": target,
                                   "repeat": fold.repeat, "fold": fold.fold, **metrics, "n_train": n_train,
                                   "n_test": int(len(test_rows)), "chosen": chosen, "seconds": round(seconds, 4)})

@@ -29,24 +29,41 @@ class Member:
 
 class Fitted(NamedTuple):
     """What fitting one member gives: predictions of its test rows, the hyper-parameters it chose inside its
-    training rows, the seconds it took, and its (in-sample) predictions of its training rows, in `Member.train`
-    order."""
+    training rows, the seconds it took, its (in-sample) predictions of its training rows in `Member.train` order,
+    and the logistic mapping fitted on those against the training labels (`training_logistic`; `fit_members` sets
+    it, the fitters leave it None)."""
 
     pred: np.ndarray
     chosen: dict
     seconds: float
     train_pred: np.ndarray
+    logistic: np.ndarray | None = None
 
 
 def fit_members(regressor: str, X: np.ndarray, members: list[Member], device: str = "cpu") -> list[Fitted]:
-    """The spec's own batched fitter when it names one (`RegressorSpec.fit_members`), else one by one."""
+    """The spec's own batched fitter when it names one (`RegressorSpec.fit_members`), else one by one; each
+    result with its `training_logistic` (fitted here, so in the worker that fitted the member)."""
     spec = get_regressor(regressor)
     if spec.fit_members:
         import importlib
 
         module, _, function = spec.fit_members.partition(":")
-        return getattr(importlib.import_module(module), function)(X, members, device)
-    return [_one(regressor, X, m, device) for m in members]
+        fitted = getattr(importlib.import_module(module), function)(X, members, device)
+    else:
+        fitted = [_one(regressor, X, m, device) for m in members]
+    return [f._replace(logistic=training_logistic(m, f.train_pred)) for f, m in zip(fitted, members)]
+
+
+def training_logistic(member: Member, train_pred: np.ndarray) -> np.ndarray | None:
+    """The 4-parameter logistic (`metrics.fit_logistic`) mapping a member's predictions of its own training rows
+    onto their labels: what cv maps the member's test predictions through before the logistic PLCC, so no test
+    label shapes it. None where the training predictions are constant or admit no increasing curve."""
+    from regressors.metrics import fit_logistic, prediction_failed
+
+    y_train = np.asarray(member.y_train, dtype=np.float64)
+    if prediction_failed(train_pred, float(np.std(y_train))):
+        return None
+    return fit_logistic(y_train, train_pred)
 
 
 def fit_estimator(model, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None):

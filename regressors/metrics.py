@@ -39,10 +39,11 @@ def fit_logistic(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray | None:
     Constrained as VQEG requires, increasing (b1 >= b2): left free, the fit turns anti-correlated predictions into a
     positive PLCC through a decreasing curve. Its width |b4| is kept between LOGISTIC_WIDTHS x the predictions' SD:
     narrower, the curve becomes a step between two neighbouring predictions, whose place jumps with their last bits
-    and which scores label noise on the samples it was fitted on; wider, it is a straight line, which the plain PLCC already measures, and the
-    solver would walk towards an infinite width. For a given midpoint and width the best b1, b2 are a linear fit, so
-    a grid over the two (widths log-spaced, midpoints at quantiles) finds the start, and a bounded least-squares
-    refinement the optimum: the same predictions up to their last bits give the same curve."""
+    and which scores label noise on the samples it was fitted on; wider, it is a straight line, which the plain
+    PLCC already measures, and the solver would walk towards an infinite width. For a given midpoint and width the
+    best b1, b2 are a linear fit, so a grid over the two (widths log-spaced, midpoints at quantiles) finds the
+    start, and a bounded least-squares refinement the optimum: the same predictions up to their last bits give the
+    same curve."""
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
     if len(y_true) < 4 or not np.isfinite(y_pred).all() or np.ptp(y_pred) == 0 or np.ptp(y_true) == 0:

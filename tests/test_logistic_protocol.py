@@ -6,7 +6,7 @@ import pytest
 
 from regressors.cache_data import load_cache
 from regressors.cv import LOGISTIC_FITTED_ON, cross_validate
-from regressors.metrics import counted
+from regressors.metrics import counted, fit_logistic
 from regressors.registry import REGRESSORS
 from tests.fakedata import make_cache
 
@@ -32,6 +32,8 @@ def test_every_fitter_returns_its_predictions_of_its_own_training_rows(name):
     np.testing.assert_allclose(fitted.train_pred, model.predict(inputs[train]), atol=tolerance)
     np.testing.assert_allclose(fitted.pred, model.predict(inputs[test]), atol=tolerance)
     assert np.ptp(fitted.train_pred) > 0
+    mapping = fit_logistic(y[train], fitted.train_pred)  # the fold's logistic: training predictions vs labels
+    assert mapping is not None and np.array_equal(fitted.logistic, mapping)
 
 
 def test_a_folds_mapping_does_not_move_when_only_its_test_labels_change(tmp_path):
