@@ -12,6 +12,8 @@ from functools import partial
 
 import numpy as np
 
+from regressors.fitting import Fitted
+
 GENERATOR, SIBLING, PROMPT = 0, 1, 2
 COLUMNS = {"generator-mean": (GENERATOR,), "sibling-mean": (SIBLING, GENERATOR), "prompt-mean": (PROMPT, GENERATOR)}
 
@@ -42,16 +44,17 @@ def predict_code_means(X: np.ndarray, global_mean: float, means: list[dict], col
     return out
 
 
-def _fit_members(columns: tuple[int, ...], X: np.ndarray, members: list,
-                 device: str = "cpu") -> list[tuple[np.ndarray, dict, float]]:
-    """The registry's `fit_members` contract for one floor (the device is unused)."""
+def _fit_members(columns: tuple[int, ...], X: np.ndarray, members: list, device: str = "cpu") -> list:
+    """The registry's `fit_members` contract for one floor (the device is unused): a `fitting.Fitted` per member,
+    whose training predictions are the code means of its own training rows."""
     X = np.asarray(X, dtype=np.float64)
     out = []
     for m in members:
         start = time.perf_counter()
         global_mean, means = fit_code_means(X[m.train], np.asarray(m.y_train, dtype=np.float64), columns)
         pred = predict_code_means(X[m.test], global_mean, means, columns)
-        out.append((pred, {}, time.perf_counter() - start))
+        seconds = time.perf_counter() - start
+        out.append(Fitted(pred, {}, seconds, predict_code_means(X[m.train], global_mean, means, columns)))
     return out
 
 

@@ -4,11 +4,13 @@ Protocol (what results.json calls `protocol`): one fold assignment per selection
 mode; each mode uses the samples of those folds it can use (FR: samples with an image prompt), and a mode that
 cannot fill every fold (fewer image-prompt groups than folds) is refused before any fitting. Hyper-parameters
 are chosen inside each training fold, on held-out prompt groups when the split is prompt-disjoint (`group`, and
-`cross` with --hold-out-prompts). Every fold is reported; a fold whose predictions are constant is failed and
+`cross` with --hold-out-prompts), on held-out prompt x generator groups under `cross` without it (siblings never
+split across inner folds). Every fold is reported; a fold whose predictions are constant is failed and
 counts as 0 in every correlation mean. PLCC after the logistic: the 4-parameter logistic, constrained increasing,
-is fitted on all out-of-fold predictions of a repeat together (the whole test set, as VQEG fits it), and each
-fold's PLCC is taken on its mapped predictions. Out-of-fold predictions are kept, so pooled, per-generator and
-paired figures come from the same numbers.
+is fitted in each fold on the training data only (the fitted model's predictions of its own training rows
+against their labels) and applied to that fold's test predictions, so no test label shapes the mapping; a fold
+whose training predictions admit no increasing curve reports its plain PLCC. Out-of-fold predictions are kept,
+so pooled, per-generator and paired figures come from the same numbers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from featcache.errors import FeatcacheError, FeatcacheWarning
 from regressors.cache_data import CacheData
 from regressors.design import content_groups, design_matrix, label_codes, mode_rows
 from regressors.fitting import Member, fit_members
-from regressors.metrics import fit_logistic, prediction_failed, quality_metrics
+from regressors.metrics import quality_metrics
 from regressors.modes import get_mode
 from regressors.registry import check_regressors, get_regressor
 from regressors.splits import SplitRequest, check_mode_folds, folds_missing_a_subset, get_split, make_folds, \
@@ -251,7 +253,8 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
                 test = position[fold.test][position[fold.test] >= 0]
                 for target in targets:
                     y = y_of[target]
-                    member_groups = groups_of[train] if inner_groups else None
+                    member_groups = groups_of[train] if inner_groups else (  # cross: siblings held out together
+                        codes[train, 1] if split == "cross" else None)
                     members.append(Member(train, y[train], test, member_groups, seed + fold.repeat))
                     meta.append((target, fold, rows[test], y[test], float(np.std(y[train])), int(len(train))))
             for chunk in _chunks(reg, meta, spread):
@@ -394,19 +397,7 @@ def _leave_ctrl_c_to_the_parent() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _logistic_per_repeat(tasks: list[_Task], fitted: list) -> dict:
-    """The logistic mapping of every (regressor, mode, target, repeat), fitted on all of that repeat's out-of-fold
-    predictions at once, as VQEG fits it on the whole test set: on one fold's 16-20 samples it settles on a step
-    that scores noise at a PLCC of 0.37. Failed folds (constant predictions) stay out of the fit."""
-    pools: dict = {}
-    for task, members in zip(tasks, fitted):
-        for (target, fold, _, y_test, train_sd, _), (pred, _, _) in zip(task.meta, members):
-            pool = pools.setdefault((task.regressor, task.mode, target, fold.repeat), ([], []))
-            if not prediction_failed(pred, train_sd):
-                pool[0].append(np.asarray(y_test, dtype=np.float64))
-                pool[1].append(np.asarray(pred, dtype=np.float64))
-    return {key: fit_logistic(np.concatenate(truth), np.concatenate(pred)) if truth else None
-            for key, (truth, pred) in pools.items()}
+LOGISTIC_FITTED_ON = "training predictions of each fold"  # config key: fitting.training_logistic, per member
 
 
 def cross_validate(data: CacheData, modes: list[str], targets: list[str], regressors: list[str], *,
@@ -434,7 +425,7 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
     config = {"cache": data.path, "backbone": data.backbone_id, "modes": modes, "targets": targets,
               "regressors": regressors, "split": split, "split_doc": spec.doc, "folds": folds,
               "repeats": repeats, "seed": seed, "subset": subset, "train_on": train_on, "test_on": test_on,
-              "hold_out_prompts": hold_out_prompts,
+              "hold_out_prompts": hold_out_prompts, "logistic_fitted_on": LOGISTIC_FITTED_ON,
               "device": trained_on, "protocol": __doc__.split("\n\n", 1)[1].strip()}
     results = CVResults(config)
     s = data.samples
@@ -450,11 +441,10 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
             done += len(tasks[index].members)
             if on_progress:
                 on_progress(done, total)
-    logistic = _logistic_per_repeat(tasks, fitted)
     for task, members in zip(tasks, fitted):  # in plan order, whatever order the tasks finished in
-        for (target, fold, test_rows, y_test, train_sd, n_train), (pred, chosen, seconds) in zip(task.meta, members):
-            metrics = quality_metrics(y_test, pred, train_sd,
-                                      logistic[(task.regressor, task.mode, target, fold.repeat)])
+        for (target, fold, test_rows, y_test, train_sd, n_train), (pred, chosen, seconds, _, logistic) in zip(
+                task.meta, members):
+            metrics = quality_metrics(y_test, pred, train_sd, logistic)
             results.folds.append({"regressor": task.regressor, "mode": task.mode, "target": target,
                                   "repeat": fold.repeat, "fold": fold.fold, **metrics, "n_train": n_train,
                                   "n_test": int(len(test_rows)), "chosen": chosen, "seconds": round(seconds, 4)})

@@ -2,13 +2,16 @@
 
 A regressor's spec may name a batched fitter (`fit_members`): ridge solves every target of a fold from one
 decomposition, the SVR fits a fold's targets from one kernel, the MLP trains the members it is given (a cell on
-CUDA, a fold on the CPU) as one stacked model; the rest fit one by one.
+CUDA, a fold on the CPU) as one stacked model; the rest fit one by one. Every fitter returns one `Fitted` per
+member: its test predictions and also its predictions of its own training rows (what cv fits the logistic
+mapping on, so the test labels never shape it).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,18 +27,43 @@ class Member:
     seed: int
 
 
-Fitted = tuple[np.ndarray, dict, float]  # (test predictions, chosen hyper-parameters, seconds)
+class Fitted(NamedTuple):
+    """What fitting one member gives: predictions of its test rows, the hyper-parameters it chose inside its
+    training rows, the seconds it took, its (in-sample) predictions of its training rows in `Member.train` order,
+    and the logistic mapping fitted on those against the training labels (`training_logistic`; `fit_members` sets
+    it, the fitters leave it None)."""
+
+    pred: np.ndarray
+    chosen: dict
+    seconds: float
+    train_pred: np.ndarray
+    logistic: np.ndarray | None = None
 
 
 def fit_members(regressor: str, X: np.ndarray, members: list[Member], device: str = "cpu") -> list[Fitted]:
-    """The spec's own batched fitter when it names one (`RegressorSpec.fit_members`), else one by one."""
+    """The spec's own batched fitter when it names one (`RegressorSpec.fit_members`), else one by one; each
+    result with its `training_logistic` (fitted here, so in the worker that fitted the member)."""
     spec = get_regressor(regressor)
     if spec.fit_members:
         import importlib
 
         module, _, function = spec.fit_members.partition(":")
-        return getattr(importlib.import_module(module), function)(X, members, device)
-    return [_one(regressor, X, m, device) for m in members]
+        fitted = getattr(importlib.import_module(module), function)(X, members, device)
+    else:
+        fitted = [_one(regressor, X, m, device) for m in members]
+    return [f._replace(logistic=training_logistic(m, f.train_pred)) for f, m in zip(fitted, members)]
+
+
+def training_logistic(member: Member, train_pred: np.ndarray) -> np.ndarray | None:
+    """The 4-parameter logistic (`metrics.fit_logistic`) mapping a member's predictions of its own training rows
+    onto their labels: what cv maps the member's test predictions through before the logistic PLCC, so no test
+    label shapes it. None where the training predictions are constant or admit no increasing curve."""
+    from regressors.metrics import fit_logistic, prediction_failed
+
+    y_train = np.asarray(member.y_train, dtype=np.float64)
+    if prediction_failed(train_pred, float(np.std(y_train))):
+        return None
+    return fit_logistic(y_train, train_pred)
 
 
 def fit_estimator(model, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None):
@@ -51,7 +79,8 @@ def _one(regressor: str, X: np.ndarray, m: Member, device: str) -> Fitted:
     start = time.perf_counter()
     model = fit_estimator(get_regressor(regressor).factory(m.seed, device), X[m.train], m.y_train, m.groups)
     pred = np.asarray(model.predict(X[m.test]), dtype=np.float64)
-    return pred, chosen(model), time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return Fitted(pred, chosen(model), seconds, np.asarray(model.predict(X[m.train]), dtype=np.float64))
 
 
 def _same_training_rows(members: list[Member]) -> list[list[int]]:
@@ -82,7 +111,7 @@ def ridge_by_fold(X: np.ndarray, members: list[Member], device: str = "cpu") -> 
         for t, i in enumerate(indices):
             intercept = y_mean[t] - float(center @ coef[:, t])
             pred = scaler.transform(X[members[i].test]) @ coef[:, t] + intercept
-            out[i] = (pred, {"alpha": float(alphas[t])}, seconds)
+            out[i] = Fitted(pred, {"alpha": float(alphas[t])}, seconds, xs @ coef[:, t] + intercept)
     return out
 
 
@@ -100,7 +129,7 @@ def svr_by_fold(X: np.ndarray, members: list[Member], device: str = "cpu") -> li
         preds = [np.asarray(model.predict(X[members[i].test]), np.float64) for model, i in zip(models, indices)]
         seconds = (time.perf_counter() - start) / len(indices)
         for model, pred, i in zip(models, preds, indices):
-            out[i] = (pred, chosen(model), seconds)
+            out[i] = Fitted(pred, chosen(model), seconds, np.asarray(model.training_predictions_, np.float64))
     return out
 
 
@@ -110,8 +139,8 @@ def stacked_mlp(X: np.ndarray, members: list[Member], device: str = "cpu") -> li
     start = time.perf_counter()
     models = fit_mlp_members(X, [(m.train, m.y_train, m.groups, m.seed) for m in members], device=device)
     seconds = (time.perf_counter() - start) / max(1, len(members))
-    return [(np.asarray(model.predict(X[m.test]), np.float64), chosen(model), seconds)
-            for model, m in zip(models, members)]
+    return [Fitted(np.asarray(model.predict(X[m.test]), np.float64), chosen(model), seconds,
+                   np.asarray(model.predict(X[m.train]), np.float64)) for model, m in zip(models, members)]
 
 
 def chosen(model) -> dict:

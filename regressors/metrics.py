@@ -39,11 +39,11 @@ def fit_logistic(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray | None:
     Constrained as VQEG requires, increasing (b1 >= b2): left free, the fit turns anti-correlated predictions into a
     positive PLCC through a decreasing curve. Its width |b4| is kept between LOGISTIC_WIDTHS x the predictions' SD:
     narrower, the curve becomes a step between two neighbouring predictions, whose place jumps with their last bits
-    (cv also fits it on a whole repeat's out-of-fold predictions, not on one fold's 16-20 samples, where steps scored
-    label noise at a PLCC of 0.37); wider, it is a straight line, which the plain PLCC already measures, and the
-    solver would walk towards an infinite width. For a given midpoint and width the best b1, b2 are a linear fit, so
-    a grid over the two (widths log-spaced, midpoints at quantiles) finds the start, and a bounded least-squares
-    refinement the optimum: the same predictions up to their last bits give the same curve."""
+    and which scores label noise on the samples it was fitted on; wider, it is a straight line, which the plain
+    PLCC already measures, and the solver would walk towards an infinite width. For a given midpoint and width the
+    best b1, b2 are a linear fit, so a grid over the two (widths log-spaced, midpoints at quantiles) finds the
+    start, and a bounded least-squares refinement the optimum: the same predictions up to their last bits give the
+    same curve."""
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
     if len(y_true) < 4 or not np.isfinite(y_pred).all() or np.ptp(y_pred) == 0 or np.ptp(y_true) == 0:
@@ -132,10 +132,11 @@ def plcc_after_logistic(y_true: np.ndarray, y_pred: np.ndarray, params=FIT_HERE)
     """PLCC after mapping predictions through logistic4 with `params` (fitted on these samples by default); plain
     PLCC when there is no mapping (the fit did not converge or found no increasing relation).
 
-    A fold whose predictions sit on a flat end of a curve fitted on the whole repeat maps to values that differ
-    only in their last bits; those values are centred before scipy scores them (r is the same but for rounding), so
-    scipy's near-constant warning, which would otherwise reach the command line once per such fold, does not arise
-    and no warning filter is changed (another thread may be running). Other folds are scored as they are."""
+    A fold whose predictions sit on a flat end of a curve fitted elsewhere (cv: on the fold's training predictions)
+    maps to values that differ only in their last bits; those values are centred before scipy scores them (r is
+    the same but for rounding), so scipy's near-constant warning, which would otherwise reach the command line
+    once per such fold, does not arise and no warning filter is changed (another thread may be running). Other
+    folds are scored as they are."""
     plain = pearson(y_true, y_pred)
     if isinstance(params, str):
         params = fit_logistic(y_true, y_pred)
@@ -154,7 +155,8 @@ def plcc_after_logistic(y_true: np.ndarray, y_pred: np.ndarray, params=FIT_HERE)
 def quality_metrics(y_true, y_pred, train_sd: float | None = None, logistic=FIT_HERE) -> dict:
     """SRCC, PLCC (plain and after the logistic), KRCC, RMSE and `failed`. Correlations of a failed fold are NaN
     here (the raw truth); summaries count them as 0. `logistic`: the mapping's parameters when it was fitted on
-    more samples than these (cv: the repeat's out-of-fold predictions), None for none."""
+    other samples than these (cv: the fold's training predictions against the training labels), None for none;
+    by default it is fitted on these very samples (an optimistic PLCC, for a look at one set only)."""
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
     sd = float(np.std(y_true)) if train_sd is None else train_sd
@@ -190,25 +192,68 @@ def pooled_correlations(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
 
 
 def bootstrap_srcc_interval(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, *, samples: int = 1000,
-                            seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of SRCC, resampling whole prompt groups (siblings move together)."""
+                            seed: int = 0, level: float = 0.95,
+                            repeats: np.ndarray | None = None) -> tuple[float, float]:
+    """Percentile interval of SRCC, resampling whole prompt groups (siblings move together). With `repeats` (the
+    repeat of each prediction; rows of several repeats concatenated), every resampled group brings its rows of
+    every repeat and the statistic is the mean over repeats of each repeat's SRCC on its resampled rows, as the
+    point estimate averages repeats. A resample whose labels or predictions are constant in a repeat scores 0
+    there. NaN, NaN with fewer than 3 groups or constant predictions."""
     y_true, y_pred, groups = (np.asarray(a) for a in (y_true, y_pred, groups))
+    repeats = np.zeros(len(y_true), dtype=int) if repeats is None else np.asarray(repeats)
     names, inverse = np.unique(groups, return_inverse=True)
     if len(names) < 3 or np.ptp(y_pred) == 0:
         return float("nan"), float("nan")
-    members = [np.flatnonzero(inverse == g) for g in range(len(names))]
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(samples):
-        picked = np.concatenate([members[g] for g in rng.integers(0, len(names), len(names))])
-        t, p = y_true[picked], y_pred[picked]
-        if np.ptp(t) == 0 or np.ptp(p) == 0:
-            values.append(0.0)
-            continue
-        values.append(spearman(t, p))
+    draws = np.stack([np.bincount(rng.integers(0, len(names), len(names)), minlength=len(names))
+                      for _ in range(samples)])  # how often each group is drawn, per resample
+    values = np.zeros(samples)
+    kept = np.unique(repeats)
+    for rep in kept:
+        rows = repeats == rep
+        values += _resampled_spearman(y_true[rows].astype(np.float64), y_pred[rows].astype(np.float64),
+                                      draws[:, inverse[rows]])
+    values /= len(kept)
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(values, [tail, 100.0 - tail])
     return float(low), float(high)
+
+
+BOOTSTRAP_CHUNK = 128  # resamples scored at once (memory: chunk x samples floats per array)
+
+
+def _resampled_spearman(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Spearman's rho of x and y with each sample repeated weights[b, i] times, for every row b of `weights`: the
+    Pearson correlation of their average ranks (ties share the mean of their ranks, as scipy.stats.spearmanr),
+    computed from weights instead of copies. 0 where either side is constant among the samples drawn."""
+    out = np.zeros(len(weights))
+    ranked = [_tie_blocks(v) for v in (x, y)]
+    for start in range(0, len(weights), BOOTSTRAP_CHUNK):
+        w = weights[start:start + BOOTSTRAP_CHUNK].astype(np.float64)
+        ranks = []
+        for order, starts, block in ranked:
+            per_block = np.add.reduceat(w[:, order], starts, axis=1)  # weight of each tied value
+            below = np.cumsum(per_block, axis=1) - per_block
+            ranks.append((below + (per_block + 1.0) / 2.0)[:, block])  # average rank, back in sample order
+        total = w.sum(axis=1, keepdims=True)
+        centred = [r - (w * r).sum(axis=1, keepdims=True) / total for r in ranks]
+        cov = (w * centred[0] * centred[1]).sum(axis=1)
+        var = [(w * c * c).sum(axis=1) for c in centred]
+        spread = np.sqrt(var[0] * var[1])
+        constant = (var[0] <= 1e-12 * total[:, 0] ** 2) | (var[1] <= 1e-12 * total[:, 0] ** 2)
+        out[start:start + len(w)] = np.where(constant, 0.0, cov / np.where(constant, 1.0, spread))
+    return np.clip(out, -1.0, 1.0)
+
+
+def _tie_blocks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sorting order, start of each run of equal values in sorted order, the run of each sample)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    new = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+    starts = np.flatnonzero(new)
+    block = np.empty(len(values), dtype=np.intp)
+    block[order] = np.cumsum(new) - 1
+    return order, starts, block
 
 
 def wilcoxon_p(differences) -> float:

@@ -335,7 +335,8 @@ def report_markdown(results: CVResults, title: str, figure_lines: list[str], tab
               "means (mean over the folds of each repeat, then over repeats; ± is the SD across repeats when there "
               "are several, else across folds; a single split shows a 95% bootstrap interval over prompt groups). "
               "A failed fold (constant predictions) counts as 0. *SRCC pooled* is over all out-of-fold "
-              "predictions of a repeat. PLCC logistic: after the 4-parameter logistic mapping (VQEG).", "",
+              "predictions of a repeat. PLCC logistic: after the 4-parameter logistic mapping (VQEG), fitted on "
+              "each fold's training predictions.", "",
               format_table(results.summary, markdown=True), "",
               "Per-generator and per-subset figures: `breakdown` in results.json; every prediction: "
               "predictions.csv.", ""]

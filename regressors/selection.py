@@ -191,12 +191,13 @@ def _inner_scores(datas: dict[str, CacheData], config: dict, outer: list[Fold], 
     if on_progress and total:
         on_progress(0, total)
     for index, fitted in _fitted(tasks, jobs, backend, device):
-        for (_, fold, y_test, train_sd, key), (pred, _, seconds) in zip(tasks[index].meta, fitted):
-            failed = prediction_failed(pred, train_sd) or np.ptp(y_test) == 0
-            per_fold.setdefault(key, {})[fold.fold] = 0.0 if failed else counted(spearman(y_test, pred), False)
+        for (_, fold, y_test, train_sd, key), member in zip(tasks[index].meta, fitted):
+            failed = prediction_failed(member.pred, train_sd) or np.ptp(y_test) == 0
+            per_fold.setdefault(key, {})[fold.fold] = 0.0 if failed else counted(spearman(y_test, member.pred),
+                                                                                  False)
             tally = fits.setdefault(key[:2], [0, 0.0])
             tally[0] += 1
-            tally[1] += seconds
+            tally[1] += member.seconds
         done += len(tasks[index].members)
         if on_progress:
             on_progress(done, total)

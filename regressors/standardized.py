@@ -64,7 +64,8 @@ class StandardizedSVR(_Scaled):
     """RBF SVR; C and epsilon chosen by an inner 3-fold CV over held-out groups (samples without groups). The
     kernel is computed once per fit with one BLAS matmul and handed to `SVR(kernel="precomputed")`: the same model
     as libsvm's RBF kernel, without its per-pair kernel loop. `fit_shared` fits several targets of one training
-    set from one kernel and one set of inner-split slices (`svr_by_fold`)."""
+    set from one kernel and one set of inner-split slices (`svr_by_fold`). `training_predictions_`: `predict` of
+    the training rows, read off the training kernel."""
 
     def __init__(self, C_grid=SVR_C_GRID, epsilon_grid=SVR_EPSILON_GRID, inner_folds: int = 3,
                  random_state: int = 0, clip: float = DEFAULT_CLIP):
@@ -131,6 +132,8 @@ class StandardizedSVR(_Scaled):
             self.C_, self.epsilon_ = grid[int(np.argmin(errors))]
         support, self.dual_coef_, self.intercept_ = fit_precomputed(shared["kernel"], ys, self.C_, self.epsilon_)
         self.support_vectors_ = shared["xs"][support]
+        self.training_predictions_ = (shared["kernel"][:, support] @ self.dual_coef_ + self.intercept_) \
+            * self.y_scale_ + self.y_mean_  # = predict(X) of the training rows, from the kernel already there
         self.chosen_ = {"C": self.C_, "epsilon": self.epsilon_}
         return self
 

@@ -2,7 +2,9 @@
 
 Summary: the mean over the folds of each repeat, then the mean over repeats; the ± is the SD across repeats when
 there are several, else the SD across folds; a single split (paper, cross) gets a 95% bootstrap interval over prompt
-groups instead. Failed folds count as 0 in the correlation means and are counted in `n_failed`.
+groups instead, drawn over every repeat's predictions. Failed folds count as 0 in the correlation means and are
+counted in `n_failed`. A fold whose RMSE is not finite (a diverged fit) makes the RMSE mean and SD not finite too
+(null in results.json), counted in `n_rmse_nonfinite`; it is never left out of the mean.
 """
 
 from __future__ import annotations
@@ -33,19 +35,19 @@ def summarize(folds: list[dict], predictions: list, samples: dict, *, single: bo
         for metric in (*CORRELATIONS, "rmse"):
             per_repeat, per_fold = [], []
             for rep in repeats:
-                values = [counted(r[metric], r["failed"]) if metric != "rmse" else r[metric]
+                values = [counted(r[metric], r["failed"]) if metric != "rmse" else float(r[metric])
                           for r in rows if r["repeat"] == rep]
-                values = [v for v in values if np.isfinite(v)]
                 per_fold += values
                 per_repeat.append(float(np.mean(values)) if values else float("nan"))
-            entry[f"{metric}_mean"] = float(np.nanmean(per_repeat)) if np.isfinite(per_repeat).any() \
-                else float("nan")
+            finite = bool(np.isfinite(per_fold).all())  # correlations always (a failed fold counts as 0)
+            entry[f"{metric}_mean"] = float(np.mean(per_repeat)) if finite else _not_finite(per_fold)
             if len(repeats) > 1:
-                entry[f"{metric}_std"], over = float(np.nanstd(per_repeat)), "repeats"
+                entry[f"{metric}_std"], over = float(np.std(per_repeat)) if finite else float("nan"), "repeats"
             elif not single and len(per_fold) > 1:
-                entry[f"{metric}_std"], over = float(np.std(per_fold)), "folds"
+                entry[f"{metric}_std"], over = float(np.std(per_fold)) if finite else float("nan"), "folds"
             else:
                 entry[f"{metric}_std"], over = float("nan"), "none"
+        entry["n_rmse_nonfinite"] = int(sum(not np.isfinite(r["rmse"]) for r in rows))
         entry["std_over"] = over
         # a repeat whose every fold failed (constant predictions) pools to 0 too: each fold's constant sits at
         # its own training mean, and those offsets alone correlated with the labels (-0.076 over 5 failed folds)
@@ -54,13 +56,15 @@ def summarize(folds: list[dict], predictions: list, samples: dict, *, single: bo
         for metric in ("srcc", "plcc"):
             entry[f"{metric}_pooled"] = float(np.mean([p[metric] for p in pooled])) if pooled else float("nan")
         entry["srcc_ci_low"] = entry["srcc_ci_high"] = float("nan")
-        if single:
-            first = [p for p in by_prediction.get((name, mode, target), []) if p.repeat == repeats[0]]
-            if first:
-                rows_ = np.concatenate([p.rows for p in first])
-                low, high = bootstrap_srcc_interval(np.concatenate([p.y_true for p in first]),
-                                                    np.concatenate([p.y_pred for p in first]),
-                                                    np.asarray(samples["group"])[rows_], seed=seed)
+        if single:  # every repeat's predictions: a resampled prompt group brings its rows of each repeat
+            kept = [p for p in by_prediction.get((name, mode, target), []) if p.repeat in repeats]
+            if kept:
+                rows_ = np.concatenate([p.rows for p in kept])
+                low, high = bootstrap_srcc_interval(np.concatenate([p.y_true for p in kept]),
+                                                    np.concatenate([p.y_pred for p in kept]),
+                                                    np.asarray(samples["group"])[rows_], seed=seed,
+                                                    repeats=np.concatenate([np.full(len(p.rows), p.repeat)
+                                                                            for p in kept]))
                 entry["srcc_ci_low"], entry["srcc_ci_high"] = low, high
         entry["n_folds"] = len(rows)
         entry["n_failed"] = int(sum(bool(r["failed"]) for r in rows))
@@ -69,6 +73,13 @@ def summarize(folds: list[dict], predictions: list, samples: dict, *, single: bo
         entry["seconds"] = float(sum(r["seconds"] for r in rows))
         summary.append(entry)
     return summary
+
+
+def _not_finite(values: list[float]) -> float:
+    """The mean of fold values some of which are not finite (a diverged fit's RMSE): inf when each of those is
+    +inf, else NaN; never the mean of the finite ones alone."""
+    bad = [v for v in values if not np.isfinite(v)]
+    return float("inf") if all(v == float("inf") for v in bad) else float("nan")
 
 
 def _pooled(predictions: list, repeat: int) -> dict:

@@ -62,7 +62,7 @@ def test_batched_ridge_equals_one_ridge_per_target(tmp_path):
     train, test = np.arange(60), np.arange(60, 80)
     ys = [x[:, 0] + rng.normal(0, 0.2, 80), x[:, 1] * 3 + rng.normal(0, 2.0, 80)]
     fitted = ridge_by_fold(x, [Member(train, y[train], test, groups[train], 0) for y in ys])
-    for y, (pred, chosen, _) in zip(ys, fitted):
+    for y, (pred, chosen, _, _, _) in zip(ys, fitted):
         single = StandardizedRidge().fit(x[train], y[train], groups=groups[train])
         assert chosen["alpha"] == single.alpha_
         np.testing.assert_allclose(pred, single.predict(x[test]), atol=1e-10)
@@ -79,7 +79,7 @@ def test_floors_in_the_harness_equal_their_estimators(floor):
     codes = np.stack([rng.integers(0, 3, 120), rng.integers(0, 40, 120), rng.integers(0, 15, 120)], axis=1)
     y = rng.normal(size=120) + codes[:, 0]
     train, test = np.arange(90), np.arange(90, 120)
-    (pred, chosen, _), = fit_members(floor, codes.astype(float), [Member(train, y[train], test, None, 0)])
+    (pred, chosen, _, _, _), = fit_members(floor, codes.astype(float), [Member(train, y[train], test, None, 0)])
     single = get_regressor(floor).factory(0, "cpu").fit(codes[train].astype(float), y[train])
     unseen = ~np.isin(codes[test, 1], codes[train, 1]) | ~np.isin(codes[test, 2], codes[train, 2])
     assert unseen.any() and chosen == {}
@@ -96,8 +96,8 @@ def test_batched_svr_equals_one_svr_per_target():
     train, test = np.arange(66), np.arange(66, 90)
     ys = [np.sin(x[:, 0]) + rng.normal(0, 0.1, 90), x[:, 1] * 5 + rng.normal(0, 3.0, 90), x[:, 2] ** 2]
     fitted = svr_by_fold(x, [Member(train, y[train], test, groups[train], 7) for y in ys])
-    assert len({(c["C"], c["epsilon"]) for _, c, _ in fitted}) > 1  # the targets chose differently
-    for y, (pred, chosen, _) in zip(ys, fitted):
+    assert len({(c["C"], c["epsilon"]) for _, c, _, _, _ in fitted}) > 1  # the targets chose differently
+    for y, (pred, chosen, _, _, _) in zip(ys, fitted):
         single = StandardizedSVR(random_state=7).fit(x[train], y[train], groups=groups[train])
         assert chosen == {"C": single.C_, "epsilon": single.epsilon_}
         np.testing.assert_allclose(pred, single.predict(x[test]), atol=1e-10)

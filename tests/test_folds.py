@@ -47,15 +47,24 @@ def test_too_few_groups_or_samples_advise_fewer_folds_only_where_fewer_can_work(
 
 def test_inner_selection_holds_out_prompts_when_the_cross_split_does(tmp_path):
     """--split cross --hold-out-prompts keeps every prompt on one side, so hyper-parameters must be chosen on
-    held-out prompt groups too (plain leave-one-out would choose on siblings of the training samples)."""
+    held-out prompt groups too (plain leave-one-out would choose on siblings of the training samples). Without it,
+    the test generator's samples share prompts but are no siblings of training samples: inner selection holds out
+    prompt x generator groups, so no sibling of a validation sample is in its inner training rows."""
     from regressors.cv import plan
+    from regressors.design import content_groups, label_codes
 
     data = load_cache(make_cache(tmp_path))
-    for hold_out, grouped in ((True, True), (False, False)):
+    prompts = content_groups(data)
+    siblings = label_codes(data, np.arange(len(data.samples)), prompts)[:, 1]
+    for hold_out, expected in ((True, prompts), (False, siblings)):
         _, tasks = plan(data, ["nr"], ["MOS_q"], ["ridge"], split="cross", train_on="t2i", test_on="i2i",
                         hold_out_prompts=hold_out)
         members = [m for task in tasks for m in task.members]
-        assert members and all((m.groups is not None) == grouped for m in members)
+        assert members
+        for m in members:  # nr over every sample: positions in the mode's rows are sample indices
+            np.testing.assert_array_equal(m.groups, expected[m.train])
+    t2i = members[0].train
+    assert len(np.unique(siblings[t2i])) > len(np.unique(prompts[t2i]))  # a prompt's generators held out apart
 
 
 def test_group_aware_selection_is_recorded_per_fold(tmp_path):

@@ -135,18 +135,17 @@ def test_the_logistic_does_not_depend_on_the_labels_scale():
         assert plcc_after_logistic(scaled, p) == pytest.approx(base, abs=1e-10)
 
 
-def test_the_logistic_is_fitted_on_the_whole_repeat_not_on_one_fold(tmp_path):
+def test_the_logistic_of_two_predicted_values_keeps_the_plain_plcc(tmp_path):
     """generator-mean predicts two values per fold (one per generator). Any increasing map of two values is affine,
-    so each fold's PLCC after a mapping fitted across the repeat is its plain PLCC, sign included: fitted on one
-    fold, the logistic made a negative PLCC positive, and scored label noise at about 0.37."""
+    so each fold's PLCC after a mapping fitted outside its test labels is its plain PLCC, sign included: fitted on
+    the fold's own test labels, the logistic made a negative PLCC positive, and scored label noise at about 0.37."""
     data = load_cache(make_cache(tmp_path, i2i_prompts=8, t2i_prompts=12))
     result = cross_validate(data, ["nr"], ["MOS_q"], ["generator-mean"], folds=5)
     folds = [r for r in result.folds if not r["failed"]]
     assert len(folds) >= 4 and any(r["plcc"] < 0 for r in folds)
     for r in folds:
         assert r["plcc_logistic"] == pytest.approx(r["plcc"], abs=1e-9)
-    # and a regressor whose predictions vary: the mapping reads every fold's predictions, so one fold's
-    # mapping is the same function as its neighbour's
+    # and a regressor whose predictions vary: every fold gets a finite logistic PLCC
     ridge = cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=5)
     assert all(np.isfinite(r["plcc_logistic"]) for r in ridge.folds)
 
@@ -237,8 +236,8 @@ def test_paired_p_is_scipys_wilcoxon_with_last_bit_ties():
     assert np.isnan(wilcoxon_p([0.3])) and np.isnan(paired_comparison([0.5, 0.5], [0.5, 0.5])["wilcoxon_p"])
 
 
-def test_a_fold_on_the_flat_end_of_the_repeats_logistic_is_scored_without_a_warning():
-    """The logistic is fitted on the whole repeat; a fold whose predictions all sit far below its midpoint maps to
+def test_a_fold_on_the_flat_end_of_its_logistic_is_scored_without_a_warning():
+    """The logistic is fitted on the fold's training predictions; test predictions all far below its midpoint map to
     values equal but for their last bits: PLCC of those values centred (scipy's value but for rounding), and no
     warning."""
     import warnings
