@@ -27,7 +27,7 @@ from regressors.cache_data import CacheData
 from regressors.design import content_groups, design_matrix, label_codes, mode_rows
 from regressors.fitting import Member, fit_members
 from regressors.metrics import fit_logistic, prediction_failed, quality_metrics
-from regressors.modes import get_mode
+from regressors.modes import get_mode, with_matched_references
 from regressors.registry import check_regressors, get_regressor
 from regressors.splits import SplitRequest, check_mode_folds, folds_missing_a_subset, get_split, make_folds, \
     prompt_disjoint, subset_mask
@@ -210,7 +210,8 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
     (one worker's thread would otherwise train a whole cell while the other cores wait), and the stacks are the
     same whatever --jobs (a stack's make-up moves float32 sums in the last bits). `leave_out_unfillable` and
     `leave_out_constant`: the modes, or the targets, are defaults, and one that cannot be fitted is left out with a
-    warning instead of refused. `warn_folds`: warn of `--split group` folds that test no sample of a subset (a
+    warning instead of refused. The matched reference of a mode compared with NR (`modes.with_matched_references`:
+    `nr-prompted` for FR and FR-diff) is fitted too whenever `nr` is. `warn_folds`: warn of `--split group` folds that test no sample of a subset (a
     caller fitting several backbones on the same samples, hence the same folds, warns for the first only)."""
     check_regressors(regressors)
     for mode in modes:
@@ -225,6 +226,8 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
     fold_list = make_folds(request, split, repeats)
     usable = {mode: mode_rows(data, mode, selection) for mode in modes}
     modes = _modes_that_fill(request, split, fold_list, usable, modes, leave_out_unfillable)
+    modes = with_matched_references(modes)  # each added one uses the rows of a mode that fills every fold
+    usable.update({mode: mode_rows(data, mode, selection) for mode in modes if mode not in usable})
     # --split group stratifies by T2I/I2I, which reaches every fold only with enough groups of each
     if split == "group" and warn_folds:
         for note in folds_missing_a_subset(request, fold_list):
@@ -415,8 +418,9 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
                    leave_out_unfillable: bool = False, leave_out_constant: bool = False,
                    warn_folds: bool = True) -> CVResults:
     """Fit every regressor x mode x target on every fold; `on_progress(done, total)` after each fitted member.
-    `leave_out_unfillable`: `modes` are defaults, and one that cannot fill every fold is left out with a warning
-    (config['modes'] says which were fitted) instead of refused; `leave_out_constant`: likewise for `targets`, a
+    With `nr`, the matched reference of FR and FR-diff (`nr-prompted`) is fitted as well (config['modes'] lists
+    every mode fitted). `leave_out_unfillable`: `modes` are defaults, and one that cannot fill every fold is left
+    out with a warning (config['modes'] says which were fitted) instead of refused; `leave_out_constant`: likewise for `targets`, a
     target with one value over the selection (config['targets']). `warn_folds`: as in `plan`."""
     check_jobs(jobs)
     groups = content_groups(data)
@@ -426,7 +430,7 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
                              subset=subset, train_on=train_on, test_on=test_on, hold_out_prompts=hold_out_prompts,
                              groups=groups, spread=spread, leave_out_unfillable=leave_out_unfillable,
                              leave_out_constant=leave_out_constant, warn_folds=warn_folds)
-    modes = [mode for mode in modes if any(task.mode == mode for task in tasks)]  # less any left out
+    modes = list(dict.fromkeys(task.mode for task in tasks))  # less any left out, plus the matched references
     targets = [target for target in targets if any(m[0] == target for task in tasks for m in task.meta)]
     spec = get_split(split)
     config = {"cache": data.path, "backbone": data.backbone_id, "modes": modes, "targets": targets,

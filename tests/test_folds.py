@@ -22,12 +22,12 @@ def test_modes_use_the_same_folds_restricted_to_their_samples(tmp_path):
     tests = {(p.mode, p.repeat, p.fold): set(p.rows.tolist()) for p in result.predictions}
     prompted = set(np.flatnonzero(data.samples.prompt_image >= 0).tolist())
     for (mode, repeat, fold), rows in tests.items():
-        if mode == "fr":
+        if mode in ("fr", "nr-prompted"):
             assert rows == tests[("nr", repeat, fold)] & prompted
     (comparison,) = result.comparisons
-    assert (comparison["mode"], comparison["reference"], comparison["n_folds"]) == ("fr", "nr", 6)
-    assert comparison["n_shared_test"] == 2 * len(prompted)
-    assert 0.0 <= comparison["wilcoxon_p"] <= 1.0
+    assert (comparison["mode"], comparison["reference"], comparison["n_folds"]) == ("fr", "nr-prompted", 6)
+    assert comparison["n_test_samples"] == len(prompted) and comparison["n_repeats"] == 2
+    assert comparison["matched_training"] and 0.0 <= comparison["p"] <= 1.0
 
 
 def test_too_few_groups_or_samples_advise_fewer_folds_only_where_fewer_can_work(tmp_path):
