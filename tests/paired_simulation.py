@@ -178,3 +178,22 @@ def rejection_rates(data_sets: int, repeats: int, alpha: float = 0.05, start: in
         for name, p in paired_p_values(seed, repeats, **options).items():
             counts[name] = counts.get(name, 0) + int(p < alpha)
     return {name: count / data_sets for name, count in counts.items()}
+
+
+def out_of_fold(seed: int, repeats: int, folds: int = 5, **data) -> tuple[list, list[dict]]:
+    """The out-of-fold predictions and fold rows that `regressors.cv.cross_validate` would keep for A (as mode
+    `nr`) and B (as mode `pr`, whose reference is `nr`) on one simulated data set: the input of
+    `regressors.summaries.paired_comparisons`."""
+    from regressors.cv import OutOfFold
+
+    labels, (xa, xb), group = simulate_data_set(seed, **data)
+    predictions, rows = [], []
+    for repeat in range(repeats):
+        splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed * 1000 + repeat)
+        for fold, (train, test) in enumerate(splitter.split(xa, labels, group)):
+            for mode, x in (("nr", xa), ("pr", xb)):
+                predictions.append(OutOfFold("ridge", mode, "y", repeat, fold, test, labels[test],
+                                             _ridge(x[train], labels[train], x[test])))
+                rows.append({"regressor": "ridge", "mode": mode, "target": "y", "repeat": repeat, "fold": fold,
+                             "failed": False, "n_train": int(len(train)), "n_test": int(len(test))})
+    return predictions, rows
