@@ -2,7 +2,10 @@
 
 Protocol (what results.json calls `protocol`): one fold assignment per selection and repeat, shared by every
 mode; each mode uses the samples of those folds it can use (FR: samples with an image prompt), and a mode that
-cannot fill every fold (fewer image-prompt groups than folds) is refused before any fitting. Hyper-parameters
+cannot fill every fold (fewer image-prompt groups than folds) is refused before any fitting. Each mode is compared
+with its reference trained on the same rows (FR and FR-diff: nr-prompted, NR on the samples with an image prompt,
+fitted with NR; PR and PR-diff: NR) by the corrected resampled t-test over the per-fold SRCC differences (Nadeau
+and Bengio: the overlap of the training sets widens the variance, so repeats do not shrink p). Hyper-parameters
 are chosen inside each training fold, on held-out prompt groups when the split is prompt-disjoint (`group`, and
 `cross` with --hold-out-prompts). Every fold is reported; a fold whose predictions are constant is failed and
 counts as 0 in every correlation mean. PLCC after the logistic: the 4-parameter logistic, constrained increasing,
