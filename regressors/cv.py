@@ -214,8 +214,9 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
     same whatever --jobs (a stack's make-up moves float32 sums in the last bits). `leave_out_unfillable` and
     `leave_out_constant`: the modes, or the targets, are defaults, and one that cannot be fitted is left out with a
     warning instead of refused. The matched reference of a mode compared with NR (`modes.with_matched_references`:
-    `nr-prompted` for FR and FR-diff) is fitted too whenever `nr` is. `warn_folds`: warn of `--split group` folds that test no sample of a subset (a
-    caller fitting several backbones on the same samples, hence the same folds, warns for the first only)."""
+    `nr-prompted` for FR and FR-diff) is fitted too whenever `nr` is. `warn_folds`: warn of `--split group` folds
+    that test no sample of a subset (a caller fitting several backbones on the same samples, hence the same folds,
+    warns for the first only)."""
     check_regressors(regressors)
     for mode in modes:
         get_mode(mode)
@@ -423,8 +424,8 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
     """Fit every regressor x mode x target on every fold; `on_progress(done, total)` after each fitted member.
     With `nr`, the matched reference of FR and FR-diff (`nr-prompted`) is fitted as well (config['modes'] lists
     every mode fitted). `leave_out_unfillable`: `modes` are defaults, and one that cannot fill every fold is left
-    out with a warning (config['modes'] says which were fitted) instead of refused; `leave_out_constant`: likewise for `targets`, a
-    target with one value over the selection (config['targets']). `warn_folds`: as in `plan`."""
+    out with a warning instead of refused; `leave_out_constant`: likewise for `targets`, a target with one value
+    over the selection (config['targets']). `warn_folds`: as in `plan`."""
     check_jobs(jobs)
     groups = content_groups(data)
     trained_on = _trained_on(device, regressors)
