@@ -13,6 +13,7 @@ from scipy import stats
 from regressors.inference import CORRECTED_T, corrected_resampled_t
 from regressors.metrics import CORRELATIONS, bootstrap_srcc_interval, counted, pooled_correlations, srcc_counted
 from regressors.modes import comparison_reference, get_mode, same_training_rows
+from regressors.registry import REGRESSORS
 from regressors.splits import MIN_TEST
 
 
@@ -91,7 +92,8 @@ def paired_comparisons(predictions: list, modes: list[str], folds: list[dict] = 
     size from the fold rows, the smaller side's when the sides trained on different rows; NaN when the fold rows
     carry none) with the matching 95% interval of the mean difference. `n_test_samples`: the distinct samples
     tested over all paired folds and repeats. `matched_training`: both sides trained on the same rows of every
-    fold; `isolates`: what the difference measures."""
+    fold; `isolates`: what the difference measures. A label-only floor is compared only where the two sides train
+    on different rows (with the same rows its two sides are the same predictions)."""
     failed = {(r["regressor"], r["mode"], r["target"], r["repeat"], r["fold"]) for r in folds if r.get("failed")}
     n_train_of = {(r["regressor"], r["mode"], r["target"], r["repeat"], r["fold"]): r["n_train"] for r in folds
                   if r.get("n_train") is not None}
@@ -102,12 +104,14 @@ def paired_comparisons(predictions: list, modes: list[str], folds: list[dict] = 
             reference = comparison_reference(mode, modes)
             if reference is None:
                 continue
+            matched = same_training_rows(mode, reference)
+            if matched and _label_only(name):  # the same labels of the same rows: the same predictions
+                continue
             pairs = list(dict.fromkeys(key[3:] for side in (mode, reference) for key in by_fold
                                        if key[:3] == (name, side, target)))  # the mode's folds in their order first
             if not pairs:
                 continue
             paired = _paired_folds(by_fold, failed, name, target, mode, reference, pairs)
-            matched = same_training_rows(mode, reference)
             n_train = [float(np.mean(values)) if values else float("nan") for values in (
                 [n_train_of[(name, m, target, rep, fold)] for rep, fold in paired["folds"]
                  if (name, m, target, rep, fold) in n_train_of] for m in (mode, reference))]
@@ -122,6 +126,11 @@ def paired_comparisons(predictions: list, modes: list[str], folds: list[dict] = 
                         "n_test_samples": len(paired["samples"]),
                         "failed_folds": paired["failed"], "folds_left_out": paired["left_out"]})
     return out
+
+
+def _label_only(regressor: str) -> bool:
+    spec = REGRESSORS.get(regressor)
+    return bool(spec and not spec.reads_features)
 
 
 def _paired_folds(by_fold: dict, failed: set, name: str, target: str, mode: str, reference: str,
