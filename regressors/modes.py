@@ -70,7 +70,11 @@ MODES: dict[str, ModeSpec] = {spec.name: spec for spec in [
     ModeSpec("pr-diff", _pr_diff, False, True, False, "concat(g, p or 0, |g - p| or 0, has-prompt flag)",
              "nr", f"the image prompt's features with |g - p| and a has-prompt flag, {_SAME_ROWS} (all)"),
 ]}
-REFERENCE_MODES = tuple(dict.fromkeys(spec.reference for spec in MODES.values() if spec.reference))
+
+
+def reference_modes() -> list[str]:
+    """The modes others are compared with (nr-prompted, nr): never a default by themselves, never compared."""
+    return list(dict.fromkeys(spec.reference for spec in MODES.values() if spec.reference))
 
 
 def get_mode(name: str) -> ModeSpec:
@@ -83,7 +87,7 @@ def default_modes(prompt_images_in_train: bool, prompt_images_in_test: bool, ext
     """The paper's modes (and the extras, if asked) that the selection can feed: all of them where both sides of
     the split hold image prompts, the ones that never read one otherwise (a PR without any prompt is NR)."""
     usable = prompt_images_in_train and prompt_images_in_test
-    return [m.name for m in MODES.values() if (m.paper or (extras and m.name not in REFERENCE_MODES))
+    return [m.name for m in MODES.values() if (m.paper or (extras and m.name not in reference_modes()))
             and (usable or not m.uses_prompt_image)]
 
 
@@ -106,7 +110,7 @@ def same_training_rows(a: str, b: str) -> bool:
 def comparison_reference(mode: str, modes: list[str]) -> str | None:
     """The mode `mode` is compared with in a run fitting `modes`: its `reference` when fitted, else `nr`, else the
     first mode; None for a reference mode itself (nr, nr-prompted) and for the mode the others are compared with."""
-    if mode in REFERENCE_MODES:
+    if mode in reference_modes():
         return None
     reference = get_mode(mode).reference
     if reference not in modes:
