@@ -1,16 +1,19 @@
 """Two equally good predictors under repeated grouped K-fold: the data sets on which a valid paired test rejects
-at 5% about 5% of the time (used by tests/test_inference.py and benchmarks/paired_tests.py).
+at 5% about 5% of the time (used by tests/test_inference.py, tests/test_paired_comparisons.py and
+benchmarks/paired_tests.py).
 
 Each data set: `groups` prompts x `siblings` images; a latent quality per image (a prompt effect plus image noise)
 and labels = latent + label noise (`signal` 0: pure-noise labels). Predictors A and B are ridge regressions on
-features of the same make-up (the latent quality + independent noise in each column), so neither is better in expectation. Folds:
-scikit-learn's GroupKFold(shuffle=True) over prompts, reseeded per repeat.
+features of the same make-up (the latent quality + independent noise in each column), so neither is better in
+expectation. Folds: scikit-learn's GroupKFold(shuffle=True) over prompts, reseeded per repeat.
 
 Three tests are compared: the Wilcoxon signed-rank test over the K x R per-fold differences (folds taken as
-independent samples), the corrected resampled t-test (`regressors.inference.corrected_resampled_t`, what featcache
-reports) and a paired permutation over prompt groups on the pooled out-of-fold predictions (`paired_group_test`
-here: it swaps each group's predictions of A and B, so it is conditional on the two fitted procedures and ignores
-how much they move with the training set)."""
+independent samples, `wilcoxon_p`), the corrected resampled t-test (`regressors.inference.corrected_resampled_t`,
+what featcache reports) and a paired permutation over prompt groups on the pooled out-of-fold predictions
+(`paired_group_test` here: it swaps each group's predictions of A and B, so it is conditional on the two fitted
+procedures and ignores how much they move with the training set). `out_of_fold` gives A and B as the out-of-fold
+predictions and fold rows of a run, the input of `regressors.summaries.paired_comparisons`. On pure-noise labels
+(`signal=0`) the corrected t rejects more often than its level (benchmarks/paired_tests.py measures it)."""
 
 from __future__ import annotations
 
