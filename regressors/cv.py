@@ -2,7 +2,10 @@
 
 Protocol (what results.json calls `protocol`): one fold assignment per selection and repeat, shared by every
 mode; each mode uses the samples of those folds it can use (FR: samples with an image prompt), and a mode that
-cannot fill every fold (fewer image-prompt groups than folds) is refused before any fitting. Hyper-parameters
+cannot fill every fold (fewer image-prompt groups than folds) is refused before any fitting. Each mode is compared
+with its reference trained on the same rows (FR and FR-diff: nr-prompted, NR on the samples with an image prompt,
+fitted with NR; PR and PR-diff: NR) by the corrected resampled t-test over the per-fold SRCC differences (Nadeau
+and Bengio: the overlap of the training sets widens the variance, so repeats do not shrink p). Hyper-parameters
 are chosen inside each training fold, on held-out prompt groups when the split is prompt-disjoint (`group`, and
 `cross` with --hold-out-prompts), on held-out prompt x generator groups under `cross` without it (siblings never
 split across inner folds). Every fold is reported; a fold whose predictions are constant is failed and
@@ -29,7 +32,7 @@ from regressors.cache_data import CacheData
 from regressors.design import content_groups, design_matrix, label_codes, mode_rows
 from regressors.fitting import Member, fit_members
 from regressors.metrics import quality_metrics
-from regressors.modes import get_mode
+from regressors.modes import get_mode, with_matched_references
 from regressors.registry import check_regressors, get_regressor
 from regressors.splits import SplitRequest, check_mode_folds, folds_missing_a_subset, get_split, make_folds, \
     prompt_disjoint, subset_mask
@@ -214,8 +217,10 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
     (one worker's thread would otherwise train a whole cell while the other cores wait), and the stacks are the
     same whatever --jobs (a stack's make-up moves float32 sums in the last bits). `leave_out_unfillable` and
     `leave_out_constant`: the modes, or the targets, are defaults, and one that cannot be fitted is left out with a
-    warning instead of refused. `warn_folds`: warn of `--split group` folds that test no sample of a subset (a
-    caller fitting several backbones on the same samples, hence the same folds, warns for the first only)."""
+    warning instead of refused. The matched reference of a mode compared with NR (`modes.with_matched_references`:
+    `nr-prompted` for FR and FR-diff) is fitted too whenever `nr` is. `warn_folds`: warn of `--split group` folds
+    that test no sample of a subset (a caller fitting several backbones on the same samples, hence the same folds,
+    warns for the first only)."""
     check_regressors(regressors)
     for mode in modes:
         get_mode(mode)
@@ -229,6 +234,8 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
     fold_list = make_folds(request, split, repeats)
     usable = {mode: mode_rows(data, mode, selection) for mode in modes}
     modes = _modes_that_fill(request, split, fold_list, usable, modes, leave_out_unfillable)
+    modes = with_matched_references(modes)  # each added one uses the rows of a mode that fills every fold
+    usable.update({mode: mode_rows(data, mode, selection) for mode in modes if mode not in usable})
     # --split group stratifies by T2I/I2I, which reaches every fold only with enough groups of each
     if split == "group" and warn_folds:
         for note in folds_missing_a_subset(request, fold_list):
@@ -408,9 +415,10 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
                    leave_out_unfillable: bool = False, leave_out_constant: bool = False,
                    warn_folds: bool = True) -> CVResults:
     """Fit every regressor x mode x target on every fold; `on_progress(done, total)` after each fitted member.
-    `leave_out_unfillable`: `modes` are defaults, and one that cannot fill every fold is left out with a warning
-    (config['modes'] says which were fitted) instead of refused; `leave_out_constant`: likewise for `targets`, a
-    target with one value over the selection (config['targets']). `warn_folds`: as in `plan`."""
+    With `nr`, the matched reference of FR and FR-diff (`nr-prompted`) is fitted as well (config['modes'] lists
+    every mode fitted). `leave_out_unfillable`: `modes` are defaults, and one that cannot fill every fold is left
+    out with a warning instead of refused; `leave_out_constant`: likewise for `targets`, a target with one value
+    over the selection (config['targets']). `warn_folds`: as in `plan`."""
     check_jobs(jobs)
     groups = content_groups(data)
     trained_on = _trained_on(device, regressors)
@@ -419,7 +427,7 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
                              subset=subset, train_on=train_on, test_on=test_on, hold_out_prompts=hold_out_prompts,
                              groups=groups, spread=spread, leave_out_unfillable=leave_out_unfillable,
                              leave_out_constant=leave_out_constant, warn_folds=warn_folds)
-    modes = [mode for mode in modes if any(task.mode == mode for task in tasks)]  # less any left out
+    modes = list(dict.fromkeys(task.mode for task in tasks))  # less any left out, plus the matched references
     targets = [target for target in targets if any(m[0] == target for task in tasks for m in task.meta)]
     spec = get_split(split)
     config = {"cache": data.path, "backbone": data.backbone_id, "modes": modes, "targets": targets,

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Callable
 
 from featcache.errors import FeatcacheError
-from regressors.modes import MODES
+from regressors.modes import default_modes
 from regressors.registry import default_regressors
 
-DEMO_MODES = list(MODES)  # the paper's three and the extras
+DEMO_MODES = default_modes(True, True, extras=True)  # the paper's three and the extras (nr-prompted comes with nr)
 DEMO_REGRESSORS = default_regressors()
 DEMO_PLOT = "ridge"  # the figures' configuration is fixed in advance, never picked on the test folds
 DEMO_PLOT_MODES = ("nr", "fr-diff")

@@ -237,7 +237,8 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
     if mode is not None and mode != meta["mode"]:
         raise FeatcacheError(f"{head} was trained for --mode {meta['mode']}, not {mode}")
     has = np.array([bool(p) for p in prompts])
-    if get_mode(meta["mode"]).needs_prompt_image and not has.all():
+    spec = get_mode(meta["mode"])
+    if spec.needs_prompt_image and spec.uses_prompt_image and not has.all():  # nr-prompted reads none
         if len(images) > 1:  # a database or folder: say how many and what to score instead
             first = printable(images[int(np.argmin(has))])
             raise FeatcacheError(f"{head} is a {meta['mode']} head: {int((~has).sum())} of {len(images)} images have "

@@ -1,9 +1,9 @@
 """The numbers IQA papers report, computed the same way everywhere, with failed folds made explicit.
 
-Correlations and tests come from scipy.stats (`spearmanr`, `pearsonr`, `kendalltau` tau-b, `wilcoxon`). A fold
-*fails* when its predictions are (numerically) constant: range below FAILED_RANGE x the SD of the training labels.
-Its correlations are undefined; summaries count them as 0, never drop them (a dropped fold lets a configuration that
-mostly fails look best).
+Correlations come from scipy.stats (`spearmanr`, `pearsonr`, `kendalltau` tau-b). A fold *fails* when its
+predictions are (numerically) constant: range below FAILED_RANGE x the SD of the training labels. Its correlations
+are undefined; summaries count them as 0, never drop them (a dropped fold lets a configuration that mostly fails
+look best). The paired test between modes is in regressors.inference.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import numpy as np
 from scipy import optimize, stats
 
 FAILED_RANGE = 1e-6
-TIE_DECIMALS = 12  # paired differences equal to this many decimals are ties for the Wilcoxon test (zeros below it)
 CORRELATIONS = ("srcc", "plcc", "plcc_logistic", "krcc")
 LOGISTIC_WIDTHS = (0.1, 100.0)  # the logistic's width |b4|, in SDs of the predictions it maps: no step, no line
 
@@ -254,23 +253,3 @@ def _tie_blocks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     block = np.empty(len(values), dtype=np.intp)
     block[order] = np.cumsum(new) - 1
     return order, starts, block
-
-
-def wilcoxon_p(differences) -> float:
-    """Two-sided p of scipy.stats.wilcoxon on paired differences (its defaults: zeros dropped, no continuity
-    correction, method 'auto', which from scipy 1.15 is the exact null without ties or zeros up to 50 differences,
-    all sign flips with ties or zeros up to 13, else the normal approximation), after rounding them to TIE_DECIMALS
-    so that differences equal but for their last bits (the same ranks summed in another order) are ties; NaN with
-    fewer than 2 differences or when every rounded difference is 0."""
-    d = np.round(np.asarray(differences, dtype=np.float64).ravel(), TIE_DECIMALS)
-    if len(d) < 2 or not np.any(d != 0):
-        return float("nan")
-    return float(stats.wilcoxon(d).pvalue)
-
-
-def paired_comparison(a: np.ndarray, b: np.ndarray) -> dict:
-    """Per-fold differences a - b: mean, SD and the Wilcoxon signed-rank p (`wilcoxon_p`)."""
-    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    p = wilcoxon_p(diff)
-    return {"diff_mean": float(diff.mean()) if len(diff) else float("nan"),
-            "diff_std": float(diff.std()) if len(diff) else float("nan"), "wilcoxon_p": p, "n_folds": len(diff)}

@@ -105,14 +105,34 @@ def highest_on_test(summary: list[dict]) -> list[dict]:
 
 
 def format_comparisons(comparisons: list[dict], markdown: bool = True) -> str:
+    """One row per paired comparison: both SRCCs on the shared test samples, the mean difference with its 95%
+    interval, the corrected resampled t p, the folds paired and the distinct test samples; `matched training`
+    says whether both sides trained on the same rows."""
     header = (["backbone"] if any("backbone" in c for c in comparisons) else []) + [
-        "regressor", "target", "comparison", "SRCC", "difference (mean ± SD over folds)", "Wilcoxon p",
-        "folds", "shared test samples"]
+        "regressor", "target", "comparison", "matched training", "SRCC", "difference (95% interval)",
+        "p (corrected t)", "folds", "distinct test samples"]
     rows = [([printable(c["backbone"])] if "backbone" in c else []) + [
         printable(c["regressor"]), printable(c["target"]), printable(f"{c['mode']} vs {c['reference']}"),
-        f"{c['srcc_mode']:.3f} vs {c['srcc_reference']:.3f}", f"{c['diff_mean']:+.3f} ± {c['diff_std']:.3f}",
-        number_cell(c["wilcoxon_p"]), _paired_folds_cell(c), str(c["n_shared_test"])] for c in comparisons]
+        "yes" if c["matched_training"] else "no", f"{c['srcc_mode']:.3f} vs {c['srcc_reference']:.3f}",
+        f"{c['diff_mean']:+.3f} ({number_cell(c['diff_ci_low'])}, {number_cell(c['diff_ci_high'])})",
+        _p_cell(c["p"]), _paired_folds_cell(c), str(c["n_test_samples"])] for c in comparisons]
     return _render(header, rows, markdown)
+
+
+COMPARISONS_NOTE = (
+    "Each mode against its reference on the test samples both scored, fold by fold: FR and FR-diff against "
+    "nr-prompted (NR trained and tested on the samples with an image prompt), PR and PR-diff against NR, so both "
+    "sides train on the same rows (*matched training*) and the difference isolates the image prompt's features. "
+    "p: the corrected resampled t-test of Nadeau and Bengio over the per-fold SRCC differences (K x R - 1 degrees "
+    "of freedom; its variance term adds test/train size for the overlap of the training sets, so repeats do not "
+    "shrink p by themselves); the interval is the matching 95% t interval of the mean difference. A failed fold "
+    "counts as 0, as in the table.")
+
+
+def _p_cell(p) -> str:
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 def _paired_folds_cell(comparison: dict) -> str:
@@ -330,7 +350,8 @@ def report_markdown(results: CVResults, title: str, figure_lines: list[str], tab
     if figure_lines:
         lines += ["## Figures (repeat 0, out-of-fold predictions)", ""] + figure_lines
     if results.comparisons:
-        lines += ["## Modes compared on the same test samples", "", format_comparisons(results.comparisons), ""]
+        lines += ["## Modes compared on the same test samples", "", COMPARISONS_NOTE, "",
+                  format_comparisons(results.comparisons), ""]
     lines += ["## Every cell", "", f"Protocol: {c.get('split_doc', c['split'])}. SRCC, PLCC and KRCC are fold "
               "means (mean over the folds of each repeat, then over repeats; ± is the SD across repeats when there "
               "are several, else across folds; a single split shows a 95% bootstrap interval over prompt groups). "

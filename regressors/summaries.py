@@ -10,9 +10,12 @@ counted in `n_failed`. A fold whose RMSE is not finite (a diverged fit) makes th
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
-from regressors.metrics import CORRELATIONS, bootstrap_srcc_interval, counted, paired_comparison, \
-    pooled_correlations, srcc_counted
+from regressors.inference import CORRECTED_T, corrected_resampled_t
+from regressors.metrics import CORRELATIONS, bootstrap_srcc_interval, counted, pooled_correlations, srcc_counted
+from regressors.modes import comparison_reference, get_mode, same_training_rows
+from regressors.registry import REGRESSORS
 from regressors.splits import MIN_TEST
 
 
@@ -90,53 +93,110 @@ def _pooled(predictions: list, repeat: int) -> dict:
 
 
 def paired_comparisons(predictions: list, modes: list[str], folds: list[dict] = ()) -> list[dict]:
-    """Each mode against the reference mode (nr when asked for, else the first), same regressor and target, on
-    the test samples both can use, fold by fold: mean ± SD of the SRCC differences and a Wilcoxon p. Over the
-    table's folds: a fold that `folds` marks failed counts as 0 there, so here too (`failed_folds`), and a fold
-    that cannot be paired is listed in `folds_left_out` with the reason, never dropped unsaid."""
-    if len(modes) < 2:
-        return []
-    reference = "nr" if "nr" in modes else modes[0]
+    """Each mode against its reference (`modes.comparison_reference`: the matched NR, else `nr`, else the first
+    mode), same regressor and target, on the test samples both scored in each fold of every repeat.
+
+    Per paired fold: the SRCC of each side on those samples (a fold that `folds` marks failed counts as 0, as in
+    the table, and is listed in `failed_folds`; a fold that cannot be paired is listed in `folds_left_out` with the
+    reason, never dropped unsaid). Over the K x R differences: their mean, population SD, and the corrected
+    resampled t-test (`inference.corrected_resampled_t`, K R - 1 degrees of freedom; n_train: the mean training
+    size from the fold rows, the smaller side's when the sides trained on different rows; NaN when the fold rows
+    carry none) with the matching 95% interval of the mean difference. `n_test_samples`: the distinct samples
+    tested over all paired folds and repeats. `matched_training`: both sides trained on the same rows of every
+    fold; `isolates`: what the difference measures. A label-only floor is compared only where the two sides train
+    on different rows (with the same rows its two sides are the same predictions)."""
     failed = {(r["regressor"], r["mode"], r["target"], r["repeat"], r["fold"]) for r in folds if r.get("failed")}
+    n_train_of = {(r["regressor"], r["mode"], r["target"], r["repeat"], r["fold"]): r["n_train"] for r in folds
+                  if r.get("n_train") is not None}
     by_fold: dict[tuple, object] = {(p.regressor, p.mode, p.target, p.repeat, p.fold): p for p in predictions}
     out = []
     for name, target in dict.fromkeys((p.regressor, p.target) for p in predictions):
         for mode in modes:
-            if mode == reference:
+            reference = comparison_reference(mode, modes)
+            if reference is None:
                 continue
-            a_values, b_values, shared_total, failed_folds, left_out = [], [], 0, [], []
+            matched = same_training_rows(mode, reference)
+            if matched and _label_only(name):  # the same labels of the same rows: the same predictions
+                continue
             pairs = list(dict.fromkeys(key[3:] for side in (mode, reference) for key in by_fold
                                        if key[:3] == (name, side, target)))  # the mode's folds in their order first
-            for rep, fold in pairs:
-                a, b = by_fold.get((name, mode, target, rep, fold)), by_fold.get((name, reference, target, rep, fold))
-                if a is None or b is None:
-                    left_out.append({"repeat": rep, "fold": fold,
-                                     "why": f"no predictions of {mode if a is None else reference}"})
-                    continue
-                shared, ia, ib = np.intersect1d(a.rows, b.rows, return_indices=True)
-                if len(shared) < MIN_TEST:
-                    left_out.append({"repeat": rep, "fold": fold,
-                                     "why": f"{len(shared)} shared test samples, fewer than {MIN_TEST}"})
-                    continue
-                values = []
-                for side, m, rows in ((a, mode, ia), (b, reference, ib)):
-                    if (name, m, target, rep, fold) in failed:
-                        failed_folds.append({"repeat": rep, "fold": fold, "mode": m})
-                        values.append(0.0)
-                    else:
-                        values.append(srcc_counted(side.y_true[rows], side.y_pred[rows]))
-                a_values.append(values[0])
-                b_values.append(values[1])
-                shared_total += len(shared)
             if not pairs:
                 continue
+            paired = _paired_folds(by_fold, failed, name, target, mode, reference, pairs)
+            n_train = [float(np.mean(values)) if values else float("nan") for values in (
+                [n_train_of[(name, m, target, rep, fold)] for rep, fold in paired["folds"]
+                 if (name, m, target, rep, fold) in n_train_of] for m in (mode, reference))]
             out.append({"regressor": name, "target": target, "mode": mode, "reference": reference,
-                        "srcc_mode": float(np.mean(a_values)) if a_values else float("nan"),
-                        "srcc_reference": float(np.mean(b_values)) if b_values else float("nan"),
-                        **paired_comparison(np.array(a_values), np.array(b_values)),
-                        "n_shared_test": int(shared_total), "failed_folds": failed_folds,
-                        "folds_left_out": left_out})
+                        "matched_training": matched,
+                        "isolates": get_mode(mode).isolates if matched and reference == get_mode(mode).reference
+                        else _isolates(mode, reference, matched),
+                        "srcc_mode": _mean(paired["mode"]), "srcc_reference": _mean(paired["reference"]),
+                        **_difference(np.subtract(paired["mode"], paired["reference"]), float(np.min(n_train)),
+                                      paired["n_test"]),
+                        "n_repeats": len({rep for rep, _ in paired["folds"]}),
+                        "n_test_samples": len(paired["samples"]),
+                        "failed_folds": paired["failed"], "folds_left_out": paired["left_out"]})
     return out
+
+
+def _label_only(regressor: str) -> bool:
+    spec = REGRESSORS.get(regressor)
+    return bool(spec and not spec.reads_features)
+
+
+def _paired_folds(by_fold: dict, failed: set, name: str, target: str, mode: str, reference: str,
+                  pairs: list) -> dict:
+    """Fold by fold, the SRCC of the mode and of its reference on their shared test samples."""
+    paired: dict = {"mode": [], "reference": [], "folds": [], "n_test": [], "samples": set(), "failed": [],
+                    "left_out": []}
+    for rep, fold in pairs:
+        a, b = by_fold.get((name, mode, target, rep, fold)), by_fold.get((name, reference, target, rep, fold))
+        if a is None or b is None:
+            paired["left_out"].append({"repeat": rep, "fold": fold,
+                                       "why": f"no predictions of {mode if a is None else reference}"})
+            continue
+        shared, ia, ib = np.intersect1d(a.rows, b.rows, return_indices=True)
+        if len(shared) < MIN_TEST:
+            paired["left_out"].append({"repeat": rep, "fold": fold,
+                                       "why": f"{len(shared)} shared test samples, fewer than {MIN_TEST}"})
+            continue
+        for side, m, rows in ((a, mode, ia), (b, reference, ib)):
+            if (name, m, target, rep, fold) in failed:
+                paired["failed"].append({"repeat": rep, "fold": fold, "mode": m})
+                value = 0.0
+            else:
+                value = srcc_counted(side.y_true[rows], side.y_pred[rows])
+            paired["mode" if m == mode else "reference"].append(value)
+        paired["folds"].append((rep, fold))
+        paired["n_test"].append(len(shared))
+        paired["samples"].update(shared.tolist())
+    return paired
+
+
+def _difference(diff: np.ndarray, n_train: float, n_test: list) -> dict:
+    """Mean, population SD, corrected resampled t p and its 95% interval of the per-fold differences."""
+    n_test_mean = float(np.mean(n_test)) if n_test else float("nan")
+    out = {"diff_mean": _mean(diff), "diff_std": float(np.std(diff)) if len(diff) else float("nan"),
+           "test": CORRECTED_T, "p": corrected_resampled_t(diff, n_train, n_test_mean) if np.isfinite(n_train)
+           else float("nan"), "df": max(len(diff) - 1, 0), "diff_ci_low": float("nan"),
+           "diff_ci_high": float("nan"), "n_folds": int(len(diff)), "n_train_mean": n_train,
+           "n_test_mean": n_test_mean}
+    if len(diff) >= 2 and np.isfinite(diff).all() and np.isfinite(n_train) and n_train > 0:
+        half = stats.t.ppf(0.975, len(diff) - 1) * np.sqrt(
+            (1.0 / len(diff) + n_test_mean / n_train) * np.var(diff, ddof=1))
+        out["diff_ci_low"], out["diff_ci_high"] = out["diff_mean"] - half, out["diff_mean"] + half
+    return out
+
+
+def _isolates(mode: str, reference: str, matched: bool) -> str:
+    if matched:
+        return f"{mode}'s inputs against {reference}'s, same training and test samples"
+    return (f"{mode}'s inputs and training samples together against {reference}'s: the two train on different "
+            "samples, so the difference mixes the inputs with the training set's size and make-up")
+
+
+def _mean(values) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
 
 
 def breakdown(predictions: list, samples: dict) -> list[dict]:

@@ -1,16 +1,19 @@
 """Two equally good predictors under repeated grouped K-fold: the data sets on which a valid paired test rejects
-at 5% about 5% of the time (used by tests/test_inference.py and benchmarks/paired_tests.py).
+at 5% about 5% of the time (used by tests/test_inference.py, tests/test_paired_comparisons.py and
+benchmarks/paired_tests.py).
 
 Each data set: `groups` prompts x `siblings` images; a latent quality per image (a prompt effect plus image noise)
 and labels = latent + label noise (`signal` 0: pure-noise labels). Predictors A and B are ridge regressions on
-features of the same make-up (the latent quality + independent noise in each column), so neither is better in expectation. Folds:
-scikit-learn's GroupKFold(shuffle=True) over prompts, reseeded per repeat.
+features of the same make-up (the latent quality + independent noise in each column), so neither is better in
+expectation. Folds: scikit-learn's GroupKFold(shuffle=True) over prompts, reseeded per repeat.
 
 Three tests are compared: the Wilcoxon signed-rank test over the K x R per-fold differences (folds taken as
-independent samples), the corrected resampled t-test (`regressors.inference.corrected_resampled_t`, what featcache
-reports) and a paired permutation over prompt groups on the pooled out-of-fold predictions (`paired_group_test`
-here: it swaps each group's predictions of A and B, so it is conditional on the two fitted procedures and ignores
-how much they move with the training set)."""
+independent samples, `wilcoxon_p`), the corrected resampled t-test (`regressors.inference.corrected_resampled_t`,
+what featcache reports) and a paired permutation over prompt groups on the pooled out-of-fold predictions
+(`paired_group_test` here: it swaps each group's predictions of A and B, so it is conditional on the two fitted
+procedures and ignores how much they move with the training set). `out_of_fold` gives A and B as the out-of-fold
+predictions and fold rows of a run, the input of `regressors.summaries.paired_comparisons`. On pure-noise labels
+(`signal=0`) the corrected t rejects more often than its level (benchmarks/paired_tests.py measures it)."""
 
 from __future__ import annotations
 
@@ -21,11 +24,23 @@ from scipy import stats
 from sklearn.model_selection import GroupKFold
 
 from regressors.inference import PooledPredictions, corrected_resampled_t, pooled_predictions, weighted_pearson
-from regressors.metrics import spearman, wilcoxon_p
+from regressors.metrics import spearman
 
 PERMUTATIONS = 199
 EXACT_GROUPS = 10
 _CHUNK = 250
+TIE_DECIMALS = 12
+
+
+def wilcoxon_p(differences) -> float:
+    """The Wilcoxon signed-rank test over the K x R per-fold differences, each fold taken as an independent sample
+    (the test the simulation measures beside the corrected one): two-sided p of scipy.stats.wilcoxon (its
+    defaults) on the differences rounded to TIE_DECIMALS, so last-bit noise does not split a tie; NaN with fewer
+    than 2 differences or when all are 0."""
+    d = np.round(np.asarray(differences, dtype=np.float64).ravel(), TIE_DECIMALS)
+    if len(d) < 2 or not np.any(d != 0):
+        return float("nan")
+    return float(stats.wilcoxon(d).pvalue)
 
 
 @dataclass(frozen=True)
@@ -166,3 +181,22 @@ def rejection_rates(data_sets: int, repeats: int, alpha: float = 0.05, start: in
         for name, p in paired_p_values(seed, repeats, **options).items():
             counts[name] = counts.get(name, 0) + int(p < alpha)
     return {name: count / data_sets for name, count in counts.items()}
+
+
+def out_of_fold(seed: int, repeats: int, folds: int = 5, **data) -> tuple[list, list[dict]]:
+    """The out-of-fold predictions and fold rows that `regressors.cv.cross_validate` would keep for A (as mode
+    `nr`) and B (as mode `pr`, whose reference is `nr`) on one simulated data set: the input of
+    `regressors.summaries.paired_comparisons`."""
+    from regressors.cv import OutOfFold
+
+    labels, (xa, xb), group = simulate_data_set(seed, **data)
+    predictions, rows = [], []
+    for repeat in range(repeats):
+        splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed * 1000 + repeat)
+        for fold, (train, test) in enumerate(splitter.split(xa, labels, group)):
+            for mode, x in (("nr", xa), ("pr", xb)):
+                predictions.append(OutOfFold("ridge", mode, "y", repeat, fold, test, labels[test],
+                                             _ridge(x[train], labels[train], x[test])))
+                rows.append({"regressor": "ridge", "mode": mode, "target": "y", "repeat": repeat, "fold": fold,
+                             "failed": False, "n_train": int(len(train)), "n_test": int(len(test))})
+    return predictions, rows

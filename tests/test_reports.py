@@ -169,7 +169,7 @@ def test_table_in_the_paper_layout(tmp_path, monkeypatch):
     report = (tmp_path / "b" / "report.md").read_text()
     assert report.splitlines()[2].startswith("| method | backbone | regressor | MOS_q SRCC | MOS_q PLCC")
     assert (tmp_path / "b" / "backbones_svr_MOS_q.png").is_file()
-    assert len(list((tmp_path / "b").glob("scatter_*.png"))) == 2 * 2 * 3  # backbones x modes x targets
+    assert len(list((tmp_path / "b").glob("scatter_*.png"))) == 2 * 3 * 3  # backbones x modes (+ nr-prompted) x targets
     rows = load_results([tmp_path / "b"])
     md = render_table(rows, ["srcc"], "md")
     body = [line for line in md.splitlines() if line.startswith("| NR |")]
