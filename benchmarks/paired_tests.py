@@ -25,7 +25,7 @@ import numpy as np
 
 from common import machine, save_json  # noqa: E402  (puts the repository root on sys.path)
 
-TESTS = ("wilcoxon over folds", "corrected resampled t", "group permutation")
+TESTS = ("wilcoxon over folds", "Nadeau-Bengio over all K x R folds", "corrected resampled t", "group permutation")
 
 
 def simulation(data_sets: int, repeats: list[int], permutations: int, signal: float) -> dict:

@@ -6,11 +6,12 @@ treats them as such grows more "significant" with every repeat.
 - `group_bootstrap_interval`: percentile interval of the mean-over-repeats pooled SRCC, PLCC or RMSE, resampling
   whole prompt groups with replacement, each group carrying its out-of-fold predictions of every repeat. It states
   how much the score moves with the prompts sampled (not with the training set drawn).
-- `corrected_resampled_t`: the paired test of two procedures on the same folds: Nadeau and Bengio's corrected
-  resampled t-test over the K x R per-fold differences, whose variance term adds n_test / n_train for the overlap of
-  the training sets. tests/paired_simulation.py measures its false-positive rate on two equally good procedures
-  (benchmarks/paired_tests.py prints it beside the Wilcoxon test over folds and a permutation over prompt groups,
-  which ignores the training set's variance).
+- `corrected_t` / `corrected_resampled_t`: the paired test of two procedures on the same folds: Nadeau and
+  Bengio's corrected resampled t-test over the K x R per-fold differences (its variance term adds n_test / n_train
+  for the overlap of the training sets), with the variance of one repeat less what the repeats average away.
+  tests/paired_simulation.py measures its false-positive rate on two equally good procedures
+  (benchmarks/paired_tests.py prints it beside Nadeau and Bengio's variance of all K x R folds, the Wilcoxon test
+  over folds and a permutation over prompt groups, which ignores the training set's variance).
 
 A resample is expressed as a count per sample (how often its group was drawn), so one matrix product gives every
 resample's weighted ranks and correlations at once; a weighted statistic equals the plain one on the resampled,
@@ -139,21 +140,57 @@ def group_bootstrap_interval(pooled: PooledPredictions, metric: str = "srcc", *,
     return float(low), float(high)
 
 
-CORRECTED_T = "corrected resampled t-test (Nadeau and Bengio) over the per-fold differences"
+CORRECTED_T = ("corrected resampled t-test (Nadeau and Bengio) over the per-fold differences, its variance that "
+               "of one repeat less what the repeats average away")
 
 
-def corrected_resampled_t(differences: np.ndarray, n_train: float, n_test: float) -> float:
-    """Two-sided p of Nadeau and Bengio's corrected resampled t-test over the K x R per-fold differences of a
-    metric (A minus B on each fold's test samples): t = mean / sqrt((1 / (K R) + n_test / n_train) * variance),
-    K R - 1 degrees of freedom; n_train and n_test are the mean fold sizes. NaN with fewer than 2 differences or a
-    non-finite one; 1 when every difference is 0, 0 when all are equal and not 0. The t distribution puts no floor
-    under p: any design can reach a small p, but only with differences large against their spread."""
+@dataclass(frozen=True)
+class CorrectedT:
+    """The paired test of two procedures on the same folds: `mean` of the per-fold differences, its standard error
+    `se`, degrees of freedom `df`, two-sided `p`; `interval(level)` is the matching t interval of the mean."""
+
+    mean: float
+    se: float
+    df: int
+    p: float
+
+    def interval(self, level: float = LEVEL) -> tuple[float, float]:
+        if not (self.df >= 1 and np.isfinite(self.se)):
+            return float("nan"), float("nan")
+        half = float(stats.t.ppf(0.5 + level / 2.0, self.df)) * self.se
+        return self.mean - half, self.mean + half
+
+
+def corrected_t(differences, n_train: float, n_test: float, repeats=None) -> CorrectedT:
+    """Corrected resampled t-test over the K x R per-fold differences d of a metric (A minus B on each fold's test
+    samples); `repeats`: the repeat of each difference (None: one repeat); n_train, n_test: mean fold sizes.
+
+    One repeat: Nadeau and Bengio's variance (1 / K + n_test / n_train) var(d). Several: that variance of a single
+    repeat (var(d) within repeats), less the share the repeats average away, (1 - 1 / R) times the variance of the
+    R repeat means (how much the mean moves with the fold assignment alone), and never below Nadeau and Bengio's
+    variance of all K R folds, (1 / (K R) + n_test / n_train) var(d); K R - 1 degrees of freedom. Repeats thus
+    remove the fold assignment's noise from the mean without counting as new data. NaN p with fewer than 2
+    differences, a non-finite one or no training size; p = 1 when every difference is 0."""
     d = np.asarray(differences, dtype=np.float64).ravel()
-    if len(d) < 2 or not np.isfinite(d).all() or not n_train > 0:
-        return float("nan")
-    variance = float(np.var(d, ddof=1))
-    mean = float(d.mean())
+    nan = CorrectedT(float(d.mean()) if len(d) else float("nan"), float("nan"), max(len(d) - 1, 0), float("nan"))
+    if len(d) < 2 or not np.isfinite(d).all() or not (np.isfinite(n_train) and n_train > 0 and np.isfinite(n_test)):
+        return nan
+    mean, ratio = float(d.mean()), float(n_test) / float(n_train)
+    variance = (1.0 / len(d) + ratio) * float(np.var(d, ddof=1))
+    labels = np.zeros(len(d)) if repeats is None else np.asarray(repeats).ravel()
+    per_repeat = [d[labels == r] for r in np.unique(labels)]
+    within = [float(np.var(values, ddof=1)) for values in per_repeat if len(values) >= 2]
+    if len(per_repeat) > 1 and within:
+        folds = len(d) / len(per_repeat)
+        single = (1.0 / folds + ratio) * float(np.mean(within))
+        between = float(np.var([values.mean() for values in per_repeat], ddof=1))
+        variance = max(single - (1.0 - 1.0 / len(per_repeat)) * between, variance)
     if variance == 0:
-        return 1.0 if mean == 0 else 0.0
-    t = mean / math.sqrt((1.0 / len(d) + n_test / n_train) * variance)
-    return float(2.0 * stats.t.sf(abs(t), len(d) - 1))
+        return CorrectedT(mean, 0.0, len(d) - 1, 1.0 if mean == 0 else 0.0)
+    se = math.sqrt(variance)
+    return CorrectedT(mean, se, len(d) - 1, float(2.0 * stats.t.sf(abs(mean) / se, len(d) - 1)))
+
+
+def corrected_resampled_t(differences, n_train: float, n_test: float, repeats=None) -> float:
+    """The p of `corrected_t`."""
+    return corrected_t(differences, n_train, n_test, repeats).p

@@ -10,9 +10,8 @@ counted in `n_failed`. A fold whose RMSE is not finite (a diverged fit) makes th
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
-from regressors.inference import CORRECTED_T, corrected_resampled_t
+from regressors.inference import CORRECTED_T, corrected_t
 from regressors.metrics import CORRELATIONS, bootstrap_srcc_interval, counted, pooled_correlations, srcc_counted
 from regressors.modes import comparison_reference, get_mode, same_training_rows
 from regressors.registry import REGRESSORS
@@ -132,7 +131,7 @@ def paired_comparisons(predictions: list, modes: list[str], folds: list[dict] = 
                         else _isolates(mode, reference, matched),
                         "srcc_mode": _mean(paired["mode"]), "srcc_reference": _mean(paired["reference"]),
                         **_difference(np.subtract(paired["mode"], paired["reference"]), float(np.min(n_train)),
-                                      paired["n_test"]),
+                                      paired["n_test"], [rep for rep, _ in paired["folds"]]),
                         "n_repeats": len({rep for rep, _ in paired["folds"]}),
                         "n_test_samples": len(paired["samples"]),
                         "failed_folds": paired["failed"], "folds_left_out": paired["left_out"]})
@@ -173,19 +172,15 @@ def _paired_folds(by_fold: dict, failed: set, name: str, target: str, mode: str,
     return paired
 
 
-def _difference(diff: np.ndarray, n_train: float, n_test: list) -> dict:
-    """Mean, population SD, corrected resampled t p and its 95% interval of the per-fold differences."""
+def _difference(diff: np.ndarray, n_train: float, n_test: list, repeats: list) -> dict:
+    """Mean, population SD, the corrected resampled t p (`inference.corrected_t`) and its 95% interval of the
+    per-fold differences."""
     n_test_mean = float(np.mean(n_test)) if n_test else float("nan")
-    out = {"diff_mean": _mean(diff), "diff_std": float(np.std(diff)) if len(diff) else float("nan"),
-           "test": CORRECTED_T, "p": corrected_resampled_t(diff, n_train, n_test_mean) if np.isfinite(n_train)
-           else float("nan"), "df": max(len(diff) - 1, 0), "diff_ci_low": float("nan"),
-           "diff_ci_high": float("nan"), "n_folds": int(len(diff)), "n_train_mean": n_train,
-           "n_test_mean": n_test_mean}
-    if len(diff) >= 2 and np.isfinite(diff).all() and np.isfinite(n_train) and n_train > 0:
-        half = stats.t.ppf(0.975, len(diff) - 1) * np.sqrt(
-            (1.0 / len(diff) + n_test_mean / n_train) * np.var(diff, ddof=1))
-        out["diff_ci_low"], out["diff_ci_high"] = out["diff_mean"] - half, out["diff_mean"] + half
-    return out
+    test = corrected_t(diff, n_train, n_test_mean, repeats)
+    low, high = test.interval()
+    return {"diff_mean": _mean(diff), "diff_std": float(np.std(diff)) if len(diff) else float("nan"),
+            "test": CORRECTED_T, "p": test.p, "df": test.df, "diff_se": test.se, "diff_ci_low": low,
+            "diff_ci_high": high, "n_folds": int(len(diff)), "n_train_mean": n_train, "n_test_mean": n_test_mean}
 
 
 def _isolates(mode: str, reference: str, matched: bool) -> str:

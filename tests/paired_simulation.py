@@ -149,7 +149,7 @@ def paired_p_values(seed: int, repeats: int, folds: int = 5, permutations: int =
     """p of the Wilcoxon test over the folds of every repeat and of the corrected resampled t-test (and, when
     `permutations`, of the group permutation test with that many patterns), for A vs B on one simulated data set."""
     labels, (xa, xb), group = simulate_data_set(seed, **data)
-    rows, preds_a, preds_b, differences = [], [], [], []
+    rows, preds_a, preds_b, differences, repeat_of = [], [], [], [], []
     n_train = n_test = 0
     for repeat in range(repeats):
         splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed * 1000 + repeat)
@@ -157,6 +157,7 @@ def paired_p_values(seed: int, repeats: int, folds: int = 5, permutations: int =
         for train, test in splitter.split(xa, labels, group):
             a, b = _ridge(xa[train], labels[train], xa[test]), _ridge(xb[train], labels[train], xb[test])
             differences.append(spearman(labels[test], a) - spearman(labels[test], b))
+            repeat_of.append(repeat)
             order.append(test)
             pa.append(a)
             pb.append(b)
@@ -165,7 +166,8 @@ def paired_p_values(seed: int, repeats: int, folds: int = 5, permutations: int =
         preds_a.append(np.concatenate(pa))
         preds_b.append(np.concatenate(pb))
     out = {"wilcoxon over folds": wilcoxon_p(differences),
-           "corrected resampled t": corrected_resampled_t(differences, n_train, n_test)}
+           "corrected resampled t": corrected_resampled_t(differences, n_train, n_test, repeat_of),
+           "Nadeau-Bengio over all K x R folds": corrected_resampled_t(differences, n_train, n_test)}
     if permutations:
         truth = [labels[r] for r in rows]
         a = pooled_predictions(rows, truth, preds_a, group)

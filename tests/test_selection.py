@@ -87,7 +87,7 @@ def test_floors_never_compete_and_sample_sets_stay_apart(tmp_path):
     by_set = {e["sample_set"]: e for e in selection}
     assert set(by_set) == {"all", "prompted"}
     assert {c["mode"] for c in by_set["all"]["candidates"]} == {"nr", "pr"}
-    assert {c["mode"] for c in by_set["prompted"]["candidates"]} == {"fr"}
+    assert {c["mode"] for c in by_set["prompted"]["candidates"]} == {"fr", "nr-prompted"}
     for entry in selection:
         assert {c["regressor"] for c in entry["candidates"]} == {"ridge"}
         assert all(f["chosen"]["regressor"] == "ridge" for f in entry["folds"])
