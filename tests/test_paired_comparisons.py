@@ -58,10 +58,12 @@ def test_comparisons_report_the_corrected_t_over_the_folds_and_distinct_samples(
             if p.mode in (c["mode"], c["reference"]):
                 by_fold.setdefault((p.repeat, p.fold), {})[p.mode] = stats.spearmanr(p.y_true, p.y_pred).statistic
         diff = [sides[c["mode"]] - sides[c["reference"]] for sides in by_fold.values()]
+        repeats = [repeat for repeat, _ in by_fold]
         train = [r["n_train"] for r in result.folds if r["mode"] == c["mode"]]
         test = [r["n_test"] for r in result.folds if r["mode"] == c["mode"]]
         assert c["diff_mean"] == pytest.approx(np.mean(diff), abs=1e-12)
-        assert c["p"] == pytest.approx(corrected_resampled_t(diff, np.mean(train), np.mean(test)), rel=1e-9)
+        assert c["p"] == pytest.approx(corrected_resampled_t(diff, np.mean(train), np.mean(test), repeats),
+                                      rel=1e-9)
         assert c["diff_ci_low"] < c["diff_mean"] < c["diff_ci_high"]
     table = format_comparisons(result.comparisons)
     assert "p (corrected t)" in table and "distinct test samples" in table and "| fr vs nr-prompted | yes |" in table
