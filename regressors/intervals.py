@@ -16,6 +16,8 @@ correlation intervals scale by the share of repeats that did not fail; RMSE take
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from regressors.inference import BOOTSTRAP_SAMPLES, INTERVAL_METRICS, LEVEL, PooledPredictions, \
@@ -38,32 +40,53 @@ def add_intervals(results, *, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -
     for row in results.folds:
         repeats = all_failed.setdefault((row["regressor"], row["mode"], row["target"]), {})
         repeats[row["repeat"]] = repeats.get(row["repeat"], True) and bool(row.get("failed"))
+    done: dict[bytes, dict] = {}  # the floors give the same predictions in several rows: each computed once
     for row in results.summary:
         key = (row["regressor"], row["mode"], row["target"])
         failed = {rep for rep, bad in all_failed.get(key, {}).items() if bad}
-        row.update(row_intervals(by_key.get(key, []), groups, failed, seed, samples))
+        pooled, repeats = _pooled(by_key.get(key, []), groups)
+        same = _fingerprint(pooled, [rep in failed for rep in repeats])
+        if same not in done:
+            done[same] = pooled_intervals(pooled, [rep in failed for rep in repeats], seed, samples)
+        row.update(done[same])
     results.config["intervals"] = {"method": METHOD, "level": LEVEL, "resamples": samples, "seed": seed}
 
 
-def row_intervals(predictions: list, groups: np.ndarray, failed_repeats: set, seed: int,
-                  samples: int = BOOTSTRAP_SAMPLES) -> dict:
-    """The interval keys of one configuration from its out-of-fold predictions (`cv.OutOfFold`, every fold of
-    every repeat); `failed_repeats`: the repeats whose every fold failed (0 in the pooled correlations)."""
-    out: dict = {key: float("nan") for key in INTERVAL_KEYS}
-    out.update(ci_level=LEVEL, ci_groups=0, rmse_pooled=float("nan"))
+def _pooled(predictions: list, groups: np.ndarray) -> tuple[PooledPredictions | None, list[int]]:
+    """One configuration's out-of-fold predictions (`cv.OutOfFold`, every fold of every repeat) aligned on its
+    samples, and its repeats in order; None without predictions."""
     repeats = sorted({p.repeat for p in predictions})
     if not repeats:
-        return out
+        return None, []
     parts = {rep: [p for p in predictions if p.repeat == rep] for rep in repeats}
-    rows = [np.concatenate([p.rows for p in parts[rep]]) for rep in repeats]
-    truth = [np.concatenate([p.y_true for p in parts[rep]]) for rep in repeats]
-    preds = [np.concatenate([p.y_pred for p in parts[rep]]) for rep in repeats]
-    pooled = pooled_predictions(rows, truth, preds, groups)
+    return pooled_predictions([np.concatenate([p.rows for p in parts[rep]]) for rep in repeats],
+                              [np.concatenate([p.y_true for p in parts[rep]]) for rep in repeats],
+                              [np.concatenate([p.y_pred for p in parts[rep]]) for rep in repeats], groups), repeats
+
+
+def _fingerprint(pooled: PooledPredictions | None, failed: list[bool]) -> bytes:
+    """Equal for equal inputs of `pooled_intervals` (the same numbers bit for bit), so their intervals are equal."""
+    digest = hashlib.sha256(repr(failed).encode())
+    if pooled is not None:
+        for array in (pooled.y_true, pooled.y_pred):
+            digest.update(repr(array.shape).encode() + np.ascontiguousarray(array, dtype=np.float64).tobytes())
+        digest.update(repr(pooled.groups.tolist()).encode())
+    return digest.digest()
+
+
+def pooled_intervals(pooled: PooledPredictions | None, failed: list[bool], seed: int,
+                     samples: int = BOOTSTRAP_SAMPLES) -> dict:
+    """The interval keys of one configuration; `failed[i]`: every fold of repeat i failed (0 in the pooled
+    correlations)."""
+    out: dict = {key: float("nan") for key in INTERVAL_KEYS}
+    out.update(ci_level=LEVEL, ci_groups=0, rmse_pooled=float("nan"))
+    if pooled is None:
+        return out
     out["ci_groups"] = pooled.n_groups
     if np.isfinite(pooled.y_pred).all():
         out["rmse_pooled"] = point_estimate(pooled, "rmse")
-    kept = [i for i, rep in enumerate(repeats) if rep not in failed_repeats]
-    share = len(kept) / len(repeats)
+    kept = [i for i, bad in enumerate(failed) if not bad]
+    share = len(kept) / len(failed)
     for metric in INTERVAL_METRICS:
         if metric == "rmse":
             low, high = group_bootstrap_interval(pooled, metric, samples=samples, seed=seed)
