@@ -182,7 +182,7 @@ def test_table_in_the_paper_layout(tmp_path, monkeypatch):
     body = [line for line in md.splitlines() if line.startswith("| NR |")]
     # 2 backbones x 2 regressors; the backbones hold the same features, so their ridge rows tie: no bold
     assert len(body) == 4 and sum("**" in line for line in body) == 0 and sum("†" in line for line in body) >= 2
-    assert "| floor (all samples) | none (labels only) | prompt-mean |" in md
+    assert "| floor (all samples) | none (labels only) | generator-mean = sibling-mean = prompt-mean |" in md
     srcc = {line: float(line.split("|")[4].strip(" *†°")) for line in body}
     assert "†" in max(srcc, key=srcc.get)
     latex = runner.invoke(cli.main, ["table", "b", "--format", "latex", "--metric", "srcc,plcc_logistic"])
