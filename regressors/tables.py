@@ -39,10 +39,11 @@ def method_label(mode: str) -> str:
 
 def load_results(paths: list[str | Path]) -> list[dict]:
     """Summary rows of every file, each with its backbone, the file's protocol (`_protocol`), its name (`_file`) and
-    its fold rows (`_folds`: {(repeat, fold): fold row}; None when the file has no `folds`). Runs made on other folds are
-    refused (their rows beside each other would compare splits, not heads), and so is a cell two runs both give
-    with different values (keeping either would hide the other); a cell both give with the same values, every
-    number to SAME_CELL_TOLERANCE (`--jobs 1` and loky's workers differ in the last bits), is kept once."""
+    its fold rows (`_folds`: {(repeat, fold): fold row}; absent when the file has no `folds`, checked by
+    `fold_rows.folds_problem`). Runs made on other folds are refused (their rows beside each other would compare
+    splits, not heads), and so is a cell two runs both give with different values (keeping either would hide the
+    other); a cell both give with the same values, every number to SAME_CELL_TOLERANCE (`--jobs 1` and loky's
+    workers differ in the last bits), is kept once."""
     rows, runs, seen = [], [], {}
     for run, given in enumerate(paths):
         path = Path(given)
@@ -352,7 +353,7 @@ def _merged_floors(floor_lines: list[tuple]) -> tuple[list[list], list[str]]:
     body, notes = [], []
     for prompted in (False, True):
         lines = [line for line in floor_lines if line[0] == prompted]
-        by_name = {regressor: line for line in lines for regressor in [line[1]]}
+        by_name = {line[1]: line for line in lines}
         groups = coinciding([(r, [n for c in cells for n in c.numbers()] + [note]) for _, r, note, cells in lines])
         label = "floor (samples with an image prompt)" if prompted else "floor (all samples)"
         for names in groups:
@@ -361,8 +362,9 @@ def _merged_floors(floor_lines: list[tuple]) -> tuple[list[list], list[str]]:
             body.append([label, "none (labels only)", floors_label(names) + note] + cells)
             if len(names) > 1:
                 why = coincide_note(names)
-                notes.append(f"{floors_label(names)} ({'samples with an image prompt' if prompted else 'all samples'})"
-                             f": the same numbers in every cell{f' ({why})' if why else ''}.")
+                where = "samples with an image prompt" if prompted else "all samples"
+                notes.append(f"{floors_label(names)} ({where}): the same numbers in every cell"
+                             f"{f' ({why})' if why else ''}.")
     return body, notes
 
 
@@ -390,7 +392,8 @@ def _cells_note(rows: list[dict], metrics: list[str], ci: bool, sd: bool) -> str
         if over:
             parts.append("± the sample SD (ddof 1) " + "; ".join(
                 f"over the {n} folds" if what == "folds" else f"over the {n} repeats (of each repeat's fold mean)"
-                for what, n in sorted(over)) + "; pooled columns have none.")
+                for what, n in sorted(over)) + ("; pooled columns have none." if any(
+                    m.endswith("_pooled") for m in metrics) else "."))
         old = sorted({r.get("_file", "the rows given") for r in rows if not r.get("_folds")})
         if old:
             parts.append(f"No SD for the rows of {', '.join(old)}: it has no fold rows.")

@@ -137,7 +137,8 @@ def test_a_score_below_the_best_floor_of_its_sample_set_is_marked():
     md = render_table(rows, ["srcc"], "md")
     lines = {tuple(c.strip() for c in line.split("|")[1:4]): line.split("|")[4].strip() for line in md.splitlines()
              if line.startswith("| NR") or line.startswith("| FR")}
-    assert lines == {("NR", "b", "ridge"): "0.350†", ("NR", "b", "svr"): "0.250†°", ("FR", "b", "ridge"): "0.350°"}
+    assert lines == {("NR", "b", "ridge"): "0.350†", ("NR", "b", "svr"): "0.250†°",
+                     ("FR", "b", "ridge"): "0.350°"}
     assert "°: below the best label-only floor of its sample set" in md
 
 
