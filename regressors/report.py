@@ -3,7 +3,9 @@ regressors.figures).
 
 Nothing here picks a configuration on the test folds: figures show the configuration asked for (`plot`, by
 default the first feature-reading regressor of the run), and the only "best" in the report is labelled as the
-highest test score, beside the best label-only floor, with failed configurations excluded.
+highest test score, beside the best label-only floor, with failed configurations excluded, and said to stand apart
+from the runner-up only when the corrected resampled t-test separates them (`regressors.marks`). Label-only floors
+that give the same numbers are one row.
 """
 
 from __future__ import annotations
