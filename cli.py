@@ -598,19 +598,28 @@ def bench(cache, backbones, modes, targets, regressors, dataset, root, annotatio
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv"]), default="md", show_default=True)
 @click.option("--metric", default="srcc,plcc", show_default=True,
-              help="Comma list of srcc, plcc, plcc_logistic, krcc, rmse, srcc_pooled.")
+              help="Comma list of srcc, plcc, plcc_logistic, krcc, rmse, srcc_pooled, plcc_pooled, "
+                   "rmse_pooled.")
+@click.option("--ci", is_flag=True, help="SRCC, PLCC and RMSE as pooled values with their 95% interval over "
+                                       "prompt groups (csv: low and high columns).")
+@click.option("--sd", is_flag=True, help="Each fold-mean cell ± its sample SD over the folds (one repeat) or over "
+                                       "the repeats' means (csv: an SD column).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the table to a file instead of printing it.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-def table(results, fmt, metric, out, overwrite):
+def table(results, fmt, metric, ci, sd, out, overwrite):
     """Pivot results.json files (or run folders) into the paper's layout: method x backbone x regressor rows,
-    target x metric columns, floors as reference rows, best per column in bold."""
+    target x metric columns, floors as reference rows; bold only for a best that the corrected resampled t-test
+    separates from the runner-up at 5%, † for rows tied with the best, ° below the best floor."""
     from featcache.outputs import check_output_file, write_text_atomically
     from regressors.tables import load_results, render_table
 
     if out:
         reads = tuple(Path(r) / "results.json" if Path(r).is_dir() else Path(r) for r in results)
         check_output_file(out, "--out", overwrite, reads)
-    text = render_table(load_results(list(results)), _names(metric), fmt)
+    if ci and sd:
+        raise click.UsageError("--ci and --sd: choose one (the interval is of the pooled value, the SD of the fold "
+                               "means)")
+    text = render_table(load_results(list(results)), _names(metric), fmt, ci=ci, sd=sd)
     if out:
         write_text_atomically(out, text)
         echo(f"wrote {out}")

@@ -60,7 +60,7 @@ def main() -> None:
                                      default_regressors(), split="group", folds=args.folds, repeats=args.repeats,
                                      seed=0, jobs=args.jobs)
             write_results(results, base / "reports" / pool, title=f"accuracy: {bid}")
-            payload["tables"][pool] = {"backbone": bid, "summary": results.summary,
+            payload["tables"][pool] = {"backbone": bid, "summary": results.summary, "folds": results.folds,
                                        "comparisons": results.comparisons}
             print(f"\n{pool} pooling ({bid}), prompt-disjoint {args.folds}-fold x {args.repeats} repeats")
             print(format_table(results.summary, markdown=True))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO, save_json  # noqa: F401  (puts the repository on sys.path)
+from common import save_json  # noqa: F401  (puts the repository on sys.path)
 
 
 def before_protocol(results) -> dict:

@@ -13,14 +13,15 @@ def accuracy() -> str:
     import sys
 
     sys.path.insert(0, str(RESULTS.parents[1]))
-    from regressors.tables import render_table
+    from regressors.tables import render_table, table_rows
 
     data = json.loads((RESULTS / "accuracy.json").read_text())
     rows = []
     for pool, table in data["tables"].items():
         protocol = (f"prompt-disjoint {data.get('folds', 5)}-fold x {data.get('repeats', 3)} repeats, stratified by "
                     "T2I/I2I, one fold assignment for every mode")
-        rows += [dict(r, backbone=table["backbone"], _protocol=protocol) for r in table["summary"]]
+        rows += [dict(r, _protocol=protocol) for r in table_rows({"backbone": table["backbone"]}, table["summary"],
+                                                                 table.get("folds"), "accuracy.json")]
     first = data["tables"]["paper"]["summary"][0]
     return (render_table(rows, ["srcc"], "md") +
             f"\n{data['samples']} rated images ({data['i2i_samples']} with an image prompt); SRCC: the mean over 3 "

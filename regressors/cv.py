@@ -31,6 +31,7 @@ from featcache.errors import FeatcacheError, FeatcacheWarning
 from regressors.cache_data import CacheData
 from regressors.design import content_groups, design_matrix, label_codes, mode_rows
 from regressors.fitting import Member, fit_members
+from regressors.intervals import add_intervals
 from regressors.metrics import quality_metrics
 from regressors.modes import get_mode, with_matched_references
 from regressors.registry import check_regressors, get_regressor
@@ -463,6 +464,7 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
     results.folds.sort(key=lambda r: (order[(r["regressor"], r["mode"], r["target"])], r["repeat"], r["fold"]))
     results.summary = summarize(results.folds, results.predictions, results.samples, single=spec.single,
                                 seed=seed)
+    add_intervals(results, seed=seed)
     results.comparisons = paired_comparisons(results.predictions, modes, results.folds)
     results.breakdown = breakdown(results.predictions, results.samples)
     return results

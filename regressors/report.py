@@ -3,7 +3,9 @@ regressors.figures).
 
 Nothing here picks a configuration on the test folds: figures show the configuration asked for (`plot`, by
 default the first feature-reading regressor of the run), and the only "best" in the report is labelled as the
-highest test score, beside the best label-only floor, with failed configurations excluded.
+highest test score, beside the best label-only floor, with failed configurations excluded, and said to stand apart
+from the runner-up only when the corrected resampled t-test separates them (`regressors.marks`). Label-only floors
+that give the same numbers are one row.
 """
 
 from __future__ import annotations
@@ -37,9 +39,16 @@ def _cell(row: dict, metric: str) -> str:
     if mean is None or not math.isfinite(mean):
         return "n/a"
     text = f"{mean:.3f}"
-    if metric == "srcc" and math.isfinite(row.get("srcc_ci_low") or float("nan")):
-        return f"{text} [{row['srcc_ci_low']:.2f}, {row['srcc_ci_high']:.2f}]"
     return f"{text} ± {std:.3f}" if std is not None and math.isfinite(std) else text
+
+
+def _pooled_cell(row: dict, metric: str = "srcc") -> str:
+    """The pooled value with its 95% group-bootstrap interval (`regressors.intervals`), when the row has one."""
+    text = number_cell(row.get(f"{metric}_pooled"))
+    low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+    if "ci_level" in row and low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+        text += f" [{low:.2f}, {high:.2f}]"
+    return text
 
 
 def _folds_cell(row: dict) -> str:
@@ -52,16 +61,47 @@ def number_cell(value) -> str:
     return f"{value:.3f}" if value is not None and math.isfinite(value) else "n/a"
 
 
+_SHOWN = ("srcc_mean", "srcc_std", "plcc_mean", "plcc_std", "plcc_logistic_mean", "plcc_logistic_std", "krcc_mean",
+          "krcc_std", "rmse_mean", "rmse_std", "srcc_pooled", "srcc_ci_low", "srcc_ci_high", "n_folds", "n_failed",
+          "n_train", "n_test")
+
+
+def floors_once(summary: list[dict]) -> list[dict]:
+    """The summary rows with the label-only floors of one backbone, mode and target whose every number the
+    per-cell table shows coincides (`marks.same_numbers`: to 1e-12) as one row, its regressor "a = b = c"."""
+    from regressors.marks import coinciding, floors_label
+
+    floors: dict[tuple, list[dict]] = {}
+    for row in summary:
+        if not get_regressor(row["regressor"]).reads_features:
+            floors.setdefault((row.get("backbone"), row["mode"], row["target"]), []).append(row)
+    out, done = [], set()
+    for row in summary:
+        key = (row.get("backbone"), row["mode"], row["target"])
+        if key not in floors or get_regressor(row["regressor"]).reads_features:
+            out.append(row)
+            continue
+        if key in done:
+            continue
+        done.add(key)
+        by_name = {r["regressor"]: r for r in floors[key]}
+        for names in coinciding([(r["regressor"], _numbers(r)) for r in floors[key]]):
+            out.append(dict(by_name[names[0]], regressor=floors_label(names)))
+    return out
+
+
 def format_table(summary: list[dict], markdown: bool = False) -> str:
-    """A fixed-width (or Markdown) table of the summary rows; SRCC and PLCC as fold means (± SD, or a 95%
-    bootstrap interval for a single split), pooled SRCC over all out-of-fold predictions, failed folds named."""
+    """A fixed-width (or Markdown) table of the summary rows; SRCC, PLCC, KRCC and RMSE as fold means ± SD, the
+    pooled SRCC over all out-of-fold predictions with its 95% interval over prompt groups, failed folds named;
+    floors of one cell that coincide as one row (`floors_once`)."""
+    summary = floors_once(summary)
     with_backbone = any("backbone" in r for r in summary)
     header = (["backbone"] if with_backbone else []) + [
-        "regressor", "mode", "target", "SRCC", "PLCC", "PLCC logistic", "KRCC", "RMSE", "SRCC pooled", "folds",
+        "regressor", "mode", "target", "SRCC", "PLCC", "PLCC logistic", "KRCC", "RMSE", "SRCC pooled [95%]", "folds",
         "train/test"]
     rows = [([printable(r.get("backbone", ""))] if with_backbone else []) + [
         printable(r["regressor"]), printable(r["mode"]), printable(r["target"]), _cell(r, "srcc"), _cell(r, "plcc"),
-        _cell(r, "plcc_logistic"), _cell(r, "krcc"), _cell(r, "rmse"), number_cell(r.get("srcc_pooled")), _folds_cell(r),
+        _cell(r, "plcc_logistic"), _cell(r, "krcc"), _cell(r, "rmse"), _pooled_cell(r), _folds_cell(r),
         f"{r['n_train']}/{r['n_test']}"] for r in summary]
     return _render(header, rows, markdown)
 
@@ -75,33 +115,100 @@ def _render(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
 
 
-def highest_on_test(summary: list[dict]) -> list[dict]:
-    """Per target, sample set (all samples; those with an image prompt, which FR scores alone) and backbone: the
-    feature-reading row with the highest mean test SRCC among those with no failed fold, and the best label-only
-    floor of the same mode (the same test samples), or of any mode of the set when no model qualifies. An NR and an
-    FR score are never compared: they come from other test samples. Chosen on the test folds: for orientation, not a
-    result. `floors_fitted` False: the run had no floor at all (--no-floors)."""
+def highest_on_test(summary: list[dict], folds: list[dict] | None = None) -> list[dict]:
+    """Per target and sample set (all samples; those with an image prompt, which FR scores alone), across
+    backbones: the feature-reading row with the highest mean test SRCC among those with no failed fold (`model`),
+    the `runner_up`, `p` of the corrected resampled t-test between them over `folds` (the run's fold rows),
+    `separated` (p < 0.05; None when there is no runner-up or no fold rows), `tied` (the rows the test does not
+    separate from the model, when it is not separated), and the best label-only floor of the same backbone and mode
+    (`floor`; of any mode of the set when no model qualifies) with the floors that coincide with it (`floor_names`).
+    An NR and an FR score are never compared: they come from other test samples. Chosen on the test folds: for
+    orientation, not a result. `floors_fitted` False: the run had no floor at all (--no-floors)."""
+    from regressors.fold_rows import attach_folds
+    from regressors.marks import coinciding, contest
     from regressors.modes import scores_prompted_samples
 
+    rows = [dict(r) for r in summary]
+    if folds is not None:
+        attach_folds(rows, folds, lambda r: str(r.get("backbone") or ""))
     out: dict[tuple, dict] = {}
+    models: dict[tuple, list[dict]] = {}
     valid: dict[tuple, list[dict]] = {}
-    for row in summary:
+    for row in rows:
         prompted = scores_prompted_samples(row["mode"])
-        key = (row.get("backbone", ""), row["target"], prompted)
+        key = (row["target"], prompted)
         floor = not get_regressor(row["regressor"]).reads_features
-        entry = out.setdefault(key, {"backbone": key[0], "target": key[1], "prompted": prompted, "model": None,
-                                     "floor": None, "floors_fitted": False})
+        entry = out.setdefault(key, {"backbone": "", "target": key[0], "prompted": prompted, "model": None,
+                                     "runner_up": None, "p": float("nan"), "separated": None, "tied": [],
+                                     "floor": None, "floor_names": [], "floors_fitted": False})
         entry["floors_fitted"] |= floor
         if row.get("n_failed") or row["srcc_mean"] is None or not math.isfinite(row["srcc_mean"]):
             continue
-        if floor:
-            valid.setdefault(key, []).append(row)
-        elif entry["model"] is None or row["srcc_mean"] > entry["model"]["srcc_mean"]:
-            entry["model"] = row
+        (valid if floor else models).setdefault(key, []).append(row)
     for key, entry in out.items():
-        floors = [r for r in valid.get(key, []) if entry["model"] is None or r["mode"] == entry["model"]["mode"]]
+        candidates = models.get(key, [])
+        outcome = contest([r["srcc_mean"] for r in candidates], [r.get("_folds") for r in candidates], "srcc")
+        if outcome.best is not None:
+            model = entry["model"] = candidates[outcome.best]
+            entry["backbone"] = model.get("backbone", "")
+        if outcome.runner_up is not None:
+            entry["runner_up"] = candidates[outcome.runner_up]
+            if not outcome.untested:
+                entry["p"], entry["separated"] = outcome.p, outcome.bold
+                entry["tied"] = [candidates[k] for k in outcome.tied if k != outcome.best]
+        model = entry["model"]
+        floors = [r for r in valid.get(key, []) if model is None or (
+            r["mode"], r.get("backbone")) == (model["mode"], model.get("backbone"))]
         entry["floor"] = max(floors, key=lambda r: r["srcc_mean"], default=None)  # the first of equals
+        if entry["floor"] is not None:
+            same = [r for r in floors if (r["mode"], r.get("backbone")) == (entry["floor"]["mode"],
+                                                                            entry["floor"].get("backbone"))]
+            entry["floor_names"] = next(names for names in coinciding([(r["regressor"], _numbers(r)) for r in same])
+                                        if entry["floor"]["regressor"] in names)
     return list(out.values())
+
+
+def _numbers(row: dict) -> list:
+    """The numbers of a summary row that the tables show, for `marks.same_numbers`."""
+    return [float(row[k]) if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)
+            else row.get(k) for k in _SHOWN]
+
+
+def _highest_line(entry: dict) -> str:
+    """One line of the report's highest test scores: the highest, whether the paired test separates it from the
+    runner-up, and the best floor beside it."""
+    def named(row: dict) -> str:
+        where = f"{row['backbone']} " if row.get("backbone") else ""  # a bench's rows name their backbone
+        return f"{where}{row['regressor']} {row['mode']} SRCC {row['srcc_mean']:.3f}"
+
+    from regressors.marks import floors_label
+
+    model, runner, floor = entry["model"], entry["runner_up"], entry["floor"]
+    samples = " (samples with an image prompt)" if entry.get("prompted") else ""
+    text = f"- {entry['target']}{samples}: "
+    if model is None:
+        text += "no feature-reading configuration without failed folds"
+    else:
+        text += named(model)
+        if runner is None:
+            text += " (the only feature-reading configuration without failed folds)"
+        elif entry["separated"] is None:
+            text += f"; runner-up {named(runner)}, not tested (no fold rows)"
+        elif entry["separated"]:
+            text += (f", separated from the runner-up {named(runner)} by the corrected resampled t-test "
+                     f"(p = {entry['p']:.3g})")
+        else:
+            tied = ", ".join(named(r) for r in entry["tied"])
+            text += (f", not separated from the runner-up by the corrected resampled t-test (p = "
+                     f"{number_cell(entry['p'])}): no single best; tied with it: {tied}")
+    if floor:
+        text += f"; best label-only floor {floors_label(entry['floor_names'])} {floor['mode']} SRCC " \
+                f"{floor['srcc_mean']:.3f}"
+    elif entry.get("floors_fitted"):
+        text += "; no label-only floor of that mode without failed folds"
+    else:
+        text += "; no label-only floor beside it (run made with --no-floors)"
+    return text
 
 
 def format_comparisons(comparisons: list[dict], markdown: bool = True) -> str:
@@ -296,7 +403,7 @@ def output_name(name: str) -> bool:
 def _write_outputs(results: CVResults, out: Path, title: str, plot: str | None, run_info: dict | None,
                    figures: bool, figure_list: list[tuple] | None) -> dict[str, Path]:
     from regressors.figures import draw_figures
-    from regressors.tables import render_table
+    from regressors.tables import render_table, table_rows
 
     paths = {key: out / name for key, name in OUTPUT_FILES.items()}
     payload = results.to_dict()
@@ -306,8 +413,7 @@ def _write_outputs(results: CVResults, out: Path, title: str, plot: str | None, 
     _write_csv(paths["csv"], results.summary)
     _write_csv(paths["folds"], [{**r, "chosen": json.dumps(r.get("chosen", {}))} for r in results.folds])
     write_predictions(paths["predictions"], results)
-    rows = [dict(r, backbone=r.get("backbone") or results.config.get("backbone") or "labels only",
-                 _protocol=_protocol_line(results.config)) for r in results.summary]
+    rows = table_rows(results.config, results.summary, results.folds, "this run")
     table = render_table(rows, fmt="md")
     write_text_atomically(paths["table"], table)
     write_text_atomically(paths["latex"], render_table(rows, fmt="latex"))
@@ -316,37 +422,16 @@ def _write_outputs(results: CVResults, out: Path, title: str, plot: str | None, 
     return paths
 
 
-def _protocol_line(config: dict) -> str:
-    from regressors.tables import protocol
-
-    return protocol(config)
-
-
 def report_markdown(results: CVResults, title: str, figure_lines: list[str], table: str = "") -> str:
     """The paper-layout table and floors first, then the highest test scores (labelled as such), the figures,
     the paired mode comparisons and the full per-cell table."""
     c = results.config
     lines = [f"# {title}", "", table, ""]
     lines += selection_markdown(results.selection)
-    best = highest_on_test(results.summary)
+    best = highest_on_test(results.summary, results.folds)
     if best:
         lines += ["## Highest test scores (picked on the test folds: orientation, not a result)", ""]
-        for entry in best:
-            model, floor = entry["model"], entry["floor"]
-            where = f"{entry['backbone']} " if entry["backbone"] else ""
-            samples = " (samples with an image prompt)" if entry.get("prompted") else ""
-            text = f"- {where}{entry['target']}{samples}: "
-            text += (f"{model['regressor']} {model['mode']} SRCC {model['srcc_mean']:.3f}" if model
-                     else "no feature-reading configuration without failed folds")
-            if floor:
-                text += (f"; best label-only floor {floor['regressor']} {floor['mode']} SRCC "
-                         f"{floor['srcc_mean']:.3f}")
-            elif entry.get("floors_fitted"):
-                text += "; no label-only floor of that mode without failed folds"
-            else:
-                text += "; no label-only floor beside it (run made with --no-floors)"
-            lines.append(text)
-        lines.append("")
+        lines += [_highest_line(entry) for entry in best] + [""]
     if figure_lines:
         lines += ["## Figures (repeat 0, out-of-fold predictions)", ""] + figure_lines
     if results.comparisons:
@@ -354,10 +439,11 @@ def report_markdown(results: CVResults, title: str, figure_lines: list[str], tab
                   format_comparisons(results.comparisons), ""]
     lines += ["## Every cell", "", f"Protocol: {c.get('split_doc', c['split'])}. SRCC, PLCC and KRCC are fold "
               "means (mean over the folds of each repeat, then over repeats; ± is the SD across repeats when there "
-              "are several, else across folds; a single split shows a 95% bootstrap interval over prompt groups). "
-              "A failed fold (constant predictions) counts as 0. *SRCC pooled* is over all out-of-fold "
-              "predictions of a repeat. PLCC logistic: after the 4-parameter logistic mapping (VQEG), fitted on "
-              "each fold's training predictions.", "",
+              "are several, else across folds: `std_over` in results.json). A failed fold (constant predictions) "
+              "counts as 0. *SRCC pooled* is over all out-of-fold predictions of a repeat, averaged over the "
+              "repeats, with its 95% interval (a percentile bootstrap resampling whole prompt groups, each with its "
+              "predictions of every repeat). PLCC logistic: after the 4-parameter logistic mapping (VQEG), fitted on each fold's training predictions. Label-only "
+              "floors that give the same numbers are one row (a = b = c).", "",
               format_table(results.summary, markdown=True), "",
               "Per-generator and per-subset figures: `breakdown` in results.json; every prediction: "
               "predictions.csv.", ""]

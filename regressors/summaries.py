@@ -1,8 +1,8 @@
 """From fold rows and out-of-fold predictions to what a paper reports.
 
 Summary: the mean over the folds of each repeat, then the mean over repeats; the ± is the SD across repeats when
-there are several, else the SD across folds; a single split (paper, cross) gets a 95% bootstrap interval over prompt
-groups instead, drawn over every repeat's predictions. Failed folds count as 0 in the correlation means and are
+there are several, else the SD across folds (population SD; none for a single split: paper, cross); intervals over
+prompt groups come from `regressors.intervals`, for every split. Failed folds count as 0 in the correlation means and are
 counted in `n_failed`. A fold whose RMSE is not finite (a diverged fit) makes the RMSE mean and SD not finite too
 (null in results.json), counted in `n_rmse_nonfinite`; it is never left out of the mean.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from regressors.inference import CORRECTED_T, corrected_t
-from regressors.metrics import CORRELATIONS, bootstrap_srcc_interval, counted, pooled_correlations, srcc_counted
+from regressors.metrics import CORRELATIONS, counted, pooled_correlations, srcc_counted
 from regressors.modes import comparison_reference, get_mode, same_training_rows
 from regressors.registry import REGRESSORS
 from regressors.splits import MIN_TEST
@@ -57,17 +57,6 @@ def summarize(folds: list[dict], predictions: list, samples: dict, *, single: bo
                   else _pooled(by_prediction.get((name, mode, target), []), rep) for rep in repeats]
         for metric in ("srcc", "plcc"):
             entry[f"{metric}_pooled"] = float(np.mean([p[metric] for p in pooled])) if pooled else float("nan")
-        entry["srcc_ci_low"] = entry["srcc_ci_high"] = float("nan")
-        if single:  # every repeat's predictions: a resampled prompt group brings its rows of each repeat
-            kept = [p for p in by_prediction.get((name, mode, target), []) if p.repeat in repeats]
-            if kept:
-                rows_ = np.concatenate([p.rows for p in kept])
-                low, high = bootstrap_srcc_interval(np.concatenate([p.y_true for p in kept]),
-                                                    np.concatenate([p.y_pred for p in kept]),
-                                                    np.asarray(samples["group"])[rows_], seed=seed,
-                                                    repeats=np.concatenate([np.full(len(p.rows), p.repeat)
-                                                                            for p in kept]))
-                entry["srcc_ci_low"], entry["srcc_ci_high"] = low, high
         entry["n_folds"] = len(rows)
         entry["n_failed"] = int(sum(bool(r["failed"]) for r in rows))
         entry["n_train"] = int(np.mean([r["n_train"] for r in rows]))
@@ -98,7 +87,7 @@ def paired_comparisons(predictions: list, modes: list[str], folds: list[dict] = 
     Per paired fold: the SRCC of each side on those samples (a fold that `folds` marks failed counts as 0, as in
     the table, and is listed in `failed_folds`; a fold that cannot be paired is listed in `folds_left_out` with the
     reason, never dropped unsaid). Over the K x R differences: their mean, population SD, and the corrected
-    resampled t-test (`inference.corrected_resampled_t`, K R - 1 degrees of freedom; n_train: the mean training
+    resampled t-test (`inference.corrected_t`, K R - 1 degrees of freedom; n_train: the mean training
     size from the fold rows, the smaller side's when the sides trained on different rows; NaN when the fold rows
     carry none) with the matching 95% interval of the mean difference. `n_test_samples`: the distinct samples
     tested over all paired folds and repeats. `matched_training`: both sides trained on the same rows of every

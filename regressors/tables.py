@@ -1,10 +1,11 @@
 """`featcache table`: results.json files pivoted into the paper's layout.
 
-Rows: method (NR / FR / PR, then the extra modes) x backbone x regressor, the label-only floors as reference rows;
-columns: target x metric (SRCC, PLCC by default). The best value per column is bold, chosen among feature-reading
-rows without a failed fold scored on the same samples (the floors and failed configurations never win; the modes
-that read an image prompt, scored on those samples only, have a best of their own). The caption states the
-protocol: one, since runs made on other folds are refused.
+Rows: method (NR / FR / PR, then the extra modes) x backbone x regressor, the label-only floors as reference rows
+(floors whose numbers coincide as one row); columns: target x metric (SRCC, PLCC by default), each cell optionally
+with its 95% interval (`ci`) or its sample SD (`sd`). Marks follow `regressors.marks`: bold only for a best that the
+paired test separates from the runner-up of its column and sample set, a shared mark for the rows tied with it,
+another for a score below the best floor. The caption states the protocol (one: runs made on other folds are
+refused), what a cell and each mark mean, and why a mark or an interval is missing.
 """
 
 from __future__ import annotations
@@ -16,13 +17,19 @@ import stat
 from pathlib import Path
 
 from featcache.errors import FeatcacheError
+from featcache.untrusted import printable
+from regressors.fold_rows import attach_folds, fold_sd, folds_problem
+from regressors.inference import INTERVAL_METRICS
+from regressors.intervals import INTERVAL_KEYS
+from regressors.marks import TEST_NAME, base_metric, below_floor, best_floor, coincide_note, coinciding, contest, \
+    floors_label
 from regressors.modes import MODES, scores_prompted_samples
 from regressors.registry import REGRESSORS
-from featcache.untrusted import printable
 from regressors.splits import SPLITS
+from regressors.table_formats import Cell, csv_table, fmt_number, latex_table, md_cell, shown
 
 METRICS = {"srcc": "SRCC", "plcc": "PLCC", "plcc_logistic": "PLCC (logistic)", "krcc": "KRCC", "rmse": "RMSE",
-           "srcc_pooled": "SRCC (pooled)"}
+           "srcc_pooled": "SRCC (pooled)", "plcc_pooled": "PLCC (pooled)", "rmse_pooled": "RMSE (pooled)"}
 FORMATS = ("md", "latex", "csv")
 
 
@@ -31,10 +38,12 @@ def method_label(mode: str) -> str:
 
 
 def load_results(paths: list[str | Path]) -> list[dict]:
-    """Summary rows of every file, each with its backbone and the file's protocol. Runs made on other folds are
-    refused (their rows beside each other would compare splits, not heads), and so is a cell two runs both give
-    with different values (keeping either would hide the other); a cell both give with the same values, every
-    number to SAME_CELL_TOLERANCE (`--jobs 1` and loky's workers differ in the last bits), is kept once."""
+    """Summary rows of every file, each with its backbone, the file's protocol (`_protocol`), its name (`_file`) and
+    its fold rows (`_folds`: {(repeat, fold): fold row}; absent when the file has no `folds`, checked by
+    `fold_rows.folds_problem`). Runs made on other folds are refused (their rows beside each other would compare
+    splits, not heads), and so is a cell two runs both give with different values (keeping either would hide the
+    other); a cell both give with the same values, every number to SAME_CELL_TOLERANCE (`--jobs 1` and loky's
+    workers differ in the last bits), is kept once."""
     rows, runs, seen = [], [], {}
     for run, given in enumerate(paths):
         path = Path(given)
@@ -51,15 +60,16 @@ def load_results(paths: list[str | Path]) -> list[dict]:
                 for r in summary):
             raise FeatcacheError(f"{path}: not a featcache results.json (its config or summary rows are malformed)")
         problem = _summary_problem(config, summary)
+        folds = payload.get("folds")
+        if folds is not None and not problem:
+            problem = folds_problem(folds, config)
         if problem:
             raise FeatcacheError(printable(f"{path}: not a featcache results.json ({problem})"))
         name = str(given)
         if runs:
             _same_folds(runs[0], (name, payload))
         runs.append((name, payload))
-        for row in summary:
-            backbone = row.get("backbone") or config.get("backbone") or "labels only"
-            row = dict(row, backbone=backbone, _protocol=protocol(config))
+        for row in table_rows(config, summary, folds, name):
             key = _cell(row)
             if key in seen and seen[key][0] != run:
                 if not _same_values(seen[key][2], row):
@@ -74,8 +84,20 @@ def load_results(paths: list[str | Path]) -> list[dict]:
     return rows
 
 
+def table_rows(config: dict, summary: list[dict], folds: list[dict] | None, name: str) -> list[dict]:
+    """One run's summary rows as the table reads them: copies with `backbone` (the row's, else the config's, else
+    "labels only"), `_protocol`, `_file` (`name`) and, when `folds` is given, `_folds` (`fold_rows.attach_folds`)."""
+    def backbone(row: dict) -> str:
+        return str(row.get("backbone") or config.get("backbone") or "labels only")
+
+    rows = [dict(row, backbone=backbone(row), _protocol=protocol(config), _file=name) for row in summary]
+    if folds is not None:
+        attach_folds(rows, folds, backbone)
+    return rows
+
+
 ROW_NUMBERS = [f"{m}_mean" for m in METRICS if not m.endswith("_pooled")] + [
-    m for m in METRICS if m.endswith("_pooled")]
+    m for m in METRICS if m.endswith("_pooled")] + list(INTERVAL_KEYS)
 
 
 def _summary_problem(config: dict, summary: list[dict]) -> str | None:
@@ -196,7 +218,7 @@ def _differs(a: dict, b: dict) -> str:
     va, vb = _values(a), _values(b)
     key = next(k for k in [*(f"{m}_mean" for m in METRICS), *va, *vb]
                if (k in va) != (k in vb) or (k in va and not _same_value(va[k], vb[k])))
-    shown = [_fmt(va.get(key)), _fmt(vb.get(key))]
+    shown = [fmt_number(va.get(key)), fmt_number(vb.get(key))]
     if shown[0] == shown[1]:  # apart by more than the tolerance, less than the 3 decimals show
         shown = [repr(va.get(key)), repr(vb.get(key))]
     return f"{key} {shown[0]} vs {shown[1]}"
@@ -211,73 +233,184 @@ def protocol(config: dict) -> str:
     return f"{folds}{split} split{cross}, {repeats} repeat(s), subset {subset}"
 
 
-def _value(row: dict, metric: str) -> float:
-    key = metric if metric.endswith("_pooled") else f"{metric}_mean"
-    value = row.get(key)
+def _value(row: dict | None, key: str) -> float:
+    value = (row or {}).get(key)
     return float(value) if value is not None and math.isfinite(float(value)) else float("nan")
 
 
-def paper_table(rows: list[dict], metrics: list[str]) -> tuple[list[str], list[list], list[list[bool]], str]:
-    """(header, body rows, bold flags, caption)."""
+def _mean_key(metric: str) -> str:
+    return metric if metric.endswith("_pooled") else f"{metric}_mean"
+
+
+def _interval_metric(metric: str) -> str | None:
+    base = base_metric(metric)
+    return base if base in INTERVAL_METRICS else None
+
+
+def column_name(metric: str, ci: bool = False) -> str:
+    """A column's heading: with `ci`, SRCC, PLCC and RMSE are the pooled values their intervals surround."""
+    interval = _interval_metric(metric)
+    return METRICS[f"{interval}_pooled"] if ci and interval else METRICS[metric]
+
+
+def _make_cell(row: dict | None, metric: str, ci: bool, sd: bool) -> Cell:
+    interval = _interval_metric(metric)
+    if row is None:
+        return Cell(float("nan"))
+    if ci and interval:
+        cell = Cell(_value(row, f"{interval}_pooled"))
+        if "ci_level" in row:
+            cell.low, cell.high = _value(row, f"{interval}_ci_low"), _value(row, f"{interval}_ci_high")
+        return cell
+    cell = Cell(_value(row, _mean_key(metric)))
+    if sd and not metric.endswith("_pooled") and row.get("_folds"):
+        cell.sd = fold_sd(row["_folds"], metric)[0]
+    return cell
+
+
+def paper_table(rows: list[dict], metrics: list[str], *, ci: bool = False,
+                sd: bool = False) -> tuple[list[str], list[list], str]:
+    """(header, body rows, caption): each body row is [method, backbone, regressor, Cell per target x metric].
+    `ci`: SRCC, PLCC and RMSE cells are the pooled values with their 95% intervals; `sd`: fold-mean cells carry
+    the sample SD of `fold_rows.fold_sd`. Marks as `regressors.marks` rules them."""
     for metric in metrics:
         if metric not in METRICS:
             from featcache.errors import unknown_name
 
             raise unknown_name("metric", metric, METRICS)
+    if ci and sd:
+        raise FeatcacheError("--ci and --sd: choose one (the interval is of the pooled value, the SD of the fold "
+                             "means)")
     targets = list(dict.fromkeys(r["target"] for r in rows))
     mode_order = {m: i for i, m in enumerate(MODES)}
-    floors = {name for name, spec in REGRESSORS.items() if not spec.reads_features}
+    floors = _floors()
     keys = list(dict.fromkeys((r["mode"], r["backbone"], r["regressor"]) for r in rows))
     models = sorted((k for k in keys if k[2] not in floors), key=lambda k: (mode_order.get(k[0], 99),))
     floor_keys = sorted(dict.fromkeys((k[0], k[2]) for k in keys if k[2] in floors),  # run order: a set's order
                         key=lambda k: (mode_order.get(k[0], 99),))                   # changed with the hash seed
     index = {(r["mode"], r["backbone"], r["regressor"], r["target"]): r for r in rows}
     floor_index = {(r["mode"], r["regressor"], r["target"]): r for r in rows if r["regressor"] in floors}
-    header = ["method", "backbone", "regressor"] + [f"{t} {METRICS[m]}" for t in targets for m in metrics]
-    body, failed = [], []
+    header = ["method", "backbone", "regressor"] + [f"{t} {column_name(m, ci)}" for t in targets for m in metrics]
+    body, failed, model_rows = [], [], []
     for mode, backbone, regressor in models:
-        cells, bad = [], False
+        cells, bad, found = [], False, []
         for t in targets:
             row = index.get((mode, backbone, regressor, t))
             bad = bad or bool(row and row.get("n_failed"))
-            cells += [_value(row, m) if row else float("nan") for m in metrics]
+            found += [row] * len(metrics)
+            cells += [_make_cell(row, m, ci, sd) for m in metrics]
         failures = {t: int(index[(mode, backbone, regressor, t)].get("n_failed") or 0)
                     for t in targets if (mode, backbone, regressor, t) in index}
         body.append([method_label(mode), backbone, regressor + _failed_note(failures)] + cells)
         failed.append(bad)
-    bold = [[False] * len(header) for _ in body]
-    for column in range(3, len(header)):
-        metric = metrics[(column - 3) % len(metrics)]
-        for prompted in (False, True):  # NR scores all samples, FR only those with a prompt: never one contest
-            candidates = [(r[column], i) for i, r in enumerate(body) if not failed[i] and math.isfinite(r[column])
-                          and scores_prompted_samples(models[i][0]) == prompted]
-            if candidates:
-                best = min(candidates)[0] if metric == "rmse" else max(candidates)[0]
-                for value, i in candidates:
-                    if value == best:
-                        bold[i][column] = True
-    shown = set()
+        model_rows.append(found)
+    floor_lines, shown = [], set()
     for mode, regressor in floor_keys:  # floors depend only on the samples: once per sample set
         prompted = scores_prompted_samples(mode)
         if (prompted, regressor) in shown:
             continue
         shown.add((prompted, regressor))
-        cells = []
-        for t in targets:
-            row = floor_index.get((mode, regressor, t))
-            cells += [_value(row, m) if row else float("nan") for m in metrics]
-        failures = {t: int((floor_index.get((mode, regressor, t)) or {}).get("n_failed") or 0) for t in targets}
-        label = "floor (samples with an image prompt)" if prompted else "floor (all samples)"
-        # a floor that is constant in a fold (generator-mean with one generator) fails it, as a model would
-        body.append([label, "none (labels only)", regressor + _failed_note(failures)] + cells)
-        bold.append([False] * len(header))
+        rows_of = [floor_index.get((mode, regressor, t)) for t in targets]
+        cells = [_make_cell(row, m, ci, sd) for row in rows_of for m in metrics]
+        failures = {t: int((row or {}).get("n_failed") or 0) for t, row in zip(targets, rows_of)}
+        floor_lines.append((prompted, regressor, _failed_note(failures), cells))
+    untested = _mark(body, failed, model_rows, [m for _ in targets for m in metrics], models, floor_lines)
+    merged, notes = _merged_floors(floor_lines)
+    body += merged
     protocols = sorted({r["_protocol"] for r in rows})
+    caption = " ".join(["; ".join(protocols) + ".", _cells_note(rows, metrics, ci, sd),
+                        _marks_note(models, untested), _floors_note(models, shown), *notes]).strip()
+    return header, body, caption
+
+
+def _mark(body: list[list], failed: list[bool], model_rows: list[list], column_metrics: list[str],
+          models: list[tuple], floor_lines: list[tuple]) -> set[str]:
+    """Set each model cell's marks, column by column and sample set by sample set; returns the files whose rows
+    could not be tested (no fold rows)."""
+    untested: set[str] = set()
+    for column, metric in enumerate(column_metrics):
+        for prompted in (False, True):  # NR scores all samples, FR only those with a prompt: never one contest
+            members = [i for i in range(len(body)) if scores_prompted_samples(models[i][0]) == prompted]
+            floor = best_floor([cells[column].value for p, _, _, cells in floor_lines if p == prompted], metric)
+            for i in members:
+                body[i][3 + column].below_floor = below_floor(body[i][3 + column].value, floor, metric)
+            candidates = [i for i in members if not failed[i] and math.isfinite(body[i][3 + column].value)]
+            rows = [model_rows[i][column] for i in candidates]
+            outcome = contest([body[i][3 + column].value for i in candidates],
+                              [row.get("_folds") if row else None for row in rows], metric)
+            if outcome.untested:
+                untested |= {row.get("_file", "the rows given") for row in rows if row and not row.get("_folds")}
+            if outcome.bold:
+                body[candidates[outcome.best]][3 + column].bold = True
+            for k in outcome.tied:
+                body[candidates[k]][3 + column].tied = True
+    return untested
+
+
+def _merged_floors(floor_lines: list[tuple]) -> tuple[list[list], list[str]]:
+    """The floor rows, those of one sample set whose every shown number coincides (`marks.same_numbers`) as one
+    row named "a = b = c"; and the caption's notes on them."""
+    body, notes = [], []
+    for prompted in (False, True):
+        lines = [line for line in floor_lines if line[0] == prompted]
+        by_name = {line[1]: line for line in lines}
+        groups = coinciding([(r, [n for c in cells for n in c.numbers()] + [note]) for _, r, note, cells in lines])
+        label = "floor (samples with an image prompt)" if prompted else "floor (all samples)"
+        for names in groups:
+            _, _, note, cells = by_name[names[0]]
+            # a floor that is constant in a fold (generator-mean with one generator) fails it, as a model would
+            body.append([label, "none (labels only)", floors_label(names) + note] + cells)
+            if len(names) > 1:
+                why = coincide_note(names)
+                where = "samples with an image prompt" if prompted else "all samples"
+                notes.append(f"{floors_label(names)} ({where}): the same numbers in every cell"
+                             f"{f' ({why})' if why else ''}.")
+    return body, notes
+
+
+def _cells_note(rows: list[dict], metrics: list[str], ci: bool, sd: bool) -> str:
+    """What a cell is, and what is shown beside it."""
+    pooled = [m for m in metrics if ci and _interval_metric(m)]
+    means = [m for m in metrics if m not in pooled]
+    parts = []
+    if means:
+        parts.append("Fold means (the mean over the folds of each repeat, then over repeats); a failed fold counts "
+                     "as 0 in the correlations.")
+    if pooled:
+        names = ", ".join(dict.fromkeys(METRICS[_interval_metric(m)] for m in pooled))
+        parts.append(f"{names}: the pooled value (all out-of-fold predictions of a repeat, mean over the repeats) "
+                     "with its 95% interval [low, high], a percentile bootstrap resampling whole prompt groups, each "
+                     "with its predictions of every repeat.")
+        old = sorted({r.get("_file", "the rows given") for r in rows if "ci_level" not in r})
+        if old:
+            parts.append(f"No interval for the rows of {', '.join(old)}: written before intervals were saved "
+                         "(rerun fit or bench).")
+        if means:
+            parts.append("The other columns have no interval.")
+    if sd:
+        over = {fold_sd(r["_folds"], base_metric(m))[1:] for r in rows if r.get("_folds") for m in metrics}
+        if over:
+            parts.append("± the sample SD (ddof 1) " + "; ".join(
+                f"over the {n} folds" if what == "folds" else f"over the {n} repeats (of each repeat's fold mean)"
+                for what, n in sorted(over)) + ("; pooled columns have none." if any(
+                    m.endswith("_pooled") for m in metrics) else "."))
+        old = sorted({r.get("_file", "the rows given") for r in rows if not r.get("_folds")})
+        if old:
+            parts.append(f"No SD for the rows of {', '.join(old)}: it has no fold rows.")
+    return " ".join(parts)
+
+
+def _marks_note(models: list[tuple], untested: set[str]) -> str:
     both = len({scores_prompted_samples(mode) for mode, _, _ in models}) > 1
-    caption = ("; ".join(protocols) + ". Fold means; a failed fold counts as 0. Bold: best per column among "
-               "feature-reading rows without failed folds" + (" scored on the same samples (all samples; the "
-                                                              "samples with an image prompt)" if both else "")
-               + ", as picked on the test folds. " + _floors_note(models, shown))
-    return header, body, bold, caption
+    sets = " and sample set (all samples; the samples with an image prompt)" if both else ""
+    text = (f"Bold: the best of its column{sets} among feature-reading rows without failed folds, separated from "
+            f"the runner-up by {TEST_NAME} at 5% (picked on the test folds). †: tied with the best: not separated "
+            f"from it by that test at 5% (the best included), so no bold in that column. °: below the best "
+            f"label-only floor of its sample set.")
+    if untested:
+        text += (f" No bold or † where a row of {', '.join(sorted(untested))} competes: it has no fold rows "
+                 "(an older results.json), so no paired test can separate a best.")
+    return text
 
 
 def _floors_note(models: list[tuple], floors_shown: set) -> str:
@@ -309,59 +442,24 @@ def _failed_note(failures: dict[str, int]) -> str:
     return " (failed folds: " + ", ".join(f"{t} {n}" for t, n in counts.items()) + ")"
 
 
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}" if math.isfinite(value) else "n/a"
-    return str(value)
-
-
-def render_table(rows: list[dict], metrics: list[str] | None = None, fmt: str = "md") -> str:
+def render_table(rows: list[dict], metrics: list[str] | None = None, fmt: str = "md", *, ci: bool = False,
+                 sd: bool = False) -> str:
+    """The table of `paper_table` as Markdown (bold **, marks † and °), LaTeX (booktabs) or CSV (each number a
+    column, with `low`/`high`, `SD` and `mark` columns beside it)."""
     metrics = metrics or ["srcc", "plcc"]
     if fmt not in FORMATS:
         from featcache.errors import unknown_name
 
         raise unknown_name("format", fmt, FORMATS)
-    header, body, bold, caption = paper_table(rows, metrics)
+    header, body, caption = paper_table(rows, metrics, ci=ci, sd=sd)
     header, caption = [printable(h) for h in header], printable(caption)  # names from files: never raw controls
     body = [[printable(v) if isinstance(v, str) else v for v in r] for r in body]
     if fmt == "csv":
-        from regressors.safe_text import Number, csv_text
-
-        return csv_text(header, [[v if isinstance(v, str) else Number(_fmt(v)) for v in r] for r in body])
+        return csv_table(header, body, ci, sd)
     if fmt == "md":
-        header = [_md(h) for h in header]
+        header = [md_cell(h) for h in header]
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        for r, b in zip(body, bold):
-            lines.append("| " + " | ".join(f"**{_md(_fmt(v))}**" if flag else _md(_fmt(v)) for v, flag in zip(r, b))
-                         + " |")
+        for r in body:
+            lines.append("| " + " | ".join(md_cell(v) if isinstance(v, str) else shown(v, "md") for v in r) + " |")
         return "\n".join(lines) + f"\n\n{caption}\n"
-    return _latex(header, body, bold, caption)
-
-
-def _md(text: str) -> str:
-    """A markdown table cell: a `|` (which would end the cell) written `\\|`."""
-    return text.replace("|", "\\|")
-
-
-def _tex(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
-        if a == "{" or a == "}":
-            continue
-        text = text.replace(a, b)
-    return text
-
-
-def _latex(header, body, bold, caption) -> str:
-    columns = "lll" + "r" * (len(header) - 3)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{columns}}}", r"\toprule",
-             " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
-    floors_started = False
-    for r, b in zip(body, bold):
-        if str(r[0]).startswith("floor") and not floors_started:
-            lines.append(r"\midrule")
-            floors_started = True
-        cells = [rf"\textbf{{{_tex(_fmt(v))}}}" if flag else _tex(_fmt(v)) for v, flag in zip(r, b)]
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_tex(caption)}}}", r"\end{table}", ""]
-    return "\n".join(lines)
+    return latex_table(header, body, caption)

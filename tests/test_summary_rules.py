@@ -9,29 +9,9 @@ import pytest
 
 from regressors.cache_data import load_cache
 from regressors.cv import OutOfFold, cross_validate
-from regressors.metrics import bootstrap_srcc_interval, spearman
+from regressors.metrics import spearman
 from regressors.summaries import summarize
 from tests.fakedata import make_cache
-
-
-def test_weighted_resampling_gives_the_spearman_of_the_copies():
-    """Each resample's SRCC is computed from how often each group is drawn; it equals scipy's SRCC of the samples
-    copied that many times, ties (rounded values) included, and 0 where a resample's predictions are constant."""
-    from regressors.metrics import _resampled_spearman
-
-    rng = np.random.default_rng(1)
-    x = np.round(rng.normal(size=90), 1)
-    y = 0.4 * x + np.round(rng.normal(size=90), 1)
-    y[:10] = 2.0  # a group whose predictions are one value
-    group = np.arange(90) // 10
-    draws = rng.integers(0, 4, size=(40, 9))
-    draws[0] = 0
-    draws[0, 0] = 5  # only the constant group drawn
-    got = _resampled_spearman(x, y, draws[:, group])
-    for b, counts in enumerate(draws):
-        picked = np.repeat(np.arange(90), counts[group])
-        expected = spearman(x[picked], y[picked]) if np.ptp(y[picked]) > 0 else 0.0
-        assert got[b] == pytest.approx(expected, abs=1e-12)
 
 
 def _fold(repeat, y, pred):
@@ -43,8 +23,13 @@ def _fold(repeat, y, pred):
 
 def test_a_single_splits_interval_is_drawn_over_every_repeat():
     """Two repeats of one test set: the first ranks the samples almost right, the second backwards. The point
-    estimate averages them (about 0); an interval drawn from the first repeat alone sat near 0.95 and did not
-    contain it."""
+    estimate averages them (about 0); the interval (intervals.add_intervals, for every split) resamples prompt groups
+    with their predictions of both repeats, so it contains it; repeat 0's predictions alone sit near 0.95."""
+    from types import SimpleNamespace
+
+    from regressors.inference import group_bootstrap_interval, pooled_predictions
+    from regressors.intervals import add_intervals
+
     rng = np.random.default_rng(0)
     y = rng.normal(size=60)
     rows = np.arange(60)
@@ -52,14 +37,14 @@ def test_a_single_splits_interval_is_drawn_over_every_repeat():
     folds = [_fold(0, y, good), _fold(1, y, backwards)]
     predictions = [OutOfFold("r", "nr", "t", 0, 0, rows, y, good), OutOfFold("r", "nr", "t", 1, 0, rows, y, backwards)]
     groups = rows // 3
-    (row,) = summarize(folds, predictions, {"group": groups}, single=True, seed=5)
+    summary = summarize(folds, predictions, {"group": groups}, single=True, seed=5)
+    add_intervals(SimpleNamespace(summary=summary, predictions=predictions, folds=folds, samples={"group": groups},
+                                  config={}), seed=5)
+    (row,) = summary
     assert abs(row["srcc_mean"]) < 0.1
     assert row["srcc_ci_low"] <= row["srcc_mean"] <= row["srcc_ci_high"] < 0.5
-    expected = bootstrap_srcc_interval(np.concatenate([y, y]), np.concatenate([good, backwards]),
-                                       np.concatenate([groups, groups]), seed=5, repeats=np.repeat([0, 1], 60))
-    assert (row["srcc_ci_low"], row["srcc_ci_high"]) == expected
-    first = bootstrap_srcc_interval(y, good, groups, seed=5)  # one repeat: the interval of its predictions alone
-    assert first[0] > 0.9 and first == bootstrap_srcc_interval(y, good, groups, seed=5, repeats=np.zeros(60))
+    first = group_bootstrap_interval(pooled_predictions([rows], [y], [good], groups), "srcc", seed=5)
+    assert first[0] > 0.9
 
 
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])

@@ -67,9 +67,10 @@ def test_short_demo_writes_its_report(tmp_path):
     assert first_table[0].startswith("| method | backbone | regressor | MOS_q SRCC | MOS_q PLCC")
     backbones = {line.split("|")[2].strip() for line in first_table[2:] if line.startswith("| NR |")}
     assert backbones == {"tf_efficientnet_lite0.in1k/paper/224", "tf_efficientnet_lite0.in1k/multilevel/224"}
-    assert any(line.startswith("| floor (samples with an image prompt) | none (labels only) | sibling-mean")
+    floors = "generator-mean = sibling-mean = prompt-mean"  # prompt-disjoint: the floors coincide, one row
+    assert any(line.startswith(f"| floor (samples with an image prompt) | none (labels only) | {floors}")
                for line in first_table)
-    assert "| tf_efficientnet_lite0.in1k/paper/224 | sibling-mean | fr-diff | MOS_q |" in report
+    assert f"| tf_efficientnet_lite0.in1k/paper/224 | {floors} | fr-diff | MOS_q |" in report
     scatters = sorted(p.name for p in (tmp_path / "demo").glob("scatter_*.png"))
     assert scatters == ["scatter_tf_efficientnet_lite0.in1k-multilevel-224_fr-diff_MOS_q_ridge.png",
                         "scatter_tf_efficientnet_lite0.in1k-multilevel-224_nr_MOS_q_ridge.png"]
