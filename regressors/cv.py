@@ -235,6 +235,7 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
     fold_list = make_folds(request, split, repeats)
     usable = {mode: mode_rows(data, mode, selection) for mode in modes}
     modes = _modes_that_fill(request, split, fold_list, usable, modes, leave_out_unfillable)
+    asked = set(modes)
     modes = with_matched_references(modes)  # each added one uses the rows of a mode that fills every fold
     usable.update({mode: mode_rows(data, mode, selection) for mode in modes if mode not in usable})
     # --split group stratifies by T2I/I2I, which reaches every fold only with enough groups of each
@@ -254,6 +255,8 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
         groups_of = groups[rows]
         for name in regressors:
             reg = get_regressor(name)
+            if not reg.reads_features and mode not in asked:  # an added reference: its floors are those of the
+                continue                                       # mode it is the reference of (the same rows)
             inputs = x if reg.reads_features else codes
             members, meta = [], []
             for fold in fold_list:

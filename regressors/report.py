@@ -120,8 +120,8 @@ def highest_on_test(summary: list[dict], folds: list[dict] | None = None) -> lis
     backbones: the feature-reading row with the highest mean test SRCC among those with no failed fold (`model`),
     the `runner_up`, `p` of the corrected resampled t-test between them over `folds` (the run's fold rows),
     `separated` (p < 0.05; None when there is no runner-up or no fold rows), `tied` (the rows the test does not
-    separate from the model, when it is not separated), and the best label-only floor of the same backbone and mode
-    (`floor`; of any mode of the set when no model qualifies) with the floors that coincide with it (`floor_names`).
+    separate from the model, when it is not separated), and the best label-only floor of the same backbone and
+    sample set (`floor`; of any backbone when no model qualifies) with the floors that coincide with it (`floor_names`).
     An NR and an FR score are never compared: they come from other test samples. Chosen on the test folds: for
     orientation, not a result. `floors_fitted` False: the run had no floor at all (--no-floors)."""
     from regressors.fold_rows import attach_folds
@@ -157,8 +157,7 @@ def highest_on_test(summary: list[dict], folds: list[dict] | None = None) -> lis
                 entry["p"], entry["separated"] = outcome.p, outcome.bold
                 entry["tied"] = [candidates[k] for k in outcome.tied if k != outcome.best]
         model = entry["model"]
-        floors = [r for r in valid.get(key, []) if model is None or (
-            r["mode"], r.get("backbone")) == (model["mode"], model.get("backbone"))]
+        floors = [r for r in valid.get(key, []) if model is None or r.get("backbone") == model.get("backbone")]
         entry["floor"] = max(floors, key=lambda r: r["srcc_mean"], default=None)  # the first of equals
         if entry["floor"] is not None:
             same = [r for r in floors if (r["mode"], r.get("backbone")) == (entry["floor"]["mode"],

@@ -91,8 +91,12 @@ def test_floors_never_compete_and_sample_sets_stay_apart(tmp_path):
     for entry in selection:
         assert {c["regressor"] for c in entry["candidates"]} == {"ridge"}
         assert all(f["chosen"]["regressor"] == "ridge" for f in entry["folds"])
-    # one candidate (fr ridge): chosen everywhere without inner fits, and the procedure scores as its cell
-    prompted = by_set["prompted"]
+    assert by_set["prompted"]["inner_fits"] > 0  # fr and nr-prompted (NR on the same samples) compete
+    # one candidate (fr ridge, no nr to bring nr-prompted): chosen everywhere without inner fits, and the procedure
+    # scores as its cell
+    results = cross_validate(data, ["pr", "fr"], ["MOS_q"], ["ridge", "prompt-mean"], folds=3, jobs=1)
+    prompted = next(e for e in nested_selection({data.backbone_id: data}, results, jobs=1)
+                    if e["sample_set"] == "prompted")
     assert prompted["inner_fits"] == 0 and prompted["folds"][0]["inner_srcc"] is None
     cell = next(r for r in results.summary if r["mode"] == "fr" and r["regressor"] == "ridge")
     assert prompted["srcc_mean"] == pytest.approx(cell["srcc_mean"]) and prompted["n_test"] == cell["n_test"]

@@ -163,7 +163,7 @@ def test_the_run_shows_its_coinciding_floors_once_in_table_report_and_leaderboar
     assert all(line.count("-mean") == 3 for line in md.splitlines() if line.startswith("| floor"))
     printed = format_table(results.summary)
     assert printed.count(" = ".join(FLOORS)) == 2 and "SRCC pooled [95%]" in printed  # NR and FR, MOS_q
-    assert len(floors_once(results.summary)) == 4
+    assert len(floors_once(results.summary)) == 5  # ridge nr, nr-prompted (fitted with nr and fr), fr; 2 floors
     assert {tuple(e["floor_names"]) for e in highest_on_test(results.summary, results.folds)} == {tuple(FLOORS)}
 
 
