@@ -43,7 +43,8 @@ def configuration_figure(y_true, y_pred, generators, parts: list[dict], title: s
     params = fit_logistic(y_true, y_pred)
     if params is not None:
         grid = np.linspace(float(np.min(y_pred)), float(np.max(y_pred)), 200)
-        ax.plot(logistic4(grid, *params), grid, color="black", linewidth=1.0, label="logistic fit")
+        # a guide for the eye: the scores' logistic maps each fold by a curve fitted on its training predictions
+        ax.plot(logistic4(grid, *params), grid, color="black", linewidth=1.0, label="logistic through these points")
     ax.set_xlabel("MOS (out-of-fold test samples)")
     ax.set_ylabel("predicted")
     ax.legend(fontsize=6, markerscale=1.5, loc="best")
