@@ -23,10 +23,59 @@ def accuracy() -> str:
         rows += [dict(r, _protocol=protocol) for r in table_rows({"backbone": table["backbone"]}, table["summary"],
                                                                  table.get("folds"), "accuracy.json")]
     first = data["tables"]["paper"]["summary"][0]
+    sds = [r["srcc_std"] for table in data["tables"].values() for r in table["summary"] if r.get("srcc_std") is not None]
     return (render_table(rows, ["srcc"], "md") +
-            f"\n{data['samples']} rated images ({data['i2i_samples']} with an image prompt); SRCC: the mean over 3 "
-            f"repeats of the fold means (SDs across repeats, 0.005-0.04, in benchmarks/results/accuracy.json); train/test about {first['n_train']}/{first['n_test']} (FR modes: the prompted samples of "
-            f"the same folds); {data['seconds']:.0f} s in all.")
+            f"\n{data['samples']} rated images ({data['i2i_samples']} with an image prompt); SRCC: the mean over "
+            f"{data.get('repeats', 3)} repeats of the fold means (SDs across repeats {min(sds):.3f}-{max(sds):.3f}, "
+            f"in benchmarks/results/accuracy.json); train/test about {first['n_train']}/{first['n_test']} (FR modes: "
+            f"the prompted samples of the same folds); {data['seconds']:.0f} s in all.")
+
+
+def readme_accuracy(regressor: str = "ridge") -> str:
+    """The README's layout: one regressor, method x pooling, the pooled out-of-fold SRCC (mean over the repeats) with
+    its 95% interval over prompt groups, the floors and the nested selection beside it."""
+    import sys
+
+    sys.path.insert(0, str(RESULTS.parents[1]))
+    from regressors.tables import method_label
+
+    data = json.loads((RESULTS / "accuracy.json").read_text())
+    targets = ["MOS_q", "MOS_a", "MOS_c"]
+
+    def cell(row):
+        return f"{row['srcc_pooled']:.3f} [{row['srcc_ci_low']:.2f}, {row['srcc_ci_high']:.2f}]"
+
+    lines = ["| method | pooling | " + " | ".join(targets) + " |", "| --- | --- | " + " | ".join("---" for _ in targets)
+             + " |"]
+    modes = list(dict.fromkeys(r["mode"] for t in data["tables"].values() for r in t["summary"]))
+    for mode in modes:
+        for pool, table in data["tables"].items():
+            rows = {r["target"]: r for r in table["summary"] if (r["mode"], r["regressor"]) == (mode, regressor)}
+            if rows:
+                lines.append(f"| {method_label(mode)} | {pool} | " + " | ".join(cell(rows[t]) for t in targets) + " |")
+    floors = {}
+    for r in data["tables"]["paper"]["summary"]:
+        if r["regressor"] == "generator-mean":
+            floors.setdefault(r["mode"] in ("fr", "fr-diff", "nr-prompted"), {})[r["target"]] = r
+    for prompted, rows in floors.items():
+        label = "samples with an image prompt" if prompted else "all samples"
+        lines.append(f"| label-only floors ({label}) | - | " + " | ".join(cell(rows[t]) for t in targets) + " |")
+    out = "\n".join(lines)
+    if "selection" in data:
+        sel = data["selection"]
+        out += (f"\n\nNested selection (`bench --select`: backbone x mode x {' / '.join(sel['regressors'])}, chosen "
+                "per target inside each outer training fold by inner 3-fold CV, the same folds), SRCC fold mean "
+                "(pooled [95% interval]) beside the best cell of the same candidates picked on the test folds:\n\n"
+                "| target | samples | nested selection | chosen | best cell picked on test |\n| --- | --- | --- | --- | --- |")
+        best = {(b["target"], b["sample_set"]): b for b in sel["best_on_test"]}
+        for e in sel["entries"]:
+            b = best.get((e["target"], e["sample_set"]))
+            counts = ", ".join(f"{c['backbone'].split('/')[1]} {c['mode']} {c['regressor']} {c['count']}"
+                               for c in sorted(e["counts"], key=lambda c: -c["count"]) if c["count"])
+            shown = f"{b['srcc_mean']:.3f} ({b['backbone'].split('/')[1]} {b['mode']} {b['regressor']})" if b else "-"
+            out += (f"\n| {e['target']} | {e['sample_set_doc']} | {e['srcc_mean']:.3f} ({e['srcc_pooled']:.3f} "
+                    f"[{e['srcc_ci_low']:.2f}, {e['srcc_ci_high']:.2f}]) | {counts} of {e['n_folds']} | {shown} |")
+    return out
 
 
 def speed() -> str:
@@ -82,6 +131,6 @@ def stage2() -> str:
 
 
 if __name__ == "__main__":
-    for name, make in (("accuracy", accuracy), ("stage2", stage2), ("speed", speed), ("memory", memory)):
-        if (RESULTS / f"{name}.json").is_file():
+    for name, make in (("accuracy", accuracy), ("accuracy (README)", readme_accuracy), ("stage2", stage2), ("speed", speed), ("memory", memory)):
+        if (RESULTS / f"{name.split()[0]}.json").is_file():
             print(f"### {name}\n\n{make()}\n")

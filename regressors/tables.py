@@ -34,7 +34,10 @@ FORMATS = ("md", "latex", "csv")
 
 
 def method_label(mode: str) -> str:
-    return mode.upper() if MODES.get(mode) and MODES[mode].paper else mode.upper().replace("-DIFF", "-diff")
+    if MODES.get(mode) and MODES[mode].paper:
+        return mode.upper()
+    head, _, rest = mode.partition("-")
+    return head.upper() + (f"-{rest}" if rest else "")
 
 
 def load_results(paths: list[str | Path]) -> list[dict]:
