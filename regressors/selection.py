@@ -6,8 +6,9 @@ sample set (backbone x mode x feature-reading regressor; modes scored on every s
 samples with an image prompt are separate sets, `modes.scores_prompted_samples`; label-only floors never compete)
 are compared by an inner K-fold cross-validation on that outer fold's training rows alone. The inner folds keep
 whole groups on one side: prompt groups when the outer split is prompt-disjoint (`splits.prompt_disjoint`),
-prompt x generator (sibling) groups otherwise. Each inner fit runs the candidate's own hyper-parameter selection,
-through the harness of `cv` (`fitting.fit_members`, joblib over --jobs). The criterion is the mean inner-fold SRCC,
+prompt x generator (sibling) groups otherwise. Each inner fit runs the candidate's own hyper-parameter selection
+on the groups the run's own fits hold out (prompt groups, sibling groups under `cross`, samples under `kfold` and
+`paper`), through the harness of `cv` (`fitting.fit_members`, joblib over --jobs). The criterion is the mean inner-fold SRCC,
 a failed inner fold counting 0; scores equal to TIE_DECIMALS decimals go to the earlier candidate in the
 `candidates` order (backbones as the run lists them, then modes, then regressors). The chosen configuration's outer
 test predictions (fitted on the whole outer training rows by the run itself) are that fold's predictions of the
@@ -106,8 +107,10 @@ def nested_selection(datas: dict[str, CacheData], results: CVResults, *, inner_f
         plans.append((name, candidates, inner))
     if not plans:
         return []
-    scores, fits = _inner_scores(datas, config, outer, plans, labels, groups if disjoint else None, jobs, backend,
-                                 device, on_progress)
+    # each inner fit chooses its hyper-parameters on the groups the run's own fits hold out (`cv.plan`)
+    hyper_groups = groups if disjoint else inner_groups if split == "cross" else None
+    scores, fits = _inner_scores(datas, config, outer, plans, labels, hyper_groups, jobs, backend, device,
+                                 on_progress)
     entries = []
     for name, candidates, inner in plans:
         for target in targets:

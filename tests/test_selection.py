@@ -166,3 +166,30 @@ def test_bench_select_chooses_among_backbones(tmp_path):
     counts = {c["backbone"]: c["count"] for c in entry["counts"]}
     assert counts["toy.random/paper/4"] >= 7 and sum(counts.values()) == 8
     assert "selection" in results.to_dict()
+
+
+def test_inner_fits_choose_hyper_parameters_on_the_groups_the_run_uses(tmp_path, monkeypatch):
+    """Under --split cross without --hold-out-prompts the run's own fits hold out prompt x generator (sibling)
+    groups when they choose hyper-parameters; the inner fits of the selection hold out the same groups, never
+    single samples (which would split siblings across the inner hyper-parameter folds)."""
+    import regressors.selection as selection
+    from regressors.design import label_codes
+
+    data = load_cache(str(make_cache(tmp_path, i2i_prompts=8, t2i_prompts=12)))
+    results = cross_validate(data, ["nr", "pr"], ["MOS_q"], ["ridge"], split="cross", train_on="t2i",
+                             test_on="i2i", jobs=1)
+    siblings = label_codes(data, np.arange(len(data.samples)))[:, 1]
+    seen = []
+    real = selection._fitted
+
+    def spy(tasks, *args, **kwargs):
+        seen.extend(m for task in tasks for m in task.members)
+        return real(tasks, *args, **kwargs)
+
+    monkeypatch.setattr(selection, "_fitted", spy)
+    nested_selection({data.backbone_id: data}, results, jobs=1)
+    assert seen
+    rows = selection.selection_rows(data, "all")  # nr and pr use every sample: positions index these rows
+    for member in seen:
+        assert member.groups is not None
+        assert np.array_equal(member.groups, siblings[rows[member.train]])
