@@ -437,12 +437,13 @@ def report_markdown(results: CVResults, title: str, figure_lines: list[str], tab
         lines += ["## Modes compared on the same test samples", "", COMPARISONS_NOTE, "",
                   format_comparisons(results.comparisons), ""]
     lines += ["## Every cell", "", f"Protocol: {c.get('split_doc', c['split'])}. SRCC, PLCC and KRCC are fold "
-              "means (mean over the folds of each repeat, then over repeats; ± is the SD across repeats when there "
-              "are several, else across folds: `std_over` in results.json). A failed fold (constant predictions) "
-              "counts as 0. *SRCC pooled* is over all out-of-fold predictions of a repeat, averaged over the "
-              "repeats, with its 95% interval (a percentile bootstrap resampling whole prompt groups, each with its "
-              "predictions of every repeat). PLCC logistic: after the 4-parameter logistic mapping (VQEG), fitted on each fold's training predictions. Label-only "
-              "floors that give the same numbers are one row (a = b = c).", "",
+              "means (mean over the folds of each repeat, then over repeats; ± is the population SD (ddof 0) "
+              "across repeats when there are several, else across folds: `std_over` in results.json). A failed "
+              "fold (constant predictions) counts as 0. *SRCC pooled* is over all out-of-fold predictions of a "
+              "repeat, averaged over the repeats, with its 95% interval (a percentile bootstrap resampling whole "
+              "prompt groups, each with its predictions of every repeat). PLCC logistic: after the 4-parameter "
+              "logistic mapping (VQEG), fitted on each fold's training predictions. Label-only floors that give "
+              "the same numbers are one row (a = b = c).", "",
               format_table(results.summary, markdown=True), "",
               "Per-generator and per-subset figures: `breakdown` in results.json; every prediction: "
               "predictions.csv.", ""]
