@@ -291,18 +291,16 @@ def paper_table(rows: list[dict], metrics: list[str], *, ci: bool = False,
     index = {(r["mode"], r["backbone"], r["regressor"], r["target"]): r for r in rows}
     floor_index = {(r["mode"], r["regressor"], r["target"]): r for r in rows if r["regressor"] in floors}
     header = ["method", "backbone", "regressor"] + [f"{t} {column_name(m, ci)}" for t in targets for m in metrics]
-    body, failed, model_rows = [], [], []
+    body, model_rows = [], []
     for mode, backbone, regressor in models:
-        cells, bad, found = [], False, []
+        cells, found = [], []
         for t in targets:
             row = index.get((mode, backbone, regressor, t))
-            bad = bad or bool(row and row.get("n_failed"))
             found += [row] * len(metrics)
             cells += [_make_cell(row, m, ci, sd) for m in metrics]
         failures = {t: int(index[(mode, backbone, regressor, t)].get("n_failed") or 0)
                     for t in targets if (mode, backbone, regressor, t) in index}
         body.append([method_label(mode), backbone, regressor + _failed_note(failures)] + cells)
-        failed.append(bad)
         model_rows.append(found)
     floor_lines, shown = [], set()
     for mode, regressor in floor_keys:  # floors depend only on the samples: once per sample set
@@ -314,7 +312,7 @@ def paper_table(rows: list[dict], metrics: list[str], *, ci: bool = False,
         cells = [_make_cell(row, m, ci, sd) for row in rows_of for m in metrics]
         failures = {t: int((row or {}).get("n_failed") or 0) for t, row in zip(targets, rows_of)}
         floor_lines.append((prompted, regressor, _failed_note(failures), cells))
-    untested = _mark(body, failed, model_rows, [m for _ in targets for m in metrics], models, floor_lines)
+    untested = _mark(body, model_rows, [m for _ in targets for m in metrics], models, floor_lines)
     merged, notes = _merged_floors(floor_lines)
     body += merged
     protocols = sorted({r["_protocol"] for r in rows})
@@ -323,10 +321,10 @@ def paper_table(rows: list[dict], metrics: list[str], *, ci: bool = False,
     return header, body, caption
 
 
-def _mark(body: list[list], failed: list[bool], model_rows: list[list], column_metrics: list[str],
-          models: list[tuple], floor_lines: list[tuple]) -> set[str]:
-    """Set each model cell's marks, column by column and sample set by sample set; returns the files whose rows
-    could not be tested (no fold rows)."""
+def _mark(body: list[list], model_rows: list[list], column_metrics: list[str], models: list[tuple],
+          floor_lines: list[tuple]) -> set[str]:
+    """Set each model cell's marks, column by column and sample set by sample set, among the cells whose own
+    target had no failed fold; returns the files whose rows could not be tested (no fold rows)."""
     untested: set[str] = set()
     for column, metric in enumerate(column_metrics):
         for prompted in (False, True):  # NR scores all samples, FR only those with a prompt: never one contest
@@ -334,7 +332,8 @@ def _mark(body: list[list], failed: list[bool], model_rows: list[list], column_m
             floor = best_floor([cells[column].value for p, _, _, cells in floor_lines if p == prompted], metric)
             for i in members:
                 body[i][3 + column].below_floor = below_floor(body[i][3 + column].value, floor, metric)
-            candidates = [i for i in members if not failed[i] and math.isfinite(body[i][3 + column].value)]
+            candidates = [i for i in members if math.isfinite(body[i][3 + column].value)
+                          and not (model_rows[i][column] or {}).get("n_failed")]
             rows = [model_rows[i][column] for i in candidates]
             outcome = contest([body[i][3 + column].value for i in candidates],
                               [row.get("_folds") if row else None for row in rows], metric)
@@ -403,7 +402,7 @@ def _cells_note(rows: list[dict], metrics: list[str], ci: bool, sd: bool) -> str
 def _marks_note(models: list[tuple], untested: set[str]) -> str:
     both = len({scores_prompted_samples(mode) for mode, _, _ in models}) > 1
     sets = " and sample set (all samples; the samples with an image prompt)" if both else ""
-    text = (f"Bold: the best of its column{sets} among feature-reading rows without failed folds, separated from "
+    text = (f"Bold: the best of its column{sets} among feature-reading cells without a failed fold, separated from "
             f"the runner-up by {TEST_NAME} at 5% (picked on the test folds). †: tied with the best: not separated "
             f"from it by that test at 5% (the best included), so no bold in that column. °: below the best "
             f"label-only floor of its sample set.")

@@ -275,3 +275,17 @@ def test_the_report_names_a_best_only_when_the_test_separates_it():
     assert entry["separated"] is False and [r["regressor"] for r in entry["tied"]] == ["svr"]
     (entry,) = highest_on_test(summary)
     assert entry["separated"] is None and entry["model"]["regressor"] == "ridge"
+
+
+def test_a_failed_fold_of_one_target_leaves_the_other_targets_contest_alone():
+    """ridge has a failed fold in MOS_a only: in the MOS_q column it is the highest, with no failed fold there, so
+    it competes there (else svr, below it, would be bold as the best of that column)."""
+    rows = [_row("nr", "ridge", 0.70, _folds([0.70, 0.71, 0.69, 0.70, 0.70])),
+            _row("nr", "ridge", 0.40, _folds([0.0, 0.5, 0.5, 0.5, 0.5]), target="MOS_a", n_failed=1),
+            _row("nr", "svr", 0.60, _folds([0.60, 0.61, 0.59, 0.60, 0.60])),
+            _row("nr", "svr", 0.30, _folds([0.30, 0.31, 0.29, 0.30, 0.30]), target="MOS_a"),
+            _row("nr", "mlp", 0.50, _folds([0.50, 0.51, 0.49, 0.50, 0.50])),
+            _row("nr", "mlp", 0.20, _folds([0.20, 0.21, 0.19, 0.20, 0.20]), target="MOS_a")]
+    _, body, _ = paper_table(rows, ["srcc"])
+    bold = {line[2]: (line[3].bold, line[4].bold) for line in body}
+    assert bold == {"ridge (failed folds: MOS_a 1)": (True, False), "svr": (False, True), "mlp": (False, False)}
