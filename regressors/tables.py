@@ -59,7 +59,7 @@ def load_results(paths: list[str | Path]) -> list[dict]:
                 isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("mode", "regressor", "target"))
                 for r in summary):
             raise FeatcacheError(f"{path}: not a featcache results.json (its config or summary rows are malformed)")
-        problem = _summary_problem(config, summary)
+        problem = _summary_problem(config, summary) or _protocol_problem(payload)
         folds = payload.get("folds")
         if folds is not None and not problem:
             problem = folds_problem(folds, config)
@@ -118,6 +118,26 @@ def _summary_problem(config: dict, summary: list[dict]) -> str | None:
         if failed is not None and (isinstance(failed, bool) or not isinstance(failed, int)
                                    or not 0 <= failed < 2 ** 53):
             return f"summary n_failed {str(failed)[:40]!r} is not a whole number from 0 or null"
+    return None
+
+
+def _protocol_problem(payload: dict) -> str | None:
+    """What is wrong with the fields `fold_protocol` reads (the split's name, the cache's samples hash), in words
+    naming the key; None when nothing is."""
+    split = payload["config"].get("split")
+    if split is not None and not isinstance(split, str):
+        return f"config split {str(split)[:40]} is not text"
+    run = payload.get("run")
+    if run is None:
+        return None
+    if not isinstance(run, dict):
+        return "its run is not an object"
+    attrs = run.get("cache_attrs")
+    if attrs is not None and not isinstance(attrs, dict):
+        return "its run cache_attrs is not an object"
+    samples = (attrs or {}).get("samples_sha256")
+    if samples is not None and not isinstance(samples, str):
+        return f"run cache_attrs samples_sha256 {str(samples)[:40]} is not text"
     return None
 
 

@@ -289,3 +289,18 @@ def test_a_failed_fold_of_one_target_leaves_the_other_targets_contest_alone():
     _, body, _ = paper_table(rows, ["srcc"])
     bold = {line[2]: (line[3].bold, line[4].bold) for line in body}
     assert bold == {"ridge (failed folds: MOS_a 1)": (True, False), "svr": (False, True), "mlp": (False, False)}
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda p: p["config"].update(split=["group"]), "config split ['group'] is not text"),
+    (lambda p: p.update(run=[1]), "its run is not an object"),
+    (lambda p: p["run"].update(cache_attrs="abc"), "run cache_attrs is not an object"),
+    (lambda p: p["run"].update(cache_attrs={"samples_sha256": 12345}), "samples_sha256 12345 is not text")])
+def test_what_decides_the_folds_is_checked_before_two_runs_are_compared(run_folder, tmp_path, change, needle):
+    """`table A B` compares the runs' protocols (split, cache samples hash): fields of the wrong kind give the
+    one-line error naming the file, not a traceback."""
+    path = _crafted(run_folder, tmp_path, change)
+    result = CliRunner().invoke(cli.main, ["table", str(path), str(run_folder / "run")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert lines[0].startswith(f"error: {path}: not a featcache results.json") and needle in lines[0], lines[0]
