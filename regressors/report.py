@@ -119,7 +119,8 @@ def highest_on_test(summary: list[dict], folds: list[dict] | None = None) -> lis
     """Per target and sample set (all samples; those with an image prompt, which FR scores alone), across
     backbones: the feature-reading row with the highest mean test SRCC among those with no failed fold (`model`),
     the `runner_up`, `p` of the corrected resampled t-test between them over `folds` (the run's fold rows),
-    `separated` (p < 0.05; None when there is no runner-up or no fold rows), `tied` (the rows the test does not
+    `separated` (p < 0.05; None when there is no runner-up, no fold rows, or fewer than 2 folds to pair:
+    `unpaired`), `tied` (the rows the test does not
     separate from the model, when it is not separated), and the best label-only floor of the same backbone and
     sample set (`floor`; of any backbone when no model qualifies) with the floors that coincide with it (`floor_names`).
     An NR and an FR score are never compared: they come from other test samples. Chosen on the test folds: for
@@ -153,7 +154,8 @@ def highest_on_test(summary: list[dict], folds: list[dict] | None = None) -> lis
             entry["backbone"] = model.get("backbone", "")
         if outcome.runner_up is not None:
             entry["runner_up"] = candidates[outcome.runner_up]
-            if not outcome.untested:
+            entry["unpaired"] = outcome.unpaired
+            if not (outcome.untested or outcome.unpaired):
                 entry["p"], entry["separated"] = outcome.p, outcome.bold
                 entry["tied"] = [candidates[k] for k in outcome.tied if k != outcome.best]
         model = entry["model"]
@@ -192,7 +194,8 @@ def _highest_line(entry: dict) -> str:
         if runner is None:
             text += " (the only feature-reading configuration without failed folds)"
         elif entry["separated"] is None:
-            text += f"; runner-up {named(runner)}, not tested (no fold rows)"
+            why = "fewer than 2 folds to pair: a single split" if entry.get("unpaired") else "no fold rows"
+            text += f"; runner-up {named(runner)}, not tested ({why})"
         elif entry["separated"]:
             text += (f", separated from the runner-up {named(runner)} by the corrected resampled t-test "
                      f"(p = {entry['p']:.3g})")

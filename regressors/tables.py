@@ -332,20 +332,22 @@ def paper_table(rows: list[dict], metrics: list[str], *, ci: bool = False,
         cells = [_make_cell(row, m, ci, sd) for row in rows_of for m in metrics]
         failures = {t: int((row or {}).get("n_failed") or 0) for t, row in zip(targets, rows_of)}
         floor_lines.append((prompted, regressor, _failed_note(failures), cells))
-    untested = _mark(body, model_rows, [m for _ in targets for m in metrics], models, floor_lines)
+    untested, unpaired = _mark(body, model_rows, [m for _ in targets for m in metrics], models, floor_lines)
     merged, notes = _merged_floors(floor_lines)
     body += merged
     protocols = sorted({r["_protocol"] for r in rows})
     caption = " ".join(["; ".join(protocols) + ".", _cells_note(rows, metrics, ci, sd),
-                        _marks_note(models, untested), _floors_note(models, shown), *notes]).strip()
+                        _marks_note(models, untested, unpaired), _floors_note(models, shown), *notes]).strip()
     return header, body, caption
 
 
 def _mark(body: list[list], model_rows: list[list], column_metrics: list[str], models: list[tuple],
-          floor_lines: list[tuple]) -> set[str]:
+          floor_lines: list[tuple]) -> tuple[set[str], bool]:
     """Set each model cell's marks, column by column and sample set by sample set, among the cells whose own
-    target had no failed fold; returns the files whose rows could not be tested (no fold rows)."""
+    target had no failed fold; returns the files whose rows could not be tested (no fold rows) and whether some
+    column's best and runner-up shared fewer than 2 folds."""
     untested: set[str] = set()
+    unpaired = False
     for column, metric in enumerate(column_metrics):
         for prompted in (False, True):  # NR scores all samples, FR only those with a prompt: never one contest
             members = [i for i in range(len(body)) if scores_prompted_samples(models[i][0]) == prompted]
@@ -359,11 +361,12 @@ def _mark(body: list[list], model_rows: list[list], column_metrics: list[str], m
                               [row.get("_folds") if row else None for row in rows], metric)
             if outcome.untested:
                 untested |= {row.get("_file", "the rows given") for row in rows if row and not row.get("_folds")}
+            unpaired |= outcome.unpaired
             if outcome.bold:
                 body[candidates[outcome.best]][3 + column].bold = True
             for k in outcome.tied:
                 body[candidates[k]][3 + column].tied = True
-    return untested
+    return untested, unpaired
 
 
 def _merged_floors(floor_lines: list[tuple]) -> tuple[list[list], list[str]]:
@@ -407,7 +410,10 @@ def _cells_note(rows: list[dict], metrics: list[str], ci: bool, sd: bool) -> str
         if means:
             parts.append("The other columns have no interval.")
     if sd:
-        over = {fold_sd(r["_folds"], base_metric(m))[1:] for r in rows if r.get("_folds") for m in metrics}
+        every = {fold_sd(r["_folds"], base_metric(m))[1:] for r in rows if r.get("_folds") for m in metrics}
+        over = {(what, n) for what, n in every if n >= 2}
+        if every - over:
+            parts.append("No SD for rows with one test fold and one repeat (a single split).")
         if over:
             parts.append("± the sample SD (ddof 1) " + "; ".join(
                 f"over the {n} folds" if what == "folds" else f"over the {n} repeats (of each repeat's fold mean)"
@@ -419,7 +425,7 @@ def _cells_note(rows: list[dict], metrics: list[str], ci: bool, sd: bool) -> str
     return " ".join(parts)
 
 
-def _marks_note(models: list[tuple], untested: set[str]) -> str:
+def _marks_note(models: list[tuple], untested: set[str], unpaired: bool = False) -> str:
     both = len({scores_prompted_samples(mode) for mode, _, _ in models}) > 1
     sets = " and sample set (all samples; the samples with an image prompt)" if both else ""
     text = (f"Bold: the best of its column{sets} among feature-reading cells without a failed fold, separated from "
@@ -429,6 +435,9 @@ def _marks_note(models: list[tuple], untested: set[str]) -> str:
     if untested:
         text += (f" No bold or † where a row of {', '.join(sorted(untested))} competes: it has no fold rows "
                  "(an older results.json), so no paired test can separate a best.")
+    if unpaired:
+        text += (" No bold or † where the best and the runner-up share fewer than 2 folds (a single split tests "
+                 "once): the paired test has nothing to pair.")
     return text
 
 

@@ -304,3 +304,21 @@ def test_what_decides_the_folds_is_checked_before_two_runs_are_compared(run_fold
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
     assert lines[0].startswith(f"error: {path}: not a featcache results.json") and needle in lines[0], lines[0]
+
+
+def test_a_single_split_marks_no_tie_it_could_not_test_and_claims_no_sd():
+    """One test fold (--split paper, cross): the paired test has nothing to pair, so no cell is bold or tied
+    (a † would say the test ran and did not separate them), the caption says why, and --sd claims no SD."""
+    one = lambda v: _folds([v])  # noqa: E731
+    rows = [_row("nr", "ridge", 0.9, one(0.9)), _row("nr", "svr", 0.5, one(0.5)),
+            _row("nr", "generator-mean", 0.1, one(0.1))]
+    _, body, caption = paper_table(rows, ["srcc"], sd=True)
+    assert not any(line[3].bold or line[3].tied for line in body)
+    assert "fewer than 2 folds" in caption and "No SD for rows with one test fold" in caption
+    assert "over the 1 folds" not in caption
+    summary = [dict(r, n_failed=0) for r in rows]
+    folds = [dict(f, regressor=r["regressor"], mode="nr", target="MOS_q", repeat=0, fold=0) for r in rows
+             for f in r["_folds"].values()]
+    [entry] = highest_on_test([{k: v for k, v in r.items() if not k.startswith("_") and k != "backbone"}
+                               for r in summary], folds)
+    assert entry["separated"] is None and entry["unpaired"]
