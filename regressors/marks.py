@@ -4,7 +4,7 @@
   per-fold differences of the column's metric, paired by repeat and fold) separates it from the runner-up of its
   column and sample set at SIGNIFICANCE. Otherwise the best and every candidate the test does not separate from it
   share the **tied** mark. One candidate, a candidate without fold rows (an older results.json), or a best and
-  runner-up that share fewer than 2 folds (a single split tests once: nothing to pair): no mark.
+  runner-up that share fewer than 2 test folds (a single split tests once, however often repeated): no mark.
 - A score below the best label-only floor of its sample set carries the **below-floor** mark.
 - Floors whose numbers coincide (every number shown equal to SAME_FLOOR, not to the displayed precision) are one
   row: under a prompt-disjoint split no test prompt is in training, so all three fall back to the generator mean.
@@ -55,7 +55,7 @@ def contest(values: list[float], folds: list[dict | None], metric: str) -> Conte
     if any(not folds[i] for i in order):
         out.untested = True
         return out
-    if len(set(folds[out.best]) & set(folds[out.runner_up])) < 2:
+    if len({fold for _, fold in set(folds[out.best]) & set(folds[out.runner_up])}) < 2:  # one test fold
         out.unpaired = True
         return out
     metric = base_metric(metric)

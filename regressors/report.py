@@ -194,7 +194,7 @@ def _highest_line(entry: dict) -> str:
         if runner is None:
             text += " (the only feature-reading configuration without failed folds)"
         elif entry["separated"] is None:
-            why = "fewer than 2 folds to pair: a single split" if entry.get("unpaired") else "no fold rows"
+            why = "fewer than 2 test folds to pair: a single split" if entry.get("unpaired") else "no fold rows"
             text += f"; runner-up {named(runner)}, not tested ({why})"
         elif entry["separated"]:
             text += (f", separated from the runner-up {named(runner)} by the corrected resampled t-test "

@@ -436,8 +436,8 @@ def _marks_note(models: list[tuple], untested: set[str], unpaired: bool = False)
         text += (f" No bold or † where a row of {', '.join(sorted(untested))} competes: it has no fold rows "
                  "(an older results.json), so no paired test can separate a best.")
     if unpaired:
-        text += (" No bold or † where the best and the runner-up share fewer than 2 folds (a single split tests "
-                 "once): the paired test has nothing to pair.")
+        text += (" No bold or † where the best and the runner-up share fewer than 2 test folds (a single split "
+                 "tests once, however often repeated): the paired test has nothing to pair.")
     return text
 
 

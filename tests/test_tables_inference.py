@@ -314,7 +314,7 @@ def test_a_single_split_marks_no_tie_it_could_not_test_and_claims_no_sd():
             _row("nr", "generator-mean", 0.1, one(0.1))]
     _, body, caption = paper_table(rows, ["srcc"], sd=True)
     assert not any(line[3].bold or line[3].tied for line in body)
-    assert "fewer than 2 folds" in caption and "No SD for rows with one test fold" in caption
+    assert "fewer than 2 test folds" in caption and "No SD for rows with one test fold" in caption
     assert "over the 1 folds" not in caption
     summary = [dict(r, n_failed=0) for r in rows]
     folds = [dict(f, regressor=r["regressor"], mode="nr", target="MOS_q", repeat=0, fold=0) for r in rows
@@ -322,3 +322,11 @@ def test_a_single_split_marks_no_tie_it_could_not_test_and_claims_no_sd():
     [entry] = highest_on_test([{k: v for k, v in r.items() if not k.startswith("_") and k != "backbone"}
                                for r in summary], folds)
     assert entry["separated"] is None and entry["unpaired"]
+
+
+def test_a_single_split_repeated_is_still_one_test_fold():
+    """--split paper --repeats 3: three equal differences of one test fold, p was 0 and the best bold."""
+    rows = [_row("nr", "ridge", 0.9, _folds(None, [[0.9]] * 3)), _row("nr", "svr", 0.5, _folds(None, [[0.5]] * 3))]
+    _, body, caption = paper_table(rows, ["srcc"])
+    assert not any(line[3].bold or line[3].tied for line in body)
+    assert "fewer than 2 test folds" in caption
