@@ -90,7 +90,8 @@ def table_rows(config: dict, summary: list[dict], folds: list[dict] | None, name
     def backbone(row: dict) -> str:
         return str(row.get("backbone") or config.get("backbone") or "labels only")
 
-    rows = [dict(row, backbone=backbone(row), _protocol=protocol(config), _file=name) for row in summary]
+    rows = [dict({k: v for k, v in row.items() if not k.startswith("_")}, backbone=backbone(row),
+                 _protocol=protocol(config), _file=name) for row in summary]  # "_" keys: the table's own
     if folds is not None:
         attach_folds(rows, folds, backbone)
     return rows

@@ -330,3 +330,17 @@ def test_a_single_split_repeated_is_still_one_test_fold():
     _, body, caption = paper_table(rows, ["srcc"])
     assert not any(line[3].bold or line[3].tied for line in body)
     assert "fewer than 2 test folds" in caption
+
+
+def test_a_summary_row_cannot_smuggle_in_the_tables_own_keys(run_folder, tmp_path):
+    """`_folds`, `_protocol` and `_file` are what the table attaches to a row; a file's summary row that carries
+    them is read without them (its fold rows come from `folds` alone, checked), never a traceback."""
+    def smuggle(payload):
+        del payload["folds"]
+        for row in payload["summary"]:
+            row.update(_folds={"xyz": 1}, _protocol=["x"], _file={"a": 1})
+
+    path = _crafted(run_folder, tmp_path, smuggle)
+    shown = CliRunner().invoke(cli.main, ["table", str(path), "--sd"])
+    assert shown.exit_code == 0 and "Traceback" not in shown.output, shown.output
+    assert f"No SD for the rows of {path}: it has no fold rows" in shown.output
