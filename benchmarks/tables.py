@@ -23,10 +23,13 @@ def accuracy() -> str:
         rows += [dict(r, _protocol=protocol) for r in table_rows({"backbone": table["backbone"]}, table["summary"],
                                                                  table.get("folds"), "accuracy.json")]
     first = data["tables"]["paper"]["summary"][0]
+    sds = [r["srcc_std"] for t in data["tables"].values() for r in t["summary"] if r.get("srcc_std") is not None]
+    spread = f"{min(sds):.3f}-{max(sds):.3f}" if sds else "none recorded"
     return (render_table(rows, ["srcc"], "md") +
-            f"\n{data['samples']} rated images ({data['i2i_samples']} with an image prompt); SRCC: the mean over 3 "
-            f"repeats of the fold means (SDs across repeats, 0.005-0.04, in benchmarks/results/accuracy.json); train/test about {first['n_train']}/{first['n_test']} (FR modes: the prompted samples of "
-            f"the same folds); {data['seconds']:.0f} s in all.")
+            f"\n{data['samples']} rated images ({data['i2i_samples']} with an image prompt); SRCC: the mean over "
+            f"{data.get('repeats', 3)} repeats of the fold means (population SDs across repeats, {spread}, in "
+            f"benchmarks/results/accuracy.json); train/test about {first['n_train']}/{first['n_test']} (FR modes: "
+            f"the prompted samples of the same folds); {data['seconds']:.0f} s in all.")
 
 
 def speed() -> str:

@@ -344,3 +344,17 @@ def test_a_summary_row_cannot_smuggle_in_the_tables_own_keys(run_folder, tmp_pat
     shown = CliRunner().invoke(cli.main, ["table", str(path), "--sd"])
     assert shown.exit_code == 0 and "Traceback" not in shown.output, shown.output
     assert f"No SD for the rows of {path}: it has no fold rows" in shown.output
+
+
+def test_the_accuracy_tables_caption_quotes_the_sds_of_its_own_json():
+    """benchmarks/tables.py printed a hand-typed SD range (0.005-0.04) that accuracy.json contradicts."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("bench_tables", root / "tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = json.loads((root / "results" / "accuracy.json").read_text())
+    sds = [r["srcc_std"] for t in data["tables"].values() for r in t["summary"] if r.get("srcc_std") is not None]
+    assert f"{min(sds):.3f}-{max(sds):.3f}" in module.accuracy()
