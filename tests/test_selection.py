@@ -193,3 +193,16 @@ def test_inner_fits_choose_hyper_parameters_on_the_groups_the_run_uses(tmp_path,
     for member in seen:
         assert member.groups is not None
         assert np.array_equal(member.groups, siblings[rows[member.train]])
+
+
+def test_a_repeat_whose_chosen_folds_all_failed_counts_0_in_the_interval_too(tmp_path):
+    """srcc_pooled counts such a repeat as 0 (as every summary row does); its interval must surround that value,
+    not the pooled SRCC of the failed fits' predictions."""
+    data = _prompt_signal(tmp_path)
+    results = cross_validate(data, ["nr", "pr-diff"], ["MOS_q"], ["ridge"], folds=3, repeats=2, jobs=1)
+    for row in results.folds:
+        if row["repeat"] == 1:
+            row["failed"] = True
+    [entry] = nested_selection({data.backbone_id: data}, results, jobs=1)
+    assert entry["n_failed"] == 3
+    assert entry["srcc_ci_low"] <= entry["srcc_pooled"] <= entry["srcc_ci_high"], entry
