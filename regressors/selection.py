@@ -8,8 +8,8 @@ are compared by an inner K-fold cross-validation on that outer fold's training r
 whole groups on one side: prompt groups when the outer split is prompt-disjoint (`splits.prompt_disjoint`),
 prompt x generator (sibling) groups otherwise. Each inner fit runs the candidate's own hyper-parameter selection
 on the groups the run's own fits hold out (prompt groups, sibling groups under `cross`, samples under `kfold` and
-`paper`), through the harness of `cv` (`fitting.fit_members`, joblib over --jobs). The criterion is the mean inner-fold SRCC,
-a failed inner fold counting 0; scores equal to TIE_DECIMALS decimals go to the earlier candidate in the
+`paper`), through the harness of `cv` (`fitting.fit_members`, joblib over --jobs). The criterion is the mean
+inner-fold SRCC, a failed inner fold counting 0; scores equal to TIE_DECIMALS decimals go to the earlier candidate in the
 `candidates` order (backbones as the run lists them, then modes, then regressors). The chosen configuration's outer
 test predictions (fitted on the whole outer training rows by the run itself) are that fold's predictions of the
 procedure; its outer score is summarised as every cell is (`summaries.summarize`: failed folds count 0), with a
