@@ -23,13 +23,13 @@ def accuracy() -> str:
         rows += [dict(r, _protocol=protocol) for r in table_rows({"backbone": table["backbone"]}, table["summary"],
                                                                  table.get("folds"), "accuracy.json")]
     first = data["tables"]["paper"]["summary"][0]
-    sds = [r["srcc_std"] for table in data["tables"].values() for r in table["summary"] if r.get("srcc_std") is not None]
+    sds = [r["srcc_std"] for t in data["tables"].values() for r in t["summary"] if r.get("srcc_std") is not None]
+    spread = f"{min(sds):.3f}-{max(sds):.3f}" if sds else "none recorded"
     return (render_table(rows, ["srcc"], "md") +
             f"\n{data['samples']} rated images ({data['i2i_samples']} with an image prompt); SRCC: the mean over "
-            f"{data.get('repeats', 3)} repeats of the fold means (SDs across repeats {min(sds):.3f}-{max(sds):.3f}, "
-            f"in benchmarks/results/accuracy.json); train/test about {first['n_train']}/{first['n_test']} (FR modes: "
+            f"{data.get('repeats', 3)} repeats of the fold means (population SDs across repeats, {spread}, in "
+            f"benchmarks/results/accuracy.json); train/test about {first['n_train']}/{first['n_test']} (FR modes: "
             f"the prompted samples of the same folds); {data['seconds']:.0f} s in all.")
-
 
 def readme_accuracy(regressor: str = "ridge") -> str:
     """The README's layout: one regressor, method x pooling, the pooled out-of-fold SRCC (mean over the repeats) with

@@ -169,16 +169,18 @@ def corrected_t(differences, n_train: float, n_test: float, repeats=None) -> Cor
     repeat (var(d) within repeats), less the share the repeats average away, (1 - 1 / R) times the variance of the
     R repeat means (how much the mean moves with the fold assignment alone), and never below Nadeau and Bengio's
     variance of all K R folds, (1 / (K R) + n_test / n_train) var(d); K R - 1 degrees of freedom. Repeats thus
-    remove the fold assignment's noise from the mean without counting as new data. NaN p with fewer than 2
-    differences, a non-finite one or no training size; p = 1 when every difference is 0."""
+    remove the fold assignment's noise from the mean without counting as new data. NaN p with no repeat of 2
+    differences or more (a single test fold, however often repeated, says nothing of the test set's variance), a
+    non-finite difference or no training size; p = 1 when every difference is 0."""
     d = np.asarray(differences, dtype=np.float64).ravel()
     nan = CorrectedT(float(d.mean()) if len(d) else float("nan"), float("nan"), max(len(d) - 1, 0), float("nan"))
-    if len(d) < 2 or not np.isfinite(d).all() or not (np.isfinite(n_train) and n_train > 0 and np.isfinite(n_test)):
+    labels = np.zeros(len(d)) if repeats is None else np.asarray(repeats).ravel()
+    per_repeat = [d[labels == r] for r in np.unique(labels)]
+    if max((len(values) for values in per_repeat), default=0) < 2 or not np.isfinite(d).all() or not (
+            np.isfinite(n_train) and n_train > 0 and np.isfinite(n_test)):
         return nan
     mean, ratio = float(d.mean()), float(n_test) / float(n_train)
     variance = (1.0 / len(d) + ratio) * float(np.var(d, ddof=1))
-    labels = np.zeros(len(d)) if repeats is None else np.asarray(repeats).ravel()
-    per_repeat = [d[labels == r] for r in np.unique(labels)]
     within = [float(np.var(values, ddof=1)) for values in per_repeat if len(values) >= 2]
     if len(per_repeat) > 1 and within:
         folds = len(d) / len(per_repeat)

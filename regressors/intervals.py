@@ -75,9 +75,9 @@ def _fingerprint(pooled: PooledPredictions | None, failed: list[bool]) -> bytes:
 
 
 def pooled_intervals(pooled: PooledPredictions | None, failed: list[bool], seed: int,
-                     samples: int = BOOTSTRAP_SAMPLES) -> dict:
+                     samples: int = BOOTSTRAP_SAMPLES, metrics: tuple[str, ...] = INTERVAL_METRICS) -> dict:
     """The interval keys of one configuration; `failed[i]`: every fold of repeat i failed (0 in the pooled
-    correlations)."""
+    correlations). `metrics`: those resampled (the others' keys NaN)."""
     out: dict = {key: float("nan") for key in INTERVAL_KEYS}
     out.update(ci_level=LEVEL, ci_groups=0, rmse_pooled=float("nan"))
     if pooled is None:
@@ -87,7 +87,7 @@ def pooled_intervals(pooled: PooledPredictions | None, failed: list[bool], seed:
         out["rmse_pooled"] = point_estimate(pooled, "rmse")
     kept = [i for i, bad in enumerate(failed) if not bad]
     share = len(kept) / len(failed)
-    for metric in INTERVAL_METRICS:
+    for metric in metrics:
         if metric == "rmse":
             low, high = group_bootstrap_interval(pooled, metric, samples=samples, seed=seed)
         elif not kept:

@@ -3,7 +3,8 @@
 - A best is **bold** only when the corrected resampled t-test (`inference.corrected_resampled_t`, over the K x R
   per-fold differences of the column's metric, paired by repeat and fold) separates it from the runner-up of its
   column and sample set at SIGNIFICANCE. Otherwise the best and every candidate the test does not separate from it
-  share the **tied** mark. One candidate, or a candidate without fold rows (an older results.json): no mark.
+  share the **tied** mark. One candidate, a candidate without fold rows (an older results.json), or a best and
+  runner-up that share fewer than 2 test folds (a single split tests once, however often repeated): no mark.
 - A score below the best label-only floor of its sample set carries the **below-floor** mark.
 - Floors whose numbers coincide (every number shown equal to SAME_FLOOR, not to the displayed precision) are one
   row: under a prompt-disjoint split no test prompt is in training, so all three fall back to the generator mean.
@@ -40,6 +41,7 @@ class Contest:
     bold: bool = False
     tied: list[int] = field(default_factory=list)  # the best and those not separated from it, when not bold
     untested: bool = False  # a candidate has no fold rows: nothing is marked
+    unpaired: bool = False  # the best and the runner-up share fewer than 2 folds (a single split): nothing is marked
 
 
 def contest(values: list[float], folds: list[dict | None], metric: str) -> Contest:
@@ -52,6 +54,9 @@ def contest(values: list[float], folds: list[dict | None], metric: str) -> Conte
         return out
     if any(not folds[i] for i in order):
         out.untested = True
+        return out
+    if len({fold for _, fold in set(folds[out.best]) & set(folds[out.runner_up])}) < 2:  # one test fold
+        out.unpaired = True
         return out
     metric = base_metric(metric)
     out.p = paired_p(folds[out.best], folds[out.runner_up], metric)

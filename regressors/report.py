@@ -119,7 +119,8 @@ def highest_on_test(summary: list[dict], folds: list[dict] | None = None) -> lis
     """Per target and sample set (all samples; those with an image prompt, which FR scores alone), across
     backbones: the feature-reading row with the highest mean test SRCC among those with no failed fold (`model`),
     the `runner_up`, `p` of the corrected resampled t-test between them over `folds` (the run's fold rows),
-    `separated` (p < 0.05; None when there is no runner-up or no fold rows), `tied` (the rows the test does not
+    `separated` (p < 0.05; None when there is no runner-up, no fold rows, or fewer than 2 folds to pair:
+    `unpaired`), `tied` (the rows the test does not
     separate from the model, when it is not separated), and the best label-only floor of the same backbone and
     sample set (`floor`; of any backbone when no model qualifies) with the floors that coincide with it (`floor_names`).
     An NR and an FR score are never compared: they come from other test samples. Chosen on the test folds: for
@@ -153,7 +154,8 @@ def highest_on_test(summary: list[dict], folds: list[dict] | None = None) -> lis
             entry["backbone"] = model.get("backbone", "")
         if outcome.runner_up is not None:
             entry["runner_up"] = candidates[outcome.runner_up]
-            if not outcome.untested:
+            entry["unpaired"] = outcome.unpaired
+            if not (outcome.untested or outcome.unpaired):
                 entry["p"], entry["separated"] = outcome.p, outcome.bold
                 entry["tied"] = [candidates[k] for k in outcome.tied if k != outcome.best]
         model = entry["model"]
@@ -192,7 +194,8 @@ def _highest_line(entry: dict) -> str:
         if runner is None:
             text += " (the only feature-reading configuration without failed folds)"
         elif entry["separated"] is None:
-            text += f"; runner-up {named(runner)}, not tested (no fold rows)"
+            why = "fewer than 2 test folds to pair: a single split" if entry.get("unpaired") else "no fold rows"
+            text += f"; runner-up {named(runner)}, not tested ({why})"
         elif entry["separated"]:
             text += (f", separated from the runner-up {named(runner)} by the corrected resampled t-test "
                      f"(p = {entry['p']:.3g})")
@@ -437,12 +440,13 @@ def report_markdown(results: CVResults, title: str, figure_lines: list[str], tab
         lines += ["## Modes compared on the same test samples", "", COMPARISONS_NOTE, "",
                   format_comparisons(results.comparisons), ""]
     lines += ["## Every cell", "", f"Protocol: {c.get('split_doc', c['split'])}. SRCC, PLCC and KRCC are fold "
-              "means (mean over the folds of each repeat, then over repeats; ± is the SD across repeats when there "
-              "are several, else across folds: `std_over` in results.json). A failed fold (constant predictions) "
-              "counts as 0. *SRCC pooled* is over all out-of-fold predictions of a repeat, averaged over the "
-              "repeats, with its 95% interval (a percentile bootstrap resampling whole prompt groups, each with its "
-              "predictions of every repeat). PLCC logistic: after the 4-parameter logistic mapping (VQEG), fitted on each fold's training predictions. Label-only "
-              "floors that give the same numbers are one row (a = b = c).", "",
+              "means (mean over the folds of each repeat, then over repeats; ± is the population SD (ddof 0) "
+              "across repeats when there are several, else across folds: `std_over` in results.json). A failed "
+              "fold (constant predictions) counts as 0. *SRCC pooled* is over all out-of-fold predictions of a "
+              "repeat, averaged over the repeats, with its 95% interval (a percentile bootstrap resampling whole "
+              "prompt groups, each with its predictions of every repeat). PLCC logistic: after the 4-parameter "
+              "logistic mapping (VQEG), fitted on each fold's training predictions. Label-only floors that give "
+              "the same numbers are one row (a = b = c).", "",
               format_table(results.summary, markdown=True), "",
               "Per-generator and per-subset figures: `breakdown` in results.json; every prediction: "
               "predictions.csv.", ""]

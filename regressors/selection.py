@@ -6,14 +6,15 @@ sample set (backbone x mode x feature-reading regressor; modes scored on every s
 samples with an image prompt are separate sets, `modes.scores_prompted_samples`; label-only floors never compete)
 are compared by an inner K-fold cross-validation on that outer fold's training rows alone. The inner folds keep
 whole groups on one side: prompt groups when the outer split is prompt-disjoint (`splits.prompt_disjoint`),
-prompt x generator (sibling) groups otherwise. Each inner fit runs the candidate's own hyper-parameter selection,
-through the harness of `cv` (`fitting.fit_members`, joblib over --jobs). The criterion is the mean inner-fold SRCC,
-a failed inner fold counting 0; scores equal to TIE_DECIMALS decimals go to the earlier candidate in the
+prompt x generator (sibling) groups otherwise. Each inner fit runs the candidate's own hyper-parameter selection
+on the groups the run's own fits hold out (prompt groups, sibling groups under `cross`, samples under `kfold` and
+`paper`), through the harness of `cv` (`fitting.fit_members`, joblib over --jobs). The criterion is the mean
+inner-fold SRCC, a failed inner fold counting 0; scores equal to TIE_DECIMALS decimals go to the earlier candidate in the
 `candidates` order (backbones as the run lists them, then modes, then regressors). The chosen configuration's outer
 test predictions (fitted on the whole outer training rows by the run itself) are that fold's predictions of the
 procedure; its outer score is summarised as every cell is (`summaries.summarize`: failed folds count 0), with a
-95% interval by bootstrap over prompt groups of its pooled out-of-fold predictions, all repeats
-(`inference.group_bootstrap_interval`).
+95% interval by bootstrap over prompt groups of its pooled out-of-fold predictions, all repeats, a repeat whose
+every chosen fold failed counting 0 (`intervals.pooled_intervals`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from regressors.cache_data import CacheData
 from regressors.cv import CVResults, OutOfFold, _chunks, _cost, _fitted, _Task, _trained_on, plan, selection_rows
 from regressors.design import content_groups, design_matrix, label_codes, mode_rows
 from regressors.fitting import Member
-from regressors.inference import BOOTSTRAP_SAMPLES, group_bootstrap_interval, pooled_predictions
+from regressors.inference import BOOTSTRAP_SAMPLES, pooled_predictions
+from regressors.intervals import pooled_intervals
 from regressors.metrics import CORRELATIONS, counted, prediction_failed, spearman
 from regressors.modes import scores_prompted_samples
 from regressors.registry import floor_names, get_regressor
@@ -43,8 +45,8 @@ SET_DOC = {"all": "every sample", "prompted": "samples with an image prompt"}
 CRITERION = (f"mean inner-fold SRCC (a failed inner fold counts 0); scores equal to {TIE_DECIMALS} decimals go to "
              "the earlier candidate in `candidates` order")
 INTERVAL = (f"95% percentile interval of the pooled out-of-fold SRCC (mean over repeats), {BOOTSTRAP_SAMPLES} "
-            "bootstrap draws of whole prompt groups, each with its predictions of every repeat "
-            "(`inference.group_bootstrap_interval`)")
+            "bootstrap draws of whole prompt groups, each with its predictions of every repeat; a repeat whose "
+            "every fold failed counts 0, as in srcc_pooled (`inference.group_bootstrap_interval`)")
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,10 @@ def nested_selection(datas: dict[str, CacheData], results: CVResults, *, inner_f
         plans.append((name, candidates, inner))
     if not plans:
         return []
-    scores, fits = _inner_scores(datas, config, outer, plans, labels, groups if disjoint else None, jobs, backend,
-                                 device, on_progress)
+    # each inner fit chooses its hyper-parameters on the groups the run's own fits hold out (`cv.plan`)
+    hyper_groups = groups if disjoint else inner_groups if split == "cross" else None
+    scores, fits = _inner_scores(datas, config, outer, plans, labels, hyper_groups, jobs, backend, device,
+                                 on_progress)
     entries = []
     for name, candidates, inner in plans:
         for target in targets:
@@ -245,7 +249,9 @@ def _entry(results: CVResults, config: dict, name: str, target: str, candidates:
                                 [np.concatenate([p.y_true for p in ps]) for ps in of_repeat],
                                 [np.concatenate([p.y_pred for p in ps]) for ps in of_repeat],
                                 np.asarray(results.samples["group"]))
-    low, high = group_bootstrap_interval(pooled, "srcc", seed=seed)
+    failed = [all(r["failed"] for r in chosen_rows if r["repeat"] == rep) for rep in repeats]  # 0, as summarize
+    interval = pooled_intervals(pooled, failed, seed, metrics=("srcc",))
+    low, high = interval["srcc_ci_low"], interval["srcc_ci_high"]
     n_fits, seconds = fits.get((name, target), [0, 0.0])
     metrics = {key: summary[key] for metric in (*CORRELATIONS, "rmse") for key in (f"{metric}_mean",
                                                                                     f"{metric}_std")}

@@ -59,7 +59,7 @@ class SplitSpec:
     make: FoldFunction
     doc: str
     grouped: bool  # no content group on both sides: inner selection holds out groups too
-    single: bool  # one test set per repeat (confidence intervals by bootstrap over groups)
+    single: bool  # one test set per repeat: no SD over folds, nothing for a paired test to pair
     options: tuple[str, ...] = field(default=())  # the CLI options it reads (with --subset, --repeats: its folds)
 
 

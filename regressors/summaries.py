@@ -2,8 +2,8 @@
 
 Summary: the mean over the folds of each repeat, then the mean over repeats; the ± is the SD across repeats when
 there are several, else the SD across folds (population SD; none for a single split: paper, cross); intervals over
-prompt groups come from `regressors.intervals`, for every split. Failed folds count as 0 in the correlation means and are
-counted in `n_failed`. A fold whose RMSE is not finite (a diverged fit) makes the RMSE mean and SD not finite too
+prompt groups come from `regressors.intervals`, for every split. Failed folds count as 0 in the correlation means
+and are counted in `n_failed`. A fold whose RMSE is not finite (a diverged fit) makes the RMSE mean and SD not finite too
 (null in results.json), counted in `n_rmse_nonfinite`; it is never left out of the mean.
 """
 

@@ -62,7 +62,7 @@ def load_results(paths: list[str | Path]) -> list[dict]:
                 isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("mode", "regressor", "target"))
                 for r in summary):
             raise FeatcacheError(f"{path}: not a featcache results.json (its config or summary rows are malformed)")
-        problem = _summary_problem(config, summary)
+        problem = _summary_problem(config, summary) or _protocol_problem(payload)
         folds = payload.get("folds")
         if folds is not None and not problem:
             problem = folds_problem(folds, config)
@@ -93,7 +93,8 @@ def table_rows(config: dict, summary: list[dict], folds: list[dict] | None, name
     def backbone(row: dict) -> str:
         return str(row.get("backbone") or config.get("backbone") or "labels only")
 
-    rows = [dict(row, backbone=backbone(row), _protocol=protocol(config), _file=name) for row in summary]
+    rows = [dict({k: v for k, v in row.items() if not k.startswith("_")}, backbone=backbone(row),
+                 _protocol=protocol(config), _file=name) for row in summary]  # "_" keys: the table's own
     if folds is not None:
         attach_folds(rows, folds, backbone)
     return rows
@@ -121,6 +122,26 @@ def _summary_problem(config: dict, summary: list[dict]) -> str | None:
         if failed is not None and (isinstance(failed, bool) or not isinstance(failed, int)
                                    or not 0 <= failed < 2 ** 53):
             return f"summary n_failed {str(failed)[:40]!r} is not a whole number from 0 or null"
+    return None
+
+
+def _protocol_problem(payload: dict) -> str | None:
+    """What is wrong with the fields `fold_protocol` reads (the split's name, the cache's samples hash), in words
+    naming the key; None when nothing is."""
+    split = payload["config"].get("split")
+    if split is not None and not isinstance(split, str):
+        return f"config split {str(split)[:40]} is not text"
+    run = payload.get("run")
+    if run is None:
+        return None
+    if not isinstance(run, dict):
+        return "its run is not an object"
+    attrs = run.get("cache_attrs")
+    if attrs is not None and not isinstance(attrs, dict):
+        return "its run cache_attrs is not an object"
+    samples = (attrs or {}).get("samples_sha256")
+    if samples is not None and not isinstance(samples, str):
+        return f"run cache_attrs samples_sha256 {str(samples)[:40]} is not text"
     return None
 
 
@@ -294,18 +315,16 @@ def paper_table(rows: list[dict], metrics: list[str], *, ci: bool = False,
     index = {(r["mode"], r["backbone"], r["regressor"], r["target"]): r for r in rows}
     floor_index = {(r["mode"], r["regressor"], r["target"]): r for r in rows if r["regressor"] in floors}
     header = ["method", "backbone", "regressor"] + [f"{t} {column_name(m, ci)}" for t in targets for m in metrics]
-    body, failed, model_rows = [], [], []
+    body, model_rows = [], []
     for mode, backbone, regressor in models:
-        cells, bad, found = [], False, []
+        cells, found = [], []
         for t in targets:
             row = index.get((mode, backbone, regressor, t))
-            bad = bad or bool(row and row.get("n_failed"))
             found += [row] * len(metrics)
             cells += [_make_cell(row, m, ci, sd) for m in metrics]
         failures = {t: int(index[(mode, backbone, regressor, t)].get("n_failed") or 0)
                     for t in targets if (mode, backbone, regressor, t) in index}
         body.append([method_label(mode), backbone, regressor + _failed_note(failures)] + cells)
-        failed.append(bad)
         model_rows.append(found)
     floor_lines, shown = [], set()
     for mode, regressor in floor_keys:  # floors depend only on the samples: once per sample set
@@ -317,37 +336,41 @@ def paper_table(rows: list[dict], metrics: list[str], *, ci: bool = False,
         cells = [_make_cell(row, m, ci, sd) for row in rows_of for m in metrics]
         failures = {t: int((row or {}).get("n_failed") or 0) for t, row in zip(targets, rows_of)}
         floor_lines.append((prompted, regressor, _failed_note(failures), cells))
-    untested = _mark(body, failed, model_rows, [m for _ in targets for m in metrics], models, floor_lines)
+    untested, unpaired = _mark(body, model_rows, [m for _ in targets for m in metrics], models, floor_lines)
     merged, notes = _merged_floors(floor_lines)
     body += merged
     protocols = sorted({r["_protocol"] for r in rows})
     caption = " ".join(["; ".join(protocols) + ".", _cells_note(rows, metrics, ci, sd),
-                        _marks_note(models, untested), _floors_note(models, shown), *notes]).strip()
+                        _marks_note(models, untested, unpaired), _floors_note(models, shown), *notes]).strip()
     return header, body, caption
 
 
-def _mark(body: list[list], failed: list[bool], model_rows: list[list], column_metrics: list[str],
-          models: list[tuple], floor_lines: list[tuple]) -> set[str]:
-    """Set each model cell's marks, column by column and sample set by sample set; returns the files whose rows
-    could not be tested (no fold rows)."""
+def _mark(body: list[list], model_rows: list[list], column_metrics: list[str], models: list[tuple],
+          floor_lines: list[tuple]) -> tuple[set[str], bool]:
+    """Set each model cell's marks, column by column and sample set by sample set, among the cells whose own
+    target had no failed fold; returns the files whose rows could not be tested (no fold rows) and whether some
+    column's best and runner-up shared fewer than 2 folds."""
     untested: set[str] = set()
+    unpaired = False
     for column, metric in enumerate(column_metrics):
         for prompted in (False, True):  # NR scores all samples, FR only those with a prompt: never one contest
             members = [i for i in range(len(body)) if scores_prompted_samples(models[i][0]) == prompted]
             floor = best_floor([cells[column].value for p, _, _, cells in floor_lines if p == prompted], metric)
             for i in members:
                 body[i][3 + column].below_floor = below_floor(body[i][3 + column].value, floor, metric)
-            candidates = [i for i in members if not failed[i] and math.isfinite(body[i][3 + column].value)]
+            candidates = [i for i in members if math.isfinite(body[i][3 + column].value)
+                          and not (model_rows[i][column] or {}).get("n_failed")]
             rows = [model_rows[i][column] for i in candidates]
             outcome = contest([body[i][3 + column].value for i in candidates],
                               [row.get("_folds") if row else None for row in rows], metric)
             if outcome.untested:
                 untested |= {row.get("_file", "the rows given") for row in rows if row and not row.get("_folds")}
+            unpaired |= outcome.unpaired
             if outcome.bold:
                 body[candidates[outcome.best]][3 + column].bold = True
             for k in outcome.tied:
                 body[candidates[k]][3 + column].tied = True
-    return untested
+    return untested, unpaired
 
 
 def _merged_floors(floor_lines: list[tuple]) -> tuple[list[list], list[str]]:
@@ -391,7 +414,10 @@ def _cells_note(rows: list[dict], metrics: list[str], ci: bool, sd: bool) -> str
         if means:
             parts.append("The other columns have no interval.")
     if sd:
-        over = {fold_sd(r["_folds"], base_metric(m))[1:] for r in rows if r.get("_folds") for m in metrics}
+        every = {fold_sd(r["_folds"], base_metric(m))[1:] for r in rows if r.get("_folds") for m in metrics}
+        over = {(what, n) for what, n in every if n >= 2}
+        if every - over:
+            parts.append("No SD for rows with one test fold and one repeat (a single split).")
         if over:
             parts.append("± the sample SD (ddof 1) " + "; ".join(
                 f"over the {n} folds" if what == "folds" else f"over the {n} repeats (of each repeat's fold mean)"
@@ -403,16 +429,19 @@ def _cells_note(rows: list[dict], metrics: list[str], ci: bool, sd: bool) -> str
     return " ".join(parts)
 
 
-def _marks_note(models: list[tuple], untested: set[str]) -> str:
+def _marks_note(models: list[tuple], untested: set[str], unpaired: bool = False) -> str:
     both = len({scores_prompted_samples(mode) for mode, _, _ in models}) > 1
     sets = " and sample set (all samples; the samples with an image prompt)" if both else ""
-    text = (f"Bold: the best of its column{sets} among feature-reading rows without failed folds, separated from "
+    text = (f"Bold: the best of its column{sets} among feature-reading cells without a failed fold, separated from "
             f"the runner-up by {TEST_NAME} at 5% (picked on the test folds). †: tied with the best: not separated "
             f"from it by that test at 5% (the best included), so no bold in that column. °: below the best "
             f"label-only floor of its sample set.")
     if untested:
         text += (f" No bold or † where a row of {', '.join(sorted(untested))} competes: it has no fold rows "
                  "(an older results.json), so no paired test can separate a best.")
+    if unpaired:
+        text += (" No bold or † where the best and the runner-up share fewer than 2 test folds (a single split "
+                 "tests once, however often repeated): the paired test has nothing to pair.")
     return text
 
 

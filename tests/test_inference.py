@@ -130,3 +130,16 @@ def test_two_equally_good_procedures_are_told_apart_about_5_percent_of_the_time(
     assert rates["corrected resampled t"] <= (0.08 if signal else 0.10)
     if repeats >= 5:
         assert rates["wilcoxon over folds"] >= 0.25
+
+
+def test_a_single_test_fold_repeated_gives_no_p():
+    """A deterministic single split (--split paper or cross) repeated R times gives R equal differences of one test
+    fold: not R samples of anything, and no within-repeat variance to estimate the test set's. No p, no interval
+    (it was p = 0 and a zero-width interval, hence a bold cell)."""
+    from regressors.inference import corrected_t
+
+    test = corrected_t([-0.139] * 3, 96.0, 32.0, [0, 1, 2])
+    assert np.isnan(test.p) and np.isnan(test.interval()[0])
+    seeds = corrected_t([-0.10, -0.12, -0.14], 96.0, 32.0, [0, 1, 2])  # a seeded regressor's repeats
+    assert np.isnan(seeds.p)
+    assert np.isfinite(corrected_t([-0.1, -0.12, -0.14, -0.1], 96.0, 32.0, [0, 0, 1, 1]).p)  # 2 folds a repeat

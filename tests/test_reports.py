@@ -407,3 +407,13 @@ def test_a_live_runs_staging_folder_is_left_alone_and_save_head_may_not_take_an_
     deep = CliRunner().invoke(cli.main, args + ["--target", "NOPE", "--out", "deep/x/y", "--save-head",
                                                 "deep/x/y/h.safetensors"])
     assert deep.exit_code == 2 and not (tmp_path / "deep").exists()  # the parents it created are gone too
+
+
+def test_the_report_names_the_plus_minus_of_every_cell_a_population_sd():
+    """report.md's ± (summaries: np.std, ddof 0) is not the sample SD (ddof 1) of `featcache table --sd`: the
+    report says which it is."""
+    from regressors.cv import CVResults
+    from regressors.report import report_markdown
+
+    text = report_markdown(CVResults({"split": "group"}), "t", [])
+    assert "population SD (ddof 0)" in text

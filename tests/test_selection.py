@@ -166,3 +166,43 @@ def test_bench_select_chooses_among_backbones(tmp_path):
     counts = {c["backbone"]: c["count"] for c in entry["counts"]}
     assert counts["toy.random/paper/4"] >= 7 and sum(counts.values()) == 8
     assert "selection" in results.to_dict()
+
+
+def test_inner_fits_choose_hyper_parameters_on_the_groups_the_run_uses(tmp_path, monkeypatch):
+    """Under --split cross without --hold-out-prompts the run's own fits hold out prompt x generator (sibling)
+    groups when they choose hyper-parameters; the inner fits of the selection hold out the same groups, never
+    single samples (which would split siblings across the inner hyper-parameter folds)."""
+    import regressors.selection as selection
+    from regressors.design import label_codes
+
+    data = load_cache(str(make_cache(tmp_path, i2i_prompts=8, t2i_prompts=12)))
+    results = cross_validate(data, ["nr", "pr"], ["MOS_q"], ["ridge"], split="cross", train_on="t2i",
+                             test_on="i2i", jobs=1)
+    siblings = label_codes(data, np.arange(len(data.samples)))[:, 1]
+    seen = []
+    real = selection._fitted
+
+    def spy(tasks, *args, **kwargs):
+        seen.extend(m for task in tasks for m in task.members)
+        return real(tasks, *args, **kwargs)
+
+    monkeypatch.setattr(selection, "_fitted", spy)
+    nested_selection({data.backbone_id: data}, results, jobs=1)
+    assert seen
+    rows = selection.selection_rows(data, "all")  # nr and pr use every sample: positions index these rows
+    for member in seen:
+        assert member.groups is not None
+        assert np.array_equal(member.groups, siblings[rows[member.train]])
+
+
+def test_a_repeat_whose_chosen_folds_all_failed_counts_0_in_the_interval_too(tmp_path):
+    """srcc_pooled counts such a repeat as 0 (as every summary row does); its interval must surround that value,
+    not the pooled SRCC of the failed fits' predictions."""
+    data = _prompt_signal(tmp_path)
+    results = cross_validate(data, ["nr", "pr-diff"], ["MOS_q"], ["ridge"], folds=3, repeats=2, jobs=1)
+    for row in results.folds:
+        if row["repeat"] == 1:
+            row["failed"] = True
+    [entry] = nested_selection({data.backbone_id: data}, results, jobs=1)
+    assert entry["n_failed"] == 3
+    assert entry["srcc_ci_low"] <= entry["srcc_pooled"] <= entry["srcc_ci_high"], entry

@@ -275,3 +275,86 @@ def test_the_report_names_a_best_only_when_the_test_separates_it():
     assert entry["separated"] is False and [r["regressor"] for r in entry["tied"]] == ["svr"]
     (entry,) = highest_on_test(summary)
     assert entry["separated"] is None and entry["model"]["regressor"] == "ridge"
+
+
+def test_a_failed_fold_of_one_target_leaves_the_other_targets_contest_alone():
+    """ridge has a failed fold in MOS_a only: in the MOS_q column it is the highest, with no failed fold there, so
+    it competes there (else svr, below it, would be bold as the best of that column)."""
+    rows = [_row("nr", "ridge", 0.70, _folds([0.70, 0.71, 0.69, 0.70, 0.70])),
+            _row("nr", "ridge", 0.40, _folds([0.0, 0.5, 0.5, 0.5, 0.5]), target="MOS_a", n_failed=1),
+            _row("nr", "svr", 0.60, _folds([0.60, 0.61, 0.59, 0.60, 0.60])),
+            _row("nr", "svr", 0.30, _folds([0.30, 0.31, 0.29, 0.30, 0.30]), target="MOS_a"),
+            _row("nr", "mlp", 0.50, _folds([0.50, 0.51, 0.49, 0.50, 0.50])),
+            _row("nr", "mlp", 0.20, _folds([0.20, 0.21, 0.19, 0.20, 0.20]), target="MOS_a")]
+    _, body, _ = paper_table(rows, ["srcc"])
+    bold = {line[2]: (line[3].bold, line[4].bold) for line in body}
+    assert bold == {"ridge (failed folds: MOS_a 1)": (True, False), "svr": (False, True), "mlp": (False, False)}
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda p: p["config"].update(split=["group"]), "config split ['group'] is not text"),
+    (lambda p: p.update(run=[1]), "its run is not an object"),
+    (lambda p: p["run"].update(cache_attrs="abc"), "run cache_attrs is not an object"),
+    (lambda p: p["run"].update(cache_attrs={"samples_sha256": 12345}), "samples_sha256 12345 is not text")])
+def test_what_decides_the_folds_is_checked_before_two_runs_are_compared(run_folder, tmp_path, change, needle):
+    """`table A B` compares the runs' protocols (split, cache samples hash): fields of the wrong kind give the
+    one-line error naming the file, not a traceback."""
+    path = _crafted(run_folder, tmp_path, change)
+    result = CliRunner().invoke(cli.main, ["table", str(path), str(run_folder / "run")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert lines[0].startswith(f"error: {path}: not a featcache results.json") and needle in lines[0], lines[0]
+
+
+def test_a_single_split_marks_no_tie_it_could_not_test_and_claims_no_sd():
+    """One test fold (--split paper, cross): the paired test has nothing to pair, so no cell is bold or tied
+    (a † would say the test ran and did not separate them), the caption says why, and --sd claims no SD."""
+    one = lambda v: _folds([v])  # noqa: E731
+    rows = [_row("nr", "ridge", 0.9, one(0.9)), _row("nr", "svr", 0.5, one(0.5)),
+            _row("nr", "generator-mean", 0.1, one(0.1))]
+    _, body, caption = paper_table(rows, ["srcc"], sd=True)
+    assert not any(line[3].bold or line[3].tied for line in body)
+    assert "fewer than 2 test folds" in caption and "No SD for rows with one test fold" in caption
+    assert "over the 1 folds" not in caption
+    summary = [dict(r, n_failed=0) for r in rows]
+    folds = [dict(f, regressor=r["regressor"], mode="nr", target="MOS_q", repeat=0, fold=0) for r in rows
+             for f in r["_folds"].values()]
+    [entry] = highest_on_test([{k: v for k, v in r.items() if not k.startswith("_") and k != "backbone"}
+                               for r in summary], folds)
+    assert entry["separated"] is None and entry["unpaired"]
+
+
+def test_a_single_split_repeated_is_still_one_test_fold():
+    """--split paper --repeats 3: three equal differences of one test fold, p was 0 and the best bold."""
+    rows = [_row("nr", "ridge", 0.9, _folds(None, [[0.9]] * 3)), _row("nr", "svr", 0.5, _folds(None, [[0.5]] * 3))]
+    _, body, caption = paper_table(rows, ["srcc"])
+    assert not any(line[3].bold or line[3].tied for line in body)
+    assert "fewer than 2 test folds" in caption
+
+
+def test_a_summary_row_cannot_smuggle_in_the_tables_own_keys(run_folder, tmp_path):
+    """`_folds`, `_protocol` and `_file` are what the table attaches to a row; a file's summary row that carries
+    them is read without them (its fold rows come from `folds` alone, checked), never a traceback."""
+    def smuggle(payload):
+        del payload["folds"]
+        for row in payload["summary"]:
+            row.update(_folds={"xyz": 1}, _protocol=["x"], _file={"a": 1})
+
+    path = _crafted(run_folder, tmp_path, smuggle)
+    shown = CliRunner().invoke(cli.main, ["table", str(path), "--sd"])
+    assert shown.exit_code == 0 and "Traceback" not in shown.output, shown.output
+    assert f"No SD for the rows of {path}: it has no fold rows" in shown.output
+
+
+def test_the_accuracy_tables_caption_quotes_the_sds_of_its_own_json():
+    """benchmarks/tables.py printed a hand-typed SD range (0.005-0.04) that accuracy.json contradicts."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("bench_tables", root / "tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = json.loads((root / "results" / "accuracy.json").read_text())
+    sds = [r["srcc_std"] for t in data["tables"].values() for r in t["summary"] if r.get("srcc_std") is not None]
+    assert f"{min(sds):.3f}-{max(sds):.3f}" in module.accuracy()
