@@ -504,8 +504,9 @@ def fit(cache, backbone, mode, target, regressor, save_head, dataset, root, anno
     import time
 
     from regressors.fit import fit as run_fit
-    from regressors.report import format_table, missing_folders, output_name, remove_if_empty, run_folder, \
+    from regressors.report import missing_folders, output_name, remove_if_empty, run_folder, \
         write_results
+    from regressors.summary_text import format_table
 
     start = time.perf_counter()
     config = load_config()
@@ -572,7 +573,8 @@ def bench(cache, backbones, modes, targets, regressors, dataset, root, annotatio
     import time
 
     from regressors.fit import bench as run_bench
-    from regressors.report import format_table, run_folder, write_results
+    from regressors.report import run_folder, write_results
+    from regressors.summary_text import format_table
 
     start = time.perf_counter()
     cv, output = _split_options(cv)

@@ -42,7 +42,8 @@ def main() -> None:
     from regressors.fit import bench
     from regressors.modes import MODES
     from regressors.registry import default_regressors
-    from regressors.report import format_table, write_results
+    from regressors.report import write_results
+    from regressors.summary_text import format_table
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

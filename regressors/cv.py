@@ -81,7 +81,7 @@ def backend_context(backend: str | None):
     """joblib's own backends reach a cluster; the optional extras bring them."""
     from joblib import parallel_config
 
-    if backend in (None, "", "loky", "threading", "multiprocessing"):  # multiprocessing: refused by _fitted
+    if backend in (None, "", "loky", "threading", "multiprocessing"):  # multiprocessing: refused by fitted_tasks
         return parallel_config(backend=backend) if backend else contextlib.nullcontext()
     if backend == "dask":
         try:
@@ -123,7 +123,9 @@ def selection_rows(data: CacheData, subset: str) -> np.ndarray:
 
 
 @dataclass
-class _Task:
+class Task:
+    """Members of one regressor and mode fitted together (`member_chunks`), with what each member's results mean."""
+
     regressor: str
     mode: str
     inputs: np.ndarray  # the mode's design matrix (or the floors' label codes) over the mode's samples
@@ -244,7 +246,7 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
             warnings.warn(note, FeatcacheWarning, stacklevel=3)
     needs_features = any(get_regressor(r).reads_features for r in regressors)
     inner_groups = prompt_disjoint(split, hold_out_prompts)  # the inner selection holds out groups too
-    tasks: list[_Task] = []
+    tasks: list[Task] = []
     for mode in modes:
         rows = usable[mode]
         x = design_matrix(data, mode, rows)[0] if needs_features else None
@@ -268,9 +270,9 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
                         codes[train, 1] if split == "cross" else None)
                     members.append(Member(train, y[train], test, member_groups, seed + fold.repeat))
                     meta.append((target, fold, rows[test], y[test], float(np.std(y[train])), int(len(train))))
-            for chunk in _chunks(reg, meta, spread):
-                task = _Task(name, mode, inputs, [members[i] for i in chunk], [meta[i] for i in chunk])
-                task.cost = _cost(reg, task)
+            for chunk in member_chunks(reg, meta, spread):
+                task = Task(name, mode, inputs, [members[i] for i in chunk], [meta[i] for i in chunk])
+                task.cost = task_cost(reg, task)
                 tasks.append(task)
     return fold_list, tasks
 
@@ -325,7 +327,9 @@ def _targets_that_vary(labels: dict, selection: np.ndarray, targets: list[str], 
     return kept
 
 
-def _cost(reg, task: _Task) -> float:
+def task_cost(reg, task: Task) -> float:
+    """Rough single-core seconds of fitting a task (`RegressorSpec.cost`, else members x rows x width / 1e9): the
+    order parallel runs start tasks in and what --jobs auto weighs."""
     rows = float(np.mean([len(m.train) for m in task.members]))
     width = task.inputs.shape[1] if task.inputs.ndim == 2 else 1
     if reg.cost is None:
@@ -333,7 +337,7 @@ def _cost(reg, task: _Task) -> float:
     return float(reg.cost(len(task.members), rows, width))
 
 
-def _chunks(reg, meta: list[tuple], spread: bool = False) -> list[list[int]]:
+def member_chunks(reg, meta: list[tuple], spread: bool = False) -> list[list[int]]:
     """Members fitted together: all of a cell for stacked regressors (a fold's when `spread` and the regressor is
     device-trained, i.e. on the CPU), a fold's targets for ridge and the SVR, else one each."""
     if reg.batch == "cell" and not (spread and reg.uses_device):
@@ -350,7 +354,7 @@ def _parallel(jobs: int, backend: str | None) -> bool:
     return jobs != 1 or backend not in (None, "")
 
 
-def _trained_on(device: str, regressors: list[str]) -> str | None:
+def trained_on_device(device: str, regressors: list[str]) -> str | None:
     """The device the run's torch regressors trained on, recorded with the results ('auto' resolved); None when
     none of them is in the run."""
     if not any(get_regressor(r).uses_device for r in regressors):
@@ -360,7 +364,7 @@ def _trained_on(device: str, regressors: list[str]) -> str | None:
     return str(resolve_device(device))
 
 
-def _fitted(tasks: list[_Task], jobs: int | str, backend: str | None, device: str):
+def fitted_tasks(tasks: list[Task], jobs: int | str, backend: str | None, device: str):
     """(task index, fitted members) as tasks finish. Several jobs or a backend: through joblib, the costliest
     tasks dispatched first (the longest-processing-time rule: no worker starts a long task while the others run
     out of work). Else a plain loop in order, in this thread."""
@@ -390,7 +394,7 @@ def _fitted(tasks: list[_Task], jobs: int | str, backend: str | None, device: st
             yield result
 
 
-def _run_task(index: int, task: _Task, device: str,
+def _run_task(index: int, task: Task, device: str,
               parent: int | None = None) -> tuple[int, list[tuple[np.ndarray, dict, float]]]:
     if parent is not None and parent != os.getpid():
         _leave_ctrl_c_to_the_parent()
@@ -425,7 +429,7 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
     over the selection (config['targets']). `warn_folds`: as in `plan`."""
     check_jobs(jobs)
     groups = content_groups(data)
-    trained_on = _trained_on(device, regressors)
+    trained_on = trained_on_device(device, regressors)
     spread = trained_on is None or trained_on.partition(":")[0] == "cpu"  # only device-trained regressors spread
     _, tasks = plan(data, modes, targets, regressors, split=split, folds=folds, repeats=repeats, seed=seed,
                              subset=subset, train_on=train_on, test_on=test_on, hold_out_prompts=hold_out_prompts,
@@ -447,7 +451,7 @@ def cross_validate(data: CacheData, modes: list[str], targets: list[str], regres
     if on_progress:
         on_progress(0, total)
     fitted: list = [None] * len(tasks)
-    with contextlib.closing(_fitted(tasks, jobs, backend, device)) as finished:  # closed (and the backend left)
+    with contextlib.closing(fitted_tasks(tasks, jobs, backend, device)) as finished:  # closed (and the backend left)
         for index, members in finished:  # even when on_progress raises
             fitted[index] = members
             done += len(tasks[index].members)

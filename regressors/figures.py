@@ -11,7 +11,7 @@ import numpy as np
 
 from regressors.cv import CVResults
 from regressors.registry import get_regressor
-from regressors.report import number_cell
+from regressors.summary_text import number_cell
 
 
 def safe_name(*parts: str) -> str:

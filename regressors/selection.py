@@ -27,7 +27,7 @@ import numpy as np
 
 from featcache.errors import FeatcacheError, FeatcacheWarning
 from regressors.cache_data import CacheData
-from regressors.cv import CVResults, OutOfFold, _chunks, _cost, _fitted, _Task, _trained_on, plan, selection_rows
+from regressors.cv import CVResults, OutOfFold, member_chunks, task_cost, fitted_tasks, Task, trained_on_device, plan, selection_rows
 from regressors.design import content_groups, design_matrix, label_codes, mode_rows
 from regressors.fitting import Member
 from regressors.inference import BOOTSTRAP_SAMPLES, pooled_predictions
@@ -157,9 +157,9 @@ def _inner_scores(datas: dict[str, CacheData], config: dict, outer: list[Fold], 
     """Fit every candidate on every inner fold; (mean inner SRCC per (set, target, outer index, candidate),
     [inner members fitted, their seconds] per (set, target)). Sets of one candidate are not fitted."""
     seed = config["seed"]
-    trained_on = _trained_on(device, [c.regressor for _, cands, _ in plans for c in cands])
+    trained_on = trained_on_device(device, [c.regressor for _, cands, _ in plans for c in cands])
     spread = trained_on is None or trained_on.partition(":")[0] == "cpu"
-    tasks: list[_Task] = []
+    tasks: list[Task] = []
     inputs: dict[tuple, tuple] = {}
     for name, candidates, inner in plans:
         if len(candidates) < 2:
@@ -180,13 +180,13 @@ def _inner_scores(datas: dict[str, CacheData], config: dict, outer: list[Fold], 
                         y = labels[target]
                         members.append(Member(position[fold.train], y[fold.train], position[fold.test], groups,
                                               seed + outer[index].repeat))
-                        # meta[1]: the inner training set, which `_chunks` batches by (repeat, fold)
+                        # meta[1]: the inner training set, which `member_chunks` batches by (repeat, fold)
                         meta.append((target, Fold(index, fold.fold, fold.train, fold.test), y[fold.test],
                                      float(np.std(y[fold.train])), (name, target, index, cand)))
             reg = get_regressor(cand.regressor)
-            for chunk in _chunks(reg, meta, spread):
-                task = _Task(cand.regressor, cand.mode, x, [members[i] for i in chunk], [meta[i] for i in chunk])
-                task.cost = _cost(reg, task)
+            for chunk in member_chunks(reg, meta, spread):
+                task = Task(cand.regressor, cand.mode, x, [members[i] for i in chunk], [meta[i] for i in chunk])
+                task.cost = task_cost(reg, task)
                 tasks.append(task)
     per_fold: dict[tuple, dict[int, float]] = {}
     fits: dict[tuple, list] = {}
@@ -194,7 +194,7 @@ def _inner_scores(datas: dict[str, CacheData], config: dict, outer: list[Fold], 
     done = 0
     if on_progress and total:
         on_progress(0, total)
-    for index, fitted in _fitted(tasks, jobs, backend, device):
+    for index, fitted in fitted_tasks(tasks, jobs, backend, device):
         for (_, fold, y_test, train_sd, key), member in zip(tasks[index].meta, fitted):
             failed = prediction_failed(member.pred, train_sd) or np.ptp(y_test) == 0
             per_fold.setdefault(key, {})[fold.fold] = 0.0 if failed else counted(spearman(y_test, member.pred),

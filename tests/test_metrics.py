@@ -15,7 +15,8 @@ from regressors.cache_data import load_cache
 from regressors.cv import cross_validate
 from regressors.metrics import plcc_after_logistic, prediction_failed, quality_metrics
 from regressors.preprocess import FoldScaler
-from regressors.report import format_table, highest_on_test, write_results
+from regressors.report import write_results
+from regressors.summary_text import format_table, highest_on_test
 from tests.fakedata import make_cache
 
 

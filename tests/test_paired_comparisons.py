@@ -14,7 +14,7 @@ from regressors.cache_data import load_cache
 from regressors.cv import cross_validate
 from regressors.inference import CORRECTED_T, corrected_resampled_t
 from regressors.modes import MODES, comparison_reference, default_modes, reference_modes, with_matched_references
-from regressors.report import format_comparisons
+from regressors.summary_text import format_comparisons
 from regressors.summaries import paired_comparisons
 from tests.fakedata import make_cache
 from tests.paired_simulation import out_of_fold, wilcoxon_p

@@ -14,7 +14,8 @@ from featcache.errors import FeatcacheError
 from regressors import registry
 from regressors.cache_data import load_cache
 from regressors.cv import cross_validate
-from regressors.report import highest_on_test, run_folder, write_results
+from regressors.report import run_folder, write_results
+from regressors.summary_text import highest_on_test
 from tests.fakedata import make_cache
 
 
@@ -37,7 +38,7 @@ def test_comparisons_say_which_folds_failed_or_were_left_out():
     named; a fold that cannot be paired is named with the reason, not silently dropped (srcc_mode was then a mean
     over other folds than the table's)."""
     from regressors.cv import OutOfFold
-    from regressors.report import format_comparisons
+    from regressors.summary_text import format_comparisons
     from regressors.summaries import paired_comparisons
 
     rng = np.random.default_rng(0)

@@ -180,13 +180,13 @@ def test_inner_fits_choose_hyper_parameters_on_the_groups_the_run_uses(tmp_path,
                              test_on="i2i", jobs=1)
     siblings = label_codes(data, np.arange(len(data.samples)))[:, 1]
     seen = []
-    real = selection._fitted
+    real = selection.fitted_tasks
 
     def spy(tasks, *args, **kwargs):
         seen.extend(m for task in tasks for m in task.members)
         return real(tasks, *args, **kwargs)
 
-    monkeypatch.setattr(selection, "_fitted", spy)
+    monkeypatch.setattr(selection, "fitted_tasks", spy)
     nested_selection({data.backbone_id: data}, results, jobs=1)
     assert seen
     rows = selection.selection_rows(data, "all")  # nr and pr use every sample: positions index these rows

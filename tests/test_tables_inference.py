@@ -15,7 +15,7 @@ from regressors.cache_data import load_cache
 from regressors.cv import cross_validate
 from regressors.fold_rows import fold_sd
 from regressors.inference import group_bootstrap_interval, pooled_predictions
-from regressors.report import floors_once, format_table, highest_on_test
+from regressors.summary_text import floors_once, format_table, highest_on_test
 from regressors.tables import load_results, paper_table, render_table, table_rows
 from tests.fakedata import make_cache
 
