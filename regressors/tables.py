@@ -332,7 +332,9 @@ def paper_table(rows: list[dict], metrics: list[str], *, ci: bool = False,
         if (prompted, regressor) in shown:
             continue
         shown.add((prompted, regressor))
-        rows_of = [floor_index.get((mode, regressor, t)) for t in targets]
+        same_samples = [m for m, r in floor_keys if r == regressor and scores_prompted_samples(m) == prompted]
+        rows_of = [next((floor_index[(m, regressor, t)] for m in same_samples if (m, regressor, t) in floor_index),
+                        None) for t in targets]  # each target from the first mode of the set that has it
         cells = [_make_cell(row, m, ci, sd) for row in rows_of for m in metrics]
         failures = {t: int((row or {}).get("n_failed") or 0) for t, row in zip(targets, rows_of)}
         floor_lines.append((prompted, regressor, _failed_note(failures), cells))

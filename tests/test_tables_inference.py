@@ -358,3 +358,16 @@ def test_the_accuracy_tables_caption_quotes_the_sds_of_its_own_json():
     data = json.loads((root / "results" / "accuracy.json").read_text())
     sds = [r["srcc_std"] for t in data["tables"].values() for r in t["summary"] if r.get("srcc_std") is not None]
     assert f"{min(sds):.3f}-{max(sds):.3f}" in module.accuracy()
+
+
+def test_a_floor_row_takes_each_target_from_any_mode_of_its_sample_set():
+    """Two runs on one fold assignment: NR's floors for MOS_q, PR's (the same samples) for MOS_q and MOS_a; the floor
+    row of all samples shows MOS_a from PR's rows, not n/a."""
+    folds = _folds([0.3] * 5)
+    a = lambda row: dict(row, target="MOS_a")  # noqa: E731
+    rows = [_row("nr", "ridge", 0.5, folds), _row("nr", "generator-mean", 0.3, folds),
+            _row("pr", "ridge", 0.4, folds), a(_row("pr", "ridge", 0.4, folds)),
+            _row("pr", "generator-mean", 0.3, folds), a(_row("pr", "generator-mean", 0.2, folds))]
+    _, body, _ = paper_table(rows, ["srcc"])
+    [floor] = [line for line in body if line[0].startswith("floor")]
+    assert [cell.value for cell in floor[3:]] == [0.3, 0.2]
