@@ -274,8 +274,8 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
                                 leave_out_unfillable=modes is None and defaults is None,
                                 leave_out_constant=targets is None and default_targets is None,
                                 warn_folds=bid == chosen[0], **options)
-        if modes is None:
-            defaults = result.config["modes"]  # as left for the first backbone: the later ones get no warning
+        if modes is None:  # as left for the first backbone (the later ones get no warning), less the matched
+            defaults = [m for m in result.config["modes"] if m in chosen_modes]  # references the run adds itself
         if targets is None:
             default_targets = result.config["targets"]
         done_before += len(result.predictions)  # fitted members, as counted by progress

@@ -288,3 +288,16 @@ def test_floors_come_with_any_regressor_list_unless_no_floors(tmp_path, monkeypa
                 test_on="SD").results.summary
     rows = {r["regressor"]: r for r in cross}
     assert rows["ridge"]["n_failed"] == 0 and rows["generator-mean"]["n_failed"] == 1
+
+
+def test_every_backbone_of_a_bench_fits_the_same_rows_with_the_default_modes(tmp_path):
+    """The default modes are decided once; the matched reference NR-prompted, added beside them, fits no floors of
+    its own on any backbone (the first backbone's added reference was handed to the next as a mode asked for)."""
+    path = make_cache(tmp_path, backbones=("toy.random/paper/4", "toy.random/multilevel/4"))
+    results = bench(str(path), targets=["MOS_q"], regressors=["ridge", "prompt-mean"], folds=3, labels="cache")
+    cells = {}
+    for row in results.summary:
+        cells.setdefault(row["backbone"], set()).add((row["mode"], row["regressor"]))
+    first, second = cells.values()
+    assert first == second and ("nr-prompted", "prompt-mean") not in first
+    assert ("nr-prompted", "ridge") in first
