@@ -81,11 +81,14 @@ def paired_p(a: dict, b: dict, metric: str) -> float:
 
 def fold_sd(folds: dict, metric: str) -> tuple[float, str, int]:
     """(sample SD, what it is over, how many): with several repeats, the SD of the repeats' fold means; with one,
-    the SD of its folds' values (failed folds as the means count them). NaN with fewer than 2, or an undefined
-    value."""
+    the SD of its folds' values (failed folds as the means count them). NaN with fewer than 2, an undefined
+    value, or one test fold per repeat (a single split: its repeats test that fold again; `over` is then "folds",
+    how many 1)."""
     repeats: dict[int, list[float]] = {}
     for (repeat, _), row in sorted(folds.items()):
         repeats.setdefault(repeat, []).append(fold_value(row, metric))
+    if repeats and all(len(v) == 1 for v in repeats.values()):
+        return float("nan"), "folds", 1
     if len(repeats) > 1:
         values, over = [float(np.mean(v)) for v in repeats.values()], "repeats"
     else:

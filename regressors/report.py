@@ -220,7 +220,8 @@ def report_markdown(results: CVResults, title: str, figure_lines: list[str], tab
                   format_comparisons(results.comparisons), ""]
     lines += ["## Every cell", "", f"Protocol: {c.get('split_doc', c['split'])}. SRCC, PLCC and KRCC are fold "
               "means (mean over the folds of each repeat, then over repeats; ± is the population SD (ddof 0) "
-              "across repeats when there are several, else across folds: `std_over` in results.json). A failed "
+              "across repeats when there are several, else across folds, none for a single split however often "
+              "repeated: `std_over` in results.json). A failed "
               "fold (constant predictions) counts as 0. *SRCC pooled* is over all out-of-fold predictions of a "
               "repeat, averaged over the repeats, with its 95% interval (a percentile bootstrap resampling whole "
               "prompt groups, each with its predictions of every repeat). PLCC logistic: after the 4-parameter "

@@ -1,7 +1,8 @@
 """From fold rows and out-of-fold predictions to what a paper reports.
 
 Summary: the mean over the folds of each repeat, then the mean over repeats; the ± is the SD across repeats when
-there are several, else the SD across folds (population SD; none for a single split: paper, cross); intervals over
+there are several, else the SD across folds (population SD; none for a single split, paper or cross, however often
+repeated: its repeats test the one fold again); intervals over
 prompt groups come from `regressors.intervals`, for every split. Failed folds count as 0 in the correlation means
 and are counted in `n_failed`. A fold whose RMSE is not finite (a diverged fit) makes the RMSE mean and SD not finite too
 (null in results.json), counted in `n_rmse_nonfinite`; it is never left out of the mean.
@@ -43,7 +44,7 @@ def summarize(folds: list[dict], predictions: list, samples: dict, *, single: bo
                 per_repeat.append(float(np.mean(values)) if values else float("nan"))
             finite = bool(np.isfinite(per_fold).all())  # correlations always (a failed fold counts as 0)
             entry[f"{metric}_mean"] = float(np.mean(per_repeat)) if finite else _not_finite(per_fold)
-            if len(repeats) > 1:
+            if len(repeats) > 1 and not single:
                 entry[f"{metric}_std"], over = float(np.std(per_repeat)) if finite else float("nan"), "repeats"
             elif not single and len(per_fold) > 1:
                 entry[f"{metric}_std"], over = float(np.std(per_fold)) if finite else float("nan"), "folds"

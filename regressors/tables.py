@@ -419,7 +419,8 @@ def _cells_note(rows: list[dict], metrics: list[str], ci: bool, sd: bool) -> str
         every = {fold_sd(r["_folds"], base_metric(m))[1:] for r in rows if r.get("_folds") for m in metrics}
         over = {(what, n) for what, n in every if n >= 2}
         if every - over:
-            parts.append("No SD for rows with one test fold and one repeat (a single split).")
+            parts.append("No SD for rows with one test fold (a single split, however often repeated: its repeats "
+                         "test that fold again).")
         if over:
             parts.append("± the sample SD (ddof 1) " + "; ".join(
                 f"over the {n} folds" if what == "folds" else f"over the {n} repeats (of each repeat's fold mean)"

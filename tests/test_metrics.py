@@ -83,6 +83,8 @@ def test_single_split_reports_a_bootstrap_interval(tmp_path):
     assert row["std_over"] == "none" and row["srcc_ci_low"] <= row["srcc_mean"] <= row["srcc_ci_high"]
     assert row["srcc_ci_high"] - row["srcc_ci_low"] > 0.01
     assert "[" in format_table([row])
+    (row,) = cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], split="paper", repeats=3).summary
+    assert row["std_over"] == "none" and "±" not in format_table([row])  # repeats of the one test fold
 
 
 def test_metrics_logistic_and_failed():

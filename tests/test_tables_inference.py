@@ -3,6 +3,7 @@ separates a best, ties and scores below a floor marked, SDs named, coinciding fl
 of a results.json checked as untrusted input."""
 
 import json
+import math
 
 import h5py
 import numpy as np
@@ -330,6 +331,9 @@ def test_a_single_split_repeated_is_still_one_test_fold():
     _, body, caption = paper_table(rows, ["srcc"])
     assert not any(line[3].bold or line[3].tied for line in body)
     assert "fewer than 2 test folds" in caption
+    _, body, caption = paper_table(rows, ["srcc"], sd=True)  # its repeats test the same fold: no "± 0.000"
+    assert not any(math.isfinite(line[3].sd) for line in body)
+    assert "No SD for rows with one test fold" in caption and "over the 3 repeats" not in caption
 
 
 def test_a_summary_row_cannot_smuggle_in_the_tables_own_keys(run_folder, tmp_path):
