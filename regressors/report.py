@@ -22,7 +22,7 @@ import numpy as np
 from featcache.errors import FeatcacheError
 from featcache.outputs import write_text_atomically
 from regressors.cv import CVResults
-from regressors.summary_text import COMPARISONS_NOTE, format_comparisons, format_table, highest_line, \
+from regressors.summary_text import comparisons_note, format_comparisons, format_table, highest_line, \
     highest_on_test, number_cell
 
 MANIFEST = ".featcache-run"
@@ -216,7 +216,7 @@ def report_markdown(results: CVResults, title: str, figure_lines: list[str], tab
     if figure_lines:
         lines += ["## Figures (repeat 0, out-of-fold predictions)", ""] + figure_lines
     if results.comparisons:
-        lines += ["## Modes compared on the same test samples", "", COMPARISONS_NOTE, "",
+        lines += ["## Modes compared on the same test samples", "", comparisons_note(results.comparisons), "",
                   format_comparisons(results.comparisons), ""]
     lines += ["## Every cell", "", f"Protocol: {c.get('split_doc', c['split'])}. SRCC, PLCC and KRCC are fold "
               "means (mean over the folds of each repeat, then over repeats; ± is the population SD (ddof 0) "

@@ -219,6 +219,14 @@ COMPARISONS_NOTE = (
     "95% t interval of the mean difference. A failed fold counts as 0, as in the table.")
 
 
+def comparisons_note(comparisons: list[dict]) -> str:
+    """The note above the comparisons: `COMPARISONS_NOTE`, and why a row has no p where one has none."""
+    if all(c["p"] is not None and math.isfinite(c["p"]) for c in comparisons):
+        return COMPARISONS_NOTE
+    return (COMPARISONS_NOTE + " n/a: no p and no interval, as fewer than 2 test folds pair (a single split tests "
+            "once, however often repeated) or a difference is undefined.")
+
+
 def _p_cell(p) -> str:
     if p is None or not math.isfinite(p):
         return "n/a"

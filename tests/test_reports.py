@@ -418,3 +418,17 @@ def test_the_report_names_the_plus_minus_of_every_cell_a_population_sd():
 
     text = report_markdown(CVResults({"split": "group"}), "t", [])
     assert "population SD (ddof 0)" in text
+
+
+def test_a_single_split_comparison_says_why_it_has_no_p(tmp_path):
+    """--split paper: one test fold, however often repeated; the comparison has no p and no interval, and the
+    report says why beside the n/a."""
+    from regressors.report import report_markdown
+
+    results = cross_validate(load_cache(make_cache(tmp_path)), ["nr", "pr"], ["MOS_q"], ["ridge"], split="paper",
+                             repeats=2)
+    [comparison] = results.comparisons
+    assert comparison["p"] is None or np.isnan(comparison["p"])  # null in results.json
+    text = report_markdown(results, "t", [])
+    section = text.split("## Modes compared")[1].split("## Every cell")[0]
+    assert "n/a" in section and "fewer than 2 test folds" in section, section
