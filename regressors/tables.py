@@ -398,13 +398,17 @@ def _merged_floors(floor_lines: list[tuple]) -> tuple[list[list], list[str]]:
 
 def _cells_note(rows: list[dict], metrics: list[str], ci: bool, sd: bool) -> str:
     """What a cell is, and what is shown beside it."""
-    pooled = [m for m in metrics if ci and _interval_metric(m)]
+    pooled = [m for m in metrics if (ci and _interval_metric(m)) or m.endswith("_pooled")]
     means = [m for m in metrics if m not in pooled]
     parts = []
     if means:
         parts.append("Fold means (the mean over the folds of each repeat, then over repeats); a failed fold counts "
                      "as 0 in the correlations.")
-    if pooled:
+    if pooled and not ci:
+        names = ", ".join(dict.fromkeys(METRICS[m] for m in pooled))
+        parts.append(f"{names}: the pooled value (all out-of-fold predictions of a repeat, mean over the "
+                     "repeats).")
+    if pooled and ci:
         names = ", ".join(dict.fromkeys(METRICS[_interval_metric(m)] for m in pooled))
         parts.append(f"{names}: the pooled value (all out-of-fold predictions of a repeat, mean over the repeats) "
                      "with its 95% interval [low, high], a percentile bootstrap resampling whole prompt groups, each "
@@ -415,8 +419,10 @@ def _cells_note(rows: list[dict], metrics: list[str], ci: bool, sd: bool) -> str
                          "(rerun fit or bench).")
         if means:
             parts.append("The other columns have no interval.")
-    if sd:
-        every = {fold_sd(r["_folds"], base_metric(m))[1:] for r in rows if r.get("_folds") for m in metrics}
+    if sd and not means:
+        parts.append("Pooled columns have no SD.")
+    if sd and means:
+        every = {fold_sd(r["_folds"], base_metric(m))[1:] for r in rows if r.get("_folds") for m in means}
         over = {(what, n) for what, n in every if n >= 2}
         if every - over:
             parts.append("No SD for rows with one test fold (a single split, however often repeated: its repeats "
@@ -424,8 +430,7 @@ def _cells_note(rows: list[dict], metrics: list[str], ci: bool, sd: bool) -> str
         if over:
             parts.append("± the sample SD (ddof 1) " + "; ".join(
                 f"over the {n} folds" if what == "folds" else f"over the {n} repeats (of each repeat's fold mean)"
-                for what, n in sorted(over)) + ("; pooled columns have none." if any(
-                    m.endswith("_pooled") for m in metrics) else "."))
+                for what, n in sorted(over)) + ("; pooled columns have none." if pooled else "."))
         old = sorted({r.get("_file", "the rows given") for r in rows if not r.get("_folds")})
         if old:
             parts.append(f"No SD for the rows of {', '.join(old)}: it has no fold rows.")

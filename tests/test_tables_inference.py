@@ -375,3 +375,17 @@ def test_a_floor_row_takes_each_target_from_any_mode_of_its_sample_set():
     _, body, _ = paper_table(rows, ["srcc"])
     [floor] = [line for line in body if line[0].startswith("floor")]
     assert [cell.value for cell in floor[3:]] == [0.3, 0.2]
+
+
+def test_a_table_of_pooled_columns_calls_them_pooled_and_claims_no_sd():
+    """`--metric srcc_pooled` (with or without --sd): the caption described fold means and an SD over the folds
+    that no column showed."""
+    rows = [_row("nr", "ridge", 0.6, _folds([0.6, 0.61, 0.59]), srcc_pooled=0.62),
+            _row("nr", "svr", 0.5, _folds([0.5, 0.52, 0.49]), srcc_pooled=0.51)]
+    for sd in (False, True):
+        _, body, caption = paper_table(rows, ["srcc_pooled"], sd=sd)
+        assert [line[3].value for line in body] == [0.62, 0.51]
+        assert "Fold means" not in caption and "the sample SD" not in caption, caption
+        assert "SRCC (pooled): the pooled value (all out-of-fold predictions of a repeat" in caption, caption
+    _, _, caption = paper_table(rows, ["srcc", "srcc_pooled"], sd=True)
+    assert "Fold means" in caption and "over the 3 folds" in caption and "pooled columns have none" in caption
