@@ -13,7 +13,8 @@ def accuracy() -> str:
     import sys
 
     sys.path.insert(0, str(RESULTS.parents[1]))
-    from regressors.tables import render_table, table_rows
+    from regressors.results_files import table_rows
+    from regressors.tables import render_table
 
     data = json.loads((RESULTS / "accuracy.json").read_text())
     rows = []

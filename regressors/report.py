@@ -184,7 +184,8 @@ def output_name(name: str) -> bool:
 def _write_outputs(results: CVResults, out: Path, title: str, plot: str | None, run_info: dict | None,
                    figures: bool, figure_list: list[tuple] | None) -> dict[str, Path]:
     from regressors.figures import draw_figures
-    from regressors.tables import render_table, table_rows
+    from regressors.results_files import table_rows
+    from regressors.tables import render_table
 
     paths = {key: out / name for key, name in OUTPUT_FILES.items()}
     payload = results.to_dict()

@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner
 
 import cli
+import cli_support
 from featcache.backbones import Backbone, load_backbone
 from featcache.datasets import load_dataset
 from featcache.errors import FeatcacheError
@@ -466,9 +467,9 @@ def test_a_first_run_that_fails_before_any_backbone_leaves_no_cache(pku_root, tm
 def test_extract_takes_the_backbone_with_its_pooling_as_fit_does(pku_root, monkeypatch):
     """`extract --backbone resnet18/multilevel` is `--backbone resnet18 --pool multilevel`; the two ways must agree;
     a name whose last part is no pooling stays a name."""
-    assert cli._name_and_pool("resnet18/multilevel", None) == ("resnet18", "multilevel")
-    assert cli._name_and_pool("hf-hub:org/model", "paper") == ("hf-hub:org/model", "paper")
-    assert cli._name_and_pool("resnet18", None) == ("resnet18", None)
+    assert cli_support.name_and_pool("resnet18/multilevel", None) == ("resnet18", "multilevel")
+    assert cli_support.name_and_pool("hf-hub:org/model", "paper") == ("hf-hub:org/model", "paper")
+    assert cli_support.name_and_pool("resnet18", None) == ("resnet18", None)
     monkeypatch.chdir(pku_root)
     base = ["extract", "--random-weights", "--image-size", "32", "--workers", "0", "--quiet"]
     out = CliRunner().invoke(cli.main, [*base, "--backbone", "resnet18/multilevel", "--pool", "paper"])

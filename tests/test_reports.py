@@ -166,7 +166,8 @@ def test_cli_fit_writes_a_fresh_run_folder_and_refuses_a_used_out(tmp_path, monk
 
 @pytest.mark.slow
 def test_table_in_the_paper_layout(tmp_path, monkeypatch):
-    from regressors.tables import load_results, render_table
+    from regressors.results_files import load_results
+    from regressors.tables import render_table
 
     make_cache(tmp_path, backbones=("toy.random/paper/4", "toy.random/multilevel/4"))
     monkeypatch.chdir(tmp_path)
@@ -344,7 +345,7 @@ def test_table_takes_a_cell_equal_to_the_last_bits_as_one_and_refuses_a_real_dif
         assert out.exit_code == 2 and out.output.splitlines() == [
             f"error: a and {other} both give cell NR, toy.random/paper/4, ridge, MOS_q with different values "
             f"(plcc_logistic_mean {shown}); render them separately or leave one out"], out.output
-    from regressors.tables import SAME_CELL_TOLERANCE
+    from regressors.results_files import SAME_CELL_TOLERANCE
 
     assert SAME_CELL_TOLERANCE == 1e-9  # as the README states
 

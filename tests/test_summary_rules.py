@@ -53,7 +53,8 @@ def test_a_fold_whose_rmse_is_not_finite_is_counted_not_dropped(tmp_path, bad):
     not finite (null in results.json, n/a in the table) and `n_rmse_nonfinite` counts the fold; the mean of the
     other folds alone would show a smaller RMSE than the configuration has."""
     from regressors.report import write_results
-    from regressors.tables import load_results, render_table
+    from regressors.results_files import load_results
+    from regressors.tables import render_table
 
     data = load_cache(make_cache(tmp_path))
     result = cross_validate(data, ["nr"], ["MOS_q"], ["ridge"], folds=4)

@@ -17,7 +17,8 @@ from regressors.cv import cross_validate
 from regressors.fold_rows import fold_sd
 from regressors.inference import group_bootstrap_interval, pooled_predictions
 from regressors.summary_text import floors_once, format_table, highest_on_test
-from regressors.tables import load_results, paper_table, render_table, table_rows
+from regressors.results_files import load_results, table_rows
+from regressors.tables import paper_table, render_table
 from tests.fakedata import make_cache
 
 FLOORS = registry.floor_names()

@@ -303,9 +303,9 @@ def test_results_that_are_not_a_bounded_regular_file_are_refused(workdir, tmp_pa
     os.mkfifo(tmp_path / "pipe.json")
     for given in (zero, zero / "results.json", tmp_path / "pipe.json"):
         _one_line_refusal(CliRunner().invoke(cli.main, ["table", str(given)]), "not a regular file")
-    import regressors.tables
+    import regressors.results_files
 
-    monkeypatch.setattr(regressors.tables, "RESULTS_MAX_BYTES", 1 << 10)
+    monkeypatch.setattr(regressors.results_files, "RESULTS_MAX_BYTES", 1 << 10)
     big = CliRunner().invoke(cli.main, ["table", str(workdir / "run")])
     _one_line_refusal(big, "more than a results.json may have (0 MiB)")
     monkeypatch.undo()
