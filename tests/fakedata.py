@@ -88,3 +88,16 @@ def make_cache(tmp_path, i2i_prompts=6, t2i_prompts=10, per=4, dim=6, seed=0, ba
             group["emb"][:] = emb
             group["done"][:] = True
     return path
+
+
+def fit_nr_run(root, regressors: str, *extra: str):
+    """A fake cache in `root` and `featcache fit` on it through the CLI (NR, MOS_q, 3 folds, no figures) into
+    root/run; `extra` options appended. Returns click's result."""
+    from click.testing import CliRunner
+
+    import cli
+
+    make_cache(root)
+    return CliRunner().invoke(cli.main, ["fit", "--cache", str(root / "c.h5"), "--mode", "nr", "--target", "MOS_q",
+                                         "--regressor", regressors, "--folds", "3", "--quiet", "--no-figures",
+                                         "--out", str(root / "run"), *extra])

@@ -19,7 +19,7 @@ from regressors.inference import group_bootstrap_interval, pooled_predictions
 from regressors.summary_text import floors_once, format_table, highest_on_test
 from regressors.results_files import load_results, table_rows
 from regressors.tables import paper_table, render_table
-from tests.fakedata import make_cache
+from tests.fakedata import fit_nr_run, make_cache
 
 FLOORS = registry.floor_names()
 
@@ -195,10 +195,7 @@ def test_ci_and_sd_in_every_format(small_run):
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("tables_cli")
-    make_cache(root)
-    made = CliRunner().invoke(cli.main, ["fit", "--cache", str(root / "c.h5"), "--mode", "nr", "--target", "MOS_q",
-                                         "--regressor", "ridge,svr", "--folds", "3", "--quiet", "--no-figures",
-                                         "--out", str(root / "run")])
+    made = fit_nr_run(root, "ridge,svr")
     assert made.exit_code == 0, made.output
     return root
 

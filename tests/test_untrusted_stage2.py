@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 import cli
-from tests.fakedata import make_cache
+from tests.fakedata import fit_nr_run
 
 FORMULAS = ['=HYPERLINK("http://example.invalid","x")', "+cmd|' /C calc'!A0"]
 TARGET = "@SUM(1+1)\x1b[2J"  # a spreadsheet formula and a screen clear in one label name
@@ -28,10 +28,7 @@ ESCAPED_TARGET = "'@SUM(1+1)\\x1b[2J"  # as every CSV writes it: the formula beh
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("untrusted2")
-    make_cache(root)
-    made = CliRunner().invoke(cli.main, ["fit", "--cache", str(root / "c.h5"), "--mode", "nr", "--target", "MOS_q",
-                                         "--regressor", "ridge", "--folds", "3", "--quiet", "--no-figures",
-                                         "--out", str(root / "run"), "--save-head", str(root / "h.safetensors")])
+    made = fit_nr_run(root, "ridge", "--save-head", str(root / "h.safetensors"))
     assert made.exit_code == 0, made.output
     from PIL import Image
 
