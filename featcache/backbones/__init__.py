@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from featcache.backbones.pooling import POOLINGS, PoolingSpec, get_pooling
+from featcache.backbones.views import CENTRE, InputView, parse_view
 from featcache.backbones.registry import (
     BACKBONES,
     BackboneSpec,
@@ -24,8 +25,9 @@ from featcache.backbones.weights import (
 if TYPE_CHECKING:
     from featcache.backbones.extractor import FeatureExtractor
 
-__all__ = ["BACKBONES", "POOLINGS", "Backbone", "BackboneSpec", "FeatureExtractor", "PoolingSpec", "WeightsChoice",
-           "backbone_id", "list_backbones", "load_backbone", "resolve_backbone"]
+__all__ = ["BACKBONES", "CENTRE", "POOLINGS", "Backbone", "BackboneSpec", "FeatureExtractor", "InputView",
+           "PoolingSpec", "WeightsChoice", "backbone_id", "list_backbones", "load_backbone", "parse_view",
+           "resolve_backbone"]
 
 
 @dataclass
@@ -35,15 +37,17 @@ class Backbone:
     spec: BackboneSpec
     pool: str
     weights: WeightsChoice
+    view: InputView = CENTRE
     _extractor: "FeatureExtractor | None" = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
-        return backbone_id(self.spec, self.pool, self.weights.tag)
+        return backbone_id(self.spec, self.pool, self.weights.tag, self.view)
 
     def config(self) -> dict:
-        """Everything that changes the numbers; compared against an existing cache before anything is written."""
-        return {
+        """Everything that changes the numbers; compared against an existing cache before anything is written. The
+        view is recorded under `input` unless it is the paper's centre crop (then the key is absent, as before)."""
+        config = {
             "id": self.id,
             "arch": self.spec.arch,
             "weights": self.weights.to_dict(),
@@ -51,6 +55,9 @@ class Backbone:
             "pool": self.pool,
             "data_config": self.spec.data_config(),
         }
+        if self.view.config() is not None:
+            config["input"] = self.view.config()
+        return config
 
     def extractor(self) -> "FeatureExtractor":
         from featcache.backbones.extractor import FeatureExtractor
@@ -83,11 +90,11 @@ def __getattr__(name: str):
 
 
 def load_backbone(name: str, pool: str = "paper", weights_file=None, random_weights: bool = False,
-                  image_size: int | None = None) -> Backbone:
-    """A backbone by registered or timm name, with its pooling and weights chosen and the weights file (if any)
-    hashed, but the network not built (`Backbone.extractor()` builds it). Unknown names, poolings and missing or
-    misnamed weights files are a one-line `FeatcacheError` here."""
+                  image_size: int | None = None, view: InputView = CENTRE) -> Backbone:
+    """A backbone by registered or timm name, with its pooling, weights and view (`featcache.backbones.views`)
+    chosen and the weights file (if any) hashed, but the network not built (`Backbone.extractor()` builds it).
+    Unknown names, poolings and missing or misnamed weights files are a one-line `FeatcacheError` here."""
     get_pooling(pool)  # an unknown name is an error before anything is built
     spec = resolve_backbone(name, image_size)
-    return Backbone(spec, pool, choose_weights(spec, weights_file, random_weights))
+    return Backbone(spec, pool, choose_weights(spec, weights_file, random_weights), view)
 

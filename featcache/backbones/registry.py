@@ -126,6 +126,8 @@ def _timm_spec(name: str) -> BackboneSpec:
     )
 
 
-def backbone_id(spec: BackboneSpec, pool: str, weights_tag: str) -> str:
-    """The cache key: everything that changes the numbers, e.g. `vgg19.tv_in1k/paper/224`."""
-    return f"{spec.arch}.{weights_tag}/{pool}/{spec.input_size}"
+def backbone_id(spec: BackboneSpec, pool: str, weights_tag: str, view=None) -> str:
+    """The cache key: everything that changes the numbers, e.g. `vgg19.tv_in1k/paper/224`; the last part is the
+    view's (`featcache.backbones.views`: `224`, `native`, `224x5`)."""
+    last = str(spec.input_size) if view is None else view.id_part(spec.input_size)
+    return f"{spec.arch}.{weights_tag}/{pool}/{last}"
