@@ -17,6 +17,7 @@ from regressors.intervals import INTERVAL_KEYS
 from regressors.splits import SPLITS
 from regressors.table_formats import fmt_number
 from regressors.tables import METRICS, floor_regressors, method_label
+from regressors.transfer_table import is_transfer, is_transfer_folder, transfer_rows
 
 
 def load_results(paths: list[str | Path]) -> list[dict]:
@@ -30,9 +31,11 @@ def load_results(paths: list[str | Path]) -> list[dict]:
     for run, given in enumerate(paths):
         path = Path(given)
         if path.is_dir():
-            path = path / "results.json"
+            path = path / ("transfer.json" if is_transfer_folder(path) else "results.json")
         try:
             payload = json.loads(read_results_text(path))
+            if is_transfer(payload):
+                return transfer_rows(payload, path, len(paths))
             config, summary = payload["config"], payload["summary"]
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nested past the parser
             raise FeatcacheError(f"{path}: not a featcache results.json ({type(exc).__name__}: "
