@@ -2,10 +2,12 @@
 over 200 text prompts), 2048-d features with a planted signal; NR/FR/PR x 3 targets x 5 prompt-disjoint folds.
 
     python benchmarks/stage2.py [--jobs 2] [--device cpu] [--one-call]
+    python benchmarks/stage2.py --gflops [--device cpu]   # the MLP head's GFLOP/s beside a bare matmul only
     python benchmarks/stage2.py --startup [--runs 5]   # start-up of `featcache fit` against `python -c "import torch"`
 
-Prints seconds per regressor family, fits and the NR MOS_q SRCC, writes benchmarks/results/stage2.json (the
-start-up run: stage2_startup.json). `--one-call` also times every regressor in one run, as `featcache fit` runs the
+Prints seconds per regressor family, fits and the NR MOS_q SRCC, then (with the mlp family) the MLP head's achieved
+GFLOP/s beside a bare torch matmul of the same shapes measured in the same process (`mlp_gflops`); writes
+benchmarks/results/stage2.json (the start-up run: stage2_startup.json; --gflops alone: stage2_gflops.json). `--one-call` also times every regressor in one run, as `featcache fit` runs the
 default grid: the workers then take the costliest tasks first, so the run takes less than the families' sum.
 """
 
@@ -87,7 +89,92 @@ def run_grid(folder: Path, jobs: int = 2, device: str = "cpu", families: list[st
               f"{shown}", flush=True)
         if on_family:
             on_family(out)
+    if "mlp" in [label for label, _ in runs]:
+        out["mlp_gflops"] = mlp_gflops(data, device)
     out["full_grid_seconds"] = sum(out.get(f"{label}_seconds", 0.0) for label, _ in FAMILIES)  # the families' sum
+    return out
+
+
+def _synchronize(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def mlp_gflops(data, device: str = "cpu", mode: str = "nr") -> dict:
+    """The MLP head's achieved GFLOP/s against a bare torch matmul of the same shapes, both in this process (same
+    device, same torch threads).
+
+    The MLP: the members of the first task `cv.plan` gives for `mode` (on the CPU one fold's three targets, on CUDA
+    the whole cell) trained by `regressors.mlp.fit_mlp_members`, timed from the call to its return. FLOPs counted
+    are those of the matmuls the training runs, per member and row of every chunk (padding rows included, since
+    they are computed): a training step 4·D·H + 6·H (layer 1: forward and weight gradient, 2·D·H each, no input
+    gradient since its input is data; layer 2: forward, input gradient and weight gradient, 2·H each), a
+    validation forward 2·D·H + 2·H. The bare matmul: the step's two large products (the (M, B, D) x (M, D, H)
+    forward and the (M, D, B) x (M, B, H) weight gradient), B the head's batch size, repeated for about a second:
+    4·M·B·D·H per repeat."""
+    import torch
+
+    from regressors import mlp
+    from regressors.cv import plan
+
+    _, tasks = plan(data, [mode], ["MOS_q", "MOS_a", "MOS_c"], ["mlp"], split="group", folds=5,
+                    spread=device == "cpu", warn_folds=False)
+    task = tasks[0]
+    counted = {"flops": 0.0}
+    accumulate, forward = mlp._Stack.accumulate, mlp._Stack.forward
+
+    def counting_accumulate(self, x, *args, **kwargs):
+        m, b, d = x.shape
+        h = self.weights[0].shape[2]
+        counted["flops"] += m * b * (4.0 * d * h + 6.0 * h)
+        return accumulate(self, x, *args, **kwargs)
+
+    def counting_forward(self, x):
+        m, b, d = x.shape
+        h = self.weights[0].shape[2]
+        counted["flops"] += m * b * (2.0 * d * h + 2.0 * h)
+        return forward(self, x)
+
+    members = [(m.train, m.y_train, m.groups, m.seed) for m in task.members]
+    mlp._Stack.accumulate, mlp._Stack.forward = counting_accumulate, counting_forward
+    try:
+        _synchronize(device)
+        start = time.perf_counter()
+        mlp.fit_mlp_members(task.inputs, members, device=device)
+        _synchronize(device)
+        seconds = time.perf_counter() - start
+    finally:
+        mlp._Stack.accumulate, mlp._Stack.forward = accumulate, forward
+    m, d = len(members), task.inputs.shape[1]
+    h, batch = mlp._hidden(d, mlp.MLPHead().hidden_ratio), int(mlp.MLPHead().batch_size)
+    gen = torch.Generator().manual_seed(0)
+    z, w1 = torch.randn(m, batch, d, generator=gen).to(device), torch.randn(m, d, h, generator=gen).to(device)
+    d_pre, g1 = torch.randn(m, batch, h, generator=gen).to(device), torch.zeros(m, d, h).to(device)
+    b1 = torch.zeros(m, 1, h).to(device)
+    for _ in range(3):  # warm-up
+        torch.baddbmm(b1, z, w1)
+        g1.baddbmm_(z.mT, d_pre)
+    repeats, bare_seconds = 0, 0.0
+    _synchronize(device)
+    start = time.perf_counter()
+    while bare_seconds < 1.0:
+        for _ in range(10):
+            torch.baddbmm(b1, z, w1)
+            g1.baddbmm_(z.mT, d_pre)
+        _synchronize(device)
+        repeats += 10
+        bare_seconds = time.perf_counter() - start
+    out = {"mode": mode, "device": device, "threads": torch.get_num_threads(), "members": m, "dim": d,
+           "hidden": h, "batch": batch, "mlp_seconds": seconds, "mlp_gflop": counted["flops"] / 1e9,
+           "mlp_gflops": counted["flops"] / 1e9 / seconds,
+           "bare_gflops": 4.0 * m * batch * d * h * repeats / 1e9 / bare_seconds}
+    out["ratio"] = out["mlp_gflops"] / out["bare_gflops"]
+    print(f"  MLP head {out['mlp_gflops']:.1f} GFLOP/s ({out['mlp_gflop']:.0f} GFLOP of matmuls in "
+          f"{seconds:.1f} s; {m} members, {mode} {d} -> {h} -> 1, batch {batch}) vs a bare matmul of the same shapes "
+          f"{out['bare_gflops']:.1f} GFLOP/s: {out['ratio']:.2f} x ({device}, {out['threads']} torch threads)",
+          flush=True)
     return out
 
 
@@ -148,10 +235,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--families", default=",".join(f for f, _ in FAMILIES))
     parser.add_argument("--one-call", action="store_true", help="also time all the families' regressors in one run")
+    parser.add_argument("--gflops", action="store_true", help="only the MLP's GFLOP/s against a bare matmul")
     parser.add_argument("--startup", action="store_true", help="measure the start-up of featcache fit instead")
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON [benchmarks/results]")
     parser.add_argument("--runs", type=int, default=5, help="--startup: runs per command (the median is kept)")
     args = parser.parse_args()
+    if args.gflops:
+        from regressors.cache_data import load_cache
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = mlp_gflops(load_cache(str(planted_cache(Path(tmp) / "s2"))), args.device)
+        out["machine"] = machine()
+        print(f"wrote {save_json('stage2_gflops', out, args.out)}")
+        return
     if args.startup:
         with tempfile.TemporaryDirectory() as tmp:
             out = startup(Path(tmp), args.runs)

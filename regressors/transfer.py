@@ -239,7 +239,8 @@ def transfer(caches: list[str], backbone: str | None = None, modes: list[str] | 
     for mode in modes:
         for s, source in enumerate(datas):
             cv_rows = _diagonal(cross_validate, source, mode, chosen, s, regressor, folds=folds, repeats=repeats,
-                                seed=seed, jobs=jobs, backend=backend, device=device)
+                                seed=seed, jobs=jobs, backend=backend, device=device,
+                                warn_folds=mode == modes[0])  # the same folds in every mode: warned once
             off = _off_diagonal(datas, s, mode, chosen, regressor, matrices, seed, device)
             for t in chosen:
                 for k in range(len(datas)):
@@ -295,14 +296,14 @@ CSV_COLUMNS = ("mode", "target", "source", "test", "source_target", "test_target
                "n_train", "n_test", "n_folds", "n_failed")
 
 
-def _finite_or_null(value):
+def finite_or_null(value):
     """JSON has no NaN: undefined numbers become null."""
     if isinstance(value, float) and not np.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
+        return {k: finite_or_null(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite_or_null(v) for v in value]
+        return [finite_or_null(v) for v in value]
     return value
 
 
@@ -319,7 +320,7 @@ def write_transfer(results: TransferResults, folder: str | Path, run_info: dict 
 
     folder = Path(folder)
     created = missing_folders(folder)
-    payload = _finite_or_null({**results.to_dict(), **({"run": run_info} if run_info else {})})
+    payload = finite_or_null({**results.to_dict(), **({"run": run_info} if run_info else {})})
     paths = {key: folder / name for key, name in OUTPUT_FILES.items()}
     try:
         folder.mkdir(parents=True, exist_ok=True)
