@@ -14,6 +14,7 @@ default grid: the workers then take the costliest tasks first, so the run takes 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -111,9 +112,8 @@ def mlp_gflops(data, device: str = "cpu", mode: str = "nr") -> dict:
     are those of the matmuls the training runs, per member and row of every chunk (padding rows included, since
     they are computed): a training step 4·D·H + 6·H (layer 1: forward and weight gradient, 2·D·H each, no input
     gradient since its input is data; layer 2: forward, input gradient and weight gradient, 2·H each), a
-    validation forward 2·D·H + 2·H. The bare matmul: the step's two large products (the (M, B, D) x (M, D, H)
-    forward and the (M, D, B) x (M, B, H) weight gradient), B the head's batch size, repeated for about a second:
-    4·M·B·D·H per repeat."""
+    validation forward 2·D·H + 2·H. The bare matmul (`bare_matmul_gflops`), measured just before and just after
+    the MLP and averaged (on a shared machine the rate drifts), runs the step's two large products alone."""
     import torch
 
     from regressors import mlp
@@ -138,6 +138,10 @@ def mlp_gflops(data, device: str = "cpu", mode: str = "nr") -> dict:
         return forward(self, x)
 
     members = [(m.train, m.y_train, m.groups, m.seed) for m in task.members]
+    m, d = len(members), task.inputs.shape[1]
+    h, batch = mlp._hidden(d, mlp.MLPHead().hidden_ratio), int(mlp.MLPHead().batch_size)
+    load = [os.getloadavg()[0]]
+    before = bare_matmul_gflops(m, batch, d, h, device)
     mlp._Stack.accumulate, mlp._Stack.forward = counting_accumulate, counting_forward
     try:
         _synchronize(device)
@@ -147,35 +151,47 @@ def mlp_gflops(data, device: str = "cpu", mode: str = "nr") -> dict:
         seconds = time.perf_counter() - start
     finally:
         mlp._Stack.accumulate, mlp._Stack.forward = accumulate, forward
-    m, d = len(members), task.inputs.shape[1]
-    h, batch = mlp._hidden(d, mlp.MLPHead().hidden_ratio), int(mlp.MLPHead().batch_size)
+    after = bare_matmul_gflops(m, batch, d, h, device)
+    load.append(os.getloadavg()[0])
+    out = {"mode": mode, "device": device, "threads": torch.get_num_threads(), "members": m, "dim": d,
+           "hidden": h, "batch": batch, "mlp_seconds": seconds, "mlp_gflop": counted["flops"] / 1e9,
+           "mlp_gflops": counted["flops"] / 1e9 / seconds, "bare_gflops_before": before,
+           "bare_gflops_after": after, "bare_gflops": (before + after) / 2, "load_average": load}
+    out["ratio"] = out["mlp_gflops"] / out["bare_gflops"]
+    print(f"  MLP head {out['mlp_gflops']:.1f} GFLOP/s ({out['mlp_gflop']:.0f} GFLOP of matmuls in "
+          f"{seconds:.1f} s; {m} members, {mode} {d} -> {h} -> 1, batch {batch}) vs a bare matmul of the same shapes "
+          f"{out['bare_gflops']:.1f} GFLOP/s (before {before:.1f}, after {after:.1f}): {out['ratio']:.2f} x "
+          f"({device}, {out['threads']} torch threads, load average {load[0]:.1f} / {load[1]:.1f})", flush=True)
+    return out
+
+
+def bare_matmul_gflops(members: int, batch: int, dim: int, hidden: int, device: str, seconds: float = 2.0) -> float:
+    """GFLOP/s of the MLP step's two large products alone, `torch.baddbmm` (members, batch, dim) x (members, dim,
+    hidden) and the in-place weight gradient (members, dim, batch) x (members, batch, hidden), repeated for about
+    `seconds`: 4 x members x batch x dim x hidden FLOPs per repeat."""
+    import torch
+
     gen = torch.Generator().manual_seed(0)
-    z, w1 = torch.randn(m, batch, d, generator=gen).to(device), torch.randn(m, d, h, generator=gen).to(device)
-    d_pre, g1 = torch.randn(m, batch, h, generator=gen).to(device), torch.zeros(m, d, h).to(device)
-    b1 = torch.zeros(m, 1, h).to(device)
-    for _ in range(3):  # warm-up
+    z, w1 = torch.randn(members, batch, dim, generator=gen), torch.randn(members, dim, hidden, generator=gen)
+    d_pre, g1 = torch.randn(members, batch, hidden, generator=gen), torch.zeros(members, dim, hidden)
+    z, w1, d_pre, g1 = (t.to(device) for t in (z, w1, d_pre, g1))
+    b1 = torch.zeros(members, 1, hidden, device=device)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds / 4:  # warm-up: thread pool, caches, clocks
         torch.baddbmm(b1, z, w1)
         g1.baddbmm_(z.mT, d_pre)
-    repeats, bare_seconds = 0, 0.0
+        _synchronize(device)
+    repeats, elapsed = 0, 0.0
     _synchronize(device)
     start = time.perf_counter()
-    while bare_seconds < 1.0:
+    while elapsed < seconds:
         for _ in range(10):
             torch.baddbmm(b1, z, w1)
             g1.baddbmm_(z.mT, d_pre)
         _synchronize(device)
         repeats += 10
-        bare_seconds = time.perf_counter() - start
-    out = {"mode": mode, "device": device, "threads": torch.get_num_threads(), "members": m, "dim": d,
-           "hidden": h, "batch": batch, "mlp_seconds": seconds, "mlp_gflop": counted["flops"] / 1e9,
-           "mlp_gflops": counted["flops"] / 1e9 / seconds,
-           "bare_gflops": 4.0 * m * batch * d * h * repeats / 1e9 / bare_seconds}
-    out["ratio"] = out["mlp_gflops"] / out["bare_gflops"]
-    print(f"  MLP head {out['mlp_gflops']:.1f} GFLOP/s ({out['mlp_gflop']:.0f} GFLOP of matmuls in "
-          f"{seconds:.1f} s; {m} members, {mode} {d} -> {h} -> 1, batch {batch}) vs a bare matmul of the same shapes "
-          f"{out['bare_gflops']:.1f} GFLOP/s: {out['ratio']:.2f} x ({device}, {out['threads']} torch threads)",
-          flush=True)
-    return out
+        elapsed = time.perf_counter() - start
+    return 4.0 * members * batch * dim * hidden * repeats / 1e9 / elapsed
 
 
 STARTUP_RUNS = {  # name -> featcache fit arguments after --cache; a small cache, so the time is the start-up

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache.errors import FeatcacheError, FeatcacheWarning, named
+from featcache.errors import FeatcacheError, FeatcacheWarning
 from regressors.cache_data import CacheData, cached_backbone_ids, load_cache, resolve_backbone_id
+from regressors.cv import check_jobs, cross_validate
 from regressors.design import content_groups, design_matrix
 from regressors.fitting import Member, fit_members
 from regressors.metrics import quality_metrics
@@ -76,8 +77,9 @@ def _which_cache(token: str, paths: list[str], entry: str) -> int:
     if not hits and Path(token).is_file():
         hits = [i for i, p in enumerate(paths) if os.path.samefile(token, p)]
     if len(hits) > 1:
-        raise FeatcacheError(f"--target-map {entry}: {token!r} names several caches ({', '.join(paths[i] for i in hits)}); "
-                             "name the cache by its path")
+        listed = ", ".join(paths[i] for i in hits)
+        raise FeatcacheError(f"--target-map {entry}: {token!r} names several caches ({listed}); name the cache by "
+                             "its path")
     if not hits:
         raise FeatcacheError(f"--target-map {entry}: {token!r} is none of the caches ({', '.join(paths)}); name a "
                              "cache by its path or file stem")
@@ -202,8 +204,6 @@ def transfer(caches: list[str], backbone: str | None = None, modes: list[str] | 
     the test cache (SRCC, PLCC, logistic PLCC with the logistic fitted on the source, KRCC); the diagonal is the
     source's cross-validated score (`cv.cross_validate`, `folds` x `repeats`, prompt-disjoint). Every input is
     checked before anything is fitted. Seeded: the same inputs give the same numbers whatever `jobs`."""
-    from regressors.cv import check_jobs, cross_validate
-
     caches = [str(c) for c in caches]
     check_caches(caches)
     check_jobs(jobs)
@@ -238,7 +238,7 @@ def transfer(caches: list[str], backbone: str | None = None, modes: list[str] | 
     matrices = {(i, mode): design_matrix(d, mode) for i, d in enumerate(datas) for mode in modes}
     for mode in modes:
         for s, source in enumerate(datas):
-            cv_rows = _diagonal(cross_validate, source, mode, chosen, s, regressor, folds=folds, repeats=repeats,
+            cv_rows = _diagonal(source, mode, chosen, s, regressor, folds=folds, repeats=repeats,
                                 seed=seed, jobs=jobs, backend=backend, device=device,
                                 warn_folds=mode == modes[0])  # the same folds in every mode: warned once
             off = _off_diagonal(datas, s, mode, chosen, regressor, matrices, seed, device)
@@ -276,7 +276,7 @@ def _off_diagonal(datas: list[CacheData], s: int, mode: str, chosen: list[dict],
     return out
 
 
-def _diagonal(cross_validate, source: CacheData, mode: str, chosen: list[dict], s: int, regressor: str,
+def _diagonal(source: CacheData, mode: str, chosen: list[dict], s: int, regressor: str,
               **options) -> dict:
     """{target: cell}: the source's cross-validated fold means (failed folds counted as 0) and their SDs."""
     names = [t["names"][s] for t in chosen]
