@@ -26,7 +26,8 @@ def load_results(paths: list[str | Path]) -> list[dict]:
     `fold_rows.folds_problem`). Runs made on other folds are refused (their rows beside each other would compare
     splits, not heads), and so is a cell two runs both give with different values (keeping either would hide the
     other); a cell both give with the same values, every number to SAME_CELL_TOLERANCE (`--jobs 1` and loky's
-    workers differ in the last bits), is kept once."""
+    workers differ in the last bits), is kept once. A transfer.json (or a transfer run folder), given alone, is one
+    row carrying the checked file (`transfer_table.transfer_rows`), which `tables.render_table` renders."""
     rows, runs, seen = [], [], {}
     for run, given in enumerate(paths):
         path = Path(given)
