@@ -135,3 +135,29 @@ def test_bad_inputs_are_one_line_and_write_nothing(two, tmp_path):
     t2i_only = _cache(tmp_path, "d", 4, i2i_prompts=0)
     _refused([str(a), str(t2i_only), "--mode", "fr"], out, "has no sample with an image prompt")
     _refused([str(a), str(b), "--regressor", "prompt-mean"], out, "label-only floor cannot transfer")
+
+
+def test_a_stem_two_caches_share_must_be_given_as_a_path(tmp_path):
+    x, y = tmp_path / "x", tmp_path / "y"
+    for folder, seed in ((x, 5), (y, 6)):
+        folder.mkdir()
+        make_cache(folder, seed=seed).rename(folder / "db.h5")
+    out = tmp_path / "never"
+    _refused([str(x / "db.h5"), str(y / "db.h5"), "--target-map", "db:MOS_q=db:MOS_q"], out, "names several caches")
+    from regressors.transfer import database_names
+
+    assert database_names([str(x / "db.h5"), str(y / "db.h5")]) == [str(x / "db.h5"), str(y / "db.h5")]
+
+
+def test_table_refuses_a_tampered_transfer_json(two, tmp_path):
+    a, b = two
+    out = tmp_path / "out"
+    assert CliRunner().invoke(cli.main, ["transfer", str(a), str(b), "--target", "MOS_q", "--folds", "3", "--jobs",
+                                         "1", "--out", str(out)]).exit_code == 0
+    payload = json.loads((out / "transfer.json").read_text())
+    payload["cells"][1]["srcc"] = "0.99"
+    (out / "transfer.json").write_text(json.dumps(payload))
+    result = CliRunner().invoke(cli.main, ["table", str(out / "transfer.json")])
+    assert result.exit_code == 2 and "not a featcache transfer.json (a cell's srcc" in result.output
+    both = CliRunner().invoke(cli.main, ["table", str(out / "transfer.json"), str(out / "transfer.json")])
+    assert both.exit_code == 2 and "rendered alone" in both.output
