@@ -444,5 +444,40 @@ def demo(out, views, folds, jobs, photos, modes, regressors, quiet):
              regressors=names(regressors), progress=not quiet, echo=echo)
 
 
+
+@main.command()
+@click.argument("caches", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--backbone", help="Backbone id, name or prefix that names the same id in every cache [the only one].")
+@click.option("--mode", help=f"Comma list of {HELP['modes']} [nr].")
+@click.option("--target", help="Comma list of targets, as the first cache names them [every one in all caches].")
+@click.option("--regressor", default="ridge", show_default=True, help="One regressor that reads features.")
+@click.option("--target-map", "target_map", multiple=True, metavar="A:NAME=B:NAME",
+              help="Targets of different names that are the same quantity; A and B are caches' file stems or paths "
+                   "(repeat the option for more).")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="Folds of the diagonal's CV.")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--jobs", type=JOBS, default="auto", show_default=True, help="Parallel fitting processes of the CV.")
+@click.option("--device", default="auto", show_default=True, help="Where the MLP trains.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Results folder [a fresh featcache-transfer/<date-time>-<id>/].")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty --out.")
+def transfer(caches, backbone, mode, target, regressor, target_map, folds, repeats, seed, jobs, device, out,
+             overwrite):
+    """Train on all of each database, test on all of each other one; each database's own cross-validated score
+    on the diagonal. Writes transfer.json, transfer.csv, transfer.md and transfer.tex."""
+    from regressors.report import run_folder
+    from regressors.transfer import transfer as run_transfer, write_transfer
+    from regressors.transfer_table import render_transfer
+
+    folder = run_folder(out, overwrite, root="featcache-transfer")
+    results = run_transfer(list(caches), backbone, names(mode), names(target), regressor, list(target_map),
+                           folds=folds, repeats=repeats, seed=seed, jobs=jobs, device=device)
+    payload = results.to_dict()
+    echo(render_transfer(payload), nl=False)
+    paths = write_transfer(results, folder, run_info={"command": command_line(), "featcache": __version__})
+    echo(f"results in {folder}/ ({paths['json'].name}, {paths['csv'].name}, {paths['table'].name})")
+
+
 if __name__ == "__main__":
     main()

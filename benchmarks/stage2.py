@@ -2,16 +2,19 @@
 over 200 text prompts), 2048-d features with a planted signal; NR/FR/PR x 3 targets x 5 prompt-disjoint folds.
 
     python benchmarks/stage2.py [--jobs 2] [--device cpu] [--one-call]
+    python benchmarks/stage2.py --gflops [--device cpu]   # the MLP head's GFLOP/s beside a bare matmul only
     python benchmarks/stage2.py --startup [--runs 5]   # start-up of `featcache fit` against `python -c "import torch"`
 
-Prints seconds per regressor family, fits and the NR MOS_q SRCC, writes benchmarks/results/stage2.json (the
-start-up run: stage2_startup.json). `--one-call` also times every regressor in one run, as `featcache fit` runs the
+Prints seconds per regressor family, fits and the NR MOS_q SRCC, then (with the mlp family) the MLP head's achieved
+GFLOP/s beside a bare torch matmul of the same shapes measured in the same process (`mlp_gflops`); writes
+benchmarks/results/stage2.json (the start-up run: stage2_startup.json; --gflops alone: stage2_gflops.json). `--one-call` also times every regressor in one run, as `featcache fit` runs the
 default grid: the workers then take the costliest tasks first, so the run takes less than the families' sum.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -87,8 +90,108 @@ def run_grid(folder: Path, jobs: int = 2, device: str = "cpu", families: list[st
               f"{shown}", flush=True)
         if on_family:
             on_family(out)
+    if "mlp" in [label for label, _ in runs]:
+        out["mlp_gflops"] = mlp_gflops(data, device)
     out["full_grid_seconds"] = sum(out.get(f"{label}_seconds", 0.0) for label, _ in FAMILIES)  # the families' sum
     return out
+
+
+def _synchronize(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def mlp_gflops(data, device: str = "cpu", mode: str = "nr") -> dict:
+    """The MLP head's achieved GFLOP/s against a bare torch matmul of the same shapes, both in this process (same
+    device, same torch threads).
+
+    The MLP: the members of the first task `cv.plan` gives for `mode` (on the CPU one fold's three targets, on CUDA
+    the whole cell) trained by `regressors.mlp.fit_mlp_members`, timed from the call to its return. FLOPs counted
+    are those of the matmuls the training runs, per member and row of every chunk (padding rows included, since
+    they are computed): a training step 4·D·H + 6·H (layer 1: forward and weight gradient, 2·D·H each, no input
+    gradient since its input is data; layer 2: forward, input gradient and weight gradient, 2·H each), a
+    validation forward 2·D·H + 2·H. The bare matmul (`bare_matmul_gflops`), measured just before and just after
+    the MLP and averaged (on a shared machine the rate drifts), runs the step's two large products alone."""
+    import torch
+
+    from regressors import mlp
+    from regressors.cv import plan
+
+    _, tasks = plan(data, [mode], ["MOS_q", "MOS_a", "MOS_c"], ["mlp"], split="group", folds=5,
+                    spread=device == "cpu", warn_folds=False)
+    task = tasks[0]
+    counted = {"flops": 0.0}
+    accumulate, forward = mlp._Stack.accumulate, mlp._Stack.forward
+
+    def counting_accumulate(self, x, *args, **kwargs):
+        m, b, d = x.shape
+        h = self.weights[0].shape[2]
+        counted["flops"] += m * b * (4.0 * d * h + 6.0 * h)
+        return accumulate(self, x, *args, **kwargs)
+
+    def counting_forward(self, x):
+        m, b, d = x.shape
+        h = self.weights[0].shape[2]
+        counted["flops"] += m * b * (2.0 * d * h + 2.0 * h)
+        return forward(self, x)
+
+    members = [(m.train, m.y_train, m.groups, m.seed) for m in task.members]
+    m, d = len(members), task.inputs.shape[1]
+    h, batch = mlp._hidden(d, mlp.MLPHead().hidden_ratio), int(mlp.MLPHead().batch_size)
+    load = [os.getloadavg()[0]]
+    before = bare_matmul_gflops(m, batch, d, h, device)
+    mlp._Stack.accumulate, mlp._Stack.forward = counting_accumulate, counting_forward
+    try:
+        _synchronize(device)
+        start = time.perf_counter()
+        mlp.fit_mlp_members(task.inputs, members, device=device)
+        _synchronize(device)
+        seconds = time.perf_counter() - start
+    finally:
+        mlp._Stack.accumulate, mlp._Stack.forward = accumulate, forward
+    after = bare_matmul_gflops(m, batch, d, h, device)
+    load.append(os.getloadavg()[0])
+    out = {"mode": mode, "device": device, "threads": torch.get_num_threads(), "members": m, "dim": d,
+           "hidden": h, "batch": batch, "mlp_seconds": seconds, "mlp_gflop": counted["flops"] / 1e9,
+           "mlp_gflops": counted["flops"] / 1e9 / seconds, "bare_gflops_before": before,
+           "bare_gflops_after": after, "bare_gflops": (before + after) / 2, "load_average": load}
+    out["ratio"] = out["mlp_gflops"] / out["bare_gflops"]
+    print(f"  MLP head {out['mlp_gflops']:.1f} GFLOP/s ({out['mlp_gflop']:.0f} GFLOP of matmuls in "
+          f"{seconds:.1f} s; {m} members, {mode} {d} -> {h} -> 1, batch {batch}) vs a bare matmul of the same shapes "
+          f"{out['bare_gflops']:.1f} GFLOP/s (before {before:.1f}, after {after:.1f}): {out['ratio']:.2f} x "
+          f"({device}, {out['threads']} torch threads, load average {load[0]:.1f} / {load[1]:.1f})", flush=True)
+    return out
+
+
+def bare_matmul_gflops(members: int, batch: int, dim: int, hidden: int, device: str, seconds: float = 2.0) -> float:
+    """GFLOP/s of the MLP step's two large products alone, `torch.baddbmm` (members, batch, dim) x (members, dim,
+    hidden) and the in-place weight gradient (members, dim, batch) x (members, batch, hidden), repeated for about
+    `seconds`: 4 x members x batch x dim x hidden FLOPs per repeat."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    z, w1 = torch.randn(members, batch, dim, generator=gen), torch.randn(members, dim, hidden, generator=gen)
+    d_pre, g1 = torch.randn(members, batch, hidden, generator=gen), torch.zeros(members, dim, hidden)
+    z, w1, d_pre, g1 = (t.to(device) for t in (z, w1, d_pre, g1))
+    b1 = torch.zeros(members, 1, hidden, device=device)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds / 4:  # warm-up: thread pool, caches, clocks
+        torch.baddbmm(b1, z, w1)
+        g1.baddbmm_(z.mT, d_pre)
+        _synchronize(device)
+    repeats, elapsed = 0, 0.0
+    _synchronize(device)
+    start = time.perf_counter()
+    while elapsed < seconds:
+        for _ in range(10):
+            torch.baddbmm(b1, z, w1)
+            g1.baddbmm_(z.mT, d_pre)
+        _synchronize(device)
+        repeats += 10
+        elapsed = time.perf_counter() - start
+    return 4.0 * members * batch * dim * hidden * repeats / 1e9 / elapsed
 
 
 STARTUP_RUNS = {  # name -> featcache fit arguments after --cache; a small cache, so the time is the start-up
@@ -148,10 +251,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--families", default=",".join(f for f, _ in FAMILIES))
     parser.add_argument("--one-call", action="store_true", help="also time all the families' regressors in one run")
+    parser.add_argument("--gflops", action="store_true", help="only the MLP's GFLOP/s against a bare matmul")
     parser.add_argument("--startup", action="store_true", help="measure the start-up of featcache fit instead")
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON [benchmarks/results]")
     parser.add_argument("--runs", type=int, default=5, help="--startup: runs per command (the median is kept)")
     args = parser.parse_args()
+    if args.gflops:
+        from regressors.cache_data import load_cache
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = mlp_gflops(load_cache(str(planted_cache(Path(tmp) / "s2"))), args.device)
+        out["machine"] = machine()
+        print(f"wrote {save_json('stage2_gflops', out, args.out)}")
+        return
     if args.startup:
         with tempfile.TemporaryDirectory() as tmp:
             out = startup(Path(tmp), args.runs)

@@ -17,6 +17,7 @@ from regressors.intervals import INTERVAL_KEYS
 from regressors.splits import SPLITS
 from regressors.table_formats import fmt_number
 from regressors.tables import METRICS, floor_regressors, method_label
+from regressors.transfer_table import is_transfer, is_transfer_folder, transfer_rows
 
 
 def load_results(paths: list[str | Path]) -> list[dict]:
@@ -25,14 +26,17 @@ def load_results(paths: list[str | Path]) -> list[dict]:
     `fold_rows.folds_problem`). Runs made on other folds are refused (their rows beside each other would compare
     splits, not heads), and so is a cell two runs both give with different values (keeping either would hide the
     other); a cell both give with the same values, every number to SAME_CELL_TOLERANCE (`--jobs 1` and loky's
-    workers differ in the last bits), is kept once."""
+    workers differ in the last bits), is kept once. A transfer.json (or a transfer run folder), given alone, is one
+    row carrying the checked file (`transfer_table.transfer_rows`), which `tables.render_table` renders."""
     rows, runs, seen = [], [], {}
     for run, given in enumerate(paths):
         path = Path(given)
         if path.is_dir():
-            path = path / "results.json"
+            path = path / ("transfer.json" if is_transfer_folder(path) else "results.json")
         try:
             payload = json.loads(read_results_text(path))
+            if is_transfer(payload):
+                return transfer_rows(payload, path, len(paths))
             config, summary = payload["config"], payload["summary"]
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nested past the parser
             raise FeatcacheError(f"{path}: not a featcache results.json ({type(exc).__name__}: "

@@ -268,6 +268,10 @@ def render_table(rows: list[dict], metrics: list[str] | None = None, fmt: str = 
                  sd: bool = False) -> str:
     """The table of `paper_table` as Markdown (bold **, marks † and °), LaTeX (booktabs) or CSV (each number a
     column, with `low`/`high`, `SD` and `mark` columns beside it)."""
+    if rows and "_transfer" in rows[0]:  # a transfer.json (results_files.load_results): its own layout
+        from regressors.transfer_table import render_transfer
+
+        return render_transfer(rows[0]["_transfer"], metrics, fmt, ci=ci, sd=sd)
     metrics = metrics or ["srcc", "plcc"]
     if fmt not in FORMATS:
         from featcache.errors import unknown_name
