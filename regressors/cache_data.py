@@ -152,9 +152,10 @@ def resolve_fusion(ids: list[str], wanted: str, path: str) -> list[str]:
 
 
 def backbone_query(name: str | None, pool: str | None) -> str | None:
-    """`featcache.toml` may say backbone = "lite0" and pool = "multilevel": together they name one id."""
-    if name and pool and "/" not in name:
-        return f"{name}/{pool}"
+    """`featcache.toml` may say backbone = "lite0" and pool = "multilevel": together they name one id (for a
+    fusion, the pooling goes to each part that names none)."""
+    if name and pool:
+        return FUSE.join(part if "/" in part else f"{part}/{pool}" for part in name.split(FUSE))
     return name
 
 

@@ -46,8 +46,8 @@ def fit_and_save_head(data: CacheData, mode: str, target: str, regressor: str, p
 def _part_metadata(f, bid: str, dim: int) -> dict:
     """What predict needs to build one backbone again: its id, recorded configuration, name, pooling, size, width."""
     config, provenance = read_config(f, bid), read_provenance(f, bid)
-    return {"backbone_id": bid, "backbone_config": config, "backbone_name": provenance.get("backbone_name", config["arch"]),
-            "pool": config["pool"], "image_size": config["data_config"]["input_size"], "feature_dim": int(dim)}
+    return {"backbone_id": bid, "backbone_config": config,
+            "backbone_name": provenance.get("backbone_name", config["arch"]), "pool": config["pool"], "image_size": config["data_config"]["input_size"], "feature_dim": int(dim)}
 
 
 def head_parts(meta: dict) -> list[dict]:

@@ -47,8 +47,8 @@ class MLPHead(RegressorMixin, BaseEstimator):
 
     `blocks`: the fused backbones' widths, each block weighted after standardisation
     (`preprocess.block_weights`; None: one backbone). Fitted attributes: `scaler_` (and its arrays `x_mean_`,
-    `x_scale_`, `x_keep_`), `y_mean_`, `y_scale_`, `best_epoch_` (epochs of the refit), `history_` (validation MSE per early-stopping epoch),
-    `validation_indices_` / `validation_groups_` (the early-stopping hold-out), `lr_` (the lr used), `state_`
+    `x_scale_`, `x_keep_`), `y_mean_`, `y_scale_`, `best_epoch_` (epochs of the refit), `history_` (validation
+    MSE per early-stopping epoch), `validation_indices_` / `validation_groups_` (the early-stopping hold-out), `lr_` (the lr used), `state_`
     (a plain `nn.Sequential(Linear(D, H), ReLU(), Linear(H, 1))` state dict). `fit(X, y, groups=None)`: with
     groups, about `validation_fraction` of the distinct groups are held out for early stopping; without, that
     fraction of the samples at random (seeded).
