@@ -5,8 +5,8 @@ standardisation only, on synthetic caches of two backbones. Not a selection: fea
 
 Cases (480 samples, 60 prompts, prompt-disjoint 5-fold x 3 repeats, NR on MOS_q, ridge, SVR and the MLP):
 - small informative: a 16-dim block whose feature 0 reads MOS_q (noise SD 0.4) fused with a 512-dim block whose
-  first quarter reads it weakly (0.3 x MOS_q plus noise SD 1.2 per column) and the rest is noise;
-- large informative: the same 512-dim block made the stronger one (noise SD 0.4 per column on its first quarter)
+  first quarter reads it weakly (0.3 x MOS_q plus noise SD 1.56 per column) and the rest is noise;
+- large informative: a 512-dim block whose first quarter reads MOS_q (1 x MOS_q plus noise SD 1.2 per column)
   fused with a 16-dim block of noise.
 
     python benchmarks/fusion_blocks.py [--regressors ridge,svr,mlp] [--repeats 3]
@@ -27,7 +27,7 @@ SMALL, LARGE = "toy.random/paper/4", "toy.random/paper/native"
 
 
 def large_informative(folder: Path) -> Path:
-    """16 columns of noise (the 'small' block) and 512 columns whose first quarter reads MOS_q (noise SD 0.4)."""
+    """16 columns of noise (the 'small' block) and 512 columns whose first quarter reads MOS_q (noise SD 1.2)."""
     from featcache.store import open_read, read_samples
     from tests.fakedata import add_backbone, make_cache
 

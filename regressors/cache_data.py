@@ -123,7 +123,9 @@ def _narrower(wanted: str, matches: list[str]) -> str:
         stem = wanted if "/" in wanted else f"{wanted}/{pool}"
         views = [(m.split("/") + ["", ""])[2] for m in matches]
         return "add the view (" + " or ".join(f"{stem}/{v}" for v in views) + ") or pass the full id"
-    return "add the pooling and view (e.g. lite0/multilevel/native) or pass the full id"
+    name = wanted.split("/")[0]
+    example = "/".join([name, *(matches[0].split("/") + ["", ""])[1:3]])
+    return f"add the pooling and view (e.g. {example}) or pass the full id"
 
 
 def resolve_fusion(ids: list[str], wanted: str, path: str) -> list[str]:
