@@ -47,7 +47,8 @@ def _part_metadata(f, bid: str, dim: int) -> dict:
     """What predict needs to build one backbone again: its id, recorded configuration, name, pooling, size, width."""
     config, provenance = read_config(f, bid), read_provenance(f, bid)
     return {"backbone_id": bid, "backbone_config": config,
-            "backbone_name": provenance.get("backbone_name", config["arch"]), "pool": config["pool"], "image_size": config["data_config"]["input_size"], "feature_dim": int(dim)}
+            "backbone_name": provenance.get("backbone_name", config["arch"]), "pool": config["pool"],
+            "image_size": config["data_config"]["input_size"], "feature_dim": int(dim)}
 
 
 def head_parts(meta: dict) -> list[dict]:
@@ -172,7 +173,11 @@ def backbones_to_load(head: str | Path, meta: dict, wanted: str | None) -> list[
         return [backbone_to_load(head, part, wanted) for part in parts]
     ids = [part["backbone_id"] for part in parts]
     names = [name.strip() for name in wanted.split(FUSE)]
-    if len(names) != len(parts) or resolve_fusion(ids, wanted, str(head)) != ids:
+    try:
+        same = len(names) == len(parts) and resolve_fusion(ids, wanted, str(head)) == ids
+    except FeatcacheError:
+        same = False
+    if not same:
         raise FeatcacheError(f"--backbone {wanted!r}: the head {head} fuses {printable(meta['backbone_id'])}; name "
                              "its parts in that order, or leave --backbone out")
     return [backbone_to_load(head, part, name) for part, name in zip(parts, names)]
