@@ -176,7 +176,8 @@ def datasets():
 
 @main.command()
 @cache_option()
-@click.option("--backbone", help="Backbone id, name (vgg19, lite0/multilevel) or prefix [the only one present].")
+@click.option("--backbone", help="Backbone id, name (vgg19, lite0/multilevel, lite0/multilevel/native) or prefix; "
+                                 "A+B fuses several ids of the cache (docs/fusion.md) [the only one present].")
 @click.option("--mode", help=f"Comma list of {HELP['modes']} [the paper's nr,fr,pr that the selection can feed].")
 @click.option("--target", help="Comma list of targets [all in the cache].")
 @click.option("--regressor", help=f"Comma list of {HELP['regressors']} [{HELP['default_regressors']}]; the "
@@ -246,7 +247,8 @@ def fit(cache, backbone, mode, target, regressor, save_head, dataset, root, anno
 
 @main.command()
 @cache_option()
-@click.option("--backbone", "backbones", help="Comma list of ids or names [every backbone in the cache].")
+@click.option("--backbone", "backbones", help="Comma list of ids or names, each possibly a fusion A+B "
+                                                "(docs/fusion.md) [every backbone in the cache, unfused].")
 @click.option("--mode", "modes", help=f"Comma list of {HELP['modes']} [the paper's that the selection can feed].")
 @click.option("--target", "targets", help="Comma list of targets [all in the cache].")
 @click.option("--regressor", "regressors", help=f"Comma list of {HELP['regressors']} "
@@ -325,7 +327,7 @@ def table(results, fmt, metric, ci, sd, out, overwrite):
 @cache_option(f"Reuse features of images already in this cache [./{DEFAULT_CACHE} if present, or "
                "featcache.toml's cache].")
 @click.option("--backbone", help="The backbone that extracts new images, as fit takes it (id, name, lite0/multilevel, "
-                                 "prefix); it must name the head's backbone [the head's own].")
+                                 "prefix; A+B for a fused head); it must name the head's backbone [the head's own].")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local weights, if the head's came from a file.")
 @click.option("--mode", help="Refuse unless the head was trained for this mode.")
 @click.option("--device", default="auto", show_default=True)

@@ -132,6 +132,7 @@ class Task:
     members: list[Member]
     meta: list[tuple]  # (target, fold, test rows, y_test, train sd, n_train)
     cost: float = 0.0  # rough seconds on one core (RegressorSpec.cost): parallel runs start the longest first
+    blocks: tuple[int, ...] | None = None  # a fusion's block widths (CacheData.blocks), see fitting.fit_members
 
 
 AUTO_PARALLEL_SECONDS = 10.0  # --jobs auto: every usable core from this much estimated fitting (RegressorSpec.cost)
@@ -273,6 +274,7 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
             for chunk in member_chunks(reg, meta, spread):
                 task = Task(name, mode, inputs, [members[i] for i in chunk], [meta[i] for i in chunk])
                 task.cost = task_cost(reg, task)
+                task.blocks = data.blocks
                 tasks.append(task)
     return fold_list, tasks
 
@@ -398,7 +400,7 @@ def _run_task(index: int, task: Task, device: str,
               parent: int | None = None) -> tuple[int, list[tuple[np.ndarray, dict, float]]]:
     if parent is not None and parent != os.getpid():
         _leave_ctrl_c_to_the_parent()
-    return index, fit_members(task.regressor, task.inputs, task.members, device)
+    return index, fit_members(task.regressor, task.inputs, task.members, device, task.blocks)
 
 
 def _leave_ctrl_c_to_the_parent() -> None:

@@ -186,8 +186,12 @@ def run_regressors(regressors: list[str] | None, floors: bool = True) -> tuple[l
 def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None, targets: list[str] | None = None,
         regressors: list[str] | None = None, *, save_head: str | None = None, labels: str = "check",
         annotation_from: dict | None = None, floors: bool = True, select: bool = False,
-        inner_folds: int = INNER_FOLDS, on_progress: Callable[[int, int], None] | None = None, **cv) -> FitOutcome:
-    """Cross-validate heads on one backbone of a cache (and optionally save one head trained on everything).
+        inner_folds: int = INNER_FOLDS, on_progress: Callable[[int, int], None] | None = None,
+        block_weights: bool = True, **cv) -> FitOutcome:
+    """Cross-validate heads on one backbone of a cache, or on a fusion `A+B` of several (`cache_data.load_cache`),
+    and optionally save one head trained on everything. `block_weights`: a fusion's blocks are weighted to equal
+    total variance inside each training fold (`preprocess.block_weights`, docs/fusion.md); False: per-feature
+    standardisation only.
     `annotation_from`: root, annotation, dataset, options of the annotation the labels are compared with
     (`current_labels`; by default the one in the current folder, else the cache's). The label-only floors are
     fitted beside whatever `regressors` names unless `floors=False`; `save_head` saves the one regressor named.
@@ -200,6 +204,7 @@ def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None,
         check_inner_folds(inner_folds)
         check_selectable(regressors)
     data = load_cache(cache, backbone, labels_only=labels_only(regressors), check_labels=labels != "annotation")
+    data.weigh_blocks = block_weights
     located = located_annotation(data, annotation_from)
     notes = current_labels(data, labels, **(annotation_from or {}), located=located)
     notes += current_images(data, located=located) if not labels_only(regressors) else []  # only features go stale
@@ -215,6 +220,7 @@ def fit(cache: str, backbone: str | None = None, modes: list[str] | None = None,
         check_head_path(save_head)
     results = cross_validate(data, modes, targets, regressors, on_progress=on_progress,
                              leave_out_unfillable=defaults, leave_out_constant=default_targets, **options)
+    _record_fusion(results, {data.backbone_id: list(data.parts)}, block_weights)
     if select:
         results.selection = _selected({data.backbone_id: data}, results, inner_folds, options, on_progress)
     outcome = FitOutcome(results, data, notes=notes)
@@ -229,8 +235,9 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
           targets: list[str] | None = None, regressors: list[str] | None = None, *, labels: str = "check",
           annotation_from: dict | None = None, floors: bool = True, select: bool = False,
           inner_folds: int = INNER_FOLDS, on_progress: Callable[[int, int], None] | None = None,
-          **cv) -> CVResults:
-    """Every backbone in `backbones` (all in the cache by default) into one result; rows gain a `backbone`. The
+          block_weights: bool = True, **cv) -> CVResults:
+    """Every backbone in `backbones` (all in the cache by default, unfused; each may be a fusion `A+B`, see `fit`
+    for `block_weights`) into one result; rows gain a `backbone`. The
     label-only floors are fitted beside whatever `regressors` names unless `floors=False`. `select`: also score
     the nested selection of backbone x mode x regressor per target (`selection.nested_selection`) into
     `selection`."""
@@ -250,8 +257,11 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
     default_targets = None  # likewise the default targets
     checked = None  # the labels, compared with the annotation once: every backbone has the same samples
     loaded: dict[str, CacheData] = {}  # kept for --select, which fits every backbone again on inner folds
+    fused: dict[str, list[str]] = {}  # backbone id -> its parts (not the rows: one backbone in memory at a time)
     for bid in chosen:
         data = load_cache(cache, bid, check_labels=labels != "annotation")
+        data.weigh_blocks = block_weights
+        fused[data.backbone_id] = list(data.parts)
         if select:
             loaded[bid] = data
         if checked is None:
@@ -293,9 +303,19 @@ def bench(cache: str, backbones: list[str] | None = None, modes: list[str] | Non
             merged.comparisons += result.comparisons
             merged.breakdown += result.breakdown
             merged.predictions += result.predictions
+    _record_fusion(merged, fused, block_weights)
     if select:
         merged.selection = _selected(loaded, merged, inner_folds, options, on_progress)
     return merged
+
+
+def _record_fusion(results: CVResults, parts: dict[str, list[str]], block_weights: bool) -> None:
+    """A run with a fused backbone records each fusion's parts (`config.fused`: fused id -> part ids, in order) and
+    how its blocks were scaled (`config.block_weights`: 'equal' or 'none'); runs without one record neither."""
+    fusions = {bid: ids for bid, ids in parts.items() if len(ids) > 1}
+    if fusions:
+        results.config["fused"] = fusions
+        results.config["block_weights"] = "equal" if block_weights else "none"
 
 
 def _selected(datas: dict[str, CacheData], results: CVResults, inner_folds: int, options: dict,

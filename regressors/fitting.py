@@ -40,17 +40,22 @@ class Fitted(NamedTuple):
     logistic: np.ndarray | None = None
 
 
-def fit_members(regressor: str, X: np.ndarray, members: list[Member], device: str = "cpu") -> list[Fitted]:
+def fit_members(regressor: str, X: np.ndarray, members: list[Member], device: str = "cpu",
+                blocks: tuple[int, ...] | None = None) -> list[Fitted]:
     """The spec's own batched fitter when it names one (`RegressorSpec.fit_members`), else one by one; each
-    result with its `training_logistic` (fitted here, so in the worker that fitted the member)."""
+    result with its `training_logistic` (fitted here, so in the worker that fitted the member). `blocks`: the
+    fused backbones' widths of X's per-image features (`CacheData.blocks`), handed to feature-reading
+    regressors, which weight each block (`preprocess.block_weights`); None: one backbone."""
     spec = get_regressor(regressor)
+    blocks = blocks if spec.reads_features else None
+    extra = {"blocks": blocks} if blocks else {}
     if spec.fit_members:
         import importlib
 
         module, _, function = spec.fit_members.partition(":")
-        fitted = getattr(importlib.import_module(module), function)(X, members, device)
+        fitted = getattr(importlib.import_module(module), function)(X, members, device, **extra)
     else:
-        fitted = [_one(regressor, X, m, device) for m in members]
+        fitted = [_one(regressor, X, m, device, blocks) for m in members]
     return [f._replace(logistic=training_logistic(m, f.train_pred)) for f, m in zip(fitted, members)]
 
 
@@ -75,9 +80,12 @@ def fit_estimator(model, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None
     return model.fit(X, y)
 
 
-def _one(regressor: str, X: np.ndarray, m: Member, device: str) -> Fitted:
+def _one(regressor: str, X: np.ndarray, m: Member, device: str, blocks: tuple[int, ...] | None = None) -> Fitted:
     start = time.perf_counter()
-    model = fit_estimator(get_regressor(regressor).factory(m.seed, device), X[m.train], m.y_train, m.groups)
+    model = get_regressor(regressor).factory(m.seed, device)
+    if blocks:
+        model.set_params(blocks=blocks)
+    model = fit_estimator(model, X[m.train], m.y_train, m.groups)
     pred = np.asarray(model.predict(X[m.test]), dtype=np.float64)
     seconds = time.perf_counter() - start
     return Fitted(pred, chosen(model), seconds, np.asarray(model.predict(X[m.train]), dtype=np.float64))
@@ -91,7 +99,8 @@ def _same_training_rows(members: list[Member]) -> list[list[int]]:
     return list(by_rows.values())
 
 
-def ridge_by_fold(X: np.ndarray, members: list[Member], device: str = "cpu") -> list[Fitted]:
+def ridge_by_fold(X: np.ndarray, members: list[Member], device: str = "cpu",
+                  blocks: tuple[int, ...] | None = None) -> list[Fitted]:
     """Members with the same training rows (a fold's targets) share the scaler and one eigendecomposition."""
     from regressors.preprocess import DEFAULT_CLIP, FoldScaler
     from regressors.ridge_path import RIDGE_ALPHAS, inner_groups, ridge_path
@@ -100,7 +109,7 @@ def ridge_by_fold(X: np.ndarray, members: list[Member], device: str = "cpu") -> 
     for indices in _same_training_rows(members):
         start = time.perf_counter()
         first = members[indices[0]]
-        scaler = FoldScaler(DEFAULT_CLIP).fit(X[first.train])
+        scaler = FoldScaler(DEFAULT_CLIP, blocks).fit(X[first.train])
         xs = scaler.transform(X[first.train])
         center = xs.mean(axis=0)
         y = np.stack([members[i].y_train for i in indices], axis=1)
@@ -115,7 +124,8 @@ def ridge_by_fold(X: np.ndarray, members: list[Member], device: str = "cpu") -> 
     return out
 
 
-def svr_by_fold(X: np.ndarray, members: list[Member], device: str = "cpu") -> list[Fitted]:
+def svr_by_fold(X: np.ndarray, members: list[Member], device: str = "cpu",
+                blocks: tuple[int, ...] | None = None) -> list[Fitted]:
     """Members with the same training rows and seed (a fold's targets) share the scaler, the kernel and the
     inner-split kernel slices; each target still chooses its own C and epsilon."""
     from regressors.standardized import StandardizedSVR
@@ -125,7 +135,7 @@ def svr_by_fold(X: np.ndarray, members: list[Member], device: str = "cpu") -> li
         start = time.perf_counter()
         first = members[indices[0]]
         models = StandardizedSVR.fit_shared(X[first.train], [members[i].y_train for i in indices], first.groups,
-                                            random_state=first.seed)
+                                            random_state=first.seed, blocks=blocks)
         preds = [np.asarray(model.predict(X[members[i].test]), np.float64) for model, i in zip(models, indices)]
         seconds = (time.perf_counter() - start) / len(indices)
         for model, pred, i in zip(models, preds, indices):
@@ -133,11 +143,13 @@ def svr_by_fold(X: np.ndarray, members: list[Member], device: str = "cpu") -> li
     return out
 
 
-def stacked_mlp(X: np.ndarray, members: list[Member], device: str = "cpu") -> list[Fitted]:
+def stacked_mlp(X: np.ndarray, members: list[Member], device: str = "cpu",
+                blocks: tuple[int, ...] | None = None) -> list[Fitted]:
     from regressors.mlp import fit_mlp_members
 
     start = time.perf_counter()
-    models = fit_mlp_members(X, [(m.train, m.y_train, m.groups, m.seed) for m in members], device=device)
+    models = fit_mlp_members(X, [(m.train, m.y_train, m.groups, m.seed) for m in members], {"blocks": blocks},
+                             device=device)
     seconds = (time.perf_counter() - start) / max(1, len(members))
     return [Fitted(np.asarray(model.predict(X[m.test]), np.float64), chosen(model), seconds,
                    np.asarray(model.predict(X[m.train]), np.float64)) for model, m in zip(models, members)]

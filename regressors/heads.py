@@ -10,7 +10,7 @@ import numpy as np
 from featcache.errors import FeatcacheError, unknown_name
 from featcache.store import image_hashes, image_stats, open_read, read_config, read_provenance, \
     with_config_defaults
-from regressors.cache_data import CacheData, resolve_backbone_id, short_forms
+from regressors.cache_data import FUSE, CacheData, resolve_backbone_id, resolve_fusion, short_forms
 from regressors.design import content_groups, design_matrix
 from regressors.fitting import fit_estimator
 from regressors.heads_io import check_savable, load_head, save_head
@@ -22,20 +22,41 @@ from regressors.splits import subset_mask
 
 def fit_and_save_head(data: CacheData, mode: str, target: str, regressor: str, path: str | Path, *,
                       subset: str = "all", seed: int = 0, device: str = "cpu") -> dict:
+    """Fit `regressor` on every selected sample and save it with what predict needs to extract new images: the
+    backbone's id, recorded configuration, name, pooling and size, or, for a fused backbone, those of each part
+    (`parts`, in the fusion's order; the estimator keeps the block widths in its `blocks`)."""
     check_savable(regressor)
     selection = np.flatnonzero(subset_mask(data.samples.subset, data.samples.generator, subset))
     x, rows = design_matrix(data, mode, selection)
     y = data.target(target)[rows]
-    model = fit_estimator(get_regressor(regressor).factory(seed, device), x, y, content_groups(data)[rows])
+    model = get_regressor(regressor).factory(seed, device)
+    if data.blocks:
+        model.set_params(blocks=data.blocks)
+    model = fit_estimator(model, x, y, content_groups(data)[rows])
     with open_read(data.path) as f:
-        config, provenance = read_config(f, data.backbone_id), read_provenance(f, data.backbone_id)
-    metadata = {"backbone_id": data.backbone_id, "backbone_config": config,
-                "backbone_name": provenance.get("backbone_name", config["arch"]),
-                "pool": config["pool"], "image_size": config["data_config"]["input_size"],
-                "mode": mode, "target": target, "regressor": regressor, "subset": subset, "n_train": int(len(rows)),
-                "feature_dim": int(data.emb.shape[1]), "seed": seed, "cache": data.path}
+        parts = [_part_metadata(f, bid, dim) for bid, dim in
+                 zip(data.parts or (data.backbone_id,), data.part_dims or (int(data.emb.shape[1]),))]
+    backbone = parts[0] if len(parts) == 1 else {"backbone_id": data.backbone_id, "parts": parts}
+    metadata = {**backbone, "mode": mode, "target": target, "regressor": regressor, "subset": subset,
+                "n_train": int(len(rows)), "feature_dim": int(data.emb.shape[1]), "seed": seed, "cache": data.path}
     save_head(model, regressor, path, metadata)
     return metadata
+
+
+def _part_metadata(f, bid: str, dim: int) -> dict:
+    """What predict needs to build one backbone again: its id, recorded configuration, name, pooling, size, width."""
+    config, provenance = read_config(f, bid), read_provenance(f, bid)
+    return {"backbone_id": bid, "backbone_config": config,
+            "backbone_name": provenance.get("backbone_name", config["arch"]), "pool": config["pool"],
+            "image_size": config["data_config"]["input_size"], "feature_dim": int(dim)}
+
+
+def head_parts(meta: dict) -> list[dict]:
+    """The backbones a head reads, each as {backbone_id, backbone_config, backbone_name, pool, image_size,
+    feature_dim}: a fused head's `parts`, else the head's own keys (one part)."""
+    if "parts" in meta:
+        return list(meta["parts"])
+    return [{key: meta.get(key) for key in PART_METADATA} | {"image_size": meta.get("image_size")}]
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -144,6 +165,24 @@ def unpaired_warning(head: str | Path, mode: str, unpaired: int, folders: list[s
             f"with {how}, or --prompt-image FILE for one image")
 
 
+def backbones_to_load(head: str | Path, meta: dict, wanted: str | None) -> list[str]:
+    """`backbone_to_load` for each of the head's parts; a fused head's `wanted` names its parts as A+B, in the
+    head's order (else one line naming them)."""
+    parts = head_parts(meta)
+    if wanted is None or len(parts) == 1:
+        return [backbone_to_load(head, part, wanted) for part in parts]
+    ids = [part["backbone_id"] for part in parts]
+    names = [name.strip() for name in wanted.split(FUSE)]
+    try:
+        same = len(names) == len(parts) and resolve_fusion(ids, wanted, str(head)) == ids
+    except FeatcacheError:
+        same = False
+    if not same:
+        raise FeatcacheError(f"--backbone {wanted!r}: the head {head} fuses {printable(meta['backbone_id'])}; name "
+                             "its parts in that order, or leave --backbone out")
+    return [backbone_to_load(head, part, name) for part, name in zip(parts, names)]
+
+
 def backbone_to_load(head: str | Path, meta: dict, wanted: str | None) -> str:
     """`predict --backbone`: the forms `fit --backbone` takes (the full id, a registry name, either with the
     pooling, a unique prefix), as long as they name the head's own backbone id (else one line, with "did you
@@ -170,18 +209,29 @@ def backbone_to_load(head: str | Path, meta: dict, wanted: str | None) -> str:
     return own
 
 
-PREDICT_METADATA = {"mode": str, "target": str, "regressor": str, "backbone_id": str, "backbone_name": str,
-                    "pool": str, "backbone_config": dict, "feature_dim": int}
+PREDICT_METADATA = {"mode": str, "target": str, "regressor": str, "backbone_id": str, "feature_dim": int}
+PART_METADATA = {"backbone_id": str, "backbone_name": str, "pool": str, "backbone_config": dict, "feature_dim": int}
 
 
 def check_predict_metadata(head: str | Path, meta: dict) -> None:
-    """The metadata predict reads, each of its type (a one-line error naming the first that is not), the mode
-    one this version knows."""
-    for key, kind in PREDICT_METADATA.items():
-        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
-            raise FeatcacheError(f"{head}: damaged featcache head (metadata {key} missing or not of type {kind.__name__})")
-    if not isinstance(meta["backbone_config"].get("weights"), dict):
-        raise FeatcacheError(f"{head}: damaged featcache head (metadata backbone_config.weights missing)")
+    """The metadata predict reads, each of its type (a one-line error naming the first that is not), for the head
+    and each of its parts (`head_parts`), the mode one this version knows."""
+    def check(record: dict, keys: dict, where: str) -> None:
+        for key, kind in keys.items():
+            if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
+                raise FeatcacheError(f"{head}: damaged featcache head (metadata {where}{key} missing or not of type "
+                                     f"{kind.__name__})")
+        if "backbone_config" in keys and not isinstance(record["backbone_config"].get("weights"), dict):
+            raise FeatcacheError(f"{head}: damaged featcache head (metadata {where}backbone_config.weights missing)")
+
+    check(meta, PREDICT_METADATA, "")
+    parts = meta.get("parts", [meta])
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) for p in parts):
+        raise FeatcacheError(f"{head}: damaged featcache head (metadata parts is not a list of backbones)")
+    for k, part in enumerate(parts):
+        check(part, PART_METADATA, f"parts[{k}]." if "parts" in meta else "")
+    if "parts" in meta and FUSE.join(p["backbone_id"] for p in parts) != meta["backbone_id"]:
+        raise FeatcacheError(f"{head}: damaged featcache head (metadata parts do not make its backbone_id)")
     get_mode(meta["mode"])
 
 
@@ -231,7 +281,8 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
                   device: str = "auto", batch_size: int = 32, workers: int = 0,
                   cache: str | Path | None = None) -> tuple[np.ndarray, dict]:
     """Scores of `images` (paths relative to root; prompts '' where none) with a saved head. Features already in
-    `cache` under the head's backbone id are reused; only the others are extracted (`meta['reused']` counts)."""
+    `cache` under the head's backbone id (a fused head: each part's id) are reused; only the others are extracted
+    (`meta['reused']` counts the images every part reused, `meta['extracted']` the others)."""
     model, meta = load_head(head)
     check_predict_metadata(head, meta)
     if mode is not None and mode != meta["mode"]:
@@ -246,36 +297,18 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
                                  "pku-i2iqa, or their files with --prompt-image), or use a pr head, which takes both")
         raise FeatcacheError(f"{head} is a {meta['mode']} head: every image needs --prompt-image "
                              "(a pr head accepts images with or without one)")
-    name = backbone_to_load(head, meta, backbone)
+    names = backbones_to_load(head, meta, backbone)
     distinct = sorted(set(images) | {p for p in prompts if p})
-    known = cached_features(cache, meta["backbone_id"], root, distinct, meta["backbone_config"])
-    todo = [p for p in distinct if p not in known]
-    features = dict(known)
-    if todo:
-        from featcache.backbones import load_backbone
-        from featcache.forward import compute_features
-
-        source = meta["backbone_config"]["weights"]
-        weights = weights_to_load(head, meta, weights, cache)
-        model_backbone = load_backbone(name, meta["pool"], weights, source["source"] == "random",
-                                       meta["image_size"])
-        if model_backbone.id != meta["backbone_id"]:
-            raise FeatcacheError(f"{head} was trained on backbone {printable(meta['backbone_id'])}; {name} gives "
-                                 f"{model_backbone.id}. Use the head's own backbone")
-        from featcache.decode import decode_option
-        from featcache.devices import resolve_device
-        from featcache.images import DRAFT_RULE
-        from featcache.store import with_config_defaults
-
-        recorded = with_config_defaults(meta["backbone_config"])  # decode as the training features were
-        precision = recorded.get("precision", "auto")  # and in their precision, except fp16/bf16 on a CPU (slow)
-        if resolve_device(device).type != "cuda" and precision != "fp32":
-            precision = "auto"
-        emb = compute_features(model_backbone, root, todo, batch_size=batch_size, workers=workers, device=device,
-                               precision=precision, decode=decode_option(recorded["decode"]),
-                               jpeg_draft=bool(recorded["jpeg_draft"]),
-                               jpeg_draft_rule=recorded.get("jpeg_draft_rule", DRAFT_RULE))
-        features.update(zip(todo, emb))
+    parts = head_parts(meta)
+    blocks, extracted = [], set()
+    for part, name in zip(parts, names):
+        # --weights: the file of a single head's backbone; of a fused head's parts, those built from a file
+        own = weights if len(parts) == 1 or part["backbone_config"]["weights"].get("source") == "file" else None
+        known, todo = part_features(head, part, name, root, distinct, cache=cache, weights=own, device=device,
+                                    batch_size=batch_size, workers=workers)
+        blocks.append(known)
+        extracted.update(todo)
+    features = {p: np.concatenate([block[p] for block in blocks]) for p in distinct}
     dims = {len(v) for v in features.values()}
     if dims != {meta["feature_dim"]}:
         raise FeatcacheError(f"{head}: features have {sorted(dims)} dimensions, the head expects "
@@ -285,7 +318,48 @@ def predict_paths(head: str | Path, root: str | Path, images: list[str], prompts
     scores = np.asarray(model.predict(features_for_mode(g, prompt_features, has, meta["mode"])), np.float64)
     if not np.isfinite(scores).all():
         raise FeatcacheError(f"{head}: the head gives non-finite scores (damaged weights?)")
-    return scores, dict(meta, reused=len(known), extracted=len(todo))
+    return scores, dict(meta, reused=len(distinct) - len(extracted), extracted=len(extracted))
+
+
+def part_features(head: str | Path, part: dict, name: str, root: str | Path, paths: list[str], *,
+                  cache: str | Path | None, weights: str | None, device: str, batch_size: int,
+                  workers: int) -> tuple[dict[str, np.ndarray], list[str]]:
+    """({path: feature} of one of the head's backbones for every path, the paths extracted rather than reused):
+    the rows `cache` holds for the part's id are reused (`cached_features`), the others extracted with the part
+    built from `name` and its recorded pooling, weights, size and view, and decoded as its features were."""
+    known = cached_features(cache, part["backbone_id"], root, paths, part["backbone_config"])
+    todo = [p for p in paths if p not in known]
+    features = dict(known)
+    if todo:
+        from featcache.backbones import load_backbone
+        from featcache.backbones.views import InputView
+        from featcache.decode import decode_option
+        from featcache.devices import resolve_device
+        from featcache.forward import compute_features
+        from featcache.images import DRAFT_RULE
+        from featcache.store import with_config_defaults
+
+        source = part["backbone_config"]["weights"]
+        model_backbone = load_backbone(name, part["pool"], weights_to_load(head, part, weights, cache),
+                                       source["source"] == "random", part["image_size"],
+                                       view=InputView.from_config(part["backbone_config"]))
+        if model_backbone.id != part["backbone_id"]:
+            raise FeatcacheError(f"{head} was trained on backbone {printable(part['backbone_id'])}; {name} gives "
+                                 f"{model_backbone.id}. Use the head's own backbone")
+        recorded = with_config_defaults(part["backbone_config"])  # decode as the training features were
+        precision = recorded.get("precision", "auto")  # and in their precision, except fp16/bf16 on a CPU (slow)
+        if resolve_device(device).type != "cuda" and precision != "fp32":
+            precision = "auto"
+        emb = compute_features(model_backbone, root, todo, batch_size=batch_size, workers=workers, device=device,
+                               precision=precision, decode=decode_option(recorded["decode"]),
+                               jpeg_draft=bool(recorded["jpeg_draft"]),
+                               jpeg_draft_rule=recorded.get("jpeg_draft_rule", DRAFT_RULE))
+        features.update(zip(todo, emb))
+    dims = {len(v) for v in features.values()}
+    if dims != {part["feature_dim"]}:
+        raise FeatcacheError(f"{head}: features of {printable(part['backbone_id'])} have {sorted(dims)} dimensions, "
+                             f"the head expects {part['feature_dim']}")
+    return features, todo
 
 
 def score_column(target: str) -> str:

@@ -45,9 +45,10 @@ class MLPMember:
 class MLPHead(RegressorMixin, BaseEstimator):
     """D -> D*hidden_ratio -> 1 ReLU MLP with group-held-out early stopping and a refit on the whole training set.
 
-    Fitted attributes: `scaler_` (and its arrays `x_mean_`, `x_scale_`, `x_keep_`), `y_mean_`, `y_scale_`,
-    `best_epoch_` (epochs of the refit), `history_` (validation MSE per early-stopping epoch),
-    `validation_indices_` / `validation_groups_` (the early-stopping hold-out), `lr_` (the lr used), `state_`
+    `blocks`: the fused backbones' widths, each block weighted after standardisation
+    (`preprocess.block_weights`; None: one backbone). Fitted attributes: `scaler_` (and its arrays `x_mean_`,
+    `x_scale_`, `x_keep_`), `y_mean_`, `y_scale_`, `best_epoch_` (epochs of the refit), `history_` (validation
+    MSE per early-stopping epoch), `validation_indices_` / `validation_groups_` (the early-stopping hold-out), `lr_` (the lr used), `state_`
     (a plain `nn.Sequential(Linear(D, H), ReLU(), Linear(H, 1))` state dict). `fit(X, y, groups=None)`: with
     groups, about `validation_fraction` of the distinct groups are held out for early stopping; without, that
     fraction of the samples at random (seeded).
@@ -61,7 +62,7 @@ class MLPHead(RegressorMixin, BaseEstimator):
     def __init__(self, hidden_ratio: float = 0.5, lr: float | str = "auto", weight_decay: float = 1e-4,
                  batch_size: int | None = 64, max_epochs: int = 100, patience: int = 5,
                  validation_fraction: float = 0.2, clip: float = DEFAULT_CLIP, random_state: int = 0,
-                 device: str = "cpu", precision: str = "float32"):
+                 device: str = "cpu", precision: str = "float32", blocks: tuple[int, ...] | None = None):
         self.hidden_ratio = hidden_ratio
         self.lr = lr
         self.weight_decay = weight_decay
@@ -73,6 +74,7 @@ class MLPHead(RegressorMixin, BaseEstimator):
         self.random_state = random_state
         self.device = device
         self.precision = precision
+        self.blocks = blocks
 
     def fit(self, X, y, groups=None) -> "MLPHead":
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
@@ -95,7 +97,8 @@ class MLPHead(RegressorMixin, BaseEstimator):
     def _scaler(self) -> FoldScaler:
         """Rebuilt from the saved arrays, so a head loaded without `x_keep_` (older files) still predicts."""
         keep = getattr(self, "x_keep_", np.ones_like(self.x_mean_))
-        return FoldScaler.from_state({"mean": self.x_mean_, "scale": self.x_scale_, "keep": keep}, self.clip)
+        return FoldScaler.from_state({"mean": self.x_mean_, "scale": self.x_scale_, "keep": keep}, self.clip,
+                                     self.blocks)
 
 
 def predict_state(z: np.ndarray, state: dict) -> np.ndarray:
@@ -176,7 +179,7 @@ def _prepare(X: np.ndarray, member: MLPMember, params: dict) -> _Job:
     groups = None if member.groups is None else np.asarray(member.groups)
     head = MLPHead(**dict(params, random_state=int(member.seed)))
     head.n_features_in_ = X.shape[1]
-    head.scaler_ = FoldScaler(params["clip"]).fit(X[rows])
+    head.scaler_ = FoldScaler(params["clip"], params["blocks"]).fit(X[rows])
     head.x_mean_, head.x_scale_, head.x_keep_ = head.scaler_.mean_, head.scaler_.scale_, head.scaler_.keep_
     head.lr_ = auto_lr(params["lr"], X.shape[1])
     head.y_mean_ = float(np.mean(y))
@@ -241,6 +244,8 @@ class _Stack:
         self.mean = torch.stack([torch.as_tensor(j.head.x_mean_, **to) for j in jobs])[:, None, :]
         self.inv = torch.stack([torch.as_tensor(j.head.x_keep_ / j.head.x_scale_, **to) for j in jobs])[:, None, :]
         self.clip = params["clip"]
+        weight = jobs[0].head.scaler_.weight_  # the fused blocks' weights (preprocess.block_weights), one per stack
+        self.weight = None if weight is None else torch.as_tensor(weight, **to)[None, None, :]
         self.lr = jobs[0].head.lr_
         self.weight_decay = params["weight_decay"]
         self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[params["precision"]]
@@ -276,6 +281,8 @@ class _Stack:
         z = (x - self.mean) * self.inv
         if self.clip is not None and math.isfinite(self.clip):
             z = z.clamp_(-self.clip, self.clip)
+        if self.weight is not None:
+            z = z * self.weight
         return z.to(self.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -187,6 +187,7 @@ def _inner_scores(datas: dict[str, CacheData], config: dict, outer: list[Fold], 
             for chunk in member_chunks(reg, meta, spread):
                 task = Task(cand.regressor, cand.mode, x, [members[i] for i in chunk], [meta[i] for i in chunk])
                 task.cost = task_cost(reg, task)
+                task.blocks = datas[cand.backbone].blocks
                 tasks.append(task)
     per_fold: dict[tuple, dict[int, float]] = {}
     fits: dict[tuple, list] = {}

@@ -21,16 +21,17 @@ SVR_EPSILON_GRID = (0.1, 0.3)
 
 
 class _Scaled(RegressorMixin, BaseEstimator):
-    """Shared scaler bookkeeping; `x_mean_`, `x_scale_`, `x_keep_` and `clip` are what a saved head persists."""
+    """Shared scaler bookkeeping; `x_mean_`, `x_scale_`, `x_keep_`, `clip` and `blocks` (the fused backbones'
+    widths, weighted by `preprocess.block_weights`; None: one backbone) are what a saved head persists."""
 
     def _fit_scaler(self, X: np.ndarray) -> np.ndarray:
-        scaler = FoldScaler(self.clip).fit(X)
+        scaler = FoldScaler(self.clip, self.blocks).fit(X)
         self.x_mean_, self.x_scale_, self.x_keep_ = scaler.mean_, scaler.scale_, scaler.keep_.astype(np.float64)
         return scaler.transform(X)
 
     def _scale(self, X: np.ndarray) -> np.ndarray:
         scaler = FoldScaler.from_state({"mean": self.x_mean_, "scale": self.x_scale_, "keep": self.x_keep_},
-                                       self.clip)
+                                       self.clip, self.blocks)
         return scaler.transform(X)
 
 
@@ -38,9 +39,10 @@ class StandardizedRidge(_Scaled):
     """Ridge with alpha chosen by exact leave-one-group-out error (leave-one-out without groups), all alphas
     from one eigendecomposition."""
 
-    def __init__(self, alphas=RIDGE_ALPHAS, clip: float = DEFAULT_CLIP):
+    def __init__(self, alphas=RIDGE_ALPHAS, clip: float = DEFAULT_CLIP, blocks: tuple[int, ...] | None = None):
         self.alphas = alphas
         self.clip = clip
+        self.blocks = blocks
 
     def fit(self, X, y, groups=None):
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
@@ -68,12 +70,13 @@ class StandardizedSVR(_Scaled):
     the training rows, read off the training kernel."""
 
     def __init__(self, C_grid=SVR_C_GRID, epsilon_grid=SVR_EPSILON_GRID, inner_folds: int = 3,
-                 random_state: int = 0, clip: float = DEFAULT_CLIP):
+                 random_state: int = 0, clip: float = DEFAULT_CLIP, blocks: tuple[int, ...] | None = None):
         self.C_grid = C_grid
         self.epsilon_grid = epsilon_grid
         self.inner_folds = inner_folds
         self.random_state = random_state
         self.clip = clip
+        self.blocks = blocks
 
     def fit(self, X, y, groups=None):
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, ensure_min_samples=2)

@@ -101,3 +101,34 @@ def fit_nr_run(root, regressors: str, *extra: str):
     return CliRunner().invoke(cli.main, ["fit", "--cache", str(root / "c.h5"), "--mode", "nr", "--target", "MOS_q",
                                          "--regressor", regressors, "--folds", "3", "--quiet", "--no-figures",
                                          "--out", str(root / "run"), *extra])
+
+
+def add_backbone(cache: Path, bid: str, emb: np.ndarray, done: np.ndarray | None = None) -> None:
+    """Write `emb` (images x D) as backbone `bid` of a cache made by `make_cache` (done: all rows unless given)."""
+    from featcache.store import ensure_features
+
+    with h5py.File(cache, "r+") as f:
+        group = ensure_features(f, _toy_config(bid), emb.shape[1], {}, cache)
+        group["emb"][:] = emb
+        group["done"][:] = True if done is None else done
+
+
+def make_fused_cache(tmp_path, small: int = 3, large: int = 24, noise: float = 0.4, seed: int = 0,
+                     small_id: str = "toy.random/paper/4", large_id: str = "toy.random/paper/native",
+                     **cache) -> Path:
+    """`make_cache` (feature 0 of `small_id` reads MOS_q with noise) plus a second backbone `large_id` of `large`
+    columns: MOS_q read with more noise spread over its first quarter, the rest noise."""
+    path = make_cache(tmp_path, dim=small, seed=seed, backbones=(small_id,), **cache)
+    from featcache.store import open_read, read_samples
+
+    with open_read(path) as f:
+        samples = read_samples(f)
+    rng = np.random.default_rng(seed + 1)
+    m = len(samples.image_keys)
+    emb = rng.normal(size=(m, large))
+    mos = np.zeros(m)
+    mos[samples.gen] = samples.targets["MOS_q"]
+    signal = max(1, large // 4)
+    emb[:, :signal] += (mos - mos.mean())[:, None] * 0.3 + rng.normal(0, noise * 3, (m, signal))
+    add_backbone(path, large_id, emb)
+    return path
