@@ -159,8 +159,8 @@ class TorchPreprocess:
         return self._centre(image)
 
     def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
-        """8-bit values -> float32 as torchvision's ToTensor then Normalize compute them."""
-        return (pixels.float() / 255.0 - self.mean) / self.std
+        """8-bit values -> float32 as torchvision's ToTensor then Normalize compute them (in place: no copies)."""
+        return pixels.float().div_(255.0).sub_(self.mean).div_(self.std)
 
     def _centre(self, image: torch.Tensor) -> torch.Tensor:
         from torchvision.transforms.functional import center_crop, resize
@@ -173,7 +173,7 @@ class TorchPreprocess:
                 pixels = resize(pixels, size, interpolation=self.interpolation, antialias=True)
                 pixels = pixels.round_().clamp_(0, 255)  # each pass in 8 bits
         pixels = center_crop(pixels, [self.input_size, self.input_size])
-        return (pixels / 255.0 - self.mean) / self.std
+        return (pixels / 255.0).sub_(self.mean).div_(self.std)
 
     def _resized(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if tuple(image.shape[-2:]) == tuple(size):

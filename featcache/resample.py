@@ -112,7 +112,7 @@ def pillow_weights(in_size: int, out_size: int, interpolation: str) -> tuple[np.
 def _rows(pixels: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
     """One pass over the rows (dim -2) of a contiguous (..., R, C) uint8 tensor -> (..., size, C) uint8.
 
-    Each tap gathers whole rows (contiguous copies) into one reused buffer and accumulates in place."""
+    Each tap gathers whole rows (contiguous copies, in 8 bits) into reused buffers and accumulates in place."""
     import torch
 
     rows, columns = pixels.shape[-2:]
@@ -125,12 +125,14 @@ def _rows(pixels: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
     device = pixels.device
     index = torch.from_numpy(index).to(device)
     weight = torch.from_numpy(np.tile(fixed, (images, 1))).to(device)
-    values = pixels.reshape(images * rows, columns).to(torch.int32)
+    values = pixels.reshape(images * rows, columns)
     total = torch.full((images * size, columns), 1 << (PRECISION_BITS - 1), dtype=torch.int32, device=device)
-    gathered = torch.empty_like(total)
+    gathered = torch.empty((images * size, columns), dtype=torch.uint8, device=device)
+    widened = torch.empty_like(total)
     for k in range(taps):
         torch.index_select(values, 0, index[:, k], out=gathered)
-        total.addcmul_(gathered, weight[:, k:k + 1])
+        widened.copy_(gathered)
+        total.addcmul_(widened, weight[:, k:k + 1])
     total.bitwise_right_shift_(PRECISION_BITS).clamp_(0, 255)  # rounded half up (the 1 << 21 above), clipped
     return total.to(torch.uint8).view(*lead, size, columns)
 
