@@ -24,47 +24,45 @@ if TYPE_CHECKING:
 PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point weights: the sum of 8-bit pixels x weights fits a signed int32
 
 
-def _bilinear(x: float) -> float:
-    x = abs(x)
-    return 1.0 - x if x < 1.0 else 0.0
+def _bilinear(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
 
 
-def _bicubic(x: float, a: float = -0.5) -> float:
-    x = abs(x)
-    if x < 1.0:
-        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1
-    if x < 2.0:
-        return (((x - 5) * x + 8) * x - 4) * a
-    return 0.0
+def _bicubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+    x = np.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
 
 
-def _box(x: float) -> float:
-    return 1.0 if -0.5 < x <= 0.5 else 0.0
+def _box(x: np.ndarray) -> np.ndarray:
+    return np.where((x > -0.5) & (x <= 0.5), 1.0, 0.0)
 
 
-def _sinc(x: float) -> float:
-    if x == 0.0:
-        return 1.0
-    x = x * math.pi
-    return math.sin(x) / x
+def _sinc(x: np.ndarray) -> np.ndarray:
+    scaled = x * math.pi
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(x == 0.0, 1.0, np.sin(scaled) / scaled)
 
 
-def _lanczos(x: float) -> float:
-    return _sinc(x) * _sinc(x / 3) if -3.0 <= x < 3.0 else 0.0
+def _lanczos(x: np.ndarray) -> np.ndarray:
+    return np.where((x >= -3.0) & (x < 3.0), _sinc(x) * _sinc(x / 3), 0.0)
 
 
-def _hamming(x: float) -> float:
-    x = abs(x)
-    if x == 0.0:
-        return 1.0
-    if x >= 1.0:
-        return 0.0
-    x = x * math.pi
-    return math.sin(x) / x * (0.54 + 0.46 * math.cos(x))
+_HAMMING_A, _HAMMING_B = float(np.float32(0.54)), float(np.float32(0.46))  # Pillow writes them as C floats
 
 
-# name (as a data config's `interpolation`) -> (support at scale 1, the filter)
-FILTERS: dict[str, tuple[float, Callable[[float], float]]] = {
+def _hamming(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    scaled = x * math.pi
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inside = np.sin(scaled) / scaled * (_HAMMING_A + _HAMMING_B * np.cos(scaled))
+    return np.where(x == 0.0, 1.0, np.where(x >= 1.0, 0.0, inside))
+
+
+# name (as a data config's `interpolation`) -> (support at scale 1, the filter, elementwise on float64 arrays)
+FILTERS: dict[str, tuple[float, Callable[[np.ndarray], np.ndarray]]] = {
     "bilinear": (1.0, _bilinear),
     "bicubic": (2.0, _bicubic),
     "lanczos": (3.0, _lanczos),
@@ -91,19 +89,17 @@ def pillow_weights(in_size: int, out_size: int, interpolation: str) -> tuple[np.
     filterscale = max(scale, 1.0)  # enlarging keeps the filter's own support; reducing widens it
     support = support * filterscale
     taps = int(math.ceil(support)) * 2 + 1
-    first = np.zeros(out_size, dtype=np.int64)
-    weights = np.zeros((out_size, taps), dtype=np.float64)
-    ss = 1.0 / filterscale
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), in_size) - xmin
-        w = np.array([kernel((x + xmin - center + 0.5) * ss) for x in range(xmax)], dtype=np.float64)
-        total = w.sum()
-        if total != 0.0:
-            w = w / total
-        first[xx] = xmin
-        weights[xx, :xmax] = w
+    center = (np.arange(out_size) + 0.5) * scale
+    first = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)  # C's (int): toward zero
+    count = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - first
+    offsets = np.arange(taps)
+    position = (first[:, None] + offsets[None, :]).astype(np.float64)
+    argument = (position - center[:, None] + 0.5) * (1.0 / filterscale)
+    weights = np.where(offsets[None, :] < count[:, None], kernel(argument), 0.0)
+    total = np.zeros(out_size)
+    for k in range(taps):  # summed in Pillow's order
+        total = total + weights[:, k]
+    weights = np.divide(weights, total[:, None], out=weights.copy(), where=total[:, None] != 0.0)
     scaled = weights * (1 << PRECISION_BITS)
     fixed = np.where(weights < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5)).astype(np.int32)
     return first, fixed

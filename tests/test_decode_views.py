@@ -135,7 +135,7 @@ def test_the_centre_view_is_the_float_two_pass_resize_and_centre_crop():
             assert torch.equal(TorchPreprocess(config, CPU, CENTRE)(image), expected)
 
 
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos", "box"])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos", "box", "hamming"])
 def test_pillow_resize_equals_pillow_enlarging_and_reducing(interpolation):
     rng = np.random.default_rng(3)
     resample = Image.Resampling[interpolation.upper()]
