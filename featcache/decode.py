@@ -1,5 +1,6 @@
-"""JPEG decoding with torch on the extraction device (nvjpeg on CUDA, libjpeg on the CPU), then the backbone's resize,
-centre crop and normalisation as torch ops there: the same (3, S, S) float tensor the PIL path gives the model.
+"""JPEG decoding with torch on the extraction device (nvjpeg on CUDA, libjpeg on the CPU), then the backbone's view
+(centre crop, native resolution or K crops: `featcache.backbones.views`) and normalisation as torch ops there: the
+same float tensors the PIL path gives the model.
 
 The CPU path ("pil") decodes and resizes every image in DataLoader workers with Pillow. The torch path ("torch") has
 the workers only read the files' bytes; the main process decodes a whole batch of JPEGs at once on the device. Files
@@ -13,9 +14,12 @@ import math
 from typing import TYPE_CHECKING, NamedTuple
 
 from featcache.errors import FeatcacheError
+from featcache.resample import check_filter, pillow_resize
 
 if TYPE_CHECKING:  # the CLI reads DECODE_HELP without importing torch
     import torch
+
+    from featcache.backbones.views import InputView
 
 DECODE_CHOICES = ("auto", "cpu", "gpu")
 DECODE_HELP = ("Where JPEGs are decoded: cpu = Pillow in the worker processes; gpu = torchvision on --device (nvjpeg "
@@ -102,19 +106,29 @@ TORCH_RESIZE = "pillow-two-pass"  # recorded with the torch path's features: how
 
 
 class TorchPreprocess:
-    """timm's eval transform as tensor ops: shorter side to floor(input_size / crop_pct) (antialiased, the data
-    config's interpolation), centre crop, scale to [0, 1], normalise.
+    """A backbone's input pixels from a stack of decoded images, as tensor ops on the images' device.
 
-    The resize is done as Pillow does it: the width first, then the height, each pass rounded to 8 bits, so the
-    pixels stay within 1 level of the Pillow path's."""
+    `view` (`featcache.backbones.views`): CENTRE is timm's eval transform: shorter side to
+    floor(input_size / crop_pct) (antialiased, the data config's interpolation), centre crop, scale to [0, 1],
+    normalise; its resize is torchvision's in float, done as Pillow does it (the width first, then the height, each
+    pass rounded to 8 bits), so the pixels stay within 1 level of the Pillow path's. 'native' and 'crops' resize with
+    `featcache.resample.pillow_resize` (Pillow's fixed-point resampling, enlargement included), then follow the
+    shared geometry (`native_size`; `crop_source_size` and `crop_boxes`): their pixels equal the Pillow path's for
+    the same decoded image. `output_shape` gives each view's shape."""
 
-    def __init__(self, data_config: dict, device: torch.device):
+    def __init__(self, data_config: dict, device: torch.device, view: InputView | None = None):
         import torch
         from torchvision.transforms import InterpolationMode
 
+        from featcache.backbones.views import CENTRE
+
+        self.view = CENTRE if view is None else view
         self.input_size = int(data_config["input_size"])
         self.resize = math.floor(self.input_size / data_config["crop_pct"])  # as timm's transforms_imagenet_eval
-        self.interpolation = InterpolationMode(data_config["interpolation"])
+        self.filter = str(data_config["interpolation"])
+        if not self.view.is_centre:
+            check_filter(self.filter)
+        self.interpolation = InterpolationMode(self.filter)
         self.mean = torch.tensor(data_config["mean"], device=device).view(3, 1, 1)
         self.std = torch.tensor(data_config["std"], device=device).view(3, 1, 1)
 
@@ -124,9 +138,31 @@ class TorchPreprocess:
             return self.resize, int(self.resize * width / height)
         return int(self.resize * height / width), self.resize
 
+    def output_shape(self, height: int, width: int) -> tuple[int, ...]:
+        """The shape one `height` x `width` image gives: (3, S, S) centre, (3, h, w) native (`native_size`),
+        (K, 3, S, S) crops; S is the data config's input_size."""
+        from featcache.backbones.views import native_size
+
+        if self.view.kind == "native":
+            return (3, *native_size(height, width, self.view.max_side))
+        if self.view.kind == "crops":
+            return (self.view.crops, 3, self.input_size, self.input_size)
+        return (3, self.input_size, self.input_size)
+
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        """(..., 3, H, W) uint8 -> (..., 3, input_size, input_size) float32, on the image's device; a stack of
-        same-sized images gives the same numbers as each image alone."""
+        """(..., 3, H, W) uint8 -> (..., *output_shape(H, W)) float32, on the image's device; a stack of same-sized
+        images gives the same numbers as each image alone."""
+        if self.view.kind == "native":
+            return self._native(image)
+        if self.view.kind == "crops":
+            return self._crops(image)
+        return self._centre(image)
+
+    def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """8-bit values -> float32 as torchvision's ToTensor then Normalize compute them (in place: no copies)."""
+        return pixels.float().div_(255.0).sub_(self.mean).div_(self.std)
+
+    def _centre(self, image: torch.Tensor) -> torch.Tensor:
         from torchvision.transforms.functional import center_crop, resize
 
         pixels = image.float()
@@ -137,4 +173,27 @@ class TorchPreprocess:
                 pixels = resize(pixels, size, interpolation=self.interpolation, antialias=True)
                 pixels = pixels.round_().clamp_(0, 255)  # each pass in 8 bits
         pixels = center_crop(pixels, [self.input_size, self.input_size])
-        return (pixels / 255.0 - self.mean) / self.std
+        return (pixels / 255.0).sub_(self.mean).div_(self.std)
+
+    def _resized(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(image.shape[-2:]) == tuple(size):
+            return image
+        return pillow_resize(image, size, self.filter)
+
+    def _native(self, image: torch.Tensor) -> torch.Tensor:
+        from featcache.backbones.views import native_size
+
+        height, width = image.shape[-2:]
+        return self._normalise(self._resized(image, native_size(height, width, self.view.max_side)))
+
+    def _crops(self, image: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        from featcache.backbones.views import crop_boxes, crop_source_size
+
+        height, width = image.shape[-2:]
+        size = self.input_size
+        source = self._resized(image, crop_source_size(height, width, size, self.view.max_side))
+        boxes = crop_boxes(*source.shape[-2:], size, self.view.crops, self.view.seed)
+        crops = torch.stack([source[..., top:top + size, left:left + size] for top, left in boxes], dim=-4)
+        return self._normalise(crops)
