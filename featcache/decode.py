@@ -14,7 +14,6 @@ import math
 from typing import TYPE_CHECKING, NamedTuple
 
 from featcache.errors import FeatcacheError
-from featcache.resample import check_filter, pillow_resize
 
 if TYPE_CHECKING:  # the CLI reads DECODE_HELP without importing torch
     import torch
@@ -110,11 +109,11 @@ class TorchPreprocess:
 
     `view` (`featcache.backbones.views`): CENTRE is timm's eval transform: shorter side to
     floor(input_size / crop_pct) (antialiased, the data config's interpolation), centre crop, scale to [0, 1],
-    normalise; its resize is torchvision's in float, done as Pillow does it (the width first, then the height, each
-    pass rounded to 8 bits), so the pixels stay within 1 level of the Pillow path's. 'native' and 'crops' resize with
-    `featcache.resample.pillow_resize` (Pillow's fixed-point resampling, enlargement included), then follow the
-    shared geometry (`native_size`; `crop_source_size` and `crop_boxes`): their pixels equal the Pillow path's for
-    the same decoded image. `output_shape` gives each view's shape."""
+    normalise. 'native' and 'crops' follow the shared geometry (`native_size`; `crop_source_size` and
+    `crop_boxes`). Every resize is torchvision's antialiased resize in float, done as Pillow does it (the width
+    first, then the height, each pass rounded to 8 bits): the pixels stay within 1 level of the Pillow path's when
+    reducing and within 2 when enlarging (a crops view enlarges an image smaller than the crop). `output_shape`
+    gives each view's shape."""
 
     def __init__(self, data_config: dict, device: torch.device, view: InputView | None = None):
         import torch
@@ -125,10 +124,7 @@ class TorchPreprocess:
         self.view = CENTRE if view is None else view
         self.input_size = int(data_config["input_size"])
         self.resize = math.floor(self.input_size / data_config["crop_pct"])  # as timm's transforms_imagenet_eval
-        self.filter = str(data_config["interpolation"])
-        if not self.view.is_centre:
-            check_filter(self.filter)
-        self.interpolation = InterpolationMode(self.filter)
+        self.interpolation = InterpolationMode(str(data_config["interpolation"]))
         self.mean = torch.tensor(data_config["mean"], device=device).view(3, 1, 1)
         self.std = torch.tensor(data_config["std"], device=device).view(3, 1, 1)
 
@@ -162,23 +158,25 @@ class TorchPreprocess:
         """8-bit values -> float32 as torchvision's ToTensor then Normalize compute them (in place: no copies)."""
         return pixels.float().div_(255.0).sub_(self.mean).div_(self.std)
 
-    def _centre(self, image: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.functional import center_crop, resize
+    def _resized(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(..., 3, H, W) uint8 -> (..., 3, *size) float32 holding 8-bit values: torchvision's antialiased resize,
+        the width first, then the height, each pass rounded to 8 bits (as Pillow resizes)."""
+        from torchvision.transforms.functional import resize
 
         pixels = image.float()
         height, width = pixels.shape[-2:]
-        new_height, new_width = self.resized_size(height, width)
-        for size in ([height, new_width], [new_height, new_width]):  # Pillow: horizontal pass, then vertical
-            if list(pixels.shape[-2:]) != size:
-                pixels = resize(pixels, size, interpolation=self.interpolation, antialias=True)
+        for step in ([height, size[1]], [size[0], size[1]]):  # Pillow: horizontal pass, then vertical
+            if list(pixels.shape[-2:]) != step:
+                pixels = resize(pixels, step, interpolation=self.interpolation, antialias=True)
                 pixels = pixels.round_().clamp_(0, 255)  # each pass in 8 bits
+        return pixels
+
+    def _centre(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.functional import center_crop
+
+        pixels = self._resized(image, self.resized_size(*image.shape[-2:]))
         pixels = center_crop(pixels, [self.input_size, self.input_size])
         return (pixels / 255.0).sub_(self.mean).div_(self.std)
-
-    def _resized(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if tuple(image.shape[-2:]) == tuple(size):
-            return image
-        return pillow_resize(image, size, self.filter)
 
     def _native(self, image: torch.Tensor) -> torch.Tensor:
         from featcache.backbones.views import native_size

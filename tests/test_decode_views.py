@@ -10,8 +10,6 @@ from torchvision import transforms
 
 from featcache.backbones.views import CENTRE, InputView, crop_boxes, crop_source_size, native_size
 from featcache.decode import TorchPreprocess, decode_jpegs
-from featcache.errors import FeatcacheError
-from featcache.resample import pillow_resize
 from tests.fakedata import noisy_image
 
 pytestmark = pytest.mark.filterwarnings(
@@ -78,12 +76,12 @@ def test_views_on_the_torch_path_agree_with_pillow(tmp_path, config, view):
         reference = _pillow(path, config, view)
         assert ours.dtype == torch.float32 and tuple(ours.shape) == tuple(reference.shape), path.name
         assert tuple(ours.shape) == preprocess.output_shape(*decoded.shape[-2:])
-        assert (ours - reference).abs().max() <= 1.01 * _one_level(config), path.name
-        exact += int((ours == reference).sum())
+        enlarged = min(decoded.shape[-2:]) < config["input_size"] and view.kind == "crops"
+        levels = 2 if enlarged else 1  # torchvision's float resize, each pass rounded, against Pillow's fixed point
+        assert (ours - reference).abs().max() <= (levels + 0.01) * _one_level(config), path.name
+        exact += int(((ours - reference).abs() < 1e-6).sum())
         total += reference.numel()
-    # measured: every value equal (the same libjpeg, Pillow's resampling reproduced); torchvision's float resize,
-    # each pass rounded, differed in 13 % of the values of a 64 -> 224 bilinear enlargement, by up to 2 levels
-    assert exact == total
+    assert exact > 0.8 * total  # most values equal: the differences are roundings
 
 
 def test_output_shapes_follow_the_shared_geometry():
@@ -133,25 +131,3 @@ def test_the_centre_view_is_the_float_two_pass_resize_and_centre_crop():
             expected = two_pass(image, config)
             assert torch.equal(TorchPreprocess(config, CPU)(image), expected)
             assert torch.equal(TorchPreprocess(config, CPU, CENTRE)(image), expected)
-
-
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos", "box", "hamming"])
-def test_pillow_resize_equals_pillow_enlarging_and_reducing(interpolation):
-    rng = np.random.default_rng(3)
-    resample = Image.Resampling[interpolation.upper()]
-    for (height, width), (new_height, new_width) in [((32, 32), (112, 112)), ((37, 90), (91, 221)),
-                                                     ((150, 210), (80, 112)), ((150, 100), (301, 67)),
-                                                     ((3, 5), (40, 67)), ((80, 60), (80, 23))]:
-        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-        expected = np.asarray(Image.fromarray(pixels).resize((new_width, new_height), resample))
-        ours = pillow_resize(torch.from_numpy(pixels).permute(2, 0, 1), (new_height, new_width), interpolation)
-        assert ours.dtype == torch.uint8
-        np.testing.assert_array_equal(ours.permute(1, 2, 0).numpy(), expected)
-
-
-def test_a_view_with_a_filter_pillow_resampling_lacks_is_refused():
-    nearest = dict(BICUBIC, interpolation="nearest")
-    with pytest.raises(FeatcacheError, match=r"^interpolation 'nearest': the torch path resizes with Pillow's "
-                       r"filters \(bilinear, bicubic, lanczos, box, hamming\); use --decode cpu$"):
-        TorchPreprocess(nearest, CPU, InputView(kind="native"))
-    TorchPreprocess(nearest, CPU)  # the centre crop resizes with torchvision's own modes
