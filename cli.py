@@ -24,6 +24,24 @@ from cli_support import HELP, JOBS, FeatcacheGroup, admit_pixels, annotation_fro
     run_info, select_options, split_options
 
 
+class SizeOrNative(click.ParamType):
+    """--image-size: a positive number of pixels, or 'native'."""
+
+    name = "N|native"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip().lower()
+        if text == "native":
+            return text
+        try:
+            size = int(text)
+        except ValueError:
+            size = 0
+        if size < 1:
+            self.fail(f"{value!r}: a size in pixels (at least 1, e.g. 448) or 'native'", param, ctx)
+        return size
+
+
 @click.group(cls=FeatcacheGroup)
 @click.version_option(__version__, prog_name="featcache")
 def main():
@@ -41,7 +59,7 @@ def main():
 @click.option("--pool", type=click.Choice(list(POOLINGS)), default=None,
               help=f"Feature definition [{next(iter(POOLINGS))}]: {pooling_help()}.")
 @cache_option()
-@click.option("--image-size", metavar="N|native",
+@click.option("--image-size", type=SizeOrNative(),
               help="Input size in pixels, overriding the backbone's (the centre crop's, or each crop's with --crops); "
                    "native = each whole image at its own resolution, its shorter side capped by --max-side "
                    "(models that need a fixed size refuse it).")
