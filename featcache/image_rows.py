@@ -91,7 +91,6 @@ class ImageRows(Dataset):
         except Exception as exc:  # a transform failing on a strange image
             return None, f"{path}: {type(exc).__name__}: {exc}"
 
-
     def _view_plan(self, path: Path) -> tuple[Draft | None, tuple[int, int] | None]:
         """(JPEG draft, resize (height, width) for the --max-pixels check) of a view for the file at `path`."""
         size = header_size(path)
@@ -120,17 +119,29 @@ def image_rows(backbone: Backbone, root: Path, paths: list[str], rows: list[int]
 
 def torch_preprocess(backbone: Backbone, device: torch.device):
     """`featcache.decode.TorchPreprocess` for the backbone's view: a stack of same-size uint8 images -> (N, 3, S, S),
-    (N, 3, h, w) or (N, K, 3, S, S). A TorchPreprocess that takes no view refuses native and crops (one line)."""
+    (N, 3, h, w) or (N, K, 3, S, S). See `check_torch_view` for a TorchPreprocess that takes no view."""
+    from featcache.decode import TorchPreprocess
+
+    check_torch_view(backbone)
+    if _torch_takes_view():
+        return TorchPreprocess(backbone.spec.data_config(), device, view=backbone.view)
+    return TorchPreprocess(backbone.spec.data_config(), device)
+
+
+def check_torch_view(backbone: Backbone) -> None:
+    """A one-line FeatcacheError when the torch decode path cannot feed the backbone's view (a TorchPreprocess that
+    takes no view feeds the centre crop only)."""
+    if not backbone.view.is_centre and not _torch_takes_view():
+        raise FeatcacheError(f"{backbone.id}: the torch decode path of this version feeds the centre crop only: "
+                             "use --decode cpu for native and crops")
+
+
+def _torch_takes_view() -> bool:
     import inspect
 
     from featcache.decode import TorchPreprocess
 
-    if "view" in inspect.signature(TorchPreprocess).parameters:
-        return TorchPreprocess(backbone.spec.data_config(), device, view=backbone.view)
-    if not backbone.view.is_centre:
-        raise FeatcacheError(f"{backbone.id}: this version decodes native and crops views with Pillow only: use "
-                             "--decode cpu")
-    return TorchPreprocess(backbone.spec.data_config(), device)
+    return "view" in inspect.signature(TorchPreprocess).parameters
 
 
 def worker_init(_) -> None:

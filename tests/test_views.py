@@ -231,6 +231,13 @@ def test_a_vit_takes_native_sizes_through_timm_dynamic_img_size(tmp_path):
     backbone = load_backbone("vit_tiny_patch16_224", random_weights=True, view=InputView("native"))
     features = compute_features(backbone, tmp_path, ["0.png", "1.png"], device="cpu")
     assert features.shape == (2, 192) and np.isfinite(features).all()
+    from safetensors.torch import save_file
+
+    save_file(backbone.extractor().model.state_dict(), str(tmp_path / "vit.safetensors"))
+    from_file = load_backbone("vit_tiny_patch16_224", weights_file=tmp_path / "vit.safetensors",
+                              view=InputView("native"))  # the weights file's load path takes timm's arguments too
+    np.testing.assert_allclose(compute_features(from_file, tmp_path, ["0.png", "1.png"], device="cpu"), features,
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -245,8 +252,40 @@ def test_the_torch_decode_path_gives_the_pillow_features_or_a_one_line_refusal(t
     names = ["0.jpg", "1.jpg"]
     pil = compute_features(backbone, tmp_path, names, device="cpu", decode="cpu", jpeg_draft=False)
     if "view" not in inspect.signature(TorchPreprocess).parameters:
-        with pytest.raises(FeatcacheError, match="--decode cpu"):
+        with pytest.raises(FeatcacheError, match="use --decode cpu for native and crops"):
             compute_features(backbone, tmp_path, names, device="cpu", decode="gpu")
+        make_pku(tmp_path / "data", i2i_prompts=1, t2i_prompts=1)
+        with pytest.raises(FeatcacheError, match="use --decode cpu for native and crops"):
+            extract(load_dataset(None, tmp_path / "data"), tmp_path / "data", backbone, tmp_path / "c.h5",
+                    device="cpu", decode="gpu", progress=False)
+        assert not (tmp_path / "c.h5").exists()  # refused before the cache is created
         return
     on_torch = compute_features(backbone, tmp_path, names, device="cpu", decode="gpu")
     np.testing.assert_allclose(on_torch, pil, atol=0.05)
+
+
+class _ViewPreprocess:
+    """A stand-in for a view-aware `featcache.decode.TorchPreprocess`: each uint8 image through `ViewTransform`."""
+
+    def __init__(self, data_config, device, view=None):
+        self.transform = ViewTransform(view, data_config)
+
+    def __call__(self, stack):
+        return torch.stack([self.transform(Image.fromarray(image.permute(1, 2, 0).numpy())) for image in stack])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [("native", None, 36), ("32", 2, None)])
+def test_the_torch_path_handles_the_views_output_shapes(tmp_path, monkeypatch, options):
+    import featcache.decode
+
+    monkeypatch.setattr(featcache.decode, "TorchPreprocess", _ViewPreprocess)
+    names = []
+    for k, size in enumerate([(40, 56), (64, 40), (40, 56)]):
+        noisy_image(np.random.default_rng(k), size).save(tmp_path / f"{k}.jpg", quality=95)
+        names.append(f"{k}.jpg")
+    size, view = parse_view(*options)
+    backbone = load_backbone("lite0", image_size=size, view=view)
+    pil = compute_features(backbone, tmp_path, names, device="cpu", decode="cpu", batch_size=1)
+    on_torch = compute_features(backbone, tmp_path, names, device="cpu", decode="gpu", batch_size=4)  # stacks
+    np.testing.assert_allclose(on_torch, pil, rtol=1e-4, atol=1e-4)
