@@ -249,9 +249,10 @@ def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, 
                      max_pixels: int = DEFAULT_MAX_PIXELS, decode: str = "auto",
                      jpeg_draft: bool = True, jpeg_draft_rule: str = DRAFT_RULE) -> np.ndarray:
     """(len(paths), D) float32 features of the images `root / paths[i]` in memory (no cache), e.g. to score new
-    images with a saved head; each image fed as the backbone's view says (centre crop, native, crops). `decode`, `jpeg_draft` and `jpeg_draft_rule` as for `featcache.extract.extract` (pass
-    the values recorded with the features the head was trained on: `store.with_config_defaults` fills in those of
-    older caches). A missing, undecodable or non-finite image is a one-line FeatcacheError."""
+    images with a saved head; each image is fed as the backbone's view says (centre crop, native, crops). `decode`,
+    `jpeg_draft` and `jpeg_draft_rule` as for `featcache.extract.extract` (pass the values recorded with the features
+    the head was trained on: `store.with_config_defaults` fills in those of older caches). A missing, undecodable or
+    non-finite image is a one-line FeatcacheError."""
     root = Path(root)
     check_files_present(root, paths)
     torch_device = resolve_device(device)
