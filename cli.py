@@ -24,6 +24,24 @@ from cli_support import HELP, JOBS, FeatcacheGroup, admit_pixels, annotation_fro
     run_info, select_options, split_options
 
 
+class SizeOrNative(click.ParamType):
+    """--image-size: a positive number of pixels, or 'native'."""
+
+    name = "N|native"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip().lower()
+        if text == "native":
+            return text
+        try:
+            size = int(text)
+        except ValueError:
+            size = 0
+        if size < 1:
+            self.fail(f"{value!r}: a size in pixels (at least 1, e.g. 448) or 'native'", param, ctx)
+        return size
+
+
 @click.group(cls=FeatcacheGroup)
 @click.version_option(__version__, prog_name="featcache")
 def main():
@@ -41,8 +59,18 @@ def main():
 @click.option("--pool", type=click.Choice(list(POOLINGS)), default=None,
               help=f"Feature definition [{next(iter(POOLINGS))}]: {pooling_help()}.")
 @cache_option()
-@click.option("--image-size", type=click.IntRange(min=1), help="Crop size, overriding the backbone's.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward [32].")
+@click.option("--image-size", type=SizeOrNative(),
+              help="Input size in pixels, overriding the backbone's (the centre crop's, or each crop's with --crops); "
+                   "native = each whole image at its own resolution, its shorter side capped by --max-side "
+                   "(models that need a fixed size refuse it).")
+@click.option("--crops", type=int, default=None,
+              help="Feed K crops of the input size from the full-resolution image (a fixed, seeded layout covering "
+                   "it) and store their combination (mean; multilevel: pooled statistics). See docs/views.md.")
+@click.option("--max-side", type=int, default=None,
+              help="Shorter side cap of --image-size native and --crops, in pixels [1024].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per forward [32]; native and crops batches also hold at most as many pixels as this many "
+                   "centre crops.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Decoding processes, 0 = in the main process [every usable core].")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [auto].")
@@ -63,10 +91,10 @@ def main():
 @click.option("--verify", is_flag=True, help="Hash the images' contents (sha256) and compare them by content, not by "
                                              "size and modification time (e.g. a copied dataset).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract(dataset, root, annotation, columns, backbone, pool, cache, image_size, batch_size, workers, device,
-            decode, jpeg_draft, precision, shard, weights, random_weights, max_pixels, verify, quiet):
+def extract(dataset, root, annotation, columns, backbone, pool, cache, image_size, crops, max_side, batch_size,
+            workers, device, decode, jpeg_draft, precision, shard, weights, random_weights, max_pixels, verify, quiet):
     """Run a frozen backbone once over every distinct image into the HDF5 cache (resumable)."""
-    from featcache.backbones import load_backbone
+    from featcache.backbones import load_backbone, parse_view
     from featcache.extract import extract as run_extract, parse_shard
     from featcache.images import DEFAULT_MAX_PIXELS
 
@@ -76,8 +104,9 @@ def extract(dataset, root, annotation, columns, backbone, pool, cache, image_siz
     if not backbone:
         raise FeatcacheError("--backbone is required (e.g. --backbone lite0; see `featcache backbones`)")
     backbone, pool = name_and_pool(backbone, pick(pool, config, "pool"))
+    size, view = parse_view(image_size, crops, max_side)
     samples, root = load_samples_from_options(config, dataset, root, annotation, columns)
-    model = load_backbone(backbone, pool or next(iter(POOLINGS)), weights, random_weights, image_size)
+    model = load_backbone(backbone, pool or next(iter(POOLINGS)), weights, random_weights, size, view)
     cache = pick(cache, config, "cache", DEFAULT_CACHE)
     result = run_extract(samples, root, model, cache, batch_size=pick(batch_size, config, "batch_size", 32),
                          workers=pick(workers, config, "workers"), device=pick(device, config, "device", "auto"),

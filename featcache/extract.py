@@ -27,6 +27,7 @@ from featcache.devices import resolve_device, to_channels_last
 from featcache.errors import FeatcacheError, named
 from featcache.forward import (
     Forwarding,
+    batch_plan,
     finite_rows,
     forward_batches,
     loader_workers,
@@ -35,7 +36,7 @@ from featcache.forward import (
     resolve_precision,
 )
 from featcache.image_changes import CacheComparison, compare_with_cache, refresh_image_stats
-from featcache.image_rows import Decoding, image_rows
+from featcache.image_rows import Decoding, check_torch_view, image_rows
 from featcache.images import DEFAULT_MAX_PIXELS, DRAFT_RULE, check_files_present
 from featcache.untrusted import check_inside_root
 from featcache.samples import SampleTable
@@ -255,6 +256,10 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     precheck = _already_complete(request)
     if precheck.rows_done is not None:
         return ExtractResult(str(name), request.bid, len(paths), len(request.in_shard), precheck.rows_done, 0)
+    if decode_path == "torch":
+        check_torch_view(backbone)  # before anything is written
+    if backbone.view.kind == "native":
+        backbone.extractor()  # a model that needs a fixed input size is refused before anything is written
     new_folders = [p for p in [target.parent, *target.parent.parents] if not p.exists()]  # deepest first
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -351,10 +356,11 @@ def _run(job: _Extraction, f, result: ExtractResult) -> None:
     request = job.request
     dataset, preprocess = image_rows(request.backbone, request.root, request.paths, job.todo, job.decoding,
                                      job.forwarding.device)
+    plan = batch_plan(dataset, job.forwarding.batch_size, request.backbone.spec.input_size)
     group = f[f"features/{request.bid}"]
     emb, done = group["emb"], group["done"]
     start = time.perf_counter()
-    batches = forward_batches(job.extractor, dataset, job.forwarding, preprocess)
+    batches = forward_batches(job.extractor, dataset, job.forwarding, preprocess, plan)
     with tqdm(total=len(job.todo), unit="img", desc=result.backbone_id, disable=not job.progress,
               file=sys.stderr) as bar, contextlib.closing(batches):
         try:
@@ -471,6 +477,7 @@ def _provenance(backbone: Backbone, device: torch.device, precision: str, comman
         "backbone_name": backbone.spec.name,
         "pool": backbone.pool,
         "image_size": backbone.spec.input_size,
+        "input": backbone.view.id_part(backbone.spec.input_size),  # the view: 224, native, 224x5 (see views.py)
         "weights": backbone.weights.to_dict(),
         "weights_state_sha256": backbone.weights_state_sha256(),
         "data_config": backbone.spec.data_config(),

@@ -29,6 +29,7 @@ from featcache.image_rows import (
     worker_init,
 )
 from featcache.images import DEFAULT_MAX_PIXELS, DRAFT_RULE, check_files_present
+from featcache.size_batches import pixel_budget, size_batches
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,34 +96,65 @@ def non_finite_message(count: int, precision: str, option: bool = True) -> str:
     return f"{count} images gave non-finite features (inf/NaN) {where}{cause}"
 
 
-def forward_batches(extractor, dataset: ImageRows, forwarding: Forwarding, preprocess=None):
+def batch_plan(dataset: ImageRows, batch_size: int, input_size: int) -> list[list[int]] | None:
+    """The loader's batches as index lists into `dataset`, or None for plain batches of `batch_size` (the centre
+    crop, whose items are all one shape). A view's batches hold items of one shape, at most `batch_size` and at
+    most `pixel_budget(batch_size, input_size)` pixels (crops count K per image); see `size_batches`."""
+    if dataset.view is None:
+        return None
+    return size_batches(dataset.item_shapes(), batch_size, pixel_budget(batch_size, input_size))
+
+
+def make_loader(dataset: ImageRows, forwarding: Forwarding, plan: list[list[int]] | None = None) -> DataLoader:
+    """The DataLoader of `dataset` (decoded in `forwarding.workers` processes): batches of `plan` (see
+    `batch_plan`) or, without one, of `forwarding.batch_size` in order. Yields (rows, pixels or payloads, errors);
+    also what a benchmark iterates to time decoding alone."""
+    device = forwarding.device
+    batching = {"batch_sampler": plan} if plan is not None else {"batch_size": forwarding.batch_size,
+                                                                  "shuffle": False}
+    return DataLoader(dataset, **batching, num_workers=forwarding.workers,
+                      collate_fn=collate_payloads if dataset.jpeg_bytes else collate_rows,
+                      pin_memory=device.type == "cuda", worker_init_fn=worker_init if forwarding.workers else None,
+                      persistent_workers=False)
+
+
+def forward_pixels(extractor, batch: torch.Tensor, device: torch.device, precision: str = "fp32") -> torch.Tensor:
+    """(B, D) features of one batch of pixels ((B, 3, H, W), or (B, K, 3, S, S) crops combined per image), on
+    `device` with autocast for 'fp16'/'bf16'; what a benchmark calls to time the forward alone."""
+    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    batch = to_channels_last(batch.to(device, non_blocking=True), device)
+    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        return extractor(batch)
+
+
+def forward_batches(extractor, dataset: ImageRows, forwarding: Forwarding, preprocess=None,
+                    plan: list[list[int]] | None = None):
     """Decode in workers (or, on the torch path, read bytes there and decode on the device with `preprocess`),
-    forward on the device: yields (rows, (B, D) float32 features or None, errors, forward seconds) in row order.
+    forward on the device: yields (rows, (B, D) float32 features or None, errors, forward seconds), rows ascending
+    within each yield; in row order without a `plan`, else batch by batch of the plan (see `batch_plan`). A batch
+    that mixes shapes is forwarded one shape at a time.
 
     Close the generator (or run it to its end) to stop the loader's workers; an error from the loader (a dead worker,
     Ctrl-C) propagates after they are stopped."""
     device = forwarding.device
-    loader = DataLoader(dataset, batch_size=forwarding.batch_size, shuffle=False, num_workers=forwarding.workers,
-                        collate_fn=collate_payloads if dataset.jpeg_bytes else collate_rows,
-                        pin_memory=device.type == "cuda", worker_init_fn=worker_init if forwarding.workers else None,
-                        persistent_workers=False)
-    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(forwarding.precision)
+    loader = make_loader(dataset, forwarding, plan)
     batches = iter(loader)
     source = _decoded_ahead(batches, dataset, preprocess, device) if dataset.jpeg_bytes else batches
     pending = None  # the previous batch, its features on their way to the host
     try:
         for rows, batch, errors in source:
-            start = time.perf_counter()
             if not rows:
                 yield rows, None, errors, 0.0
                 continue
-            batch = to_channels_last(batch.to(device, non_blocking=True), device)
-            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                features = extractor(batch)
-            current = _FeaturesToHost(rows, features, errors, time.perf_counter() - start)
-            if pending is not None:  # queued after this batch's forward: the device stays busy meanwhile
-                yield pending.result()
-            pending = current
+            parts = batch if isinstance(batch, list) else [(rows, batch)]
+            for k, (part_rows, pixels) in enumerate(parts):
+                start = time.perf_counter()
+                features = forward_pixels(extractor, pixels, device, forwarding.precision)
+                current = _FeaturesToHost(part_rows, features, errors if k == 0 else [],
+                                          time.perf_counter() - start)
+                if pending is not None:  # queued after this batch's forward: the device stays busy meanwhile
+                    yield pending.result()
+                pending = current
         if pending is not None:
             yield pending.result()
     finally:
@@ -217,9 +249,10 @@ def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, 
                      max_pixels: int = DEFAULT_MAX_PIXELS, decode: str = "auto",
                      jpeg_draft: bool = True, jpeg_draft_rule: str = DRAFT_RULE) -> np.ndarray:
     """(len(paths), D) float32 features of the images `root / paths[i]` in memory (no cache), e.g. to score new
-    images with a saved head. `decode`, `jpeg_draft` and `jpeg_draft_rule` as for `featcache.extract.extract` (pass
-    the values recorded with the features the head was trained on: `store.with_config_defaults` fills in those of
-    older caches). A missing, undecodable or non-finite image is a one-line FeatcacheError."""
+    images with a saved head; each image is fed as the backbone's view says (centre crop, native, crops). `decode`,
+    `jpeg_draft` and `jpeg_draft_rule` as for `featcache.extract.extract` (pass the values recorded with the features
+    the head was trained on: `store.with_config_defaults` fills in those of older caches). A missing, undecodable or
+    non-finite image is a one-line FeatcacheError."""
     root = Path(root)
     check_files_present(root, paths)
     torch_device = resolve_device(device)
@@ -230,7 +263,8 @@ def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, 
     dataset, preprocess = image_rows(backbone, root, paths, list(range(len(paths))), decoding, torch_device)
     forwarding = Forwarding(device=torch_device, precision=precision, batch_size=batch_size, workers=workers)
     out = None
-    batches = forward_batches(extractor, dataset, forwarding, preprocess)
+    plan = batch_plan(dataset, batch_size, backbone.spec.input_size)
+    batches = forward_batches(extractor, dataset, forwarding, preprocess, plan)
     with contextlib.closing(batches):
         for rows, features, errors, _ in batches:
             if errors:

@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 
 from featcache.backbones import Backbone
 from featcache.errors import FeatcacheError
-from featcache.images import DEFAULT_MAX_PIXELS, DRAFT_RULE, Draft, load_rgb, read_jpeg_bytes
+from featcache.images import DEFAULT_MAX_PIXELS, DRAFT_RULE, Draft, header_size, load_rgb, read_jpeg_bytes
+from featcache.view_pixels import ViewTransform
 
 STACK_PIXELS = 2 ** 26  # the most pixels preprocessed as one stack on the device: 768 MiB of float32 RGB
 DRAFT_GAP = 2  # JPEG draft decoding keeps at least this many times the resize size (as Pillow's reducing_gap)
@@ -35,16 +36,35 @@ class Decoding:
 class ImageRows(Dataset):
     """Item k: (row, pixels or payload or None, error) for `rows[k]`, whose file is `root / paths[row]`.
 
-    `draft`: JPEG draft decoding (see `load_rgb`). `jpeg_bytes`: the torch decode path; 8-bit RGB/grey JPEGs come back
-    as their bytes (`EncodedJpeg`) for the main process to decode on the device, other files decoded here."""
+    `transform`: timm's eval transform (the centre crop) or a `ViewTransform` (native, crops), whose resize depends
+    on each image's size. `draft`: JPEG draft decoding for the centre crop (see `load_rgb`); `view_draft`: the same
+    for a `ViewTransform`, planned per image (a JPEG is drafted only when the view reduces it, and only while the
+    decoded shorter side stays >= DRAFT_GAP x the size it is resized to). `jpeg_bytes`: the torch decode path;
+    8-bit RGB/grey JPEGs come back as their bytes (`EncodedJpeg`) for the main process to decode on the device,
+    other files decoded here."""
 
     def __init__(self, root: Path, paths: list[str], rows: list[int], transform, max_pixels: int,
-                 draft: Draft | None = None, jpeg_bytes: bool = False):
+                 draft: Draft | None = None, jpeg_bytes: bool = False, view_draft: bool = False):
         self.root, self.paths, self.rows = root, paths, rows
         self.transform, self.max_pixels = transform, max_pixels
-        self.draft, self.jpeg_bytes = draft, jpeg_bytes
-        first = first_resize(transform)
-        self.resize = None if first is None else resize_size(first)
+        self.draft, self.jpeg_bytes, self.view_draft = draft, jpeg_bytes, view_draft
+        self.view = transform if isinstance(transform, ViewTransform) else None
+        if self.view is not None:  # native never enlarges; crops enlarge a small image's shorter side to S
+            self.resize = None if self.view.view.kind == "native" else self.view.input_size
+        else:
+            first = first_resize(transform)
+            self.resize = None if first is None else resize_size(first)
+
+    def item_shapes(self) -> list[tuple[int, ...] | None]:
+        """The shape of each item's pixels, from the files' headers (None where a header cannot be read): what
+        `featcache.size_batches.size_batches` groups. The centre crop's items are all (3, S, S)."""
+        if self.view is None:
+            return [None] * len(self.rows)
+        shapes = []
+        for row in self.rows:
+            size = header_size(self.root / self.paths[row])
+            shapes.append(None if size is None else self.view.item_shape(size[1], size[0]))
+        return shapes
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -63,24 +83,65 @@ class ImageRows(Dataset):
         """(pixels, "") or (None, the one-line error naming the file)."""
         path = self.root / self.paths[row]
         try:
+            if self.view is not None:
+                return self.transform(load_rgb(path, self.max_pixels, *self._view_plan(path))), ""
             return self.transform(load_rgb(path, self.max_pixels, self.draft, self.resize)), ""
         except FeatcacheError as exc:
             return None, str(exc)
         except Exception as exc:  # a transform failing on a strange image
             return None, f"{path}: {type(exc).__name__}: {exc}"
 
+    def _view_plan(self, path: Path) -> tuple[Draft | None, tuple[int, int] | None]:
+        """(JPEG draft, resize (height, width) for the --max-pixels check) of a view for the file at `path`."""
+        size = header_size(path)
+        if size is None:
+            return None, None  # load_rgb reports the file
+        width, height = size
+        target = self.view.source_size(height, width)
+        if not self.view_draft or target == (height, width):
+            return None, target
+        return Draft(short_side=DRAFT_GAP * min(target), resize=target, resample=self.view.resample), target
+
 
 def image_rows(backbone: Backbone, root: Path, paths: list[str], rows: list[int], decoding: Decoding,
                device: torch.device) -> tuple[ImageRows, object | None]:
-    """(the Dataset of `rows`, the device-side preprocessing for the torch path or None) for `backbone`."""
+    """(the Dataset of `rows`, the device-side preprocessing for the torch path or None) for `backbone` and its
+    view. JPEG draft decoding of a view always follows the "same-geometry" rule (DRAFT_RULE)."""
     transform = backbone.transform()
-    draft = draft_for(backbone, transform, decoding.draft_rule) if decoding.jpeg_draft else None
-    dataset = ImageRows(root, paths, rows, transform, decoding.max_pixels, draft, jpeg_bytes=decoding.path == "torch")
+    centre = backbone.view.is_centre
+    draft = draft_for(backbone, transform, decoding.draft_rule) if decoding.jpeg_draft and centre else None
+    dataset = ImageRows(root, paths, rows, transform, decoding.max_pixels, draft, jpeg_bytes=decoding.path == "torch",
+                        view_draft=decoding.jpeg_draft and not centre)
     if decoding.path != "torch":
         return dataset, None
+    return dataset, torch_preprocess(backbone, device)
+
+
+def torch_preprocess(backbone: Backbone, device: torch.device):
+    """`featcache.decode.TorchPreprocess` for the backbone's view: a stack of same-size uint8 images -> (N, 3, S, S),
+    (N, 3, h, w) or (N, K, 3, S, S). See `check_torch_view` for a TorchPreprocess that takes no view."""
     from featcache.decode import TorchPreprocess
 
-    return dataset, TorchPreprocess(backbone.spec.data_config(), device)
+    check_torch_view(backbone)
+    if _torch_takes_view():
+        return TorchPreprocess(backbone.spec.data_config(), device, view=backbone.view)
+    return TorchPreprocess(backbone.spec.data_config(), device)
+
+
+def check_torch_view(backbone: Backbone) -> None:
+    """A one-line FeatcacheError when the torch decode path cannot feed the backbone's view (a TorchPreprocess that
+    takes no view feeds the centre crop only)."""
+    if not backbone.view.is_centre and not _torch_takes_view():
+        raise FeatcacheError(f"{backbone.id}: the torch decode path of this version feeds the centre crop only: "
+                             "use --decode cpu for native and crops")
+
+
+def _torch_takes_view() -> bool:
+    import inspect
+
+    from featcache.decode import TorchPreprocess
+
+    return "view" in inspect.signature(TorchPreprocess).parameters
 
 
 def worker_init(_) -> None:
@@ -88,11 +149,25 @@ def worker_init(_) -> None:
     torch.set_num_threads(1)
 
 
+def stacked(rows: list[int], tensors: list[torch.Tensor]):
+    """One batch of the items' pixels: a stack, (B, 3, H, W) or (B, K, 3, S, S), when they share a shape (batches
+    of `size_batches` always do); else a list of (rows, stack) parts, one per shape, rows in their order within each.
+    None for no items."""
+    if not tensors:
+        return None
+    shapes: dict[tuple, list[int]] = {}
+    for k, tensor in enumerate(tensors):
+        shapes.setdefault(tuple(tensor.shape), []).append(k)
+    if len(shapes) == 1:
+        return torch.stack(tensors)
+    return [([rows[k] for k in ks], torch.stack([tensors[k] for k in ks])) for ks in shapes.values()]
+
+
 def collate_rows(items):
-    """The Pillow path: items -> (rows, (B, 3, S, S) pixels or None, errors), failed items left out."""
+    """The Pillow path: items -> (rows, pixels (see `stacked`) or None, errors), failed items left out."""
     good = [(r, t) for r, t, e in items if t is not None]
     rows = [r for r, _ in good]
-    batch = torch.stack([t for _, t in good]) if good else None
+    batch = stacked(rows, [t for _, t in good])
     errors = [e for _, t, e in items if t is None]
     return rows, batch, errors
 
@@ -109,7 +184,7 @@ def collate_payloads(items):
 def pixels_on_device(rows: list[int], packed, dataset: ImageRows, preprocess, device: torch.device):
     """Decode a batch's JPEG bytes on `device` in one call and preprocess them there; a file the torch decoder
     refuses (or any other payload failing) is decoded with Pillow instead, its error reported as on the CPU path.
-    Returns (rows, (B, 3, S, S) batch on `device` or None, errors), rows in their original order."""
+    Returns (rows, the batch on `device` (see `stacked`) or None, errors), rows in their original order."""
     from featcache.decode import EncodedJpeg, decode_jpegs, unpack_payloads
 
     payloads = unpack_payloads(packed)
@@ -140,7 +215,7 @@ def pixels_on_device(rows: list[int], packed, dataset: ImageRows, preprocess, de
                 continue
         kept_rows.append(row)
         kept.append(tensor.to(device, non_blocking=True))  # the loader's pinned pixels, or host memory: both safe
-    return kept_rows, torch.stack(kept) if kept else None, errors
+    return kept_rows, stacked(kept_rows, kept), errors
 
 
 def draft_short_side(backbone: Backbone) -> int:

@@ -123,6 +123,17 @@ def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, draft: Draf
         raise FeatcacheError(f"{path}: cannot decode image ({exc})") from exc
 
 
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) of the pixels `load_rgb` decodes, read from the file's header alone (no EXIF rotation is
+    applied there, so the header's size is the decoded one); None when the header cannot be read (`load_rgb`
+    reports that file)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
 def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise FeatcacheError(

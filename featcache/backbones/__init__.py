@@ -60,16 +60,25 @@ class Backbone:
         return config
 
     def extractor(self) -> "FeatureExtractor":
+        """The frozen network, built once. A native view needs a model that takes any input size: one that does
+        not is a one-line FeatcacheError here (see `create_model`)."""
         from featcache.backbones.extractor import FeatureExtractor
 
         if self._extractor is None:
-            self._extractor = FeatureExtractor(create_model(self.spec, self.weights), self.spec.feature, self.pool)
+            model = create_model(self.spec, self.weights, variable_size=self.view.kind == "native")
+            self._extractor = FeatureExtractor(model, self.spec.feature, self.pool)
         return self._extractor
 
     def transform(self):
+        """PIL image -> the view's pixels: timm's eval transform (3, S, S) for the centre crop; for native and crops
+        `featcache.view_pixels.ViewTransform`, (3, h, w) or (K, 3, S, S)."""
+        cfg = self.spec.data_config()
+        if not self.view.is_centre:
+            from featcache.view_pixels import ViewTransform
+
+            return ViewTransform(self.view, cfg)
         from timm.data import create_transform
 
-        cfg = self.spec.data_config()
         return create_transform(input_size=(3, cfg["input_size"], cfg["input_size"]),
                                 interpolation=cfg["interpolation"], mean=tuple(cfg["mean"]),
                                 std=tuple(cfg["std"]), crop_pct=cfg["crop_pct"], is_training=False)

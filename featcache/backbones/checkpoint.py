@@ -64,15 +64,16 @@ def misfit_message(path: str | Path, arch: str, misfit: Misfit) -> str:
     return f"{path}: weights do not fit {arch}: {misfit.describe()}; is the file for another architecture?"
 
 
-def load_weights_file(arch: str, path: Path) -> nn.Module:
-    """The timm model `arch` with the tensors of the weights file `path` (see the module's contract)."""
+def load_weights_file(arch: str, path: Path, **model_kwargs) -> nn.Module:
+    """The timm model `arch` with the tensors of the weights file `path` (see the module's contract). `model_kwargs`
+    go to every `timm.create_model` call (e.g. `dynamic_img_size=True`; they must not change the tensors' names)."""
     if path.suffix.lower() == ".npz":
-        return _numpy_archive(arch, path)
+        return _numpy_archive(arch, path, **model_kwargs)
     state = read_state_dict(path)
     if any(name.startswith("_conv_stem.") for name in state):
-        return _efficientnet_pytorch(arch, state, path)
+        return _efficientnet_pytorch(arch, state, path, **model_kwargs)
     heads = classifier_names(arch)
-    with_head = _meta_state_names(functools.partial(timm.create_model, arch, pretrained=False))
+    with_head = _meta_state_names(functools.partial(timm.create_model, arch, pretrained=False, **model_kwargs))
 
     def trunk(model: nn.Module) -> dict:
         """The file less its classifier: names under timm's classifier names, or that only the model with a
@@ -82,11 +83,12 @@ def load_weights_file(arch: str, path: Path) -> nn.Module:
                 if name in names or not (name.startswith(heads) or name in with_head)}
 
     try:
-        return load_strict(functools.partial(timm.create_model, arch, pretrained=False, num_classes=0), trunk)
+        return load_strict(functools.partial(timm.create_model, arch, pretrained=False, num_classes=0, **model_kwargs),
+                           trunk)
     except Misfit as misfit:
         refusal = misfit
     try:  # another layout: the family's checkpoint filter may map it
-        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **model_kwargs)
     except Exception:
         raise FeatcacheError(misfit_message(path, arch, refusal)) from None
 
@@ -194,9 +196,9 @@ def _meta_left(model: nn.Module) -> bool:
     return False
 
 
-def _numpy_archive(arch: str, path: Path) -> nn.Module:
+def _numpy_archive(arch: str, path: Path, **model_kwargs) -> nn.Module:
     """An original JAX/Flax `.npz` checkpoint, through the model's own loader (numpy refuses pickled objects)."""
-    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    model = timm.create_model(arch, pretrained=False, num_classes=0, **model_kwargs)
     try:
         timm.models.load_checkpoint(model, str(path))
     except Exception as exc:
@@ -206,7 +208,7 @@ def _numpy_archive(arch: str, path: Path) -> nn.Module:
     return model
 
 
-def _efficientnet_pytorch(arch: str, state: dict, path: Path) -> nn.Module:
+def _efficientnet_pytorch(arch: str, state: dict, path: Path, **model_kwargs) -> nn.Module:
     """A checkpoint of the `efficientnet_pytorch` package, renamed into timm's EfficientNet, with the file's
     classifier (its classes read from `_fc.weight`; none when the file has none)."""
     if not arch.startswith(("efficientnet", "tf_efficientnet")):
@@ -215,7 +217,8 @@ def _efficientnet_pytorch(arch: str, state: dict, path: Path) -> nn.Module:
     head = state.get("_fc.weight")
     classes = int(head.shape[0]) if isinstance(head, torch.Tensor) and head.ndim == 2 else 0
     try:
-        return load_strict(functools.partial(timm.create_model, arch, pretrained=False, num_classes=classes),
+        return load_strict(functools.partial(timm.create_model, arch, pretrained=False, num_classes=classes,
+                                             **model_kwargs),
                            lambda model: efficientnet_pytorch_to_timm(state, model))
     except Misfit as misfit:
         raise FeatcacheError(misfit_message(path, arch, misfit)) from None

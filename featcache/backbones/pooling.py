@@ -2,7 +2,8 @@
 
 One `PoolingSpec` per pooling in `POOLINGS` (name, one-line doc, the class that pools); `--pool`'s choices and help,
 the backbone id and the cache's config all come from this table. To add a pooling, write a class with
-`__init__(model, feature)`, `__call__(x) -> (B, D)` and `levels`, and add one entry below. Importing this module
+`__init__(model, feature)`, `__call__(x) -> (B, D)`, `combine_crops(features (B, K, D)) -> (B, D)` (one image's
+vector from the vectors of its K equal-sized crops) and `levels`, and add one entry below. Importing this module
 does not import torch (the CLI lists the choices without it).
 """
 
@@ -27,6 +28,10 @@ class PaperPool:
         if self.feature == "gap":
             return features.float().mean(dim=(2, 3))
         return self.model.forward_head(features, pre_logits=True).float()
+
+    def combine_crops(self, features):
+        """(B, K, D) features of K crops per image -> (B, D): their mean."""
+        return features.mean(dim=1)
 
 
 class MultilevelPool:
@@ -63,6 +68,28 @@ class MultilevelPool:
         stats = [_mean_std(t.float(), level["num_chs"]) for t, level in zip(self._captured, self.levels)]
         self._captured = []
         return torch.cat(stats, dim=1)
+
+    def combine_crops(self, features):
+        """(B, K, D) per-crop features -> (B, D): per level, the mean and population std over the positions of all
+        K crops together. The crops are the same size, so each holds as many positions of a stage: the pooled mean
+        is the mean of the crops' means, and the pooled variance mean(std^2 + mean^2) - pooled mean^2 (not the mean
+        of the stds)."""
+        import torch
+
+        parts, start = [], 0
+        features = features.double()  # the difference of squares, in float64
+        for level in self.levels:
+            channels = level["num_chs"]
+            means = features[:, :, start:start + channels]
+            stds = features[:, :, start + channels:start + 2 * channels]
+            start += 2 * channels
+            mean = means.mean(dim=1)
+            variance = (stds.square() + means.square()).mean(dim=1) - mean.square()
+            parts += [mean, variance.clamp_min(0).sqrt()]
+        if start != features.shape[2]:
+            raise FeatcacheError(f"multilevel features of {features.shape[2]} values do not match the stages' "
+                                 f"{start}; use --pool paper")
+        return torch.cat(parts, dim=1).float()
 
 
 def _mean_std(t, channels: int):

@@ -164,25 +164,78 @@ def choose_weights(spec: BackboneSpec, weights_file: str | Path | None = None,
     return WeightsChoice("timm-hub", spec.tag)
 
 
-def create_model(spec: BackboneSpec, choice: WeightsChoice) -> torch.nn.Module:
+VARIABLE_SIZE_KWARGS = {"dynamic_img_size": True, "dynamic_img_pad": True}  # timm's ViTs: any input size
+
+
+def create_model(spec: BackboneSpec, choice: WeightsChoice, variable_size: bool = False) -> torch.nn.Module:
     """The timm model of `spec` with the chosen weights, in eval mode. Random weights are seeded (0) and keep the
     classifier; a weights file is loaded as `featcache.backbones.checkpoint` states (one-line error when it does not
-    fit); hub weights through `timm.create_model(..., pretrained=True)`, refused at once when offline."""
+    fit); hub weights through `timm.create_model(..., pretrained=True)`, refused at once when offline.
+
+    `variable_size`: the model must take inputs of any size (a native view). It is built with timm's
+    `dynamic_img_size` and `dynamic_img_pad` where its class takes them (ViTs), then one forward at an odd,
+    non-square size is tried; a model that fails it (Swin, MLP-Mixer) is a one-line FeatcacheError."""
     import timm
     import torch
 
     from featcache.backbones.checkpoint import load_weights_file
 
+    kwargs = VARIABLE_SIZE_KWARGS if variable_size and _takes_kwargs(spec.arch, VARIABLE_SIZE_KWARGS) else {}
     if choice.source == "random":
         warnings.warn(f"{spec.name}: RANDOM weights; features are meaningless beyond mechanics tests "
                       "(recorded in the cache as weights tag 'random')", FeatcacheWarning, stacklevel=2)
         torch.manual_seed(0)
-        model = timm.create_model(spec.arch, pretrained=False)
+        model = timm.create_model(spec.arch, pretrained=False, **kwargs)
     elif choice.source in ("file", "lite0-package"):
-        model = load_weights_file(spec.arch, Path(choice.file))
+        model = load_weights_file(spec.arch, Path(choice.file), **kwargs)
     else:
-        model = _from_hub(spec)
-    return model.eval()
+        model = _from_hub(spec, kwargs)
+    model = model.eval()
+    if variable_size:
+        check_variable_size(model, spec)
+    return model
+
+
+def _takes_kwargs(arch: str, kwargs: dict) -> bool:
+    """Whether timm builds `arch` with `kwargs` (its class refuses unknown ones with a TypeError); built on the meta
+    device, which allocates nothing, or on the CPU for a model that cannot be built there."""
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            timm.create_model(arch, pretrained=False, **kwargs)
+        return True
+    except TypeError:
+        return False
+    except Exception:  # noqa: BLE001 - a model the meta device cannot build: the CPU decides
+        pass
+    try:
+        timm.create_model(arch, pretrained=False, **kwargs)
+        return True
+    except TypeError:
+        return False
+
+
+def probe_size(input_size: int) -> tuple[int, int]:
+    """An odd, non-square (height, width) near the model's own size, to find models that need a fixed size."""
+    side = max(32, 2 * (int(input_size) // 2))
+    return side - 15, side + 33
+
+
+def check_variable_size(model: torch.nn.Module, spec: BackboneSpec) -> None:
+    """One forward at `probe_size`; a model that refuses it is a one-line FeatcacheError naming the fixed-size
+    views to use instead."""
+    import torch
+
+    height, width = probe_size(spec.input_size)
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model.forward_features(torch.zeros(1, 3, height, width, device=device))
+    except Exception as exc:  # noqa: BLE001 - AssertionError (Swin, Mixer), RuntimeError (shape mismatches)
+        raise FeatcacheError(f"{spec.name} needs a fixed input size ({type(exc).__name__} at {height}x{width}): "
+                             "use --image-size N or --crops K") from None
 
 
 def state_sha256(model: torch.nn.Module) -> str:
@@ -197,7 +250,7 @@ def state_sha256(model: torch.nn.Module) -> str:
 WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".npz")
 
 
-def _from_hub(spec: BackboneSpec) -> torch.nn.Module:
+def _from_hub(spec: BackboneSpec, kwargs: dict | None = None) -> torch.nn.Module:
     """timm's own hub loading; when the weights are neither in the Hugging Face cache nor reachable, a one-line
     error at once (naming the file to fetch for --weights) instead of the hub client's retries."""
     import timm
@@ -207,7 +260,7 @@ def _from_hub(spec: BackboneSpec) -> torch.nn.Module:
     if not _in_hf_cache(hub_id) and not _hub_reachable():
         raise FeatcacheError(_offline_message(spec, hub_id))
     try:
-        return timm.create_model(spec.timm_name, pretrained=True)
+        return timm.create_model(spec.timm_name, pretrained=True, **(kwargs or {}))
     except Exception as exc:  # network errors come in many types
         raise FeatcacheError(_offline_message(spec, hub_id) + f" [{type(exc).__name__}]") from exc
 
