@@ -20,8 +20,8 @@ from featcache.decode import DECODE_CHOICES, DECODE_HELP
 from featcache.defaults import DEFAULT_CACHE, load_config, pick
 from featcache.errors import FeatcacheError
 from cli_support import HELP, JOBS, FeatcacheGroup, admit_pixels, annotation_from, cache_option, command_line, \
-    cv_options, dataset_options, echo, echo_selection, load_samples_from_options, name_and_pool, names, progress, \
-    run_info, select_options, split_options
+    cv_options, dataset_options, echo, echo_selection, load_samples_from_options, name_pool_and_view, names, \
+    progress, run_info, select_options, split_options
 
 
 class SizeOrNative(click.ParamType):
@@ -103,7 +103,8 @@ def extract(dataset, root, annotation, columns, backbone, pool, cache, image_siz
     backbone = pick(backbone, config, "backbone")
     if not backbone:
         raise FeatcacheError("--backbone is required (e.g. --backbone lite0; see `featcache backbones`)")
-    backbone, pool = name_and_pool(backbone, pick(pool, config, "pool"))
+    backbone, pool, image_size, crops, max_side = name_pool_and_view(backbone, pick(pool, config, "pool"),
+                                                                     image_size, crops, max_side)
     size, view = parse_view(image_size, crops, max_side)
     samples, root = load_samples_from_options(config, dataset, root, annotation, columns)
     model = load_backbone(backbone, pool or next(iter(POOLINGS)), weights, random_weights, size, view)

@@ -170,6 +170,32 @@ def name_and_pool(backbone: str, pool: str | None) -> tuple[str, str | None]:
     return name, last
 
 
+def name_pool_and_view(backbone: str, pool: str | None, image_size, crops: int | None,
+                       max_side: int | None) -> tuple[str, str | None, object, int | None, int | None]:
+    """`--backbone NAME/POOL/VIEW` (the short form fit takes, e.g. lite0/multilevel/native or lite0/paper/224x5) as
+    NAME, POOL and the view's --image-size, --crops and --max-side; an option given both ways must agree. Without a
+    view part, as `name_and_pool`."""
+    from featcache.backbones.views import DEFAULT_MAX_SIDE, parse_id_part
+
+    head, _, last = backbone.rpartition("/")
+    view = parse_id_part(last) if head.rpartition("/")[2] in POOLINGS else None
+    if view is None:
+        return (*name_and_pool(backbone, pool), image_size, crops, max_side)
+    name, pool = name_and_pool(head, pool)
+    wanted = {"--image-size": "native" if view["kind"] == "native" else str(view["size"]),
+              "--crops": view["crops"],
+              "--max-side": view["max_side"] if view["kind"] != "centre" and view["max_side"] != DEFAULT_MAX_SIDE
+              else None}
+    given = {"--image-size": None if image_size is None else str(image_size), "--crops": crops,
+             "--max-side": max_side}
+    for option, value in given.items():
+        if value is not None and wanted[option] is not None and str(value) != str(wanted[option]):
+            raise FeatcacheError(f"--backbone {backbone} names the view {last} but {option} is {value}; give it once")
+    return (name, pool, given["--image-size"] or wanted["--image-size"],
+            crops if crops is not None else wanted["--crops"],
+            max_side if max_side is not None else wanted["--max-side"])
+
+
 def names(value: str | None) -> list[str] | None:
     """None when the option was not given (the API then chooses); an empty list when it was given empty."""
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]

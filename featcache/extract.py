@@ -36,7 +36,7 @@ from featcache.forward import (
     resolve_precision,
 )
 from featcache.image_changes import CacheComparison, compare_with_cache, refresh_image_stats
-from featcache.image_rows import Decoding, check_torch_view, image_rows
+from featcache.image_rows import Decoding, image_rows
 from featcache.images import DEFAULT_MAX_PIXELS, DRAFT_RULE, check_files_present
 from featcache.untrusted import check_inside_root
 from featcache.samples import SampleTable
@@ -256,8 +256,6 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
     precheck = _already_complete(request)
     if precheck.rows_done is not None:
         return ExtractResult(str(name), request.bid, len(paths), len(request.in_shard), precheck.rows_done, 0)
-    if decode_path == "torch":
-        check_torch_view(backbone)  # before anything is written
     if backbone.view.kind == "native":
         backbone.extractor()  # a model that needs a fixed input size is refused before anything is written
     new_folders = [p for p in [target.parent, *target.parent.parents] if not p.exists()]  # deepest first

@@ -119,29 +119,10 @@ def image_rows(backbone: Backbone, root: Path, paths: list[str], rows: list[int]
 
 def torch_preprocess(backbone: Backbone, device: torch.device):
     """`featcache.decode.TorchPreprocess` for the backbone's view: a stack of same-size uint8 images -> (N, 3, S, S),
-    (N, 3, h, w) or (N, K, 3, S, S). See `check_torch_view` for a TorchPreprocess that takes no view."""
+    (N, 3, h, w) or (N, K, 3, S, S)."""
     from featcache.decode import TorchPreprocess
 
-    check_torch_view(backbone)
-    if _torch_takes_view():
-        return TorchPreprocess(backbone.spec.data_config(), device, view=backbone.view)
-    return TorchPreprocess(backbone.spec.data_config(), device)
-
-
-def check_torch_view(backbone: Backbone) -> None:
-    """A one-line FeatcacheError when the torch decode path cannot feed the backbone's view (a TorchPreprocess that
-    takes no view feeds the centre crop only)."""
-    if not backbone.view.is_centre and not _torch_takes_view():
-        raise FeatcacheError(f"{backbone.id}: the torch decode path of this version feeds the centre crop only: "
-                             "use --decode cpu for native and crops")
-
-
-def _torch_takes_view() -> bool:
-    import inspect
-
-    from featcache.decode import TorchPreprocess
-
-    return "view" in inspect.signature(TorchPreprocess).parameters
+    return TorchPreprocess(backbone.spec.data_config(), device, view=backbone.view)
 
 
 def worker_init(_) -> None:
