@@ -1,7 +1,8 @@
-"""Speed: start-up of `featcache extract`; extraction against the bare forward and decoding alone; stage 2 on 4000
-rows; fine-tuning cost.
+"""Speed: start-up of `featcache extract`; extraction against the bare forward and decoding alone, for the 224 centre
+crop, native resolution and 5 crops; stage 2 on 4000 rows; fine-tuning cost.
 
-    python benchmarks/speed.py [--images 256] [--size 512] [--backbone lite0] [--skip-stage2] [--device auto]
+    python benchmarks/speed.py [--images 256] [--size 512] [--backbone lite0] [--view 224,native,224x5]
+                               [--skip-stage2] [--device auto]
     python benchmarks/speed.py --startup-only [--repeats 3]
 """
 
@@ -70,67 +71,91 @@ def print_startup(result: dict) -> None:
           f"{result['ratio']:.2f} x")
 
 
-def extraction(args, tmp: Path) -> dict:
-    import torch
-    from torch.utils.data import DataLoader
+VIEWS = {"224": (None, None), "native": ("native", None), "224x5": (None, 5)}  # --view: (--image-size, --crops)
 
-    from featcache.backbones import load_backbone
-    from featcache.devices import resolve_device, to_channels_last
+
+def synth_data(args, tmp: Path):
+    """The synth dataset of about `args.images` images of `args.size` px (made once per run)."""
     from featcache.datasets import load_dataset
-    from featcache.extract import extract
-    from featcache.forward import default_workers
-    from featcache.image_rows import ImageRows, collate_rows, worker_init
     from featcache.synth import synth
 
+    folder = tmp / "data"
     photos, source = photos_folder(tmp)
-    n_photos = len(list(Path(photos).iterdir()))
-    per_photo = 2 * (2 / 3) + 3 * (1 / 3)  # generators per photo, on average
-    views = max(1, int(round(args.images / (n_photos * per_photo))))
-    made = synth(photos, tmp / "data", views=views, size=args.size, seed=0)
-    samples = load_dataset("pku-aigiqa-4k", tmp / "data")
+    if not folder.is_dir():
+        n_photos = len(list(Path(photos).iterdir()))
+        per_photo = 2 * (2 / 3) + 3 * (1 / 3)  # generators per photo, on average
+        views = max(1, int(round(args.images / (n_photos * per_photo))))
+        synth(photos, folder, views=views, size=args.size, seed=0)
+    return load_dataset("pku-aigiqa-4k", folder), folder, source
+
+
+def extraction(args, tmp: Path, view_name: str = "224") -> dict:
+    """One view (`VIEWS`): decoding alone (the extract's own loader and batches, same workers), the bare forward on
+    those decoded batches, and `extract` into a fresh cache, on the same images."""
+    import torch
+
+    from featcache.backbones import load_backbone, parse_view
+    from featcache.devices import resolve_device, to_channels_last
+    from featcache.extract import extract
+    from featcache.forward import Forwarding, batch_plan, default_workers, forward_pixels, make_loader
+    from featcache.image_rows import Decoding, image_rows
+
+    samples, folder, source = synth_data(args, tmp)
     paths, _, _ = samples.distinct_images()
     device = resolve_device(args.device)
     workers = default_workers() if args.workers is None else args.workers
-    backbone = load_backbone(args.backbone, pool=args.pool, random_weights=args.random_weights)
+    size, view = parse_view(*VIEWS[view_name])
+    backbone = load_backbone(args.backbone, pool=args.pool, random_weights=args.random_weights, image_size=size,
+                             view=view)
     extractor = to_channels_last(backbone.extractor().to(device), device)
-    autocast = torch.float16 if device.type == "cuda" else None
-
-    def loader():
-        dataset = ImageRows(tmp / "data", paths, list(range(len(paths))), backbone.transform(), 10**9)
-        return DataLoader(dataset, batch_size=args.batch_size, num_workers=workers, collate_fn=collate_rows,
-                          worker_init_fn=worker_init if workers else None, pin_memory=device.type == "cuda")
+    precision = "fp16" if device.type == "cuda" else "fp32"
+    forwarding = Forwarding(device=device, precision=precision, batch_size=args.batch_size, workers=workers)
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    # decoding alone (same loader, same workers), keeping the tensors for the bare forward
+    # decoding alone (the loader extract builds: same batches, same workers), keeping the tensors for the forward
+    dataset, _ = image_rows(backbone, folder, paths, list(range(len(paths))), Decoding(path="pil", jpeg_draft=True),
+                            device)
     start = time.perf_counter()
-    batches = [batch for _, batch, _ in loader()]
+    plan = batch_plan(dataset, args.batch_size, backbone.spec.input_size)
+    batches = [batch for _, batch, _ in make_loader(dataset, forwarding, plan)]
     decode_s = time.perf_counter() - start
     # bare forward on the same tensors, already decoded
-    with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-        extractor(batches[0].to(device))  # warm-up
+    with torch.no_grad():
+        forward_pixels(extractor, batches[0], device, precision)  # warm-up
         sync()
         start = time.perf_counter()
         for batch in batches:
-            extractor(batch.to(device, non_blocking=True)).float().cpu()
+            forward_pixels(extractor, batch, device, precision).float().cpu()
         sync()
     forward_s = time.perf_counter() - start
     # the real pipeline, into a fresh cache
-    result = extract(samples, tmp / "data", backbone, tmp / "speed.h5", batch_size=args.batch_size,
-                     workers=workers, device=str(device), progress=False)
+    result = extract(samples, folder, backbone, tmp / f"speed-{view_name}.h5", batch_size=args.batch_size,
+                     workers=workers, device=str(device), decode="cpu", progress=False)
     n = len(paths)
     return {
-        "images": n, "image_size": args.size, "photos": source, "backbone": backbone.id, "device": str(device),
-        "batch_size": args.batch_size, "workers": workers,
+        "view": view_name, "images": n, "image_size": args.size, "photos": source, "backbone": backbone.id,
+        "device": str(device), "batch_size": args.batch_size, "workers": workers, "batches": len(batches),
         "decode_only_images_per_s": n / decode_s, "bare_forward_images_per_s": n / forward_s,
         "extract_images_per_s": result.images_per_second, "extract_seconds": result.seconds,
         "decode_seconds": decode_s, "forward_seconds": forward_s,
         "extract_vs_bare_forward": result.images_per_second / (n / forward_s),
         "extract_vs_decode_plus_forward": result.seconds / (decode_s + forward_s),
-        "samples": made.samples,
+        "samples": len(samples),
     }
+
+
+def print_extraction(speed: dict) -> None:
+    print(f"extraction, view {speed['view']}: {speed['images']} images of {speed['image_size']} px, "
+          f"{speed['backbone']} on {speed['device']}, batch {speed['batch_size']} ({speed['batches']} batches), "
+          f"{speed['workers']} workers")
+    print(f"  decoding alone     {speed['decode_only_images_per_s']:8.1f} images/s")
+    print(f"  bare forward       {speed['bare_forward_images_per_s']:8.1f} images/s")
+    print(f"  featcache extract  {speed['extract_images_per_s']:8.1f} images/s  "
+          f"= {speed['extract_vs_bare_forward']:.2f} x bare forward; time = "
+          f"{speed['extract_vs_decode_plus_forward']:.2f} x (decoding alone + forward alone)", flush=True)
 
 
 def stage2(args, tmp: Path) -> dict:
@@ -175,6 +200,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--view", default=",".join(VIEWS),
+                        help=f"comma list of the inputs timed: {', '.join(VIEWS)} (centre crop, native, 5 crops)")
     parser.add_argument("--skip-stage2", action="store_true")
     parser.add_argument("--startup-only", action="store_true", help="Measure only the start-up of extract.")
     parser.add_argument("--repeats", type=int, default=3, help="Runs per start-up command (the median is kept).")
@@ -189,15 +216,11 @@ def main() -> None:
             name = "startup" if args.device != "cuda" else "startup_cuda"
             print(f"wrote {save_json(name, {'machine': machine(), 'startup': start})}")
             return
-        speed = extraction(args, tmp)
-        print(f"extraction, {speed['images']} images of {speed['image_size']} px, {speed['backbone']} on "
-              f"{speed['device']}, batch {speed['batch_size']}, {speed['workers']} workers")
-        print(f"  decoding alone     {speed['decode_only_images_per_s']:8.1f} images/s")
-        print(f"  bare forward       {speed['bare_forward_images_per_s']:8.1f} images/s")
-        print(f"  featcache extract  {speed['extract_images_per_s']:8.1f} images/s  "
-              f"= {speed['extract_vs_bare_forward']:.2f} x bare forward; time = "
-              f"{speed['extract_vs_decode_plus_forward']:.2f} x (decoding alone + forward alone)")
-        payload = {"machine": machine(), "startup": start, "extraction": speed}
+        views = {name: extraction(args, tmp, name) for name in args.view.split(",")}
+        for speed in views.values():
+            print_extraction(speed)
+        speed = views.get("224") or next(iter(views.values()))
+        payload = {"machine": machine(), "startup": start, "extraction": speed, "views": views}
         if not args.skip_stage2:
             print(f"stage 2 on 4000 rows x 2048-d, NR/FR/PR x 3 targets x 5 prompt-disjoint folds, jobs={args.jobs}")
             s2 = stage2(args, tmp)

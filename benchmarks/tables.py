@@ -90,6 +90,12 @@ def speed() -> str:
              f"| `featcache extract` (decode + forward + HDF5 writes) | {e['extract_images_per_s']:.1f} | "
              f"{e['extract_vs_bare_forward']:.2f} x bare forward |", "",
              f"Extraction time = {e['extract_vs_decode_plus_forward']:.2f} x (decoding alone + forward alone)."]
+    if "views" in data:
+        lines += ["", "| view | decoding alone | bare forward | `extract` | extract time / (decoding + forward) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {v['view']} ({v['backbone']}) | {v['decode_only_images_per_s']:.1f} | "
+                  f"{v['bare_forward_images_per_s']:.1f} | {v['extract_images_per_s']:.1f} | "
+                  f"{v['extract_vs_decode_plus_forward']:.2f} |" for v in data["views"].values()]
     if "stage2" in data:
         s = data["stage2"]
         f = data["finetune"]
@@ -112,9 +118,12 @@ def speed() -> str:
 
 def memory() -> str:
     data = json.loads((RESULTS / "memory.json").read_text())
-    lines = ["| images | peak RSS (MiB) | seconds |", "|---|---|---|"]
-    lines += [f"| {r['images']} | {r['peak_rss_mib']:.0f} | {r['seconds']:.0f} |" for r in data["runs"]]
-    lines += ["", f"Ratio of the peaks: {data['ratio']:.2f}."]
+    lines = ["| view | images | peak RSS (MiB) | seconds |", "|---|---|---|---|"]
+    lines += [f"| {r.get('view', '224')} | {r['images']} | {r['peak_rss_mib']:.0f} | {r['seconds']:.0f} |"
+              for r in data["runs"]]
+    ratios = data.get("ratios", {"224": data["ratio"]})
+    lines += ["", "Ratio of the peaks, largest / smallest run: " + ", ".join(f"{v} {r:.2f}" for v, r in ratios.items())
+              + "."]
     return "\n".join(lines)
 
 

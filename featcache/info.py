@@ -83,7 +83,7 @@ def format_info(info: dict) -> str:
         dc = b["config"].get("data_config", {})
         decode = b["config"]["decode"]
         draft = ", JPEG draft" if b["config"]["jpeg_draft"] else ""
-        lines.append(f"           data resize {dc.get('resize')} crop {dc.get('input_size')} "
+        lines.append(f"           data {_input_text(b['config'], dc)} "
                      f"{dc.get('interpolation')} mean {dc.get('mean')} std {dc.get('std')}; decode {decode}{draft}")
         if p.get("command"):
             lines.append(f"           command {p['command']}")
@@ -95,3 +95,16 @@ def format_info(info: dict) -> str:
         lines += [f"problem    {p}" for p in info["problems"]] or ["check      ok: every done row finite, tables and "
                                                                     f"attributes complete{disk}"]
     return "\n".join(printable(line) for line in lines)  # a cache's text never reaches the terminal raw
+
+
+def _input_text(config: dict, data_config: dict) -> str:
+    """How the images were fed: 'resize 256 crop 224', 'native, shorter side at most 1024' or '5 crops of 224 (shorter
+    side in [224, 1024])', from the recorded view (`featcache.backbones.views`)."""
+    view = config.get("input") or {}
+    size = data_config.get("input_size")
+    if view.get("kind") == "native":
+        return f"native, shorter side at most {view.get('max_side')}"
+    if view.get("kind") == "crops":
+        return (f"{view.get('crops')} crops of {size} (shorter side in [{size}, {view.get('max_side')}], seed "
+                f"{view.get('seed')})")
+    return f"resize {data_config.get('resize')} crop {size}"

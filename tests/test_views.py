@@ -184,6 +184,9 @@ def test_native_extraction_is_batch_size_and_worker_invariant_and_matches_comput
     again = compute_features(load_backbone("lite0", view=view), tmp_path / "data", paths, batch_size=1,
                              device="cpu")
     np.testing.assert_array_equal(again, a)
+    from featcache.info import cache_info, format_info
+
+    assert "data native, shorter side at most 36 " in format_info(cache_info(tmp_path / "a.h5"))
 
 
 @pytest.mark.slow
@@ -206,6 +209,9 @@ def test_crops_extraction_resumes_and_shards_into_the_one_run(tmp_path):
         run(shard, batch_size=1, shard=(i, 2))
     merge(shards, tmp_path / "merged.h5")
     reference, _, _ = _features(tmp_path / "whole.h5", whole.backbone_id)
+    from featcache.info import cache_info, format_info
+
+    assert "data 3 crops of 32 (shorter side in [32, 1024], seed 0) " in format_info(cache_info(tmp_path / "whole.h5"))
     for other in ("resumed.h5", "merged.h5"):
         emb, done, _ = _features(tmp_path / other, whole.backbone_id)
         assert done.all()
