@@ -11,15 +11,13 @@ Skips without ../shared/data/kodak.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import KODAK, machine, save_json  # noqa: E402
+from common import KODAK, kodak_benchmark_parser, machine, require_kodak, save_json  # noqa: E402
 
 # (label, extract options): image_size, crops
 VIEWS = [("224 crop (the paper's)", None, None), ("448 crop", 448, None), ("native", "native", None),
@@ -28,17 +26,10 @@ COLUMNS = [("nr", "MOS_q"), ("nr", "MOS_a"), ("fr-diff", "MOS_c")]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = kodak_benchmark_parser(__doc__)
     parser.add_argument("--size", type=int, default=512, help="side of the synth images")
-    parser.add_argument("--views", type=int, default=8)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None, help="keep the data and cache here")
     args = parser.parse_args()
-    if not (KODAK.is_dir() and len(list(KODAK.glob("*.png"))) >= 24):
-        print(f"skipped: {KODAK} is absent")
-        sys.exit(0)
+    require_kodak()
     from featcache.backbones import load_backbone, parse_view
     from featcache.datasets import load_dataset
     from featcache.extract import extract
@@ -95,8 +86,8 @@ def _table_rows(results, backbones: list[str], labels: dict, reference: str) -> 
         row = {"backbone": bid, "label": labels[bid], "cells": {}}
         for mode, target in COLUMNS:
             s = summary[(bid, mode, target)]
-            cell = {"srcc": s["srcc_mean"], "ci_low": s["srcc_ci_low"], "ci_high": s["srcc_ci_high"],
-                    "n_failed": s["n_failed"]}
+            cell = {"srcc": s["srcc_mean"], "srcc_pooled": s["srcc_pooled"], "ci_low": s["srcc_ci_low"],
+                    "ci_high": s["srcc_ci_high"], "n_failed": s["n_failed"]}
             if bid != reference:
                 mine, base = folds[(bid, mode, target)], folds[(reference, mode, target)]
                 keys = sorted(set(mine) & set(base))
@@ -119,7 +110,8 @@ def _floors(results) -> dict:
                  and not get_regressor(r["regressor"]).reads_features]
         if cells:
             top = max(cells, key=lambda r: r["srcc_mean"])
-            out[f"{mode}/{target}"] = {"regressor": top["regressor"], "srcc": top["srcc_mean"]}
+            out[f"{mode}/{target}"] = {"regressor": top["regressor"], "srcc": top["srcc_mean"],
+                                       "srcc_pooled": top["srcc_pooled"]}
     return out
 
 
@@ -130,17 +122,20 @@ def markdown(rows: list[dict], floors: dict, args) -> str:
         cells = []
         for mode, target in COLUMNS:
             c = row["cells"][f"{mode}/{target}"]
-            text = f"{c['srcc']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]"
+            text = f"{c['srcc_pooled']:.3f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
             if "p" in c:
                 text += f" ({c['diff']:+.3f}, p {c['p']:.2g})"
             cells.append(text)
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     lines.append("| best label-only floor | " + " | ".join(
-        f"{floors[f'{m}/{t}']['srcc']:.3f} ({floors[f'{m}/{t}']['regressor']})" if f"{m}/{t}" in floors else "-"
+        f"{floors[f'{m}/{t}']['srcc_pooled']:.3f} ({floors[f'{m}/{t}']['regressor']})" if f"{m}/{t}" in floors
+        else "-"
         for m, t in COLUMNS) + " |")
     lines.append(f"\nRidge, prompt-disjoint {args.folds}-fold x {args.repeats} repeats (the same folds for every "
-                 "input); SRCC mean over the folds [95% group-bootstrap interval]; (difference from the 224 crop on "
-                 "the same folds, corrected t-test p).")
+                 "input); each cell: the pooled out-of-fold SRCC (mean over the repeats) [95% interval over prompt "
+                 "groups]; in brackets, the difference of the fold-mean SRCC from the 224 crop's on the same folds "
+                 "and the corrected resampled t-test's p; failed folds: "
+                 f"{sum(c['n_failed'] for r in rows for c in r['cells'].values())}.")
     return "\n".join(lines)
 
 

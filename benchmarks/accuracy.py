@@ -11,28 +11,19 @@ the selection for time) on the same folds, beside the best cell picked on the te
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import KODAK, machine, save_json  # noqa: E402
+from common import KODAK, kodak_benchmark_parser, machine, require_kodak, save_json  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--views", type=int, default=8)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=2)
+    parser = kodak_benchmark_parser(__doc__, "keep the data, cache and reports here")
     parser.add_argument("--select-regressors", default="ridge,svr",
                         help="the candidates' regressors of the nested selection (comma-separated); '' skips it")
-    parser.add_argument("--out", type=Path, default=None, help="keep the data, cache and reports here")
     args = parser.parse_args()
-    if not (KODAK.is_dir() and len(list(KODAK.glob("*.png"))) >= 24):
-        print(f"skipped: {KODAK} is absent")
-        sys.exit(0)
+    require_kodak()
     from featcache.backbones import load_backbone
     from featcache.datasets import load_dataset
     from featcache.extract import extract

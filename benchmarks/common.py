@@ -22,6 +22,26 @@ def photos_folder(tmp: Path) -> tuple[Path, str]:
     return bundled_photos(tmp / "photos"), "scikit-image sample photos"
 
 
+def kodak_benchmark_parser(doc: str, out_help: str = "keep the data and cache here"):
+    """The options the Kodak synth benchmarks share: --views, --folds, --repeats, --jobs, --out."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--views", type=int, default=8)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help=out_help)
+    return parser
+
+
+def require_kodak() -> None:
+    """Exit 0 with 'skipped' when ../shared/data/kodak (24 photos) is absent."""
+    if not (KODAK.is_dir() and len(list(KODAK.glob("*.png"))) >= 24):
+        print(f"skipped: {KODAK} is absent")
+        sys.exit(0)
+
+
 def machine() -> dict:
     import os
 
