@@ -4,9 +4,9 @@ One block per mode x target; rows: the training database, columns: the test data
 default). Off the diagonal a head trained on all of the row's database and scored on all of the column's; on the
 diagonal, in brackets, the row database's own cross-validated score (fold means). With `ci`, SRCC, PLCC and the
 logistic PLCC read `value [low, high]`: off the diagonal the cell's 95% interval over the test database's prompt
-groups, on the diagonal the cross-validation's pooled value and its interval (the logistic PLCC and KRCC, which
-have no pooled value there, stay fold means). A transfer.json is read as untrusted input: its shape is checked
-before anything is rendered.
+groups; on the diagonal `(fold mean; pooled value [low, high])`, the cross-validation's pooled value and its
+interval beside the fold mean (the logistic PLCC and KRCC, which have no pooled value there, stay fold means).
+A transfer.json is read as untrusted input: its shape is checked before anything is rendered.
 """
 
 from __future__ import annotations
@@ -59,37 +59,46 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{float(value):.3f}"
 
 
-def _shown(cell: dict, metric: str, ci: bool) -> tuple:
-    """(value, low, high) a cell shows for `metric`: with `ci` and an interval metric, the transfer cell's value or
-    the diagonal's pooled value, with the interval; else the value (a fold mean on the diagonal) alone."""
-    pooled = cell.get(f"{metric}_pooled") if cell.get("protocol") == "cv" else cell.get(metric)
-    if not ci or metric not in WITH_INTERVAL or pooled is None:
-        return cell.get(metric), None, None
-    return pooled, cell.get(f"{metric}_ci_low"), cell.get(f"{metric}_ci_high")
+def _get(cell: dict, key: str) -> float | None:
+    """A cell's number, None where absent or undefined (null in a file, NaN in a payload not yet written)."""
+    value = cell.get(key)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _interval(cell: dict, metric: str) -> str:
+    low, high = _get(cell, f"{metric}_ci_low"), _get(cell, f"{metric}_ci_high")
+    return f"[{_fmt(low)}, {_fmt(high)}]" if low is not None and high is not None else "[n/a]"
 
 
 def _number(cell: dict | None, metric: str, ci: bool = False) -> str:
+    """A cell's text: the value (on the diagonal, in brackets, the fold mean); with `ci` and an interval metric,
+    `value [low, high]` off the diagonal and `(mean; pooled value [low, high])` on it where the CV pools one."""
     if cell is None:
         return ""
     if cell.get("failed") and cell.get("protocol") == "transfer":
         return "failed"
-    value, low, high = _shown(cell, metric, ci)
+    value = _get(cell, metric)
     text = _fmt(value)
-    if ci and metric in WITH_INTERVAL and value is not None and (cell.get("protocol") != "cv"
-                                                                 or cell.get(f"{metric}_pooled") is not None):
-        text += f" [{_fmt(low)}, {_fmt(high)}]" if low is not None and high is not None else " [n/a]"
+    if ci and metric in WITH_INTERVAL:
+        if cell.get("protocol") != "cv":
+            text += f" {_interval(cell, metric)}" if value is not None else ""
+        elif (pooled := _get(cell, f"{metric}_pooled")) is not None:
+            text += f"; pooled {_fmt(pooled)} {_interval(cell, metric)}"
     return f"({text})" if cell.get("protocol") == "cv" else text
 
 
 def _csv_parts(cell: dict | None, metric: str, ci: bool) -> list[str]:
-    """A cell's CSV fields: the value ("failed", "" where absent), and with `ci` its interval's low and high."""
-    if cell is None:
-        return ["", "", ""] if ci else [""]
-    if cell.get("failed") and cell.get("protocol") == "transfer":
-        return ["failed", "", ""] if ci else ["failed"]
-    value, low, high = _shown(cell, metric, ci)
-    parts = [value, low, high] if ci else [value]
-    return ["" if v is None else f"{float(v):.3f}" for v in parts]
+    """A cell's CSV fields: the value ("failed", "" where absent; the fold mean on the diagonal), and with `ci` the
+    diagonal's pooled value and the interval's low and high (of the value off the diagonal, of the pooled on it)."""
+    if cell is None or (cell.get("failed") and cell.get("protocol") == "transfer"):
+        first = "" if cell is None else "failed"
+        return [first, "", "", ""] if ci else [first]
+    parts = [_get(cell, metric)]
+    if ci:
+        has = metric in WITH_INTERVAL
+        parts += [_get(cell, f"{metric}_pooled") if has and cell.get("protocol") == "cv" else None,
+                  _get(cell, f"{metric}_ci_low") if has else None, _get(cell, f"{metric}_ci_high") if has else None]
+    return ["" if v is None else f"{v:.3f}" for v in parts]
 
 
 def transfer_blocks(payload: dict) -> list[tuple[str, str, dict]]:
@@ -138,10 +147,9 @@ def _intervals_note(payload: dict) -> str:
             f"with replacement (seed {info.get('seed', '?')}); off the diagonal over the column's (test) database's "
             "prompt groups with the head and its logistic fixed (the logistic PLCC's through the source's curve), "
             "so it states how the score moves with the test prompts, not with the training database. On the "
-            "diagonal SRCC and PLCC are the pooled cross-validated values (all out-of-fold predictions of a repeat, "
-            f"mean over {cv.get('repeats', '?')} repeat(s)) with the same bootstrap over the row's prompt groups; "
-            "the logistic PLCC and KRCC there are fold means without an interval (each fold maps through its own "
-            "curve). ")
+            "diagonal, after the fold mean: SRCC and PLCC pooled over all out-of-fold predictions of a repeat (mean "
+            f"over {cv.get('repeats', '?')} repeat(s)) with the same bootstrap over the row's prompt groups; the "
+            "logistic PLCC and KRCC there are fold means alone (each fold maps through its own curve). ")
 
 
 def _ranges(payload: dict) -> str:
@@ -160,8 +168,9 @@ def render_transfer(payload: dict, metrics: list[str] | None = None, fmt: str = 
                     sd: bool = False) -> str:
     """The matrix of a checked transfer.json (`transfer_problem` None) as Markdown (one table per block), LaTeX
     (booktabs, one tabular, a row naming each block) or CSV (one row per block x training database, a column per
-    test database x metric, and with `ci` a low and a high column beside each). `metrics`: of TRANSFER_METRICS; `ci`:
-    `value [low, high]` cells (see the module's docstring); RMSE, pooled values and --sd are refused."""
+    test database x metric, and with `ci` a pooled, a low and a high column beside each). `metrics`: of
+    TRANSFER_METRICS; `ci`: cells with their intervals (see the module's docstring); RMSE, pooled values as metrics
+    and --sd are refused."""
     metrics = metrics or ["srcc", "plcc"]
     if sd:
         raise FeatcacheError("--sd does not apply to a transfer.json: a transfer cell is one head scored once, not "
@@ -181,7 +190,7 @@ def render_transfer(payload: dict, metrics: list[str] | None = None, fmt: str = 
     if fmt == "csv":
         from regressors.safe_text import Number, csv_text
 
-        sides = ("", " low", " high") if ci else ("",)
+        sides = ("", " pooled", " low", " high") if ci else ("",)
         lines = [[mode, target, source, *[Number(part) for test in databases for m in metrics
                                           for part in _csv_parts(cells.get((source, test)), m, ci)], source]
                  for mode, target, cells in blocks for source in databases]

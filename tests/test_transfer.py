@@ -249,14 +249,14 @@ def test_table_ci_shows_value_and_interval(two, tmp_path):
     shown = CliRunner().invoke(cli.main, ["table", str(out), "--metric", "srcc", "--ci"])
     assert shown.exit_code == 0, shown.output
     cells = next(line for line in shown.output.splitlines() if line.startswith("| a |")).split("|")
-    assert cells[2].strip() == (f"({diagonal['srcc_pooled']:.3f} [{diagonal['srcc_ci_low']:.3f}, "
-                                f"{diagonal['srcc_ci_high']:.3f}])")
+    assert cells[2].strip() == (f"({diagonal['srcc']:.3f}; pooled {diagonal['srcc_pooled']:.3f} "
+                                f"[{diagonal['srcc_ci_low']:.3f}, {diagonal['srcc_ci_high']:.3f}])")
     assert cells[3].strip() == f"{off['srcc']:.3f} [{off['srcc_ci_low']:.3f}, {off['srcc_ci_high']:.3f}]"
-    assert "percentile interval" in shown.output and "pooled cross-validated" in shown.output
+    assert "percentile interval" in shown.output and "pooled over all out-of-fold" in shown.output
     assert "[low, high]" in (out / "transfer.md").read_text()  # the written matrix carries them
     csv = CliRunner().invoke(cli.main, ["table", str(out), "--metric", "srcc", "--ci", "--format", "csv"])
-    assert csv.output.splitlines()[0].startswith("mode,target,train,a SRCC,a SRCC low,a SRCC high,b SRCC,b SRCC low,"
-                                          "b SRCC high,cross-validated (diagonal)")
+    assert csv.output.splitlines()[0].startswith("mode,target,train,a SRCC,a SRCC pooled,a SRCC low,a SRCC high,"
+                                                 "b SRCC,b SRCC pooled,b SRCC low,b SRCC high,cross-validated")
     header = (out / "transfer.csv").read_text().splitlines()[0].split(",")
     assert {"srcc_ci_low", "plcc_logistic_ci_high", "srcc_pooled"} <= set(header)
     assert CliRunner().invoke(cli.main, ["table", str(out), "--sd"]).exit_code == 2
