@@ -51,7 +51,8 @@ INTERVALS = (f"{LEVEL:.0%} percentile interval over the test database's prompt g
              "the logistic PLCC's is the PLCC interval of the predictions mapped through the source's logistic. On "
              "the diagonal: the cross-validation's pooled SRCC and PLCC (all out-of-fold predictions of a repeat, "
              "mean over the repeats) with the same bootstrap over the source's prompt groups; the cross-validation "
-             "has no pooled logistic PLCC (each fold maps through its own curve), so that one's are null")
+             "has no pooled logistic PLCC (each fold maps through its own curve), so its value and interval there "
+             "are null")
 
 
 @dataclass
