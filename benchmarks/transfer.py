@@ -9,7 +9,7 @@ of the other, each database's own prompt-disjoint 5-fold CV (x `--repeats`) on t
     python benchmarks/transfer.py [--views 8] [--repeats 3] [--out DIR]
 
 Writes benchmarks/results/transfer.json (the transfer.json payload with the machine and timings) and
-benchmarks/results/transfer.md (the matrix as `featcache table` renders it).
+benchmarks/results/transfer.md (the matrix with its 95% intervals, as `featcache table --ci` renders it).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def main() -> None:
         results = transfer(caches, "lite0/multilevel", MODES, TARGETS, "ridge", repeats=args.repeats, seed=0)
         fit_seconds = time.perf_counter() - began
     payload = results.to_dict()
-    table = render_transfer(payload, ["srcc", "plcc", "plcc_logistic"])
+    table = render_transfer(payload, ["srcc", "plcc", "plcc_logistic"], ci=True)
     print(f"\n{table}")
     payload.update(machine=machine(), databases=made, transfer_seconds=fit_seconds,
                    seconds=time.perf_counter() - start)

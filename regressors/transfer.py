@@ -9,6 +9,11 @@ labels, so nothing is fitted on the test database. The diagonal is each source's
 (`cv.cross_validate`: the same regressor and mode, prompt-disjoint folds and repeats as `featcache fit`), fold
 means with failed folds counted as 0. RMSE is not reported: the predictions are on the source's label scale, and
 databases rate on scales of their own.
+
+Uncertainty: each transfer cell's SRCC, PLCC and logistic PLCC carry a 95% percentile interval over the test
+database's prompt groups (`inference.group_bootstrap_interval`, whole groups resampled with replacement, the head
+and its logistic fixed, 1000 resamples seeded with the run's seed); a diagonal cell carries its cross-validation's
+pooled SRCC and PLCC and their intervals (`cv.cross_validate`'s summary row), beside the fold means.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from regressors.cache_data import CacheData, cached_backbone_ids, load_cache, re
 from regressors.cv import check_jobs, cross_validate
 from regressors.design import content_groups, design_matrix
 from regressors.fitting import Member, fit_members
-from regressors.metrics import quality_metrics
+from regressors.inference import BOOTSTRAP_SAMPLES, LEVEL, PooledPredictions, group_bootstrap_interval
+from regressors.metrics import logistic4, quality_metrics
 from regressors.modes import get_mode
 from regressors.heads_io import savable_regressors
 from regressors.registry import get_regressor
@@ -36,6 +42,17 @@ SCALES_NOTE = ("Labels on different scales are expected: SRCC is scale-free; PLC
                "(the predictions are on the source's scale).")
 METRICS = ("srcc", "plcc", "plcc_logistic", "krcc")
 TRANSFER_DEFAULTS = {"folds": 5, "repeats": 1, "seed": 0}
+INTERVAL_METRICS = ("srcc", "plcc", "plcc_logistic")
+INTERVAL_KEYS = tuple(f"{m}_ci_{side}" for m in INTERVAL_METRICS for side in ("low", "high"))
+POOLED_KEYS = tuple(f"{m}_pooled" for m in INTERVAL_METRICS)
+INTERVALS = (f"{LEVEL:.0%} percentile interval over the test database's prompt groups (regressors.design."
+             f"content_groups), {BOOTSTRAP_SAMPLES} resamples of whole groups with replacement, the head and its "
+             "logistic fixed: how the score moves with the test prompts sampled, not with the training database; "
+             "the logistic PLCC's is the PLCC interval of the predictions mapped through the source's logistic. On "
+             "the diagonal: the cross-validation's pooled SRCC and PLCC (all out-of-fold predictions of a repeat, "
+             "mean over the repeats) with the same bootstrap over the source's prompt groups; the cross-validation "
+             "has no pooled logistic PLCC (each fold maps through its own curve), so its value and interval there "
+             "are null")
 
 
 @dataclass
@@ -231,7 +248,9 @@ def transfer(caches: list[str], backbone: str | None = None, modes: list[str] | 
                                                            "seed": seed},
               "logistic_fitted_on": "the source's training predictions against its labels",
               "rmse": "not reported: the predictions are on the source's label scale",
-              "protocol": __doc__.split("\n\n", 1)[1].strip(), "scales_note": SCALES_NOTE}
+              "protocol": __doc__.split("\n\n", 1)[1].split("\n\nUncertainty")[0].strip(),
+              "scales_note": SCALES_NOTE,
+              "intervals": {"method": INTERVALS, "level": LEVEL, "resamples": BOOTSTRAP_SAMPLES, "seed": seed}}
     results = TransferResults(config)
     results.labels = [label_stats(d, t["names"][i], names[i], t["target"]) for t in chosen
                       for i, d in enumerate(datas)]
@@ -260,6 +279,7 @@ def _off_diagonal(datas: list[CacheData], s: int, mode: str, chosen: list[dict],
     x = np.concatenate([x_source] + [matrices[(k, mode)][0] for k in tests])
     bounds = np.cumsum([len(x_source)] + [len(matrices[(k, mode)][0]) for k in tests])
     groups = content_groups(datas[s])[rows]
+    test_groups = {k: content_groups(datas[k])[matrices[(k, mode)][1]] for k in tests}
     members = [Member(np.arange(len(rows)), datas[s].target(t["names"][s])[rows], np.arange(len(rows), len(x)),
                       groups, seed) for t in chosen]
     out = {}
@@ -269,16 +289,42 @@ def _off_diagonal(datas: list[CacheData], s: int, mode: str, chosen: list[dict],
             pred = f.pred[bounds[j] - len(x_source):bounds[j + 1] - len(x_source)]
             y_test = datas[k].target(t["names"][k])[matrices[(k, mode)][1]]
             metrics = quality_metrics(y_test, pred, train_sd, f.logistic)
-            out[(t["target"], k)] = {"protocol": "transfer", **{m: metrics[m] for m in METRICS},
+            intervals = (dict.fromkeys(INTERVAL_KEYS, float("nan")) if metrics["failed"] else
+                         transfer_intervals(y_test, pred, test_groups[k], f.logistic, seed))
+            out[(t["target"], k)] = {"protocol": "transfer", **{m: metrics[m] for m in METRICS}, **intervals,
+                                     "ci_groups": int(len(np.unique(test_groups[k]))),
                                      "failed": metrics["failed"], "n_train": int(len(rows)),
                                      "n_test": int(len(y_test)), "chosen": f.chosen,
                                      "logistic_fitted": f.logistic is not None, "seconds": round(f.seconds, 4)}
     return out
 
 
+def transfer_intervals(y_test: np.ndarray, pred: np.ndarray, groups: np.ndarray, logistic: np.ndarray | None,
+                       seed: int, samples: int = BOOTSTRAP_SAMPLES) -> dict:
+    """`<metric>_ci_low` and `<metric>_ci_high` (INTERVAL_KEYS) of one head's predictions `pred` of a test
+    database's labels `y_test`: `inference.group_bootstrap_interval` over `groups` (the test samples' prompt groups),
+    `samples` resamples seeded with `seed`. The logistic PLCC's is the PLCC interval of `pred` mapped through
+    `logistic` (the source's curve; None, or a mapping that is not finite or is constant: the plain PLCC's, as
+    `metrics.plcc_after_logistic` falls back). NaN with fewer than 3 groups."""
+    pooled = PooledPredictions(np.asarray(y_test, dtype=np.float64), np.asarray(pred, dtype=np.float64)[None, :],
+                               np.asarray(groups))
+    mapped = pooled
+    if logistic is not None:
+        with np.errstate(over="ignore"):
+            values = logistic4(pooled.y_pred, *logistic)
+        if np.isfinite(values).all() and np.ptp(values) > 0:
+            mapped = PooledPredictions(pooled.y_true, values, pooled.groups)
+    out = {}
+    for metric, which, data in (("srcc", "srcc", pooled), ("plcc", "plcc", pooled), ("plcc_logistic", "plcc", mapped)):
+        low, high = group_bootstrap_interval(data, which, samples=samples, seed=seed)
+        out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = low, high
+    return out
+
+
 def _diagonal(source: CacheData, mode: str, chosen: list[dict], s: int, regressor: str,
               **options) -> dict:
-    """{target: cell}: the source's cross-validated fold means (failed folds counted as 0) and their SDs."""
+    """{target: cell}: the source's cross-validated fold means (failed folds counted as 0) and their SDs, and its
+    pooled SRCC and PLCC with their intervals (the summary row's; the logistic PLCC's null)."""
     names = [t["names"][s] for t in chosen]
     result = cross_validate(source, [mode], names, [regressor], split="group", **options)
     out = {}
@@ -286,14 +332,17 @@ def _diagonal(source: CacheData, mode: str, chosen: list[dict], s: int, regresso
         row = next(r for r in result.summary if r["target"] == name and r["mode"] == mode)
         out[t["target"]] = {"protocol": "cv", **{m: row[f"{m}_mean"] for m in METRICS},
                             **{f"{m}_sd": row[f"{m}_std"] for m in ("srcc", "plcc")}, "sd_over": row["std_over"],
+                            **{f"{m}_pooled": row.get(f"{m}_pooled", float("nan")) for m in INTERVAL_METRICS},
+                            **{k: row.get(k, float("nan")) for k in INTERVAL_KEYS},
+                            "ci_groups": row.get("ci_groups", 0),
                             "n_folds": row["n_folds"], "n_failed": row["n_failed"], "n_train": row["n_train"],
                             "n_test": row["n_test"]}
     return out
 
 
 OUTPUT_FILES = {"json": "transfer.json", "csv": "transfer.csv", "table": "transfer.md", "latex": "transfer.tex"}
-CSV_COLUMNS = ("mode", "target", "source", "test", "source_target", "test_target", "protocol", *METRICS, "failed",
-               "n_train", "n_test", "n_folds", "n_failed")
+CSV_COLUMNS = ("mode", "target", "source", "test", "source_target", "test_target", "protocol", *METRICS,
+               *INTERVAL_KEYS, *POOLED_KEYS, "ci_groups", "failed", "n_train", "n_test", "n_folds", "n_failed")
 
 
 def finite_or_null(value):
@@ -309,8 +358,9 @@ def finite_or_null(value):
 
 def write_transfer(results: TransferResults, folder: str | Path, run_info: dict | None = None) -> dict[str, Path]:
     """transfer.json (`TransferResults.to_dict`, undefined numbers as null, `run` = `run_info`), transfer.csv (one
-    row per cell), transfer.md and transfer.tex (`transfer_table.render_transfer`) into `folder`, created with its
-    missing parents; each file written atomically. A failure removes the folders it created (when empty)."""
+    row per cell), transfer.md and transfer.tex (`transfer_table.render_transfer` with the intervals) into `folder`,
+    created with its missing parents; each file written atomically. A failure removes the folders it created (when
+    empty)."""
     import json
 
     from featcache.outputs import write_text_atomically
@@ -327,8 +377,8 @@ def write_transfer(results: TransferResults, folder: str | Path, run_info: dict 
         write_text_atomically(paths["json"], json.dumps(payload, indent=2, default=str) + "\n")
         rows = [[cell.get(k, "") if cell.get(k) is not None else "" for k in CSV_COLUMNS] for cell in payload["cells"]]
         write_text_atomically(paths["csv"], csv_text(CSV_COLUMNS, rows))
-        write_text_atomically(paths["table"], render_transfer(payload, fmt="md"))
-        write_text_atomically(paths["latex"], render_transfer(payload, fmt="latex"))
+        write_text_atomically(paths["table"], render_transfer(payload, fmt="md", ci=True))
+        write_text_atomically(paths["latex"], render_transfer(payload, fmt="latex", ci=True))
     except OSError as exc:
         remove_if_empty(created)
         raise FeatcacheError(f"--out {folder}: cannot write the results ({exc.strerror or exc})") from None

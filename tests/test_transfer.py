@@ -161,3 +161,102 @@ def test_table_refuses_a_tampered_transfer_json(two, tmp_path):
     assert result.exit_code == 2 and "not a featcache transfer.json (a cell's srcc" in result.output
     both = CliRunner().invoke(cli.main, ["table", str(out / "transfer.json"), str(out / "transfer.json")])
     assert both.exit_code == 2 and "rendered alone" in both.output
+
+
+def _hand_predictions(a, b):
+    """Ridge trained on all of a, its predictions of b, b's labels and prompt groups, and the source's logistic."""
+    from regressors.cache_data import load_cache
+    from regressors.design import content_groups, design_matrix
+    from regressors.metrics import fit_logistic
+    from regressors.standardized import StandardizedRidge
+
+    data_a, data_b = load_cache(str(a)), load_cache(str(b))
+    xa, rows_a = design_matrix(data_a, "nr")
+    xb, rows_b = design_matrix(data_b, "nr")
+    ya, yb = data_a.target("MOS_q")[rows_a], data_b.target("MOS_q")[rows_b]
+    model = StandardizedRidge().fit(xa, ya, groups=content_groups(data_a)[rows_a])
+    return yb, model.predict(xb), content_groups(data_b)[rows_b], fit_logistic(ya, model.predict(xa))
+
+
+def test_transfer_interval_is_the_group_bootstrap_over_the_test_prompts(two):
+    import numpy as np
+
+    from regressors.inference import BOOTSTRAP_SAMPLES, PooledPredictions, group_bootstrap_interval
+    from regressors.metrics import logistic4
+    from regressors.transfer import transfer
+
+    a, b = two
+    results = transfer([str(a), str(b)], None, ["nr"], ["MOS_q"], "ridge", folds=3, seed=7)
+    cell = _cell(results, "a", "b")
+    yb, pred, groups, logistic = _hand_predictions(a, b)
+    assert cell["ci_groups"] == len(np.unique(groups)) >= 3
+    plain = PooledPredictions(yb, pred[None, :], groups)
+    mapped = PooledPredictions(yb, logistic4(pred, *logistic)[None, :], groups)
+    for metric, pooled, which in (("srcc", plain, "srcc"), ("plcc", plain, "plcc"),
+                                  ("plcc_logistic", mapped, "plcc")):
+        low, high = group_bootstrap_interval(pooled, which, samples=BOOTSTRAP_SAMPLES, seed=7)
+        assert (cell[f"{metric}_ci_low"], cell[f"{metric}_ci_high"]) == pytest.approx((low, high), abs=1e-9)
+        assert cell[f"{metric}_ci_low"] < cell[metric] < cell[f"{metric}_ci_high"], metric  # brackets the value
+    again = _cell(transfer([str(a), str(b)], None, ["nr"], ["MOS_q"], "ridge", folds=3, seed=7), "a", "b")
+    assert all(again[k] == cell[k] for k in ("srcc_ci_low", "srcc_ci_high", "plcc_logistic_ci_high"))  # seeded
+    other = _cell(transfer([str(a), str(b)], None, ["nr"], ["MOS_q"], "ridge", folds=3, seed=8), "a", "b")
+    assert other["srcc_ci_low"] != cell["srcc_ci_low"]  # the seed draws the resamples
+
+
+def test_transfer_interval_is_nan_with_fewer_than_three_test_groups():
+    import numpy as np
+
+    from regressors.transfer import INTERVAL_KEYS, transfer_intervals
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=40)
+    pred = y + rng.normal(size=40)
+    two_groups = transfer_intervals(y, pred, np.repeat([0, 1], 20), None, seed=0, samples=50)
+    assert all(np.isnan(two_groups[k]) for k in INTERVAL_KEYS)
+    three = transfer_intervals(y, pred, np.repeat([0, 1, 2, 3], 10), None, seed=0, samples=50)
+    assert all(np.isfinite(three[k]) for k in INTERVAL_KEYS)
+    assert three["plcc_logistic_ci_low"] == three["plcc_ci_low"]  # no logistic: the plain PLCC's interval
+
+
+def test_diagonal_carries_the_cross_validations_pooled_value_and_interval(two):
+    from regressors.cache_data import load_cache
+    from regressors.cv import cross_validate
+    from regressors.transfer import transfer
+
+    a, b = two
+    results = transfer([str(a), str(b)], None, ["nr"], ["MOS_q"], "ridge", folds=3, seed=4)
+    cv = cross_validate(load_cache(str(a)), ["nr"], ["MOS_q"], ["ridge"], split="group", folds=3, seed=4, jobs=1)
+    row = next(r for r in cv.summary if r["target"] == "MOS_q")
+    cell = _cell(results, "a", "a")
+    for metric in ("srcc", "plcc"):
+        assert cell[f"{metric}_pooled"] == pytest.approx(row[f"{metric}_pooled"], abs=1e-12)
+        assert (cell[f"{metric}_ci_low"], cell[f"{metric}_ci_high"]) == (row[f"{metric}_ci_low"],
+                                                                        row[f"{metric}_ci_high"])
+        assert cell[f"{metric}_ci_low"] <= cell[f"{metric}_pooled"] <= cell[f"{metric}_ci_high"]
+    assert cell["plcc_logistic_pooled"] != cell["plcc_logistic_pooled"]  # NaN: cv pools no logistic PLCC
+
+
+def test_table_ci_shows_value_and_interval(two, tmp_path):
+    a, b = two
+    out = tmp_path / "out"
+    assert CliRunner().invoke(cli.main, ["transfer", str(a), str(b), "--target", "MOS_q", "--folds", "3", "--jobs",
+                                         "1", "--out", str(out)]).exit_code == 0
+    payload = json.loads((out / "transfer.json").read_text())
+    off = next(c for c in payload["cells"] if (c["source"], c["test"]) == ("a", "b"))
+    diagonal = next(c for c in payload["cells"] if c["source"] == c["test"] == "a")
+    plain = CliRunner().invoke(cli.main, ["table", str(out), "--metric", "srcc"])
+    assert "[" not in next(line for line in plain.output.splitlines() if line.startswith("| a |"))  # compact
+    shown = CliRunner().invoke(cli.main, ["table", str(out), "--metric", "srcc", "--ci"])
+    assert shown.exit_code == 0, shown.output
+    cells = next(line for line in shown.output.splitlines() if line.startswith("| a |")).split("|")
+    assert cells[2].strip() == (f"({diagonal['srcc']:.3f}; pooled {diagonal['srcc_pooled']:.3f} "
+                                f"[{diagonal['srcc_ci_low']:.3f}, {diagonal['srcc_ci_high']:.3f}])")
+    assert cells[3].strip() == f"{off['srcc']:.3f} [{off['srcc_ci_low']:.3f}, {off['srcc_ci_high']:.3f}]"
+    assert "percentile interval" in shown.output and "pooled over all out-of-fold" in shown.output
+    assert "[low, high]" in (out / "transfer.md").read_text()  # the written matrix carries them
+    csv = CliRunner().invoke(cli.main, ["table", str(out), "--metric", "srcc", "--ci", "--format", "csv"])
+    assert csv.output.splitlines()[0].startswith("mode,target,train,a SRCC,a SRCC pooled,a SRCC low,a SRCC high,"
+                                                 "b SRCC,b SRCC pooled,b SRCC low,b SRCC high,cross-validated")
+    header = (out / "transfer.csv").read_text().splitlines()[0].split(",")
+    assert {"srcc_ci_low", "plcc_logistic_ci_high", "srcc_pooled"} <= set(header)
+    assert CliRunner().invoke(cli.main, ["table", str(out), "--sd"]).exit_code == 2
