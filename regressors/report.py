@@ -191,7 +191,7 @@ def _write_outputs(results: CVResults, out: Path, title: str, plot: str | None, 
     payload = results.to_dict()
     if run_info:
         payload["run"] = run_info
-    write_text_atomically(paths["json"], json.dumps(_finite_or_null(payload), indent=2, default=_jsonable) + "\n")
+    write_text_atomically(paths["json"], json.dumps(finite_or_null(payload), indent=2, default=_jsonable) + "\n")
     _write_csv(paths["csv"], results.summary)
     _write_csv(paths["folds"], [{**r, "chosen": json.dumps(r.get("chosen", {}))} for r in results.folds])
     write_predictions(paths["predictions"], results)
@@ -307,12 +307,12 @@ def _jsonable(value):
     return str(value)
 
 
-def _finite_or_null(value):
+def finite_or_null(value):
     """JSON has no NaN: undefined numbers become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
+        return {k: finite_or_null(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite_or_null(v) for v in value]
+        return [finite_or_null(v) for v in value]
     return value

@@ -35,6 +35,7 @@ from regressors.metrics import logistic4, quality_metrics
 from regressors.modes import get_mode
 from regressors.heads_io import savable_regressors
 from regressors.registry import get_regressor
+from regressors.report import finite_or_null
 
 SCALES_NOTE = ("Labels on different scales are expected: SRCC is scale-free; PLCC is unchanged by a linear rescaling "
                "of either side; the logistic PLCC maps the predictions (on the source's scale) through the logistic "
@@ -343,17 +344,6 @@ def _diagonal(source: CacheData, mode: str, chosen: list[dict], s: int, regresso
 OUTPUT_FILES = {"json": "transfer.json", "csv": "transfer.csv", "table": "transfer.md", "latex": "transfer.tex"}
 CSV_COLUMNS = ("mode", "target", "source", "test", "source_target", "test_target", "protocol", *METRICS,
                *INTERVAL_KEYS, *POOLED_KEYS, "ci_groups", "failed", "n_train", "n_test", "n_folds", "n_failed")
-
-
-def finite_or_null(value):
-    """JSON has no NaN: undefined numbers become null."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite_or_null(v) for v in value]
-    return value
 
 
 def write_transfer(results: TransferResults, folder: str | Path, run_info: dict | None = None) -> dict[str, Path]:
