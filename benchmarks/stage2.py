@@ -109,10 +109,7 @@ def mlp_gflops(data, device: str = "cpu", mode: str = "nr") -> dict:
 
     The MLP: the members of the first task `cv.plan` gives for `mode` (on the CPU one fold's three targets, on CUDA
     the whole cell) trained by `regressors.mlp.fit_mlp_members`, timed from the call to its return. FLOPs counted
-    are those of the matmuls the training runs, per member and row of every chunk (padding rows included, since
-    they are computed): a training step 4·D·H + 6·H (layer 1: forward and weight gradient, 2·D·H each, no input
-    gradient since its input is data; layer 2: forward, input gradient and weight gradient, 2·H each), a
-    validation forward 2·D·H + 2·H. The bare matmul (`bare_matmul_gflops`), measured just before and just after
+    are those of the matmuls the training runs, as `regressors.mlp.MatmulWork` counts them. The bare matmul (`bare_matmul_gflops`), measured just before and just after
     the MLP and averaged (on a shared machine the rate drifts), runs the step's two large products alone."""
     import torch
 
@@ -122,35 +119,18 @@ def mlp_gflops(data, device: str = "cpu", mode: str = "nr") -> dict:
     _, tasks = plan(data, [mode], ["MOS_q", "MOS_a", "MOS_c"], ["mlp"], split="group", folds=5,
                     spread=device == "cpu", warn_folds=False)
     task = tasks[0]
-    counted = {"flops": 0.0}
-    accumulate, forward = mlp._Stack.accumulate, mlp._Stack.forward
-
-    def counting_accumulate(self, x, *args, **kwargs):
-        m, b, d = x.shape
-        h = self.weights[0].shape[2]
-        counted["flops"] += m * b * (4.0 * d * h + 6.0 * h)
-        return accumulate(self, x, *args, **kwargs)
-
-    def counting_forward(self, x):
-        m, b, d = x.shape
-        h = self.weights[0].shape[2]
-        counted["flops"] += m * b * (2.0 * d * h + 2.0 * h)
-        return forward(self, x)
-
     members = [(m.train, m.y_train, m.groups, m.seed) for m in task.members]
     m, d = len(members), task.inputs.shape[1]
-    h, batch = mlp._hidden(d, mlp.MLPHead().hidden_ratio), int(mlp.MLPHead().batch_size)
+    h, batch = mlp.hidden_units(d, mlp.MLPHead().hidden_ratio), int(mlp.MLPHead().batch_size)
     load = [os.getloadavg()[0]]
     before = bare_matmul_gflops(m, batch, d, h, device)
-    mlp._Stack.accumulate, mlp._Stack.forward = counting_accumulate, counting_forward
-    try:
-        _synchronize(device)
-        start = time.perf_counter()
-        mlp.fit_mlp_members(task.inputs, members, device=device)
-        _synchronize(device)
-        seconds = time.perf_counter() - start
-    finally:
-        mlp._Stack.accumulate, mlp._Stack.forward = accumulate, forward
+    work = mlp.MatmulWork()
+    _synchronize(device)
+    start = time.perf_counter()
+    mlp.fit_mlp_members(task.inputs, members, device=device, work=work)
+    _synchronize(device)
+    seconds = time.perf_counter() - start
+    counted = {"flops": work.flops()}
     after = bare_matmul_gflops(m, batch, d, h, device)
     load.append(os.getloadavg()[0])
     out = {"mode": mode, "device": device, "threads": torch.get_num_threads(), "members": m, "dim": d,

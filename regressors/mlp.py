@@ -139,13 +139,37 @@ def early_stopping_split(n: int, groups: np.ndarray | None, fraction: float,
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+@dataclass
+class MatmulWork:
+    """What a training run multiplied, counted per member and row of every chunk (padding rows included, since they
+    are computed): `trained` rows through a training step, `evaluated` rows through a validation forward, of a
+    `dim` -> `hidden` -> 1 network. `flops()`: a training step costs 4 D H + 6 H (layer 1: forward and weight
+    gradient, 2 D H each, no input gradient since its input is data; layer 2: forward, input and weight gradients,
+    2 H each), a validation forward 2 D H + 2 H."""
+
+    dim: int = 0
+    hidden: int = 0
+    trained: int = 0
+    evaluated: int = 0
+
+    def flops(self) -> float:
+        d, h = float(self.dim), float(self.hidden)
+        return self.trained * (4 * d * h + 6 * h) + self.evaluated * (2 * d * h + 2 * h)
+
+
+def hidden_units(dim: int, hidden_ratio: float) -> int:
+    """The hidden layer's width for `dim` inputs: round(dim x hidden_ratio), at least 1."""
+    return max(1, int(round(dim * hidden_ratio)))
+
+
 def fit_mlp_members(X, members: list, params: dict | MLPHead | None = None,
-                    device: str | torch.device | None = None) -> list[MLPHead]:
+                    device: str | torch.device | None = None, work: MatmulWork | None = None) -> list[MLPHead]:
     """Fit one MLPHead per member on rows of the shared design matrix X (N, D), all members as one stacked model
     (weights (M, D, H) and (M, H, 1), batched matmuls), each with its own scaler, early stopping and refit.
 
     members: MLPMember or (train_indices, y_train, groups_train or None, seed) tuples. params: MLPHead parameters
     (a dict or an MLPHead; its random_state is replaced by each member's seed). Returns ordinary fitted heads.
+    `work`: a `MatmulWork` to which the rows multiplied are added (for a benchmark's FLOP count).
     """
     params = dict(MLPHead().get_params(), **(params.get_params() if isinstance(params, MLPHead) else params or {}))
     X = check_array(X, dtype=np.float64)
@@ -154,7 +178,7 @@ def fit_mlp_members(X, members: list, params: dict | MLPHead | None = None,
     heads = [_prepare(X, m, params) for m in members]
     xt = torch.tensor(X, dtype=torch.float32, device=dev)
     for batch in _stacks(heads, X.shape[1], params["hidden_ratio"]):
-        _fit_stack(xt, [heads[i] for i in batch], params, dev)
+        _fit_stack(xt, [heads[i] for i in batch], params, dev, work)
     return [h.head for h in heads]
 
 
@@ -192,16 +216,13 @@ def _prepare(X: np.ndarray, member: MLPMember, params: dict) -> _Job:
 
 def _stacks(jobs: list[_Job], dim: int, hidden_ratio: float) -> list[list[int]]:
     """Members per stack so that weights, gradients and both Adam moments stay under STACK_BYTES."""
-    per_member = 4 * 4 * (dim + 2) * _hidden(dim, hidden_ratio)
+    per_member = 4 * 4 * (dim + 2) * hidden_units(dim, hidden_ratio)
     size = max(1, STACK_BYTES // per_member)
     return [list(range(i, min(i + size, len(jobs)))) for i in range(0, len(jobs), size)]
 
 
-def _hidden(dim: int, hidden_ratio: float) -> int:
-    return max(1, int(round(dim * hidden_ratio)))
-
-
-def _fit_stack(xt: torch.Tensor, jobs: list[_Job], params: dict, device: torch.device) -> None:
+def _fit_stack(xt: torch.Tensor, jobs: list[_Job], params: dict, device: torch.device,
+               work: MatmulWork | None = None) -> None:
     """Phase 1: train on the early-stopping part, pick each member's best epoch on its validation part.
     Phase 2: restart from the same initial weights on all training rows for that many epochs."""
     epochs = []
@@ -210,10 +231,10 @@ def _fit_stack(xt: torch.Tensor, jobs: list[_Job], params: dict, device: torch.d
         epochs.append(params["max_epochs"] if len(job.val_pos) == 0 else None)
     stopping = [i for i, e in enumerate(epochs) if e is None]
     if stopping:
-        chosen, histories = _train(xt, [jobs[i] for i in stopping], params, device, phase="stop")
+        chosen, histories = _train(xt, [jobs[i] for i in stopping], params, device, phase="stop", work=work)
         for i, best, history in zip(stopping, chosen, histories):
             epochs[i], jobs[i].head.history_ = best, history
-    states, _ = _train(xt, jobs, params, device, phase="refit", epochs=epochs)
+    states, _ = _train(xt, jobs, params, device, phase="refit", epochs=epochs, work=work)
     for job, best, state in zip(jobs, epochs, states):
         job.head.best_epoch_ = int(best)
         job.head.state_ = state
@@ -233,8 +254,12 @@ def _init_weights(dim: int, hidden: int, seed: int) -> list[torch.Tensor]:
 class _Stack:
     """Weights, Adam moments and per-member scalers of the members still training; members leave by `keep`."""
 
-    def __init__(self, jobs: list[_Job], dim: int, params: dict, device: torch.device):
-        hidden = _hidden(dim, params["hidden_ratio"])
+    def __init__(self, jobs: list[_Job], dim: int, params: dict, device: torch.device,
+                 work: MatmulWork | None = None):
+        hidden = hidden_units(dim, params["hidden_ratio"])
+        self.work = work
+        if work is not None:
+            work.dim, work.hidden = dim, hidden
         inits = [_init_weights(dim, hidden, job.seed) for job in jobs]
         self.weights = [torch.stack([w[k] for w in inits]).to(device) for k in range(4)]
         self.grads = [torch.zeros_like(w) for w in self.weights]
@@ -287,6 +312,8 @@ class _Stack:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (M, B, D) raw rows -> (M, B) standardised predictions."""
+        if self.work is not None:
+            self.work.evaluated += x.shape[0] * x.shape[1]
         w1, b1, w2, b2 = (w.to(self.dtype) for w in self.weights)
         hidden = torch.relu(torch.baddbmm(b1, self.standardise(x), w1))
         return torch.baddbmm(b2, hidden, w2)[..., 0].float()
@@ -296,6 +323,8 @@ class _Stack:
         overwrite them instead, which saves a pass zeroing the (M, D, H) buffer every step). Written out by
         hand (two layers) so the (M, D, H) gradient is accumulated in place: autograd allocated a fresh one every
         step, and the page faults of those allocations cost as much as the matmuls."""
+        if self.work is not None:
+            self.work.trained += x.shape[0] * x.shape[1]
         w1, b1, w2, b2 = (w.to(self.dtype) for w in self.weights)
         z = self.standardise(x)
         pre = torch.baddbmm(b1, z, w1)
@@ -349,7 +378,7 @@ def _padded(values: list[np.ndarray], device: torch.device, dtype=torch.long) ->
 
 
 def _train(xt: torch.Tensor, jobs: list[_Job], params: dict, device: torch.device, phase: str,
-           epochs: list[int] | None = None):
+           epochs: list[int] | None = None, work: MatmulWork | None = None):
     """One stacked training run. phase 'stop': on fit_pos, returns (best epochs, validation histories);
     phase 'refit': on all rows for `epochs[i]` epochs, returns (state dicts, None)."""
     stop = phase == "stop"
@@ -366,7 +395,7 @@ def _train(xt: torch.Tensor, jobs: list[_Job], params: dict, device: torch.devic
         best_epoch, waited, histories = [0] * len(jobs), [0] * len(jobs), [[] for _ in jobs]
     limit = [params["max_epochs"]] * len(jobs) if stop else list(epochs)
     results: list = [None] * len(jobs)
-    stack = _Stack(jobs, xt.shape[1], params, device)
+    stack = _Stack(jobs, xt.shape[1], params, device, work)
     alive = [i for i in range(len(jobs)) if limit[i] > 0]
     for i in range(len(jobs)):
         if i not in alive:

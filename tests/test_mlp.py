@@ -212,3 +212,23 @@ def test_members_leaving_the_stack_keep_their_own_adam_state():
     for a, b in zip(full.weights, part.weights):
         assert torch.equal(a[[0, 2]], b)
     assert part.steps[:, 0].tolist() == [2.0, 2.0]
+
+
+def test_matmul_work_counts_every_row_multiplied():
+    """The stage-2 benchmark's FLOP count: a 2-epoch early-stopping run trains each fit row twice and evaluates each
+    validation row twice, then the refit trains every row for the chosen epochs; fitting with the counter gives the
+    same head."""
+    from regressors.mlp import MatmulWork, hidden_units
+
+    x, y, groups = planted(n=80, d=6)
+    params = dict(FAST, max_epochs=2, patience=10)
+    work = MatmulWork()
+    counted = fit_mlp_members(x, [(np.arange(80), y, groups, 0)], params, device="cpu", work=work)[0]
+    plain = fit_mlp_members(x, [(np.arange(80), y, groups, 0)], params, device="cpu")[0]
+    val = len(counted.validation_indices_)
+    assert 0 < val < 80 and work.dim == 6 and work.hidden == hidden_units(6, counted.hidden_ratio)
+    assert work.evaluated == 2 * val
+    assert work.trained == 2 * (80 - val) + counted.best_epoch_ * 80
+    d, h = work.dim, work.hidden
+    assert work.flops() == work.trained * (4 * d * h + 6 * h) + work.evaluated * (2 * d * h + 2 * h)
+    np.testing.assert_array_equal(counted.predict(x), plain.predict(x))
