@@ -214,6 +214,7 @@ def test_members_leaving_the_stack_keep_their_own_adam_state():
     assert part.steps[:, 0].tolist() == [2.0, 2.0]
 
 
+@pytest.mark.slow
 def test_matmul_work_counts_every_row_multiplied():
     """The stage-2 benchmark's FLOP count: a 2-epoch early-stopping run trains each fit row twice and evaluates each
     validation row twice, then the refit trains every row for the chosen epochs; fitting with the counter gives the
