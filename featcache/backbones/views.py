@@ -128,6 +128,16 @@ def parse_id_part(part: str) -> dict | None:
             "max_side": max_side}
 
 
+def check_crops_pixels(view: InputView, input_size: int, max_pixels: int) -> None:
+    """Refuse (one line) a crops view whose K crops of input_size x input_size hold more than `max_pixels` pixels
+    per image: an image's crops are one item of a batch, so this bounds its memory as --max-pixels bounds one
+    image's (a K given, or recorded in a cache or a head, is never fed without bound)."""
+    if view.kind == "crops" and view.crops * int(input_size) ** 2 > int(max_pixels):
+        raise FeatcacheError(f"--crops {view.crops} of {input_size}x{input_size} feed "
+                             f"{view.crops * int(input_size) ** 2} pixels per image, over the limit of {max_pixels} "
+                             "pixels; use fewer crops (or raise --max-pixels)")
+
+
 def native_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     """(height, width) fed by a native view: unchanged if the shorter side is at most `max_side`, else the shorter
     side to `max_side` and the longer one scaled and truncated (as torchvision's Resize(int) computes it)."""
