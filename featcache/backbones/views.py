@@ -66,12 +66,24 @@ class InputView:
 
     @classmethod
     def from_config(cls, config: dict | None) -> "InputView":
-        """The view a backbone configuration records (`config["input"]`; absent: the centre crop)."""
+        """The view a backbone configuration records (`config["input"]`; absent: the centre crop). A recorded view
+        that is not one (not a table with a known `kind`, a count that is not a whole number, a max_side below 1)
+        is a one-line FeatcacheError naming what was recorded."""
         recorded = (config or {}).get("input")
         if not recorded:
             return CENTRE
-        return cls(kind=str(recorded["kind"]), max_side=int(recorded.get("max_side", DEFAULT_MAX_SIDE)),
-                   crops=int(recorded.get("crops", 1)), seed=int(recorded.get("seed", CROP_SEED)))
+        shown = repr(recorded)[:120]
+        if not isinstance(recorded, dict) or "kind" not in recorded:
+            raise FeatcacheError(f"the recorded view {shown} is not a view (a table with a 'kind')")
+        values = {"max_side": recorded.get("max_side", DEFAULT_MAX_SIDE), "crops": recorded.get("crops", 1),
+                  "seed": recorded.get("seed", CROP_SEED)}
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise FeatcacheError(f"the recorded view {shown}: {key} is not a whole number")
+        try:
+            return cls(kind=str(recorded["kind"]), **values)
+        except FeatcacheError as exc:
+            raise FeatcacheError(f"the recorded view {shown}: {exc}") from None
 
 
 CENTRE = InputView()
