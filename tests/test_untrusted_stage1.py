@@ -386,8 +386,8 @@ def test_every_line_the_cli_prints_goes_through_printable(capsys):
     assert source.count("click.echo(") == 1  # inside cli_support.echo
 
 
-@pytest.mark.parametrize("view", ["crops", [1, 2], 7])
-def test_info_shows_a_recorded_view_that_is_not_a_table_as_unreadable(tmp_path, view):
+@pytest.mark.parametrize("view", ["crops", [1, 2], 7, {"kind": "weird"}, {"crops": 3}])
+def test_info_shows_a_recorded_view_that_is_not_a_view_as_unreadable(tmp_path, view):
     import json
 
     from tests.fakedata import make_cache
