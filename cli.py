@@ -55,7 +55,8 @@ def main():
 @main.command()
 @dataset_options
 @click.option("--backbone", help="Registered name or any timm model (see `featcache backbones`), optionally "
-                                 "with its pooling (lite0/multilevel, as fit takes it).")
+                                 "with its pooling and view, as fit takes it (lite0/multilevel, "
+                                 "lite0/multilevel/native, lite0/paper/224x5).")
 @click.option("--pool", type=click.Choice(list(POOLINGS)), default=None,
               help=f"Feature definition [{next(iter(POOLINGS))}]: {pooling_help()}.")
 @cache_option()
@@ -63,10 +64,10 @@ def main():
               help="Input size in pixels, overriding the backbone's (the centre crop's, or each crop's with --crops); "
                    "native = each whole image at its own resolution, its shorter side capped by --max-side "
                    "(models that need a fixed size refuse it).")
-@click.option("--crops", type=int, default=None,
+@click.option("--crops", type=int, default=None, metavar="K",
               help="Feed K crops of the input size from the full-resolution image (a fixed, seeded layout covering "
                    "it) and store their combination (mean; multilevel: pooled statistics). See docs/views.md.")
-@click.option("--max-side", type=int, default=None,
+@click.option("--max-side", type=int, default=None, metavar="N",
               help="Shorter side cap of --image-size native and --crops, in pixels [1024].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per forward [32]; native and crops batches also hold at most as many pixels as this many "
@@ -87,7 +88,7 @@ def main():
 @click.option("--random-weights", is_flag=True, help="Random weights, for mechanics tests only.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Refuse images with more pixels, or more once resized for the backbone (a 12000x1 strip becomes "
-                   "3072000x256) [100 megapixels].")
+                   "3072000x256), and --crops K whose K crops hold more [100 megapixels].")
 @click.option("--verify", is_flag=True, help="Hash the images' contents (sha256) and compare them by content, not by "
                                              "size and modification time (e.g. a copied dataset).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

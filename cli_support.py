@@ -182,6 +182,9 @@ def name_pool_and_view(backbone: str, pool: str | None, image_size, crops: int |
     if view is None:
         return (*name_and_pool(backbone, pool), image_size, crops, max_side)
     name, pool = name_and_pool(head, pool)
+    if view["kind"] == "centre" and "@" in last:
+        raise FeatcacheError(f"--backbone {backbone}: the view {last} gives a --max-side, which applies to native "
+                             "and crops only (the centre crop resizes to the backbone's size)")
     wanted = {"--image-size": "native" if view["kind"] == "native" else str(view["size"]),
               "--crops": view["crops"],
               "--max-side": view["max_side"] if view["kind"] != "centre" and view["max_side"] != DEFAULT_MAX_SIDE

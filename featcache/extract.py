@@ -21,6 +21,7 @@ import torch
 from featcache import __version__, interrupts
 from featcache.atomic_write import disk_full_error, is_disk_full, real_path, remove_stale_temporaries
 from featcache.backbones import Backbone
+from featcache.backbones.views import check_crops_pixels
 from featcache.cache_lock import lock_cache, lock_file
 from featcache.cache_rewrite import NewBackbone, add_backbones, bring_up_to_date
 from featcache.devices import resolve_device, to_channels_last
@@ -237,6 +238,7 @@ def extract(samples: SampleTable, root: str | Path, backbone: Backbone, cache: s
         raise FeatcacheError("--workers must be 0 (decode in the main process) or more")
     if max_pixels < 1:
         raise FeatcacheError("--max-pixels must be at least 1")
+    check_crops_pixels(backbone.view, backbone.spec.input_size, max_pixels)
     torch_device = resolve_device(device)
     precision = resolve_precision(torch_device, precision)
     paths, _, _ = samples.distinct_images()

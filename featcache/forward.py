@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from featcache.backbones import Backbone
+from featcache.backbones.views import check_crops_pixels
 from featcache.devices import resolve_device, to_channels_last, usable_cores
 from featcache.errors import FeatcacheError, named
 from featcache.image_rows import (
@@ -254,6 +255,7 @@ def compute_features(backbone: Backbone, root: str | Path, paths: list[str], *, 
     the head was trained on: `store.with_config_defaults` fills in those of older caches). A missing, undecodable or
     non-finite image is a one-line FeatcacheError."""
     root = Path(root)
+    check_crops_pixels(backbone.view, backbone.spec.input_size, max_pixels)
     check_files_present(root, paths)
     torch_device = resolve_device(device)
     precision = resolve_precision(torch_device, precision)

@@ -102,6 +102,8 @@ def _input_text(config: dict, data_config: dict) -> str:
     side in [224, 1024])', from the recorded view (`featcache.backbones.views`)."""
     view = config.get("input") or {}
     size = data_config.get("input_size")
+    if not isinstance(view, dict) or (view and view.get("kind") not in ("native", "crops")):
+        return f"unreadable view {view!r:.120}"
     if view.get("kind") == "native":
         return f"native, shorter side at most {view.get('max_side')}"
     if view.get("kind") == "crops":

@@ -340,9 +340,12 @@ def part_features(head: str | Path, part: dict, name: str, root: str | Path, pat
         from featcache.store import with_config_defaults
 
         source = part["backbone_config"]["weights"]
+        try:
+            view = InputView.from_config(part["backbone_config"])
+        except FeatcacheError as exc:
+            raise FeatcacheError(f"{head}: {exc}") from None
         model_backbone = load_backbone(name, part["pool"], weights_to_load(head, part, weights, cache),
-                                       source["source"] == "random", part["image_size"],
-                                       view=InputView.from_config(part["backbone_config"]))
+                                       source["source"] == "random", part["image_size"], view=view)
         if model_backbone.id != part["backbone_id"]:
             raise FeatcacheError(f"{head} was trained on backbone {printable(part['backbone_id'])}; {name} gives "
                                  f"{model_backbone.id}. Use the head's own backbone")

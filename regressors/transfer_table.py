@@ -37,6 +37,10 @@ def transfer_problem(payload: dict) -> str | None:
         values = config.get(key)
         if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
             return f"config {key} is not a list of names"
+    if len(set(config["databases"])) != len(config["databases"]):
+        return "config databases names a database twice"
+    if not isinstance(config.get("cv", {}), dict):
+        return "config cv is not an object"
     for cell in cells:
         if not isinstance(cell, dict):
             return "a cell is not an object"
@@ -50,9 +54,25 @@ def transfer_problem(payload: dict) -> str | None:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value)):
                 return f"a cell's {key} {str(value)[:40]!r} is not a finite number or null"
+        value = cell.get("n_failed")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"a cell's n_failed {str(value)[:40]!r} is not a whole number or null"
     if not cells:
         return "it has no cells"
+    pairs = len(config["databases"]) ** 2
+    for (mode, target), block in _block_sizes(cells).items():
+        if block != pairs:
+            return (f"the block {mode[:40]}, {target[:40]} has {block} distinct cells, not one per training and "
+                    f"test database ({pairs})")
     return None
+
+
+def _block_sizes(cells: list[dict]) -> dict[tuple[str, str], int]:
+    """{(mode, target): the number of distinct (source, test) pairs its cells name}, for checked cells."""
+    pairs: dict[tuple[str, str], set] = {}
+    for cell in cells:
+        pairs.setdefault((cell["mode"], cell["target"]), set()).add((cell["source"], cell["test"]))
+    return {block: len(named) for block, named in pairs.items()}
 
 
 def _fmt(value) -> str:

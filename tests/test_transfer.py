@@ -260,3 +260,31 @@ def test_table_ci_shows_value_and_interval(two, tmp_path):
     header = (out / "transfer.csv").read_text().splitlines()[0].split(",")
     assert {"srcc_ci_low", "plcc_logistic_ci_high", "srcc_pooled"} <= set(header)
     assert CliRunner().invoke(cli.main, ["table", str(out), "--sd"]).exit_code == 2
+
+
+def _payload() -> dict:
+    """A minimal transfer.json of two databases, one block."""
+    cells = [{"mode": "nr", "target": "MOS_q", "source": s, "test": t, "protocol": "cv" if s == t else "transfer",
+              "srcc": 0.5, "plcc": 0.5, "n_failed": 0 if s == t else None} for s in "ab" for t in "ab"]
+    return {"kind": "transfer", "config": {"databases": ["a", "b"], "modes": ["nr"], "cv": {"folds": 3}},
+            "cells": cells}
+
+
+@pytest.mark.parametrize("tamper, needle", [
+    (lambda p: p["cells"][0].update(n_failed="abc"), "a cell's n_failed 'abc' is not a whole number or null"),
+    (lambda p: p["cells"][0].update(n_failed=[1]), "a cell's n_failed '[1]' is not a whole number"),
+    (lambda p: p["config"].update(cv=[1]), "config cv is not an object"),
+    (lambda p: p["config"]["databases"].append("a"), "config databases names a database twice"),
+    (lambda p: p["config"]["databases"].extend(f"d{i}" for i in range(20000)),
+     "the block nr, MOS_q has 4 distinct cells, not one per training and test database (400080004)"),
+    (lambda p: p["cells"].pop(), "the block nr, MOS_q has 3 distinct cells")])
+def test_a_crafted_transfer_json_is_refused_before_rendering(tmp_path, tamper, needle):
+    from regressors.transfer_table import render_transfer, transfer_problem
+
+    payload = _payload()
+    assert transfer_problem(payload) is None and "| a | (0.500) |" in render_transfer(payload)
+    tamper(payload)
+    assert needle in transfer_problem(payload)
+    (tmp_path / "t.json").write_text(json.dumps(payload))
+    result = CliRunner().invoke(cli.main, ["table", str(tmp_path / "t.json")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and needle in result.output, result.output

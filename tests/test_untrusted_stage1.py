@@ -384,3 +384,16 @@ def test_every_line_the_cli_prints_goes_through_printable(capsys):
     assert capsys.readouterr().out == "a\\x1b]0;t\\x07\tb\nc\n"
     source = inspect.getsource(cli) + inspect.getsource(cli_support)
     assert source.count("click.echo(") == 1  # inside cli_support.echo
+
+
+@pytest.mark.parametrize("view", ["crops", [1, 2], 7, {"kind": "weird"}, {"crops": 3}])
+def test_info_shows_a_recorded_view_that_is_not_a_view_as_unreadable(tmp_path, view):
+    import json
+
+    from tests.fakedata import make_cache
+
+    path = make_cache(tmp_path)
+    with h5py.File(path, "r+") as f:
+        group = f["features/toy.random/paper/4"]
+        group.attrs["config_json"] = json.dumps(dict(json.loads(group.attrs["config_json"]), input=view))
+    assert f"data unreadable view {view!r}" in format_info(cache_info(path))

@@ -438,3 +438,19 @@ def test_a_bar_in_a_name_is_escaped_in_a_markdown_table(workdir, tmp_path):
     header = next(line for line in result.output.splitlines() if line.startswith("| method"))
     assert "evil\\|backbone" in row
     assert len(row.replace("\\|", "").split("|")) == len(header.split("|"))
+
+
+@pytest.mark.parametrize("view, needle", [
+    ("crops", "the recorded view 'crops' is not a view"),
+    ({"crops": 3}, "is not a view (a table with a 'kind')"),
+    ({"kind": "weird"}, "unknown view 'weird'"),
+    ({"kind": "crops", "crops": 3, "seed": "abc"}, "seed is not a whole number"),
+    ({"kind": "native", "max_side": 1.5}, "max_side is not a whole number"),
+    ({"kind": "native", "max_side": 0}, "--max-side 0: must be at least 1 pixel")])
+def test_a_head_whose_recorded_view_is_malformed_is_refused_naming_it(workdir, view, needle):
+    _, meta = _head_parts(workdir)
+    head = _crafted_head(workdir, "view.safetensors", backbone_config=dict(meta["backbone_config"], input=view))
+    result = CliRunner().invoke(cli.main, ["predict", "--head", str(head), str(workdir / "x.jpg"), "--out",
+                                           str(workdir / "view.csv")])
+    line = _one_line_refusal(result, needle)
+    assert "view.safetensors: the recorded view" in line and not (workdir / "view.csv").exists()

@@ -280,3 +280,15 @@ def test_extract_takes_the_view_in_the_backbone_short_form():
     assert load_backbone("lite0", "multilevel", image_size=size, view=view).id.endswith("/multilevel/native")
     with pytest.raises(FeatcacheError, match="names the view 224 but --image-size is 448"):
         name_pool_and_view("lite0/paper/224", None, 448, None, None)
+
+
+def test_crops_over_max_pixels_are_refused_before_any_image_is_read(tmp_path):
+    backbone = load_backbone("resnet18", random_weights=True, image_size=32, view=InputView("crops", crops=10**9))
+    with pytest.raises(FeatcacheError, match="--crops 1000000000 of 32x32 feed 1024000000000 pixels per image"):
+        compute_features(backbone, tmp_path, ["missing.png"], device="cpu")
+
+
+def test_extract_help_names_the_view_short_form_and_the_crops_bound():
+    text = " ".join(CliRunner().invoke(cli.main, ["extract", "--help"]).output.split())
+    assert "lite0/multilevel/native, lite0/paper/224x5" in text and "--crops K " in text and "--max-side N " in text
+    assert "and --crops K whose K crops hold more [100 megapixels]" in text

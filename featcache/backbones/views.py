@@ -66,12 +66,24 @@ class InputView:
 
     @classmethod
     def from_config(cls, config: dict | None) -> "InputView":
-        """The view a backbone configuration records (`config["input"]`; absent: the centre crop)."""
+        """The view a backbone configuration records (`config["input"]`; absent: the centre crop). A recorded view
+        that is not one (not a table with a known `kind`, a count that is not a whole number, a max_side below 1)
+        is a one-line FeatcacheError naming what was recorded."""
         recorded = (config or {}).get("input")
         if not recorded:
             return CENTRE
-        return cls(kind=str(recorded["kind"]), max_side=int(recorded.get("max_side", DEFAULT_MAX_SIDE)),
-                   crops=int(recorded.get("crops", 1)), seed=int(recorded.get("seed", CROP_SEED)))
+        shown = repr(recorded)[:120]
+        if not isinstance(recorded, dict) or "kind" not in recorded:
+            raise FeatcacheError(f"the recorded view {shown} is not a view (a table with a 'kind')")
+        values = {"max_side": recorded.get("max_side", DEFAULT_MAX_SIDE), "crops": recorded.get("crops", 1),
+                  "seed": recorded.get("seed", CROP_SEED)}
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise FeatcacheError(f"the recorded view {shown}: {key} is not a whole number")
+        try:
+            return cls(kind=str(recorded["kind"]), **values)
+        except FeatcacheError as exc:
+            raise FeatcacheError(f"the recorded view {shown}: {exc}") from None
 
 
 CENTRE = InputView()
@@ -126,6 +138,16 @@ def parse_id_part(part: str) -> dict | None:
     kind = "crops" if match["crops"] else "centre"
     return {"kind": kind, "size": int(match["size"]), "crops": int(match["crops"]) if match["crops"] else None,
             "max_side": max_side}
+
+
+def check_crops_pixels(view: InputView, input_size: int, max_pixels: int) -> None:
+    """Refuse (one line) a crops view whose K crops of input_size x input_size hold more than `max_pixels` pixels
+    per image: an image's crops are one item of a batch, so this bounds its memory as --max-pixels bounds one
+    image's (a K given, or recorded in a cache or a head, is never fed without bound)."""
+    if view.kind == "crops" and view.crops * int(input_size) ** 2 > int(max_pixels):
+        raise FeatcacheError(f"--crops {view.crops} of {input_size}x{input_size} feed "
+                             f"{view.crops * int(input_size) ** 2} pixels per image, over the limit of {max_pixels} "
+                             "pixels; use fewer crops (or raise --max-pixels)")
 
 
 def native_size(height: int, width: int, max_side: int) -> tuple[int, int]:
