@@ -149,6 +149,7 @@ def test_draft_features_agree_with_full_decoding_but_are_not_identical(tmp_path)
     assert not (full == draft).all(axis=1).any()  # draft mode was really used, for each image
 
 
+@pytest.mark.slow
 def test_torch_decode_agrees_with_pillow(tmp_path):
     names = _jpegs(tmp_path, [(256, 256), (300, 420), (600, 512)])
     grey = noisy_image(np.random.default_rng(2), (280, 260)).convert("L")

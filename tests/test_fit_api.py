@@ -88,6 +88,7 @@ def test_a_constant_target_is_refused_when_asked_for_and_left_out_of_the_default
         "(so are MOS_a, MOS_c: no target in the cache varies)"), none_left.output
 
 
+@pytest.mark.slow
 def test_default_modes_follow_the_selection_and_the_cache(tmp_path):
     mixed = load_cache(make_cache(tmp_path))
     assert modes_for(mixed) == ["nr", "fr", "pr"]
@@ -206,6 +207,7 @@ def test_labels_are_compared_with_the_annotation_this_invocation_finds(tmp_path,
         "MOS_q is empty, not a finite number)"), kept.output
 
 
+@pytest.mark.slow
 def test_the_readme_featcache_toml_example_resolves_as_documented(tmp_path, monkeypatch):
     """root absolute (or relative to the toml), annotation relative to the root, cache next to the toml (only
     there); backbone and pool together choose for fit."""

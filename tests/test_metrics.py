@@ -55,6 +55,7 @@ def test_failed_folds_are_counted_never_dropped_and_never_best(tmp_path, monkeyp
     assert not prediction_failed(np.arange(10) * 1e-3, train_sd=1.0)
 
 
+@pytest.mark.slow
 def test_out_of_fold_predictions_pooled_and_broken_down(tmp_path):
     data = load_cache(make_cache(tmp_path))
     result = cross_validate(data, ["nr"], ["MOS_q", "MOS_a"], ["ridge", "prompt-mean"], folds=4)

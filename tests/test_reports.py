@@ -275,6 +275,7 @@ def test_table_refuses_runs_made_on_other_folds(tmp_path, monkeypatch):
     assert out.exit_code == 0 and "| NR | toy.random/paper/4 | svr |" in out.output, out.output
 
 
+@pytest.mark.slow
 def test_table_keeps_a_cell_two_runs_share_once_and_refuses_two_values(tmp_path, monkeypatch):
     """Same folds, disjoint cells (one backbone per run): the table of a bench of both, its floor once. A cell both
     runs give: kept once when equal (the floor here, a run given twice), refused with both runs when not."""
@@ -350,6 +351,7 @@ def test_table_takes_a_cell_equal_to_the_last_bits_as_one_and_refuses_a_real_dif
     assert SAME_CELL_TOLERANCE == 1e-9  # as the README states
 
 
+@pytest.mark.slow
 def test_a_failed_fit_leaves_no_folder_and_keeps_an_overwritten_run(tmp_path, monkeypatch):
     make_cache(tmp_path)
     monkeypatch.chdir(tmp_path)

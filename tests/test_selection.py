@@ -78,6 +78,7 @@ def test_a_planted_signal_wins_and_the_counts_add_up(tmp_path):
     assert entry["srcc_mean"] > 0.5
 
 
+@pytest.mark.slow
 def test_floors_never_compete_and_sample_sets_stay_apart(tmp_path):
     path = make_cache(tmp_path)
     data = load_cache(str(path))
