@@ -245,7 +245,7 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
     if split == "group" and warn_folds:
         for note in folds_missing_a_subset(request, fold_list):
             warnings.warn(note, FeatcacheWarning, stacklevel=3)
-    needs_features = any(get_regressor(r).reads_features for r in regressors)
+    needs_features = any(get_regressor(r).reads_features and not get_regressor(r).zero_shot for r in regressors)
     inner_groups = prompt_disjoint(split, hold_out_prompts)  # the inner selection holds out groups too
     tasks: list[Task] = []
     for mode in modes:
@@ -260,7 +260,12 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
             reg = get_regressor(name)
             if not reg.reads_features and mode not in asked:  # an added reference: its floors are those of the
                 continue                                       # mode it is the reference of (the same rows)
-            inputs = x if reg.reads_features else codes
+            if reg.zero_shot:  # once per run, on the samples with an image prompt (the first such mode asked)
+                if mode != next((m for m in modes if m in asked and get_mode(m).needs_prompt_image), None):
+                    continue
+                inputs = design_matrix(data, "fr", rows)[0]
+            else:
+                inputs = x if reg.reads_features else codes
             members, meta = [], []
             for fold in fold_list:
                 train = position[fold.train][position[fold.train] >= 0]

@@ -47,7 +47,7 @@ def fit_members(regressor: str, X: np.ndarray, members: list[Member], device: st
     fused backbones' widths of X's per-image features (`CacheData.blocks`), handed to feature-reading
     regressors, which weight each block (`preprocess.block_weights`); None: one backbone."""
     spec = get_regressor(regressor)
-    blocks = blocks if spec.reads_features else None
+    blocks = blocks if spec.reads_features and not spec.zero_shot else None  # a zero-shot row weighs none
     extra = {"blocks": blocks} if blocks else {}
     if spec.fit_members:
         import importlib

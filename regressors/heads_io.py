@@ -24,8 +24,10 @@ def savable_regressors() -> list[str]:
 
 
 def check_savable(regressor: str) -> None:
-    if not get_regressor(regressor).can_be_saved:
-        raise FeatcacheError(f"--save-head: {regressor} cannot be saved (a label-only floor reads no image); "
+    spec = get_regressor(regressor)
+    if not spec.can_be_saved:
+        why = "a zero-shot row fits nothing: nothing to save" if spec.zero_shot else "a label-only floor reads no image"
+        raise FeatcacheError(f"--save-head: {regressor} cannot be saved ({why}); "
                              f"choose one of {', '.join(savable_regressors())}")
 
 

@@ -28,6 +28,8 @@ class RegressorSpec:
     # a device-trained regressor's cell is split by fold when it trains on the CPU, see cv.plan)
     cost: Callable[[int, int, int], float] | None = None  # (members, training rows, input width) -> rough seconds
     # on one core; only orders parallel tasks, longest first, so no worker is left with a long task at the end
+    zero_shot: bool = False  # a reference row that reads features but fits nothing: added beside the floors,
+    # on the samples with an image prompt only, never a candidate of a contest or of --select, never saved
 
     @property
     def can_be_saved(self) -> bool:
@@ -90,6 +92,12 @@ def _ridge_cost(members: int, rows: int, dim: int) -> float:
     return (4 * rows * dim * k + 10 * k ** 3) / _FLOPS  # Gram matrix and projection, eigendecomposition
 
 
+def _prompt_similarity(seed, device):
+    from regressors.zero_shot import PromptSimilarity
+
+    return PromptSimilarity()
+
+
 def _floor_cost(members: int, rows: int, dim: int) -> float:
     return members * rows * 1e-7
 
@@ -116,6 +124,9 @@ REGRESSORS: dict[str, RegressorSpec] = {spec.name: spec for spec in [
     RegressorSpec("prompt-mean", _floor("PromptMean"), "regressors.floors:PromptMean", False, True,
                   "label-only floor: mean of the same prompt in training (any generator), else the generator's",
                   fit_members="regressors.code_means:prompt_mean_members", batch="cell", cost=_floor_cost),
+    RegressorSpec("prompt-similarity", _prompt_similarity, "regressors.zero_shot:PromptSimilarity", True, False,
+                  "zero-shot reference: cosine of the generated image's and its image prompt's cached features "
+                  "(samples with an image prompt; nothing fitted)", cost=_floor_cost, zero_shot=True),
 ]}
 
 
@@ -133,18 +144,32 @@ def floor_names() -> list[str]:
     return [r.name for r in REGRESSORS.values() if not r.reads_features]
 
 
+def zero_shot_names() -> list[str]:
+    return [r.name for r in REGRESSORS.values() if r.zero_shot]
+
+
+def competes(name: str) -> bool:
+    """Whether a regressor's rows compete (bold marks, --select, the best model of a summary): it reads features
+    and fits them, so neither a label-only floor nor a zero-shot reference row."""
+    spec = get_regressor(name)
+    return spec.reads_features and not spec.zero_shot
+
+
 def with_floors(names: list[str], floors: bool = True) -> list[str]:
     """The regressors a `fit` or `bench` run fits: those named, then every label-only floor not named (they cost
-    milliseconds, and a table without them cannot show what the split alone scores). `floors=False`
-    (`--no-floors`): only those named, which must then name no floor."""
+    milliseconds, and a table without them cannot show what the split alone scores), then the zero-shot
+    reference rows when some named regressor reads features (a labels-only run reads no feature). `floors=False`
+    (`--no-floors`): only those named, which must then name no floor and no zero-shot row."""
     check_regressors(names)
     if not floors:
-        named = [n for n in names if not get_regressor(n).reads_features]
+        named = [n for n in names if not competes(n)]
         if named:
-            raise FeatcacheError(f"--no-floors: --regressor names the floor {named[0]}; drop --no-floors or the "
-                                 "floor")
+            what = "zero-shot row" if get_regressor(named[0]).zero_shot else "floor"
+            raise FeatcacheError(f"--no-floors: --regressor names the {what} {named[0]}; drop --no-floors or the "
+                                 f"{what}")
         return list(names)
-    return list(dict.fromkeys([*names, *floor_names()]))
+    zero_shot = zero_shot_names() if not labels_only(names) else []
+    return list(dict.fromkeys([*names, *floor_names(), *zero_shot]))
 
 
 def check_regressors(names: list[str]) -> list[str]:

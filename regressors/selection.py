@@ -34,7 +34,7 @@ from regressors.inference import BOOTSTRAP_SAMPLES, pooled_predictions
 from regressors.intervals import pooled_intervals
 from regressors.metrics import CORRELATIONS, counted, prediction_failed, spearman
 from regressors.modes import scores_prompted_samples
-from regressors.registry import floor_names, get_regressor
+from regressors.registry import competes, floor_names, get_regressor
 from regressors.splits import Fold, SplitRequest, get_split, make_folds, prompt_disjoint
 from regressors.summaries import summarize
 
@@ -66,7 +66,7 @@ def check_inner_folds(inner_folds: int) -> None:
 
 def check_selectable(regressors: list[str]) -> None:
     """Refuse --select before any fitting when no feature-reading regressor would compete."""
-    if not any(get_regressor(r).reads_features for r in regressors):
+    if not any(competes(r) for r in regressors):
         raise FeatcacheError("--select chooses among feature-reading regressors, and this run fits only label-only "
                              "floors; add --regressor ridge (or svr, mlp)")
 
@@ -85,7 +85,7 @@ def nested_selection(datas: dict[str, CacheData], results: CVResults, *, inner_f
     check_selectable(config["regressors"])
     backbones = list(datas)
     first = datas[backbones[0]]
-    regressors = [r for r in config["regressors"] if get_regressor(r).reads_features]
+    regressors = [r for r in config["regressors"] if competes(r)]
     modes, targets, seed = config["modes"], config["targets"], config["seed"]
     split, hold_out = config["split"], config["hold_out_prompts"]
     outer = _outer_folds(first, config)

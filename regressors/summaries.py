@@ -105,7 +105,7 @@ def paired_comparisons(predictions: list, modes: list[str], folds: list[dict] = 
             if reference is None:
                 continue
             matched = same_training_rows(mode, reference)
-            if matched and _label_only(name):  # the same labels of the same rows: the same predictions
+            if (matched and _label_only(name)) or _zero_shot(name):  # the same predictions on both sides
                 continue
             pairs = list(dict.fromkeys(key[3:] for side in (mode, reference) for key in by_fold
                                        if key[:3] == (name, side, target)))  # the mode's folds in their order first
@@ -126,6 +126,11 @@ def paired_comparisons(predictions: list, modes: list[str], folds: list[dict] = 
                         "n_test_samples": len(paired["samples"]),
                         "failed_folds": paired["failed"], "folds_left_out": paired["left_out"]})
     return out
+
+
+def _zero_shot(regressor: str) -> bool:
+    spec = REGRESSORS.get(regressor)
+    return bool(spec and spec.zero_shot)
 
 
 def _label_only(regressor: str) -> bool:

@@ -98,8 +98,9 @@ def _render(header: list[str], rows: list[list[str]], markdown: bool) -> str:
 
 def highest_on_test(summary: list[dict], folds: list[dict] | None = None) -> list[dict]:
     """Per target and sample set (all samples; those with an image prompt, which FR scores alone), across
-    backbones: the feature-reading row with the highest mean test SRCC among those with no failed fold (`model`),
-    the `runner_up`, `p` of the corrected resampled t-test between them over `folds` (the run's fold rows),
+    backbones: the fitted feature-reading row (no zero-shot row) with the highest mean test SRCC among those with no
+    failed fold (`model`), the `runner_up`, `p` of the corrected resampled t-test between them over `folds` (the
+    run's fold rows),
     `separated` (p < 0.05; None when there is no runner-up, no fold rows, or fewer than 2 folds to pair:
     `unpaired`), `tied` (the rows the test does not
     separate from the model, when it is not separated), and the best label-only floor of the same backbone and
@@ -120,6 +121,8 @@ def highest_on_test(summary: list[dict], folds: list[dict] | None = None) -> lis
         prompted = scores_prompted_samples(row["mode"])
         key = (row["target"], prompted)
         floor = not get_regressor(row["regressor"]).reads_features
+        if get_regressor(row["regressor"]).zero_shot:  # a reference row: neither a candidate nor a floor
+            continue
         entry = out.setdefault(key, {"backbone": "", "target": key[0], "prompted": prompted, "model": None,
                                      "runner_up": None, "p": float("nan"), "separated": None, "tied": [],
                                      "floor": None, "floor_names": [], "floors_fitted": False})

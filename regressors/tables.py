@@ -1,7 +1,7 @@
 """`featcache table`: results.json files pivoted into the paper's layout.
 
-Rows: method (NR / FR / PR, then the extra modes) x backbone x regressor, the label-only floors as reference rows
-(floors whose numbers coincide as one row); columns: target x metric (SRCC, PLCC by default), each cell optionally
+Rows: method (NR / FR / PR, then the extra modes) x backbone x regressor, then the zero-shot rows (one per backbone)
+and the label-only floors as reference rows (floors whose numbers coincide as one row); columns: target x metric (SRCC, PLCC by default), each cell optionally
 with its 95% interval (`ci`) or its sample SD (`sd`). Marks follow `regressors.marks`: bold only for a best that the
 paired test separates from the runner-up of its column and sample set, a shared mark for the rows tied with it,
 another for a score below the best floor. The caption states the protocol (one: runs made on other folds are
@@ -37,6 +37,10 @@ def method_label(mode: str) -> str:
 
 def floor_regressors() -> set[str]:
     return {name for name, spec in REGRESSORS.items() if not spec.reads_features}
+
+
+def zero_shot_regressors() -> set[str]:
+    return {name for name, spec in REGRESSORS.items() if spec.zero_shot}
 
 
 def _value(row: dict | None, key: str) -> float:
@@ -89,9 +93,9 @@ def paper_table(rows: list[dict], metrics: list[str], *, ci: bool = False,
                              "means)")
     targets = list(dict.fromkeys(r["target"] for r in rows))
     mode_order = {m: i for i, m in enumerate(MODES)}
-    floors = floor_regressors()
+    floors, zero_shot = floor_regressors(), zero_shot_regressors()
     keys = list(dict.fromkeys((r["mode"], r["backbone"], r["regressor"]) for r in rows))
-    models = sorted((k for k in keys if k[2] not in floors), key=lambda k: (mode_order.get(k[0], 99),))
+    models = sorted((k for k in keys if k[2] not in floors | zero_shot), key=lambda k: (mode_order.get(k[0], 99),))
     floor_keys = sorted(dict.fromkeys((k[0], k[2]) for k in keys if k[2] in floors),  # run order: a set's order
                         key=lambda k: (mode_order.get(k[0], 99),))                   # changed with the hash seed
     index = {(r["mode"], r["backbone"], r["regressor"], r["target"]): r for r in rows}
@@ -121,8 +125,12 @@ def paper_table(rows: list[dict], metrics: list[str], *, ci: bool = False,
         failures = {t: int((row or {}).get("n_failed") or 0) for t, row in zip(targets, rows_of)}
         floor_lines.append((prompted, regressor, _failed_note(failures), cells))
     untested, unpaired = _mark(body, model_rows, [m for _ in targets for m in metrics], models, floor_lines)
+    zero_shot_lines = _zero_shot_lines(rows, keys, targets, metrics, ci, sd, floor_lines)
     merged, notes = _merged_floors(floor_lines)
-    body += merged
+    body += zero_shot_lines + merged
+    if zero_shot_lines:
+        notes.append("Zero-shot rows (samples with an image prompt): the cosine of the generated image's and its "
+                     "image prompt's cached features, nothing fitted; reference rows, never bold or †.")
     protocols = sorted({r["_protocol"] for r in rows})
     caption = " ".join(["; ".join(protocols) + ".", _cells_note(rows, metrics, ci, sd),
                         _marks_note(models, untested, unpaired), _floors_note(models, shown), *notes]).strip()
@@ -155,6 +163,26 @@ def _mark(body: list[list], model_rows: list[list], column_metrics: list[str], m
             for k in outcome.tied:
                 body[candidates[k]][3 + column].tied = True
     return untested, unpaired
+
+
+def _zero_shot_lines(rows: list[dict], keys: list[tuple], targets: list[str], metrics: list[str], ci: bool, sd: bool,
+                     floor_lines: list[tuple]) -> list[list]:
+    """One reference row per backbone and zero-shot regressor (its numbers do not depend on the mode it was
+    scored under), each target from the first mode that has it; cells never bold or tied, ° against the best
+    floor of the samples with an image prompt."""
+    zero_shot = zero_shot_regressors()
+    index = {(r["backbone"], r["regressor"], r["target"]): r for r in reversed(rows) if r["regressor"] in zero_shot}
+    out = []
+    for backbone, regressor in dict.fromkeys((k[1], k[2]) for k in keys if k[2] in zero_shot):
+        rows_of = [index.get((backbone, regressor, t)) for t in targets]
+        cells = [_make_cell(row, m, ci, sd) for row in rows_of for m in metrics]
+        column_metrics = [m for _ in targets for m in metrics]
+        for column, metric in enumerate(column_metrics):
+            floor = best_floor([c[column].value for p, _, _, c in floor_lines if p], metric)
+            cells[column].below_floor = below_floor(cells[column].value, floor, metric)
+        failures = {t: int((row or {}).get("n_failed") or 0) for t, row in zip(targets, rows_of)}
+        out.append(["zero-shot (samples with an image prompt)", backbone, regressor + _failed_note(failures)] + cells)
+    return out
 
 
 def _merged_floors(floor_lines: list[tuple]) -> tuple[list[list], list[str]]:

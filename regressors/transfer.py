@@ -199,7 +199,8 @@ def check_regressor(regressor: str) -> None:
     each database's own generators and prompts, which another database does not share."""
     spec = get_regressor(regressor)
     if not spec.can_be_saved:
-        raise FeatcacheError(f"--regressor {regressor}: a label-only floor cannot transfer to another database; "
+        what = "a zero-shot row fits nothing to" if spec.zero_shot else "a label-only floor cannot"
+        raise FeatcacheError(f"--regressor {regressor}: {what} transfer to another database; "
                              f"choose one of {', '.join(savable_regressors())}")
 
 

@@ -249,8 +249,8 @@ def test_floors_come_with_any_regressor_list_unless_no_floors(tmp_path, monkeypa
     assert run.exit_code == 0 and "saved ridge head for nr/MOS_q" in run.output, run.output
     floors = registry.floor_names()
     payload = json.loads((tmp_path / "with" / "results.json").read_text())
-    assert payload["config"]["regressors"] == ["ridge", *floors]
-    assert [r["regressor"] for r in payload["summary"]] == ["ridge", *floors]
+    assert payload["config"]["regressors"] == ["ridge", *floors, *registry.zero_shot_names()]
+    assert [r["regressor"] for r in payload["summary"]] == ["ridge", *floors]  # NR alone: no image prompt to compare
     table = (tmp_path / "with" / "table.md").read_text()
     one_row = " = ".join(floors)  # the group split: the three coincide, shown once
     assert f"| floor (all samples) | none (labels only) | {one_row} |" in table
