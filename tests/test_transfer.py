@@ -149,12 +149,17 @@ def test_a_stem_two_caches_share_must_be_given_as_a_path(tmp_path):
     assert database_names([str(x / "db.h5"), str(y / "db.h5")]) == [str(x / "db.h5"), str(y / "db.h5")]
 
 
-def test_table_refuses_a_tampered_transfer_json(two, tmp_path):
+def _transferred(two, tmp_path) -> tuple:
+    """`featcache transfer` of the two caches on MOS_q into tmp_path/out: (the folder, its transfer.json)."""
     a, b = two
     out = tmp_path / "out"
     assert CliRunner().invoke(cli.main, ["transfer", str(a), str(b), "--target", "MOS_q", "--folds", "3", "--jobs",
                                          "1", "--out", str(out)]).exit_code == 0
-    payload = json.loads((out / "transfer.json").read_text())
+    return out, json.loads((out / "transfer.json").read_text())
+
+
+def test_table_refuses_a_tampered_transfer_json(two, tmp_path):
+    out, payload = _transferred(two, tmp_path)
     payload["cells"][1]["srcc"] = "0.99"
     (out / "transfer.json").write_text(json.dumps(payload))
     result = CliRunner().invoke(cli.main, ["table", str(out / "transfer.json")])
@@ -237,11 +242,7 @@ def test_diagonal_carries_the_cross_validations_pooled_value_and_interval(two):
 
 
 def test_table_ci_shows_value_and_interval(two, tmp_path):
-    a, b = two
-    out = tmp_path / "out"
-    assert CliRunner().invoke(cli.main, ["transfer", str(a), str(b), "--target", "MOS_q", "--folds", "3", "--jobs",
-                                         "1", "--out", str(out)]).exit_code == 0
-    payload = json.loads((out / "transfer.json").read_text())
+    out, payload = _transferred(two, tmp_path)
     off = next(c for c in payload["cells"] if (c["source"], c["test"]) == ("a", "b"))
     diagonal = next(c for c in payload["cells"] if c["source"] == c["test"] == "a")
     plain = CliRunner().invoke(cli.main, ["table", str(out), "--metric", "srcc"])
