@@ -19,27 +19,9 @@ from featcache.backbones.pooling import POOLINGS, pooling_help
 from featcache.decode import DECODE_CHOICES, DECODE_HELP
 from featcache.defaults import DEFAULT_CACHE, load_config, pick
 from featcache.errors import FeatcacheError
-from cli_support import HELP, JOBS, FeatcacheGroup, admit_pixels, annotation_from, cache_option, command_line, \
-    cv_options, dataset_options, echo, echo_selection, load_samples_from_options, name_pool_and_view, names, \
-    progress, run_info, select_options, split_options
-
-
-class SizeOrNative(click.ParamType):
-    """--image-size: a positive number of pixels, or 'native'."""
-
-    name = "N|native"
-
-    def convert(self, value, param, ctx):
-        text = str(value).strip().lower()
-        if text == "native":
-            return text
-        try:
-            size = int(text)
-        except ValueError:
-            size = 0
-        if size < 1:
-            self.fail(f"{value!r}: a size in pixels (at least 1, e.g. 448) or 'native'", param, ctx)
-        return size
+from cli_support import HELP, JOBS, FeatcacheGroup, SizeOrNative, admit_pixels, annotation_from, cache_option, \
+    command_line, cv_options, dataset_options, echo, echo_selection, load_samples_from_options, name_pool_and_view, \
+    names, progress, run_info, select_options, split_options
 
 
 @click.group(cls=FeatcacheGroup)

@@ -170,6 +170,21 @@ def name_and_pool(backbone: str, pool: str | None) -> tuple[str, str | None]:
     return name, last
 
 
+class SizeOrNative(click.ParamType):
+    """--image-size: a positive number of pixels, or 'native' (as `featcache.backbones.parse_view` reads it)."""
+
+    name = "N|native"
+
+    def convert(self, value, param, ctx):
+        from featcache.backbones.views import parse_view
+
+        try:
+            size, _ = parse_view(value)
+        except FeatcacheError:
+            self.fail(f"{value!r}: a size in pixels (at least 1, e.g. 448) or 'native'", param, ctx)
+        return "native" if size is None else size
+
+
 def name_pool_and_view(backbone: str, pool: str | None, image_size, crops: int | None,
                        max_side: int | None) -> tuple[str, str | None, object, int | None, int | None]:
     """`--backbone NAME/POOL/VIEW` (the short form fit takes, e.g. lite0/multilevel/native or lite0/paper/224x5) as
