@@ -135,15 +135,10 @@ class TorchPreprocess:
         return int(self.resize * height / width), self.resize
 
     def output_shape(self, height: int, width: int) -> tuple[int, ...]:
-        """The shape one `height` x `width` image gives: (3, S, S) centre, (3, h, w) native (`native_size`),
-        (K, 3, S, S) crops; S is the data config's input_size."""
-        from featcache.backbones.views import native_size
+        """The shape one `height` x `width` image gives (`featcache.backbones.views.item_shape`)."""
+        from featcache.backbones.views import item_shape
 
-        if self.view.kind == "native":
-            return (3, *native_size(height, width, self.view.max_side))
-        if self.view.kind == "crops":
-            return (self.view.crops, 3, self.input_size, self.input_size)
-        return (3, self.input_size, self.input_size)
+        return item_shape(self.view, self.input_size, height, width)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """(..., 3, H, W) uint8 -> (..., *output_shape(H, W)) float32, on the image's device; a stack of same-sized

@@ -6,6 +6,8 @@ not grow with the number or the size of the images."""
 
 from __future__ import annotations
 
+import math
+
 BUDGET_IMAGES = 1  # a batch holds at most as many pixels as --batch-size centre crops of the backbone's input size
 
 
@@ -26,14 +28,8 @@ def size_batches(shapes: list[tuple[int, ...] | None], batch_size: int, budget: 
         groups.setdefault(shape, []).append(index)
     batches = []
     for shape, indices in groups.items():  # dicts keep insertion order: by first item
-        pixels = 1 if shape is None else max(1, _prod(shape) // 3)
+        pixels = 1 if shape is None else max(1, math.prod(shape) // 3)
         step = max(1, min(int(batch_size), int(budget) // pixels))
         batches += [indices[start:start + step] for start in range(0, len(indices), step)]
     return batches
 
-
-def _prod(shape: tuple[int, ...]) -> int:
-    total = 1
-    for side in shape:
-        total *= int(side)
-    return total

@@ -8,7 +8,7 @@ and std. Importing this module does not import torch."""
 
 from __future__ import annotations
 
-from featcache.backbones.views import InputView, crop_boxes, crop_source_size, native_size
+from featcache.backbones.views import InputView, crop_boxes, crop_source_size, item_shape, native_size
 
 
 class ViewTransform:
@@ -33,9 +33,7 @@ class ViewTransform:
         return crop_source_size(height, width, self.input_size, self.view.max_side)
 
     def item_shape(self, height: int, width: int) -> tuple[int, ...]:
-        if self.view.kind == "native":
-            return (3, *self.source_size(height, width))
-        return (self.view.crops, 3, self.input_size, self.input_size)
+        return item_shape(self.view, self.input_size, height, width)
 
     @property
     def resample(self) -> int:

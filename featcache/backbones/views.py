@@ -150,6 +150,16 @@ def check_crops_pixels(view: InputView, input_size: int, max_pixels: int) -> Non
                              "pixels; use fewer crops (or raise --max-pixels)")
 
 
+def item_shape(view: InputView, input_size: int, height: int, width: int) -> tuple[int, ...]:
+    """The tensor a `height` x `width` image is fed as: (3, S, S) centre, (3, h, w) native (`native_size`),
+    (K, 3, S, S) crops; S is `input_size`. Both decode paths produce this shape."""
+    if view.kind == "native":
+        return (3, *native_size(height, width, view.max_side))
+    if view.kind == "crops":
+        return (view.crops, 3, int(input_size), int(input_size))
+    return (3, int(input_size), int(input_size))
+
+
 def native_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     """(height, width) fed by a native view: unchanged if the shorter side is at most `max_side`, else the shorter
     side to `max_side` and the longer one scaled and truncated (as torchvision's Resize(int) computes it)."""
