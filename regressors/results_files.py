@@ -16,7 +16,8 @@ from regressors.fold_rows import attach_folds, folds_problem
 from regressors.intervals import INTERVAL_KEYS
 from regressors.splits import SPLITS
 from regressors.table_formats import fmt_number
-from regressors.tables import METRICS, floor_regressors, method_label
+from regressors.registry import floor_names
+from regressors.tables import METRICS, method_label
 from regressors.transfer_table import is_transfer, is_transfer_folder, transfer_rows
 
 
@@ -183,7 +184,7 @@ def _same_folds(first: tuple[str, dict], other: tuple[str, dict]) -> None:
 
 def _cell(row: dict) -> tuple:
     """A table cell's key: floors read no feature, so any backbone's floor is the same cell."""
-    if row["regressor"] in floor_regressors():
+    if row["regressor"] in floor_names():
         return row["mode"], None, row["regressor"], row["target"]
     return row["mode"], row["backbone"], row["regressor"], row["target"]
 

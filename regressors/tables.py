@@ -1,12 +1,12 @@
 """`featcache table`: results.json files pivoted into the paper's layout.
 
-Rows: method (NR / FR / PR, then the extra modes) x backbone x regressor, then the zero-shot rows (one per backbone)
-and the label-only floors as reference rows (floors whose numbers coincide as one row); columns: target x metric (SRCC, PLCC by default), each cell optionally
-with its 95% interval (`ci`) or its sample SD (`sd`). Marks follow `regressors.marks`: bold only for a best that the
-paired test separates from the runner-up of its column and sample set, a shared mark for the rows tied with it,
-another for a score below the best floor. The caption states the protocol (one: runs made on other folds are
-refused), what a cell and each mark mean, and why a mark or an interval is missing. Reading and checking the files:
-`regressors.results_files`.
+Rows: method (NR / FR / PR, then the extra modes) x backbone x regressor, then the zero-shot rows (one per
+backbone) and the label-only floors as reference rows (floors whose numbers coincide as one row); columns: target x
+metric (SRCC, PLCC by default), each cell optionally with its 95% interval (`ci`) or its sample SD (`sd`). Marks
+follow `regressors.marks`: bold only for a best that the paired test separates from the runner-up of its column and
+sample set, a shared mark for the rows tied with it, another for a score below the best floor. The caption states
+the protocol (one: runs made on other folds are refused), what a cell and each mark mean, and why a mark or an
+interval is missing. Reading and checking the files: `regressors.results_files`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from regressors.inference import INTERVAL_METRICS
 from regressors.marks import TEST_NAME, base_metric, below_floor, best_floor, coincide_note, coinciding, contest, \
     floors_label
 from regressors.modes import MODES, scores_prompted_samples
-from regressors.registry import REGRESSORS
+from regressors.registry import floor_names, zero_shot_names
 from regressors.table_formats import Cell, csv_table, latex_table, md_cell, shown
 
 METRICS = {"srcc": "SRCC", "plcc": "PLCC", "plcc_logistic": "PLCC (logistic)", "krcc": "KRCC", "rmse": "RMSE",
@@ -33,14 +33,6 @@ def method_label(mode: str) -> str:
         return mode.upper()
     head, _, rest = mode.partition("-")
     return head.upper() + (f"-{rest}" if rest else "")
-
-
-def floor_regressors() -> set[str]:
-    return {name for name, spec in REGRESSORS.items() if not spec.reads_features}
-
-
-def zero_shot_regressors() -> set[str]:
-    return {name for name, spec in REGRESSORS.items() if spec.zero_shot}
 
 
 def _value(row: dict | None, key: str) -> float:
@@ -93,7 +85,7 @@ def paper_table(rows: list[dict], metrics: list[str], *, ci: bool = False,
                              "means)")
     targets = list(dict.fromkeys(r["target"] for r in rows))
     mode_order = {m: i for i, m in enumerate(MODES)}
-    floors, zero_shot = floor_regressors(), zero_shot_regressors()
+    floors, zero_shot = set(floor_names()), set(zero_shot_names())
     keys = list(dict.fromkeys((r["mode"], r["backbone"], r["regressor"]) for r in rows))
     models = sorted((k for k in keys if k[2] not in floors | zero_shot), key=lambda k: (mode_order.get(k[0], 99),))
     floor_keys = sorted(dict.fromkeys((k[0], k[2]) for k in keys if k[2] in floors),  # run order: a set's order
@@ -170,7 +162,7 @@ def _zero_shot_lines(rows: list[dict], keys: list[tuple], targets: list[str], me
     """One reference row per backbone and zero-shot regressor (its numbers do not depend on the mode it was
     scored under), each target from the first mode that has it; cells never bold or tied, ° against the best
     floor of the samples with an image prompt."""
-    zero_shot = zero_shot_regressors()
+    zero_shot = set(zero_shot_names())
     index = {(r["backbone"], r["regressor"], r["target"]): r for r in reversed(rows) if r["regressor"] in zero_shot}
     out = []
     for backbone, regressor in dict.fromkeys((k[1], k[2]) for k in keys if k[2] in zero_shot):
