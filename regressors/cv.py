@@ -263,7 +263,7 @@ def plan(data: CacheData, modes: list[str], targets: list[str], regressors: list
             if reg.zero_shot:  # once per run, on the samples with an image prompt (the first such mode asked)
                 if mode != next((m for m in modes if m in asked and get_mode(m).needs_prompt_image), None):
                     continue
-                inputs = design_matrix(data, "fr", rows)[0]
+                inputs = x if mode == "fr" and x is not None else design_matrix(data, "fr", rows)[0]
             else:
                 inputs = x if reg.reads_features else codes
             members, meta = [], []
