@@ -54,6 +54,11 @@ def readme_accuracy(regressor: str = "ridge") -> str:
             rows = {r["target"]: r for r in table["summary"] if (r["mode"], r["regressor"]) == (mode, regressor)}
             if rows:
                 lines.append(f"| {method_label(mode)} | {pool} | " + " | ".join(cell(rows[t]) for t in targets) + " |")
+    for pool, table in data["tables"].items():  # the zero-shot reference row, on the samples with an image prompt
+        rows = {r["target"]: r for r in table["summary"] if r["regressor"] == "prompt-similarity"}
+        if rows:
+            lines.append(f"| zero-shot `prompt-similarity` (samples with an image prompt) | {pool} | "
+                         + " | ".join(cell(rows[t]) for t in targets) + " |")
     floors = {}
     for r in data["tables"]["paper"]["summary"]:
         if r["regressor"] == "generator-mean":
